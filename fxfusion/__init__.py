@@ -1,0 +1,25 @@
+"""fxfusion: which operator fusions pay off on this hardware, at this shape and dtype -- measured, not guessed."""
+
+__version__ = "0.1.0"
+
+from fxfusion.errors import FxFusionError  # noqa: E402
+from fxfusion.profile import Decision, Entry, Profile  # noqa: E402
+
+
+def calibrate(*args, **kwargs):
+    """Measure the pattern library on one device; see :func:`fxfusion.calibrate.calibrate`."""
+    from fxfusion.calibrate import calibrate as _calibrate
+
+    return _calibrate(*args, **kwargs)
+
+
+def __getattr__(name):  # the compatibility functions of the original suite, imported on first use
+    if name in ("calibrate_linear_fusion_patterns", "calibrate_conv_fusion_patterns",
+                "calibrate_attention_fusion_patterns"):
+        from fxfusion import compat
+
+        return getattr(compat, name)
+    raise AttributeError(name)
+
+
+__all__ = ["FxFusionError", "Profile", "Decision", "Entry", "calibrate", "__version__"]

@@ -1,0 +1,80 @@
+"""Counting what a variant launches, with torch.profiler.
+
+On CUDA: device kernels (and their summed device time) per call, so host overhead = latency - device time.
+On CPU: leaf aten ops that do work (views, allocations and metadata ops excluded, listed below), which is the CPU
+analogue of a kernel launch.  Inductor's generated C++ kernels are not visible to the profiler on CPU, so a compiled
+variant's CPU count covers only the aten ops it still calls (e.g. extern GEMMs); the profile says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+# Ops that launch no compute: views, allocation and dtype/metadata queries.
+NON_KERNEL_OPS = frozenset({
+    "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::view", "aten::_unsafe_view", "aten::reshape",
+    "aten::t", "aten::transpose", "aten::permute", "aten::expand", "aten::as_strided", "aten::unsqueeze",
+    "aten::squeeze", "aten::detach", "aten::alias", "aten::result_type", "aten::resize_", "aten::lift_fresh",
+    "aten::_reshape_alias", "aten::slice", "aten::select", "aten::contiguous", "aten::to", "aten::numpy_T",
+    "aten::split", "aten::unbind", "aten::flatten", "aten::resolve_conj", "aten::resolve_neg",
+    "aten::_nnpack_available", "aten::as_strided_", "aten::is_nonzero", "aten::item", "aten::_local_scalar_dense",
+})
+# Ops that hand the whole job to a library (BLAS, oneDNN, a fused kernel): one launch, whatever they call inside.
+LIBRARY_OPS = frozenset({
+    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation", "aten::mkldnn_convolution",
+    "aten::_slow_conv2d_forward", "mkldnn::_convolution_pointwise", "aten::_convolution_pointwise",
+    "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::native_layer_norm",
+    "aten::native_batch_norm", "aten::_softmax",
+})
+CALLS = 5
+
+
+@dataclass(frozen=True)
+class LaunchCount:
+    kernels_per_call: float
+    device_s_per_call: float | None  # CUDA only
+    unit: str  # "cuda kernels" | "aten ops"
+    names: tuple[str, ...]
+
+
+def _inside(inner, outer) -> bool:
+    return (inner is not outer and inner.thread == outer.thread
+            and outer.time_range.start <= inner.time_range.start and inner.time_range.end <= outer.time_range.end)
+
+
+def _cpu_kernel_ops(events) -> list[str]:
+    """Library ops, plus leaf ops (no counted op inside them) that are not inside a library op."""
+    ops = [e for e in events if e.name.split("::")[0] in ("aten", "mkldnn") and e.name not in NON_KERNEL_OPS]
+    libraries = [e for e in ops if e.name in LIBRARY_OPS]
+    counted = []
+    for e in ops:
+        if any(_inside(e, lib) for lib in libraries):
+            continue
+        if e.name in LIBRARY_OPS or not any(_inside(o, e) for o in ops):
+            counted.append(e.name)
+    return counted
+
+
+def count_launches(fn: Callable[[], object], device: str, calls: int = CALLS) -> LaunchCount:
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.events()
+    if cuda:
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        device_us = sum(e.time_range.end - e.time_range.start for e in kernels)
+        names = tuple(sorted({e.name[:80] for e in kernels}))
+        return LaunchCount(len(kernels) / calls, device_us / 1e6 / calls, "cuda kernels", names)
+    leaves = _cpu_kernel_ops(events)
+    return LaunchCount(len(leaves) / calls, None, "aten ops", tuple(sorted(set(leaves))))

@@ -1,0 +1,82 @@
+"""The JSON Schemas in schemas/ are the contract for every file fxfusion writes; this module applies them.
+
+Also the one place files are written: atomically (temporary file in the same folder, fsync, rename), so an error or
+Ctrl-C never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fxfusion.errors import FxFusionError
+
+SCHEMA_VERSION = "1.0"
+SCHEMAS = {"profile": "profile.schema.json", "analysis": "analysis.schema.json"}
+
+
+def _schema_dir() -> Path:
+    # Installed: fxfusion/_schemas (package data); from a checkout: <repo>/schemas.
+    packaged = resources.files("fxfusion") / "_schemas"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@lru_cache(maxsize=None)
+def load_schema(kind: str) -> dict[str, Any]:
+    if kind not in SCHEMAS:
+        raise FxFusionError(f"unknown schema {kind!r}; known: {', '.join(SCHEMAS)}")
+    return json.loads((_schema_dir() / SCHEMAS[kind]).read_text())
+
+
+def schema_errors(data: Any, kind: str) -> list[tuple[str, str]]:
+    """Every violation as (JSON path, message), in document order."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema(kind))
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    return [(e.json_path, e.message) for e in errors]
+
+
+def validate(data: Any, kind: str, source: str = "data") -> None:
+    errors = schema_errors(data, kind)
+    if errors:
+        path, message = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise FxFusionError(f"{source} does not match the {kind} schema at {path}: {message[:200]}{more}")
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FxFusionError(f"cannot write {path}: folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise FxFusionError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise FxFusionError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")

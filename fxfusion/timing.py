@@ -1,0 +1,128 @@
+"""The measurement harness: it times zero-argument callables and returns raw samples; it knows nothing of patterns.
+
+Method (one call of :func:`measure`):
+  1. warm each callable up (``warmup`` calls; compile happens before, in the variant builder);
+  2. pick ``inner``, the calls per sample, so one sample lasts about ``target_sample_s`` (1 on CUDA, where every call
+     is timed alone between CUDA events after the L2 cache is flushed, as triton.testing.do_bench does);
+  3. for ``rounds`` rounds, take one sample of every callable, in an order shuffled per round by a seeded RNG, so slow
+     drift of the machine (clocks, other tenants) spreads over all variants instead of favouring one;
+  4. stop early when ``budget_s`` of timing has been spent (at least ``MIN_ROUNDS`` rounds are always taken).
+
+The clock is injectable: tests pass a fake clock with known per-callable costs and noise.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
+
+import torch
+
+Thunk = Callable[[], object]
+
+MIN_ROUNDS = 5
+L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any current GPU's L2 (H100: 50 MB, H200: 60 MB)
+
+
+class Clock(Protocol):
+    device: str
+
+    def sample(self, fn: Thunk, inner: int) -> float:
+        """Seconds per call of ``fn`` over one sample of ``inner`` calls."""
+
+    def now(self) -> float:
+        """A monotonic wall clock in seconds, for budgets."""
+
+
+class CpuClock:
+    device = "cpu"
+
+    def sample(self, fn: Thunk, inner: int) -> float:
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - start) / inner
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+
+class CudaClock:
+    """CUDA-event timing of single calls with the L2 cache flushed before each (so no call reads a warm cache)."""
+
+    device = "cuda"
+
+    def __init__(self) -> None:
+        self._flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+
+    def sample(self, fn: Thunk, inner: int) -> float:
+        total = 0.0
+        for _ in range(inner):
+            self._flush.zero_()
+            self._start.record()
+            fn()
+            self._end.record()
+            self._end.synchronize()
+            total += self._start.elapsed_time(self._end) / 1e3
+        return total / inner
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+
+@dataclass(frozen=True)
+class TimingSpec:
+    """What to spend on one measurement: the knobs, separate from the clock that does the timing."""
+
+    rounds: int = 30
+    warmup: int = 3
+    target_sample_s: float = 0.002
+    max_inner: int = 1000
+    budget_s: float = 10.0
+    seed: int = 0
+
+
+QUICK_SPEC = TimingSpec(rounds=15, warmup=2, target_sample_s=0.002, budget_s=3.0)
+FULL_SPEC = TimingSpec(rounds=40, warmup=5, target_sample_s=0.005, budget_s=20.0)
+
+
+@dataclass
+class Samples:
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    inner: dict[str, int] = field(default_factory=dict)
+    rounds: int = 0
+    budget_exhausted: bool = False
+
+
+def _calls_per_sample(clock: Clock, fn: Thunk, spec: TimingSpec) -> int:
+    if clock.device == "cuda":
+        return 1
+    one = max(clock.sample(fn, 1), 1e-9)
+    return int(min(spec.max_inner, max(1, math.ceil(spec.target_sample_s / one))))
+
+
+def measure(thunks: Mapping[str, Thunk], clock: Clock, spec: TimingSpec = TimingSpec()) -> Samples:
+    """Interleaved timing of several callables; returns raw per-call seconds for each."""
+    out = Samples()
+    for name, fn in thunks.items():
+        for _ in range(spec.warmup):
+            fn()
+        out.inner[name] = _calls_per_sample(clock, fn, spec)
+        out.seconds[name] = []
+    rng = random.Random(spec.seed)
+    order = list(thunks)
+    start = clock.now()
+    for r in range(spec.rounds):
+        rng.shuffle(order)
+        for name in order:
+            out.seconds[name].append(clock.sample(thunks[name], out.inner[name]))
+        out.rounds = r + 1
+        if out.rounds >= MIN_ROUNDS and clock.now() - start > spec.budget_s:
+            out.budget_exhausted = out.rounds < spec.rounds
+            break
+    return out
