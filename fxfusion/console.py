@@ -8,7 +8,11 @@ from rich.table import Table
 
 from fxfusion.profile import Entry, Profile
 
-console = Console(stderr=False)
+import shutil
+import sys
+
+# Tables are wider than 80 columns; when output goes to a file or pipe, do not fold them.
+console = Console(width=None if sys.stdout.isatty() else max(shutil.get_terminal_size().columns, 180))
 
 
 class CalibrationProgress:
@@ -43,7 +47,8 @@ def summary_table(profile: Profile) -> Table:
     table = Table(title=f"{meta['hardware']} ({meta['device_name']}, {meta['device']}, {meta['threads']} threads)")
     for col in ("pattern", "shape", "dtype", "best", "speedup [95% CI]", "verdict", "bytes saved", "GFLOP/s",
                 "GB/s", "% roofline"):
-        table.add_column(col, justify="right" if col in ("GFLOP/s", "GB/s", "% roofline", "bytes saved") else "left")
+        table.add_column(col, no_wrap=True,
+                         justify="right" if col in ("GFLOP/s", "GB/s", "% roofline", "bytes saved") else "left")
     for e in profile.entries:
         d = e.decision
         best = e.variant(d.best_variant)

@@ -102,7 +102,7 @@ class Samples:
 def _calls_per_sample(clock: Clock, fn: Thunk, spec: TimingSpec) -> int:
     if clock.device == "cuda":
         return 1
-    one = max(clock.sample(fn, 1), 1e-9)
+    one = max(min(clock.sample(fn, 1) for _ in range(3)), 1e-9)
     return int(min(spec.max_inner, max(1, math.ceil(spec.target_sample_s / one))))
 
 

@@ -49,13 +49,19 @@ def compile_limits():
     names = [n for n in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
                          "accumulated_cache_size_limit") if hasattr(config, n)]
     saved = {n: getattr(config, n) for n in names}
+    inductor = torch._inductor.config
+    saved_threads = inductor.compile_threads
     try:
         for n in names:
             setattr(config, n, max(saved[n], RECOMPILE_LIMIT))
+        # Compile in this process: a pool of compile workers warming up in the background would steal cores from
+        # the timings that follow (seen here: the first samples of a 2-core calibration ran 100x slow).
+        inductor.compile_threads = 1
         yield
     finally:
         for n, v in saved.items():
             setattr(config, n, v)
+        inductor.compile_threads = saved_threads
 
 
 def _sync(device: str) -> None:
