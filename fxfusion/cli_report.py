@@ -1,0 +1,113 @@
+"""CLI commands for reading results: ``report`` (HTML), ``compare`` (two profiles) and ``validate`` (schemas).
+
+Registered on the main app by :func:`register`; the logic lives in :mod:`fxfusion.report`, :mod:`fxfusion.compare`
+and :mod:`fxfusion.validation`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fxfusion.clikit import handles_errors
+from fxfusion.errors import FxFusionError
+
+FORMATS = ("table", "markdown", "json")
+
+
+def _check_output(output: Path, *inputs: Path) -> None:
+    if any(output.resolve() == i.resolve() for i in inputs):
+        raise FxFusionError(f"refusing to write {output}: it is an input of this command")
+
+
+@handles_errors
+def report(
+    file: Annotated[Path, typer.Argument(help="A profile (fxfusion calibrate) or an analysis (fxfusion analyze).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o",
+                                                   help="HTML file to write; default FILE with .html.")] = None,
+) -> None:
+    """Write one self-contained HTML report: speedup plots, roofline and decision table (or a model's sites)."""
+    from fxfusion.profile import Profile
+    from fxfusion.report import render_analysis_html, render_profile_html
+    from fxfusion.schema import atomic_write_text, validate
+    from fxfusion.validation import read_json, schema_kind
+
+    out = output or file.with_suffix(".html")
+    _check_output(out, file)
+    data = read_json(file)
+    if schema_kind(data, file) == "profile":
+        from fxfusion.plots import require_matplotlib
+
+        require_matplotlib()
+        profile = Profile.load(file)
+        html, what = render_profile_html(profile, source=str(file)), f"{len(profile.entries)} entries"
+    else:
+        validate(data, "analysis", source=str(file))
+        html, what = render_analysis_html(data), f"{len(data['sites'])} sites"
+    atomic_write_text(out, html)
+    typer.echo(f"wrote {out} ({what})")
+
+
+@handles_errors
+def compare(
+    a: Annotated[Path, typer.Argument(help="Profile A (e.g. the CPU one).")],
+    b: Annotated[Path, typer.Argument(help="Profile B (e.g. the GPU one).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="table, markdown or json.")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Compare two profiles: verdict and best-variant flips, speedup ratios, and where each decision boundary lies."""
+    import json
+
+    from fxfusion.compare import compare_profiles
+    from fxfusion.profile import Profile
+    from fxfusion.schema import atomic_write_text
+
+    if format not in FORMATS:
+        raise FxFusionError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
+    if output is not None:
+        _check_output(output, a, b)
+    comparison = compare_profiles(Profile.load(a), Profile.load(b))
+    if format == "json":
+        text = json.dumps(comparison.to_dict(), indent=1, allow_nan=False) + "\n"
+    elif format == "markdown":
+        text = comparison.to_markdown()
+    else:
+        from rich.console import Console
+
+        if output is None:
+            Console().print(comparison.to_rich())
+            return
+        console = Console(file=io.StringIO(), width=200, record=True)
+        console.print(comparison.to_rich())
+        text = console.export_text()
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
+        typer.echo(f"wrote {output} ({comparison.summary_line()})")
+
+
+@handles_errors
+def validate(
+    file: Annotated[Path, typer.Argument(help="A profile or analysis JSON file; its \"kind\" picks the schema.")],
+) -> None:
+    """Check a profile or analysis report against its schema; print each error with its JSON path (exit 1 if any)."""
+    from fxfusion.validation import validate_file
+
+    result = validate_file(file)
+    if result.valid:
+        typer.echo(f"{file}: valid {result.schema} ({result.summary})")
+        return
+    typer.echo(f"{file}: invalid {result.schema}, {len(result.errors)} error(s):")
+    for path, message in result.errors:
+        typer.echo(f"  {path}: {message}")
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
+    app.command("compare")(compare)
+    app.command("validate")(validate)
