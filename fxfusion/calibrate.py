@@ -92,6 +92,20 @@ def _check(built: Built, ref: torch.Tensor, tol: float) -> tuple[float | None, B
     return err, built
 
 
+def _not_a_fusion(b: Built, lc, eager) -> str | None:
+    """A manual variant that launches more kernels than eager, or the same kernels, fuses nothing on this device
+    (e.g. F.rms_norm on CPU decomposes into the very ops it replaces).  Fewer or different kernels pass: BN folding
+    replaces the BN kernel with a bias add, which is real work removed even at an equal count."""
+    if b.kind != "manual" or b.status != "ok" or lc is None or eager is None:
+        return None
+    more = lc.kernels_per_call > eager.kernels_per_call
+    same = lc.kernels_per_call == eager.kernels_per_call and set(lc.names) == set(eager.names)
+    if more or same:
+        return (f"launches {lc.kernels_per_call:g} {lc.unit} per call ({', '.join(lc.names)[:160]}), eager "
+                f"launches {eager.kernels_per_call:g}: not a fusion on this device")
+    return None
+
+
 def _decide(pattern: str, shape: dict, dtype: str, device: str, variants: list[VariantResult]) -> Decision:
     candidates = [v for v in variants if v.kind != "eager" and v.status == "ok" and v.speedup]
 
@@ -158,13 +172,10 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
                 launches[b.name] = count_launches(b.thunk, device)
             except Exception as exc:  # the profiler is diagnostic; its failure must not lose the measurement
                 b.details = {"profiler_error": one_line(exc)}
-    eager_k = launches.get("eager")
     for b in built:
-        lc = launches.get(b.name)
-        if b.kind == "manual" and b.status == "ok" and eager_k and lc and lc.kernels_per_call >= eager_k.kernels_per_call:
-            b.status, b.thunk = "not_a_fusion", None
-            b.reason = (f"launches {lc.kernels_per_call:g} {lc.unit} per call, eager launches "
-                        f"{eager_k.kernels_per_call:g}: not a fusion on this device")
+        why = _not_a_fusion(b, launches.get(b.name), launches.get("eager"))
+        if why:
+            b.status, b.thunk, b.reason = "not_a_fusion", None, why
 
     timed = {b.name: b.thunk for b in built if b.status == "ok"}
     samples = measure(timed, clock, spec) if "eager" in timed else None

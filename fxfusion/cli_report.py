@@ -30,10 +30,9 @@ def report(
                                                    help="HTML file to write; default FILE with .html.")] = None,
 ) -> None:
     """Write one self-contained HTML report: speedup plots, roofline and decision table (or a model's sites)."""
-    from fxfusion.profile import Profile
     from fxfusion.report import render_analysis_html, render_profile_html
     from fxfusion.schema import atomic_write_text, validate
-    from fxfusion.validation import read_json, schema_kind
+    from fxfusion.validation import load_profile, read_json, schema_kind
 
     out = output or file.with_suffix(".html")
     _check_output(out, file)
@@ -42,7 +41,7 @@ def report(
         from fxfusion.plots import require_matplotlib
 
         require_matplotlib()
-        profile = Profile.load(file)
+        profile = load_profile(file)
         html, what = render_profile_html(profile, source=str(file)), f"{len(profile.entries)} entries"
     else:
         validate(data, "analysis", source=str(file))
@@ -62,14 +61,14 @@ def compare(
     import json
 
     from fxfusion.compare import compare_profiles
-    from fxfusion.profile import Profile
     from fxfusion.schema import atomic_write_text
+    from fxfusion.validation import load_profile
 
     if format not in FORMATS:
         raise FxFusionError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
     if output is not None:
         _check_output(output, a, b)
-    comparison = compare_profiles(Profile.load(a), Profile.load(b))
+    comparison = compare_profiles(load_profile(a), load_profile(b))
     if format == "json":
         text = json.dumps(comparison.to_dict(), indent=1, allow_nan=False) + "\n"
     elif format == "markdown":

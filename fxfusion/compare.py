@@ -186,10 +186,12 @@ class Comparison:
             lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
             return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows])
 
-        out = [f"# fxfusion compare", "", f"- **A**: {self.a_label}, torch {self.a_metadata.get('torch_version')}, "
-               f"measured {self.a_metadata.get('date')}", f"- **B**: {self.b_label}, torch "
-               f"{self.b_metadata.get('torch_version')}, measured {self.b_metadata.get('date')}", "",
-               self.summary_line() + ".", "", "speedup B/A: B's decision speedup over A's (>1: fusing pays more on "
+        def who(name, label, meta):
+            date = "" if str(meta.get("date")) in label else f", measured {meta.get('date')}"
+            return f"- **{name}**: {label}{date}, torch {meta.get('torch_version')}, `{meta.get('command')}`"
+
+        out = ["# fxfusion compare", "", who("A", self.a_label, self.a_metadata),
+               who("B", self.b_label, self.b_metadata), "", self.summary_line() + ".", "", "speedup B/A: B's decision speedup over A's (>1: fusing pays more on "
                "B); eager A/B: A's eager time over B's (>1: B is faster unfused).", "", "## Flips", ""]
         out.append(table(self.HEADERS, self.rows(self.flips)) if self.flips else "No verdict or best variant flips.")
         out += ["", "## Decision boundaries", ""]

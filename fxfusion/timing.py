@@ -51,7 +51,7 @@ class CpuClock:
 
 
 class CudaClock:
-    """CUDA-event timing of single calls with the L2 cache flushed before each (so no call reads a warm cache)."""
+    """CUDA-event timing of single calls, each on an idle GPU with the L2 cache flushed (no warm cache)."""
 
     device = "cuda"
 
@@ -64,6 +64,10 @@ class CudaClock:
         total = 0.0
         for _ in range(inner):
             self._flush.zero_()
+            # Wait for the flush: otherwise the host launches fn while the GPU is still flushing, and up to the
+            # flush's duration of fn's launch overhead would vanish from the measurement.  So a sample is the
+            # latency of one isolated call: host launch work plus device work, as the caller of a small op sees it.
+            torch.cuda.synchronize()
             self._start.record()
             fn()
             self._end.record()

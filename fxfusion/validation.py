@@ -76,6 +76,16 @@ def validate_document(data: Any, path: str | Path) -> ValidationResult:
                             summary="" if errors else _summary(data, schema))
 
 
+def load_profile(path: str | Path):
+    """Profile.load, with a file the schema lets through but the dataclasses reject also reported in one line."""
+    from fxfusion.profile import Profile
+
+    try:
+        return Profile.load(path)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise FxFusionError(f"{path} matches the profile schema but does not load as a profile: {exc}") from None
+
+
 def validate_file(path: str | Path) -> ValidationResult:
     """Raises FxFusionError only when the file cannot be checked at all (missing, not JSON, unknown kind)."""
     return validate_document(read_json(path), path)
