@@ -30,6 +30,7 @@ class Site:
     roles: dict[str, str] = field(default_factory=dict)
     written_as: str = ""  # how the user wrote it, e.g. "nn.Linear", "x @ W.T + b", "F.linear"
     source: str = ""  # the module path / stack trace line, where the graph records one
+    notes: list[str] = field(default_factory=list)  # what the match approximated or left out (one sentence each)
 
     @property
     def legal(self) -> bool:
@@ -44,3 +45,10 @@ class CapturedModel:
     graph_breaks: list[str] = field(default_factory=list)  # one reason each, as dynamo reports them
     unmatched: dict[str, int] = field(default_factory=dict)  # op target -> count of nodes in no site
     notes: list[str] = field(default_factory=list)
+    # Per graph: placeholder (or get_attr) node name -> the model's parameter/buffer name ("blocks.0.fc.weight").
+    parameters: list[dict[str, str]] = field(default_factory=list)
+    # Per graph: the torch.export ExportedProgram it came from (None for a graph kept at the torch level), and the
+    # example inputs that program's module() takes (for "export": example_inputs; for "dynamo": the subgraph's
+    # inputs as dynamo passed them, parameters included).
+    programs: list[Any] = field(default_factory=list)
+    graph_inputs: list[tuple[Any, ...]] = field(default_factory=list)
