@@ -1,0 +1,184 @@
+"""compare on real profiles: two measured ones (other patterns and dtypes), and edited copies with known flips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_SPEC
+from fxfusion.cli import app
+from fxfusion.compare import compare_profiles, decision_boundaries
+from fxfusion.profile import Profile
+from report_samples import edited
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_profile) -> Profile:
+    return Profile.load(tiny_profile)
+
+
+@pytest.fixture(scope="module")
+def second_profile(tmp_path_factory):
+    """A second real calibration: two of tiny_profile's patterns plus one it lacks, in float32 and float64."""
+    from fxfusion.calibrate import calibrate
+
+    path = tmp_path_factory.mktemp("profiles") / "second.json"
+    calibrate(hardware="generic-cpu", device="cpu", patterns="linear_bias_relu,full_attention,rmsnorm",
+              dtypes="float32,float64", quick=True, output=path, compile_modes=(), spec=TINY_SPEC,
+              command="pytest second_profile")
+    return path
+
+
+@pytest.fixture(scope="module")
+def flipped(tiny, tmp_path_factory):
+    """Two validated copies of the tiny profile: sdpa made 10x faster in A and 10x slower in B at the small
+    attention size (fuse in A, avoid in B), and 10x faster in B at the large size (fuse there)."""
+    a = edited(tiny, {("full_attention", 0): ("sdpa", 0.1)})
+    b = edited(tiny, {("full_attention", 0): ("sdpa", 10.0), ("full_attention", 1): ("sdpa", 0.1)})
+    folder = tmp_path_factory.mktemp("flipped")
+    a.save(folder / "a.json"), b.save(folder / "b.json")
+    return a, b, folder / "a.json", folder / "b.json"
+
+
+def keys(profile: Profile) -> set:
+    return {(e.pattern, tuple(e.shape.items()), e.dtype) for e in profile.entries}
+
+
+def attention(profile: Profile):
+    return sorted((e for e in profile.entries if e.pattern == "full_attention"), key=lambda e: e.flops)
+
+
+# -- two measured profiles ---------------------------------------------------------------------------------------------
+
+def test_real_profiles_match_by_pattern_shape_and_dtype(tiny, second_profile):
+    second = Profile.load(second_profile)
+    c = compare_profiles(tiny, second)
+    shared = keys(tiny) & keys(second)
+    assert len(shared) == 4  # linear_bias_relu and full_attention, float32, two sizes each
+    assert {(p.pattern, tuple(p.shape.items()), p.dtype) for p in c.pairs} == shared
+    assert len(c.only_in_a) == len(keys(tiny) - shared) and all("conv2d_bn_relu" in k for k in c.only_in_a)
+    assert len(c.only_in_b) == len(keys(second) - shared)
+    assert any(":float64" in k for k in c.only_in_b) and any(k.startswith("rmsnorm[") for k in c.only_in_b)
+
+
+def test_real_pairs_flags_agree_with_both_decisions(tiny, second_profile):
+    second = Profile.load(second_profile)
+    c = compare_profiles(tiny, second)
+    for p in c.pairs:
+        ea = tiny.find(p.pattern, p.shape, p.dtype)[0]
+        eb = second.find(p.pattern, p.shape, p.dtype)[0]
+        assert p.verdict_flip == (ea.decision.verdict != eb.decision.verdict)
+        assert p.best_flip == (ea.decision.best_variant != eb.decision.best_variant)
+        if ea.decision.speedup and eb.decision.speedup:
+            assert p.speedup_ratio == pytest.approx(eb.decision.speedup.median / ea.decision.speedup.median)
+        assert p.eager_time_ratio == pytest.approx(ea.variant("eager").median_ms / eb.variant("eager").median_ms)
+    assert c.flips == [p for p in c.pairs if p.verdict_flip or p.best_flip]
+
+
+def test_real_boundaries_are_where_consecutive_verdicts_differ(second_profile):
+    second = Profile.load(second_profile)
+    found = {(b.pattern, b.dtype, b.below_flops, b.above_flops) for b in decision_boundaries(second, "b")}
+    expected = set()
+    for pattern, dtype in {(e.pattern, e.dtype) for e in second.entries}:
+        entries = sorted((e for e in second.entries if (e.pattern, e.dtype) == (pattern, dtype)), key=lambda e: e.flops)
+        expected |= {(pattern, dtype, lo.flops, hi.flops) for lo, hi in zip(entries, entries[1:])
+                     if lo.decision.verdict != hi.decision.verdict}
+    assert found == expected
+
+
+def test_identical_profiles_have_no_flips(tiny):
+    c = compare_profiles(tiny, tiny)
+    assert len(c.pairs) == len(tiny.entries) and c.flips == [] and not c.only_in_a and not c.only_in_b
+    assert all(p.speedup_ratio in (None, 1.0) for p in c.pairs)
+
+
+# -- edited copies: flips we know are there ----------------------------------------------------------------------------
+
+def test_verdict_and_best_variant_flip_are_flagged(flipped):
+    a, b, *_ = flipped
+    c = compare_profiles(a, b)
+    small = attention(a)[0]
+    flip = next(p for p in c.flips if p.pattern == "full_attention" and p.shape == small.shape)
+    assert (flip.a.verdict, flip.b.verdict) == ("fuse", "avoid")
+    assert (flip.a.best_variant, flip.b.best_variant) == ("sdpa", "eager")
+    assert flip.verdict_flip and flip.best_flip
+    # the median is scale-equivariant: B's speedup is exactly 1/100 of A's
+    assert flip.speedup_ratio == pytest.approx(0.01, rel=1e-9)
+    assert flip.variant_ratios["sdpa"] == pytest.approx(0.01, rel=1e-9)
+    assert flip.eager_time_ratio == pytest.approx(1.0)
+
+
+def test_boundary_lies_between_the_two_attention_sizes_in_b(flipped):
+    a, b, *_ = flipped
+    small, large = attention(b)
+    mine = [x for x in compare_profiles(a, b).boundaries if x.profile == "b" and x.pattern == "full_attention"]
+    assert len(mine) == 1
+    x = mine[0]
+    assert (x.below_shape, x.below_verdict, x.above_shape, x.above_verdict) == \
+           (small.shape, "avoid", large.shape, "fuse")
+    assert (x.below_flops, x.above_flops) == (small.flops, large.flops)
+
+
+def test_markdown_lists_the_flip_and_the_boundary(flipped):
+    a, b, *_ = flipped
+    md = compare_profiles(a, b).to_markdown()
+    flips = md.split("## Flips", 1)[1].split("##", 1)[0]
+    small = ",".join(f"{k}={v}" for k, v in attention(a)[0].shape.items())
+    assert f"| full_attention | {small} | float32 |" in flips
+    assert "verdict fuse -> avoid; best sdpa -> eager" in flips
+    boundaries = md.split("## Decision boundaries", 1)[1].split("##", 1)[0]
+    assert f"| full_attention | float32 | B | avoid at {small}" in boundaries
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------------------
+
+def test_cli_json_is_the_comparison(flipped):
+    a, b, pa, pb = flipped
+    result = runner.invoke(app, ["compare", str(pa), str(pb), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["kind"] == "fxfusion.comparison"
+    assert data["summary"]["matched"] == len(a.entries) and data["summary"]["verdict_flips"] >= 1
+    assert data == json.loads(json.dumps(compare_profiles(a, b).to_dict()))
+
+
+def test_cli_table_and_markdown(flipped, tmp_path):
+    *_, pa, pb = flipped
+    table = runner.invoke(app, ["compare", str(pa), str(pb)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "Flips" in table.output and "fuse -> avoid" in table.output
+    out = tmp_path / "cmp.md"
+    md = runner.invoke(app, ["compare", str(pa), str(pb), "--format", "markdown", "-o", str(out)])
+    assert md.exit_code == 0 and f"wrote {out}" in md.output
+    assert out.read_text().startswith("# fxfusion compare")
+    out_txt = tmp_path / "cmp.txt"
+    assert runner.invoke(app, ["compare", str(pa), str(pb), "-o", str(out_txt)]).exit_code == 0
+    assert "fuse -> avoid" in out_txt.read_text()
+
+
+@pytest.mark.parametrize("case", ["missing", "not_json", "schema_invalid", "unknown_format"])
+def test_cli_bad_input_is_one_line_and_writes_nothing(case, flipped, tmp_path):
+    *_, pa, pb = flipped
+    bad = tmp_path / "bad.json"
+    args = [str(pa), str(bad)]
+    if case == "missing":
+        message = "does not exist"
+    elif case == "not_json":
+        bad.write_text("{\"kind\": ")
+        message = "not valid JSON"
+    elif case == "schema_invalid":
+        data = json.loads(pb.read_text())
+        del data["entries"][1]["variants"][0]["samples_ms"]
+        bad.write_text(json.dumps(data))
+        message = "$.entries[1].variants[0]"
+    else:
+        args, message = [str(pa), str(pb), "--format", "html"], "unknown --format"
+    out = tmp_path / "out.md"
+    result = runner.invoke(app, ["compare", *args, "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert message in result.output and not out.exists()
