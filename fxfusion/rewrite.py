@@ -647,7 +647,7 @@ def rewrite_group(gm: fx.GraphModule, group) -> RewriteRecord:
         record.detail = f"nodes {', '.join(missing)} are not in the graph"
         return record
     nodes = [by_name[name] for name in group.nodes]
-    before = set(gm.graph.nodes)
+    before = {n.name for n in gm.graph.nodes}
     buffers_before = set(gm._buffers)
     try:
         replaced = rewrite(gm, nodes, group)
@@ -659,7 +659,7 @@ def rewrite_group(gm: fx.GraphModule, group) -> RewriteRecord:
             _erase_dead(gm.graph, nodes)
         gm.graph.lint()
     except NotApplicable as exc:
-        for n in reversed([n for n in gm.graph.nodes if n not in before]):
+        for n in reversed([n for n in gm.graph.nodes if n.name not in before]):
             gm.graph.erase_node(n)
         for name in set(gm._buffers) - buffers_before:
             del gm._buffers[name]
@@ -667,7 +667,7 @@ def rewrite_group(gm: fx.GraphModule, group) -> RewriteRecord:
         return record
     gm.recompile()
     record.applied = True
-    record.new_nodes = [n.name for n in gm.graph.nodes if n not in before]
+    record.new_nodes = [n.name for n in gm.graph.nodes if n.name not in before]
     record.detail = f"{group.variant}: {len(nodes)} nodes -> {len(record.new_nodes)}"
     return record
 
