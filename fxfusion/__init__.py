@@ -6,11 +6,9 @@ from fxfusion.errors import FxFusionError  # noqa: E402
 from fxfusion.profile import Decision, Entry, Profile  # noqa: E402
 
 
-def calibrate(*args, **kwargs):
-    """Measure the pattern library on one device; see :func:`fxfusion.calibrate.calibrate`."""
-    from fxfusion.calibrate import calibrate as _calibrate
-
-    return _calibrate(*args, **kwargs)
+# Imported eagerly, not wrapped lazily: the submodule fxfusion.calibrate shares the function's name, and importing
+# the submodule later would otherwise rebind the package attribute to the module.
+from fxfusion.calibrate import calibrate  # noqa: E402
 
 
 def __getattr__(name):  # the compatibility functions of the original suite, imported on first use

@@ -211,6 +211,10 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
                 v.speedup = SpeedupCI(s.median, s.ci_low, s.ci_high)
                 v.verdict = s.verdict()
         results.append(v)
+    eager_v = results[0]
+    for v in results[1:]:
+        if v.device_ms and eager_v.device_ms:  # kernel time alone: what fusion saves once launches overlap
+            v.details["device_speedup"] = eager_v.device_ms / v.device_ms
     decision = _decide(pattern.name, shape, dtype_name, device, results)
     return Entry(pattern=pattern.name, family=pattern.family, title=pattern.title, shape=shape, dtype=dtype_name,
                  device=device, flops=flops, bytes_unfused=pattern.bytes(shape, itemsize, False),

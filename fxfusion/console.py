@@ -16,19 +16,25 @@ console = Console(width=None if sys.stdout.isatty() else max(shutil.get_terminal
 
 
 class CalibrationProgress:
+    """A transient progress bar on stderr, started at the first update (so input errors print cleanly)."""
+
     def __enter__(self):
-        self._progress = Progress(TextColumn("[bold]calibrating[/]"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
-                                  transient=True)
-        self._progress.__enter__()
-        self._task = self._progress.add_task("", total=None)
+        self._progress = None
         return self
 
     def update(self, done: int, total: int, entry: Entry | None, message: str) -> None:
+        if self._progress is None:
+            self._progress = Progress(TextColumn("[bold]calibrating[/]"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TextColumn("{task.description}"),
+                                      console=Console(stderr=True), transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("", total=total)
         self._progress.update(self._task, completed=done, total=total, description=message)
 
     def __exit__(self, *exc):
-        return self._progress.__exit__(*exc)
+        if self._progress is not None:
+            return self._progress.__exit__(*exc)
+        return None
 
 
 def fmt_shape(shape: dict) -> str:

@@ -7,11 +7,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_SPEC
+from tests.conftest import TINY_SPEC
 from fxfusion.cli import app
 from fxfusion.compare import compare_profiles, decision_boundaries
 from fxfusion.profile import Profile
-from report_samples import edited
+from tests.report_samples import edited
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from fxfusion.errors import FxFusionError
 from fxfusion.profile import Profile
 from fxfusion.report import render_analysis_html, render_profile_html
 from fxfusion.schema import schema_errors
-from report_samples import HtmlDoc, edited, make_analysis
+from tests.report_samples import HtmlDoc, edited, make_analysis
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 runner = CliRunner()

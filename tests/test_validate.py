@@ -11,7 +11,7 @@ from fxfusion.cli import app
 from fxfusion.errors import FxFusionError
 from fxfusion.profile import Profile
 from fxfusion.validation import validate_document, validate_file
-from report_samples import make_analysis
+from tests.report_samples import make_analysis
 
 runner = CliRunner()
 

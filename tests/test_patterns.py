@@ -1,0 +1,123 @@
+"""The pattern library: cost formulas against hand counts, and every variant against eager and float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fxfusion.correctness import relative_error, to_reference, tolerance
+from fxfusion.errors import FxFusionError
+from fxfusion.kernelcount import count_launches
+from fxfusion.patterns import FAMILIES, ORIGINAL_SUITE, REGISTRY, get_pattern, select_patterns
+
+CPU_TOL = {torch.float32: 1e-4}
+
+
+def test_library_has_the_original_nine_plus_silu_and_causal_attention():
+    for name in ORIGINAL_SUITE + ("linear_bias_silu", "causal_attention", "rmsnorm", "add_layernorm"):
+        assert name in REGISTRY
+    assert set(FAMILIES) == {"linear", "conv", "attention", "norm"}
+
+
+def test_linear_bias_relu_counts_by_hand():
+    p = get_pattern("linear_bias_relu")
+    s = {"M": 2, "K": 3, "N": 4}
+    # GEMM 2*M*K*N = 48, bias 8, ReLU 8
+    assert p.flops(s) == 48 + 8 + 8
+    # unfused: x(6) + W(12) + b(4) + mm out(8) + add read(8) + add write(8) + relu read(8) + relu write(8) = 62 elems
+    assert p.bytes(s, 4, False) == 62 * 4
+    # fused: x, W, b read once, out written once = 6 + 12 + 4 + 8 = 30 elems
+    assert p.bytes(s, 4, True) == 30 * 4
+    assert p.memory_reduction(s, 4) == pytest.approx(1 - 30 / 62)
+
+
+def test_conv_bn_relu_counts_by_hand():
+    p = get_pattern("conv2d_bn_relu")
+    s = dict(B=1, Cin=2, Cout=3, H=4, W=4, k=3, G=1)
+    x, y, w = 1 * 2 * 16, 1 * 3 * 16, 3 * 2 * 9
+    assert p.flops(s) == 2 * 48 * 2 * 9 + 48 * (2 + 1)  # conv (no bias before BN), BN scale+shift, ReLU
+    # conv: x + w + y; BN: y in, 4*Cout params, y out; ReLU: y in, y out
+    assert p.bytes(s, 2, False) == 2 * (x + w + y + 2 * y + 4 * 3 + 2 * y)
+    assert p.bytes(s, 2, True) == 2 * (x + w + 3 + y)
+
+
+def test_depthwise_conv_counts_weights_per_group():
+    p = get_pattern("conv2d_relu")
+    s = dict(B=1, Cin=8, Cout=8, H=2, W=2, k=3, G=8)
+    assert p.flops(s) == 2 * 32 * 1 * 9 + 32 * 2
+    assert p.bytes(s, 4, True) == 4 * (32 + 8 * 9 + 8 + 32)
+
+
+def test_full_attention_counts_by_hand():
+    p = get_pattern("full_attention")
+    s = dict(B=1, H=1, S=4, D=2)
+    n, m = 8, 16
+    assert p.flops(s) == 2 * m * 2 + m + 4 * m + 2 * m * 2
+    assert p.bytes(s, 4, False) == 4 * (2 * n + m + 2 * m + 2 * m + m + 2 * n)
+    assert p.bytes(s, 4, True) == 4 * 4 * n
+
+
+def test_causal_attention_counts_the_boolean_mask_at_one_byte():
+    p, full = get_pattern("causal_attention"), get_pattern("full_attention")
+    s = dict(B=1, H=1, S=4, D=2)
+    assert p.bytes(s, 4, False) - full.bytes(s, 4, False) == 4 * 2 * 16 + 16
+
+
+def _variant_cases():
+    for p in REGISTRY.values():
+        for mv in p.manual:
+            yield pytest.param(p.name, mv.name, id=f"{p.name}-{mv.name}")
+
+
+@pytest.mark.parametrize("pattern_name,variant", list(_variant_cases()))
+def test_manual_variant_matches_float64_reference(pattern_name, variant):
+    p = get_pattern(pattern_name)
+    mv = next(m for m in p.manual if m.name == variant)
+    shape = p.shapes["quick"][0]
+    why = mv.unsupported(shape, torch.float32, "cpu")
+    if why:
+        pytest.skip(why)
+    inputs = p.make_inputs(shape, torch.float32, "cpu", torch.Generator().manual_seed(1))
+    ref = p.eager(**to_reference(inputs))
+    assert relative_error(p.eager(**inputs), ref) <= CPU_TOL[torch.float32]
+    assert relative_error(mv.build(inputs)(), ref) <= CPU_TOL[torch.float32]
+
+
+def test_relative_error_rejects_nan_and_shape_mismatch():
+    ref = torch.ones(4, dtype=torch.float64)
+    assert relative_error(torch.tensor([1.0, float("nan"), 1.0, 1.0]), ref) == float("inf")
+    assert relative_error(torch.ones(5), ref) == float("inf")
+    assert relative_error(torch.ones(4) * 1.5, ref) == pytest.approx(0.5)
+
+
+def test_tolerances_are_per_dtype_and_tf32_aware():
+    assert tolerance(torch.float32) < tolerance(torch.float32, tf32=True) < tolerance(torch.bfloat16)
+    assert tolerance(torch.float16) < tolerance(torch.bfloat16)
+
+
+def test_addmm_launches_one_fewer_op_than_eager_linear_bias_relu():
+    p = get_pattern("linear_bias_relu")
+    inputs = p.make_inputs(p.shapes["quick"][0], torch.float32, "cpu", torch.Generator().manual_seed(0))
+    eager = count_launches(lambda: p.eager(**inputs), "cpu")
+    fused = count_launches(p.manual[0].build(inputs), "cpu")
+    assert eager.kernels_per_call == 3 and "aten::mm" in eager.names and "aten::add" in eager.names
+    assert fused.kernels_per_call == 2 and "aten::addmm" in fused.names
+
+
+def test_sdpa_is_one_op_where_eager_attention_is_four():
+    p = get_pattern("full_attention")
+    inputs = p.make_inputs(p.shapes["quick"][0], torch.float32, "cpu", torch.Generator().manual_seed(0))
+    assert count_launches(lambda: p.eager(**inputs), "cpu").kernels_per_call >= 4
+    assert count_launches(p.manual[0].build(inputs), "cpu").kernels_per_call == 1
+
+
+def test_select_patterns_by_family_and_name():
+    names = [p.name for p in select_patterns("conv,full_attention")]
+    assert names == ["conv2d_relu", "conv2d_bn", "conv2d_bn_relu", "full_attention"]
+    with pytest.raises(FxFusionError, match="unknown pattern or family 'lineer'"):
+        select_patterns("lineer")
+
+
+def test_shape_keys_are_checked():
+    with pytest.raises(FxFusionError, match="takes shape keys M,K,N"):
+        get_pattern("linear_bias").check_shape({"M": 1, "K": 2})
