@@ -80,6 +80,9 @@ def _attr_tensor(gm: fx.GraphModule, node: Any, what: str) -> torch.Tensor | Non
     """The constant tensor behind a get_attr node (None for a None argument)."""
     if node is None:
         return None
+    constants = gm.__dict__.get("_fxfusion_constants", {})
+    if isinstance(node, fx.Node) and node.op == "placeholder" and node.name in constants:
+        return constants[node.name].detach()
     if not isinstance(node, fx.Node) or node.op != "get_attr":
         raise NotApplicable(f"the {what} is not a constant of the module (it is {getattr(node, 'op', node)!r}), "
                             "so it cannot be folded at load time")
@@ -672,24 +675,108 @@ def rewrite_group(gm: fx.GraphModule, group) -> RewriteRecord:
     return record
 
 
-def apply(model: nn.Module, plan) -> nn.Module:
-    """The planned model: a rewritten copy of the plan's captured graph.  ``model`` and the plan are not modified.
-
-    The returned module carries ``fxfusion_rewrites``: one :class:`RewriteRecord` per group, applied or not (and
-    why not).
+def _runnable_graph(plan, index: int, model: nn.Module) -> fx.GraphModule | None:
+    """A fresh, runnable copy of captured graph ``index``: the exported program's module (parameters as get_attr
+    constants, same compute node names as the captured graph), or the captured graph itself when it has no program.
     """
+    captured = plan.captured
+    program = captured.programs[index] if index < len(captured.programs) else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pytree spec deprecation notes on deepcopy
+        if program is not None:
+            gm = copy.deepcopy(program.module())
+        else:
+            gm = copy.deepcopy(captured.graphs[index])
+            if any(n.op == "placeholder" and n.name in (captured.parameters[index] if index < len(
+                    captured.parameters) else {}) for n in gm.graph.nodes) and captured.method == "export":
+                return None  # lifted parameters and no program to run them with
+    # Parameters passed to the graph as inputs (Dynamo subgraphs): their values, so BatchNorm can be folded.
+    names = captured.parameters[index] if index < len(captured.parameters) else {}
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(model.named_buffers(remove_duplicate=False))
+    gm.__dict__["_fxfusion_constants"] = {ph: tensors[p] for ph, p in names.items() if p in tensors}
+    return gm
+
+
+def _check_model(model, plan) -> None:
     from fxfusion.plan import FusionPlan
 
     if not isinstance(plan, FusionPlan):
         raise FxFusionError(f"apply() takes a FusionPlan, got {type(plan).__name__}; make one with fxfusion.plan()")
     if not isinstance(model, nn.Module):
         raise FxFusionError(f"apply() takes the nn.Module the plan was made for, got {type(model).__name__}")
+
+
+def _planned(model: nn.Module, plan, groups) -> nn.Module:
     captured = plan.captured
-    if captured.method != "export" or len(captured.graphs) != 1:
-        return _apply_multi_graph(model, plan)
+    if captured.method == "export":
+        gm = _runnable_graph(plan, 0, model)
+        if gm is None:
+            raise FxFusionError("the captured graph has its parameters lifted to inputs and no exported program to "
+                                "run it with; capture the model with fxfusion.capture.capture")
+        gm.fxfusion_rewrites = [rewrite_group(gm, g) for g in groups]
+        return gm
+    return _planned_dynamo(model, plan, groups)
+
+
+def apply(model: nn.Module, plan) -> nn.Module:
+    """The planned model: a rewritten copy of the plan's captured graph(s).  ``model`` and the plan are unchanged.
+
+    The returned module carries ``fxfusion_rewrites``: one :class:`RewriteRecord` per group, applied or not (and
+    why not).  For a Dynamo capture (graph breaks) it is the model run under torch.compile with a backend that
+    hands Dynamo the rewritten subgraphs in capture order.
+    """
+    _check_model(model, plan)
+    return _planned(model, plan, plan.groups)
+
+
+def captured_module(model: nn.Module, plan) -> nn.Module:
+    """The captured model with no group applied: what the planned model runs, minus the rewrites."""
+    _check_model(model, plan)
+    return _planned(model, plan, [])
+
+
+class _ReplayBackend:
+    """A Dynamo backend that returns, for the i-th subgraph Dynamo compiles, the i-th rewritten captured graph.
+
+    Dynamo compiles the subgraphs of one model in the order they run, as it did during capture; a subgraph whose
+    inputs do not match the captured one's shapes and dtypes (a recompile, another path) runs unchanged.
+    """
+
+    def __init__(self, modules: list[nn.Module | None], expected: list[tuple]) -> None:
+        self.modules, self.expected, self.calls, self.mismatches = modules, expected, 0, []
+
+    @staticmethod
+    def _signature(inputs) -> list:
+        return [(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x) for x in inputs]
+
+    def __call__(self, gm: fx.GraphModule, example_inputs):
+        i, self.calls = self.calls, self.calls + 1
+        if i < len(self.modules) and self.modules[i] is not None:
+            if self._signature(example_inputs) == self._signature(self.expected[i]):
+                module = self.modules[i]
+                return lambda *args: module(*args)
+            self.mismatches.append(f"subgraph {i} does not match the captured one; it runs unchanged")
+        return gm.forward
+
+
+def _planned_dynamo(model: nn.Module, plan, groups) -> nn.Module:
+    captured = plan.captured
+    modules, records = [], []
+    for i in range(len(captured.graphs)):
+        mine = [g for g in groups if g.graph_index == i]
+        gm = _runnable_graph(plan, i, model) if captured.programs and captured.programs[i] is not None else None
+        if gm is None:
+            records += [RewriteRecord(g.id, g.pattern, g.variant, False, f"subgraph {i} did not export; "
+                                      "it runs unchanged") for g in mine]
+        else:
+            records += [rewrite_group(gm, g) for g in mine]
+        modules.append(gm)
+    backend = _ReplayBackend(modules, list(captured.graph_inputs))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # pytree spec deprecation notes on deepcopy
-        gm = copy.deepcopy(captured.graphs[0])
-    records = [rewrite_group(gm, group) for group in plan.groups]
-    gm.fxfusion_rewrites = records
-    return gm
+        warnings.simplefilter("ignore", FutureWarning)
+        copy_of_model = copy.deepcopy(model)
+    planned = torch.compile(copy_of_model, backend=backend, dynamic=False)
+    planned.fxfusion_rewrites = records
+    planned.fxfusion_backend = backend
+    return planned
