@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from fxfusion.correctness import TF32_TOLERANCE, relative_error, tolerance
+from fxfusion.correctness import relative_error, tolerance
 from fxfusion.stats import speedup, summarize
 from fxfusion.timing import Clock, CpuClock, CudaClock, TimingSpec, measure
 from fxfusion.variants import compile_limits, one_line

@@ -1,0 +1,61 @@
+"""What every rewrite rule shares: the NotApplicable signal and small readers of fx nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+
+aten = torch.ops.aten
+
+
+class NotApplicable(Exception):
+    """A group this rewrite cannot (or must not) apply; the message is the reason, one sentence."""
+
+
+def is_call(node: Any, *targets) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
+
+
+def value_of(node: Any):
+    return node.meta.get("val") if isinstance(node, fx.Node) else None
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    v = value_of(node)
+    return tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def constant(gm: fx.GraphModule, node: Any, what: str) -> torch.Tensor | None:
+    """The constant tensor behind a get_attr node (None for a None argument)."""
+    if node is None:
+        return None
+    constants = gm.__dict__.get("_fxfusion_constants", {})
+    if isinstance(node, fx.Node) and node.op == "placeholder" and node.name in constants:
+        return constants[node.name].detach()
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        raise NotApplicable(f"the {what} is not a constant of the module (it is {getattr(node, 'op', node)!r}), "
+                            "so it cannot be folded at load time")
+    obj: Any = gm
+    for part in node.target.split("."):
+        obj = getattr(obj, part)
+    return obj.detach()
+
+
+def scalar(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def device_of(*nodes) -> str:
+    for n in nodes:
+        v = value_of(n)
+        if isinstance(v, torch.Tensor):
+            return v.device.type
+    return "cpu"
