@@ -1,9 +1,10 @@
 """Attention: QK^T -> scale -> mask -> softmax -> PV becomes SDPA; QK^T -> scale becomes baddbmm with alpha.
 
-The scores are read backwards from the softmax: at most one mask (``masked_fill(m, -inf)`` -> SDPA's boolean mask
-``~m``; a finite fill value -> the same additive mask; ``+ m`` with a float m -> m), applied after the scale; any
-number of scalar multiplies/divides (on the scores, on q or on K^T) multiply into SDPA's ``scale``; then the QK^T
-GEMM.  Eval-mode dropout (p = 0 or train = False) between softmax and PV is dropped; anything else is refused.
+The scores are read backwards from the softmax: any number of multiplies/divides by Python scalars (on the scores,
+on q or on K^T) multiply into SDPA's ``scale``, and at most one mask, before or after them:
+``masked_fill(m, -inf)`` -> SDPA's boolean mask ``~m``; a finite fill value v -> the additive mask v * m; ``+ m``
+with a floating-point m -> m (times any scale applied after it).  Eval-mode dropout (p = 0 or train = False)
+between softmax and PV is dropped; casts, and anything else, are refused with the node that stopped the reading.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class _Attention:
     k: fx.Node | None  # K itself (..., S, E) when the site transposes it
     scale: float
     scaled: fx.Node  # the scores after the scale (what qk_scores returns)
-    mask: tuple | None  # ("keep", bool node) | ("fill", bool node, value) | ("add", float node)
+    mask: tuple | None  # ("keep", bool m) | ("fill", bool m, value) | ("add", float m, factor)
     softmax: fx.Node | None
     out: fx.Node | None  # probs @ v
     v: fx.Node | None
@@ -61,8 +62,12 @@ def _scale_of(node: fx.Node, inside: set) -> tuple[float, fx.Node] | None:
 
 
 def _parse_scores(head: fx.Node, inside: set) -> tuple[fx.Node, fx.Node, float, tuple | None]:
-    """Walk back from the value softmax reads: [mask] [scale]* QK^T.  Returns q, kt, scale, mask."""
-    mask, scale, node, seen_scale = None, 1.0, head, False
+    """Walk back from the value softmax reads: scales and at most one mask, in any order, then QK^T.
+
+    Returns q, K^T, the total scale and the mask as SDPA must see it: a scale applied after the mask scales the
+    mask too (softmax(s * (qk + m)) = softmax(s * qk + s * m)), so the mask carries the scale found before it.
+    """
+    mask, scale, node = None, 1.0, head
     while True:
         if is_call(node, *BMMS) and node in inside:
             q, kt = node.args[0], node.args[1]
@@ -70,26 +75,26 @@ def _parse_scores(head: fx.Node, inside: set) -> tuple[fx.Node, fx.Node, float, 
         s = _scale_of(node, inside)
         if s is not None:
             scale *= s[0]
-            node, seen_scale = s[1], True
+            node = s[1]
             continue
-        if is_call(node, aten.masked_fill.Scalar) and node in inside and mask is None and not seen_scale:
+        if is_call(node, aten.masked_fill.Scalar) and node in inside and mask is None:
             value = scalar(node.args[2])
-            if value is None:
-                raise NotApplicable("the mask fill value is not a number")
-            mask = ("keep", node.args[1]) if value == -math.inf else ("fill", node.args[1], value)
+            if value is None or scale <= 0:
+                raise NotApplicable("the mask fill value is not a number, or is scaled by a non-positive factor")
+            mask = ("keep", node.args[1]) if value == -math.inf else ("fill", node.args[1], value * scale)
             node = node.args[0]
             continue
-        if is_call(node, aten.add.Tensor) and node in inside and mask is None and not seen_scale:
+        if is_call(node, aten.add.Tensor) and node in inside and mask is None:
             if scalar(node.kwargs.get("alpha", 1)) != 1.0:
                 raise NotApplicable("the additive mask has alpha != 1")
             a, b = node.args[:2]
             scores, m = (a, b) if isinstance(a, fx.Node) and a in inside else (b, a)
             if not isinstance(m, fx.Node) or value_of(m) is None or not value_of(m).is_floating_point():
                 raise NotApplicable("the additive mask is not a floating-point tensor")
-            mask, node = ("add", m), scores
+            mask, node = ("add", m, scale), scores
             continue
         raise NotApplicable(f"cannot read the attention scores at node {getattr(node, 'name', node)!r} "
-                            "(expected mask, scale or QK^T, in that order from the softmax back)")
+                            "(expected scales, one mask and QK^T, from the softmax back)")
     for side in ("q", "kt"):  # a scale applied to q (or K^T) before the GEMM is the same scale
         operand = q if side == "q" else kt
         s = _scale_of(operand, inside) if isinstance(operand, fx.Node) else None
@@ -147,6 +152,8 @@ def rewrite_sdpa(gm, nodes, group):
             elif kind == "fill":  # a finite fill value: the same softmax as adding it where the mask is True
                 as_float = g.call_function(aten._to_copy.default, (m,), {"dtype": qv.dtype})
                 mask = g.call_function(aten.mul.Tensor, (as_float, a.mask[2]))
+            elif a.mask[2] != 1.0:  # an additive mask the scale also multiplied
+                mask = g.call_function(aten.mul.Tensor, (m, a.mask[2]))
             else:
                 mask = m
         y = g.call_function(aten.scaled_dot_product_attention.default, (a.q, k, a.v, mask, 0.0, False),

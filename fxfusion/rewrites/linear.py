@@ -1,8 +1,9 @@
 """Linear + bias (+ activation): the chain becomes one addmm (bias in the GEMM), or the cuBLASLt epilogue.
 
-Forms read: ``aten.linear(x, W, b)``; ``matmul/mm(x, t(W)) + b``; ``matmul(x, R) + b`` with R already (K, N).
-An input of more than two dimensions is flattened to (M, K) for addmm and reshaped back.  The activation node stays
-where it is (addmm) or is absorbed (epilogue: ReLU and GELU(tanh) only -- cuBLASLt's GELU is the tanh one).
+Forms read: ``aten.linear(x, W, b)``; ``matmul/mm(x, t(W)) + b``; ``matmul(x, R) + b`` with R already (K, N);
+``addmm(b, x, t(W))``; a view between the GEMM and the bias add (a 3-d input flattened for a 2-d GEMM).  The GEMM
+runs on x flattened to (M, K) and its result is reshaped to the value it replaces.  The activation node stays where
+it is (addmm) or is absorbed (epilogue: ReLU and GELU(tanh) only -- cuBLASLt's GELU is the tanh one).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from torch import fx
 
 from fxfusion.rewrites.graph import NotApplicable, arg, device_of, is_call, scalar, shape_of, aten
 
-LINEAR_GEMMS = (aten.linear.default, aten.matmul.default, aten.mm.default)
-TRANSPOSES = (aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default)
+LINEAR_GEMMS = (aten.linear.default, aten.matmul.default, aten.mm.default, aten.addmm.default)
+VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
 
 def _is_matrix_transpose(node: fx.Node) -> bool:
@@ -40,11 +41,16 @@ class _Linear:
 def _parse_linear(nodes: list[fx.Node]) -> _Linear:
     gemm = next((n for n in nodes if is_call(n, *LINEAR_GEMMS)), None)
     if gemm is None:
-        raise NotApplicable("no linear/matmul node in the site")
+        raise NotApplicable("no linear/matmul/addmm node in the site")
     inside = set(nodes)
-    x, other = gemm.args[0], gemm.args[1]
-    weight = rhs = None
     bias = None
+    if gemm.target == aten.addmm.default:
+        if scalar(arg(gemm, 3, "beta", 1)) != 1.0 or scalar(arg(gemm, 4, "alpha", 1)) != 1.0:
+            raise NotApplicable("the addmm scales its terms (beta/alpha != 1)")
+        bias, x, other = gemm.args[0], gemm.args[1], gemm.args[2]
+    else:
+        x, other = gemm.args[0], gemm.args[1]
+    weight = rhs = None
     if gemm.target == aten.linear.default:
         weight = other
         bias = arg(gemm, 2, "bias", None)
@@ -54,39 +60,41 @@ def _parse_linear(nodes: list[fx.Node]) -> _Linear:
         rhs = other
     head = gemm
     if bias is None:
-        add = next((u for u in gemm.users if is_call(u, aten.add.Tensor) and u in inside), None)
+        view = [u for u in gemm.users if u in inside and is_call(u, *VIEWS)]
+        after = view[0] if len(gemm.users) == 1 and view else gemm
+        add = next((u for u in after.users if is_call(u, aten.add.Tensor) and u in inside), None)
         if add is None:
             raise NotApplicable("the site has no bias add after its GEMM")
         if scalar(add.kwargs.get("alpha", 1)) != 1.0:
             raise NotApplicable("the bias add has alpha != 1")
-        bias = add.args[1] if add.args[0] is gemm else add.args[0]
+        bias = add.args[1] if add.args[0] is after else add.args[0]
         head = add
     n_out = (shape_of(weight) or (0,))[0] if weight is not None else (shape_of(rhs) or (0, 0))[-1]
     if shape_of(bias) not in ((n_out,), (1, n_out)):
         raise NotApplicable(f"the bias has shape {shape_of(bias)}, not ({n_out},): addmm cannot broadcast it")
-    users = [u for u in head.users if u in inside]
+    cur = head
+    while len(cur.users) == 1 and next(iter(cur.users)) in inside and is_call(next(iter(cur.users)), *VIEWS):
+        cur = next(iter(cur.users))  # addmm (2-d) -> view back to 3-d -> activation
+    users = [u for u in cur.users if u in inside]
     act = users[0] if len(users) == 1 else None
     return _Linear(x, weight, rhs, bias, head, act)
 
 
-def _emit_addmm(g: fx.Graph, lin: _Linear) -> tuple[fx.Node, fx.Node, tuple[int, ...]]:
-    """x as a matrix and the (K, N) right-hand side; the caller reshapes the result back."""
-    xs = shape_of(lin.x)
-    if xs is None:
-        raise NotApplicable("the input has no recorded shape")
+def _emit_addmm(g: fx.Graph, lin: _Linear, target, kwargs: dict, like: fx.Node) -> fx.Node:
+    """``target(bias, x as (M, K), W^T)`` reshaped to the shape of ``like``, the value it replaces."""
+    xs, out = shape_of(lin.x), shape_of(like)
+    if xs is None or out is None:
+        raise NotApplicable("the input or output has no recorded shape")
     x2 = lin.x if len(xs) == 2 else g.call_function(aten.reshape.default, (lin.x, [-1, xs[-1]]))
     rhs = g.call_function(aten.t.default, (lin.weight,)) if lin.weight is not None else lin.rhs
-    return x2, rhs, xs
+    y = g.call_function(target, (lin.bias, x2, rhs), kwargs)
+    return y if len(out) == 2 else g.call_function(aten.reshape.default, (y, list(out)))
 
 
 def rewrite_addmm(gm, nodes, group):
     lin = _parse_linear(nodes)
-    g = gm.graph
-    with g.inserting_before(lin.head):
-        x2, rhs, xs = _emit_addmm(g, lin)
-        y = g.call_function(aten.addmm.default, (lin.bias, x2, rhs))
-        if len(xs) != 2:
-            y = g.call_function(aten.reshape.default, (y, [*xs[:-1], -1]))
+    with gm.graph.inserting_before(lin.head):
+        y = _emit_addmm(gm.graph, lin, aten.addmm.default, {}, lin.head)
     return lin.head, y
 
 
@@ -94,7 +102,7 @@ def rewrite_addmm(gm, nodes, group):
 def _epilogue_gelu(act: fx.Node | None) -> bool:
     if is_call(act, aten.relu.default):
         return False
-    if is_call(act, aten.gelu.default) and act.kwargs.get("approximate", act.args[1] if len(act.args) > 1 else "none") == "tanh":
+    if is_call(act, aten.gelu.default) and arg(act, 1, "approximate", "none") == "tanh":
         return True
     raise NotApplicable("the cuBLASLt epilogue computes only ReLU and GELU(tanh), not this activation")
 
@@ -104,10 +112,6 @@ def rewrite_addmm_epilogue(gm, nodes, group):
     use_gelu = _epilogue_gelu(lin.act)
     if device_of(lin.x) != "cuda":
         raise NotApplicable("the fused GEMM epilogue exists only in cuBLASLt (CUDA)")
-    g = gm.graph
-    with g.inserting_before(lin.act):
-        x2, rhs, xs = _emit_addmm(g, lin)
-        y = g.call_function(aten._addmm_activation.default, (lin.bias, x2, rhs), {"use_gelu": use_gelu})
-        if len(xs) != 2:
-            y = g.call_function(aten.reshape.default, (y, [*xs[:-1], -1]))
+    with gm.graph.inserting_before(lin.act):
+        y = _emit_addmm(gm.graph, lin, aten._addmm_activation.default, {"use_gelu": use_gelu}, lin.act)
     return lin.act, y
