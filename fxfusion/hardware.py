@@ -103,3 +103,17 @@ def mismatch_warning(spec: HardwareSpec, device: str, name: str) -> str | None:
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def detect(device: str) -> HardwareSpec:
+    """The registry entry whose match strings name this device, else a nominal entry of its kind (cpu or cuda)."""
+    kind = device.split(":")[0]
+    name = device_name(device)
+    for spec in REGISTRY.values():
+        if spec.device == kind and spec.match and any(m.lower() in name.lower() for m in spec.match):
+            return spec
+    if kind == "cpu":
+        return REGISTRY["generic-cpu"]
+    return HardwareSpec("generic-cuda", "cuda", {"float32": 10000.0, "bfloat16": 100000.0, "float16": 100000.0,
+                                                 "float64": 5000.0}, 1000.0,
+                        f"nominal figures for an unregistered GPU ({name}), not a datasheet")
