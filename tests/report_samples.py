@@ -11,26 +11,29 @@ from html.parser import HTMLParser
 
 from fxfusion.calibrate import _decide
 from fxfusion.profile import Entry, Profile, SpeedupCI, decision_to_dict
-from fxfusion.stats import speedup, summarize
+from fxfusion.stats import speedup
 
 
-def scale_variant(entry: Entry, name: str, factor: float) -> None:
-    """Make variant ``name`` of ``entry`` ``factor`` times slower (samples scaled) and decide the entry again."""
+def pin_speedup(entry: Entry, name: str, times: float) -> None:
+    """Give variant ``name`` constant samples, ``times`` faster than eager's fastest sample (``times`` > 1) or slower
+    than its slowest (``times`` < 1), and decide the entry again.  Every bootstrap median of eager lies between its
+    fastest and slowest sample, so the whole interval lands on one side: fuse for times >= 1.1, avoid for <= 0.9,
+    however noisy the real samples were."""
     eager, v = entry.variant("eager"), entry.variant(name)
-    v.samples_ms = [s * factor for s in v.samples_ms]
-    summary = summarize(v.samples_ms)
-    v.median_ms, v.iqr_ms = summary.median, summary.iqr
+    base = min(eager.samples_ms) if times >= 1 else max(eager.samples_ms)
+    v.samples_ms = [base / times] * len(v.samples_ms)
+    v.median_ms, v.iqr_ms = base / times, 0.0
     s = speedup(eager.samples_ms, v.samples_ms)
     v.speedup, v.verdict = SpeedupCI(s.median, s.ci_low, s.ci_high), s.verdict()
     entry.decision = _decide(entry.pattern, entry.shape, entry.dtype, entry.device, entry.variants)
 
 
 def edited(profile: Profile, edits: dict[tuple[str, int], tuple[str, float]]) -> Profile:
-    """A validated copy of ``profile`` with {(pattern, index among its entries): (variant, slow-down factor)}."""
+    """A validated copy of ``profile`` with {(pattern, index by FLOPs among its entries): (variant, times)}."""
     out = Profile.from_dict(copy.deepcopy(profile.to_dict()))
-    for (pattern, index), (variant, factor) in edits.items():
+    for (pattern, index), (variant, times) in edits.items():
         entries = sorted((e for e in out.entries if e.pattern == pattern), key=lambda e: e.flops)
-        scale_variant(entries[index], variant, factor)
+        pin_speedup(entries[index], variant, times)
     return Profile.from_dict(out.to_dict())
 
 

@@ -35,10 +35,10 @@ def second_profile(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def flipped(tiny, tmp_path_factory):
-    """Two validated copies of the tiny profile: sdpa made 10x faster in A and 10x slower in B at the small
-    attention size (fuse in A, avoid in B), and 10x faster in B at the large size (fuse there)."""
-    a = edited(tiny, {("full_attention", 0): ("sdpa", 0.1)})
-    b = edited(tiny, {("full_attention", 0): ("sdpa", 10.0), ("full_attention", 1): ("sdpa", 0.1)})
+    """Two validated copies of the tiny profile: sdpa pinned 10x faster than eager in A and 10x slower in B at the
+    small attention size (fuse in A, avoid in B), and 10x faster in B at the large size (fuse there)."""
+    a = edited(tiny, {("full_attention", 0): ("sdpa", 10.0)})
+    b = edited(tiny, {("full_attention", 0): ("sdpa", 0.1), ("full_attention", 1): ("sdpa", 10.0)})
     folder = tmp_path_factory.mktemp("flipped")
     a.save(folder / "a.json"), b.save(folder / "b.json")
     return a, b, folder / "a.json", folder / "b.json"
@@ -106,9 +106,11 @@ def test_verdict_and_best_variant_flip_are_flagged(flipped):
     assert (flip.a.verdict, flip.b.verdict) == ("fuse", "avoid")
     assert (flip.a.best_variant, flip.b.best_variant) == ("sdpa", "eager")
     assert flip.verdict_flip and flip.best_flip
-    # the median is scale-equivariant: B's speedup is exactly 1/100 of A's
-    assert flip.speedup_ratio == pytest.approx(0.01, rel=1e-9)
-    assert flip.variant_ratios["sdpa"] == pytest.approx(0.01, rel=1e-9)
+    # A's sdpa runs in min(eager)/10, B's in max(eager)*10: B's speedup over A's is their inverse ratio
+    eager = attention(a)[0].variant("eager").samples_ms
+    expected = (min(eager) / 10) / (max(eager) * 10)
+    assert flip.speedup_ratio == pytest.approx(expected, rel=1e-9)
+    assert flip.variant_ratios["sdpa"] == pytest.approx(expected, rel=1e-9)
     assert flip.eager_time_ratio == pytest.approx(1.0)
 
 
