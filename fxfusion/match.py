@@ -340,7 +340,7 @@ def match_attention(ctx: Context, softmax: Node) -> Candidate | None:
     if mask is not None and pattern == "qk_softmax":
         notes.append("the mask is part of the site; the qk_softmax pattern measures the unmasked chain")
     after = ["softmax"] + (["dropout"] if dropout is not None else []) + (["@ V"] if pv is not None else [])
-    written = "hand-written attention: QK^T " + ", ".join(how + after)
+    written = "hand-written attention: QK^T " + ", ".join(how[::-1] + after)  # found walking back: reversed
     return Candidate(pattern, nodes, output, {"B": B, "H": H, "S": Sq if Sq == Sk else round((Sq * Sk) ** 0.5),
                                              "D": D},
                      dtype_name(output) or "float32", roles, written, reasons=reasons, notes=notes,
@@ -773,6 +773,6 @@ def find_sites(captured: CapturedModel) -> list[Site]:
             sites.append(site)
         for node in g.gm.graph.nodes:
             if node.op == "call_function" and node not in claimed:
-                unmatched[str(node.target)] += 1
+                unmatched["getitem" if node.target is operator.getitem else str(node.target)] += 1
     captured.unmatched = dict(sorted(unmatched.items(), key=lambda kv: (-kv[1], kv[0])))
     return sites
