@@ -121,3 +121,15 @@ def test_select_patterns_by_family_and_name():
 def test_shape_keys_are_checked():
     with pytest.raises(FxFusionError, match="takes shape keys M,K,N"):
         get_pattern("linear_bias").check_shape({"M": 1, "K": 2})
+
+
+def test_reference_of_a_large_problem_is_checked_on_leading_rows():
+    p = get_pattern("full_attention")
+    shape = {"B": 8, "H": 2, "S": 64, "D": 8}
+    inputs = p.make_inputs(shape, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    sliced, rows = p.reference_slice(shape, inputs, max_bytes=p.bytes({**shape, "B": 2}, 8, False))
+    assert rows == 2 and sliced["q"].shape[0] == 2 and sliced["v"].shape[0] == 2
+    ref = p.eager(**to_reference(sliced))
+    assert relative_error(p.manual[0].build(inputs)()[:rows], ref) <= CPU_TOL[torch.float32]
+    same, all_rows = p.reference_slice(shape, inputs, max_bytes=1 << 40)
+    assert all_rows == 8 and same is inputs

@@ -130,6 +130,7 @@ def _pattern(kind: str) -> Pattern:
         shapes={"quick": QUICK, "full": FULL, "gpu": GPU},
         ops=ops,
         extra=lambda s: {"heads": s["H"], "seq_len": s["S"], "head_dim": s["D"]},
+        batch_inputs=("q", "k", "v"),
     )
 
 

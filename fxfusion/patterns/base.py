@@ -49,6 +49,9 @@ class Pattern:
     shapes: Mapping[str, tuple[Shape, ...]]  # size set name ("quick", "full", "gpu") -> shapes
     ops: tuple[str, ...]  # the unfused op chain, for humans and the matcher
     extra: Callable[[Shape], dict] = field(default=lambda shape: {})
+    # Inputs whose first dimension is the first shape key (rows, batch); the output's first dimension is too.  The
+    # float64 reference of a large problem is computed on a slice of these rows (rows are independent).
+    batch_inputs: tuple[str, ...] = ("x",)
 
     def check_shape(self, shape: Shape) -> dict[str, int]:
         missing = [k for k in self.shape_keys if k not in shape]
@@ -61,6 +64,16 @@ class Pattern:
                 f"got {','.join(shape) or 'none'}"
             )
         return {k: int(shape[k]) for k in self.shape_keys}
+
+    def reference_slice(self, shape: Shape, inputs: dict, max_bytes: int) -> tuple[dict, int]:
+        """Inputs cut to the leading rows whose float64 unfused working set fits in ``max_bytes``, and the row count."""
+        key = self.shape_keys[0]
+        rows = shape[key]
+        while rows > 1 and self.bytes({**shape, key: rows}, 8, False) > max_bytes:
+            rows = (rows + 1) // 2
+        if rows == shape[key]:
+            return inputs, rows
+        return {k: (v[:rows] if k in self.batch_inputs else v) for k, v in inputs.items()}, rows
 
     def memory_reduction(self, shape: Shape, itemsize: int) -> float:
         unfused = self.bytes(shape, itemsize, False)

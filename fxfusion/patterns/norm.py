@@ -87,5 +87,6 @@ PATTERNS = [
         bytes=lambda s, i, fused: i * ((3 if fused else 5) * s["M"] * s["N"] + 2 * s["N"]),
         shapes={"quick": QUICK, "full": FULL, "gpu": GPU},
         ops=("add", "layer_norm"),
+        batch_inputs=("x", "residual"),
     ),
 ]
