@@ -198,6 +198,13 @@ SITE_HEADERS = ("site", "pattern", "status", "verdict", "nodes", "shape", "dtype
                 "best vs baseline", "speedup [95% CI]", "baseline ms", "best ms", "saved ms", "bytes saved", "notes")
 
 
+def _target_name(target: Any) -> str:
+    """``aten.addmm.default`` for an aten op overload (as the analysis's unmatched counts spell it), else its name."""
+    if type(target).__module__.startswith("torch._ops"):
+        return str(target)
+    return getattr(target, "__name__", str(target))
+
+
 def _graph_ops(graphs: Sequence[Any], sites: list[dict]) -> str:
     """Every compute node of each captured graph, in order; nodes of a site coloured by the site's verdict."""
     out = []
@@ -210,9 +217,9 @@ def _graph_ops(graphs: Sequence[Any], sites: list[dict]) -> str:
             site = owner.get(node.name)
             verdict = (site.get("verdict") or "undecided") if site else None
             name = f'<span class="chip v-{_e(verdict)}">{_e(node.name)}</span>' if site else _e(node.name)
-            rows.append([name, f"<code>{_e(getattr(node.target, '__name__', node.target))}</code>",
+            rows.append([name, f"<code>{_e(_target_name(node.target))}</code>",
                          _e(site.get("id")) if site else "", _verdict(verdict) if site else ""])
-            attrs.append(f'data-site="{_e(site.get("id"))}"' if site else "")
+            attrs.append(f'data-node="{_e(node.name)}"' + (f' data-site="{_e(site.get("id"))}"' if site else ""))
         out.append(f"<h3>graph {gi}</h3>" + _table(("node", "op", "site", "verdict"), rows, cls="ops",
                                                     row_attrs=attrs))
     return "".join(out)
@@ -228,6 +235,15 @@ def _site_nodes(sites: list[dict]) -> str:
             for s in sites if s.get("graph_index", 0) == gi for n in s.get("nodes", []))
         out.append(f"<h3>graph {gi}</h3><p>{chips}</p>")
     return "".join(out)
+
+
+def _decided_by(meta: dict) -> str:
+    mode = meta.get("mode")
+    if mode == "profile":
+        return f'decisions from profile <code>{_e(meta.get("profile"))}</code> ({_e(meta.get("hardware"))})'
+    if mode == "measure":
+        return f"decisions measured live ({_e(meta.get('hardware'))})"
+    return "matched only: no decisions" if mode == "match_only" else f"mode {_e(mode)}"
 
 
 def render_analysis_html(analysis: dict, graphs: Sequence[Any] | None = None) -> str:
@@ -246,15 +262,14 @@ def render_analysis_html(analysis: dict, graphs: Sequence[Any] | None = None) ->
     parts = [
         f"<h1>fxfusion analysis: {_e(meta.get('model'))}</h1>",
         f'<p class="meta">{_e(meta.get("entry"))} on {_e(meta.get("device_name"))} ({_e(meta.get("device"))}), '
-        f'dtype {_e(meta.get("dtype") or "as loaded")}, decisions from '
-        + (f'profile <code>{_e(meta.get("profile"))}</code>' if meta.get("mode") == "profile"
-           else "live measurement") + f' ({_e(meta.get("hardware"))}), {_e(meta.get("date"))}</p>',
+        f'dtype {_e(meta.get("dtype") or "as loaded")}, {_decided_by(meta)}, {_e(meta.get("date"))}</p>',
         '<nav><a href="#sites">sites</a><a href="#graph">fusion sites in the graph</a>'
         '<a href="#unmatched">unmatched ops</a><a href="#run">run details</a></nav>',
         "<p>" + ", ".join(f"{_e(v)} {_e(k)}" for k, v in numbers) + ".</p>" if numbers else "",
         (f"<p>Estimated saving per forward pass: {summary['saved_ms_per_forward']:.4g} ms, "
-         f"{summary.get('bytes_saved_per_forward', 0):,} bytes (sum over sites whose verdict is fuse).</p>"
-         if "saved_ms_per_forward" in summary else ""),
+         f"{summary.get('bytes_saved_per_forward', 0):,} bytes (sum over sites whose verdict is fuse)"
+         + (f"; measured forward pass: {summary['forward_ms']:.4g} ms" if summary.get("forward_ms") else "")
+         + ".</p>" if "saved_ms_per_forward" in summary else ""),
         _list((f"warning: {w}" for w in analysis.get("warnings", [])), "warn"),
         '<section id="sites"><h2>Fusion sites</h2>',
         _table(SITE_HEADERS, (_site_row(s) for s in sites), cls="sites",

@@ -206,9 +206,9 @@ def test_analysis_report_highlights_site_nodes_in_the_graph(analysis):
     gm = torch.fx.symbolic_trace(model)
     html = render_analysis_html(analysis, graphs=[gm])
     doc = HtmlDoc(html)
-    ops = [r for r in doc.rows if "data-site" in r["attrs"] and "data-verdict" not in r["attrs"]]
-    assert [(r["cells"][0], r["attrs"]["data-site"]) for r in ops] == \
-           [("linear", "g0.s0"), ("relu", "g0.s0"), ("linear_1", "g0.s1"), ("gelu", "g0.s1")]
+    ops = [r for r in doc.rows if "data-node" in r["attrs"]]
+    assert [(r["cells"][0], r["attrs"].get("data-site")) for r in ops] == \
+           [("linear", "g0.s0"), ("relu", "g0.s0"), ("linear_1", "g0.s1"), ("gelu", "g0.s1"), ("add", None)]
     verdict = analysis["sites"][0]["verdict"]
     assert f'<span class="chip v-{verdict}">linear</span>' in html
     assert "<td>add</td>" in html  # a node in no site is listed, not highlighted
@@ -236,3 +236,27 @@ def test_report_cli_renders_an_analysis_file(analysis, tmp_path):
     result = runner.invoke(app, ["report", str(path), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "2 sites" in result.output and 'data-site="g0.s0"' in out.read_text()
+
+
+def test_real_analysis_highlights_every_site_node_by_verdict(tiny_profile, profile):
+    """A real `analyze` run (conv+BN+ReLU decided from the real tiny profile) rendered with its captured graphs."""
+    analyze_mod = pytest.importorskip("fxfusion.analyze", reason="fxfusion.analyze (issue 3) is not in this tree")
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4096, 64)).eval()
+    source = analyze_mod.ProfileSource(profile, "cpu", str(tiny_profile))
+    result = analyze_mod.analyze(model, (torch.randn(1, 16, 16, 16),), source, time_forward=False)
+    data = result.to_dict()
+    assert schema_errors(data, "analysis") == []
+    conv = next(s for s in data["sites"] if s["pattern"] == "conv2d_bn_relu")
+    assert conv["decision"]["verdict"] == profile.decide("conv2d_bn_relu", conv["shape"]).verdict
+    html = render_analysis_html(data, result.captured.graphs)
+    doc = HtmlDoc(html)
+    assert doc.unbalanced == []
+    ops = {r["attrs"]["data-node"]: r for r in doc.rows if "data-node" in r["attrs"]}
+    for site in data["sites"]:
+        for node in site["nodes"]:
+            assert ops[node]["attrs"]["data-site"] == site["id"]
+            assert f'<span class="chip v-{site["verdict"]}">{node}</span>' in html
+    unmatched = [name for name, row in ops.items() if not row["attrs"].get("data-site")]
+    assert len(unmatched) == sum(data["unmatched"].values()) > 0  # flatten: listed, in no site
+    assert all(op in html for op in data["unmatched"])
