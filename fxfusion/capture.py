@@ -60,7 +60,7 @@ def _break_reason(reason: Any) -> str:
     """Dynamo's GraphCompileReason -> one line: what broke the graph and where in the user's code."""
     text = str(getattr(reason, "reason", reason)).strip().splitlines()
     first = text[0] if text else "unknown reason"
-    if first.startswith("generic_jump") or "data-dependent" in first.lower() or "data dependent" in first.lower():
+    if first.startswith("generic_jump"):  # Dynamo's name for a branch on a tensor's value
         first = f"data-dependent control flow ({first})"
     stack = getattr(reason, "user_stack", None) or []
     where = f" at {stack[-1].filename.rsplit('/', 1)[-1]}:{stack[-1].lineno}" if stack else ""

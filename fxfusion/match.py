@@ -731,7 +731,14 @@ def _graph_index(captured: CapturedModel) -> tuple[list[Graph], Counter, dict]:
     return graphs, uses, users
 
 
+# Checks export inserts in front of a cast (``_assert_tensor_metadata(x, dtype=...)``): they compute nothing, so a
+# site takes the checks of its own intermediates with it instead of counting them as outside uses.
+ASSERT_OPS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"})
+
+
 def _site(g: Graph, c: Candidate) -> Site:
+    checks = [u for n in c.nodes if n is not c.output for u in n.users if op_name(u) in ASSERT_OPS]
+    c.nodes.extend(u for u in checks if u not in c.nodes)
     nodes = sorted(set(c.nodes), key=g.order.__getitem__)
     status, reasons = c.status, list(c.reasons)
     if status != ALREADY_FUSED:
@@ -764,8 +771,8 @@ def find_sites(captured: CapturedModel) -> list[Site]:
                     if c is None or any(n in claimed for n in c.nodes):
                         continue
                     c.anchor = node
+                    site = _site(g, c)  # may take the export checks of its intermediates along
                     claimed.update(c.nodes)
-                    site = _site(g, c)
                     found.append((min(g.order[n] for n in c.nodes), site))
         found.sort(key=lambda pair: pair[0])
         for i, (_, site) in enumerate(found):
