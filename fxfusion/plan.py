@@ -10,7 +10,9 @@ A plan is made from decisions (:meth:`FusionPlan.from_decisions`), one per legal
   3. predict the time saved per forward: baseline median - winner median, scaled by the FLOP ratio when the
      entry was measured at another shape;
   4. admit groups by predicted saving, largest first, while the graph with every admitted group contracted to
-     one node stays acyclic (networkx): fusing them all creates no cycle.  Cost O(groups x (V + E)).
+     one node stays acyclic (networkx): fusing them all creates no cycle.  Cost O(groups x (V + E));
+  5. where the cost of running the captured graph instead of the model is known (:func:`measure_overhead`), keep
+     the groups only if their predicted saving exceeds it -- a plan must not make the model slower.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from fxfusion.errors import FxFusionError
 from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, decision_to_dict
 from fxfusion.sites import ALREADY_FUSED, CapturedModel, Site
 
-ILLEGAL, UNDECIDED, NOT_FUSE, NO_GAIN, NO_REWRITE, NOT_CONVEX = (
-    "illegal", "undecided", "not_fuse", "no_gain", "no_rewrite", "not_convex")
+ILLEGAL, UNDECIDED, NOT_FUSE, NO_GAIN, NO_REWRITE, NOT_CONVEX, BELOW_OVERHEAD = (
+    "illegal", "undecided", "not_fuse", "no_gain", "no_rewrite", "not_convex", "below_overhead")
 
 
 @dataclass
@@ -63,7 +65,7 @@ class RefusedSite:
     pattern: str
     graph_index: int
     nodes: list[str]
-    why: str  # ILLEGAL | already_fused | UNDECIDED | NOT_FUSE | NO_GAIN | NO_REWRITE | NOT_CONVEX
+    why: str  # ILLEGAL | already_fused | UNDECIDED | NOT_FUSE | NO_GAIN | NO_REWRITE | NOT_CONVEX | BELOW_OVERHEAD
     reasons: list[str]
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,12 +151,22 @@ class FusionPlan:
     refused: list[RefusedSite]
     device: str = "cpu"
     warnings: list[str] = field(default_factory=list)
+    # Median time the captured graph (no rewrite) takes over the original model per forward; None: not measured.
+    overhead_ms: float | None = None
 
     @property
-    def predicted_saving_ms(self) -> float | None:
+    def groups_saving_ms(self) -> float | None:
         """Sum over groups of the predicted saving per forward; None when no group has a timing."""
         known = [g.predicted_saving_ms for g in self.groups if g.predicted_saving_ms is not None]
         return sum(known) if known else (0.0 if not self.groups else None)
+
+    @property
+    def predicted_saving_ms(self) -> float | None:
+        """The predicted end-to-end saving per forward: the groups' savings less the captured graph's overhead."""
+        if not self.groups:
+            return 0.0  # no group: apply() returns a copy of the model itself
+        saving = self.groups_saving_ms
+        return None if saving is None else saving - (self.overhead_ms or 0.0)
 
     def group(self, group_id: str) -> FusionGroup:
         for g in self.groups:
@@ -227,6 +239,20 @@ class FusionPlan:
         position = {g.id: i for i, g in enumerate(candidates)}
         self.groups = sorted(admitted, key=lambda g: position[g.id])
 
+    def require_saving_over(self, overhead_ms: float) -> None:
+        """Record the captured graph's overhead (signed: the graph can be faster than the module it came from);
+        refuse every group when their predicted saving does not cover it."""
+        self.overhead_ms = float(overhead_ms)
+        saving = self.groups_saving_ms
+        if not self.groups or saving is None or any(g.predicted_saving_ms is None for g in self.groups):
+            return
+        if saving <= self.overhead_ms:
+            why = (f"the plan's predicted saving ({saving:.4f} ms per forward) does not cover the "
+                   f"{self.overhead_ms:.4f} ms the captured graph costs over the original model")
+            self.refused += [RefusedSite(g.id, g.pattern, g.graph_index, g.nodes, BELOW_OVERHEAD, [why])
+                             for g in self.groups]
+            self.groups = []
+
     # -- views ----------------------------------------------------------------------------------------------------
     def to_networkx(self):
         """A networkx.DiGraph of the captured model; see :func:`fxfusion.partition.plan_graph`."""
@@ -247,6 +273,8 @@ class FusionPlan:
             "capture": {"method": c.method, "graphs": len(c.graphs), "graph_breaks": list(c.graph_breaks)},
             "groups": [g.to_dict() for g in self.groups],
             "refused": [r.to_dict() for r in self.refused],
+            "groups_saving_ms": self.groups_saving_ms,
+            "overhead_ms": self.overhead_ms,
             "predicted_saving_ms": self.predicted_saving_ms,
             "warnings": list(self.warnings),
         }
@@ -304,9 +332,34 @@ def measure_sites(sites: list[Site], device: str = "cpu", spec=None, hardware: s
                    hardware={"name": hw.name, "device": hw.device}, ceilings={}, entries=entries)
 
 
+# Enough rounds to see a 10 us difference on a 2-core CPU, little enough to keep planning quick.
+OVERHEAD_SPEC_ROUNDS, OVERHEAD_SPEC_BUDGET_S = 30, 3.0
+
+
+def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_inputs: tuple, device: str = "cpu",
+                     spec=None, clock=None) -> float:
+    """Median ms per forward that the captured graph, unrewritten, takes over the original model (may be < 0)."""
+    from fxfusion.rewrite import captured_module
+    from fxfusion.timing import CpuClock, CudaClock, TimingSpec, measure
+
+    spec = spec or TimingSpec(rounds=OVERHEAD_SPEC_ROUNDS, warmup=2, target_sample_s=0.005,
+                              budget_s=OVERHEAD_SPEC_BUDGET_S)
+    clock = clock or (CudaClock() if device.startswith("cuda") else CpuClock())
+    graph = captured_module(model, captured)
+    with torch.no_grad():
+        samples = measure({"eager": lambda: model(*example_inputs), "captured": lambda: graph(*example_inputs)},
+                          clock, spec)
+    median = lambda xs: float(torch.tensor(xs, dtype=torch.float64).median())  # noqa: E731
+    return (median(samples.seconds["captured"]) - median(samples.seconds["eager"])) * 1e3
+
+
 def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tuple, device: str | None = None,
-         spec=None, compile_modes: tuple[str, ...] = ("compile",)) -> FusionPlan:
-    """Capture, find the sites, decide each from ``profile`` (or measure them live when it is None), and plan."""
+         spec=None, compile_modes: tuple[str, ...] = ("compile",), check_overhead: bool = True) -> FusionPlan:
+    """Capture, find the sites, decide each from ``profile`` (or measure them live when it is None), and plan.
+
+    With ``check_overhead`` (and an nn.Module to compare with), the captured graph's call overhead over the model is
+    measured and the groups are kept only when their predicted saving covers it.
+    """
     from fxfusion.match import find_sites
 
     if not isinstance(example_inputs, tuple):
@@ -327,4 +380,8 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
             decisions[site.id] = profile.decide(site.pattern, site.shape, site.dtype, device)
         except FxFusionError as exc:
             undecided[site.id] = str(exc)
-    return FusionPlan.from_decisions(captured, sites, decisions, profile=profile, device=device, undecided=undecided)
+    result = FusionPlan.from_decisions(captured, sites, decisions, profile=profile, device=device,
+                                       undecided=undecided)
+    if check_overhead and result.groups and isinstance(model_or_graph, torch.nn.Module):
+        result.require_saving_over(measure_overhead(model_or_graph, captured, example_inputs, device))
+    return result

@@ -104,11 +104,10 @@ def rewrite_group(gm: fx.GraphModule, group) -> RewriteRecord:
     return record
 
 
-def _runnable_graph(plan, index: int, model: nn.Module) -> fx.GraphModule | None:
+def _runnable_graph(captured, index: int, model: nn.Module) -> fx.GraphModule | None:
     """A fresh, runnable copy of captured graph ``index``: the exported program's module (parameters as get_attr
     constants, same compute node names as the captured graph), or the captured graph itself when it has no program.
     """
-    captured = plan.captured
     program = captured.programs[index] if index < len(captured.programs) else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # pytree spec deprecation notes on deepcopy
@@ -136,33 +135,45 @@ def _check_model(model, plan) -> None:
         raise FxFusionError(f"apply() takes the nn.Module the plan was made for, got {type(model).__name__}")
 
 
-def _planned(model: nn.Module, plan, groups) -> nn.Module:
-    captured = plan.captured
+def _planned(model: nn.Module, captured, groups) -> nn.Module:
     if captured.method == "export":
-        gm = _runnable_graph(plan, 0, model)
+        gm = _runnable_graph(captured, 0, model)
         if gm is None:
             raise FxFusionError("the captured graph has its parameters lifted to inputs and no exported program to "
                                 "run it with; capture the model with fxfusion.capture.capture")
         gm.fxfusion_rewrites = [rewrite_group(gm, g) for g in groups]
         return gm
-    return _planned_dynamo(model, plan, groups)
+    return _planned_dynamo(model, captured, groups)
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(model)
 
 
 def apply(model: nn.Module, plan) -> nn.Module:
     """The planned model: a rewritten copy of the plan's captured graph(s).  ``model`` and the plan are unchanged.
 
     The returned module carries ``fxfusion_rewrites``: one :class:`RewriteRecord` per group, applied or not (and
-    why not).  For a Dynamo capture (graph breaks) it is the model run under torch.compile with a backend that
-    hands Dynamo the rewritten subgraphs in capture order.
+    why not).  When no group applies it is a plain copy of ``model``: running the captured graph instead would only
+    add its call overhead.  For a Dynamo capture (graph breaks) it is the model run under torch.compile with a
+    backend that hands Dynamo the rewritten subgraphs in capture order.
     """
     _check_model(model, plan)
-    return _planned(model, plan, plan.groups)
+    planned = _planned(model, plan.captured, plan.groups) if plan.groups else None
+    records = getattr(planned, "fxfusion_rewrites", [])
+    if planned is None or not any(r.applied for r in records):
+        planned = _copy(model)
+        planned.fxfusion_rewrites = records
+    return planned
 
 
-def captured_module(model: nn.Module, plan) -> nn.Module:
-    """The captured model with no group applied: what the planned model runs, minus the rewrites."""
-    _check_model(model, plan)
-    return _planned(model, plan, [])
+def captured_module(model: nn.Module, captured) -> nn.Module:
+    """The captured model with no group applied: what a planned model runs, minus the rewrites."""
+    if not isinstance(model, nn.Module):
+        raise FxFusionError(f"captured_module() takes an nn.Module, got {type(model).__name__}")
+    return _planned(model, captured, [])
 
 
 class _ReplayBackend:
@@ -189,12 +200,11 @@ class _ReplayBackend:
         return gm.forward
 
 
-def _planned_dynamo(model: nn.Module, plan, groups) -> nn.Module:
-    captured = plan.captured
+def _planned_dynamo(model: nn.Module, captured, groups) -> nn.Module:
     modules, records = [], []
     for i in range(len(captured.graphs)):
         mine = [g for g in groups if g.graph_index == i]
-        gm = _runnable_graph(plan, i, model) if captured.programs and captured.programs[i] is not None else None
+        gm = _runnable_graph(captured, i, model) if captured.programs and captured.programs[i] is not None else None
         if gm is None:
             records += [RewriteRecord(g.id, g.pattern, g.variant, False, f"subgraph {i} did not export; "
                                       "it runs unchanged") for g in mine]
@@ -202,10 +212,7 @@ def _planned_dynamo(model: nn.Module, plan, groups) -> nn.Module:
             records += [rewrite_group(gm, g) for g in mine]
         modules.append(gm)
     backend = _ReplayBackend(modules, list(captured.graph_inputs))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        copy_of_model = copy.deepcopy(model)
-    planned = torch.compile(copy_of_model, backend=backend, dynamic=False)
+    planned = torch.compile(_copy(model), backend=backend, dynamic=False)
     planned.fxfusion_rewrites = records
     planned.fxfusion_backend = backend
     return planned

@@ -10,7 +10,8 @@ Method (:func:`verify_plan`):
   4. time the original, the captured graph before rewriting, the planned model and torch.compile of the whole model,
      interleaved (:func:`fxfusion.timing.measure`); speedups over the original with bootstrap intervals;
   5. measured saving = median(original) - median(planned), with the interval implied by the speedup's interval;
-     prediction error = (predicted - measured) / measured, where the prediction sums the applied groups only.
+     prediction error = (predicted - measured) / measured, where the prediction sums the applied groups only, less
+     the captured graph's overhead the plan measured.
 
 A plan whose outputs do not verify has ``ok == False`` and is rendered as NOT VERIFIED; nothing reports it as a
 success.  Slower-than-original beyond the noise interval is reported (``planned_verdict == "avoid"``) separately.
@@ -203,7 +204,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     timings["planned"] = Timing("planned", "ok", first_call_s=planned_first)
     if include_captured:
         try:
-            captured = captured_module(model, plan)
+            captured = captured_module(model, plan.captured)
             with torch.no_grad():
                 first = _first_call(lambda: captured(*inputs), device)
             thunks["captured"] = lambda: captured(*inputs)
@@ -244,11 +245,17 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     ci = (eager_ms * (1 - 1 / sp["ci_low"]), eager_ms * (1 - 1 / sp["ci_high"]))
     applied = {r["site_id"] for r in rewrites if r["applied"]}
     known = [g.predicted_saving_ms for g in plan.groups if g.id in applied and g.predicted_saving_ms is not None]
-    predicted = sum(known) if known or not applied else None
-    if applied and len(known) < len(applied):
+    predicted = None
+    if not applied:
+        predicted = 0.0  # the planned model is a copy of the original
+    elif len(known) == len(applied):
+        predicted = sum(known) - (plan.overhead_ms or 0.0)
+    else:
         result_warnings.append(f"{len(applied) - len(known)} applied group(s) have no predicted saving")
+    if applied and plan.overhead_ms is None:
+        result_warnings.append("the plan did not measure the captured graph's overhead; the prediction omits it")
     error_pct = error_of_eager = None
-    if predicted is not None:
+    if predicted is not None and applied:  # with nothing applied there is no prediction to check
         error_of_eager = 100.0 * (predicted - measured) / eager_ms
         error_pct = 100.0 * (predicted - measured) / abs(measured) if measured != 0 else None
     ok = not failure
