@@ -85,6 +85,15 @@ def baseline_variant(site: Site, gm: fx.GraphModule | None) -> str:
     return "eager"
 
 
+def _variants_of(pattern: str) -> set[str]:
+    """The variant names a decision for ``pattern`` can name: its manual fusions and the compile variants."""
+    from fxfusion.patterns import REGISTRY
+    from fxfusion.variants import COMPILE_MODES
+
+    p = REGISTRY.get(pattern)
+    return ({mv.name for mv in p.manual} if p else set()) | set(COMPILE_MODES)
+
+
 def _flops_ratio(pattern: str, shape: Mapping[str, int], measured: Mapping[str, int]) -> float:
     from fxfusion.patterns import REGISTRY
 
@@ -207,8 +216,8 @@ class FusionPlan:
             if est.verdict != "fuse":
                 refuse(site, UNDECIDED if est.verdict == "undecided" else NOT_FUSE, [est.reason])
                 continue
-            if est.variant not in REWRITES:
-                refuse(site, NO_REWRITE, [f"fxfusion cannot apply variant {est.variant!r} to a graph"])
+            if est.variant not in REWRITES or est.variant not in _variants_of(site.pattern):
+                refuse(site, NO_REWRITE, [f"fxfusion has no rewrite of a {site.pattern} site into {est.variant!r}"])
                 continue
             saving = est.baseline_ms - est.variant_ms if est.baseline_ms is not None else None
             warnings.extend(f"{site.id}: {w}" for w in decision.warnings)

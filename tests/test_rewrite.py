@@ -1,0 +1,377 @@
+"""Applying plans: each rewrite rule's structure (which nodes go, which come) and its numbers against float64.
+
+Plans here are made from hand-written decisions (every legal site decided ``fuse`` with a named variant), so the
+tests pin what a rewrite does, not what this machine happened to measure.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxfusion
+from fxfusion.capture import capture
+from fxfusion.correctness import relative_error
+from fxfusion.errors import FxFusionError
+from fxfusion.loader import load_model
+from fxfusion.match import find_sites
+from fxfusion.plan import FusionGroup, FusionPlan
+from fxfusion.profile import Decision
+from fxfusion.rewrite import apply, captured_module, rewrite_group
+from fxfusion.rewrites import REWRITES, CompiledRegion
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+aten = torch.ops.aten
+
+# Relative L2 error against float64 allowed for a float32 rewrite: reassociated GEMM/conv accumulations and
+# BatchNorm folded in float32 stay near 1e-6; 1e-4 leaves room for reductions over ~1e5 terms.
+FLOAT32_TOL = 1e-4
+
+
+def decide_all(sites, variant_of) -> dict[str, Decision]:
+    """Every legal site decided 'fuse' with the variant ``variant_of(site)`` (None: leave the site undecided)."""
+    out = {}
+    for s in sites:
+        v = variant_of(s)
+        if s.legal and v is not None:
+            out[s.id] = Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", v, None, "test decision")
+    return out
+
+
+def plan_for(model, inputs, variant_of) -> FusionPlan:
+    captured = capture(model, inputs)
+    sites = find_sites(captured)
+    return FusionPlan.from_decisions(captured, sites, decide_all(sites, variant_of))
+
+
+def float64_error(model, planned, inputs) -> float:
+    ref_model = copy.deepcopy(model).double()
+    with torch.no_grad():
+        ref = ref_model(*[x.double() if x.is_floating_point() else x for x in inputs])
+        got = planned(*inputs)
+    return relative_error(got, ref)
+
+
+def targets(gm) -> list:
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def applied(planned) -> list[str]:
+    return [r.variant for r in planned.fxfusion_rewrites if r.applied]
+
+
+# -- linear --------------------------------------------------------------------------------------------------------
+
+class Linears(nn.Module):
+    """One linear+bias(+act) site per way of writing it."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.fc = nn.Linear(16, 8)
+        self.R = nn.Parameter(torch.randn(16, 8) * 0.25)
+
+    def forward(self, x):  # x: (2, 4, 16)
+        w, b = self.fc.weight, self.fc.bias
+        if self.form == "x @ W.T + b, ReLU":
+            return torch.relu(x @ w.t() + b)
+        if self.form == "x @ R + b, SiLU":
+            return F.silu(x @ self.R + b)
+        if self.form == "F.linear(x, W) + b, GELU(tanh)":
+            return F.gelu(F.linear(x, w) + b, approximate="tanh")
+        if self.form == "mm on flattened x, view, + b, ReLU":
+            return torch.relu(torch.mm(x.reshape(-1, 16), w.t()).view(2, 4, 8) + b)
+        raise AssertionError(self.form)
+
+
+LINEAR_FORMS = ["x @ W.T + b, ReLU", "x @ R + b, SiLU", "F.linear(x, W) + b, GELU(tanh)",
+                "mm on flattened x, view, + b, ReLU"]
+
+
+@pytest.mark.parametrize("form", LINEAR_FORMS)
+def test_linear_chain_becomes_one_addmm(form):
+    torch.manual_seed(0)
+    model, x = Linears(form).eval(), torch.randn(2, 4, 16)
+    plan = plan_for(model, (x,), lambda s: "addmm")
+    assert [g.pattern.startswith("linear_bias_") for g in plan.groups] == [True]
+    planned = apply(model, plan)
+    assert applied(planned) == ["addmm"]
+    planned.graph.lint()
+    ops = targets(planned)
+    assert ops.count(aten.addmm.default) == 1
+    assert aten.add.Tensor not in ops and aten.matmul.default not in ops and aten.mm.default not in ops
+    assert float64_error(model, planned, (x,)) < FLOAT32_TOL
+
+
+def test_linear_with_bias_in_gemm_is_no_gain_for_addmm():
+    """nn.Linear already runs addmm: a plan whose winner is addmm refuses the site instead of rewriting nothing."""
+    model = nn.Sequential(nn.Linear(16, 8), nn.GELU()).eval()
+    plan = plan_for(model, (torch.randn(4, 16),), lambda s: "addmm")
+    assert plan.groups == []
+    assert [(r.why, r.pattern) for r in plan.refused] == [("no_gain", "linear_bias_gelu")]
+
+
+# -- conv + BatchNorm ----------------------------------------------------------------------------------------------
+
+def _with_statistics(model):
+    """Non-trivial BatchNorm statistics, so a wrong fold shows in the output."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("model_file", ["resnet_bottleneck", "mobilenet_block", "resnet_basic"])
+def test_batchnorm_folded_into_every_conv(model_file):
+    loaded = load_model(MODELS / f"{model_file}.py")
+    model, inputs = _with_statistics(loaded.model), loaded.example_inputs
+    plan = plan_for(model, inputs, lambda s: "bn_folded")
+    planned = apply(model, plan)
+    assert len(plan.groups) == len(applied(planned)) >= 2
+    planned.graph.lint()
+    assert aten.batch_norm.default not in targets(planned)
+    convs = [n for n in planned.graph.nodes if n.target == aten.conv2d.default]
+    assert all(n.args[1].target.startswith("_fxfusion_") for n in convs)  # every conv reads folded weights
+    assert float64_error(model, planned, inputs) < FLOAT32_TOL
+
+
+def test_conv1d_batchnorm_folded():
+    model = _with_statistics(nn.Sequential(nn.Conv1d(4, 6, 3, padding=1, bias=False), nn.BatchNorm1d(6), nn.ReLU()))
+    x = torch.randn(2, 4, 10)
+    planned = apply(model, plan_for(model, (x,), lambda s: "bn_folded"))
+    assert applied(planned) == ["bn_folded"] and aten.batch_norm.default not in targets(planned)
+    assert float64_error(model, planned, (x,)) < FLOAT32_TOL
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN for the fused conv+ReLU on CPU")
+def test_conv_bn_relu_becomes_one_onednn_call():
+    loaded = load_model(MODELS / "mobilenet_block.py")
+    model, inputs = _with_statistics(loaded.model), loaded.example_inputs
+    planned = apply(model, plan_for(model, inputs, lambda s: "conv_relu_fused"))
+    assert applied(planned) == ["conv_relu_fused", "conv_relu_fused"]
+    ops = targets(planned)
+    assert ops.count(torch.ops.mkldnn._convolution_pointwise.default) == 2
+    assert aten.relu.default not in ops and aten.relu_.default not in ops and aten.batch_norm.default not in ops
+    assert float64_error(model, planned, inputs) < FLOAT32_TOL
+
+
+def test_reused_conv_is_never_folded_and_its_other_path_is_unchanged():
+    loaded = load_model(MODELS / "shared_conv.py")
+    model, inputs = loaded.model, loaded.example_inputs
+    plan = plan_for(model, inputs, lambda s: "bn_folded")
+    illegal = [r for r in plan.refused if r.why == "illegal"]
+    assert len(illegal) == 2 and all("104593" in r.reasons[0] for r in illegal)
+    assert [g.pattern for g in plan.groups] == ["conv2d_bn_relu"]  # the unshared head
+    planned = apply(model, plan)
+    assert applied(planned) == ["bn_folded"]
+    shared = [n for n in planned.graph.nodes if n.target == aten.conv2d.default and n.args[1].target == "conv.weight"]
+    assert len(shared) == 2  # both paths still run the shared conv, on its own weights ...
+    assert torch.equal(planned.conv.weight, model.conv.weight)  # ... which are untouched
+    assert float64_error(model, planned, inputs) < FLOAT32_TOL
+
+
+def test_a_forced_fold_into_the_reused_conv_is_refused_by_the_rewrite_itself():
+    """Defence in depth: even a group the matcher would refuse is checked again where the rewrite happens."""
+    loaded = load_model(MODELS / "shared_conv.py")
+    captured = capture(loaded.model, loaded.example_inputs)
+    sites = find_sites(captured)
+    for s in sites:  # pretend the matcher had found every site legal
+        s.status, s.reasons = "fusible", []
+    plan = FusionPlan.from_decisions(captured, sites, decide_all(sites, lambda s: "bn_folded"))
+    planned = apply(loaded.model, plan)
+    records = {r.site_id: r for r in planned.fxfusion_rewrites}
+    assert not records["g0.s0"].applied and "104593" in records["g0.s0"].detail
+    assert not records["g0.s1"].applied and records["g0.s2"].applied
+    assert float64_error(loaded.model, planned, loaded.example_inputs) < FLOAT32_TOL
+
+
+def test_training_mode_batchnorm_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)).train()
+    plan = plan_for(model, (torch.randn(2, 3, 8, 8),), lambda s: "bn_folded")
+    assert plan.groups == [] and [r.why for r in plan.refused] == ["illegal"]
+    assert "training mode" in plan.refused[0].reasons[0]
+
+
+# -- attention -----------------------------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+
+    def forward(self, q, k, v, keep, additive):  # q, k, v: (B, H, S, D); keep: (S, S) bool; additive: (S, S)
+        s = q @ k.transpose(-2, -1)
+        if self.form == "scale, then -inf mask":
+            s = (s / math.sqrt(q.shape[-1])).masked_fill(~keep, float("-inf"))
+        elif self.form == "-inf mask, then scale":
+            s = s.masked_fill(~keep, float("-inf")) * 0.25
+        elif self.form == "scale, then finite fill":
+            s = (s * 0.25).masked_fill(~keep, -1e9)
+        elif self.form == "additive mask, then scale":
+            s = (s + additive) * 0.3
+        elif self.form == "no mask, eval dropout":
+            s = s / 8.0
+        p = F.dropout(torch.softmax(s, dim=-1), 0.1, training=False)
+        return p @ v
+
+
+ATTENTION_FORMS = ["scale, then -inf mask", "-inf mask, then scale", "scale, then finite fill",
+                   "additive mask, then scale", "no mask, eval dropout"]
+
+
+def attention_inputs(S=8):
+    g = torch.Generator().manual_seed(0)
+    qkv = [torch.randn(2, 2, S, 4, generator=g) for _ in range(3)]
+    keep = torch.ones(S, S, dtype=torch.bool).tril()
+    return (*qkv, keep, torch.randn(S, S, generator=g))
+
+
+@pytest.mark.parametrize("form", ATTENTION_FORMS)
+def test_attention_chain_becomes_one_sdpa(form):
+    model, inputs = Attention(form).eval(), attention_inputs()
+    planned = apply(model, plan_for(model, inputs, lambda s: "sdpa"))
+    assert applied(planned) == ["sdpa"]
+    planned.graph.lint()
+    ops = targets(planned)
+    assert ops.count(aten.scaled_dot_product_attention.default) == 1
+    assert not {aten.softmax.int, aten.matmul.default, aten.masked_fill.Scalar} & set(ops)
+    assert float64_error(model, planned, inputs) < FLOAT32_TOL
+
+
+def test_scores_scale_folded_into_baddbmm_alpha():
+    class Scores(nn.Module):
+        def forward(self, q, k):
+            return torch.softmax(q @ k.transpose(-2, -1) / 8.0, dim=-1)
+
+    q, k = attention_inputs()[:2]
+    model = Scores()
+    planned = apply(model, plan_for(model, (q, k), lambda s: "baddbmm_scale"))
+    assert applied(planned) == ["baddbmm_scale"]
+    ops = targets(planned)
+    assert ops.count(aten.baddbmm.default) == 1 and aten.div.Tensor not in ops
+    alpha = next(n for n in planned.graph.nodes if n.target == aten.baddbmm.default).kwargs["alpha"]
+    assert alpha == pytest.approx(1 / 8.0)
+    assert float64_error(model, planned, (q, k)) < FLOAT32_TOL
+
+
+def test_transformer_block_attention_rewritten_to_sdpa():
+    loaded = load_model(MODELS / "transformer_block.py")
+    plan = plan_for(loaded.model, loaded.example_inputs, lambda s: "sdpa" if "attention" in s.pattern else None)
+    planned = apply(loaded.model, plan)
+    assert applied(planned) == ["sdpa"]
+    assert float64_error(loaded.model, planned, loaded.example_inputs) < FLOAT32_TOL
+
+
+# -- norms ---------------------------------------------------------------------------------------------------------
+
+def test_written_rmsnorm_becomes_rms_norm_op():
+    class RMSNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.rand(16) + 0.5)
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight
+
+    model, x = RMSNorm(), torch.randn(4, 16)
+    planned = apply(model, plan_for(model, (x,), lambda s: "rms_norm_op"))
+    assert applied(planned) == ["rms_norm_op"]
+    ops = targets(planned)
+    assert ops.count(aten.rms_norm.default) == 1 and aten.rsqrt.default not in ops
+    assert float64_error(model, planned, (x,)) < FLOAT32_TOL
+
+
+# -- torch.compile regions, Dynamo captures ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_compile_variant_runs_the_group_as_a_compiled_region():
+    """One Inductor compile (a few seconds on 2 cores): the group becomes a submodule run through torch.compile."""
+    model = nn.Sequential(nn.Linear(16, 8), nn.GELU()).eval()
+    x = torch.randn(4, 16)
+    planned = apply(model, plan_for(model, (x,), lambda s: "compile"))
+    assert applied(planned) == ["compile"]
+    regions = [m for m in planned.modules() if isinstance(m, CompiledRegion)]
+    assert len(regions) == 1 and {n.target for n in regions[0].region.graph.nodes if n.op == "call_function"} == {
+        aten.linear.default, aten.gelu.default}
+    assert [n.op for n in planned.graph.nodes if n.op == "call_module" and n.target != "_guards_fn"] == ["call_module"]
+    assert float64_error(model, planned, (x,)) < FLOAT32_TOL
+
+
+def test_dynamo_capture_applies_each_subgraph_by_replay():
+    loaded = load_model(MODELS / "dynamic_control.py")
+    model, inputs = loaded.model, loaded.example_inputs
+    plan = plan_for(model, inputs, lambda s: "addmm_epilogue" if s.pattern.endswith("relu") else "compile")
+    assert plan.captured.method == "dynamo" and len(plan.captured.graphs) == 2
+    # addmm_epilogue is cuBLASLt-only: on this CPU the rewrite says so and the group runs unchanged
+    planned = apply(model, plan)
+    records = {r.site_id: r for r in planned.fxfusion_rewrites}
+    assert set(records) == {"g0.s0", "g1.s0"}
+    if not torch.cuda.is_available():
+        assert not records["g0.s0"].applied and "CUDA" in records["g0.s0"].detail
+    assert float64_error(model, planned, inputs) < FLOAT32_TOL
+    assert planned.fxfusion_backend.calls == 2 and planned.fxfusion_backend.mismatches == []
+
+
+# -- the contract --------------------------------------------------------------------------------------------------
+
+def test_original_model_and_plan_are_not_modified():
+    loaded = load_model(MODELS / "resnet_bottleneck.py")
+    model, inputs = _with_statistics(loaded.model), loaded.example_inputs
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = plan_for(model, inputs, lambda s: "bn_folded")
+    code = plan.captured.graphs[0].code
+    first, second = apply(model, plan), apply(model, plan)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert plan.captured.graphs[0].code == code
+    with torch.no_grad():
+        assert torch.equal(first(*inputs), second(*inputs))
+    assert first is not second and all(a is not b for a, b in zip(first.parameters(), model.parameters()))
+
+
+def test_a_rule_that_does_not_fit_leaves_the_graph_as_it_was():
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU()).eval()
+    plan = plan_for(model, (torch.randn(4, 16),), lambda s: "sdpa")  # the wrong variant for a linear site
+    assert plan.groups == [] and [r.why for r in plan.refused] == ["no_rewrite"]
+    group = FusionGroup(id="g0.s0", pattern="linear_bias_relu", graph_index=0, nodes=list(plan.sites[0].nodes),
+                        variant="sdpa", baseline_variant="addmm", speedup=None, predicted_saving_ms=None,
+                        baseline_ms=None, variant_ms=None, decision=None, shape={}, dtype="float32")
+    gm = captured_module(model, plan.captured)
+    code = gm.code
+    record = rewrite_group(gm, group)  # the rule itself refuses, before inserting anything
+    assert not record.applied and "matmul" in record.detail
+    assert gm.code == code
+
+
+def test_no_groups_gives_a_copy_of_the_model():
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU()).eval()
+    plan = plan_for(model, (torch.randn(4, 16),), lambda s: None)
+    planned = fxfusion.apply(model, plan)
+    assert isinstance(planned, nn.Sequential) and planned is not model and planned.fxfusion_rewrites == []
+
+
+def test_every_profile_variant_of_the_library_has_a_rule_or_is_the_baseline():
+    from fxfusion.patterns import REGISTRY
+    from fxfusion.variants import COMPILE_MODES
+
+    variants = {mv.name for p in REGISTRY.values() for mv in p.manual} | set(COMPILE_MODES)
+    assert variants <= set(REWRITES)
+
+
+def test_bad_arguments_fail_with_one_line():
+    model = nn.Linear(4, 4)
+    with pytest.raises(FxFusionError, match="takes a FusionPlan"):
+        apply(model, {"groups": []})
+    plan = plan_for(model.eval(), (torch.randn(2, 4),), lambda s: None)
+    with pytest.raises(FxFusionError, match="nn.Module"):
+        apply("model.py", plan)
