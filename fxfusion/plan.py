@@ -1,18 +1,19 @@
 """Fusion plans: which sites of a captured model to fuse, with which variant, and what that should save.
 
-A plan is made from decisions (:meth:`FusionPlan.from_decisions`), one per legal site, in four steps:
+A plan is made from decisions (:meth:`FusionPlan.from_decisions`, one :class:`Decision` per legal site) or from an
+analysis (:meth:`FusionPlan.from_analysis`), in four steps:
 
-  1. refuse every site that is illegal, already fused, undecided (no profile entry) or not decided ``fuse``;
-  2. for the rest, find the profile entry behind the decision and compare the winning variant with the variant that
-     runs like the user's code -- the *baseline*: ``eager`` unless part of the site already runs fused (an
-     ``aten.linear`` with a bias already is ``addmm``) -- from the entry's raw samples, with a bootstrap interval;
-     a site whose winner is its baseline, or that is not ``fuse`` against it, is refused;
-  3. predict the time saved per forward: baseline median - winner median, scaled by the FLOP ratio when the
-     entry was measured at another shape;
-  4. admit groups by predicted saving, largest first, while the graph with every admitted group contracted to
-     one node stays acyclic (networkx): fusing them all creates no cycle.  Cost O(groups x (V + E));
-  5. where the cost of running the captured graph instead of the model is known (:func:`measure_overhead`), keep
-     the groups only if their predicted saving exceeds it -- a plan must not make the model slower.
+  1. each site is decided against its *baseline*, the variant that runs like the user's code, by
+     :func:`fxfusion.analyze.decide_site` -- the same rule the analysis report uses: ``eager``, except for a linear
+     whose bias is already in the GEMM, which runs like ``addmm``; with a profile the verdict and interval come
+     from the entry's raw samples, and the predicted saving is baseline median - winner median (scaled by the
+     roofline ratio when the entry was measured at another shape);
+  2. illegal, already-fused, undecided and not-``fuse`` sites are refused, each with its reasons; so is a site
+     whose winner is how it already runs (no gain), or whose winner has no rewrite rule;
+  3. groups are admitted by predicted saving, largest first, while the graph with every admitted group contracted
+     to one node stays acyclic (networkx): fusing them all creates no cycle.  Cost O(groups x (V + E));
+  4. where the cost of running the captured graph instead of the model is known (:func:`measure_overhead`), the
+     groups are kept only if their predicted saving exceeds it -- a plan must not make the model slower.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import fx
 
 from fxfusion.errors import FxFusionError
-from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, decision_to_dict
+from fxfusion.profile import Decision, Profile, SpeedupCI, decision_to_dict
 from fxfusion.sites import ALREADY_FUSED, CapturedModel, Site
 
 ILLEGAL, UNDECIDED, NOT_FUSE, NO_GAIN, NO_REWRITE, NOT_CONVEX, BELOW_OVERHEAD = (
@@ -72,19 +73,6 @@ class RefusedSite:
         return asdict(self)
 
 
-def baseline_variant(site: Site, gm: fx.GraphModule | None) -> str:
-    """The measured variant that runs like the site as written: an aten.linear with a bias already is addmm."""
-    if gm is None or site.pattern.split("_")[0] != "linear":
-        return "eager"
-    by_name = {n.name: n for n in gm.graph.nodes}
-    for name in site.nodes:
-        n = by_name.get(name)
-        if n is not None and n.op == "call_function" and n.target == torch.ops.aten.linear.default:
-            if len(n.args) > 2 and n.args[2] is not None:
-                return "addmm"
-    return "eager"
-
-
 def _variants_of(pattern: str) -> set[str]:
     """The variant names a decision for ``pattern`` can name: its manual fusions and the compile variants."""
     from fxfusion.patterns import REGISTRY
@@ -94,62 +82,18 @@ def _variants_of(pattern: str) -> set[str]:
     return ({mv.name for mv in p.manual} if p else set()) | set(COMPILE_MODES)
 
 
-def _flops_ratio(pattern: str, shape: Mapping[str, int], measured: Mapping[str, int]) -> float:
+def _lookup(profile: Profile | None, site: Site, decision: Decision, device: str):
+    """The profile entry behind ``decision`` (via the analysis's ProfileSource), or the decision alone."""
+    from fxfusion.analyze import Lookup, ProfileSource
     from fxfusion.patterns import REGISTRY
 
-    p = REGISTRY.get(pattern)
-    if p is None:
-        return 1.0
-    return p.flops(shape) / max(p.flops(measured), 1)
-
-
-def _entry_for(profile: Profile, d: Decision) -> Entry | None:
-    if d.measured_shape is None:
-        return None
-    same = [e for e in profile.entries if e.pattern == d.pattern and e.shape == d.measured_shape
-            and e.device.split(":")[0] == d.device.split(":")[0]]
-    return next((e for e in same if e.dtype == d.dtype), same[0] if same else None)
-
-
-@dataclass
-class _Estimate:
-    verdict: str
-    variant: str
-    speedup: SpeedupCI | None
-    baseline_ms: float | None
-    variant_ms: float | None
-    reason: str
-
-
-def estimate(site: Site, decision: Decision, baseline: str, profile: Profile | None) -> _Estimate:
-    """The winning variant against the baseline, from the entry's raw samples when a profile is at hand."""
-    from fxfusion.stats import FUSE, speedup
-
-    entry = _entry_for(profile, decision) if profile is not None else None
-    if entry is None:
-        if baseline != "eager" and decision.best_variant == baseline:
-            return _Estimate("no_gain", baseline, None, None, None,
-                             f"the winner {baseline} is how the site already runs")
-        return _Estimate(decision.verdict, decision.best_variant, decision.speedup, None, None, decision.reason)
-    scale = _flops_ratio(site.pattern, site.shape, entry.shape)
-    base = entry.variant(baseline)
-    if base is None or base.status != "ok" or not base.samples_ms:
-        return _Estimate("undecided", "eager", None, None, None,
-                         f"the profile has no timing of {baseline}, the variant the site runs as written")
-    best, best_s = None, None
-    for v in entry.variants:
-        if v.name in ("eager", baseline) or v.status != "ok" or not v.samples_ms:
-            continue
-        s = speedup(base.samples_ms, v.samples_ms)
-        if s.verdict() == FUSE and (best_s is None or s.median > best_s.median):
-            best, best_s = v, s
-    if best is None:
-        why = (decision.reason if baseline == "eager"
-               else f"no variant beats {baseline} (how the site already runs) beyond the noise interval")
-        return _Estimate("not_fuse", baseline, None, base.median_ms * scale, None, why)
-    sp = SpeedupCI(best_s.median, best_s.ci_low, best_s.ci_high)
-    return _Estimate("fuse", best.name, sp, base.median_ms * scale, best.median_ms * scale,
-                     f"{best.name} is {sp.median:.2f}x {baseline}, 95% CI [{sp.ci_low:.2f}, {sp.ci_high:.2f}]")
+    if profile is None or site.pattern not in REGISTRY:
+        return Lookup(None, decision)
+    lookup = ProfileSource(profile, device).lookup(REGISTRY[site.pattern], dict(site.shape), site.dtype)
+    if lookup.decision is None or lookup.decision.measured_shape != decision.measured_shape:
+        return Lookup(None, decision, ["the decision is not the profile's: its entry's timings are not used"])
+    lookup.decision = decision
+    return lookup
 
 
 @dataclass
@@ -188,48 +132,65 @@ class FusionPlan:
     def from_decisions(cls, captured: CapturedModel, sites: list[Site], decisions: Mapping[str, Decision],
                        profile: Profile | None = None, device: str | None = None,
                        undecided: Mapping[str, str] | None = None) -> "FusionPlan":
+        """A plan from one decision per site id (sites without one are refused as undecided).
+
+        With the ``profile`` the decisions came from, groups carry predicted savings and are decided against their
+        baseline from the entry's raw samples; without it, the decisions' verdicts are taken as they are.
+        """
+        from fxfusion.analyze import decide_site
+
+        device = device or next((d.device for d in decisions.values()), "cpu")
+        outcomes = [decide_site(s, _lookup(profile, s, decisions[s.id], device) if s.legal and s.id in decisions
+                                else None) for s in sites]
+        return cls._from_outcomes(captured, list(sites), outcomes, device, undecided)
+
+    @classmethod
+    def from_analysis(cls, analysis, device: str | None = None) -> "FusionPlan":
+        """A plan from an :class:`fxfusion.analyze.Analysis`: its per-site outcomes, live timings included."""
+        device = device or analysis.metadata.get("device", "cpu")
+        return cls._from_outcomes(analysis.captured, list(analysis.sites), list(analysis.outcomes), device,
+                                  analysis.undecided())
+
+    @classmethod
+    def _from_outcomes(cls, captured: CapturedModel, sites: list[Site], outcomes: list, device: str,
+                       undecided: Mapping[str, str] | None) -> "FusionPlan":
         from fxfusion.rewrite import REWRITES
+        from fxfusion.stats import FUSE
 
         undecided = dict(undecided or {})
-        groups, refused, warnings = [], [], []
+        candidates, refused, warnings = [], [], []
 
         def refuse(site, why, reasons):
-            refused.append(RefusedSite(site.id, site.pattern, site.graph_index, list(site.nodes), why, list(reasons)))
+            refused.append(RefusedSite(site.id, site.pattern, site.graph_index, list(site.nodes), why,
+                                       [r for r in reasons if r] or [why]))
 
-        for site in sites:
-            if site.status == ALREADY_FUSED:
+        for o in outcomes:
+            site, d = o.site, o.decision
+            if o.verdict == ALREADY_FUSED:
                 refuse(site, ALREADY_FUSED, site.reasons or [f"already runs fused ({site.written_as or site.pattern})"])
-                continue
-            if not site.legal:
+            elif o.verdict == ILLEGAL:
                 refuse(site, ILLEGAL, site.reasons or ["the matcher marked the site illegal"])
-                continue
-            decision = decisions.get(site.id)
-            if decision is None:
-                refuse(site, UNDECIDED, [undecided.get(site.id, "no decision for this site")])
-                continue
-            gm = captured.graphs[site.graph_index] if site.graph_index < len(captured.graphs) else None
-            base = baseline_variant(site, gm)
-            est = estimate(site, decision, base, profile)
-            if est.verdict == "no_gain":
-                refuse(site, NO_GAIN, [est.reason])
-                continue
-            if est.verdict != "fuse":
-                refuse(site, UNDECIDED if est.verdict == "undecided" else NOT_FUSE, [est.reason])
-                continue
-            if est.variant not in REWRITES or est.variant not in _variants_of(site.pattern):
-                refuse(site, NO_REWRITE, [f"fxfusion has no rewrite of a {site.pattern} site into {est.variant!r}"])
-                continue
-            saving = est.baseline_ms - est.variant_ms if est.baseline_ms is not None else None
-            warnings.extend(f"{site.id}: {w}" for w in decision.warnings)
-            groups.append(FusionGroup(
-                id=site.id, pattern=site.pattern, graph_index=site.graph_index, nodes=list(site.nodes),
-                variant=est.variant, baseline_variant=base, speedup=est.speedup, predicted_saving_ms=saving,
-                baseline_ms=est.baseline_ms, variant_ms=est.variant_ms, decision=decision, shape=dict(site.shape),
-                dtype=site.dtype, roles=dict(site.roles), extrapolated=not decision.exact))
-        plan = cls(captured=captured, sites=list(sites), groups=[], refused=refused,
-                   device=device or (decisions[next(iter(decisions))].device if decisions else "cpu"),
-                   warnings=warnings)
-        plan._admit_convex(groups)
+            elif d is None or o.verdict == "undecided":
+                refuse(site, UNDECIDED, [undecided.get(site.id, "")] + o.warnings or ["no decision for this site"])
+            elif o.verdict != FUSE:
+                sp = o.speedup
+                against = (f"{o.best_variant} is {sp.median:.2f}x {o.baseline_variant}, 95% CI "
+                           f"[{sp.ci_low:.2f}, {sp.ci_high:.2f}]: {o.verdict}" if sp else o.verdict)
+                refuse(site, NOT_FUSE, [d.reason if o.baseline_variant == "eager" else against])
+            elif o.best_variant == o.baseline_variant or (site.roles.get("bias_in_gemm") == "true"
+                                                          and o.best_variant == "addmm"):
+                refuse(site, NO_GAIN, [f"the winner, {o.best_variant}, is how the site already runs"])
+            elif o.best_variant not in REWRITES or o.best_variant not in _variants_of(site.pattern):
+                refuse(site, NO_REWRITE, [f"fxfusion has no rewrite of a {site.pattern} site into {o.best_variant!r}"])
+            else:
+                warnings.extend(f"{site.id}: {w}" for w in list(d.warnings) + list(o.warnings))
+                candidates.append(FusionGroup(
+                    id=site.id, pattern=site.pattern, graph_index=site.graph_index, nodes=list(site.nodes),
+                    variant=o.best_variant, baseline_variant=o.baseline_variant or "eager", speedup=o.speedup,
+                    predicted_saving_ms=o.saved_ms, baseline_ms=o.baseline_ms, variant_ms=o.best_ms, decision=d,
+                    shape=dict(site.shape), dtype=site.dtype, roles=dict(site.roles), extrapolated=not d.exact))
+        plan = cls(captured=captured, sites=sites, groups=[], refused=refused, device=device, warnings=warnings)
+        plan._admit_convex(candidates)
         return plan
 
     def _admit_convex(self, candidates: list[FusionGroup]) -> None:
