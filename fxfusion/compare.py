@@ -256,7 +256,7 @@ def _ci(s: SpeedupCI | None) -> str:
 
 
 def _x(r: float | None) -> str:
-    return f"{r:.2f}" if r is not None else "-"
+    return f"{r:.3g}" if r is not None else "-"
 
 
 def _flip_text(p: EntryPair) -> str:
