@@ -152,21 +152,21 @@ class PlanPartitioner(CapabilityBasedPartitioner):
 
 
 def partition(plan, graph_index: int = 0, prefix: str = "fxfusion_group_") -> fx.GraphModule:
-    """A copy of the captured graph with each fusion group fused into a submodule ``{prefix}{i}``.
+    """A runnable copy of a captured graph with each fusion group fused into a submodule ``{prefix}{i}``.
 
     ``result.fxfusion_partitions`` maps each submodule name to its group id.  The plan is not modified.
     """
-    import copy
-    import warnings
+    from fxfusion.rewrite import runnable_graph
 
     graphs = plan.captured.graphs
     if not 0 <= graph_index < len(graphs):
         raise FxFusionError(f"graph_index {graph_index} out of range: the capture has {len(graphs)} graph(s)")
-    if plan.check_convex():
-        raise FxFusionError(f"the plan's groups are not convex: {plan.check_convex()[0]}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        gm = copy.deepcopy(graphs[graph_index])
+    problems = plan.check_convex()
+    if problems:
+        raise FxFusionError(f"the plan's groups are not convex: {problems[0]}")
+    gm = runnable_graph(plan.captured, graph_index)
+    if gm is None:
+        raise FxFusionError("the captured graph has its parameters lifted to inputs and no exported program to run")
     partitioner = PlanPartitioner(gm, plan_operator_support(plan, graph_index))
     partitions = partitioner.propose_partitions()
     fused = partitioner.fuse_partitions(partitions, prefix=prefix) if partitions else gm

@@ -104,7 +104,7 @@ def rewrite_group(gm: fx.GraphModule, group) -> RewriteRecord:
     return record
 
 
-def _runnable_graph(captured, index: int, model: nn.Module) -> fx.GraphModule | None:
+def runnable_graph(captured, index: int, model: nn.Module | None = None) -> fx.GraphModule | None:
     """A fresh, runnable copy of captured graph ``index``: the exported program's module (parameters as get_attr
     constants, same compute node names as the captured graph), or the captured graph itself when it has no program.
     """
@@ -119,9 +119,9 @@ def _runnable_graph(captured, index: int, model: nn.Module) -> fx.GraphModule | 
                     captured.parameters) else {}) for n in gm.graph.nodes) and captured.method == "export":
                 return None  # lifted parameters and no program to run them with
     # Parameters passed to the graph as inputs (Dynamo subgraphs): their values, so BatchNorm can be folded.
-    names = captured.parameters[index] if index < len(captured.parameters) else {}
-    tensors = dict(model.named_parameters(remove_duplicate=False))
-    tensors.update(model.named_buffers(remove_duplicate=False))
+    names = captured.parameters[index] if index < len(captured.parameters) and model is not None else {}
+    tensors = dict(model.named_parameters(remove_duplicate=False)) if model is not None else {}
+    tensors.update(model.named_buffers(remove_duplicate=False) if model is not None else {})
     gm.__dict__["_fxfusion_constants"] = {ph: tensors[p] for ph, p in names.items() if p in tensors}
     return gm
 
@@ -137,7 +137,7 @@ def _check_model(model, plan) -> None:
 
 def _planned(model: nn.Module, captured, groups) -> nn.Module:
     if captured.method == "export":
-        gm = _runnable_graph(captured, 0, model)
+        gm = runnable_graph(captured, 0, model)
         if gm is None:
             raise FxFusionError("the captured graph has its parameters lifted to inputs and no exported program to "
                                 "run it with; capture the model with fxfusion.capture.capture")
@@ -204,7 +204,7 @@ def _planned_dynamo(model: nn.Module, captured, groups) -> nn.Module:
     modules, records = [], []
     for i in range(len(captured.graphs)):
         mine = [g for g in groups if g.graph_index == i]
-        gm = _runnable_graph(captured, i, model) if captured.programs and captured.programs[i] is not None else None
+        gm = runnable_graph(captured, i, model) if captured.programs and captured.programs[i] is not None else None
         if gm is None:
             records += [RewriteRecord(g.id, g.pattern, g.variant, False, f"subgraph {i} did not export; "
                                       "it runs unchanged") for g in mine]
