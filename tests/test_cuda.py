@@ -1,0 +1,76 @@
+"""CUDA-only checks; skipped cleanly without a GPU.  Run on a GPU machine with:  python3 -m pytest -q -m cuda"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fxfusion.correctness import relative_error, to_reference, tolerance
+from fxfusion.hardware import resolve
+from fxfusion.patterns import REGISTRY, get_pattern
+from fxfusion.timing import TimingSpec
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+SPEC = TimingSpec(rounds=8, warmup=2, budget_s=2.0)
+
+
+def _cases():
+    for p in REGISTRY.values():
+        for mv in p.manual:
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                yield pytest.param(p.name, mv.name, dtype, id=f"{p.name}-{mv.name}-{str(dtype)[6:]}")
+
+
+@pytest.mark.parametrize("pattern_name,variant,dtype", list(_cases()))
+def test_every_manual_variant_is_correct_on_cuda(pattern_name, variant, dtype):
+    p = get_pattern(pattern_name)
+    mv = next(m for m in p.manual if m.name == variant)
+    shape = p.shapes["quick"][1]
+    why = mv.unsupported(shape, dtype, "cuda")
+    if why:
+        pytest.skip(why)
+    inputs = p.make_inputs(shape, dtype, "cuda", torch.Generator().manual_seed(3))
+    ref = p.eager(**to_reference(inputs))
+    tf32 = dtype == torch.float32 and (torch.backends.cudnn.allow_tf32 if p.family == "conv"
+                                       else torch.backends.cuda.matmul.allow_tf32)
+    assert relative_error(mv.build(inputs)(), ref) <= tolerance(dtype, tf32)
+
+
+def test_cuda_entry_has_host_device_split_kernel_counts_and_sdpa_backend():
+    import importlib
+
+    cal = importlib.import_module("fxfusion.calibrate")
+    p = get_pattern("full_attention")
+    entry = cal.measure_entry(p, {"B": 2, "H": 4, "S": 256, "D": 64}, "bfloat16", "cuda", resolve("h100-sxm"), SPEC,
+                              cal.CudaClock(), compile_modes=("compile", "compile_reduce_overhead"))
+    for v in entry.variants:
+        assert v.status == "ok", (v.name, v.reason)
+        assert v.kernels_per_call >= 1 and v.kernel_unit == "cuda kernels"
+        assert v.device_ms > 0 and v.host_overhead_ms >= 0 and v.median_ms >= v.device_ms * 0.5
+    assert entry.variant("sdpa").details["sdpa_backend"] in ("flash", "efficient", "cudnn", "math")
+    assert entry.variant("sdpa").kernels_per_call < entry.variant("eager").kernels_per_call
+
+
+def test_triton_add_layernorm_matches_reference_in_every_dtype():
+    p = get_pattern("add_layernorm")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        inputs = p.make_inputs({"M": 300, "N": 1000}, dtype, "cuda", torch.Generator().manual_seed(0))
+        ref = p.eager(**to_reference(inputs))
+        assert relative_error(p.manual[0].build(inputs)(), ref) <= tolerance(dtype)
+
+
+def test_calibrate_cli_on_cuda(tmp_path):
+    from typer.testing import CliRunner
+
+    from fxfusion.cli import app
+    from fxfusion.profile import Profile
+
+    out = tmp_path / "gpu.json"
+    result = CliRunner().invoke(app, ["calibrate", "--hardware", "h100-sxm", "--device", "cuda", "--quick",
+                                      "--patterns", "conv2d_bn_relu", "--dtypes", "float16", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    profile = Profile.load(out)
+    assert profile.metadata["device"] == "cuda" and "tf32" in profile.metadata
+    assert {v.name for v in profile.entries[0].variants} >= {"eager", "bn_folded", "conv_relu_fused", "channels_last",
+                                                             "compile", "compile_reduce_overhead"}
