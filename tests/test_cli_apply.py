@@ -1,0 +1,98 @@
+"""`fxfusion analyze MODEL --apply`: the plan is applied and verified; a plan that does not verify exits 1.
+
+Decisions come from the session's real calibration profile with its conv2d_bn_relu decisions set to fold BatchNorm,
+so the rewrite under test is known; verification runs with the tiny timing spec and without the whole-model
+torch.compile (tests/test_verify.py compiles once; the CLI wiring is what is tested here).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import fxfusion.verify as verify_module
+from fxfusion.cli import app
+from fxfusion.profile import Profile
+from fxfusion.rewrites import REWRITES
+from fxfusion.schema import schema_errors
+from tests.conftest import TINY_SPEC
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+runner = CliRunner()
+
+
+@pytest.fixture
+def folding_profile(tiny_profile, tmp_path):
+    profile = Profile.load(tiny_profile)
+    for e in profile.entries:
+        if e.pattern == "conv2d_bn_relu":
+            e.decision.verdict, e.decision.best_variant = "fuse", "bn_folded"
+    return profile.save(tmp_path / "folding.json")
+
+
+@pytest.fixture(autouse=True)
+def quick_verification(monkeypatch):
+    monkeypatch.setattr(verify_module, "verify_plan",
+                        functools.partial(verify_module.verify_plan, spec=TINY_SPEC, include_compile=False))
+
+
+def _run(*args):
+    result = runner.invoke(app, ["analyze", *map(str, args)])
+    err = result.stderr if result.stderr_bytes is not None else result.output
+    return result, err
+
+
+def test_apply_folds_and_verifies(folding_profile, tmp_path):
+    out = tmp_path / "report.json"
+    result, err = _run(MODELS / "mobilenet_block.py", "--profile", folding_profile, "--apply", "--format", "json",
+                       "-o", out)
+    assert result.exit_code == 0, err
+    report = json.loads(out.read_text())
+    assert schema_errors(report, "analysis") == []
+    v = report["verification"]
+    assert v["ok"] is True and v["reference"] == "float64"
+    assert [(r["site_id"], r["variant"], r["applied"]) for r in v["rewrites"]] == [
+        ("g0.s0", "bn_folded", True), ("g0.s1", "bn_folded", True)]
+    assert all(o["ok"] and o["error"] < 1e-4 for o in v["outputs"])
+    assert v["timings"]["eager"]["median_ms"] > 0 and v["timings"]["planned"]["median_ms"] > 0
+    assert v["predicted_saving_ms"] is not None and v["measured_saving_ms"] is not None
+
+
+def test_apply_table_shows_the_verification(folding_profile):
+    result, err = _run(MODELS / "resnet_bottleneck.py", "--profile", folding_profile, "--apply")
+    assert result.exit_code == 0, err
+    assert "VERIFIED: outputs match the float64 reference" in result.stdout
+    assert "planned" in result.stdout and "original (eager)" in result.stdout
+
+
+def test_apply_of_a_wrong_rewrite_exits_1(folding_profile, monkeypatch, tmp_path):
+    correct = REWRITES["bn_folded"]
+
+    def wrong_fold(gm, nodes, group):
+        old, new = correct(gm, nodes, group)
+        getattr(gm, new.args[1].target).mul_(2.0)  # the folded weight, doubled
+        return old, new
+
+    monkeypatch.setitem(REWRITES, "bn_folded", wrong_fold)
+    out = tmp_path / "report.json"
+    result, err = _run(MODELS / "mobilenet_block.py", "--profile", folding_profile, "--apply", "--format", "json",
+                       "-o", out)
+    assert result.exit_code == 1
+    assert err.strip().splitlines()[-1].startswith("error: the fused model did not verify: output 0 (float32) has "
+                                                   "relative error")
+    report = json.loads(out.read_text())  # the report is still written, with the failed verification in it
+    assert report["verification"]["ok"] is False
+
+
+def test_apply_on_the_reused_conv_model_leaves_the_shared_conv_alone(folding_profile, tmp_path):
+    out = tmp_path / "report.json"
+    result, err = _run(MODELS / "shared_conv.py", "--profile", folding_profile, "--apply", "--format", "json",
+                       "-o", out)
+    assert result.exit_code == 0, err
+    v = json.loads(out.read_text())["verification"]
+    assert v["ok"] is True
+    assert [r["site_id"] for r in v["rewrites"] if r["applied"]] in ([], ["g0.s2"])  # only the unshared head
