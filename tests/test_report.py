@@ -121,6 +121,27 @@ def test_profile_strings_are_escaped(profile):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;i&gt;italic&lt;/i&gt; &amp; co" in html
 
 
+def test_profile_without_measured_ceilings_draws_the_datasheet_roof_only(tmp_path):
+    """A real calibration run with skip_ceilings: the roofline still places every entry, and says what is missing."""
+    from fxfusion.calibrate import calibrate
+    from tests.conftest import TINY_SPEC
+
+    bare = calibrate(hardware="generic-cpu", device="cpu", patterns="qk_scores", quick=True, compile_modes=(),
+                     spec=TINY_SPEC, skip_ceilings=True, output=tmp_path / "bare.json", command="pytest bare")
+    assert bare.ceilings["best_gbs"] is None
+    doc = HtmlDoc(render_profile_html(Profile.load(tmp_path / "bare.json")))
+    assert {f["key"] for f in doc.figures} == expected_plots(bare)
+    caption = next(f["caption"] for f in doc.figures if f["key"] == "roofline:float32")
+    assert "no measured float32 ceiling" in caption
+
+
+def test_profile_with_no_entries_still_renders(profile):
+    data = json.loads(json.dumps(profile.to_dict()))
+    data["entries"] = []
+    doc = HtmlDoc(render_profile_html(Profile.from_dict(data)))
+    assert doc.figures == [] and doc.unbalanced == [] and not [r for r in doc.rows if "data-key" in r["attrs"]]
+
+
 def test_missing_matplotlib_is_one_clear_error(profile, monkeypatch, tmp_path, tiny_profile):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
