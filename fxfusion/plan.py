@@ -284,11 +284,11 @@ def measure_sites(sites: list[Site], device: str = "cpu", spec=None, hardware: s
                   compile_modes: tuple[str, ...] = ("compile",), clock=None) -> Profile:
     """A profile measured live at exactly the shapes and dtypes of the legal sites (one entry per distinct one)."""
     from fxfusion.calibrate import measure_entry
-    from fxfusion.hardware import resolve
+    from fxfusion.hardware import detect, resolve
     from fxfusion.patterns import REGISTRY
     from fxfusion.timing import QUICK_SPEC, CpuClock, CudaClock
 
-    hw = resolve(hardware or ("h100-sxm" if device.startswith("cuda") else "generic-cpu"), device=device)
+    hw = resolve(hardware, device=device) if hardware else detect(device)
     clock = clock or (CudaClock() if device.startswith("cuda") else CpuClock())
     entries, seen = [], set()
     for site in sites:
