@@ -165,8 +165,12 @@ class Profile:
         device = device or self.metadata.get("device", "cpu")
         candidates = [e for e in self.entries if e.pattern == pattern and e.device.split(":")[0] == device.split(":")[0]]
         if not candidates:
+            devices = sorted({e.device.split(":")[0] for e in self.entries if e.pattern == pattern})
+            if devices:
+                raise FxFusionError(f"profile has entries for pattern {pattern!r} on {', '.join(devices)} only, "
+                                    f"not on {device.split(':')[0]}")
             known = sorted({e.pattern for e in self.entries})
-            raise FxFusionError(f"profile has no entries for pattern {pattern!r} on {device}; it has: {', '.join(known)}")
+            raise FxFusionError(f"profile has no entries for pattern {pattern!r}; it has: {', '.join(known)}")
         same_dtype = [e for e in candidates if e.dtype == dtype]
         warnings = []
         if not same_dtype:

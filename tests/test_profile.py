@@ -52,7 +52,7 @@ def test_decide_exact_and_nearest_with_distance(tiny_profile):
 
 
 def test_decide_unknown_pattern_is_a_clear_error(tiny_profile):
-    with pytest.raises(FxFusionError, match="no entries for pattern 'rmsnorm'"):
+    with pytest.raises(FxFusionError, match="no entries for pattern 'rmsnorm'; it has"):
         Profile.load(tiny_profile).decide("rmsnorm", {"M": 1, "N": 1})
 
 
@@ -110,3 +110,8 @@ def test_schema_is_draft_2020_12_with_a_version():
     schema = load_schema("profile")
     assert schema["$schema"].endswith("2020-12/schema")
     assert schema["properties"]["schema_version"]["const"] == "1.0"
+
+
+def test_decide_on_another_device_says_which_devices_the_profile_has(tiny_profile):
+    with pytest.raises(FxFusionError, match="entries for pattern 'full_attention' on cpu only, not on cuda"):
+        Profile.load(tiny_profile).decide("full_attention", {"B": 1, "H": 2, "S": 64, "D": 32}, device="cuda")
