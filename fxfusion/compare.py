@@ -89,10 +89,6 @@ class Boundary:
     above_flops: int
     above_verdict: str
 
-    def text(self) -> str:
-        return (f"{self.below_verdict} at {_shape_text(self.below_shape)} ({self.below_flops:.3g} FLOPs) -> "
-                f"{self.above_verdict} at {_shape_text(self.above_shape)} ({self.above_flops:.3g} FLOPs)")
-
 
 def _ratio(b: SpeedupCI | None, a: SpeedupCI | None) -> float | None:
     return b.median / a.median if a and b else None
