@@ -60,7 +60,7 @@ def main() -> None:
         rows.append((blocks, nodes, capture_s, match_s))
         print(f"blocks={blocks:5d} nodes={nodes:6d} sites={sites:5d} capture={capture_s:7.2f}s "
               f"match={match_s:7.3f}s ({match_s / nodes * 1e6:6.1f} us/node) threads={torch.get_num_threads()}")
-    (b0, n0, c0, m0), (b1, n1, c1, m1) = rows[0], rows[-1]
+    (_, n0, c0, m0), (_, n1, c1, m1) = rows[0], rows[-1]
     print(f"nodes x{n1 / n0:.1f}: match time x{m1 / m0:.1f} (per-node ratio {(m1 / n1) / (m0 / n0):.2f}, 1.0 is "
           f"linear), capture time x{c1 / c0:.1f} (per-node ratio {(c1 / n1) / (c0 / n0):.2f})")
     print(f"match of the large model: {m1:.3f}s, target <= {TARGET_MATCH_S:.0f}s: "

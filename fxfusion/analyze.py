@@ -30,7 +30,7 @@ from fxfusion import __version__
 from fxfusion.errors import FxFusionError
 from fxfusion.hardware import HardwareSpec, detect, device_name
 from fxfusion.patterns import REGISTRY, Pattern
-from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, decision_to_dict, shape_distance
+from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, decision_to_dict
 from fxfusion.sites import ALREADY_FUSED, ILLEGAL, CapturedModel, Site
 from fxfusion.stats import AVOID, FUSE, NEUTRAL, speedup, summarize
 from fxfusion.timing import QUICK_SPEC, Clock, CpuClock, CudaClock, TimingSpec, measure
@@ -266,13 +266,16 @@ class Analysis:
         return data
 
     def summary(self) -> dict[str, Any]:
-        count = lambda **kw: sum(1 for o in self.outcomes if all(getattr(o.site if k == "status" else o, k) == v  # noqa: E731
-                                                               for k, v in kw.items()))
+        def count(**kw):
+            return sum(1 for o in self.outcomes
+                       if all(getattr(o.site if k == "status" else o, k) == v for k, v in kw.items()))
+
         fused = [o for o in self.outcomes if o.verdict == FUSE]
         matched = sum(len(s.nodes) for s in self.sites)
         return {"sites": len(self.sites), "fusible": count(status="fusible"), "illegal": count(status="illegal"),
                 "already_fused": count(status="already_fused"), "fuse": count(verdict=FUSE),
-                "neutral": count(verdict=NEUTRAL), "avoid": count(verdict=AVOID), "undecided": count(verdict="undecided"),
+                "neutral": count(verdict=NEUTRAL), "avoid": count(verdict=AVOID),
+                "undecided": count(verdict="undecided"),
                 "saved_ms_per_forward": sum(o.saved_ms or 0.0 for o in fused),
                 "bytes_saved_per_forward": sum(o.bytes_saved or 0 for o in fused),
                 "matched_nodes": matched, "unmatched_nodes": sum(self.captured.unmatched.values()),

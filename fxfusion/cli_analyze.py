@@ -60,7 +60,8 @@ def _text(report: dict, fmt: str, graphs=None, extra=None) -> str:
 def analyze_command(
     model: Annotated[str, typer.Argument(help="FILE.py defining get_model() and get_inputs(), or FILE.py:NAME where "
                                               "NAME() returns (model, example_inputs).")],
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: the model, its inputs and measurements go here.")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: the model, its inputs and the measurements "
+                                              "go here.")] = "cpu",
     dtype: Annotated[Optional[str], typer.Option(help="Move floating-point parameters and inputs to this dtype: "
                                                       "float32, bfloat16, float16, float64.")] = None,
     profile: Annotated[Optional[Path], typer.Option(help="Decide each site from this calibration profile "
@@ -76,7 +77,8 @@ def analyze_command(
                                                                   "variants (much faster on a CPU).")] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
     apply: Annotated[bool, typer.Option("--apply", help="Apply the 'fuse' decisions and verify the fused model "
-                                                        "(outputs and end-to-end time); exit 1 if it does not verify.")] = False,
+                                                        "(outputs and end-to-end time); exit 1 if it does not "
+                                                        "verify.")] = False,
 ) -> None:
     """Find the fusible sites of a model, decide each at its own shape and dtype, and report them."""
     import torch

@@ -62,7 +62,8 @@ def site(bias_in_gemm: bool, status="fusible"):
 
 
 def test_written_out_linear_is_compared_with_eager_and_saves_eager_minus_best():
-    e = entry(SHAPE, [variant("eager", "eager", 1.0), variant("addmm", "manual", 0.8), variant("compile", "compile", 0.5)])
+    e = entry(SHAPE, [variant("eager", "eager", 1.0), variant("addmm", "manual", 0.8),
+                      variant("compile", "compile", 0.5)])
     out = decide_site(site(False), Lookup(e, e.decision))
     assert (out.verdict, out.baseline_variant, out.best_variant) == ("fuse", "eager", "compile")
     assert out.saved_ms == pytest.approx(0.5) and out.speedup == e.decision.speedup
@@ -71,7 +72,8 @@ def test_written_out_linear_is_compared_with_eager_and_saves_eager_minus_best():
 
 
 def test_nn_linear_is_compared_with_addmm_how_it_already_runs():
-    e = entry(SHAPE, [variant("eager", "eager", 1.0), variant("addmm", "manual", 0.8), variant("compile", "compile", 0.5)])
+    e = entry(SHAPE, [variant("eager", "eager", 1.0), variant("addmm", "manual", 0.8),
+                      variant("compile", "compile", 0.5)])
     out = decide_site(site(True), Lookup(e, e.decision))
     assert (out.verdict, out.baseline_variant, out.best_variant) == ("fuse", "addmm", "compile")
     assert out.saved_ms == pytest.approx(0.3) and out.speedup.median == pytest.approx(0.8 / 0.5)
@@ -117,7 +119,8 @@ def test_profile_far_from_the_shape_warns_and_scales_by_the_roofline(tiny_profil
     a = run(WrittenLinear(64, 64), (torch.randn(8, 64),), ProfileSource(profile, "cpu"))
     (o,) = a.outcomes
     assert not o.decision.exact
-    assert any("is far from" in w for w in o.warnings) and any("scaled from the measured shape" in w for w in o.warnings)
+    assert any("is far from" in w for w in o.warnings)
+    assert any("scaled from the measured shape" in w for w in o.warnings)
     eager = next(e for e in profile.entries if e.shape == o.decision.measured_shape and e.pattern == "linear_bias_relu")
     assert o.baseline_ms < eager.variant("eager").median_ms  # a much smaller problem is predicted faster
 

@@ -100,7 +100,8 @@ def _pattern(bn: bool, relu: bool) -> Pattern:
 
     def flops(s):
         out = s["B"] * s["Cout"] * s["L"]
-        return 2 * out * (s["Cin"] // s["G"]) * s["k"] + out * ((1 if bias else 0) + (2 if bn else 0) + (1 if relu else 0))
+        pointwise = (1 if bias else 0) + (2 if bn else 0) + (1 if relu else 0)
+        return 2 * out * (s["Cin"] // s["G"]) * s["k"] + out * pointwise
 
     def nbytes(s, itemsize, fused):
         x, y = s["B"] * s["Cin"] * s["L"], s["B"] * s["Cout"] * s["L"]
