@@ -52,6 +52,12 @@ def validate(data: Any, kind: str, source: str = "data") -> None:
         raise FxFusionError(f"{source} does not match the {kind} schema at {path}: {message[:200]}{more}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -66,6 +72,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report or profile should be readable like any file
         os.replace(tmp, path)
     except BaseException as exc:
         try:

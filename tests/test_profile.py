@@ -115,3 +115,18 @@ def test_schema_is_draft_2020_12_with_a_version():
 def test_decide_on_another_device_says_which_devices_the_profile_has(tiny_profile):
     with pytest.raises(FxFusionError, match="entries for pattern 'full_attention' on cpu only, not on cuda"):
         Profile.load(tiny_profile).decide("full_attention", {"B": 1, "H": 2, "S": 64, "D": 32}, device="cuda")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    out = atomic_write_json(tmp_path / "x.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_unknown_decision_keys_are_schema_errors(tiny_profile):
+    data = json.loads(tiny_profile.read_text())
+    data["entries"][0]["decision"]["surprise"] = 1
+    assert any("decision" in path for path, _ in schema_errors(data, "profile"))

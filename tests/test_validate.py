@@ -83,16 +83,16 @@ def test_long_messages_are_cut_to_one_readable_line(profile_data):
     assert all(len(m) <= 303 and "\n" not in m for _, m in result.errors)
 
 
-def test_schema_valid_but_unloadable_profile_is_reported(profile_data, tmp_path):
-    """The decision schema allows extra keys that the Decision dataclass refuses: still invalid, and report says so."""
+def test_unknown_decision_key_is_a_schema_error_with_its_path(profile_data, tmp_path):
+    """The decision object is closed: a key the loader would not understand is an error at its JSON path."""
     profile_data["entries"][0]["decision"]["confidence"] = 0.95
     result = validate_document(profile_data, "p.json")
-    assert not result.valid and result.errors[0][0] == "$"
-    assert "does not load as a profile" in result.errors[0][1]
+    assert not result.valid and result.errors[0][0] == "$.entries[0].decision"
+    assert "confidence" in result.errors[0][1]
     path = write(tmp_path / "odd.json", profile_data)
     out = tmp_path / "odd.html"
     report = runner.invoke(app, ["report", str(path), "-o", str(out)])
-    assert report.exit_code == 1 and "does not load as a profile" in report.output and not out.exists()
+    assert report.exit_code == 1 and "decision" in report.output and not out.exists()
     assert len(report.output.strip().splitlines()) == 1
 
 
