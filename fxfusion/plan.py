@@ -209,16 +209,18 @@ class FusionPlan:
         position = {g.id: i for i, g in enumerate(candidates)}
         self.groups = sorted(admitted, key=lambda g: position[g.id])
 
-    def require_saving_over(self, overhead_ms: float) -> None:
-        """Record the captured graph's overhead (signed: the graph can be faster than the module it came from);
-        refuse every group when their predicted saving does not cover it."""
-        self.overhead_ms = float(overhead_ms)
+    def require_saving_over(self, overhead: "Overhead | float") -> None:
+        """Charge the captured graph's overhead (signed: the graph can be faster than the module it came from) to the
+        plan, and refuse every group when their predicted saving does not exceed its interval's upper end."""
+        if not isinstance(overhead, Overhead):
+            overhead = Overhead(float(overhead), float(overhead), float(overhead))
+        self.overhead_ms = overhead.ms
         saving = self.groups_saving_ms
         if not self.groups or saving is None or any(g.predicted_saving_ms is None for g in self.groups):
             return
-        if saving <= self.overhead_ms:
-            why = (f"the plan's predicted saving ({saving:.4f} ms per forward) does not cover the "
-                   f"{self.overhead_ms:.4f} ms the captured graph costs over the original model")
+        if saving <= overhead.ci_high_ms:
+            why = (f"the plan's predicted saving ({saving:.4f} ms per forward) does not cover what the captured graph "
+                   f"costs over the original model ({overhead.ms:.4f} ms, 95% CI up to {overhead.ci_high_ms:.4f})")
             self.refused += [RefusedSite(g.id, g.pattern, g.graph_index, g.nodes, BELOW_OVERHEAD, [why])
                              for g in self.groups]
             self.groups = []
@@ -306,10 +308,20 @@ def measure_sites(sites: list[Site], device: str = "cpu", spec=None, hardware: s
 OVERHEAD_SPEC_ROUNDS, OVERHEAD_SPEC_BUDGET_S = 30, 3.0
 
 
+@dataclass(frozen=True)
+class Overhead:
+    """What running the captured graph costs over the original model per forward, with a 95% interval (ms)."""
+
+    ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+
+
 def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_inputs: tuple, device: str = "cpu",
-                     spec=None, clock=None) -> float:
-    """Median ms per forward that the captured graph, unrewritten, takes over the original model (may be < 0)."""
+                     spec=None, clock=None) -> Overhead:
+    """Time the original model and the captured graph (unrewritten) interleaved; their difference, signed."""
     from fxfusion.rewrite import captured_module
+    from fxfusion.stats import speedup, summarize
     from fxfusion.timing import CpuClock, CudaClock, TimingSpec, measure
 
     spec = spec or TimingSpec(rounds=OVERHEAD_SPEC_ROUNDS, warmup=2, target_sample_s=0.005,
@@ -319,8 +331,10 @@ def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_in
     with torch.no_grad():
         samples = measure({"eager": lambda: model(*example_inputs), "captured": lambda: graph(*example_inputs)},
                           clock, spec)
-    median = lambda xs: float(torch.tensor(xs, dtype=torch.float64).median())  # noqa: E731
-    return (median(samples.seconds["captured"]) - median(samples.seconds["eager"])) * 1e3
+    eager, graph_s = samples.seconds["eager"], samples.seconds["captured"]
+    eager_ms = summarize(eager).median * 1e3
+    ratio = speedup(graph_s, eager)  # captured time / eager time, with its interval
+    return Overhead(eager_ms * (ratio.median - 1), eager_ms * (ratio.ci_low - 1), eager_ms * (ratio.ci_high - 1))
 
 
 def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tuple, device: str | None = None,

@@ -166,6 +166,20 @@ def test_conv_bn_relu_becomes_one_onednn_call():
     assert float64_error(model, planned, inputs) < FLOAT32_TOL
 
 
+def test_channels_last_chain_converts_its_input_once():
+    model = _with_statistics(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                                           nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)))
+    x = torch.randn(2, 3, 8, 8)
+    planned = apply(model, plan_for(model, (x,), lambda s: "channels_last"))
+    assert applied(planned) == ["channels_last", "channels_last"]
+    conversions = [n for n in planned.graph.nodes if n.target == aten.contiguous.default]
+    assert len(conversions) == 2 and all(n.kwargs["memory_format"] == torch.channels_last for n in conversions)
+    with torch.no_grad():
+        out = planned(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)  # the second conversion found NHWC: no copy
+    assert float64_error(model, planned, (x,)) < FLOAT32_TOL
+
+
 def test_reused_conv_is_never_folded_and_its_other_path_is_unchanged():
     loaded = load_model(MODELS / "shared_conv.py")
     model, inputs = loaded.model, loaded.example_inputs
@@ -265,12 +279,24 @@ def test_scores_scale_folded_into_baddbmm_alpha():
     assert float64_error(model, planned, (q, k)) < FLOAT32_TOL
 
 
-def test_transformer_block_attention_rewritten_to_sdpa():
+def test_constant_causal_mask_becomes_is_causal():
+    """transformer_block masks with a buffer (tril, sliced, == 0): evaluated once, recognised, replaced by the flag,
+    and the mask's slices and comparison are dropped from the graph."""
     loaded = load_model(MODELS / "transformer_block.py")
     plan = plan_for(loaded.model, loaded.example_inputs, lambda s: "sdpa" if "attention" in s.pattern else None)
     planned = apply(loaded.model, plan)
     assert applied(planned) == ["sdpa"]
+    [sdpa] = [n for n in planned.graph.nodes if n.target == aten.scaled_dot_product_attention.default]
+    assert sdpa.args[3] is None and sdpa.args[5] is True  # no attn_mask, is_causal
+    assert aten.eq.Scalar not in targets(planned) and "attn.mask" not in {n.target for n in planned.graph.nodes}
     assert float64_error(loaded.model, planned, loaded.example_inputs) < FLOAT32_TOL
+
+
+def test_a_mask_given_as_input_stays_an_explicit_mask():
+    model, inputs = Attention("scale, then -inf mask").eval(), attention_inputs()
+    planned = apply(model, plan_for(model, inputs, lambda s: "sdpa"))
+    [sdpa] = [n for n in planned.graph.nodes if n.target == aten.scaled_dot_product_attention.default]
+    assert sdpa.args[3] is not None and sdpa.args[5] is False  # a run-time mask: not provably causal
 
 
 # -- norms ---------------------------------------------------------------------------------------------------------
@@ -304,7 +330,7 @@ def test_compile_variant_runs_the_group_as_a_compiled_region():
     regions = [m for m in planned.modules() if isinstance(m, CompiledRegion)]
     assert len(regions) == 1 and {n.target for n in regions[0].region.graph.nodes if n.op == "call_function"} == {
         aten.linear.default, aten.gelu.default}
-    assert [n.op for n in planned.graph.nodes if n.op == "call_module" and n.target != "_guards_fn"] == ["call_module"]
+    assert [n.op for n in planned.graph.nodes if n.op == "call_module" and not n.target.startswith("_")] == ["call_module"]
     assert float64_error(model, planned, (x,)) < FLOAT32_TOL
 
 
@@ -351,6 +377,15 @@ def test_a_rule_that_does_not_fit_leaves_the_graph_as_it_was():
     record = rewrite_group(gm, group)  # the rule itself refuses, before inserting anything
     assert not record.applied and "matmul" in record.detail
     assert gm.code == code
+
+
+def test_planned_graph_checks_its_inputs():
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU()).eval()
+    plan = plan_for(model, (torch.randn(4, 16),), lambda s: None)
+    gm = captured_module(model, plan.captured)
+    with pytest.raises(FxFusionError, match=r"input 0 is \(5, 16\) torch.float32, but the planned model was captured "
+                                            r"for \(4, 16\)"):
+        gm(torch.randn(5, 16))
 
 
 def test_no_groups_gives_a_copy_of_the_model():

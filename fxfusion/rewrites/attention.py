@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import fx
 
-from fxfusion.rewrites.graph import NotApplicable, arg, is_call, scalar, shape_of, value_of, aten
+from fxfusion.rewrites.graph import NotApplicable, aten, arg, constant_value, is_call, scalar, shape_of, value_of
 
 SOFTMAXES = (aten.softmax.int, aten._softmax.default)
 BMMS = (aten.matmul.default, aten.bmm.default)
@@ -136,16 +137,38 @@ def _parse_attention(nodes: list[fx.Node], need_pv: bool) -> _Attention:
     return _Attention(q, kt, k, scale, scaled, mask, softmax, out, v)
 
 
+def _is_causal(gm, a: _Attention) -> bool:
+    """True when the mask is a constant that drops exactly the scores above the diagonal (SDPA's is_causal).
+
+    The calibration measures causal attention as SDPA with is_causal=True (the flash kernels); an explicit boolean
+    mask would run another kernel, so a constant causal mask is recognised and replaced by the flag.
+    """
+    if a.mask is None or a.mask[0] != "keep":
+        return False
+    drop = constant_value(gm, a.mask[1])
+    qs, ks = shape_of(a.q), shape_of(a.k if a.k is not None else a.kt)
+    if drop is None or drop.dtype != torch.bool or qs is None or ks is None:
+        return False
+    L, S = qs[-2], (ks[-2] if a.k is not None else ks[-1])
+    causal = torch.ones(L, S, dtype=torch.bool, device=drop.device).triu(1)
+    try:
+        return bool(torch.equal(torch.broadcast_to(drop, (*drop.shape[:-2], L, S)),
+                                causal.expand(*drop.shape[:-2], L, S)))
+    except RuntimeError:  # a mask that does not broadcast to (L, S)
+        return False
+
+
 def rewrite_sdpa(gm, nodes, group):
     a = _parse_attention(nodes, need_pv=True)
     g = gm.graph
     qv = value_of(a.q)
+    causal = _is_causal(gm, a)
     if a.mask is not None and a.mask[0] == "add" and value_of(a.mask[1]).dtype != qv.dtype:
         raise NotApplicable("the additive mask's dtype differs from q's; SDPA needs them equal")
     with g.inserting_before(a.out):
         k = a.k if a.k is not None else g.call_function(aten.transpose.int, (a.kt, -2, -1))
         mask = None
-        if a.mask is not None:
+        if a.mask is not None and not causal:
             kind, m = a.mask[0], a.mask[1]
             if kind == "keep":  # masked_fill(True -> -inf) drops those scores; SDPA's boolean mask keeps True
                 mask = g.call_function(aten.logical_not.default, (m,))
@@ -156,7 +179,7 @@ def rewrite_sdpa(gm, nodes, group):
                 mask = g.call_function(aten.mul.Tensor, (m, a.mask[2]))
             else:
                 mask = m
-        y = g.call_function(aten.scaled_dot_product_attention.default, (a.q, k, a.v, mask, 0.0, False),
+        y = g.call_function(aten.scaled_dot_product_attention.default, (a.q, k, a.v, mask, 0.0, causal),
                             {"scale": a.scale})
     return a.out, y
 

@@ -174,6 +174,8 @@ def rewrite_channels_last(gm, nodes, group):
     with g.inserting_before(c.bn_out):
         w = _register(gm, group.site_id, "weight_cl", folded_w.contiguous(memory_format=torch.channels_last))
         b = _register(gm, group.site_id, "bias", folded_b)
-        x = g.call_function(aten.clone.default, (c.conv.args[0],), {"memory_format": torch.channels_last})
+        # contiguous, not clone: a no-op on an input already NHWC (the output of the previous channels_last conv),
+        # so a chain of such convs converts once, as the measured variant (input converted ahead of time) assumes
+        x = g.call_function(aten.contiguous.default, (c.conv.args[0],), {"memory_format": torch.channels_last})
         y = _conv_with(g, c.conv, x, w, b)
     return c.bn_out, y

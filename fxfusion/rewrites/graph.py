@@ -59,3 +59,40 @@ def device_of(*nodes) -> str:
         if isinstance(v, torch.Tensor):
             return v.device.type
     return "cpu"
+
+
+def is_pure(node: fx.Node) -> bool:
+    """An aten op that neither mutates its inputs nor draws random numbers: safe to evaluate ahead or to drop."""
+    t = node.target
+    if node.op != "call_function" or not isinstance(t, torch._ops.OpOverload):
+        return False
+    return not t._schema.is_mutable and torch.Tag.nondeterministic_seeded not in t.tags
+
+
+# Evaluating a constant subgraph ahead of time is worth it for masks (a few slices and a comparison); past this many
+# nodes the value is left to run time.
+CONSTANT_NODE_BUDGET = 32
+
+
+def constant_value(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
+    """The value of ``node`` when it depends only on the module's constants and literals (None otherwise)."""
+    values: dict[fx.Node, Any] = {}
+
+    def visit(n: fx.Node) -> bool:
+        if n in values:
+            return True
+        if len(values) >= CONSTANT_NODE_BUDGET:
+            return False
+        if n.op == "get_attr":
+            values[n] = constant(gm, n, "constant")
+            return True
+        if not is_pure(n) or not all(visit(a) for a in n.all_input_nodes):
+            return False
+        args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: values[a])
+        values[n] = n.target(*args, **kwargs)
+        return True
+
+    if not isinstance(node, fx.Node):
+        return None
+    with torch.no_grad():
+        return values[node] if visit(node) and isinstance(values[node], torch.Tensor) else None
