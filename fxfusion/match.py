@@ -48,6 +48,9 @@ KINDS: dict[str, str] = {
     "_scaled_dot_product_efficient_attention": "sdpa", "_scaled_dot_product_flash_attention_for_cpu": "sdpa",
     "_scaled_dot_product_cudnn_attention": "sdpa",
 }
+# Checks export inserts in front of a cast (``_assert_tensor_metadata(x, dtype=...)``): they compute nothing, so a
+# site takes the checks of its own intermediates with it instead of counting them as outside uses.
+ASSERT_OPS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"})
 ACT_TITLES = {"relu": "ReLU", "gelu": "GELU", "gelu_tanh": "GELU(tanh)", "silu": "SiLU", "relu6": "ReLU6"}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
                 torch.float64: "float64"}
@@ -95,7 +98,9 @@ def arg(node: Node, i: int, name: str, default=None):
 
 
 def only_user(node: Node) -> Node | None:
-    return next(iter(node.users)) if len(node.users) == 1 else None
+    """The one user that computes something (export's dtype checks in front of a cast do not count)."""
+    users = [u for u in node.users if op_name(u) not in ASSERT_OPS]
+    return users[0] if len(users) == 1 else None
 
 
 def users_of_kind(node: Node, kinds: Iterable[str]) -> list[Node]:
@@ -729,11 +734,6 @@ def _graph_index(captured: CapturedModel) -> tuple[list[Graph], Counter, dict]:
                 users.setdefault(key, []).append(f"g{gi}:{node.name}")
         graphs.append(g)
     return graphs, uses, users
-
-
-# Checks export inserts in front of a cast (``_assert_tensor_metadata(x, dtype=...)``): they compute nothing, so a
-# site takes the checks of its own intermediates with it instead of counting them as outside uses.
-ASSERT_OPS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"})
 
 
 def _site(g: Graph, c: Candidate) -> Site:

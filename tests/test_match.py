@@ -262,16 +262,22 @@ class RMSNormWritten(nn.Module):
     def forward(self, x):
         if self.style == "pow":
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight
+        if self.style == "hf-llama":  # transformers' LlamaRMSNorm, verbatim
+            input_dtype = x.dtype
+            hidden_states = x.to(torch.float32)
+            variance = hidden_states.pow(2).mean(-1, keepdim=True)
+            hidden_states = hidden_states * torch.rsqrt(variance + 1e-6)
+            return self.weight * hidden_states.to(input_dtype)
         xf = x.float()  # gpt-fast: normalise in float32, cast back, then scale
         return (xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + 1e-6)).type_as(x) * self.weight
 
 
-@pytest.mark.parametrize("style", ["pow", "gpt-fast"])
+@pytest.mark.parametrize("style", ["pow", "gpt-fast", "hf-llama"])
 def test_rmsnorm_written_out_is_found(style):
     _, sites = sites_of(RMSNormWritten(style=style), torch.randn(3, 4, 16))
     assert summary(sites) == [("rmsnorm", "fusible")]
     assert sites[0].shape == {"M": 12, "N": 16} and sites[0].roles["weight_param"] == "weight"
-    assert sites[0].roles["input"] == "x"
+    assert sites[0].roles["input"] == "x" and sites[0].notes == [] and sites[0].nodes[-1] == sites[0].roles["output"]
 
 
 def test_rmsnorm_module_is_already_fused():
