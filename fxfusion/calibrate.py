@@ -78,6 +78,9 @@ def sdpa_backend(kernel_names: Iterable[str]) -> str | None:
     return "math" if names else None
 
 
+# Kernel names are stored cut to this length (CUDA template names run to thousands of characters); the not-a-fusion
+# check compares whole names.
+KERNEL_NAME_CHARS = 160
 # The float64 reference runs on the CPU; above this working set it is computed on the leading rows only.
 REFERENCE_MAX_BYTES = 1 << 30
 
@@ -196,7 +199,8 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
         if ref_rows < shape[pattern.shape_keys[0]]:
             v.details["reference_rows"] = ref_rows
         if lc:
-            v.kernels_per_call, v.kernel_unit, v.kernel_names = lc.kernels_per_call, lc.unit, list(lc.names)
+            v.kernels_per_call, v.kernel_unit = lc.kernels_per_call, lc.unit
+            v.kernel_names = [n if len(n) <= KERNEL_NAME_CHARS else n[:KERNEL_NAME_CHARS] + "..." for n in lc.names]
             if lc.device_s_per_call is not None:
                 v.device_ms = lc.device_s_per_call * 1e3
         if pattern.family == "attention" and b.name == "sdpa" and lc:

@@ -92,7 +92,7 @@ def count_launches(fn: Callable[[], object], device: str, calls: int = CALLS) ->
     if cuda:
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
         device_us = sum(e.time_range.end - e.time_range.start for e in kernels)
-        names = tuple(sorted({e.name[:80] for e in kernels}))
+        names = tuple(sorted({e.name for e in kernels}))  # whole names: templates differ only at the end
         return LaunchCount(len(kernels) / calls, device_us / 1e6 / calls, "cuda kernels", names)
     leaves = _cpu_kernel_ops(events)
     return LaunchCount(len(leaves) / calls, None, "aten ops", tuple(sorted(set(leaves))))
