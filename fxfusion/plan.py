@@ -56,7 +56,7 @@ class FusionGroup:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["decision"] = decision_to_dict(self.decision)
+        d["decision"] = decision_to_dict(self.decision) if self.decision is not None else None
         return d
 
 
@@ -109,7 +109,7 @@ class FusionPlan:
 
     @property
     def groups_saving_ms(self) -> float | None:
-        """Sum over groups of the predicted saving per forward; None when no group has a timing."""
+        """Sum of the groups' predicted savings per forward (those with a timing); None when none has one."""
         known = [g.predicted_saving_ms for g in self.groups if g.predicted_saving_ms is not None]
         return sum(known) if known else (0.0 if not self.groups else None)
 
