@@ -293,3 +293,19 @@ def test_bad_arguments_fail_with_one_line(tmp_path):
     plan = typical_plan("mobilenet_block")
     with pytest.raises(FxFusionError, match="no group"):
         plan.group("g9.s9")
+
+
+def test_plan_from_an_analysis_keeps_its_live_timings():
+    """The CLI's live mode has no profile file: the analysis's own outcomes carry the timings to the plan."""
+    from fxfusion.analyze import LiveSource, analyze
+
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    x = torch.randn(1, 4, 8, 8)
+    result = analyze(model, (x,), LiveSource("cpu", spec=TINY_SPEC, compile_modes=()), time_forward=False)
+    plan = FusionPlan.from_analysis(result)
+    [outcome] = result.outcomes
+    if outcome.verdict == "fuse":
+        [g] = plan.groups
+        assert g.variant == outcome.best_variant and g.predicted_saving_ms == outcome.saved_ms > 0
+    else:
+        assert plan.groups == [] and plan.refused[0].why in ("not_fuse", "undecided")
