@@ -309,3 +309,28 @@ def test_plan_from_an_analysis_keeps_its_live_timings():
         assert g.variant == outcome.best_variant and g.predicted_saving_ms == outcome.saved_ms > 0
     else:
         assert plan.groups == [] and plan.refused[0].why in ("not_fuse", "undecided")
+
+
+@pytest.mark.parametrize("form", ["ExportedProgram", "exported GraphModule"])
+def test_plan_takes_an_exported_graph(form):
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    x = torch.randn(1, 4, 8, 8)
+    ep = torch.export.export(model, (x,), strict=False)
+    graph = ep if form == "ExportedProgram" else ep.module()
+    plan = fxfusion.plan(graph, _conv_profile(), (x,), check_overhead=False)
+    assert [s.pattern for s in plan.sites] == ["conv2d_bn_relu"] and [g.variant for g in plan.groups] == ["bn_folded"]
+    planned = fxfusion.apply(model, plan)
+    assert torch.ops.aten.batch_norm.default not in [n.target for n in planned.graph.nodes]
+    with torch.no_grad():
+        torch.testing.assert_close(planned(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def _conv_profile():
+    shape = {"B": 1, "Cin": 4, "Cout": 4, "H": 8, "W": 8, "k": 3, "G": 1}
+    variants = [_variant("eager", "eager", 1.0), _variant("bn_folded", "manual", 0.6)]
+    d = Decision("conv2d_bn_relu", shape, "float32", "cpu", "fuse", "bn_folded", SpeedupCI(1.6, 1.5, 1.7), "hand-made",
+                 measured_shape=dict(shape))
+    roofline = {"unfused_ms": 1.0, "fused_ms": 0.5, "bound": "memory", "peak_gflops": 100.0, "peak_gbs": 20.0,
+                "basis": "test"}
+    e = Entry("conv2d_bn_relu", "conv", "Conv2d+BN+ReLU", shape, "float32", "cpu", 1, 1, 1, 0.5, roofline, variants, d)
+    return Profile(metadata={"device": "cpu", "device_name": "test"}, hardware={}, ceilings={}, entries=[e])
