@@ -1,6 +1,8 @@
 """Wall time of `fxfusion calibrate --quick` on this machine, and the share of it spent compiling.
 
 Target (issue 2): under 3 minutes on a 2-core CPU.  Prints one line per run; run it on an otherwise idle machine.
+Inductor caches compiled graphs on disk; for a first-run (cold cache) time, point it at an empty folder:
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python benchmarks/bench_calibrate_quick.py
     python benchmarks/bench_calibrate_quick.py [--device cpu] [--hardware generic-cpu]
 """
 

@@ -126,10 +126,17 @@ def analyze_command(
         verification = None
         if apply:
             plan_mod, verify_mod = _optional("fxfusion.plan", "--apply"), _optional("fxfusion.verify", "--apply")
-            plan = plan_mod.FusionPlan.from_decisions(result.captured, result.sites, result.decisions(),
-                                                      profile=loaded_profile, device=device,
-                                                      undecided=result.undecided())
-            verification = verify_mod.verify_plan(loaded.model, loaded.example_inputs, plan, device=device)
+            if loaded_profile is None:  # live timings: the plan keeps each site's measured baseline and saving
+                plan = plan_mod.FusionPlan.from_analysis(result, device=device)
+            else:
+                plan = plan_mod.FusionPlan.from_decisions(result.captured, result.sites, result.decisions(),
+                                                          profile=loaded_profile, device=device,
+                                                          undecided=result.undecided())
+            # Running the captured graph costs something of its own: a plan must save more than that.
+            plan.require_saving_over(plan_mod.measure_overhead(loaded.model, result.captured, loaded.example_inputs,
+                                                               device))
+            verification = verify_mod.verify_plan(loaded.model, loaded.example_inputs, plan, device=device,
+                                                  include_compile=not no_compile)
             result.verification = verification.to_dict()
     report = result.to_dict()
     text = _text(report, fmt, result.captured.graphs,

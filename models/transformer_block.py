@@ -75,3 +75,9 @@ def get_model(cfg: GPTConfig = PRESETS["tiny"]) -> nn.Module:
 
 def get_inputs(cfg: GPTConfig = PRESETS["tiny"]):
     return (torch.randn(cfg.batch, cfg.tokens, cfg.dim, generator=torch.Generator().manual_seed(1)),)
+
+
+def gpt2():
+    """`analyze models/transformer_block.py:gpt2`: one GPT-2-small block (768 wide, 12 heads) on 8 x 1024 tokens."""
+    cfg = PRESETS["gpt2"]
+    return get_model(cfg), get_inputs(cfg)
