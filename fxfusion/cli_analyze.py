@@ -137,7 +137,8 @@ def analyze_command(
                                                                device))
             verification = verify_mod.verify_plan(loaded.model, loaded.example_inputs, plan, device=device,
                                                   include_compile=not no_compile)
-            result.verification = verification.to_dict()
+            # The plan travels with the verification: which groups were applied, which refused and why.
+            result.verification = {**verification.to_dict(), "plan": plan.to_dict()}
     report = result.to_dict()
     text = _text(report, fmt, result.captured.graphs,
                  verification.render() if verification is not None and fmt == "table" else None)
