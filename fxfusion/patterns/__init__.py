@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fxfusion.errors import FxFusionError
-from fxfusion.patterns import attention, conv, conv1d, linear, norm
+from fxfusion.patterns import attention, conv, linear, norm
 from fxfusion.patterns.base import ManualVariant, Pattern, Shape
 
-REGISTRY: dict[str, Pattern] = {p.name: p for mod in (linear, conv, conv1d, attention, norm) for p in mod.PATTERNS}
+REGISTRY: dict[str, Pattern] = {p.name: p for mod in (linear, conv, attention, norm) for p in mod.PATTERNS}
 FAMILIES: dict[str, list[str]] = {}
 for _p in REGISTRY.values():
     FAMILIES.setdefault(_p.family, []).append(_p.name)

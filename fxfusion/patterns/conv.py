@@ -1,13 +1,15 @@
-"""Conv2d (+ BatchNorm) (+ ReLU).  Shape keys: B, Cin, Cout, H, W, k (square kernel, stride 1, 'same' padding), G.
+"""Conv1d / Conv2d (+ BatchNorm) (+ ReLU).  Shape keys: B, Cin, Cout, the spatial sizes (L for 1-D; H, W for
+2-D), k (kernel size in every spatial dim, stride 1, 'same' padding), G (groups; G = Cin is depthwise).
 
-Bytes (itemsize s), every op reading its inputs and writing its output:
-  conv     reads x (B Cin H W), weight (Cout Cin/G k k) [+ bias Cout], writes y (B Cout H W)
+Bytes (itemsize s; X = B Cin * spatial, Y = B Cout * spatial, Wt = Cout Cin/G k^d), every op reading its inputs and
+writing its output:
+  conv     reads x (X), weight (Wt) [+ bias Cout], writes y (Y)
   BN       reads y and 4 Cout statistics/affine params, writes y
   ReLU     reads y, writes y
-  fused    = conv only, with the folded bias: x + weight + Cout + y.  BN folding moves BN into the weights once, at
+  fused    = conv only, with the folded bias: X + Wt + Cout + Y.  BN folding moves BN into the weights once, at
              load time, so its cost is not part of the forward pass.
-FLOPs: 2 B Cout H W (Cin/G) k k for the conv, one per output element for the bias, two for BN (scale and shift) and
-one for ReLU.
+FLOPs: 2 Y (Cin/G) k^d for the conv, one per output element for the bias, two for BN (scale and shift) and one for
+ReLU.  A 1-D conv's fused conv+ReLU runs as a 2-D conv of height 1 (cuDNN and oneDNN fuse 2-D convs).
 """
 
 from __future__ import annotations
@@ -19,33 +21,55 @@ from fxfusion.patterns.base import ManualVariant, Pattern, randn, shapes
 
 BN_EPS = 1e-5
 
-QUICK = shapes(dict(B=1, Cin=16, Cout=16, H=16, W=16, k=3, G=1), dict(B=4, Cin=128, Cout=128, H=28, W=28, k=3, G=1))
-FULL = shapes(
-    dict(B=1, Cin=16, Cout=16, H=16, W=16, k=3, G=1),
-    dict(B=4, Cin=128, Cout=128, H=28, W=28, k=3, G=1),
-    dict(B=8, Cin=256, Cout=256, H=56, W=56, k=3, G=1),
-    dict(B=8, Cin=128, Cout=128, H=56, W=56, k=3, G=128),
-)
-GPU = shapes(
-    dict(B=1, Cin=16, Cout=16, H=16, W=16, k=3, G=1),
-    dict(B=4, Cin=128, Cout=128, H=28, W=28, k=3, G=1),
-    dict(B=32, Cin=256, Cout=256, H=56, W=56, k=3, G=1),
-    dict(B=32, Cin=128, Cout=128, H=56, W=56, k=3, G=128),
-)
+SHAPES_2D = {
+    "quick": shapes(dict(B=1, Cin=16, Cout=16, H=16, W=16, k=3, G=1), dict(B=4, Cin=128, Cout=128, H=28, W=28, k=3, G=1)),
+    "full": shapes(
+        dict(B=1, Cin=16, Cout=16, H=16, W=16, k=3, G=1),
+        dict(B=4, Cin=128, Cout=128, H=28, W=28, k=3, G=1),
+        dict(B=8, Cin=256, Cout=256, H=56, W=56, k=3, G=1),
+        dict(B=8, Cin=128, Cout=128, H=56, W=56, k=3, G=128),
+    ),
+    "gpu": shapes(
+        dict(B=1, Cin=16, Cout=16, H=16, W=16, k=3, G=1),
+        dict(B=4, Cin=128, Cout=128, H=28, W=28, k=3, G=1),
+        dict(B=32, Cin=256, Cout=256, H=56, W=56, k=3, G=1),
+        dict(B=32, Cin=128, Cout=128, H=56, W=56, k=3, G=128),
+    ),
+}
+SHAPES_1D = {
+    "quick": shapes(dict(B=1, Cin=16, Cout=16, L=128, k=3, G=1), dict(B=4, Cin=128, Cout=128, L=1024, k=3, G=1)),
+    "full": shapes(
+        dict(B=1, Cin=16, Cout=16, L=128, k=3, G=1),
+        dict(B=4, Cin=128, Cout=128, L=1024, k=3, G=1),
+        dict(B=8, Cin=256, Cout=256, L=4096, k=3, G=1),
+        dict(B=8, Cin=256, Cout=256, L=4096, k=3, G=256),
+    ),
+    "gpu": shapes(
+        dict(B=1, Cin=16, Cout=16, L=128, k=3, G=1),
+        dict(B=4, Cin=128, Cout=128, L=1024, k=3, G=1),
+        dict(B=32, Cin=512, Cout=512, L=4096, k=3, G=1),
+        dict(B=32, Cin=512, Cout=512, L=4096, k=3, G=512),
+    ),
+}
+SPATIAL = {1: ("L",), 2: ("H", "W")}
+CONV = {1: F.conv1d, 2: F.conv2d}
 
 
-def _params(shape, bn: bool, bias: bool):
-    """Which parameter tensors the unfused pattern reads (conv bias is off before BN, as in ResNets)."""
-    return (1 if bias else 0) + (4 if bn else 0)
+def _spatial_size(shape, nd: int) -> int:
+    size = 1
+    for key in SPATIAL[nd]:
+        size *= shape[key]
+    return size
 
 
-def _inputs(bn: bool, bias: bool):
+def _inputs(bn: bool, bias: bool, nd: int):
     def make(shape, dtype, device, gen):
-        B, Cin, Cout, H, W, k, G = (shape[key] for key in ("B", "Cin", "Cout", "H", "W", "k", "G"))
-        fan_in = Cin // G * k * k
+        B, Cin, Cout, k, G = (shape[key] for key in ("B", "Cin", "Cout", "k", "G"))
+        spatial = [shape[key] for key in SPATIAL[nd]]
         inputs = {
-            "x": randn(gen, B, Cin, H, W, dtype=dtype, device=device),
-            "weight": randn(gen, Cout, Cin // G, k, k, dtype=dtype, device=device, scale=fan_in**-0.5),
+            "x": randn(gen, B, Cin, *spatial, dtype=dtype, device=device),
+            "weight": randn(gen, Cout, Cin // G, *[k] * nd, dtype=dtype, device=device,
+                            scale=(Cin // G * k**nd) ** -0.5),
         }
         if bias:
             inputs["bias"] = randn(gen, Cout, dtype=dtype, device=device)
@@ -63,17 +87,20 @@ def fold_batchnorm(weight, bias, running_mean, running_var, bn_weight, bn_bias, 
     """Conv weights and bias with an inference-mode BatchNorm folded in (computed in float32 for accuracy)."""
     dtype = weight.dtype
     scale = bn_weight.float() * torch.rsqrt(running_var.float() + eps)
-    folded_w = weight.float() * scale.reshape(-1, 1, 1, 1)
+    folded_w = weight.float() * scale.reshape(-1, *[1] * (weight.dim() - 1))
     conv_b = bias.float() if bias is not None else torch.zeros_like(scale)
     folded_b = (conv_b - running_mean.float()) * scale + bn_bias.float()
     return folded_w.to(dtype), folded_b.to(dtype)
 
 
 def _fused_conv_relu(x, w, b, pad, groups):
-    """One kernel for conv+bias+ReLU: cuDNN's fused op on CUDA, oneDNN's post-op on CPU."""
+    """One kernel for conv+bias+ReLU: cuDNN's fused op on CUDA, oneDNN's post-op on CPU (2-D; 1-D as height 1)."""
+    if x.dim() == 3:
+        return _fused_conv_relu(x.unsqueeze(2), w.unsqueeze(2), b, (0, pad), groups).squeeze(2)
+    padding = list(pad) if isinstance(pad, tuple) else [pad, pad]
     if x.is_cuda:
-        return torch.cudnn_convolution_relu(x, w, b, [1, 1], [pad, pad], [1, 1], groups)
-    return torch.ops.mkldnn._convolution_pointwise(x, w, b, [pad, pad], [1, 1], [1, 1], groups, "relu", [], None)
+        return torch.cudnn_convolution_relu(x, w, b, [1, 1], padding, [1, 1], groups)
+    return torch.ops.mkldnn._convolution_pointwise(x, w, b, padding, [1, 1], [1, 1], groups, "relu", [], None)
 
 
 def _fused_conv_relu_unsupported(shape, dtype, device):
@@ -90,13 +117,14 @@ def _channels_last_unsupported(shape, dtype, device):
     return None if device.startswith("cuda") else "channels_last is offered as a GPU variant only"
 
 
-def _pattern(bn: bool, relu: bool) -> Pattern:
+def _pattern(bn: bool, relu: bool, nd: int = 2) -> Pattern:
     bias = not bn
+    conv = CONV[nd]
 
     def eager(x, weight, bias=None, running_mean=None, running_var=None, bn_weight=None, bn_bias=None):
         pad = weight.shape[-1] // 2
         groups = x.shape[1] // weight.shape[1]
-        y = F.conv2d(x, weight, bias, padding=pad, groups=groups)
+        y = conv(x, weight, bias, padding=pad, groups=groups)
         if bn:
             y = F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, training=False, eps=BN_EPS)
         return F.relu(y) if relu else y
@@ -116,8 +144,8 @@ def _pattern(bn: bool, relu: bool) -> Pattern:
         x = inp["x"]
         pad, groups = geometry(inp)
         if relu:
-            return lambda: F.relu(F.conv2d(x, w, b, padding=pad, groups=groups))
-        return lambda: F.conv2d(x, w, b, padding=pad, groups=groups)
+            return lambda: F.relu(conv(x, w, b, padding=pad, groups=groups))
+        return lambda: conv(x, w, b, padding=pad, groups=groups)
 
     def build_conv_relu(inp):
         w, b = folded(inp)
@@ -141,47 +169,45 @@ def _pattern(bn: bool, relu: bool) -> Pattern:
         manual.append(ManualVariant("conv_relu_fused", build_conv_relu,
                                     ("BN folded, then " if bn else "") + "conv+bias+ReLU in one cuDNN/oneDNN kernel",
                                     unsupported=_fused_conv_relu_unsupported))
-    if bn:  # channels_last alone is a layout change, not a fusion: offered only on top of BN folding
+    if bn and nd == 2:  # channels_last alone is a layout change, not a fusion: offered only on top of BN folding
         manual.append(ManualVariant("channels_last", build_channels_last,
                                     "BN folded, NHWC (channels_last) input and weights",
                                     unsupported=_channels_last_unsupported))
 
     def flops(s):
-        out = s["B"] * s["Cout"] * s["H"] * s["W"]
-        conv = 2 * out * (s["Cin"] // s["G"]) * s["k"] * s["k"]
-        return conv + out * ((1 if bias else 0) + (2 if bn else 0) + (1 if relu else 0))
+        out = s["B"] * s["Cout"] * _spatial_size(s, nd)
+        conv_flops = 2 * out * (s["Cin"] // s["G"]) * s["k"] ** nd
+        return conv_flops + out * ((1 if bias else 0) + (2 if bn else 0) + (1 if relu else 0))
 
     def nbytes(s, itemsize, fused):
-        x = s["B"] * s["Cin"] * s["H"] * s["W"]
-        y = s["B"] * s["Cout"] * s["H"] * s["W"]
-        w = s["Cout"] * (s["Cin"] // s["G"]) * s["k"] * s["k"]
+        x = s["B"] * s["Cin"] * _spatial_size(s, nd)
+        y = s["B"] * s["Cout"] * _spatial_size(s, nd)
+        w = s["Cout"] * (s["Cin"] // s["G"]) * s["k"] ** nd
         if fused:
             return itemsize * (x + w + s["Cout"] + y)
-        total = x + w + y + _params(s, False, bias) * s["Cout"]
+        total = x + w + y + (s["Cout"] if bias else 0)
         if bn:
             total += 2 * y + 4 * s["Cout"]
         if relu:
             total += 2 * y
         return itemsize * total
 
-    parts = ["Conv2d"] + (["BN"] if bn else []) + (["ReLU"] if relu else [])
-    legacy = {"Conv2d+ReLU": "Conv2d_ReLU", "Conv2d+BN": "Conv2d_BN", "Conv2d+BN+ReLU": "Conv2d_BN_ReLU"}
-    title = "+".join(parts)
+    parts = [f"Conv{nd}d"] + (["BN"] if bn else []) + (["ReLU"] if relu else [])
     return Pattern(
         name="_".join(p.lower() for p in parts),
         family="conv",
-        title=title,
-        legacy_name=legacy[title],
-        shape_keys=("B", "Cin", "Cout", "H", "W", "k", "G"),
-        make_inputs=_inputs(bn, bias),
+        title="+".join(parts),
+        legacy_name="_".join(parts),
+        shape_keys=("B", "Cin", "Cout", *SPATIAL[nd], "k", "G"),
+        make_inputs=_inputs(bn, bias, nd),
         eager=eager,
         manual=tuple(manual),
         flops=flops,
         bytes=nbytes,
-        shapes={"quick": QUICK, "full": FULL, "gpu": GPU},
-        ops=("conv",) + (("batch_norm",) if bn else ()) + (("relu",) if relu else ()),
+        shapes=SHAPES_1D if nd == 1 else SHAPES_2D,
+        ops=("conv" if nd == 2 else "conv1d",) + (("batch_norm",) if bn else ()) + (("relu",) if relu else ()),
         extra=lambda s: {"kernel_size": s["k"], "channels": (s["Cin"], s["Cout"]), "groups": s["G"]},
     )
 
 
-PATTERNS = [_pattern(bn=False, relu=True), _pattern(bn=True, relu=False), _pattern(bn=True, relu=True)]
+PATTERNS = [_pattern(bn, relu, nd) for nd in (2, 1) for bn, relu in ((False, True), (True, False), (True, True))]
