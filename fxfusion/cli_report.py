@@ -37,7 +37,11 @@ def report(
     out = output or file.with_suffix(".html")
     _check_output(out, file)
     data = read_json(file)
-    if schema_kind(data, file) == "profile":
+    kind = schema_kind(data, file)
+    if kind == "comparison":
+        raise FxFusionError(f"{file} is a comparison; report takes a profile or an analysis "
+                            f"(for a readable comparison: fxfusion compare A B --format markdown)")
+    if kind == "profile":
         from fxfusion.plots import require_matplotlib
 
         require_matplotlib()
@@ -58,8 +62,6 @@ def compare(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
     """Compare two profiles: verdict and best-variant flips, speedup ratios, and where each decision boundary lies."""
-    import json
-
     from fxfusion.compare import compare_profiles
     from fxfusion.schema import atomic_write_text
     from fxfusion.validation import load_profile
@@ -70,7 +72,7 @@ def compare(
         _check_output(output, a, b)
     comparison = compare_profiles(load_profile(a), load_profile(b))
     if format == "json":
-        text = json.dumps(comparison.to_dict(), indent=1, allow_nan=False) + "\n"
+        text = comparison.to_json()  # validated against schemas/comparison.schema.json
     elif format == "markdown":
         text = comparison.to_markdown()
     else:
@@ -91,9 +93,11 @@ def compare(
 
 @handles_errors
 def validate(
-    file: Annotated[Path, typer.Argument(help="A profile or analysis JSON file; its \"kind\" picks the schema.")],
+    file: Annotated[Path, typer.Argument(help="A profile, analysis or comparison JSON file; its \"kind\" picks the "
+                                              "schema.")],
 ) -> None:
-    """Check a profile or analysis report against its schema; print each error with its JSON path (exit 1 if any)."""
+    """Check a profile, analysis report or comparison against its schema; print each error with its JSON path (exit 1
+    if any)."""
     from fxfusion.validation import validate_file
 
     result = validate_file(file)

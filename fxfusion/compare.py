@@ -8,6 +8,8 @@ Algorithm (:func:`compare_profiles`), linear in the number of entries:
   3. keys in only one profile are listed, not dropped;
   4. decision boundaries, per profile: for each (pattern, dtype), its entries sorted by FLOPs; wherever the verdict
      changes between two consecutive sizes, the boundary lies between those two shapes.
+
+The JSON form (:meth:`Comparison.to_json`) is validated against schemas/comparison.schema.json before it is written.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fxfusion.profile import Entry, Profile, SpeedupCI
+from fxfusion.schema import SCHEMA_VERSION, json_text, validate
 
 Key = tuple[str, tuple[tuple[str, int], ...], str]
 
@@ -144,7 +147,7 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         keep = ("hardware", "device", "device_name", "torch_version", "threads", "date", "command")
         return {
-            "kind": "fxfusion.comparison",
+            "schema_version": SCHEMA_VERSION, "kind": "fxfusion.comparison",
             "a": {"label": self.a_label, **{k: self.a_metadata.get(k) for k in keep}},
             "b": {"label": self.b_label, **{k: self.b_metadata.get(k) for k in keep}},
             "summary": {"matched": len(self.pairs), "verdict_flips": sum(p.verdict_flip for p in self.pairs),
@@ -154,6 +157,13 @@ class Comparison:
             "boundaries": [asdict(b) for b in self.boundaries],
             "only_in_a": self.only_in_a, "only_in_b": self.only_in_b, "notes": self.notes,
         }
+
+    def to_json(self) -> str:
+        """The JSON file: :meth:`to_dict`, checked against schemas/comparison.schema.json, then serialized the way
+        every fxfusion file is (:func:`fxfusion.schema.json_text`); the caller writes it atomically or prints it."""
+        data = self.to_dict()
+        validate(data, "comparison", source="the comparison")
+        return json_text(data)
 
     # -- rendering -----------------------------------------------------------------------------------------------
     def summary_line(self) -> str:
@@ -274,6 +284,24 @@ def _index(profile: Profile, name: str, notes: list[str]) -> dict[Key, Entry]:
             continue
         index[k] = e
     return index
+
+
+def inconsistencies(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a schema-valid comparison document gets wrong about itself, as (JSON path, message): flip flags that
+    disagree with the two verdicts or best variants, and summary counts that disagree with the lists they count."""
+    out = []
+    for i, p in enumerate(data["pairs"]):
+        for flag, field_ in (("verdict_flip", "verdict"), ("best_flip", "best_variant")):
+            if p[flag] != (p["a"][field_] != p["b"][field_]):
+                out.append((f"$.pairs[{i}].{flag}", f"is {str(p[flag]).lower()} but a.{field_} is "
+                            f"{p['a'][field_]!r} and b.{field_} is {p['b'][field_]!r}"))
+    counts = {"matched": len(data["pairs"]), "verdict_flips": sum(p["verdict_flip"] for p in data["pairs"]),
+              "best_variant_flips": sum(p["best_flip"] for p in data["pairs"]),
+              "only_in_a": len(data["only_in_a"]), "only_in_b": len(data["only_in_b"])}
+    for name, n in counts.items():
+        if data["summary"][name] != n:
+            out.append((f"$.summary.{name}", f"is {data['summary'][name]} but the document lists {n}"))
+    return out
 
 
 def compare_profiles(a: Profile, b: Profile, a_label: str | None = None, b_label: str | None = None) -> Comparison:

@@ -17,7 +17,8 @@ from typing import Any
 from fxfusion.errors import FxFusionError
 
 SCHEMA_VERSION = "1.0"
-SCHEMAS = {"profile": "profile.schema.json", "analysis": "analysis.schema.json"}
+SCHEMAS = {"profile": "profile.schema.json", "analysis": "analysis.schema.json",
+           "comparison": "comparison.schema.json"}
 
 
 def _schema_dir() -> Path:
@@ -85,5 +86,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def json_text(data: Any) -> str:
+    """How every JSON file fxfusion writes is laid out; NaN and infinity are refused (the schemas want numbers)."""
+    return json.dumps(data, indent=1, allow_nan=False) + "\n"
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+    return atomic_write_text(path, json_text(data))

@@ -1,8 +1,10 @@
-"""Checking a file fxfusion wrote (a profile or an analysis report) against its schema, every error with its path.
+"""Checking a file fxfusion wrote (a profile, an analysis report or a comparison) against its schema, every error with
+its path.
 
 The file's ``"kind"`` says which schema applies.  A profile that passes its schema is also loaded into a
 :class:`~fxfusion.profile.Profile`, so a file that the schema lets through but the library cannot read is still
-reported as invalid (at ``$``).
+reported as invalid (at ``$``).  A comparison that passes its schema is also checked against itself (flip flags
+against the two verdicts, summary counts against the lists), each disagreement at its JSON path.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 from fxfusion.errors import FxFusionError
 from fxfusion.schema import schema_errors
 
-KINDS = {"fxfusion.profile": "profile", "fxfusion.analysis": "analysis"}  # "kind" field -> schema name
+KINDS = {"fxfusion.profile": "profile", "fxfusion.analysis": "analysis",  # "kind" field -> schema name
+         "fxfusion.comparison": "comparison"}
 MAX_MESSAGE = 300  # jsonschema quotes whole sub-documents in some messages; a line a person can read is enough
 
 
@@ -36,7 +39,7 @@ def read_json(path: str | Path) -> Any:
 
 
 def schema_kind(data: Any, path: str | Path) -> str:
-    """The schema name ("profile" or "analysis") for a document, from its "kind" field."""
+    """The schema name ("profile", "analysis" or "comparison") for a document, from its "kind" field."""
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind not in KINDS:
         found = f"kind {kind!r}" if kind is not None else "no \"kind\" field"
@@ -47,7 +50,7 @@ def schema_kind(data: Any, path: str | Path) -> str:
 @dataclass
 class ValidationResult:
     path: str
-    schema: str  # "profile" | "analysis"
+    schema: str  # "profile" | "analysis" | "comparison"
     errors: list[tuple[str, str]] = field(default_factory=list)  # (JSON path, message), in document order
     summary: str = ""  # what a valid file holds, e.g. "12 entries"
 
@@ -59,6 +62,10 @@ class ValidationResult:
 def _summary(data: dict, schema: str) -> str:
     if schema == "profile":
         return f"{len(data.get('entries', []))} entries, hardware {data.get('metadata', {}).get('hardware')}"
+    if schema == "comparison":
+        s = data["summary"]
+        return (f"{s['matched']} entries in both, {s['verdict_flips']} verdict flips, "
+                f"{s['best_variant_flips']} best-variant flips")
     return f"{len(data.get('sites', []))} sites, model {data.get('metadata', {}).get('model')}"
 
 
@@ -72,6 +79,10 @@ def validate_document(data: Any, path: str | Path) -> ValidationResult:
             Profile.from_dict(data, source=str(path))
         except (FxFusionError, TypeError, KeyError, ValueError) as exc:
             errors.append(("$", f"matches the schema but does not load as a profile: {exc}"))
+    if not errors and schema == "comparison":
+        from fxfusion.compare import inconsistencies
+
+        errors = inconsistencies(data)
     return ValidationResult(path=str(path), schema=schema, errors=errors,
                             summary="" if errors else _summary(data, schema))
 

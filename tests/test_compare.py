@@ -9,8 +9,10 @@ from typer.testing import CliRunner
 
 from tests.conftest import TINY_SPEC
 from fxfusion.cli import app
-from fxfusion.compare import compare_profiles, decision_boundaries
+from fxfusion.compare import Comparison, compare_profiles, decision_boundaries
+from fxfusion.errors import FxFusionError
 from fxfusion.profile import Profile
+from fxfusion.schema import schema_errors
 from tests.report_samples import edited
 
 runner = CliRunner()
@@ -184,3 +186,63 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(case, flipped, tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
     assert message in result.output and not out.exists()
+
+
+# -- the JSON file and its schema (schemas/comparison.schema.json) -----------------------------------------------------
+
+def test_real_comparison_matches_its_schema(tiny, second_profile):
+    data = json.loads(compare_profiles(tiny, Profile.load(second_profile)).to_json())
+    assert schema_errors(data, "comparison") == []
+    assert data["schema_version"] == "1.0" and data["kind"] == "fxfusion.comparison"
+    assert data["pairs"] and data["only_in_a"] and data["only_in_b"]  # every list of the format is exercised
+
+
+def test_comparison_with_flips_and_boundaries_matches_its_schema(flipped):
+    a, b, *_ = flipped
+    data = json.loads(compare_profiles(a, b).to_json())
+    assert schema_errors(data, "comparison") == []
+    assert data["summary"]["verdict_flips"] >= 1 and any(x["profile"] == "b" for x in data["boundaries"])
+    assert any(p["variant_ratios"] for p in data["pairs"]) and any(p["a"]["speedup"] for p in data["pairs"])
+
+
+def test_cli_json_file_is_written_validated_and_passes_validate(tiny_profile, second_profile, tmp_path):
+    out = tmp_path / "cmp.json"
+    result = runner.invoke(app, ["compare", str(tiny_profile), str(second_profile), "--format", "json", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    check = runner.invoke(app, ["validate", str(out)])
+    assert check.exit_code == 0, check.output
+    s = json.loads(out.read_text())["summary"]
+    assert check.output == (f"{out}: valid comparison ({s['matched']} entries in both, {s['verdict_flips']} verdict "
+                            f"flips, {s['best_variant_flips']} best-variant flips)\n")
+
+
+def test_a_comparison_that_breaks_its_schema_is_never_written(flipped, tmp_path, monkeypatch):
+    """to_json validates before anything is printed or written: a verdict outside fuse/neutral/avoid stops it."""
+    *_, pa, pb = flipped
+    original = Comparison.to_dict
+
+    def broken(self):
+        data = original(self)
+        data["pairs"][0]["a"]["verdict"] = "maybe"
+        return data
+
+    monkeypatch.setattr(Comparison, "to_dict", broken)
+    out = tmp_path / "cmp.json"
+    result = runner.invoke(app, ["compare", str(pa), str(pb), "--format", "json", "-o", str(out)])
+    assert result.exit_code == 1 and not out.exists()
+    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert "comparison schema at $.pairs[0].a.verdict" in result.output
+    printed = runner.invoke(app, ["compare", str(pa), str(pb), "--format", "json"])
+    assert printed.exit_code == 1 and "$.pairs[0].a.verdict" in printed.output and "{" not in printed.output
+    with pytest.raises(FxFusionError, match="maybe"):
+        compare_profiles(*flipped[:2]).to_json()
+
+
+def test_report_refuses_a_comparison_in_one_line(flipped, tmp_path):
+    *_, pa, pb = flipped
+    path = tmp_path / "cmp.json"
+    assert runner.invoke(app, ["compare", str(pa), str(pb), "--format", "json", "-o", str(path)]).exit_code == 0
+    out = tmp_path / "cmp.html"
+    result = runner.invoke(app, ["report", str(path), "-o", str(out)])
+    assert result.exit_code == 1 and "is a comparison" in result.output and not out.exists()
+    assert len(result.output.strip().splitlines()) == 1

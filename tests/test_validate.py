@@ -8,10 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from fxfusion.cli import app
+from fxfusion.compare import compare_profiles
 from fxfusion.errors import FxFusionError
 from fxfusion.profile import Profile
 from fxfusion.validation import validate_document, validate_file
-from tests.report_samples import make_analysis
+from tests.report_samples import edited, make_analysis
 
 runner = CliRunner()
 
@@ -31,6 +32,14 @@ def analysis_data(tiny_profile) -> dict:
     return make_analysis(Profile.load(tiny_profile))
 
 
+@pytest.fixture
+def comparison_data(tiny_profile) -> dict:
+    """The real profile against an edited copy in which sdpa loses 10x at the small attention size: one verdict flip
+    and one decision boundary."""
+    a = Profile.load(tiny_profile)
+    return json.loads(compare_profiles(a, edited(a, {("full_attention", 0): ("sdpa", 0.1)})).to_json())
+
+
 def test_real_profile_is_valid(tiny_profile):
     result = runner.invoke(app, ["validate", str(tiny_profile)])
     assert result.exit_code == 0, result.output
@@ -43,6 +52,57 @@ def test_analysis_is_valid(analysis_data, tmp_path):
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert "valid analysis (2 sites" in result.output
+
+
+def test_comparison_is_valid(comparison_data, tmp_path):
+    path = write(tmp_path / "cmp.json", comparison_data)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    n = comparison_data["summary"]["matched"]
+    assert result.output.startswith(f"{path}: valid comparison ({n} entries in both, ")
+    assert comparison_data["summary"]["verdict_flips"] >= 1 and comparison_data["boundaries"]
+
+
+def test_broken_comparison_prints_every_error_with_its_path(comparison_data, tmp_path):
+    comparison_data["pairs"][0]["b"]["verdict"] = "maybe"
+    del comparison_data["pairs"][1]["eager_time_ratio"]
+    comparison_data["boundaries"][0]["profile"] = "c"
+    comparison_data["a"]["threads"] = 0
+    comparison_data["summary"]["flips"] = 3  # the summary is closed
+    path = write(tmp_path / "cmp.json", comparison_data)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0] == f"{path}: invalid comparison, 5 error(s):"
+    assert lines[1:] == [
+        "  $.a.threads: 0 is less than the minimum of 1",
+        "  $.boundaries[0].profile: 'c' is not one of ['a', 'b']",
+        "  $.pairs[0].b.verdict: 'maybe' is not one of ['fuse', 'neutral', 'avoid']",
+        "  $.pairs[1]: 'eager_time_ratio' is a required property",
+        "  $.summary: Additional properties are not allowed ('flips' was unexpected)",
+    ]
+
+
+@pytest.mark.parametrize("where,missing", [("$", "schema_version"), ("$", "pairs"), ("$", "notes"), ("$.b", "date"),
+                                           ("$.pairs[0].a", "best_ms"), ("$.boundaries[0]", "above_verdict")])
+def test_comparison_without_a_required_field_is_invalid_at_its_path(where, missing, comparison_data):
+    parent = comparison_data
+    for step in where.lstrip("$").replace("[", ".").replace("]", "").split(".")[1:]:
+        parent = parent[int(step)] if step.isdigit() else parent[step]
+    del parent[missing]
+    assert validate_document(comparison_data, "cmp.json").errors == [(where, f"'{missing}' is a required property")]
+
+
+def test_comparison_that_contradicts_itself_is_invalid_at_the_paths(comparison_data, tmp_path):
+    """Schema-valid but wrong about itself: a flip flag against the two verdicts, a count against its list."""
+    flip = next(i for i, p in enumerate(comparison_data["pairs"]) if p["verdict_flip"])
+    comparison_data["pairs"][flip]["verdict_flip"] = False
+    comparison_data["summary"]["only_in_b"] = 7
+    path = write(tmp_path / "cmp.json", comparison_data)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    paths = [line.split(": ", 1)[0].strip() for line in result.output.splitlines()[1:]]
+    assert paths == [f"$.pairs[{flip}].verdict_flip", "$.summary.verdict_flips", "$.summary.only_in_b"]
 
 
 def test_broken_profile_prints_every_error_with_its_path(profile_data, tmp_path):
@@ -100,7 +160,7 @@ def test_unknown_decision_key_is_a_schema_error_with_its_path(profile_data, tmp_
     ("missing", None, "does not exist"),
     ("not_json", '{"kind": "fxfusion.profile",', "is not valid JSON"),
     ("no_kind", '{"entries": []}', 'no "kind" field'),
-    ("other_kind", '{"kind": "fxfusion.comparison"}', "kind 'fxfusion.comparison'"),
+    ("other_kind", '{"kind": "fxfusion.plan"}', "kind 'fxfusion.plan'"),
     ("array", "[1, 2]", 'no "kind" field'),
 ])
 def test_files_that_cannot_be_checked_are_one_line_errors(case, content, message, tmp_path):
