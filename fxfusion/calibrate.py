@@ -32,6 +32,7 @@ from fxfusion.hardware import HardwareSpec, device_name, mismatch_warning, resol
 from fxfusion.kernelcount import count_launches
 from fxfusion.patterns import Pattern, select_patterns
 from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, VariantResult, entry_from_dict, entry_key, entry_to_dict
+from fxfusion.schema import entry_errors
 from fxfusion.stats import AVOID, CONFIDENCE, FUSE, MIN_EFFECT, NEUTRAL, speedup, summarize
 from fxfusion.timing import FULL_SPEC, QUICK_SPEC, Clock, CpuClock, CudaClock, TimingSpec, measure
 from fxfusion.variants import Built, build_variants, one_line
@@ -249,7 +250,10 @@ def _load_progress(path: Path | None) -> dict[str, Entry]:
         return done
     for line in path.read_text().splitlines():
         try:
-            e = entry_from_dict(json.loads(line))
+            data = json.loads(line)
+            if entry_errors(data):
+                continue  # not an entry this version wrote: measured again
+            e = entry_from_dict(data)
         except (ValueError, TypeError, KeyError):
             continue  # a line cut off by an interruption: that entry is measured again
         done[e.key()] = e
@@ -309,9 +313,14 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
         entry = measure_entry(pattern, dict(shape), dtype_name, device, hw, spec, clock, ceilings, seed,
                               compile_modes)
         entries.append(entry)
-        if progress:
+        if progress:  # the journal holds only schema-valid entries, one per line
+            line = entry_to_dict(entry)
+            errors = entry_errors(line)
+            if errors:
+                raise FxFusionError(f"entry {entry.key()} does not match the profile schema at {errors[0][0]}: "
+                                    f"{errors[0][1][:200]}")
             with progress.open("a") as f:
-                f.write(json.dumps(entry_to_dict(entry), allow_nan=False) + "\n")
+                f.write(json.dumps(line, allow_nan=False) + "\n")
         if on_entry:
             on_entry(i + 1, len(jobs), entry, "done")
         if device.startswith("cuda"):

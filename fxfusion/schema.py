@@ -45,6 +45,15 @@ def schema_errors(data: Any, kind: str) -> list[tuple[str, str]]:
     return [(e.json_path, e.message) for e in errors]
 
 
+def entry_errors(entry: Any) -> list[tuple[str, str]]:
+    """Violations of one profile entry (a line of a calibration's progress journal) against the profile schema."""
+    import jsonschema
+
+    profile = load_schema("profile")
+    schema = {"$schema": profile["$schema"], "$defs": profile["$defs"], "$ref": "#/$defs/entry"}
+    return [(e.json_path, e.message) for e in jsonschema.Draft202012Validator(schema).iter_errors(entry)]
+
+
 def validate(data: Any, kind: str, source: str = "data") -> None:
     errors = schema_errors(data, kind)
     if errors:
