@@ -8,10 +8,11 @@ Inductor caches compiled graphs on disk; for a first-run (cold cache) time, poin
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
+
+from _args import calibration_args
 
 from fxfusion.calibrate import calibrate
 
@@ -19,11 +20,7 @@ TARGET_S = 180.0
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--hardware", default="generic-cpu")
-    ap.add_argument("--patterns", default="all")
-    args = ap.parse_args()
+    args = calibration_args(__doc__.splitlines()[0])
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         profile = calibrate(args.hardware, device=args.device, patterns=args.patterns, quick=True,

@@ -7,7 +7,7 @@ between a decisive verdict and `neutral` is the interval doing its job near the 
 
 from __future__ import annotations
 
-import argparse
+from _args import calibration_args
 
 from fxfusion.calibrate import calibrate
 
@@ -15,11 +15,7 @@ TARGET = 0.90
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--hardware", default="generic-cpu")
-    ap.add_argument("--patterns", default="all")
-    args = ap.parse_args()
+    args = calibration_args(__doc__.splitlines()[0])
     runs = [calibrate(args.hardware, device=args.device, patterns=args.patterns, quick=True, skip_ceilings=True,
                       seed=seed, command="benchmarks/bench_repeatability.py") for seed in (0, 1)]
     first = {e.key(): e.decision for e in runs[0].entries}

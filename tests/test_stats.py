@@ -104,27 +104,39 @@ def test_speedup_needs_samples():
         speedup([], [1.0])
 
 
-def test_fake_clock_drives_real_decision_logic(monkeypatch):
-    """measure_entry end to end with a fake clock: the fastest variant is incorrect and must never be chosen."""
+def _measure_with_fake_variants(monkeypatch, variants, shape, rounds):
+    """measure_entry with build_variants replaced: ``variants`` maps name -> (kind, output function, fake cost)."""
     cal = importlib.import_module("fxfusion.calibrate")
     from fxfusion.hardware import resolve
     from fxfusion.patterns import get_pattern
     from fxfusion.variants import Built
 
-    pattern = get_pattern("linear_bias")
     costs = {}
 
     def fake_build(pattern, shape, dtype, device, inputs, compile_modes=()):
-        eager = lambda: pattern.eager(**inputs)  # noqa: E731
-        good = lambda: torch.addmm(inputs["bias"], inputs["x"], inputs["weight"].t())  # noqa: E731
-        wrong = lambda: pattern.eager(**inputs) * 1.01  # noqa: E731  (1% off: far outside float32 tolerance)
-        costs.update({eager: 2.0, good: 1.0, wrong: 0.5})
-        return [Built("eager", "eager", eager), Built("addmm", "manual", good), Built("wrong", "manual", wrong)]
+        built = []
+        for name, (kind, output, cost) in variants.items():
+            thunk = lambda output=output: output(pattern, inputs)  # noqa: E731
+            costs[thunk] = cost
+            built.append(Built(name, kind, thunk))
+        return built
 
     monkeypatch.setattr(cal, "build_variants", fake_build)
-    clock = FakeClock(costs)
-    entry = cal.measure_entry(pattern, {"M": 8, "K": 16, "N": 8}, "float32", "cpu", resolve("generic-cpu"),
-                              TimingSpec(rounds=20, warmup=1, budget_s=1e9), clock)
+    return cal.measure_entry(get_pattern("linear_bias"), shape, "float32", "cpu", resolve("generic-cpu"),
+                             TimingSpec(rounds=rounds, warmup=1, budget_s=1e9), FakeClock(costs))
+
+
+def _eager(pattern, inputs):
+    return pattern.eager(**inputs)
+
+
+def test_fake_clock_drives_real_decision_logic(monkeypatch):
+    """measure_entry end to end with a fake clock: the fastest variant is incorrect and must never be chosen."""
+    entry = _measure_with_fake_variants(monkeypatch, {
+        "eager": ("eager", _eager, 2.0),
+        "addmm": ("manual", lambda p, i: torch.addmm(i["bias"], i["x"], i["weight"].t()), 1.0),
+        "wrong": ("manual", lambda p, i: p.eager(**i) * 1.01, 0.5),  # 1% off: far outside float32 tolerance
+    }, {"M": 8, "K": 16, "N": 8}, rounds=20)
     wrong = entry.variant("wrong")
     assert wrong.status == "incorrect" and "relative error" in wrong.reason and wrong.samples_ms == []
     assert entry.decision.verdict == FUSE and entry.decision.best_variant == "addmm"
@@ -132,22 +144,9 @@ def test_fake_clock_drives_real_decision_logic(monkeypatch):
 
 
 def test_only_incorrect_fused_variants_mean_avoid(monkeypatch):
-    cal = importlib.import_module("fxfusion.calibrate")
-    from fxfusion.hardware import resolve
-    from fxfusion.patterns import get_pattern
-    from fxfusion.variants import Built
-
-    pattern = get_pattern("linear_bias")
-    costs = {}
-
-    def fake_build(pattern, shape, dtype, device, inputs, compile_modes=()):
-        eager = lambda: pattern.eager(**inputs)  # noqa: E731
-        wrong = lambda: -pattern.eager(**inputs)  # noqa: E731
-        costs.update({eager: 2.0, wrong: 0.1})
-        return [Built("eager", "eager", eager), Built("wrong", "manual", wrong)]
-
-    monkeypatch.setattr(cal, "build_variants", fake_build)
-    entry = cal.measure_entry(pattern, {"M": 4, "K": 4, "N": 4}, "float32", "cpu", resolve("generic-cpu"),
-                              TimingSpec(rounds=8, warmup=0, budget_s=1e9), FakeClock(costs))
+    entry = _measure_with_fake_variants(monkeypatch, {
+        "eager": ("eager", _eager, 2.0),
+        "wrong": ("manual", lambda p, i: -p.eager(**i), 0.1),
+    }, {"M": 4, "K": 4, "N": 4}, rounds=8)
     assert entry.decision.verdict == AVOID and entry.decision.best_variant == "eager"
     assert entry.decision.reason.startswith("incorrect")
