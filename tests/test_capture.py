@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,33 @@ def test_module_paths_are_normalised_for_export_and_dynamo():
 def test_single_tensor_input_is_accepted():
     captured = capture(nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval(), torch.randn(2, 4))
     assert captured.method == "export" and len(captured.example_inputs) == 1
+
+
+def _graph_facts(gm):
+    return [(n.name, n.op, str(n.target), repr(n.args), repr(n.kwargs), n.meta.get("stack_trace"),
+             repr(n.meta.get("nn_module_stack")), repr(n.meta.get("val"))) for n in gm.graph.nodes]
+
+
+def test_lean_tracing_captures_what_plain_export_does_and_restores_the_collector():
+    loaded = load_model(MODELS / "transformer_block.py")
+    with torch.no_grad():
+        plain = torch.export.export(loaded.model, loaded.example_inputs, strict=False)
+    captured = capture(loaded.model, loaded.example_inputs)
+    lean = captured.programs[0]
+    assert _graph_facts(lean.graph_module) == _graph_facts(plain.graph_module)
+    assert lean.graph_module.code == plain.graph_module.code
+    assert str(lean.graph_signature) == str(plain.graph_signature)
+    assert all(n.meta.get("stack_trace") for n in compute_nodes(captured))  # Site.source is read from them
+    assert torch.equal(lean.module()(*loaded.example_inputs), plain.module()(*loaded.example_inputs))
+    assert gc.isenabled()
+
+
+def test_the_collector_is_restored_when_export_fails():
+    captured = capture(Gated().eval(), (torch.randn(4, 8),))  # export fails, Dynamo captures, subgraphs export
+    assert captured.method == "dynamo" and gc.isenabled()
+    gc.disable()
+    try:
+        capture(nn.Sequential(nn.Linear(4, 4)).eval(), torch.randn(2, 4))
+        assert not gc.isenabled()  # a caller's own setting is kept
+    finally:
+        gc.enable()
