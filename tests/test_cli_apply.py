@@ -8,6 +8,7 @@ torch.compile (tests/test_verify.py compiles once; the CLI wiring is what is tes
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from fxfusion.rewrites import REWRITES
 from fxfusion.schema import schema_errors
 from tests.conftest import TINY_SPEC
 
+plan_module = importlib.import_module("fxfusion.plan")
 MODELS = Path(__file__).resolve().parent.parent / "models"
 runner = CliRunner()
 
@@ -38,6 +40,14 @@ def folding_profile(tiny_profile, tmp_path):
 def quick_verification(monkeypatch):
     monkeypatch.setattr(verify_module, "verify_plan",
                         functools.partial(verify_module.verify_plan, spec=TINY_SPEC, include_compile=False))
+
+
+@pytest.fixture(autouse=True)
+def no_capture_overhead(monkeypatch):
+    """The captured graph's overhead is measured, so whether it refuses a tiny model's groups depends on the machine's
+    noise; these tests pin it to zero so the rewrites under test always apply.  The refusal itself is tested below
+    with a pinned large overhead (and in tests/test_plan.py)."""
+    monkeypatch.setattr(plan_module, "measure_overhead", lambda *a, **k: plan_module.Overhead(0.0, 0.0, 0.0))
 
 
 def _run(*args):
@@ -96,3 +106,15 @@ def test_apply_on_the_reused_conv_model_leaves_the_shared_conv_alone(folding_pro
     v = json.loads(out.read_text())["verification"]
     assert v["ok"] is True
     assert [r["site_id"] for r in v["rewrites"] if r["applied"]] in ([], ["g0.s2"])  # only the unshared head
+
+
+def test_apply_refuses_groups_that_do_not_pay_for_the_captured_graph(folding_profile, monkeypatch, tmp_path):
+    monkeypatch.setattr(plan_module, "measure_overhead", lambda *a, **k: plan_module.Overhead(1e3, 1e3, 1e3))
+    out = tmp_path / "report.json"
+    result, err = _run(MODELS / "mobilenet_block.py", "--profile", folding_profile, "--apply", "--format", "json",
+                       "-o", out)
+    assert result.exit_code == 0, err
+    v = json.loads(out.read_text())["verification"]
+    assert v["ok"] is True and not any(r["applied"] for r in v["rewrites"])
+    refused = {r["site_id"]: r["why"] for r in v["plan"]["refused"]}
+    assert refused == {"g0.s0": "below_overhead", "g0.s1": "below_overhead"}
