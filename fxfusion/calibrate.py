@@ -13,7 +13,6 @@ For one problem (:func:`measure_entry`):
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import socket

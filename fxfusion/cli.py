@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fxfusion.clikit import fail, handles_errors
+from fxfusion.clikit import handles_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Which operator fusions pay off on this hardware, at this shape and dtype -- measured.")
