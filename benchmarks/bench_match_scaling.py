@@ -2,8 +2,9 @@
 
 Each block is a residual MLP with a written-out RMSNorm, 11 aten ops: linear, gelu, linear, add, layer_norm, pow,
 mean, add, rsqrt, mul, mul; 1,000 blocks are about 11,000 nodes.  Matching must be linear in the node count
-(issue 3): the script prints both times and the per-node ratio (1.0 is linear).  Target: matching the large model
-in at most 5 s on a 2-core CPU.  Capture is torch.export's own tracing, reported separately.
+(issue 3): the script prints both times and the per-node ratio (1.0 is linear).  Target: capture and matching of
+the large model in at most 5 s on a 2-core CPU (no variant is benchmarked here).  Capture is torch.export's own
+tracing and dominates; matching alone is reported too.
     python benchmarks/bench_match_scaling.py [--blocks 100,1000] [--repeats 3]
 """
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from fxfusion.capture import capture
 from fxfusion.match import find_sites
 
-TARGET_MATCH_S = 5.0
+TARGET_S = 5.0  # capture + match of the large model
 DIM = 16
 
 
@@ -63,8 +64,8 @@ def main() -> None:
     (_, n0, c0, m0), (_, n1, c1, m1) = rows[0], rows[-1]
     print(f"nodes x{n1 / n0:.1f}: match time x{m1 / m0:.1f} (per-node ratio {(m1 / n1) / (m0 / n0):.2f}, 1.0 is "
           f"linear), capture time x{c1 / c0:.1f} (per-node ratio {(c1 / n1) / (c0 / n0):.2f})")
-    print(f"match of the large model: {m1:.3f}s, target <= {TARGET_MATCH_S:.0f}s: "
-          f"{'OK' if m1 <= TARGET_MATCH_S else 'MISSED'}; capture + match {c1 + m1:.1f}s")
+    print(f"capture + match of the large model: {c1 + m1:.1f}s, target <= {TARGET_S:.0f}s: "
+          f"{'OK' if c1 + m1 <= TARGET_S else 'MISSED'} (match alone {m1:.3f}s, capture {c1:.1f}s)")
 
 
 if __name__ == "__main__":
