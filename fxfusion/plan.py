@@ -174,8 +174,13 @@ class FusionPlan:
                 refuse(site, UNDECIDED, [undecided.get(site.id, "")] + o.warnings or ["no decision for this site"])
             elif o.verdict != FUSE:
                 sp = o.speedup
-                against = (f"{o.best_variant} is {sp.median:.2f}x {o.baseline_variant}, 95% CI "
-                           f"[{sp.ci_low:.2f}, {sp.ci_high:.2f}]: {o.verdict}" if sp else o.verdict)
+                ci = f"{sp.median:.2f}x, 95% CI [{sp.ci_low:.2f}, {sp.ci_high:.2f}]" if sp else ""
+                if not sp:
+                    against = o.verdict
+                elif o.best_variant == o.baseline_variant:  # avoid: the baseline itself is best
+                    against = f"every variant is slower than {o.baseline_variant} (the best one {ci}): {o.verdict}"
+                else:
+                    against = f"{o.best_variant} is {ci} of {o.baseline_variant}: {o.verdict}"
                 refuse(site, NOT_FUSE, [d.reason if o.baseline_variant == "eager" else against])
             elif o.best_variant == o.baseline_variant or (site.roles.get("bias_in_gemm") == "true"
                                                           and o.best_variant == "addmm"):
