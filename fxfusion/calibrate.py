@@ -120,6 +120,9 @@ def _decide(pattern: str, shape: dict, dtype: str, device: str, variants: list[V
         return Decision(pattern=pattern, shape=shape, dtype=dtype, device=device, verdict=verdict,
                         best_variant=best, speedup=sp, reason=reason, measured_shape=dict(shape))
 
+    eager = next(v for v in variants if v.kind == "eager")
+    if eager.status != "ok":  # no baseline: nothing can be compared, whatever the fused variants do
+        return make(AVOID, "eager", None, f"eager itself is {eager.status} ({eager.reason}): nothing was timed")
     if not candidates:
         refused = [f"{v.name}: {v.status}" for v in variants if v.kind != "eager"]
         why = "incorrect" if any(v.status == "incorrect" for v in variants) else "no fused variant ran"
@@ -188,6 +191,11 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
 
     timed = {b.name: b.thunk for b in built if b.status == "ok"}
     samples = measure(timed, clock, spec) if "eager" in timed else None
+    if samples is None:  # without a correct eager baseline nothing is timed; say so on every variant that could run
+        for b in built:
+            if b.status == "ok":
+                b.status, b.thunk = "failed", None
+                b.reason = "not timed: the eager baseline did not pass the correctness gate"
     roofline = _roofline(pattern, shape, itemsize, dtype_name, hw, tf32, ceilings)
     flops = pattern.flops(shape)
     results = []

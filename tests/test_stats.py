@@ -150,3 +150,18 @@ def test_only_incorrect_fused_variants_mean_avoid(monkeypatch):
     }, {"M": 4, "K": 4, "N": 4}, rounds=8)
     assert entry.decision.verdict == AVOID and entry.decision.best_variant == "eager"
     assert entry.decision.reason.startswith("incorrect")
+
+
+def test_an_incorrect_eager_baseline_is_said_plainly(monkeypatch):
+    entry = _measure_with_fake_variants(monkeypatch, {
+        "eager": ("eager", lambda p, i: p.eager(**i) + 1.0, 1.0),
+        "addmm": ("manual", lambda p, i: torch.addmm(i["bias"], i["x"], i["weight"].t()), 0.5),
+    }, {"M": 4, "K": 4, "N": 4}, rounds=6)
+    from fxfusion.profile import entry_to_dict
+    from fxfusion.schema import entry_errors
+
+    assert entry.variant("eager").status == "incorrect"
+    addmm = entry.variant("addmm")
+    assert addmm.status == "failed" and addmm.reason.startswith("not timed") and addmm.samples_ms == []
+    assert entry.decision.verdict == AVOID and entry.decision.reason.startswith("eager itself is incorrect")
+    assert entry_errors(entry_to_dict(entry)) == []
