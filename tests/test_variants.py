@@ -96,3 +96,16 @@ def test_manual_variant_with_more_ops_than_eager_is_not_a_fusion():
     v = entry.variant("rms_norm_op")
     assert v.status == "not_a_fusion" and "not a fusion" in v.reason and v.samples_ms == []
     assert entry.decision.best_variant == "eager"
+
+
+def test_parameters_are_static_copies_for_cuda_graphs():
+    from fxfusion.variants import static_parameters
+
+    p = get_pattern("add_layernorm")
+    inputs = p.make_inputs({"M": 4, "N": 8}, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    marked = static_parameters(p, inputs)
+    assert marked["x"] is inputs["x"] and marked["residual"] is inputs["residual"]  # activations as they are
+    for name in ("weight", "bias"):
+        assert marked[name] is not inputs[name] and torch.equal(marked[name], inputs[name])
+        assert getattr(marked[name], "_dynamo_static_input_type", None) is not None
+        assert getattr(inputs[name], "_dynamo_static_input_type", None) is None
