@@ -79,7 +79,9 @@ def compare(
         from rich.console import Console
 
         if output is None:
-            Console().print(comparison.to_rich())
+            from fxfusion.console import console as wide_console  # does not fold wide tables into a pipe
+
+            wide_console.print(comparison.to_rich())
             return
         console = Console(file=io.StringIO(), width=200, record=True)
         console.print(comparison.to_rich())
