@@ -43,7 +43,10 @@ def calibrate(
     from fxfusion.calibrate import calibrate as run
     from fxfusion.console import CalibrationProgress, print_summary
 
-    out = output or Path("profiles") / f"{hardware}.json"
+    out = output
+    if out is None:  # the default place: profiles/HARDWARE.json, the folder made if this is the first profile here
+        out = Path("profiles") / f"{hardware}.json"
+        out.parent.mkdir(exist_ok=True)
     modes = () if no_compile else ("compile", "compile_reduce_overhead")
     with CalibrationProgress() as progress:
         profile = run(hardware=hardware, device=device, patterns=patterns, dtypes=dtypes, quick=quick, sizes=sizes,
