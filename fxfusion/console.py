@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fxfusion.profile import Entry, Profile
-
-import shutil
-import sys
 
 # Tables are wider than 80 columns; when output goes to a file or pipe, do not fold them.
 console = Console(width=None if sys.stdout.isatty() else max(shutil.get_terminal_size().columns, 180))

@@ -6,7 +6,6 @@ the TF32 tensor-core rate; which one applies depends on torch.backends.*.allow_t
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass, field
 
@@ -99,10 +98,6 @@ def mismatch_warning(spec: HardwareSpec, device: str, name: str) -> str | None:
     if spec.match and not any(m.lower() in name.lower() for m in spec.match):
         return f"hardware {spec.name!r} does not look like the measured device ({name})"
     return None
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def detect(device: str) -> HardwareSpec:

@@ -36,22 +36,30 @@ def load_schema(kind: str) -> dict[str, Any]:
     return json.loads((_schema_dir() / SCHEMAS[kind]).read_text())
 
 
-def schema_errors(data: Any, kind: str) -> list[tuple[str, str]]:
-    """Every violation as (JSON path, message), in document order."""
+@lru_cache(maxsize=None)
+def _validator(kind: str, ref: str | None = None):
+    """A compiled validator for a schema, or for one of its $defs (``ref``); built once per process."""
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(load_schema(kind))
+    schema = load_schema(kind)
+    if ref is not None:
+        schema = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{ref}"}
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _errors(validator, data: Any) -> list[tuple[str, str]]:
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     return [(e.json_path, e.message) for e in errors]
 
 
+def schema_errors(data: Any, kind: str) -> list[tuple[str, str]]:
+    """Every violation as (JSON path, message), in document order."""
+    return _errors(_validator(kind), data)
+
+
 def entry_errors(entry: Any) -> list[tuple[str, str]]:
     """Violations of one profile entry (a line of a calibration's progress journal) against the profile schema."""
-    import jsonschema
-
-    profile = load_schema("profile")
-    schema = {"$schema": profile["$schema"], "$defs": profile["$defs"], "$ref": "#/$defs/entry"}
-    return [(e.json_path, e.message) for e in jsonschema.Draft202012Validator(schema).iter_errors(entry)]
+    return _errors(_validator("profile", "entry"), entry)
 
 
 def validate(data: Any, kind: str, source: str = "data") -> None:
