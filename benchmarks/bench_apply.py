@@ -36,7 +36,7 @@ ERROR_TARGET_PCT = 20.0
 VERIFY_SPEC = TimingSpec(rounds=40, warmup=5, target_sample_s=0.02, budget_s=30.0)
 
 
-def load(name: str, preset: str, device: str):
+def load(name: str, preset: str, device: str, dtype: torch.dtype | None = None):
     """The model at ``preset``: 'tiny' (get_model's default), 'large' (the model's first other preset) or a name."""
     module = import_file(ROOT / "models" / f"{name}.py")
     presets = getattr(module, "PRESETS", {})
@@ -48,7 +48,7 @@ def load(name: str, preset: str, device: str):
     model = module.get_model(cfg) if cfg is not None else module.get_model()
     inputs = module.get_inputs(cfg) if cfg is not None else module.get_inputs()
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    return move(model, inputs, device, None)
+    return move(model, inputs, device, dtype)
 
 
 def fmt_ci(t) -> str:
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--models", default=None, help="comma list of models/ file stems (default: all)")
     ap.add_argument("--preset", default="tiny", help="tiny, large (each model's bigger preset) or a preset name")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (site variants and whole model)")
+    ap.add_argument("--dtype", default=None, help="move the models and inputs to this dtype (e.g. bfloat16)")
     ap.add_argument("--json", default=None, help="write the per-model results here")
     args = ap.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
@@ -76,9 +77,9 @@ def main() -> None:
     modes = () if args.no_compile else ("compile",)
     rows, results = [], {}
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"preset {args.preset}, decisions from {'profile ' + args.profile if profile else 'live site measurement'}")
+          f"preset {args.preset}, dtype {args.dtype or 'as the model'}, decisions from {'profile ' + args.profile if profile else 'live site measurement'}")
     for name in names:
-        loaded = load(name, args.preset, args.device)
+        loaded = load(name, args.preset, args.device, getattr(torch, args.dtype) if args.dtype else None)
         if loaded is None:
             print(f"{name}: no preset {args.preset!r}, skipped")
             continue
@@ -105,15 +106,27 @@ def main() -> None:
               f"[{lo:+.4f}, {hi:+.4f}]{' (within noise)' if r.saving_within_noise else ''}; error {err}"
               f" ({r.prediction_error_pct_of_eager:+.1f}% of eager)" if r.prediction_error_pct_of_eager is not None
               else f"  saving/forward: predicted {pred} ms, measured {r.measured_saving_ms:+.4f} ms")
-        rows.append((name, r.ok, slower, r.prediction_error_pct, r.saving_within_noise))
+        for g in p.groups:
+            im = g.in_model or {}
+            print(f"    {g.id} {g.variant}: in-model {im.get('saving_ms', float('nan')):+.4f} ms "
+                  f"[{im.get('ci_low_ms', float('nan')):+.4f}, {im.get('ci_high_ms', float('nan')):+.4f}]"
+                  f"{' (also frees ' + ', '.join(im['released']) + ')' if im.get('released') else ''}; "
+                  f"library {g.library_saving_ms if g.library_saving_ms is None else round(g.library_saving_ms, 4)}")
+        if r.library_predicted_saving_ms is not None:
+            lerr = r.library_prediction_error_pct
+            print(f"  the pattern library alone would have predicted {r.library_predicted_saving_ms:+.4f} ms"
+                  f" (error {'-' if lerr is None else f'{lerr:+.0f}%'})")
+        rows.append((name, r.ok, slower, r.prediction_error_pct, r.saving_within_noise,
+                     r.library_prediction_error_pct))
         results[name] = {"plan": p.to_dict(), "verification": r.to_dict(), "plan_s": plan_s, "wall_s": wall}
     print("\nsummary")
-    for name, ok, slower, err, noise in rows:
+    for name, ok, slower, err, noise, lerr in rows:
         if err is None:
             verdict = "no group applied: the planned model is a copy of the original"
         else:
             verdict = (f"prediction error {err:+.0f}% ({'within' if abs(err) <= ERROR_TARGET_PCT else 'outside'} "
-                       f"+-{ERROR_TARGET_PCT:.0f}%{'; measured saving within noise' if noise else ''})")
+                       f"+-{ERROR_TARGET_PCT:.0f}%{'; measured saving within noise' if noise else ''})"
+                       + (f"; library alone {lerr:+.0f}%" if lerr is not None else ""))
         print(f"  {name:20s} verified={'yes' if ok else 'NO'}  slower-than-eager={'YES' if slower else 'no'}  {verdict}")
     print(f"(slower = the planned/eager speedup interval lies wholly below {1 - MIN_EFFECT:.2f})")
     if args.json:

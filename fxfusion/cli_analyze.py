@@ -132,6 +132,8 @@ def analyze_command(
                 plan = plan_mod.FusionPlan.from_decisions(result.captured, result.sites, result.decisions(),
                                                           profile=loaded_profile, device=device,
                                                           undecided=result.undecided())
+            # Predict from each group's region timed inside the model, not from the standalone pattern timings.
+            plan.measure_in_model(loaded.model, loaded.example_inputs, device)
             # Running the captured graph costs something of its own: a plan must save more than that.
             plan.require_saving_over(plan_mod.measure_overhead(loaded.model, result.captured, loaded.example_inputs,
                                                                device))

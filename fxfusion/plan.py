@@ -12,7 +12,11 @@ analysis (:meth:`FusionPlan.from_analysis`), in four steps:
      whose winner is how it already runs (no gain), or whose winner has no rewrite rule;
   3. groups are admitted by predicted saving, largest first, while the graph with every admitted group contracted
      to one node stays acyclic (networkx): fusing them all creates no cycle.  Cost O(groups x (V + E));
-  4. where the cost of running the captured graph instead of the model is known (:func:`measure_overhead`), the
+  4. with the model at hand (:meth:`FusionPlan.measure_in_model`, done by :func:`plan` and ``analyze --apply``),
+     each group's region of the captured graph is timed captured vs rewritten inside the model
+     (:mod:`fxfusion.insitu`); that in-model saving replaces the library's as the group's prediction, and a group
+     whose region is slower rewritten, beyond the noise, is refused;
+  5. where the cost of running the captured graph instead of the model is known (:func:`measure_overhead`), the
      groups are kept only if their predicted saving exceeds it -- a plan must not make the model slower.
 """
 
@@ -28,8 +32,8 @@ from fxfusion.errors import FxFusionError
 from fxfusion.profile import Decision, Profile, SpeedupCI, decision_to_dict
 from fxfusion.sites import ALREADY_FUSED, CapturedModel, Site
 
-ILLEGAL, UNDECIDED, NOT_FUSE, NO_GAIN, NO_REWRITE, NOT_CONVEX, BELOW_OVERHEAD = (
-    "illegal", "undecided", "not_fuse", "no_gain", "no_rewrite", "not_convex", "below_overhead")
+ILLEGAL, UNDECIDED, NOT_FUSE, NO_GAIN, NO_REWRITE, NOT_CONVEX, BELOW_OVERHEAD, SLOWER_IN_MODEL = (
+    "illegal", "undecided", "not_fuse", "no_gain", "no_rewrite", "not_convex", "below_overhead", "slower_in_model")
 
 
 @dataclass
@@ -49,6 +53,10 @@ class FusionGroup:
     dtype: str
     roles: dict[str, str] = field(default_factory=dict)
     extrapolated: bool = False  # the entry was measured at another shape
+    # The saving the pattern library measured (standalone calls); predicted_saving_ms is replaced by the in-model
+    # saving once FusionPlan.measure_in_model has timed the group's region (fxfusion.insitu), kept here as well.
+    library_saving_ms: float | None = None
+    in_model: dict[str, Any] | None = None
 
     @property
     def site_id(self) -> str:
@@ -67,6 +75,7 @@ class RefusedSite:
     graph_index: int
     nodes: list[str]
     why: str  # ILLEGAL | already_fused | UNDECIDED | NOT_FUSE | NO_GAIN | NO_REWRITE | NOT_CONVEX | BELOW_OVERHEAD
+    #         | SLOWER_IN_MODEL
     reasons: list[str]
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +115,9 @@ class FusionPlan:
     warnings: list[str] = field(default_factory=list)
     # Median time the captured graph (no rewrite) takes over the original model per forward; None: not measured.
     overhead_ms: float | None = None
+    # Where the groups' predicted savings come from: "library" (the pattern measurements) or "in_model" (each
+    # group's region timed inside the captured graph, fxfusion.insitu).
+    prediction: str = "library"
 
     @property
     def groups_saving_ms(self) -> float | None:
@@ -214,6 +226,35 @@ class FusionPlan:
         position = {g.id: i for i, g in enumerate(candidates)}
         self.groups = sorted(admitted, key=lambda g: position[g.id])
 
+    def measure_in_model(self, model: torch.nn.Module, example_inputs: tuple, device: str | None = None,
+                         spec=None, clock=None) -> None:
+        """Replace each group's predicted saving by its in-model one (see :mod:`fxfusion.insitu`), and refuse the
+        groups whose region is slower rewritten than captured beyond the noise (interval wholly below zero).
+        A group whose region cannot be timed alone keeps the library's prediction, with a warning."""
+        from fxfusion.insitu import InModel, measure_in_model
+
+        if not self.groups:
+            return
+        found = measure_in_model(self, model, example_inputs, device or self.device, spec=spec, clock=clock)
+        kept = []
+        for g in self.groups:
+            im = found.get(g.id, "not measured")
+            g.library_saving_ms = g.predicted_saving_ms if g.library_saving_ms is None else g.library_saving_ms
+            if not isinstance(im, InModel):
+                self.warnings.append(f"{g.id}: no in-model timing ({im}); its prediction is the library's")
+                kept.append(g)
+                continue
+            g.in_model, g.predicted_saving_ms = im.to_dict(), im.saving_ms
+            if im.ci_high_ms < 0:
+                self.refused.append(RefusedSite(g.id, g.pattern, g.graph_index, g.nodes, SLOWER_IN_MODEL, [
+                    f"inside the model its region takes {im.rewritten_ms:.4f} ms rewritten against "
+                    f"{im.captured_ms:.4f} ms captured (saving {im.saving_ms:+.4f} ms, 95% CI "
+                    f"[{im.ci_low_ms:+.4f}, {im.ci_high_ms:+.4f}])"]))
+            else:
+                kept.append(g)
+        self.groups = kept
+        self.prediction = "in_model"
+
     def require_saving_over(self, overhead: "Overhead | float") -> None:
         """Charge the captured graph's overhead (signed: the graph can be faster than the module it came from) to the
         plan, and refuse every group when their predicted saving does not exceed its interval's upper end."""
@@ -253,6 +294,7 @@ class FusionPlan:
             "groups_saving_ms": self.groups_saving_ms,
             "overhead_ms": self.overhead_ms,
             "predicted_saving_ms": self.predicted_saving_ms,
+            "prediction": self.prediction,
             "warnings": list(self.warnings),
         }
 
@@ -329,13 +371,14 @@ class Overhead:
 def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_inputs: tuple, device: str = "cpu",
                      spec=None, clock=None) -> Overhead:
     """Time the original model and the captured graph (unrewritten) interleaved; their difference, signed."""
+    from fxfusion.insitu import model_clock
     from fxfusion.rewrite import captured_module
     from fxfusion.stats import speedup, summarize
-    from fxfusion.timing import CpuClock, CudaClock, TimingSpec, measure
+    from fxfusion.timing import TimingSpec, measure
 
     spec = spec or TimingSpec(rounds=OVERHEAD_SPEC_ROUNDS, warmup=2, target_sample_s=0.005,
                               budget_s=OVERHEAD_SPEC_BUDGET_S)
-    clock = clock or (CudaClock() if device.startswith("cuda") else CpuClock())
+    clock = clock or model_clock(device)
     graph = captured_module(model, captured)
     with torch.no_grad():
         samples = measure({"eager": lambda: model(*example_inputs), "captured": lambda: graph(*example_inputs)},
@@ -347,11 +390,15 @@ def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_in
 
 
 def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tuple, device: str | None = None,
-         spec=None, compile_modes: tuple[str, ...] = ("compile",), check_overhead: bool = True) -> FusionPlan:
+         spec=None, compile_modes: tuple[str, ...] = ("compile",), check_overhead: bool = True,
+         clock=None, in_model: bool = True) -> FusionPlan:
     """Capture, find the sites, decide each from ``profile`` (or measure them live when it is None), and plan.
 
-    With ``check_overhead`` (and an nn.Module to compare with), the captured graph's call overhead over the model is
-    measured and the groups are kept only when their predicted saving covers it.
+    ``spec`` sets the timing knobs of the live measurements (sites and in-model regions), ``clock`` times the live
+    site measurements (default: the library's, isolated calls on CUDA).  With an nn.Module
+    to compare with: ``in_model`` times each group's region inside the captured graph and predicts from that
+    (:meth:`FusionPlan.measure_in_model`), and ``check_overhead`` measures the captured graph's call overhead over the
+    model and keeps the groups only when their predicted saving covers it.
     """
     from fxfusion.match import find_sites
 
@@ -364,7 +411,7 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
     sites = find_sites(captured)
     device = device or (profile.metadata.get("device") if profile is not None else None) or _device_of(example_inputs)
     if profile is None:
-        profile = measure_sites(sites, device, spec, compile_modes=compile_modes)
+        profile = measure_sites(sites, device, spec, compile_modes=compile_modes, clock=clock)
     decisions, undecided = {}, {}
     for site in sites:
         if not site.legal:
@@ -375,6 +422,8 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
             undecided[site.id] = str(exc)
     result = FusionPlan.from_decisions(captured, sites, decisions, profile=profile, device=device,
                                        undecided=undecided)
+    if in_model and result.groups and isinstance(model_or_graph, torch.nn.Module):
+        result.measure_in_model(model_or_graph, example_inputs, device, spec=spec)
     if check_overhead and result.groups and isinstance(model_or_graph, torch.nn.Module):
         result.require_saving_over(measure_overhead(model_or_graph, captured, example_inputs, device))
     return result

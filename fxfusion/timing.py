@@ -2,8 +2,9 @@
 
 Method (one call of :func:`measure`):
   1. warm each callable up (``warmup`` calls; compile happens before, in the variant builder);
-  2. pick ``inner``, the calls per sample, so one sample lasts about ``target_sample_s`` (1 on CUDA, where every call
-     is timed alone between CUDA events after the L2 cache is flushed, as triton.testing.do_bench does);
+  2. pick ``inner``, the calls per sample, so one sample lasts about ``target_sample_s`` (1 on CUDA in the isolated
+     regime, where every call is timed alone between CUDA events after the L2 cache is flushed; see :class:`CudaClock`
+     for the pipelined regime, where calls overlap as a model's ops do);
   3. for ``rounds`` rounds, take one sample of every callable, in an order shuffled per round by a seeded RNG, so slow
      drift of the machine (clocks, other tenants) spreads over all variants instead of favouring one;
   4. stop early when ``budget_s`` of timing has been spent (at least ``MIN_ROUNDS`` rounds are always taken).
@@ -51,22 +52,42 @@ class CpuClock:
 
 
 class CudaClock:
-    """CUDA-event timing of single calls, each on an idle GPU with the L2 cache flushed (no warm cache)."""
+    """CUDA-event timing in one of two regimes.
+
+    ``isolated`` (the default): every call is timed alone, on an idle GPU with the L2 cache flushed, so a sample is
+    the latency one caller of a small op sees: host launch work plus device work, nothing overlapped.
+
+    ``pipelined``: a sample is ``inner`` calls launched back to back between two events, with no flush and no sync in
+    between, as the ops of a model run: the host enqueues the next call while the GPU works on this one, so a call
+    costs about max(host time, device time).  This is what a site contributes inside a model's forward pass, and
+    what predictions of a whole model's saving are built from.
+    """
 
     device = "cuda"
+    MODES = ("isolated", "pipelined")
 
-    def __init__(self) -> None:
-        self._flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    def __init__(self, mode: str = "isolated") -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"unknown CUDA timing mode {mode!r} (expected one of {', '.join(self.MODES)})")
+        self.mode = mode
+        self._flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda") if mode == "isolated" else None
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
 
     def sample(self, fn: Thunk, inner: int) -> float:
+        if self.mode == "pipelined":
+            torch.cuda.synchronize()
+            self._start.record()
+            for _ in range(inner):
+                fn()
+            self._end.record()
+            self._end.synchronize()
+            return self._start.elapsed_time(self._end) / 1e3 / inner
         total = 0.0
         for _ in range(inner):
             self._flush.zero_()
             # Wait for the flush: otherwise the host launches fn while the GPU is still flushing, and up to the
-            # flush's duration of fn's launch overhead would vanish from the measurement.  So a sample is the
-            # latency of one isolated call: host launch work plus device work, as the caller of a small op sees it.
+            # flush's duration of fn's launch overhead would vanish from the measurement.
             torch.cuda.synchronize()
             self._start.record()
             fn()
@@ -104,7 +125,7 @@ class Samples:
 
 
 def _calls_per_sample(clock: Clock, fn: Thunk, spec: TimingSpec) -> int:
-    if clock.device == "cuda":
+    if clock.device == "cuda" and getattr(clock, "mode", "isolated") == "isolated":
         return 1
     one = max(min(clock.sample(fn, 1) for _ in range(3)), 1e-9)
     return int(min(spec.max_inner, max(1, math.ceil(spec.target_sample_s / one))))

@@ -8,7 +8,9 @@ Method (:func:`verify_plan`):
      (:mod:`fxfusion.correctness`), or within ``ORIGINAL_ERROR_SLACK`` x the original model's own error where the
      model itself is further than that from float64: a rewrite may not be measurably less accurate than the model;
   4. time the original, the captured graph before rewriting, the planned model and torch.compile of the whole model,
-     interleaved (:func:`fxfusion.timing.measure`); speedups over the original with bootstrap intervals;
+     interleaved (:func:`fxfusion.timing.measure`); speedups over the original with bootstrap intervals.  On CUDA
+     the forward passes are timed pipelined (back to back, ``CudaClock("pipelined")``): the steady-state time per
+     forward that a serving or training loop sees, and the regime the in-model predictions are measured in;
   5. measured saving = median(original) - median(planned), with the interval implied by the speedup's interval;
      prediction error = (predicted - measured) / measured, where the prediction sums the applied groups only, less
      the captured graph's overhead the plan measured.
@@ -31,7 +33,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from fxfusion.correctness import relative_error, tolerance
 from fxfusion.stats import speedup, summarize
-from fxfusion.timing import Clock, CpuClock, CudaClock, TimingSpec, measure
+from fxfusion.insitu import model_clock
+from fxfusion.timing import Clock, TimingSpec, measure
 from fxfusion.variants import compile_limits, one_line
 
 # End-to-end timing of whole models: longer samples than a pattern's, so Python overhead averages out.
@@ -81,6 +84,11 @@ class VerificationResult:
     prediction_error_pct_of_eager: float | None  # (predicted - measured) / original median
     planned_verdict: str | None  # fuse (faster) | neutral | avoid (slower), from the planned speedup's interval
     warnings: list[str] = field(default_factory=list)
+    timing: str = ""  # the clock's regime: cpu, or on CUDA pipelined / isolated
+    prediction: str = ""  # where the groups' savings came from: in_model | library (FusionPlan.prediction)
+    # The same prediction from the pattern library's standalone timings, when the plan also has in-model ones.
+    library_predicted_saving_ms: float | None = None
+    library_prediction_error_pct: float | None = None
 
     @property
     def saving_within_noise(self) -> bool:
@@ -167,7 +175,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
 
     inputs = tuple(example_inputs)
     spec = spec or VERIFY_SPEC
-    clock = clock or (CudaClock() if device.startswith("cuda") else CpuClock())
+    clock = clock or model_clock(device)
     timings: dict[str, Timing] = {}
     result_warnings: list[str] = []
 
@@ -254,15 +262,22 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         result_warnings.append(f"{len(applied) - len(known)} applied group(s) have no predicted saving")
     if applied and plan.overhead_ms is None:
         result_warnings.append("the plan did not measure the captured graph's overhead; the prediction omits it")
-    error_pct = error_of_eager = None
+    error_pct = error_of_eager = library = library_error = None
     if predicted is not None and applied:  # with nothing applied there is no prediction to check
         error_of_eager = 100.0 * (predicted - measured) / eager_ms
         error_pct = 100.0 * (predicted - measured) / abs(measured) if measured != 0 else None
+        lib = [g.library_saving_ms for g in plan.groups if g.id in applied and g.library_saving_ms is not None]
+        if getattr(plan, "prediction", "library") == "in_model" and len(lib) == len(applied):
+            library = sum(lib) - (plan.overhead_ms or 0.0)
+            library_error = 100.0 * (library - measured) / abs(measured) if measured != 0 else None
     ok = not failure
     reason = failure or (f"outputs match the {ref_name} reference; planned model "
                          f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
     return VerificationResult(ok, reason, device, ref_name, checks, rewrites, timings, predicted, measured, ci,
-                              error_pct, error_of_eager, planned_t.verdict, result_warnings)
+                              error_pct, error_of_eager, planned_t.verdict, result_warnings,
+                              timing=getattr(clock, "mode", clock.device),
+                              prediction=getattr(plan, "prediction", "library"),
+                              library_predicted_saving_ms=library, library_prediction_error_pct=library_error)
 
 
 def _fmt_ci(sp: dict | None) -> str:
@@ -275,7 +290,8 @@ def _render(r: VerificationResult):
     from rich.text import Text
 
     head = Text.from_markup(("[bold green]VERIFIED[/]" if r.ok else "[bold red]NOT VERIFIED[/]") + f": {r.reason}")
-    times = Table(title=f"end to end on {r.device} (median, 95% CI of speedup over the original)")
+    regime = f", {r.timing} timing" if r.timing and r.timing != "cpu" else ""
+    times = Table(title=f"end to end on {r.device}{regime} (median, 95% CI of speedup over the original)")
     for col in ("model", "median ms", "IQR ms", "speedup [95% CI]", "verdict", "first call s"):
         times.add_column(col, justify="left" if col in ("model", "verdict") else "right")
     labels = {"eager": "original (eager)", "captured": "captured graph, unrewritten", "planned": "planned",
@@ -295,8 +311,15 @@ def _render(r: VerificationResult):
         pred = f"{r.predicted_saving_ms:.3f} ms" if r.predicted_saving_ms is not None else "unknown"
         err = f"{r.prediction_error_pct:+.0f}%" if r.prediction_error_pct is not None else "-"
         noise = " (the measured saving is within the noise)" if r.saving_within_noise else ""
-        parts.append(Text(f"saving per forward: predicted {pred}, measured {r.measured_saving_ms:.3f} ms "
+        source = {"in_model": " (from the groups timed inside the model)",
+                  "library": " (from the pattern library's timings)"}.get(r.prediction, "")
+        parts.append(Text(f"saving per forward: predicted {pred}{source}, measured {r.measured_saving_ms:.3f} ms "
                           f"[{lo:.3f}, {hi:.3f}]; prediction error {err}{noise}"))
+        if r.library_predicted_saving_ms is not None:
+            lerr = (f"{r.library_prediction_error_pct:+.0f}%" if r.library_prediction_error_pct is not None
+                    else "-")
+            parts.append(Text(f"  the pattern library alone predicted {r.library_predicted_saving_ms:.3f} ms "
+                              f"(error {lerr})"))
     checks = Table(title=f"outputs against the {r.reference} reference")
     for col in ("output", "dtype", "planned error", "original error", "limit", "ok"):
         checks.add_column(col)

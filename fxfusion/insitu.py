@@ -1,0 +1,203 @@
+"""In-model savings: each fusion group's region of the captured graph, timed as it runs inside the model.
+
+The pattern library (``calibrate``, or a live ``measure_entry``) times a pattern's variants as standalone calls --
+``F.conv2d`` + ``F.batch_norm`` + ``F.relu`` against the fused call, each alone on an idle GPU with the L2 flushed --
+and that decides which variant wins.  As an estimate of what the rewrite saves *inside the model* it was off by up to
++176% / -73% on the H200 (docs/results.md), for three reasons:
+
+  1. inside a forward pass the host launches the next op while the GPU runs this one, so a small op costs about
+     max(host time, device time), not host + device as an isolated call does;
+  2. the captured graph calls aten overloads (``torch.ops.aten.*``), whose per-call cost is not that of ``F.*``;
+  3. a rewrite can make ops outside the site dead: SDPA with ``is_causal`` drops the mask built from a buffer.
+
+So for a plan's prediction each group's *region* -- its nodes plus the pure ops that only they read, which the rewrite
+erases with them -- is cut out of the runnable captured graph, fed the real values its inputs have when the model runs
+on the example inputs, and timed twice, interleaved: as captured, and rewritten by the very rule :func:`apply` uses.
+A few layout ops right after the site's output (views, transposes, ``contiguous``) come along: the rewrite can change
+what they cost (SDPA's output makes the usual ``transpose(1, 2).contiguous()`` a no-op copy).
+On CUDA the clock is :class:`~fxfusion.timing.CudaClock` in its pipelined regime (calls back to back, as a forward
+pass runs them).  The group's predicted saving is the difference of the medians, with a bootstrap interval; the
+plan's prediction is the sum over groups less the captured graph's own overhead, and ``analyze --apply`` checks that
+sum against the whole model.  What remains unmodelled is interaction between regions (caches, overlap across them).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from fxfusion.stats import difference, summarize
+from fxfusion.timing import Clock, CpuClock, CudaClock, TimingSpec, measure
+
+# Per group: enough rounds for a few-microsecond difference, little enough to keep planning quick.
+INSITU_SPEC = TimingSpec(rounds=40, warmup=3, target_sample_s=0.002, budget_s=2.0)
+
+
+def model_clock(device: str) -> Clock:
+    """The clock for times that are compared with a whole forward pass: pipelined on CUDA (see module doc)."""
+    return CudaClock("pipelined") if str(device).startswith("cuda") else CpuClock()
+
+
+@dataclass
+class InModel:
+    """One group's region timed inside the model: captured vs rewritten, per forward pass (ms)."""
+
+    captured_ms: float
+    rewritten_ms: float
+    saving_ms: float  # captured - rewritten (medians)
+    ci_low_ms: float  # 95% bootstrap interval of the saving
+    ci_high_ms: float
+    nodes: list[str]  # the region: the group's nodes ...
+    released: list[str] = field(default_factory=list)  # ... and the ops outside the site that the rewrite frees
+    clock: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RegionError(Exception):
+    """The region cannot be cut out or rewritten on its own (its prediction falls back to the library's)."""
+
+
+def _shallow_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A GraphModule with a copy of ``gm``'s graph (same node names) sharing its parameters and submodules."""
+    g = fx.Graph()
+    out = g.graph_copy(gm.graph, {})
+    g.output(out)
+    trial = fx.GraphModule(gm, g)
+    trial.__dict__["_fxfusion_constants"] = gm.__dict__.get("_fxfusion_constants", {})
+    return trial
+
+
+# Ops that only rearrange a value: a rewrite can change what they cost downstream of the site (SDPA returns its
+# output in a layout where ``transpose(1, 2).contiguous()`` copies nothing), so the region takes a few along.
+LAYOUT_OPS = {"view", "_unsafe_view", "reshape", "transpose", "permute", "t", "clone", "contiguous", "expand",
+              "alias", "squeeze", "unsqueeze", "flatten"}
+DOWNSTREAM_LIMIT = 4
+
+
+def _layout_tail(node: fx.Node) -> list[fx.Node]:
+    """The chain of single-user layout ops that follows ``node`` (at most DOWNSTREAM_LIMIT)."""
+    tail = []
+    while len(tail) < DOWNSTREAM_LIMIT and len(node.users) == 1:
+        (user,) = node.users
+        target = getattr(user.target, "_overloadpacket", None)
+        if user.op != "call_function" or getattr(target, "__name__", None) not in LAYOUT_OPS:
+            break
+        if any(a is not node and a.op not in ("get_attr", "placeholder") for a in user.all_input_nodes):
+            break
+        tail.append(user)
+        node = user
+    return tail
+
+
+def region_nodes(gm: fx.GraphModule, group) -> tuple[list[fx.Node], list[str]]:
+    """The group's nodes, every node the group's rewrite erases with them (a causal mask, views only the site read)
+    and the layout ops right after the site's output, in graph order; and the names of the erased extra nodes.
+    What the rewrite erases is found by rewriting a copy of the graph, so the region is exactly what
+    :func:`fxfusion.rewrite.rewrite_group` replaces, plus the downstream ops whose cost it can change."""
+    from fxfusion.rewrite import rewrite_group
+
+    trial = _shallow_copy(gm)
+    record = rewrite_group(trial, group)
+    if not record.applied:
+        raise RegionError(f"the rewrite does not apply: {record.detail}")
+    after = {n.name for n in trial.graph.nodes}
+    mine = set(group.nodes)
+    released = [n.name for n in gm.graph.nodes if n.name not in after and n.name not in mine and n.op != "get_attr"]
+    gone = mine | set(released)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    outputs = [by_name[n] for n in group.nodes if any(u.name not in gone for u in by_name[n].users)]
+    tail = {t.name for out in outputs for t in _layout_tail(out)}
+    return [n for n in gm.graph.nodes if n.name in gone or n.name in tail], released
+
+
+def cut_region(gm: fx.GraphModule, nodes: list[fx.Node]) -> tuple[fx.GraphModule, list[str]]:
+    """A GraphModule of ``nodes`` alone: inputs computed elsewhere become placeholders (same names), module
+    constants stay get_attr (rewrites read them), values used outside the region are its outputs."""
+    inside = set(nodes)
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    inputs: list[str] = []
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a not in inside and a not in env and a.op != "get_attr":
+                env[a] = g.placeholder(a.name)
+                env[a].meta = dict(a.meta)
+                inputs.append(a.name)
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a not in inside and a not in env:  # a constant of the module
+                env[a] = g.get_attr(a.target)
+                env[a].meta = dict(a.meta)
+        env[n] = g.node_copy(n, lambda a: env[a])
+    outputs = [env[n] for n in nodes if any(u not in inside for u in n.users)]
+    if not outputs:
+        raise RegionError("the region has no output used by the rest of the graph")
+    g.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
+    region = fx.GraphModule(gm, g)
+    region.__dict__["_fxfusion_constants"] = gm.__dict__.get("_fxfusion_constants", {})
+    return region, inputs
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a graph and keeps the values of the named nodes."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[str]) -> None:
+        super().__init__(gm)
+        self.keep, self.values = keep, {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.name in self.keep:
+            self.values[n.name] = out
+        return out
+
+
+def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device: str = "cpu",
+                     spec: TimingSpec | None = None, clock: Clock | None = None) -> dict[str, InModel | str]:
+    """Time every group's region captured vs rewritten; returns group id -> :class:`InModel`, or the reason (str)
+    the region could not be timed on its own."""
+    from fxfusion.rewrite import rewrite_group, runnable_graph
+
+    spec, clock = spec or INSITU_SPEC, clock or model_clock(device)
+    out: dict[str, InModel | str] = {}
+    for index in sorted({g.graph_index for g in plan.groups}):
+        groups = [g for g in plan.groups if g.graph_index == index]
+        gm = runnable_graph(plan.captured, index, model)
+        if gm is None or index >= len(plan.captured.graph_inputs):
+            out.update({g.id: f"subgraph {index} cannot be run on its own" for g in groups})
+            continue
+        regions = {}
+        for g in groups:
+            try:
+                nodes, released = region_nodes(gm, g)
+                regions[g.id] = (g, nodes, released, *cut_region(gm, nodes))
+            except (RegionError, RuntimeError, ValueError) as exc:
+                out[g.id] = str(exc)
+        if not regions:
+            continue
+        recorder = _Recorder(gm, {name for *_, names in regions.values() for name in names})
+        with torch.no_grad():
+            recorder.run(*plan.captured.graph_inputs[index])
+        for gid, (g, nodes, released, region, names) in regions.items():
+            rewritten = copy.deepcopy(region)
+            record = rewrite_group(rewritten, g)
+            if not record.applied:
+                out[gid] = f"the rewrite does not apply to the region alone: {record.detail}"
+                continue
+            args = tuple(recorder.values[n] for n in names)
+            with torch.no_grad():
+                samples = measure({"captured": lambda r=region: r(*args), "rewritten": lambda r=rewritten: r(*args)},
+                                  clock, spec)
+            base, cand = samples.seconds["captured"], samples.seconds["rewritten"]
+            d = difference(base, cand)
+            out[gid] = InModel(captured_ms=summarize(base).median * 1e3, rewritten_ms=summarize(cand).median * 1e3,
+                               saving_ms=d.median * 1e3, ci_low_ms=d.ci_low * 1e3, ci_high_ms=d.ci_high * 1e3,
+                               nodes=list(g.nodes),
+                               released=released, clock=getattr(clock, "mode", clock.device))
+    return out

@@ -1,0 +1,140 @@
+"""In-model prediction: each group's region cut out of the captured graph and timed captured vs rewritten."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fxfusion.insitu import InModel, cut_region, measure_in_model, region_nodes
+from fxfusion.plan import SLOWER_IN_MODEL
+from fxfusion.rewrite import runnable_graph
+from fxfusion.stats import difference
+from fxfusion.timing import TimingSpec
+from fxfusion.verify import verify_plan
+from tests.test_plan import MODELS, typical_plan
+
+SPEC = TimingSpec(rounds=5, warmup=1, target_sample_s=0.0, max_inner=1, budget_s=5.0)
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+class OpCountClock:
+    """A deterministic clock: a call costs ``base + per_op * (aten ops it runs)`` microseconds."""
+
+    device = "cpu"
+
+    def __init__(self, per_op_us: float = 1.0, base_us: float = 0.0):
+        self.per_op, self.base, self.t = per_op_us, base_us, 0.0
+
+    def sample(self, fn, inner):
+        with _Count() as c:
+            fn()
+        return (self.base + self.per_op * c.ops) * 1e-6
+
+    def now(self):
+        self.t += 1e-3
+        return self.t
+
+
+def _model(name):
+    from fxfusion.loader import load_model
+
+    return load_model(MODELS / f"{name}.py")
+
+
+def test_region_of_sdpa_includes_the_mask_it_frees():
+    plan = typical_plan("transformer_block")
+    group = plan.group("g0.s1")
+    gm = runnable_graph(plan.captured, 0, _model("transformer_block").model)
+    nodes, released = region_nodes(gm, group)
+    names = [n.name for n in nodes]
+    assert set(group.nodes) <= set(names)
+    assert "eq" in released  # mask == 0, read only by the masked_fill the rewrite removes
+    assert not set(released) & set(group.nodes)
+    # nothing outside the rewrite's reach: the q/k/v views also feed the rewritten SDPA call
+    assert all(not n.startswith("linear") for n in released)
+
+
+def test_cut_region_computes_what_the_graph_computes():
+    loaded = _model("resnet_bottleneck")
+    plan = typical_plan("resnet_bottleneck")
+    gm = runnable_graph(plan.captured, 0, loaded.model)
+    values = {}
+    interp = torch.fx.Interpreter(gm)
+    orig_run_node = interp.run_node
+    interp.run_node = lambda n: values.setdefault(n.name, orig_run_node(n))
+    with torch.no_grad():
+        interp.run(*loaded.example_inputs)
+    for group in plan.groups:
+        nodes, _ = region_nodes(gm, group)
+        region, inputs = cut_region(gm, nodes)
+        with torch.no_grad():
+            out = region(*(values[n] for n in inputs))
+        torch.testing.assert_close(out, values[group.nodes[-1]])
+
+
+def test_in_model_saving_is_the_measured_difference_of_the_region():
+    loaded = _model("transformer_block")
+    plan = typical_plan("transformer_block")
+    plan.groups = [plan.group("g0.s1")]  # the SDPA group only: no compile in this test
+    found = measure_in_model(plan, loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
+    im = found["g0.s1"]
+    assert isinstance(im, InModel), im
+    assert im.captured_ms > im.rewritten_ms > 0
+    assert im.saving_ms == pytest.approx(im.captured_ms - im.rewritten_ms)
+    assert im.ci_low_ms == pytest.approx(im.saving_ms) and im.ci_high_ms == pytest.approx(im.saving_ms)
+    assert "eq" in im.released
+
+
+def test_plan_predicts_from_the_model_and_refuses_a_region_slower_rewritten(monkeypatch):
+    loaded = _model("resnet_bottleneck")
+    plan = typical_plan("resnet_bottleneck")
+    library = {g.id: g.predicted_saving_ms for g in plan.groups}
+    # cost falls with the op count: every rewrite (fewer ops) looks slower inside the model
+    plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC,
+                          clock=OpCountClock(per_op_us=-1.0, base_us=100.0))
+    assert plan.groups == [] and plan.prediction == "in_model"
+    refused = {r.site_id: r for r in plan.refused if r.why == SLOWER_IN_MODEL}
+    assert set(refused) == set(library)
+    assert all("rewritten against" in r.reasons[0] for r in refused.values())
+
+
+def test_verification_reports_both_predictions():
+    loaded = _model("resnet_bottleneck")
+    plan = typical_plan("resnet_bottleneck")
+    plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
+    assert plan.prediction == "in_model"
+    assert all(g.in_model and g.in_model["saving_ms"] == g.predicted_saving_ms for g in plan.groups)
+    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=SPEC, clock=OpCountClock(),
+                    include_compile=False, include_captured=False)
+    assert r.ok and r.prediction == "in_model" and r.timing == "cpu"
+    # with no library timings (decisions without a profile) there is no library prediction to compare
+    assert r.library_predicted_saving_ms is None
+    # op counts: each BN folded away saves its ops, and the planned model is the captured graph rewritten
+    assert r.predicted_saving_ms == pytest.approx(sum(g.predicted_saving_ms for g in plan.groups))
+    assert r.predicted_saving_ms > 0
+
+
+def test_difference_interval_brackets_the_median_difference():
+    base, cand = [10.0, 11.0, 12.0, 10.5, 11.5], [7.0, 8.0, 7.5, 8.5, 7.2]
+    d = difference(base, cand)
+    assert d.median == pytest.approx(11.0 - 7.5)
+    assert d.ci_low <= d.median <= d.ci_high and d.ci_low > 0
+    with pytest.raises(ValueError):
+        difference([], cand)
+
+
+def test_unknown_cuda_timing_mode_is_refused():
+    from fxfusion.timing import CudaClock
+
+    with pytest.raises(ValueError, match="unknown CUDA timing mode"):
+        CudaClock("warm")
