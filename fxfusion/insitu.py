@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from fxfusion.lean import lean
 from fxfusion.stats import difference, summarize
 from fxfusion.timing import Clock, CpuClock, CudaClock, TimingSpec, measure
 
@@ -190,6 +191,7 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
             if not record.applied:
                 out[gid] = f"the rewrite does not apply to the region alone: {record.detail}"
                 continue
+            region, rewritten = lean(region), lean(rewritten)  # as the planned model calls them
             args = tuple(recorder.values[n] for n in names)
             with torch.no_grad():
                 samples = measure({"captured": lambda r=region: r(*args), "rewritten": lambda r=rewritten: r(*args)},

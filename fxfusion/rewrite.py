@@ -8,7 +8,9 @@ rewrites the copy, one group at a time:
   2. check the rewrite's legality where it lives (a conv whose weight feeds another conv is never folded; an
      intermediate used outside the group is never removed) -- a group that fails a check is skipped, with its reason;
   3. insert the variant's nodes just before the node they replace (all their inputs precede it), redirect that
-     node's users, erase the site nodes left without users, ``graph.lint()`` and recompile.
+     node's users, erase the site nodes left without users, ``graph.lint()`` and recompile;
+  4. once every group is rewritten, make the graph's calls lean (:func:`fxfusion.lean.lean`): aten overloads through
+     the public bindings, direct constants, a plain signature -- the captured model's own cost, not a fusion.
 
 The rules live in :mod:`fxfusion.rewrites`, by variant name (those of :mod:`fxfusion.patterns` and
 :mod:`fxfusion.variants`):
@@ -36,6 +38,7 @@ import torch
 from torch import fx, nn
 
 from fxfusion.errors import FxFusionError
+from fxfusion.lean import lean
 from fxfusion.rewrites import REWRITES, NotApplicable
 
 
@@ -186,7 +189,7 @@ def _planned(model: nn.Module, captured, groups) -> nn.Module:
             raise FxFusionError("the captured graph has its parameters lifted to inputs and no exported program to "
                                 "run it with; capture the model with fxfusion.capture.capture")
         gm.fxfusion_rewrites = [rewrite_group(gm, g) for g in groups]
-        return gm
+        return lean(gm)  # rewrites match aten overloads: make the calls lean only once they are done
     return _planned_dynamo(model, captured, groups)
 
 
@@ -254,6 +257,7 @@ def _planned_dynamo(model: nn.Module, captured, groups) -> nn.Module:
                                       "it runs unchanged") for g in mine]
         else:
             records += [rewrite_group(gm, g) for g in mine]
+            gm = lean(gm)
         modules.append(gm)
     backend = _ReplayBackend(modules, list(captured.graph_inputs))
     planned = torch.compile(_copy(model), backend=backend, dynamic=False)

@@ -1,0 +1,61 @@
+"""Lean calls: a captured graph called through the public bindings gives the very same outputs, for less."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from fxfusion.capture import capture
+from fxfusion.lean import binding_for, lean, original_target
+from fxfusion.loader import load_model
+from fxfusion.rewrite import captured_module
+from tests.test_plan import EXPECTED, MODELS
+
+aten = torch.ops.aten
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_lean_graph_is_bitwise_the_captured_one(name):
+    loaded = load_model(MODELS / f"{name}.py")
+    captured = capture(loaded.model, loaded.example_inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = captured_module(loaded.model, captured)  # leaned by apply's own path
+    with torch.no_grad():
+        want = loaded.model(*loaded.example_inputs)
+        got = graph(*loaded.example_inputs)
+    want, got = torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)
+    assert len(want) == len(got) and all(torch.equal(a, b) for a, b in zip(want, got))
+    if captured.method == "export":
+        nodes = [n for n in graph.graph.nodes if n.op in ("call_function", "call_method")]
+        # every aten call with a C binding went through it; what is left has none
+        left = [n.target for n in nodes if isinstance(n.target, torch._ops.OpOverload)]
+        assert all(binding_for(t) is None for t in left), left
+        assert any(n.op == "call_method" for n in nodes) or name not in ("transformer_block",)
+        # no constant read that nothing uses (BatchNorm's num_batches_tracked)
+        assert not [n for n in graph.graph.nodes if n.op == "get_attr" and not n.users]
+        assert "tree_flatten" not in graph.code
+
+
+def test_bindings_are_builtins_of_the_same_op():
+    assert binding_for(aten.relu.default) == ("call_function", torch.relu)
+    assert binding_for(aten.linear.default) == ("call_function", torch._C._nn.linear)
+    assert binding_for(aten.view.default) == ("call_method", "view")
+    assert binding_for(aten.split.Tensor) is None  # torch.split is a Python wrapper (torch.functional)
+    assert binding_for(aten.slice.Tensor) is None  # no public binding: the aten call stays
+    assert binding_for(torch.relu) is None  # not an aten overload
+
+
+def test_lean_keeps_what_each_node_stood_for():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    gm = captured_module(model, capture(model, (x,)))
+    by_original = {original_target(n): n for n in gm.graph.nodes}
+    assert aten.conv2d.default in by_original and by_original[aten.conv2d.default].target is torch.conv2d
+    assert "0.weight" in by_original and by_original["0.weight"].target == "_lean_0_weight"
+    # the direct attribute is the module's own parameter, shared, not copied
+    assert gm._lean_0_weight is gm.get_submodule("0").weight
+    assert lean(copy.deepcopy(gm)).code == gm.code  # idempotent
