@@ -357,6 +357,7 @@ def measure_sites(sites: list[Site], device: str = "cpu", spec=None, hardware: s
 
 # Enough rounds to see a 10 us difference on a 2-core CPU, little enough to keep planning quick.
 OVERHEAD_SPEC_ROUNDS, OVERHEAD_SPEC_BUDGET_S = 30, 3.0
+OVERHEAD_WIDE = 0.10  # an overhead interval wider than 10% of the model's time is measured again
 
 
 @dataclass(frozen=True)
@@ -374,19 +375,22 @@ def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_in
     from fxfusion.insitu import model_clock
     from fxfusion.rewrite import captured_module
     from fxfusion.stats import speedup, summarize
-    from fxfusion.timing import TimingSpec, measure
+    from fxfusion.timing import TimingSpec, measure_tight
 
     spec = spec or TimingSpec(rounds=OVERHEAD_SPEC_ROUNDS, warmup=2, target_sample_s=0.005,
                               budget_s=OVERHEAD_SPEC_BUDGET_S)
     clock = clock or model_clock(device)
     graph = captured_module(model, captured)
-    with torch.no_grad():
-        samples = measure({"eager": lambda: model(*example_inputs), "captured": lambda: graph(*example_inputs)},
-                          clock, spec)
-    eager, graph_s = samples.seconds["eager"], samples.seconds["captured"]
-    eager_ms = summarize(eager).median * 1e3
-    ratio = speedup(graph_s, eager)  # captured time / eager time, with its interval
-    return Overhead(eager_ms * (ratio.median - 1), eager_ms * (ratio.ci_low - 1), eager_ms * (ratio.ci_high - 1))
+
+    def ratio(samples):  # captured time / eager time, with its interval
+        return speedup(samples.seconds["captured"], samples.seconds["eager"])
+
+    with torch.no_grad():  # measured again while the interval spans more than OVERHEAD_WIDE of the model's time
+        samples, r, _ = measure_tight({"eager": lambda: model(*example_inputs),
+                                       "captured": lambda: graph(*example_inputs)}, clock, spec, ratio,
+                                      lambda r: r.ci_high - r.ci_low > OVERHEAD_WIDE)
+    eager_ms = summarize(samples.seconds["eager"]).median * 1e3
+    return Overhead(eager_ms * (r.median - 1), eager_ms * (r.ci_low - 1), eager_ms * (r.ci_high - 1))
 
 
 def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tuple, device: str | None = None,

@@ -165,3 +165,46 @@ def test_an_incorrect_eager_baseline_is_said_plainly(monkeypatch):
     assert addmm.status == "failed" and addmm.reason.startswith("not timed") and addmm.samples_ms == []
     assert entry.decision.verdict == AVOID and entry.decision.reason.startswith("eager itself is incorrect")
     assert entry_errors(entry_to_dict(entry)) == []
+
+
+class BusyThenQuietClock(FakeClock):
+    """Like FakeClock, but the first ``busy`` samples are bimodal: half of them 3x slow (a busy host)."""
+
+    def __init__(self, costs, busy: int, **kw):
+        super().__init__(costs, **kw)
+        self.busy, self.n = busy, 0
+
+    def sample(self, fn, inner):
+        self.n += 1
+        t = super().sample(fn, inner)
+        return t * 3.0 if self.n <= self.busy and self.rng.random() < 0.5 else t
+
+
+def test_measure_tight_measures_again_while_the_interval_is_wide_and_keeps_the_narrowest():
+    from fxfusion.stats import difference
+    from fxfusion.timing import measure_tight
+
+    def base():
+        return None
+
+    def cand():
+        return None
+
+    spec = TimingSpec(rounds=20, warmup=0, target_sample_s=0.0, budget_s=100.0)
+
+    def interval(s):
+        return difference(s.seconds["base"], s.seconds["cand"])
+
+    def too_wide(d):
+        return d.ci_high - d.ci_low > 0.5 * abs(d.median)
+
+    clock = BusyThenQuietClock({base: 1.0, cand: 0.8}, busy=40)  # the first batch (2 x 20 samples) is busy
+    samples, d, batches = measure_tight({"base": base, "cand": cand}, clock, spec, interval, too_wide)
+    assert batches == 2 and not too_wide(d)
+    assert d.median == pytest.approx(0.2, rel=0.1)  # the quiet machine's saving
+    assert len(samples.seconds["base"]) == 20  # one batch kept, not a mix
+    # a quiet machine needs one batch; a machine busy throughout stops after `batches`
+    assert measure_tight({"base": base, "cand": cand}, FakeClock({base: 1.0, cand: 0.8}), spec, interval,
+                         too_wide)[2] == 1
+    assert measure_tight({"base": base, "cand": cand}, BusyThenQuietClock({base: 1.0, cand: 0.8}, busy=10**6),
+                         spec, interval, too_wide, batches=3)[2] == 3
