@@ -118,6 +118,8 @@ class FusionPlan:
     # Where the groups' predicted savings come from: "library" (the pattern measurements) or "in_model" (each
     # group's region timed inside the captured graph, fxfusion.insitu).
     prediction: str = "library"
+    # The original model's median per forward when the overhead was measured (plan time); None: not measured.
+    eager_ms: float | None = None
 
     @property
     def groups_saving_ms(self) -> float | None:
@@ -261,6 +263,7 @@ class FusionPlan:
         if not isinstance(overhead, Overhead):
             overhead = Overhead(float(overhead), float(overhead), float(overhead))
         self.overhead_ms = overhead.ms
+        self.eager_ms = overhead.eager_ms
         saving = self.groups_saving_ms
         if not self.groups or saving is None or any(g.predicted_saving_ms is None for g in self.groups):
             return
@@ -295,6 +298,7 @@ class FusionPlan:
             "overhead_ms": self.overhead_ms,
             "predicted_saving_ms": self.predicted_saving_ms,
             "prediction": self.prediction,
+            "eager_ms": self.eager_ms,
             "warnings": list(self.warnings),
         }
 
@@ -367,6 +371,7 @@ class Overhead:
     ms: float
     ci_low_ms: float
     ci_high_ms: float
+    eager_ms: float | None = None  # the original model's median in the same measurement
 
 
 def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_inputs: tuple, device: str = "cpu",
@@ -390,7 +395,7 @@ def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_in
                                        "captured": lambda: graph(*example_inputs)}, clock, spec, ratio,
                                       lambda r: r.ci_high - r.ci_low > OVERHEAD_WIDE)
     eager_ms = summarize(samples.seconds["eager"]).median * 1e3
-    return Overhead(eager_ms * (r.median - 1), eager_ms * (r.ci_low - 1), eager_ms * (r.ci_high - 1))
+    return Overhead(eager_ms * (r.median - 1), eager_ms * (r.ci_low - 1), eager_ms * (r.ci_high - 1), eager_ms)
 
 
 def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tuple, device: str | None = None,

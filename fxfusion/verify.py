@@ -89,6 +89,10 @@ class VerificationResult:
     # The same prediction from the pattern library's standalone timings, when the plan also has in-model ones.
     library_predicted_saving_ms: float | None = None
     library_prediction_error_pct: float | None = None
+    # The prediction scaled by how fast the original model runs now against when the plan was made (host-bound
+    # savings follow the host's speed, which drifts on shared machines), and its error; None without a plan-time time.
+    scaled_predicted_saving_ms: float | None = None
+    scaled_prediction_error_pct: float | None = None
 
     @property
     def saving_within_noise(self) -> bool:
@@ -270,6 +274,14 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         if getattr(plan, "prediction", "library") == "in_model" and len(lib) == len(applied):
             library = sum(lib) - (plan.overhead_ms or 0.0)
             library_error = 100.0 * (library - measured) / abs(measured) if measured != 0 else None
+    scaled = scaled_error = None
+    plan_eager = getattr(plan, "eager_ms", None)
+    if predicted is not None and applied and plan_eager:
+        scaled = predicted * eager_ms / plan_eager
+        scaled_error = 100.0 * (scaled - measured) / abs(measured) if measured != 0 else None
+        if abs(eager_ms / plan_eager - 1.0) > 0.10:
+            result_warnings.append(f"the original model runs {eager_ms / plan_eager:.2f}x as long as when the plan "
+                                   "was made: the machine's speed drifted between prediction and measurement")
     ok = not failure
     reason = failure or (f"outputs match the {ref_name} reference; planned model "
                          f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
@@ -277,7 +289,8 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                               error_pct, error_of_eager, planned_t.verdict, result_warnings,
                               timing=getattr(clock, "mode", clock.device),
                               prediction=getattr(plan, "prediction", "library"),
-                              library_predicted_saving_ms=library, library_prediction_error_pct=library_error)
+                              library_predicted_saving_ms=library, library_prediction_error_pct=library_error,
+                              scaled_predicted_saving_ms=scaled, scaled_prediction_error_pct=scaled_error)
 
 
 def _fmt_ci(sp: dict | None) -> str:
@@ -315,6 +328,10 @@ def _render(r: VerificationResult):
                   "library": " (from the pattern library's timings)"}.get(r.prediction, "")
         parts.append(Text(f"saving per forward: predicted {pred}{source}, measured {r.measured_saving_ms:.3f} ms "
                           f"[{lo:.3f}, {hi:.3f}]; prediction error {err}{noise}"))
+        if r.scaled_predicted_saving_ms is not None:
+            serr = f"{r.scaled_prediction_error_pct:+.0f}%" if r.scaled_prediction_error_pct is not None else "-"
+            parts.append(Text(f"  scaled to the original model's speed now against at planning: "
+                              f"{r.scaled_predicted_saving_ms:.3f} ms (error {serr})"))
         if r.library_predicted_saving_ms is not None:
             lerr = (f"{r.library_prediction_error_pct:+.0f}%" if r.library_prediction_error_pct is not None
                     else "-")

@@ -139,3 +139,18 @@ def test_unknown_cuda_timing_mode_is_refused():
 
     with pytest.raises(ValueError, match="unknown CUDA timing mode"):
         CudaClock("warm")
+
+
+def test_prediction_is_also_scaled_to_the_machine_speed_at_verification():
+    loaded = _model("resnet_bottleneck")
+    plan = typical_plan("resnet_bottleneck")
+    plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
+    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=SPEC, clock=OpCountClock(),
+                    include_compile=False, include_captured=False)
+    assert r.scaled_predicted_saving_ms is None  # no plan-time eager time: nothing to scale by
+    eager_now = r.timings["eager"].median_ms
+    plan.eager_ms = eager_now / 2  # the machine ran the model twice as fast when the plan was made
+    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=SPEC, clock=OpCountClock(),
+                    include_compile=False, include_captured=False)
+    assert r.scaled_predicted_saving_ms == pytest.approx(2 * r.predicted_saving_ms)
+    assert any("drifted" in w for w in r.warnings)
