@@ -1,0 +1,6 @@
+"""``python -m fxfusion``: the same command line as the ``fxfusion`` script."""
+
+from fxfusion.cli import main
+
+if __name__ == "__main__":
+    main()
