@@ -112,16 +112,17 @@ def main() -> None:
                   f"[{im.get('ci_low_ms', float('nan')):+.4f}, {im.get('ci_high_ms', float('nan')):+.4f}]"
                   f"{' (also frees ' + ', '.join(im['released']) + ')' if im.get('released') else ''}; "
                   f"library {g.library_saving_ms if g.library_saving_ms is None else round(g.library_saving_ms, 4)}")
-        if r.scaled_predicted_saving_ms is not None:
-            serr = r.scaled_prediction_error_pct
-            print(f"  scaled by the eager time now / at planning ({p.eager_ms:.4f} ms then): "
-                  f"{r.scaled_predicted_saving_ms:+.4f} ms (error {'-' if serr is None else f'{serr:+.0f}%'})")
+        if r.predicted_fraction is not None:
+            ferr = r.fraction_error_pct
+            print(f"  as fractions of eager, paired per round: predicted {r.predicted_fraction:+.1%}, measured "
+                  f"{r.measured_fraction:+.1%} [{r.measured_fraction_ci[0]:+.1%}, {r.measured_fraction_ci[1]:+.1%}]; "
+                  f"error {'-' if ferr is None else f'{ferr:+.0f}%'}")
         if r.library_predicted_saving_ms is not None:
             lerr = r.library_prediction_error_pct
             print(f"  the pattern library alone would have predicted {r.library_predicted_saving_ms:+.4f} ms"
                   f" (error {'-' if lerr is None else f'{lerr:+.0f}%'})")
         rows.append((name, r.ok, slower, r.prediction_error_pct, r.saving_within_noise,
-                     r.library_prediction_error_pct, r.scaled_prediction_error_pct))
+                     r.library_prediction_error_pct, r.fraction_error_pct))
         results[name] = {"plan": p.to_dict(), "verification": r.to_dict(), "plan_s": plan_s, "wall_s": wall}
     print("\nsummary")
     for name, ok, slower, err, noise, lerr, serr in rows:
@@ -130,7 +131,7 @@ def main() -> None:
         else:
             verdict = (f"prediction error {err:+.0f}% ({'within' if abs(err) <= ERROR_TARGET_PCT else 'outside'} "
                        f"+-{ERROR_TARGET_PCT:.0f}%{'; measured saving within noise' if noise else ''})"
-                       + (f"; scaled {serr:+.0f}%" if serr is not None else "")
+                       + (f"; as paired fractions {serr:+.0f}%" if serr is not None else "")
                        + (f"; library alone {lerr:+.0f}%" if lerr is not None else ""))
         print(f"  {name:20s} verified={'yes' if ok else 'NO'}  slower-than-eager={'YES' if slower else 'no'}  {verdict}")
     print(f"(slower = the planned/eager speedup interval lies wholly below {1 - MIN_EFFECT:.2f})")

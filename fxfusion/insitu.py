@@ -31,7 +31,7 @@ import torch
 from torch import fx
 
 from fxfusion.lean import lean
-from fxfusion.stats import difference, summarize
+from fxfusion.stats import difference, paired_fraction, summarize
 from fxfusion.timing import Clock, CpuClock, CudaClock, TimingSpec, measure_tight
 
 # Per group: enough rounds for a few-microsecond difference, little enough to keep planning quick.
@@ -59,6 +59,12 @@ class InModel:
     released: list[str] = field(default_factory=list)  # ... and the ops outside the site that the rewrite frees
     clock: str = "cpu"
     batches: int = 1  # batches measured (the narrowest interval's is kept)
+    # The saving as a fraction of the whole original model's time, paired per round (stats.paired_fraction): the
+    # model is timed in the same rounds as the region, so a drift of the host's speed cancels out.
+    fraction: float | None = None
+    fraction_ci_low: float | None = None
+    fraction_ci_high: float | None = None
+    model_ms: float | None = None  # the original model's median in the same batch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,23 +203,27 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
                 continue
             region, rewritten = lean(region), lean(rewritten)  # as the planned model calls them
             args = tuple(recorder.values[n] for n in names)
-            thunks = {"captured": lambda r=region: r(*args), "rewritten": lambda r=rewritten: r(*args)}
-            base, cand, d, batches = _tightest(thunks, clock, spec)
+            thunks = {"captured": lambda r=region: r(*args), "rewritten": lambda r=rewritten: r(*args),
+                      "model": lambda: model(*example_inputs)}
+            samples, f, batches = _tightest(thunks, clock, spec)
+            base, cand = samples.seconds["captured"], samples.seconds["rewritten"]
+            d = difference(base, cand)
             out[gid] = InModel(captured_ms=summarize(base).median * 1e3, rewritten_ms=summarize(cand).median * 1e3,
                                saving_ms=d.median * 1e3, ci_low_ms=d.ci_low * 1e3, ci_high_ms=d.ci_high * 1e3,
                                nodes=list(g.nodes), released=released, clock=getattr(clock, "mode", clock.device),
-                               batches=batches)
+                               batches=batches, fraction=f.median, fraction_ci_low=f.ci_low,
+                               fraction_ci_high=f.ci_high,
+                               model_ms=summarize(samples.seconds["model"]).median * 1e3)
     return out
 
 
 def _tightest(thunks, clock: Clock, spec: TimingSpec):
-    """Captured vs rewritten, measured again while the saving's interval is wider than ``WIDE`` x the saving
-    (:func:`fxfusion.timing.measure_tight`: a busy host -- seen on the H200's right after it starts -- makes a batch
-    bimodal, its interval several times the saving)."""
+    """Region captured / rewritten and the whole model, interleaved, measured again while the saving's interval (as a
+    fraction of the model, paired per round) is wider than ``WIDE`` x the saving (:func:`measure_tight`)."""
     def interval(samples):
-        return difference(samples.seconds["captured"], samples.seconds["rewritten"])
+        s = samples.seconds
+        return paired_fraction(s["captured"], s["rewritten"], s["model"])
 
     with torch.no_grad():
-        samples, d, batches = measure_tight(thunks, clock, spec, interval,
-                                            lambda d: d.ci_high - d.ci_low > WIDE * abs(d.median), BATCHES)
-    return samples.seconds["captured"], samples.seconds["rewritten"], d, batches
+        return measure_tight(thunks, clock, spec, interval,
+                             lambda f: f.ci_high - f.ci_low > WIDE * abs(f.median), BATCHES)

@@ -118,8 +118,8 @@ class FusionPlan:
     # Where the groups' predicted savings come from: "library" (the pattern measurements) or "in_model" (each
     # group's region timed inside the captured graph, fxfusion.insitu).
     prediction: str = "library"
-    # The original model's median per forward when the overhead was measured (plan time); None: not measured.
-    eager_ms: float | None = None
+    # The same overhead as a fraction of the original model's time, paired per round; None: not measured.
+    overhead_fraction: float | None = None
 
     @property
     def groups_saving_ms(self) -> float | None:
@@ -134,6 +134,23 @@ class FusionPlan:
             return 0.0  # no group: apply() returns a copy of the model itself
         saving = self.groups_saving_ms
         return None if saving is None else saving - (self.overhead_ms or 0.0)
+
+    @property
+    def predicted_fraction(self) -> float | None:
+        """The predicted saving as a fraction of the original model's time: the groups' in-model fractions less the
+        overhead's, each paired per round with the model (robust to the host's speed drifting between measurements);
+        None unless every group has one and the overhead was measured."""
+        return self.fraction_of([g.id for g in self.groups])
+
+    def fraction_of(self, group_ids) -> float | None:
+        """:attr:`predicted_fraction` over the named groups only (those that were applied)."""
+        chosen = [g for g in self.groups if g.id in set(group_ids)]
+        if not chosen:
+            return 0.0
+        parts = [(g.in_model or {}).get("fraction") for g in chosen]
+        if any(f is None for f in parts) or self.overhead_fraction is None:
+            return None
+        return sum(parts) - self.overhead_fraction
 
     def group(self, group_id: str) -> FusionGroup:
         for g in self.groups:
@@ -263,7 +280,7 @@ class FusionPlan:
         if not isinstance(overhead, Overhead):
             overhead = Overhead(float(overhead), float(overhead), float(overhead))
         self.overhead_ms = overhead.ms
-        self.eager_ms = overhead.eager_ms
+        self.overhead_fraction = overhead.fraction
         saving = self.groups_saving_ms
         if not self.groups or saving is None or any(g.predicted_saving_ms is None for g in self.groups):
             return
@@ -298,7 +315,8 @@ class FusionPlan:
             "overhead_ms": self.overhead_ms,
             "predicted_saving_ms": self.predicted_saving_ms,
             "prediction": self.prediction,
-            "eager_ms": self.eager_ms,
+            "overhead_fraction": self.overhead_fraction,
+            "predicted_fraction": self.predicted_fraction,
             "warnings": list(self.warnings),
         }
 
@@ -372,6 +390,7 @@ class Overhead:
     ci_low_ms: float
     ci_high_ms: float
     eager_ms: float | None = None  # the original model's median in the same measurement
+    fraction: float | None = None  # (captured - original) / original, paired per round (stats.paired_fraction)
 
 
 def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_inputs: tuple, device: str = "cpu",
@@ -379,7 +398,7 @@ def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_in
     """Time the original model and the captured graph (unrewritten) interleaved; their difference, signed."""
     from fxfusion.insitu import model_clock
     from fxfusion.rewrite import captured_module
-    from fxfusion.stats import speedup, summarize
+    from fxfusion.stats import paired_fraction, summarize
     from fxfusion.timing import TimingSpec, measure_tight
 
     spec = spec or TimingSpec(rounds=OVERHEAD_SPEC_ROUNDS, warmup=2, target_sample_s=0.005,
@@ -387,15 +406,15 @@ def measure_overhead(model: torch.nn.Module, captured: CapturedModel, example_in
     clock = clock or model_clock(device)
     graph = captured_module(model, captured)
 
-    def ratio(samples):  # captured time / eager time, with its interval
-        return speedup(samples.seconds["captured"], samples.seconds["eager"])
+    def fraction(samples):  # (captured - eager) / eager, per round
+        return paired_fraction(samples.seconds["captured"], samples.seconds["eager"], samples.seconds["eager"])
 
     with torch.no_grad():  # measured again while the interval spans more than OVERHEAD_WIDE of the model's time
-        samples, r, _ = measure_tight({"eager": lambda: model(*example_inputs),
-                                       "captured": lambda: graph(*example_inputs)}, clock, spec, ratio,
-                                      lambda r: r.ci_high - r.ci_low > OVERHEAD_WIDE)
+        samples, f, _ = measure_tight({"eager": lambda: model(*example_inputs),
+                                       "captured": lambda: graph(*example_inputs)}, clock, spec, fraction,
+                                      lambda f: f.ci_high - f.ci_low > OVERHEAD_WIDE)
     eager_ms = summarize(samples.seconds["eager"]).median * 1e3
-    return Overhead(eager_ms * (r.median - 1), eager_ms * (r.ci_low - 1), eager_ms * (r.ci_high - 1), eager_ms)
+    return Overhead(eager_ms * f.median, eager_ms * f.ci_low, eager_ms * f.ci_high, eager_ms, f.median)
 
 
 def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tuple, device: str | None = None,

@@ -90,3 +90,28 @@ def difference(baseline: list[float], candidate: list[float], seed: int = 0,
     alpha = (1.0 - confidence) / 2
     low, high = torch.quantile(diffs, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
     return Speedup(median=float(b.quantile(0.5) - c.quantile(0.5)), ci_low=low, ci_high=high)
+
+
+def median_interval(values: list[float], seed: int = 0, rounds: int = BOOTSTRAP_ROUNDS,
+                    confidence: float = CONFIDENCE) -> Speedup:
+    """The median of ``values`` (e.g. per-round paired quantities) with a percentile-bootstrap interval, in the
+    fields of a :class:`Speedup`."""
+    if not values:
+        raise ValueError("median_interval needs values")
+    t = torch.tensor(values, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    meds = _bootstrap_medians(t, gen, rounds)
+    alpha = (1.0 - confidence) / 2
+    low, high = torch.quantile(meds, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return Speedup(median=float(t.quantile(0.5)), ci_low=low, ci_high=high)
+
+
+def paired_fraction(minuend: list[float], subtrahend: list[float], reference: list[float]) -> Speedup:
+    """Per round r, ``(minuend[r] - subtrahend[r]) / reference[r]``; their median with an interval.
+
+    The samples of one round were taken within milliseconds of each other (:func:`fxfusion.timing.measure`
+    interleaves), so a host whose speed swings between rounds -- the lent H200's host switches between two speeds
+    every few seconds -- scales all three alike and the fraction stays put, where a difference of medians would not.
+    """
+    n = min(len(minuend), len(subtrahend), len(reference))
+    return median_interval([(minuend[i] - subtrahend[i]) / reference[i] for i in range(n) if reference[i] > 0])

@@ -32,7 +32,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from fxfusion.correctness import relative_error, tolerance
-from fxfusion.stats import speedup, summarize
+from fxfusion.stats import paired_fraction, speedup, summarize
 from fxfusion.insitu import model_clock
 from fxfusion.timing import Clock, TimingSpec, measure
 from fxfusion.variants import compile_limits, one_line
@@ -89,10 +89,13 @@ class VerificationResult:
     # The same prediction from the pattern library's standalone timings, when the plan also has in-model ones.
     library_predicted_saving_ms: float | None = None
     library_prediction_error_pct: float | None = None
-    # The prediction scaled by how fast the original model runs now against when the plan was made (host-bound
-    # savings follow the host's speed, which drifts on shared machines), and its error; None without a plan-time time.
-    scaled_predicted_saving_ms: float | None = None
-    scaled_prediction_error_pct: float | None = None
+    # The same comparison in fractions of the original model's time, each measured paired per round with the model
+    # (stats.paired_fraction), so a host whose speed drifts between the plan and this run does not bias it:
+    # predicted = the groups' in-model fractions less the overhead's; measured = (original - planned) / original.
+    predicted_fraction: float | None = None
+    measured_fraction: float | None = None
+    measured_fraction_ci: tuple[float, float] | None = None
+    fraction_error_pct: float | None = None  # (predicted - measured) / |measured|, of the fractions
 
     @property
     def saving_within_noise(self) -> bool:
@@ -274,14 +277,11 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         if getattr(plan, "prediction", "library") == "in_model" and len(lib) == len(applied):
             library = sum(lib) - (plan.overhead_ms or 0.0)
             library_error = 100.0 * (library - measured) / abs(measured) if measured != 0 else None
-    scaled = scaled_error = None
-    plan_eager = getattr(plan, "eager_ms", None)
-    if predicted is not None and applied and plan_eager:
-        scaled = predicted * eager_ms / plan_eager
-        scaled_error = 100.0 * (scaled - measured) / abs(measured) if measured != 0 else None
-        if abs(eager_ms / plan_eager - 1.0) > 0.10:
-            result_warnings.append(f"the original model runs {eager_ms / plan_eager:.2f}x as long as when the plan "
-                                   "was made: the machine's speed drifted between prediction and measurement")
+    measured_f = paired_fraction(eager_s, samples.seconds["planned"], eager_s)
+    predicted_f = plan.fraction_of(applied) if applied and hasattr(plan, "fraction_of") else None
+    fraction_error = None
+    if predicted_f is not None and measured_f.median != 0:
+        fraction_error = 100.0 * (predicted_f - measured_f.median) / abs(measured_f.median)
     ok = not failure
     reason = failure or (f"outputs match the {ref_name} reference; planned model "
                          f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
@@ -290,7 +290,9 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                               timing=getattr(clock, "mode", clock.device),
                               prediction=getattr(plan, "prediction", "library"),
                               library_predicted_saving_ms=library, library_prediction_error_pct=library_error,
-                              scaled_predicted_saving_ms=scaled, scaled_prediction_error_pct=scaled_error)
+                              predicted_fraction=predicted_f, measured_fraction=measured_f.median,
+                              measured_fraction_ci=(measured_f.ci_low, measured_f.ci_high),
+                              fraction_error_pct=fraction_error)
 
 
 def _fmt_ci(sp: dict | None) -> str:
@@ -328,10 +330,12 @@ def _render(r: VerificationResult):
                   "library": " (from the pattern library's timings)"}.get(r.prediction, "")
         parts.append(Text(f"saving per forward: predicted {pred}{source}, measured {r.measured_saving_ms:.3f} ms "
                           f"[{lo:.3f}, {hi:.3f}]; prediction error {err}{noise}"))
-        if r.scaled_predicted_saving_ms is not None:
-            serr = f"{r.scaled_prediction_error_pct:+.0f}%" if r.scaled_prediction_error_pct is not None else "-"
-            parts.append(Text(f"  scaled to the original model's speed now against at planning: "
-                              f"{r.scaled_predicted_saving_ms:.3f} ms (error {serr})"))
+        if r.predicted_fraction is not None and r.measured_fraction is not None:
+            ferr = f"{r.fraction_error_pct:+.0f}%" if r.fraction_error_pct is not None else "-"
+            flo, fhi = r.measured_fraction_ci
+            parts.append(Text(f"  as fractions of the original's time, paired per round: predicted "
+                              f"{r.predicted_fraction:.1%}, measured {r.measured_fraction:.1%} [{flo:.1%}, {fhi:.1%}]; "
+                              f"error {ferr}"))
         if r.library_predicted_saving_ms is not None:
             lerr = (f"{r.library_prediction_error_pct:+.0f}%" if r.library_prediction_error_pct is not None
                     else "-")

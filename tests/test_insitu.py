@@ -141,16 +141,31 @@ def test_unknown_cuda_timing_mode_is_refused():
         CudaClock("warm")
 
 
-def test_prediction_is_also_scaled_to_the_machine_speed_at_verification():
+def test_fractions_paired_per_round_predict_exactly_under_a_deterministic_clock():
+    from fxfusion.plan import Overhead
+
     loaded = _model("resnet_bottleneck")
     plan = typical_plan("resnet_bottleneck")
     plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
+    for g in plan.groups:  # each region's saved ops over the whole model's ops
+        im = g.in_model
+        assert 0 < im["fraction"] < 1 and im["fraction_ci_low"] == im["fraction_ci_high"] == im["fraction"]
+    assert plan.predicted_fraction is None  # the overhead was not measured
+    plan.require_saving_over(Overhead(0.0, 0.0, 0.0, None, 0.0))
+    predicted = plan.predicted_fraction
+    assert predicted == pytest.approx(sum(g.in_model["fraction"] for g in plan.groups))
     r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=SPEC, clock=OpCountClock(),
                     include_compile=False, include_captured=False)
-    assert r.scaled_predicted_saving_ms is None  # no plan-time eager time: nothing to scale by
-    eager_now = r.timings["eager"].median_ms
-    plan.eager_ms = eager_now / 2  # the machine ran the model twice as fast when the plan was made
-    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=SPEC, clock=OpCountClock(),
-                    include_compile=False, include_captured=False)
-    assert r.scaled_predicted_saving_ms == pytest.approx(2 * r.predicted_saving_ms)
-    assert any("drifted" in w for w in r.warnings)
+    # op counts are additive and the captured graph runs the eager model's ops: the prediction is exact
+    assert r.predicted_fraction == pytest.approx(predicted)
+    assert r.measured_fraction == pytest.approx(predicted) and r.fraction_error_pct == pytest.approx(0.0, abs=1e-6)
+
+
+def test_paired_fraction_cancels_a_host_speed_swing():
+    from fxfusion.stats import paired_fraction
+
+    speed = [1.0, 1.5] * 10  # the host alternates between two speeds, round by round
+    eager = [0.20 * k for k in speed]
+    planned = [0.15 * k for k in speed]
+    f = paired_fraction(eager, planned, eager)
+    assert f.median == pytest.approx(0.25) and f.ci_low == pytest.approx(0.25) and f.ci_high == pytest.approx(0.25)
