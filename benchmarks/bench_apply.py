@@ -3,11 +3,14 @@
 Targets (issue 4): on every model the planned model is never slower than eager beyond the noise interval (its
 speedup interval does not lie wholly below 1 - MIN_EFFECT), and the predicted saving is within +-20% of the
 measured one.  Per model it prints eager / planned / torch.compile medians with the speedup's 95% interval, the
-planned-vs-eager verdict, the predicted and measured saving per forward, and the prediction error.
+planned-vs-eager verdict, the predicted and measured saving per forward and the prediction error -- in milliseconds,
+and as fractions of the original model's time paired per round (robust to a host whose speed drifts) -- each
+group's in-model saving, and what the pattern library's standalone timings alone would have predicted.
 
-Decisions come from a live measurement of each model's sites at their exact shapes (default), or from a profile:
+Decisions come from a live measurement of each model's sites at their exact shapes (default), or from a profile;
+predictions come from each group's region timed inside the model (fxfusion.insitu):
     python benchmarks/bench_apply.py [--device cuda] [--profile profiles/h100.json] [--models resnet_basic,...]
-                                     [--preset tiny] [--no-compile] [--json out.json]
+                                     [--preset tiny] [--dtype bfloat16] [--no-compile] [--json out.json]
 Run it on an otherwise idle machine: the end-to-end times of these small models are tens to hundreds of us.
 """
 
