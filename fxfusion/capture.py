@@ -55,7 +55,8 @@ def quiet_torch_logs():
             logger.setLevel(level)
 
 
-def _signature_names(ep: Any) -> dict[str, str]:
+def signature_names(ep: Any) -> dict[str, str]:
+    """Placeholder name -> the parameter, buffer or constant it lifts, from an ExportedProgram's signature."""
     sig = ep.graph_signature
     names: dict[str, str] = {}
     for attr in ("inputs_to_parameters", "inputs_to_buffers", "inputs_to_lifted_tensor_constants"):
@@ -149,7 +150,7 @@ def _capture_dynamo(model: torch.nn.Module, inputs: tuple[Any, ...], why: str) -
         user_inputs = list(ep.graph_signature.user_inputs)
         old = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         renamed = {new: names[o] for new, o in zip(user_inputs, old) if o in names}
-        renamed.update(_signature_names(ep))
+        renamed.update(signature_names(ep))
         captured.graphs.append(ep.graph_module)
         captured.parameters.append(renamed)
         captured.programs.append(ep)
@@ -171,7 +172,7 @@ def capture(model: torch.nn.Module, example_inputs: tuple[Any, ...] | list[Any] 
             raise FxFusionError(f"torch.export could not capture the model: {why}") from None
         return _capture_dynamo(model, inputs, why)
     return CapturedModel(method="export", graphs=[ep.graph_module], example_inputs=inputs,
-                         parameters=[_signature_names(ep)], programs=[ep], graph_inputs=[inputs])
+                         parameters=[signature_names(ep)], programs=[ep], graph_inputs=[inputs])
 
 
 def module_path(node: torch.fx.Node) -> tuple[str, str]:

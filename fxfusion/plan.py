@@ -327,10 +327,10 @@ def _as_captured(model_or_graph: Any, example_inputs: tuple) -> CapturedModel:
     if isinstance(model_or_graph, CapturedModel):
         return model_or_graph
     if isinstance(model_or_graph, torch.export.ExportedProgram):  # as fxfusion.capture records an export
-        from fxfusion.capture import _signature_names
+        from fxfusion.capture import signature_names
 
         ep = model_or_graph
-        return CapturedModel("export", [ep.graph_module], tuple(example_inputs), parameters=[_signature_names(ep)],
+        return CapturedModel("export", [ep.graph_module], tuple(example_inputs), parameters=[signature_names(ep)],
                              programs=[ep], graph_inputs=[tuple(example_inputs)])
     if not isinstance(model_or_graph, torch.nn.Module):
         raise FxFusionError(f"plan() takes an nn.Module, a GraphModule or an ExportedProgram, "

@@ -199,20 +199,60 @@ def _copy(model: nn.Module) -> nn.Module:
         return copy.deepcopy(model)
 
 
-def apply(model: nn.Module, plan) -> nn.Module:
+OTHER_SHAPES = ("error", "original")
+
+
+class ShapeDispatch(nn.Module):
+    """A planned graph for its example shapes, and a copy of the original model for every other input.
+
+    The captured graph is specialised to the shapes and dtypes it was captured at; this runs it where they match and
+    the original model elsewhere (warning once per new signature), so a planned model can serve a batch of another
+    size, unfused.  Plan again at a shape to fuse there.
+    """
+
+    def __init__(self, planned: nn.Module, original: nn.Module, specs: list) -> None:
+        super().__init__()
+        self.planned, self.original, self.specs = planned, original, specs
+        self.fxfusion_rewrites = getattr(planned, "fxfusion_rewrites", [])
+        self._warned: set = set()
+
+    def forward(self, *args):
+        if len(args) == len(self.specs) and all(
+                spec is None or (isinstance(a, torch.Tensor) and tuple(a.shape) == spec[0] and a.dtype == spec[1])
+                for a, spec in zip(args, self.specs)):
+            return self.planned(*args)
+        key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else type(a) for a in args)
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"fxfusion: inputs {key} differ from the planned shapes {self.specs}; running the original "
+                          "model, unfused (plan again at these shapes to fuse them)", stacklevel=2)
+        return self.original(*args)
+
+
+def apply(model: nn.Module, plan, other_shapes: str = "error") -> nn.Module:
     """The planned model: a rewritten copy of the plan's captured graph(s).  ``model`` and the plan are unchanged.
 
     The returned module carries ``fxfusion_rewrites``: one :class:`RewriteRecord` per group, applied or not (and
     why not).  When no group applies it is a plain copy of ``model``: running the captured graph instead would only
     add its call overhead.  For a Dynamo capture (graph breaks) it is the model run under torch.compile with a
-    backend that hands Dynamo the rewritten subgraphs in capture order.
+    backend that hands Dynamo the rewritten subgraphs in capture order (a subgraph at other shapes runs unchanged).
+
+    An exported graph is specialised to the example inputs' shapes and dtypes.  ``other_shapes`` says what a call
+    with other inputs does: ``"error"`` (one-line FxFusionError: plan again) or ``"original"`` (a
+    :class:`ShapeDispatch` runs a copy of the original model for them, unfused, with a warning once per signature).
     """
     _check_model(model, plan)
+    if other_shapes not in OTHER_SHAPES:
+        raise FxFusionError(f"other_shapes must be one of {', '.join(OTHER_SHAPES)}, got {other_shapes!r}")
     planned = _planned(model, plan.captured, plan.groups) if plan.groups else None
     records = getattr(planned, "fxfusion_rewrites", [])
     if planned is None or not any(r.applied for r in records):
         planned = _copy(model)
         planned.fxfusion_rewrites = records
+    elif other_shapes == "original" and plan.captured.method == "export":
+        specs = [(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else None
+                 for x in plan.captured.example_inputs]
+        planned = ShapeDispatch(planned, _copy(model), specs)
     return planned
 
 

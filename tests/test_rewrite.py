@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -412,3 +413,32 @@ def test_bad_arguments_fail_with_one_line():
     plan = plan_for(model.eval(), (torch.randn(2, 4),), lambda s: None)
     with pytest.raises(FxFusionError, match="nn.Module"):
         apply("model.py", plan)
+
+
+# -- other shapes ----------------------------------------------------------------------------------------------------
+
+def test_planned_model_at_other_shapes_errors_or_runs_the_original():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    captured = capture(model, (x,))
+    [site] = find_sites(captured)
+    plan = FusionPlan.from_decisions(captured, [site], {site.id: Decision(site.pattern, dict(site.shape), "float32",
+                                                                          "cpu", "fuse", "bn_folded", None, "hand")})
+    other = torch.randn(5, 3, 8, 8)
+    strict = apply(model, plan)
+    with pytest.raises(FxFusionError, match="plan it again"):
+        strict(other)
+    dispatch = apply(model, plan, other_shapes="original")
+    with torch.no_grad():
+        torch.testing.assert_close(dispatch(x), model(x))
+        assert applied(dispatch) == ["bn_folded"]
+        with pytest.warns(UserWarning, match="running the original model, unfused"):
+            torch.testing.assert_close(dispatch(other), model(other))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per signature
+            dispatch(other)
+    with pytest.raises(FxFusionError, match="other_shapes must be one of"):
+        apply(model, plan, other_shapes="pad")
