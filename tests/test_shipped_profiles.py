@@ -12,7 +12,8 @@ from fxfusion.schema import schema_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = sorted((ROOT / "profiles").glob("*.json"))
-REPORTS = sorted((ROOT / "docs" / "results").rglob("*.json"))
+REPORTS = sorted((ROOT / "docs" / "results").glob("*-analyze/*.json"))  # `fxfusion analyze` reports
+BENCH_APPLY = sorted((ROOT / "docs" / "results").glob("*-bench-apply/bench_apply_*.json"))  # benchmark artifacts
 
 
 def test_there_are_shipped_profiles():
@@ -40,3 +41,16 @@ def test_shipped_analysis_reports_validate(path):
     data = json.loads(path.read_text())
     assert schema_errors(data, "analysis") == []
     assert data["verification"]["ok"] is True
+
+
+@pytest.mark.parametrize("path", BENCH_APPLY, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_bench_apply_runs_verified_and_never_slower(path):
+    """What docs/results.md says of these runs: every planned model verified, none slower than eager beyond noise."""
+    runs = json.loads(path.read_text())
+    assert runs
+    for name, run in runs.items():
+        v = run["verification"]
+        assert v["ok"] is True, name
+        assert v["planned_verdict"] != "avoid", name
+        if any(r["applied"] for r in v["rewrites"]):
+            assert run["plan"]["prediction"] == "in_model", name
