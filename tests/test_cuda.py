@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -74,3 +77,29 @@ def test_calibrate_cli_on_cuda(tmp_path):
     assert profile.metadata["device"] == "cuda" and "tf32" in profile.metadata
     assert {v.name for v in profile.entries[0].variants} >= {"eager", "bn_folded", "conv_relu_fused", "channels_last",
                                                              "compile", "compile_reduce_overhead"}
+
+
+def test_written_out_gelu_goes_into_the_cublaslt_epilogue():
+    """GPT-2's NewGELU (eight elementwise ops) after a Conv1D addmm: the epilogue takes it, bf16, within tolerance."""
+    import fxfusion
+    from fxfusion.capture import capture
+    from fxfusion.loader import load_model
+    from fxfusion.match import find_sites
+    from fxfusion.plan import FusionPlan
+    from fxfusion.profile import Decision
+
+    loaded = load_model(Path(__file__).resolve().parent.parent / "models" / "gpt2_mlp.py", device="cuda",
+                        dtype=torch.bfloat16)
+    captured = capture(loaded.model, loaded.example_inputs)
+    sites = find_sites(captured)
+    decisions = {s.id: Decision(s.pattern, dict(s.shape), s.dtype, "cuda", "fuse", "addmm_epilogue", None, "test")
+                 for s in sites if s.pattern == "linear_bias_gelu_tanh"}
+    plan = FusionPlan.from_decisions(captured, sites, decisions)
+    planned = fxfusion.apply(loaded.model, plan)
+    assert [r.variant for r in planned.fxfusion_rewrites if r.applied] == ["addmm_epilogue"]
+    ops = [str(n.meta.get("fxfusion_original_target", n.target)) for n in planned.graph.nodes]
+    assert "aten.tanh.default" not in ops and "aten._addmm_activation.default" in ops
+    x = loaded.example_inputs[0]
+    with torch.no_grad():
+        ref = copy.deepcopy(loaded.model).double()(x.double())
+        assert relative_error(planned(x), ref) < tolerance(torch.bfloat16)

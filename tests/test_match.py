@@ -374,6 +374,7 @@ REFERENCE = {
                                         ("linear_bias", FUSED)]),
     "shared_conv.py": ("export", [("conv2d_bn_relu", ILLEGAL), ("conv2d_bn", ILLEGAL), ("conv2d_bn_relu", FUSIBLE)]),
     "dynamic_control.py": ("dynamo", [("linear_bias_relu", FUSIBLE), ("linear_bias_gelu", FUSIBLE)]),
+    "gpt2_mlp.py": ("export", [("linear_bias_gelu_tanh", FUSIBLE), ("linear_bias", FUSED)]),
 }
 
 
@@ -422,3 +423,42 @@ def test_every_matcher_names_its_family_and_patterns_exist():
     assert {m.family for m in MATCHERS} == {"attention", "conv", "linear", "norm"}
     for name in ("linear_bias_relu", "conv1d_bn_relu", "causal_attention", "rmsnorm", "add_layernorm"):
         assert name in REGISTRY
+
+
+# -- activations written out ------------------------------------------------------------------------------------------
+
+class _WrittenAct(nn.Module):
+    def __init__(self, form: str):
+        super().__init__()
+        self.lin, self.form = nn.Linear(16, 32), form
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.form == "newgelu":  # Hugging Face's NewGELUActivation
+            return 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * torch.pow(h, 3.0))))
+        if self.form == "erf_gelu":
+            return h * 0.5 * (1.0 + torch.erf(h / math.sqrt(2.0)))
+        if self.form == "swish":
+            return h * torch.sigmoid(h)
+        if self.form == "quick_gelu":  # x * sigmoid(1.702 x): close to GELU, not equal to it
+            return h * torch.sigmoid(1.702 * h)
+        if self.form == "affine":
+            return h * 2.0 + 1.0
+        if self.form == "swish_plus_outside":  # the activation ends where an outside value comes in
+            return h * torch.sigmoid(h) + x.sum()
+        raise ValueError(self.form)
+
+
+@pytest.mark.parametrize("form, pattern, n_act", [
+    ("newgelu", "linear_bias_gelu_tanh", 8), ("erf_gelu", "linear_bias_gelu", 5), ("swish", "linear_bias_silu", 2),
+    ("swish_plus_outside", "linear_bias_silu", 2), ("quick_gelu", "linear_bias", 0), ("affine", "linear_bias", 0)])
+def test_activation_written_out_is_recognised_by_value(form, pattern, n_act):
+    model = _WrittenAct(form).eval()
+    captured = capture(model, (torch.randn(4, 16),))
+    [site] = find_sites(captured)
+    assert site.pattern == pattern
+    assert len(site.nodes) == 1 + n_act
+    if n_act:
+        assert site.roles["act_written"] == "true" and "written out" in site.written_as
+        output = next(n for n in captured.graphs[0].graph.nodes if n.name == site.roles["activation"])
+        assert all(u.name not in site.nodes for u in output.users)  # the activation's output leaves the site

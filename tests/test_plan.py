@@ -63,6 +63,7 @@ EXPECTED = {
                           [("g0.s0", "already_fused"), ("g0.s2", "already_fused"), ("g0.s3", "illegal"),
                            ("g0.s5", "already_fused")]),
     "dynamic_control": ([("g0.s0", "linear_bias_relu", "compile"), ("g1.s0", "linear_bias_gelu", "compile")], []),
+    "gpt2_mlp": ([("g0.s0", "linear_bias_gelu_tanh", "compile")], [("g0.s1", "already_fused")]),
 }
 
 

@@ -442,3 +442,48 @@ def test_planned_model_at_other_shapes_errors_or_runs_the_original():
             dispatch(other)
     with pytest.raises(FxFusionError, match="other_shapes must be one of"):
         apply(model, plan, other_shapes="pad")
+
+
+# -- a linear with its activation written out (GPT-2's NewGELU) ----------------------------------------------------
+
+class _NewGELULinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.randn(32, 16) * 0.2), nn.Parameter(torch.randn(32) * 0.1)
+
+    def forward(self, x):
+        h = x @ self.w.T + self.b
+        return 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * torch.pow(h, 3.0))))
+
+
+def test_written_out_gelu_site_is_rewritten_and_verified():
+    model, inputs = _NewGELULinear().eval(), (torch.randn(2, 4, 16),)
+    plan = plan_for(model, inputs, lambda s: "addmm")
+    [group] = plan.groups
+    assert group.pattern == "linear_bias_gelu_tanh" and group.roles["act_written"] == "true"
+    planned = fxfusion.apply(model, plan)
+    assert applied(planned) == ["addmm"]
+    ops = targets(planned)
+    # one addmm with the bias inside; the eight elementwise ops of the activation stay, reading its result
+    assert ops.count(aten.addmm.default) == 1 and aten.matmul.default not in ops
+    assert ops.count(aten.tanh.default) == 1 and ops.count(aten.pow.Tensor_Scalar) == 1
+    assert float64_error(model, planned, inputs) < 1e-5
+
+
+def test_epilogue_takes_a_written_out_gelu_only_on_cuda():
+    from fxfusion.rewrites import NotApplicable
+
+    loaded = load_model(MODELS / "gpt2_mlp.py")
+    plan = plan_for(loaded.model, loaded.example_inputs,
+                    lambda s: "addmm_epilogue" if s.pattern == "linear_bias_gelu_tanh" else None)
+    [group] = plan.groups
+    gm = runnable_graph_for(plan, loaded.model)
+    record = rewrite_group(gm, group)
+    assert not record.applied and "only in cuBLASLt" in record.detail
+    assert issubclass(NotApplicable, Exception)
+
+
+def runnable_graph_for(plan, model):
+    from fxfusion.rewrite import runnable_graph
+
+    return runnable_graph(plan.captured, 0, model)

@@ -201,3 +201,100 @@ def add_role(roles: dict[str, str], key: str, node) -> None:
 def described(g: Graph, node: Node, fallback: str) -> str:
     path, cls = module_path(node)
     return f"nn.{cls}" if cls and path else fallback
+
+
+# -- activations written out as elementwise arithmetic ---------------------------------------------------------------
+
+# Elementwise aten ops a hand-written activation is made of (GPT-2's NewGELU: mul, pow, add, tanh; erf GELU: mul,
+# div, erf, add; x * sigmoid(x)).
+ELEMENTWISE = frozenset({"mul", "add", "sub", "div", "pow", "tanh", "erf", "sigmoid", "neg", "exp", "rsub",
+                         "sqrt", "reciprocal", "clamp", "clamp_min", "clamp_max"})
+WRITTEN_MAX_NODES = 16
+# The library's activations in float64, for the fingerprint.
+_REFERENCES = {
+    "gelu_tanh": lambda t: torch.nn.functional.gelu(t, approximate="tanh"),
+    "gelu": lambda t: torch.nn.functional.gelu(t),
+    "silu": torch.nn.functional.silu,
+    "relu": torch.relu,
+    "relu6": lambda t: torch.clamp(t, 0.0, 6.0),
+}
+
+
+def written_activation(x: Node) -> tuple[str, list[Node], Node] | None:
+    """An activation of ``x`` written out in elementwise ops (``0.5 * x * (1 + tanh(...))``): its name, its nodes in
+    graph order, and its output node; None when there is none.
+
+    The region is the elementwise ops that read only ``x``, each other and Python scalars, and whose values are
+    used by nothing outside it but one output.  What it computes is then recognised by value, not by shape: it is
+    evaluated in float64 on 2001 points in [-8, 8] and compared with each activation of the library (max relative
+    error 1e-6 of the activation's range), so any algebraically equal spelling matches and a near miss (QuickGELU's
+    x * sigmoid(1.702 x)) does not.
+    """
+    region: list[Node] = []
+    inside = {x}
+    frontier = list(x.users)
+    steps = 0
+    while frontier:
+        steps += 1
+        if steps > 8 * WRITTEN_MAX_NODES:  # a node waiting on an input the region never reaches
+            return None
+        n = frontier.pop(0)
+        if n in inside:
+            continue
+        if kind(n) not in ELEMENTWISE or n.kwargs.get("out") is not None:
+            continue
+        ins = [a for a in n.all_input_nodes]
+        if not all(a in inside for a in ins):
+            if all(a in inside or kind(a) in ELEMENTWISE for a in ins):
+                frontier.append(n)  # an input is still to be reached: visit it again later
+            continue
+        region.append(n)
+        inside.add(n)
+        if len(region) > WRITTEN_MAX_NODES:
+            return None
+        frontier.extend(n.users)
+    if not region:
+        return None
+    members = set(region)
+    outputs = [n for n in region if any(u not in members for u in n.users) or not n.users]
+    if len(outputs) != 1 or any(u not in members for u in x.users):
+        return None
+    out = outputs[0]
+    # everything in the region must feed the output (no dangling side branch)
+    feeding, stack = set(), [out]
+    while stack:
+        n = stack.pop()
+        if n in feeding or n not in members:
+            continue
+        feeding.add(n)
+        stack.extend(n.all_input_nodes)
+    if feeding != members:
+        return None
+    name = _fingerprint(x, region, out)
+    if name is None:
+        return None
+    order = {n: i for i, n in enumerate(x.graph.nodes)}
+    return name, sorted(region, key=order.__getitem__), out
+
+
+def _fingerprint(x: Node, region: list[Node], out: Node) -> str | None:
+    probe = torch.linspace(-8.0, 8.0, 2001, dtype=torch.float64)
+    values = {x: probe}
+    order = {n: i for i, n in enumerate(x.graph.nodes)}
+    try:
+        with torch.no_grad():
+            for n in sorted(region, key=order.__getitem__):
+                args = torch.fx.node.map_arg(n.args, lambda a: values[a])
+                kwargs = torch.fx.node.map_arg(n.kwargs, lambda a: values[a])
+                kwargs = {k: v for k, v in kwargs.items() if k not in ("dtype", "layout", "device", "pin_memory")}
+                values[n] = n.target(*args, **kwargs)
+    except Exception:  # an op that does not take a float64 CPU tensor: not an activation we know
+        return None
+    got = values[out]
+    if not isinstance(got, torch.Tensor) or got.shape != probe.shape:
+        return None
+    for name, ref in _REFERENCES.items():
+        want = ref(probe)
+        if torch.allclose(got, want, rtol=0.0, atol=1e-6 * float(want.abs().max())):
+            return name
+    return None

@@ -6,7 +6,7 @@ from torch.fx import Node
 
 from fxfusion.capture import module_path
 from fxfusion.matchers.common import (ACT_TITLES, Candidate, Context, Graph, activation, arg, dtype_name, kind,
-                                      node_name, only_user, shape, swaps_last_two, val)
+                                      node_name, only_user, shape, swaps_last_two, val, written_activation)
 from fxfusion.sites import ALREADY_FUSED, FUSIBLE
 
 
@@ -88,12 +88,18 @@ def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
     if not acts and casts and len(casts[0].users) == 1 and activation(only_user(casts[0])):
         nodes.append(casts[0])  # linear -> .float() -> activation: the dtype rule decides whether it is legal
         cur, acts = casts[0], [only_user(casts[0])]
+    written = written_activation(cur) if not acts else None
     if acts:
         act = acts[0]
         nodes.append(act)
         name = activation(act)
         roles["activation"], roles["act"] = act.name, name
         how += f" + {ACT_TITLES[name]}"
+    elif written is not None:  # e.g. GPT-2's NewGELU: 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
+        name, act_nodes, act = written
+        nodes.extend(act_nodes)
+        roles["activation"], roles["act"], roles["act_written"] = act.name, name, "true"
+        how += f" + {ACT_TITLES[name]} written out ({len(act_nodes)} ops)"
     if not isinstance(bias, Node):
         return None
     out = act or cur

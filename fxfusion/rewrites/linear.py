@@ -38,7 +38,7 @@ class _Linear:
     act: fx.Node | None  # the activation applied to head, when it is in the site
 
 
-def _parse_linear(nodes: list[fx.Node]) -> _Linear:
+def _parse_linear(nodes: list[fx.Node], roles: dict | None = None) -> _Linear:
     gemm = next((n for n in nodes if is_call(n, *LINEAR_GEMMS)), None)
     if gemm is None:
         raise NotApplicable("no linear/matmul/addmm node in the site")
@@ -77,6 +77,10 @@ def _parse_linear(nodes: list[fx.Node]) -> _Linear:
         cur = next(iter(cur.users))  # addmm (2-d) -> view back to 3-d -> activation
     users = [u for u in cur.users if u in inside]
     act = users[0] if len(users) == 1 else None
+    if (roles or {}).get("act_written") == "true":  # an activation written out: the matcher named its output
+        act = next((n for n in nodes if n.name == roles.get("activation")), None)
+        if act is None:
+            raise NotApplicable("the written-out activation's output is not in the site")
     return _Linear(x, weight, rhs, bias, head, act)
 
 
@@ -92,24 +96,28 @@ def _emit_addmm(g: fx.Graph, lin: _Linear, target, kwargs: dict, like: fx.Node) 
 
 
 def rewrite_addmm(gm, nodes, group):
-    lin = _parse_linear(nodes)
+    lin = _parse_linear(nodes, getattr(group, "roles", None))
     with gm.graph.inserting_before(lin.head):
         y = _emit_addmm(gm.graph, lin, aten.addmm.default, {}, lin.head)
     return lin.head, y
 
 
 # torch._addmm_activation's GELU is the tanh approximation: only that GELU (and ReLU) may use the epilogue.
-def _epilogue_gelu(act: fx.Node | None) -> bool:
-    if is_call(act, aten.relu.default):
+def _epilogue_gelu(act: fx.Node | None, roles: dict | None = None) -> bool:
+    if (roles or {}).get("act_written") == "true" and act is not None:  # recognised by value by the matcher
+        if roles.get("act") in ("relu", "gelu_tanh"):
+            return roles["act"] == "gelu_tanh"
+    elif is_call(act, aten.relu.default):
         return False
-    if is_call(act, aten.gelu.default) and arg(act, 1, "approximate", "none") == "tanh":
+    elif is_call(act, aten.gelu.default) and arg(act, 1, "approximate", "none") == "tanh":
         return True
     raise NotApplicable("the cuBLASLt epilogue computes only ReLU and GELU(tanh), not this activation")
 
 
 def rewrite_addmm_epilogue(gm, nodes, group):
-    lin = _parse_linear(nodes)
-    use_gelu = _epilogue_gelu(lin.act)
+    roles = getattr(group, "roles", None)
+    lin = _parse_linear(nodes, roles)
+    use_gelu = _epilogue_gelu(lin.act, roles)
     if device_of(lin.x) != "cuda":
         raise NotApplicable("the fused GEMM epilogue exists only in cuBLASLt (CUDA)")
     with gm.graph.inserting_before(lin.act):
