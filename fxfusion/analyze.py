@@ -139,6 +139,9 @@ class SiteOutcome:
     bytes_fused: int | None = None
     bytes_saved: int | None = None
     warnings: list[str] = field(default_factory=list)
+    # For a site whose activation is written out (the library measured it as one op): the library's fastest fused
+    # variant, to be decided inside the model instead (FusionPlan.measure_in_model).
+    in_model_candidate: str | None = None
 
 
 def _ok(entry: Entry, name: str):
@@ -213,6 +216,10 @@ def decide_site(site: Site, lookup: Lookup | None) -> SiteOutcome:
     out.best_ms = best.median_ms * lookup.scale if best else out.baseline_ms
     if out.verdict == FUSE and out.baseline_ms is not None and out.best_ms is not None:
         out.saved_ms = max(0.0, out.baseline_ms - out.best_ms)
+    if out.verdict != FUSE and site.roles.get("act_written") == "true":
+        rivals = [v for v in entry.variants if v.name not in ("eager", baseline) and _ok(entry, v.name)]
+        if rivals:
+            out.in_model_candidate = min(rivals, key=lambda v: v.median_ms).name
     return out
 
 

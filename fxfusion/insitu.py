@@ -31,7 +31,7 @@ import torch
 from torch import fx
 
 from fxfusion.lean import lean
-from fxfusion.stats import difference, paired_fraction, summarize
+from fxfusion.stats import difference, paired_fraction, speedup, summarize
 from fxfusion.timing import Clock, CpuClock, CudaClock, TimingSpec, measure_tight
 
 # Per group: enough rounds for a few-microsecond difference, little enough to keep planning quick.
@@ -65,6 +65,12 @@ class InModel:
     fraction_ci_low: float | None = None
     fraction_ci_high: float | None = None
     model_ms: float | None = None  # the original model's median in the same batch
+    # The region's speedup rewritten over captured (ratio of medians, 95% interval) and its verdict, by the same rule
+    # as every decision (stats.Speedup.verdict): what decides a site the library cannot (a written-out activation).
+    speedup: float | None = None
+    speedup_ci_low: float | None = None
+    speedup_ci_high: float | None = None
+    verdict: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,8 +183,9 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
 
     spec, clock = spec or INSITU_SPEC, clock or model_clock(device)
     out: dict[str, InModel | str] = {}
-    for index in sorted({g.graph_index for g in plan.groups}):
-        groups = [g for g in plan.groups if g.graph_index == index]
+    everything = list(plan.groups) + list(getattr(plan, "pending", []))
+    for index in sorted({g.graph_index for g in everything}):
+        groups = [g for g in everything if g.graph_index == index]
         gm = runnable_graph(plan.captured, index, model)
         if gm is None or index >= len(plan.captured.graph_inputs):
             out.update({g.id: f"subgraph {index} cannot be run on its own" for g in groups})
@@ -207,13 +214,14 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
                       "model": lambda: model(*example_inputs)}
             samples, f, batches = _tightest(thunks, clock, spec)
             base, cand = samples.seconds["captured"], samples.seconds["rewritten"]
-            d = difference(base, cand)
+            d, sp = difference(base, cand), speedup(base, cand)
             out[gid] = InModel(captured_ms=summarize(base).median * 1e3, rewritten_ms=summarize(cand).median * 1e3,
                                saving_ms=d.median * 1e3, ci_low_ms=d.ci_low * 1e3, ci_high_ms=d.ci_high * 1e3,
                                nodes=list(g.nodes), released=released, clock=getattr(clock, "mode", clock.device),
                                batches=batches, fraction=f.median, fraction_ci_low=f.ci_low,
                                fraction_ci_high=f.ci_high,
-                               model_ms=summarize(samples.seconds["model"]).median * 1e3)
+                               model_ms=summarize(samples.seconds["model"]).median * 1e3, speedup=sp.median,
+                               speedup_ci_low=sp.ci_low, speedup_ci_high=sp.ci_high, verdict=sp.verdict())
     return out
 
 

@@ -57,6 +57,8 @@ class FusionGroup:
     # saving once FusionPlan.measure_in_model has timed the group's region (fxfusion.insitu), kept here as well.
     library_saving_ms: float | None = None
     in_model: dict[str, Any] | None = None
+    # True when the library could not decide the site (its activation is written out) and the model did.
+    decided_in_model: bool = False
 
     @property
     def site_id(self) -> str:
@@ -118,6 +120,9 @@ class FusionPlan:
     # Where the groups' predicted savings come from: "library" (the pattern measurements) or "in_model" (each
     # group's region timed inside the captured graph, fxfusion.insitu).
     prediction: str = "library"
+    # Sites refused as not_fuse by the library although their activation is written out (the library measured it as
+    # one op): measure_in_model decides them in the model, and admits those whose region is faster rewritten.
+    pending: list[FusionGroup] = field(default_factory=list)
     # The same overhead as a fraction of the original model's time, paired per round; None: not measured.
     overhead_fraction: float | None = None
 
@@ -189,7 +194,7 @@ class FusionPlan:
         from fxfusion.stats import FUSE
 
         undecided = dict(undecided or {})
-        candidates, refused, warnings = [], [], []
+        candidates, refused, warnings, pending = [], [], [], []
 
         def refuse(site, why, reasons):
             refused.append(RefusedSite(site.id, site.pattern, site.graph_index, list(site.nodes), why,
@@ -212,7 +217,17 @@ class FusionPlan:
                     against = f"every variant is slower than {o.baseline_variant} (the best one {ci}): {o.verdict}"
                 else:
                     against = f"{o.best_variant} is {ci} of {o.baseline_variant}: {o.verdict}"
-                refuse(site, NOT_FUSE, [d.reason if o.baseline_variant == "eager" else against])
+                reasons = [d.reason if o.baseline_variant == "eager" else against]
+                candidate = o.in_model_candidate
+                if candidate and candidate in REWRITES and candidate in _variants_of(site.pattern):
+                    reasons.append(f"its activation is written out ({site.written_as}), which the library measures "
+                                   f"as one op: {candidate} is decided inside the model instead (measure_in_model)")
+                    pending.append(FusionGroup(
+                        id=site.id, pattern=site.pattern, graph_index=site.graph_index, nodes=list(site.nodes),
+                        variant=candidate, baseline_variant=o.baseline_variant or "eager", speedup=o.speedup,
+                        predicted_saving_ms=None, baseline_ms=o.baseline_ms, variant_ms=None, decision=d,
+                        shape=dict(site.shape), dtype=site.dtype, roles=dict(site.roles), extrapolated=not d.exact))
+                refuse(site, NOT_FUSE, reasons)
             elif o.best_variant == o.baseline_variant or (site.roles.get("bias_in_gemm") == "true"
                                                           and o.best_variant == "addmm"):
                 refuse(site, NO_GAIN, [f"the winner, {o.best_variant}, is how the site already runs"])
@@ -225,7 +240,8 @@ class FusionPlan:
                     variant=o.best_variant, baseline_variant=o.baseline_variant or "eager", speedup=o.speedup,
                     predicted_saving_ms=o.saved_ms, baseline_ms=o.baseline_ms, variant_ms=o.best_ms, decision=d,
                     shape=dict(site.shape), dtype=site.dtype, roles=dict(site.roles), extrapolated=not d.exact))
-        plan = cls(captured=captured, sites=sites, groups=[], refused=refused, device=device, warnings=warnings)
+        plan = cls(captured=captured, sites=sites, groups=[], refused=refused, device=device, warnings=warnings,
+                   pending=pending)
         plan._admit_convex(candidates)
         return plan
 
@@ -252,9 +268,10 @@ class FusionPlan:
         A group whose region cannot be timed alone keeps the library's prediction, with a warning."""
         from fxfusion.insitu import InModel, measure_in_model
 
-        if not self.groups:
+        if not self.groups and not self.pending:
             return
         found = measure_in_model(self, model, example_inputs, device or self.device, spec=spec, clock=clock)
+        self._decide_pending(found)
         kept = []
         for g in self.groups:
             im = found.get(g.id, "not measured")
@@ -273,6 +290,38 @@ class FusionPlan:
                 kept.append(g)
         self.groups = kept
         self.prediction = "in_model"
+
+    def _decide_pending(self, found: dict) -> None:
+        """Admit each pending site whose region is faster rewritten beyond the noise (the fuse rule, applied to the
+        region's speedup inside the model) and stays convex with the groups; the rest stay refused, with the numbers."""
+        from fxfusion.insitu import InModel
+        from fxfusion.partition import captured_graph, contracted_cycle
+        from fxfusion.stats import FUSE
+
+        graph = captured_graph(self.captured) if self.pending else None
+        for g in self.pending:
+            im = found.get(g.id)
+            refusal = next(r for r in self.refused if r.site_id == g.id)
+            if not isinstance(im, InModel):
+                refusal.reasons.append(f"inside the model it could not be timed ({im})")
+                continue
+            said = (f"inside the model its region runs {im.speedup:.2f}x rewritten (95% CI [{im.speedup_ci_low:.2f}, "
+                    f"{im.speedup_ci_high:.2f}]): {im.verdict}")
+            if im.verdict != FUSE:
+                refusal.reasons.append(said)
+                continue
+            cycle = contracted_cycle(graph, self.groups + [g])
+            if cycle:
+                refusal.reasons.append(f"{said}, but fusing it would create a cycle through {cycle}")
+                continue
+            self.refused.remove(refusal)
+            g.decided_in_model = True
+            self.groups.append(g)
+            self.warnings.append(f"{g.id}: decided inside the model ({said}); the library measured its activation as "
+                                 "one op")
+        order = {s.id: i for i, s in enumerate(self.sites)}
+        self.groups.sort(key=lambda g: order.get(g.id, 0))
+        self.pending = []
 
     def require_saving_over(self, overhead: "Overhead | float") -> None:
         """Charge the captured graph's overhead (signed: the graph can be faster than the module it came from) to the
@@ -311,6 +360,7 @@ class FusionPlan:
             "capture": {"method": c.method, "graphs": len(c.graphs), "graph_breaks": list(c.graph_breaks)},
             "groups": [g.to_dict() for g in self.groups],
             "refused": [r.to_dict() for r in self.refused],
+            "pending": [g.to_dict() for g in self.pending],
             "groups_saving_ms": self.groups_saving_ms,
             "overhead_ms": self.overhead_ms,
             "predicted_saving_ms": self.predicted_saving_ms,

@@ -169,3 +169,73 @@ def test_paired_fraction_cancels_a_host_speed_swing():
     planned = [0.15 * k for k in speed]
     f = paired_fraction(eager, planned, eager)
     assert f.median == pytest.approx(0.25) and f.ci_low == pytest.approx(0.25) and f.ci_high == pytest.approx(0.25)
+
+
+# -- sites the library cannot decide: an activation written out ----------------------------------------------------
+
+class _NewGELULinear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(32, 16) * 0.2)
+        self.b = torch.nn.Parameter(torch.randn(32) * 0.1)
+
+    def forward(self, x):
+        import math
+
+        h = x @ self.w.T + self.b
+        return 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * torch.pow(h, 3.0))))
+
+
+def _gelu_profile(shape, eager_ms, addmm_ms):
+    from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, VariantResult
+
+    def variant(name, kind, ms):
+        return VariantResult(name=name, kind=kind, status="ok", samples_ms=[ms * f for f in (0.99, 1.0, 1.01)] * 3,
+                             median_ms=ms)
+
+    d = Decision("linear_bias_gelu_tanh", dict(shape), "float32", "cpu", "avoid", "eager",
+                 SpeedupCI(eager_ms / addmm_ms, eager_ms / addmm_ms * 0.99, eager_ms / addmm_ms * 1.01), "hand-made",
+                 measured_shape=dict(shape))
+    roofline = {"unfused_ms": 1.0, "fused_ms": 0.5, "bound": "memory", "peak_gflops": 100.0, "peak_gbs": 20.0,
+                "basis": "test"}
+    e = Entry("linear_bias_gelu_tanh", "linear", "Linear+Bias+GELU(tanh)", dict(shape), "float32", "cpu", 1, 1, 1,
+              0.5, roofline, [variant("eager", "eager", eager_ms), variant("addmm", "manual", addmm_ms)], d)
+    return Profile(metadata={"device": "cpu", "device_name": "test"}, hardware={}, ceilings={}, entries=[e])
+
+
+def test_written_out_activation_is_decided_inside_the_model():
+    from fxfusion.capture import capture
+    from fxfusion.match import find_sites
+    from fxfusion.plan import FusionPlan, NOT_FUSE
+
+    model, inputs = _NewGELULinear().eval(), (torch.randn(2, 4, 16),)
+    captured = capture(model, inputs)
+    [site] = find_sites(captured)
+    # the library (F.gelu as one op) says addmm is slower than eager: avoid
+    profile = _gelu_profile(site.shape, eager_ms=1.0, addmm_ms=1.2)
+    decision = profile.decide(site.pattern, site.shape, "float32", "cpu")
+    plan = FusionPlan.from_decisions(captured, [site], {site.id: decision}, profile=profile, device="cpu")
+    assert plan.groups == [] and [r.why for r in plan.refused] == [NOT_FUSE]
+    assert [g.variant for g in plan.pending] == ["addmm"] and "written out" in plan.refused[0].reasons[-1]
+    # inside the model the rewrite removes ops (matmul + add -> addmm): under a clock that counts ops it is faster
+    plan.measure_in_model(model, inputs, spec=SPEC, clock=OpCountClock())
+    [g] = plan.groups
+    assert g.decided_in_model and g.in_model["verdict"] == "fuse" and g.predicted_saving_ms > 0
+    assert plan.refused == [] and plan.pending == []
+    assert any("decided inside the model" in w for w in plan.warnings)
+
+
+def test_written_out_activation_not_faster_inside_the_model_stays_refused():
+    from fxfusion.capture import capture
+    from fxfusion.match import find_sites
+    from fxfusion.plan import FusionPlan, NOT_FUSE
+
+    model, inputs = _NewGELULinear().eval(), (torch.randn(2, 4, 16),)
+    captured = capture(model, inputs)
+    [site] = find_sites(captured)
+    profile = _gelu_profile(site.shape, eager_ms=1.0, addmm_ms=1.2)
+    plan = FusionPlan.from_decisions(captured, [site], {site.id: profile.decide(site.pattern, site.shape, "float32",
+                                                                                   "cpu")}, profile=profile)
+    plan.measure_in_model(model, inputs, spec=SPEC, clock=OpCountClock(per_op_us=-1.0, base_us=100.0))
+    assert plan.groups == [] and [r.why for r in plan.refused] == [NOT_FUSE]
+    assert "inside the model its region runs" in plan.refused[0].reasons[-1]
