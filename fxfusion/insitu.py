@@ -235,3 +235,42 @@ def _tightest(thunks, clock: Clock, spec: TimingSpec):
     with torch.no_grad():
         return measure_tight(thunks, clock, spec, interval,
                              lambda f: f.ci_high - f.ci_low > WIDE * abs(f.median), BATCHES)
+
+
+# -- what running the captured graph costs over the model -------------------------------------------------------------
+
+# Enough rounds to see a 10 us difference on a 2-core CPU, little enough to keep planning quick.
+OVERHEAD_SPEC_ROUNDS, OVERHEAD_SPEC_BUDGET_S = 30, 3.0
+OVERHEAD_WIDE = 0.10  # an overhead interval wider than 10% of the model's time is measured again
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """What running the captured graph costs over the original model per forward, with a 95% interval (ms)."""
+
+    ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+    eager_ms: float | None = None  # the original model's median in the same measurement
+    fraction: float | None = None  # (captured - original) / original, paired per round (stats.paired_fraction)
+
+
+def measure_overhead(model: torch.nn.Module, captured, example_inputs: tuple, device: str = "cpu",
+                     spec=None, clock=None) -> Overhead:
+    """Time the original model and the captured graph (unrewritten) interleaved; their difference, signed."""
+    from fxfusion.rewrite import captured_module
+
+    spec = spec or TimingSpec(rounds=OVERHEAD_SPEC_ROUNDS, warmup=2, target_sample_s=0.005,
+                              budget_s=OVERHEAD_SPEC_BUDGET_S)
+    clock = clock or model_clock(device)
+    graph = captured_module(model, captured)
+
+    def fraction(samples):  # (captured - eager) / eager, per round
+        return paired_fraction(samples.seconds["captured"], samples.seconds["eager"], samples.seconds["eager"])
+
+    with torch.no_grad():  # measured again while the interval spans more than OVERHEAD_WIDE of the model's time
+        samples, f, _ = measure_tight({"eager": lambda: model(*example_inputs),
+                                       "captured": lambda: graph(*example_inputs)}, clock, spec, fraction,
+                                      lambda f: f.ci_high - f.ci_low > OVERHEAD_WIDE)
+    eager_ms = summarize(samples.seconds["eager"]).median * 1e3
+    return Overhead(eager_ms * f.median, eager_ms * f.ci_low, eager_ms * f.ci_high, eager_ms, f.median)
