@@ -134,6 +134,7 @@ def analyze_command(
                                                           undecided=result.undecided())
             # Predict from each group's region timed inside the model, not from the standalone pattern timings.
             plan.measure_in_model(loaded.model, loaded.example_inputs, device)
+            _note_in_model(result, plan)
             # Running the captured graph costs something of its own: a plan must save more than that.
             plan.require_saving_over(plan_mod.measure_overhead(loaded.model, result.captured, loaded.example_inputs,
                                                                device))
@@ -153,6 +154,21 @@ def analyze_command(
         typer.echo(text, nl=False)
     if verification is not None and not verification.ok:
         raise FxFusionError("the fused model did not verify: " + str(getattr(verification, "reason", "see the report")))
+
+
+def _note_in_model(result, plan) -> None:
+    """Say on each site what the model decided where it overrode the library (a written-out activation)."""
+    groups = {g.id: g for g in plan.groups}
+    refused = {r.site_id: r for r in plan.refused}
+    for o in result.outcomes:
+        g, r = groups.get(o.site.id), refused.get(o.site.id)
+        if g is not None and g.decided_in_model:
+            im = g.in_model
+            o.warnings.append(f"fused by --apply all the same: inside the model {g.variant} runs the region "
+                              f"{im['speedup']:.2f}x [{im['speedup_ci_low']:.2f}, {im['speedup_ci_high']:.2f}] "
+                              "(the library measures a written-out activation as one op)")
+        elif r is not None and any(x.startswith("inside the model") for x in r.reasons):
+            o.warnings.append(next(x for x in r.reasons if x.startswith("inside the model")))
 
 
 def register(app: typer.Typer) -> None:

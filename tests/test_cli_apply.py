@@ -132,3 +132,4 @@ def test_apply_refuses_groups_that_do_not_pay_for_the_captured_graph(folding_pro
     assert v["ok"] is True and not any(r["applied"] for r in v["rewrites"])
     refused = {r["site_id"]: r["why"] for r in v["plan"]["refused"]}
     assert refused == {"g0.s0": "below_overhead", "g0.s1": "below_overhead"}
+

@@ -239,3 +239,20 @@ def test_written_out_activation_not_faster_inside_the_model_stays_refused():
     plan.measure_in_model(model, inputs, spec=SPEC, clock=OpCountClock(per_op_us=-1.0, base_us=100.0))
     assert plan.groups == [] and [r.why for r in plan.refused] == [NOT_FUSE]
     assert "inside the model its region runs" in plan.refused[0].reasons[-1]
+
+
+def test_the_report_says_where_the_model_overrode_the_library():
+    from fxfusion.analyze import ProfileSource, analyze
+    from fxfusion.cli_analyze import _note_in_model
+    from fxfusion.plan import FusionPlan
+
+    model, inputs = _NewGELULinear().eval(), (torch.randn(2, 4, 16),)
+    profile = _gelu_profile({"M": 8, "K": 16, "N": 32}, eager_ms=1.0, addmm_ms=1.2)
+    result = analyze(model, inputs, ProfileSource(profile, "cpu", "test"), device="cpu", time_forward=False)
+    plan = FusionPlan.from_decisions(result.captured, result.sites, result.decisions(), profile=profile,
+                                     device="cpu", undecided=result.undecided())
+    plan.measure_in_model(model, inputs, spec=SPEC, clock=OpCountClock())
+    _note_in_model(result, plan)
+    [site] = result.to_dict()["sites"]
+    assert site["verdict"] == "avoid"  # the library's verdict, against its one-op GELU
+    assert any(w.startswith("fused by --apply all the same") for w in site["warnings"])
