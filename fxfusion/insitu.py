@@ -36,6 +36,8 @@ from fxfusion.timing import Clock, CpuClock, CudaClock, TimingSpec, measure_tigh
 
 # Per group: enough rounds for a few-microsecond difference, little enough to keep planning quick.
 INSITU_SPEC = TimingSpec(rounds=40, warmup=3, target_sample_s=0.002, budget_s=2.0)
+# All regions of one plan together: past this, the remaining (smaller) groups keep the library's prediction.
+INSITU_BUDGET_S = 120.0
 # A region's saving is measured again (up to BATCHES batches in all) while its 95% interval is wider than WIDE x the
 # saving itself; the narrowest batch is kept (see _tightest).
 WIDE, BATCHES = 0.5, 3
@@ -176,14 +178,18 @@ class _Recorder(fx.Interpreter):
 
 
 def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device: str = "cpu",
-                     spec: TimingSpec | None = None, clock: Clock | None = None) -> dict[str, InModel | str]:
+                     spec: TimingSpec | None = None, clock: Clock | None = None,
+                     budget_s: float = INSITU_BUDGET_S) -> dict[str, InModel | str]:
     """Time every group's region captured vs rewritten; returns group id -> :class:`InModel`, or the reason (str)
-    the region could not be timed on its own."""
+    the region could not be timed on its own.  Regions are timed largest library saving first, until ``budget_s``
+    of timing is spent; the rest keep the library's prediction (their reason says so)."""
     from fxfusion.rewrite import rewrite_group, runnable_graph
 
     spec, clock = spec or INSITU_SPEC, clock or model_clock(device)
     out: dict[str, InModel | str] = {}
-    everything = list(plan.groups) + list(getattr(plan, "pending", []))
+    everything = sorted(list(plan.groups) + list(getattr(plan, "pending", [])),
+                        key=lambda g: -(g.predicted_saving_ms or 0.0))
+    start = clock.now()
     for index in sorted({g.graph_index for g in everything}):
         groups = [g for g in everything if g.graph_index == index]
         gm = runnable_graph(plan.captured, index, model)
@@ -203,6 +209,10 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
         with torch.no_grad():
             recorder.run(*plan.captured.graph_inputs[index])
         for gid, (g, nodes, released, region, names) in regions.items():
+            if clock.now() - start > budget_s:
+                out[gid] = (f"the in-model timing budget ({budget_s:.0f} s, fxfusion.insitu.INSITU_BUDGET_S) was "
+                            "spent on groups with larger savings")
+                continue
             rewritten = copy.deepcopy(region)
             record = rewrite_group(rewritten, g)
             if not record.applied:

@@ -118,8 +118,8 @@ class FusionPlan:
     warnings: list[str] = field(default_factory=list)
     # Median time the captured graph (no rewrite) takes over the original model per forward; None: not measured.
     overhead_ms: float | None = None
-    # Where the groups' predicted savings come from: "library" (the pattern measurements) or "in_model" (each
-    # group's region timed inside the captured graph, fxfusion.insitu).
+    # Where the groups' predicted savings come from: "library" (the pattern measurements), "in_model" (each
+    # group's region timed inside the captured graph, fxfusion.insitu) or "mixed" (some regions could not be timed).
     prediction: str = "library"
     # Sites refused as not_fuse by the library although their activation is written out (the library measured it as
     # one op): measure_in_model decides them in the model, and admits those whose region is faster rewritten.
@@ -263,7 +263,7 @@ class FusionPlan:
         self.groups = sorted(admitted, key=lambda g: position[g.id])
 
     def measure_in_model(self, model: torch.nn.Module, example_inputs: tuple, device: str | None = None,
-                         spec=None, clock=None) -> None:
+                         spec=None, clock=None, budget_s: float | None = None) -> None:
         """Replace each group's predicted saving by its in-model one (see :mod:`fxfusion.insitu`), and refuse the
         groups whose region is slower rewritten than captured beyond the noise (interval wholly below zero).
         A group whose region cannot be timed alone keeps the library's prediction, with a warning."""
@@ -271,7 +271,8 @@ class FusionPlan:
 
         if not self.groups and not self.pending:
             return
-        found = measure_in_model(self, model, example_inputs, device or self.device, spec=spec, clock=clock)
+        kw = {"budget_s": budget_s} if budget_s is not None else {}
+        found = measure_in_model(self, model, example_inputs, device or self.device, spec=spec, clock=clock, **kw)
         self._decide_pending(found)
         kept = []
         for g in self.groups:
@@ -290,7 +291,8 @@ class FusionPlan:
             else:
                 kept.append(g)
         self.groups = kept
-        self.prediction = "in_model"
+        measured = [g.in_model is not None for g in self.groups]
+        self.prediction = ("in_model" if all(measured) else "mixed" if any(measured) else "library")
 
     def _decide_pending(self, found: dict) -> None:
         """Admit each pending site whose region is faster rewritten beyond the noise (the fuse rule, applied to the

@@ -327,7 +327,9 @@ def _render(r: VerificationResult):
         err = f"{r.prediction_error_pct:+.0f}%" if r.prediction_error_pct is not None else "-"
         noise = " (the measured saving is within the noise)" if r.saving_within_noise else ""
         source = {"in_model": " (from the groups timed inside the model)",
-                  "library": " (from the pattern library's timings)"}.get(r.prediction, "")
+                  "library": " (from the pattern library's timings)",
+                  "mixed": " (from the groups timed inside the model, the library's timings for the others)"}.get(
+            r.prediction, "")
         parts.append(Text(f"saving per forward: predicted {pred}{source}, measured {r.measured_saving_ms:.3f} ms "
                           f"[{lo:.3f}, {hi:.3f}]; prediction error {err}{noise}"))
         if r.predicted_fraction is not None and r.measured_fraction is not None:

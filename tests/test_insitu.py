@@ -256,3 +256,13 @@ def test_the_report_says_where_the_model_overrode_the_library():
     [site] = result.to_dict()["sites"]
     assert site["verdict"] == "avoid"  # the library's verdict, against its one-op GELU
     assert any(w.startswith("fused by --apply all the same") for w in site["warnings"])
+
+
+def test_in_model_timing_stops_at_its_budget_and_keeps_the_library_prediction():
+    loaded = _model("resnet_bottleneck")
+    plan = typical_plan("resnet_bottleneck")
+    plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock(), budget_s=0.0)
+    assert len(plan.groups) == 3 and all(g.in_model is None for g in plan.groups)
+    assert plan.prediction == "library"
+    assert all("timing budget" in w for w in plan.warnings if "no in-model timing" in w)
+    assert sum("no in-model timing" in w for w in plan.warnings) == 3
