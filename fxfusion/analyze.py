@@ -443,4 +443,8 @@ def render_markdown(report: dict) -> str:
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows(report)]
     lines += ["", total_line(report), ""]
     lines += [f"- {line}" for line in _notes(report)]
+    if report.get("verification"):
+        from fxfusion.verify import render_markdown as verification_markdown
+
+        lines += [""] + verification_markdown(report["verification"])
     return "\n".join(lines) + "\n"

@@ -361,3 +361,52 @@ def _render(r: VerificationResult):
         parts.append(rw)
     parts += [Text.from_markup(f"[yellow]warning:[/] {w}") for w in r.warnings]
     return Group(*parts)
+
+
+def render_markdown(v: dict[str, Any]) -> list[str]:
+    """Markdown lines for a verification as it appears in a report (``VerificationResult.to_dict()`` + the plan)."""
+    def pct(x):
+        return "-" if x is None else f"{x:+.0f}%"
+
+    lines = ["## Verification", "", f"**{'VERIFIED' if v.get('ok') else 'NOT VERIFIED'}**: {v.get('reason', '')}", ""]
+    timing = v.get("timing") or ""
+    lines += [f"End to end on {v.get('device')}{', ' + timing + ' timing' if timing not in ('', 'cpu') else ''}:", "",
+              "| model | median ms | speedup over the original [95% CI] | verdict |", "|---|---|---|---|"]
+    labels = {"eager": "original (eager)", "captured": "captured graph, unrewritten", "planned": "planned",
+              "compile": "torch.compile (whole model)"}
+    for name, label in labels.items():
+        t = (v.get("timings") or {}).get(name)
+        if not t:
+            continue
+        if t.get("status") != "ok" or t.get("median_ms") is None:
+            lines.append(f"| {label} | - | - | {t.get('status')}: {t.get('reason') or ''} |")
+            continue
+        sp = t.get("speedup")
+        ci = f"{sp['median']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if sp else "-"
+        lines.append(f"| {label} | {t['median_ms']:.4f} | {ci} | {t.get('verdict') or ''} |")
+    if v.get("measured_saving_ms") is not None:
+        pred = v.get("predicted_saving_ms")
+        lines += ["", f"Saving per forward: predicted {'-' if pred is None else f'{pred:.4f}'} ms "
+                      f"({v.get('prediction') or 'library'}), measured {v['measured_saving_ms']:.4f} ms; "
+                      f"error {pct(v.get('prediction_error_pct'))}."]
+        if v.get("predicted_fraction") is not None and v.get("measured_fraction") is not None:
+            lines.append(f"As fractions of the original's time, paired per round: predicted "
+                         f"{v['predicted_fraction']:.1%}, measured {v['measured_fraction']:.1%}; "
+                         f"error {pct(v.get('fraction_error_pct'))}.")
+        if v.get("library_predicted_saving_ms") is not None:
+            lines.append(f"The pattern library alone predicted {v['library_predicted_saving_ms']:.4f} ms "
+                         f"(error {pct(v.get('library_prediction_error_pct'))}).")
+    groups = (v.get("plan") or {}).get("groups") or []
+    if groups:
+        lines += ["", "| group | pattern | variant | in-model saving ms [95% CI] | library saving ms |",
+                  "|---|---|---|---|---|"]
+        for g in groups:
+            im = g.get("in_model") or {}
+            saving = (f"{im['saving_ms']:.4f} [{im['ci_low_ms']:.4f}, {im['ci_high_ms']:.4f}]"
+                      if im.get("saving_ms") is not None else "-")
+            lib = g.get("library_saving_ms")
+            how = " (decided in the model)" if g.get("decided_in_model") else ""
+            lines.append(f"| {g['id']} | {g['pattern']} | {g['variant']}{how} | {saving} | "
+                         f"{'-' if lib is None else f'{lib:.4f}'} |")
+    lines += [""] + [f"- warning: {w}" for w in v.get("warnings") or []]
+    return lines

@@ -133,3 +133,14 @@ def test_apply_refuses_groups_that_do_not_pay_for_the_captured_graph(folding_pro
     refused = {r["site_id"]: r["why"] for r in v["plan"]["refused"]}
     assert refused == {"g0.s0": "below_overhead", "g0.s1": "below_overhead"}
 
+
+
+def test_apply_markdown_report_carries_the_verification(folding_profile, tmp_path):
+    out = tmp_path / "report.md"
+    result, err = _run(MODELS / "resnet_bottleneck.py", "--profile", folding_profile, "--apply", "--format",
+                       "markdown", "-o", out)
+    assert result.exit_code == 0, err
+    text = out.read_text()
+    assert "## Verification" in text and "**VERIFIED**" in text
+    assert "| planned |" in text and "Saving per forward: predicted" in text
+    assert "| g0.s0 | conv2d_bn_relu | bn_folded |" in text
