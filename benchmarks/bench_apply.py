@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (site variants and whole model)")
     ap.add_argument("--dtype", default=None, help="move the models and inputs to this dtype (e.g. bfloat16)")
     ap.add_argument("--json", default=None, help="write the per-model results here")
+    ap.add_argument("--repeat", type=int, default=1, help="plan and verify each model this many times (errors summarised)")
     args = ap.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
     names = args.models.split(",") if args.models else sorted(p.stem for p in (ROOT / "models").glob("*.py")
@@ -87,46 +88,48 @@ def main() -> None:
             print(f"{name}: no preset {args.preset!r}, skipped")
             continue
         model, inputs = loaded
-        start = time.perf_counter()
-        p = plan(model, profile, inputs, device=args.device, spec=QUICK_SPEC, compile_modes=modes)
-        plan_s = time.perf_counter() - start
-        r = verify_plan(model, inputs, p, device=args.device, spec=VERIFY_SPEC, include_compile=not args.no_compile)
-        wall = time.perf_counter() - start
-        groups = ", ".join(f"{g.id}:{g.pattern}->{g.variant}" for g in p.groups) or "none"
-        refused = ", ".join(f"{x.site_id}:{x.why}" for x in p.refused) or "none"
-        t = r.timings
-        slower = r.planned_verdict == "avoid"
-        pred = f"{r.predicted_saving_ms:+.4f}" if r.predicted_saving_ms is not None else "?"
-        err = f"{r.prediction_error_pct:+.0f}%" if r.prediction_error_pct is not None else "-"
-        lo, hi = r.measured_saving_ci_ms or (float("nan"), float("nan"))
-        print(f"\n{name}  ({plan_s:.1f}s plan, {wall:.1f}s total)  verified={'yes' if r.ok else 'NO: ' + r.reason}")
-        print(f"  groups: {groups}\n  refused: {refused}")
-        print(f"  eager   {fmt_ci(t.get('eager'))}\n  planned {fmt_ci(t.get('planned'))}  verdict "
-              f"{r.planned_verdict}{'  SLOWER THAN EAGER' if slower else ''}\n  compile {fmt_ci(t.get('compile'))}"
-              f"\n  captured graph (no rewrite) {fmt_ci(t.get('captured'))}; plan's overhead estimate "
-              f"{p.overhead_ms if p.overhead_ms is None else round(p.overhead_ms, 4)} ms")
-        print(f"  saving/forward: predicted {pred} ms, measured {r.measured_saving_ms:+.4f} ms "
-              f"[{lo:+.4f}, {hi:+.4f}]{' (within noise)' if r.saving_within_noise else ''}; error {err}"
-              f" ({r.prediction_error_pct_of_eager:+.1f}% of eager)" if r.prediction_error_pct_of_eager is not None
-              else f"  saving/forward: predicted {pred} ms, measured {r.measured_saving_ms:+.4f} ms")
-        for g in p.groups:
-            im = g.in_model or {}
-            print(f"    {g.id} {g.variant}: in-model {im.get('saving_ms', float('nan')):+.4f} ms "
-                  f"[{im.get('ci_low_ms', float('nan')):+.4f}, {im.get('ci_high_ms', float('nan')):+.4f}]"
-                  f"{' (also frees ' + ', '.join(im['released']) + ')' if im.get('released') else ''}; "
-                  f"library {g.library_saving_ms if g.library_saving_ms is None else round(g.library_saving_ms, 4)}")
-        if r.predicted_fraction is not None:
-            ferr = r.fraction_error_pct
-            print(f"  as fractions of eager, paired per round: predicted {r.predicted_fraction:+.1%}, measured "
-                  f"{r.measured_fraction:+.1%} [{r.measured_fraction_ci[0]:+.1%}, {r.measured_fraction_ci[1]:+.1%}]; "
-                  f"error {'-' if ferr is None else f'{ferr:+.0f}%'}")
-        if r.library_predicted_saving_ms is not None:
-            lerr = r.library_prediction_error_pct
-            print(f"  the pattern library alone would have predicted {r.library_predicted_saving_ms:+.4f} ms"
-                  f" (error {'-' if lerr is None else f'{lerr:+.0f}%'})")
-        rows.append((name, r.ok, slower, r.prediction_error_pct, r.saving_within_noise,
-                     r.library_prediction_error_pct, r.fraction_error_pct))
-        results[name] = {"plan": p.to_dict(), "verification": r.to_dict(), "plan_s": plan_s, "wall_s": wall}
+        for rep in range(args.repeat):
+            start = time.perf_counter()
+            p = plan(model, profile, inputs, device=args.device, spec=QUICK_SPEC, compile_modes=modes)
+            plan_s = time.perf_counter() - start
+            r = verify_plan(model, inputs, p, device=args.device, spec=VERIFY_SPEC, include_compile=not args.no_compile)
+            wall = time.perf_counter() - start
+            groups = ", ".join(f"{g.id}:{g.pattern}->{g.variant}" for g in p.groups) or "none"
+            refused = ", ".join(f"{x.site_id}:{x.why}" for x in p.refused) or "none"
+            t = r.timings
+            slower = r.planned_verdict == "avoid"
+            pred = f"{r.predicted_saving_ms:+.4f}" if r.predicted_saving_ms is not None else "?"
+            err = f"{r.prediction_error_pct:+.0f}%" if r.prediction_error_pct is not None else "-"
+            lo, hi = r.measured_saving_ci_ms or (float("nan"), float("nan"))
+            label = name if args.repeat == 1 else f"{name}#{rep + 1}"
+            print(f"\n{label}  ({plan_s:.1f}s plan, {wall:.1f}s total)  verified={'yes' if r.ok else 'NO: ' + r.reason}")
+            print(f"  groups: {groups}\n  refused: {refused}")
+            print(f"  eager   {fmt_ci(t.get('eager'))}\n  planned {fmt_ci(t.get('planned'))}  verdict "
+                  f"{r.planned_verdict}{'  SLOWER THAN EAGER' if slower else ''}\n  compile {fmt_ci(t.get('compile'))}"
+                  f"\n  captured graph (no rewrite) {fmt_ci(t.get('captured'))}; plan's overhead estimate "
+                  f"{p.overhead_ms if p.overhead_ms is None else round(p.overhead_ms, 4)} ms")
+            print(f"  saving/forward: predicted {pred} ms, measured {r.measured_saving_ms:+.4f} ms "
+                  f"[{lo:+.4f}, {hi:+.4f}]{' (within noise)' if r.saving_within_noise else ''}; error {err}"
+                  f" ({r.prediction_error_pct_of_eager:+.1f}% of eager)" if r.prediction_error_pct_of_eager is not None
+                  else f"  saving/forward: predicted {pred} ms, measured {r.measured_saving_ms:+.4f} ms")
+            for g in p.groups:
+                im = g.in_model or {}
+                print(f"    {g.id} {g.variant}: in-model {im.get('saving_ms', float('nan')):+.4f} ms "
+                      f"[{im.get('ci_low_ms', float('nan')):+.4f}, {im.get('ci_high_ms', float('nan')):+.4f}]"
+                      f"{' (also frees ' + ', '.join(im['released']) + ')' if im.get('released') else ''}; "
+                      f"library {g.library_saving_ms if g.library_saving_ms is None else round(g.library_saving_ms, 4)}")
+            if r.predicted_fraction is not None:
+                ferr = r.fraction_error_pct
+                print(f"  as fractions of eager, paired per round: predicted {r.predicted_fraction:+.1%}, measured "
+                      f"{r.measured_fraction:+.1%} [{r.measured_fraction_ci[0]:+.1%}, {r.measured_fraction_ci[1]:+.1%}]; "
+                      f"error {'-' if ferr is None else f'{ferr:+.0f}%'}")
+            if r.library_predicted_saving_ms is not None:
+                lerr = r.library_prediction_error_pct
+                print(f"  the pattern library alone would have predicted {r.library_predicted_saving_ms:+.4f} ms"
+                      f" (error {'-' if lerr is None else f'{lerr:+.0f}%'})")
+            rows.append((label, r.ok, slower, r.prediction_error_pct, r.saving_within_noise,
+                         r.library_prediction_error_pct, r.fraction_error_pct))
+            results[label] = {"plan": p.to_dict(), "verification": r.to_dict(), "plan_s": plan_s, "wall_s": wall}
     print("\nsummary")
     for name, ok, slower, err, noise, lerr, serr in rows:
         if err is None:
@@ -138,6 +141,18 @@ def main() -> None:
                        + (f"; library alone {lerr:+.0f}%" if lerr is not None else ""))
         print(f"  {name:20s} verified={'yes' if ok else 'NO'}  slower-than-eager={'YES' if slower else 'no'}  {verdict}")
     print(f"(slower = the planned/eager speedup interval lies wholly below {1 - MIN_EFFECT:.2f})")
+    if args.repeat > 1:
+        print(f"\nprediction errors over {args.repeat} plans per model (ms / paired fraction): median, worst")
+        for name in names:
+            runs = [row for row in rows if row[0].split("#")[0] == name and row[3] is not None]
+            if not runs:
+                continue
+            ms = sorted(row[3] for row in runs)
+            fr = sorted(row[6] for row in runs if row[6] is not None)
+            worst = (lambda xs: max(xs, key=abs) if xs else float("nan"))
+            print(f"  {name:20s} ms {' '.join(f'{x:+.0f}%' for x in ms)} (median {ms[len(ms) // 2]:+.0f}%, worst "
+                  f"{worst(ms):+.0f}%); fraction {' '.join(f'{x:+.0f}%' for x in fr)}"
+                  + (f" (median {fr[len(fr) // 2]:+.0f}%, worst {worst(fr):+.0f}%)" if fr else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
 

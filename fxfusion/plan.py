@@ -463,7 +463,7 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
             undecided[site.id] = str(exc)
     result = FusionPlan.from_decisions(captured, sites, decisions, profile=profile, device=device,
                                        undecided=undecided)
-    if in_model and result.groups and isinstance(model_or_graph, torch.nn.Module):
+    if in_model and (result.groups or result.pending) and isinstance(model_or_graph, torch.nn.Module):
         result.measure_in_model(model_or_graph, example_inputs, device, spec=spec)
     if check_overhead and result.groups and isinstance(model_or_graph, torch.nn.Module):
         result.require_saving_over(measure_overhead(model_or_graph, captured, example_inputs, device))

@@ -266,3 +266,13 @@ def test_in_model_timing_stops_at_its_budget_and_keeps_the_library_prediction():
     assert plan.prediction == "library"
     assert all("timing budget" in w for w in plan.warnings if "no in-model timing" in w)
     assert sum("no in-model timing" in w for w in plan.warnings) == 3
+
+
+def test_plan_decides_pending_sites_even_when_no_group_was_admitted(monkeypatch):
+    import fxfusion
+
+    model, inputs = _NewGELULinear().eval(), (torch.randn(2, 4, 16),)
+    profile = _gelu_profile({"M": 8, "K": 16, "N": 32}, eager_ms=1.0, addmm_ms=1.2)
+    monkeypatch.setattr("fxfusion.insitu.model_clock", lambda device: OpCountClock())
+    plan = fxfusion.plan(model, profile, inputs, check_overhead=False, spec=SPEC)
+    assert [g.id for g in plan.groups if g.decided_in_model] == ["g0.s0"] and plan.pending == []
