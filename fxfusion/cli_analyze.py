@@ -132,12 +132,12 @@ def analyze_command(
                 plan = plan_mod.FusionPlan.from_decisions(result.captured, result.sites, result.decisions(),
                                                           profile=loaded_profile, device=device,
                                                           undecided=result.undecided())
-            # Predict from each group's region timed inside the model, not from the standalone pattern timings.
-            plan.measure_in_model(loaded.model, loaded.example_inputs, device)
-            _note_in_model(result, plan)
             # Running the captured graph costs something of its own: a plan must save more than that.
-            plan.require_saving_over(plan_mod.measure_overhead(loaded.model, result.captured, loaded.example_inputs,
-                                                               device))
+            overhead = plan_mod.measure_overhead(loaded.model, result.captured, loaded.example_inputs, device)
+            # Predict from each group's region timed inside the model, not from the standalone pattern timings.
+            plan.measure_in_model(loaded.model, loaded.example_inputs, device, reference_ms=overhead.eager_ms)
+            _note_in_model(result, plan)
+            plan.require_saving_over(overhead)
             verification = verify_mod.verify_plan(loaded.model, loaded.example_inputs, plan, device=device,
                                                   include_compile=not no_compile)
             # The plan travels with the verification: which groups were applied, which refused and why.

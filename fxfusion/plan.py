@@ -263,10 +263,16 @@ class FusionPlan:
         self.groups = sorted(admitted, key=lambda g: position[g.id])
 
     def measure_in_model(self, model: torch.nn.Module, example_inputs: tuple, device: str | None = None,
-                         spec=None, clock=None, budget_s: float | None = None) -> None:
+                         spec=None, clock=None, budget_s: float | None = None,
+                         reference_ms: float | None = None) -> None:
         """Replace each group's predicted saving by its in-model one (see :mod:`fxfusion.insitu`), and refuse the
         groups whose region is slower rewritten than captured beyond the noise (interval wholly below zero).
-        A group whose region cannot be timed alone keeps the library's prediction, with a warning."""
+        A group whose region cannot be timed alone keeps the library's prediction, with a warning.
+
+        With ``reference_ms`` (the original model's time per forward, e.g. ``Overhead.eager_ms``), a group's saving
+        is its paired fraction of the model times that one reference: a batch timed while the host ran slow (the
+        lent H200's host switches speed every few seconds) then scales with the model in the same rounds instead of
+        inflating the prediction.  Without it the saving is the difference of the region's medians."""
         from fxfusion.insitu import InModel, measure_in_model
 
         if not self.groups and not self.pending:
@@ -282,7 +288,9 @@ class FusionPlan:
                 self.warnings.append(f"{g.id}: no in-model timing ({im}); its prediction is the library's")
                 kept.append(g)
                 continue
-            g.in_model, g.predicted_saving_ms = im.to_dict(), im.saving_ms
+            g.in_model = im.to_dict()
+            g.predicted_saving_ms = (im.fraction * reference_ms if reference_ms and im.fraction is not None
+                                     else im.saving_ms)
             if im.ci_high_ms < 0:
                 self.refused.append(RefusedSite(g.id, g.pattern, g.graph_index, g.nodes, SLOWER_IN_MODEL, [
                     f"inside the model its region takes {im.rewritten_ms:.4f} ms rewritten against "
@@ -463,8 +471,12 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
             undecided[site.id] = str(exc)
     result = FusionPlan.from_decisions(captured, sites, decisions, profile=profile, device=device,
                                        undecided=undecided)
-    if in_model and (result.groups or result.pending) and isinstance(model_or_graph, torch.nn.Module):
-        result.measure_in_model(model_or_graph, example_inputs, device, spec=spec)
-    if check_overhead and result.groups and isinstance(model_or_graph, torch.nn.Module):
-        result.require_saving_over(measure_overhead(model_or_graph, captured, example_inputs, device))
+    module = isinstance(model_or_graph, torch.nn.Module)
+    overhead = (measure_overhead(model_or_graph, captured, example_inputs, device)
+                if check_overhead and module and (result.groups or result.pending) else None)
+    if in_model and module and (result.groups or result.pending):
+        result.measure_in_model(model_or_graph, example_inputs, device, spec=spec,
+                                reference_ms=overhead.eager_ms if overhead is not None else None)
+    if overhead is not None and result.groups:
+        result.require_saving_over(overhead)
     return result

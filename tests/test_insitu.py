@@ -276,3 +276,11 @@ def test_plan_decides_pending_sites_even_when_no_group_was_admitted(monkeypatch)
     monkeypatch.setattr("fxfusion.insitu.model_clock", lambda device: OpCountClock())
     plan = fxfusion.plan(model, profile, inputs, check_overhead=False, spec=SPEC)
     assert [g.id for g in plan.groups if g.decided_in_model] == ["g0.s0"] and plan.pending == []
+
+
+def test_saving_in_ms_is_the_paired_fraction_times_one_reference_time():
+    loaded = _model("resnet_bottleneck")
+    plan = typical_plan("resnet_bottleneck")
+    plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock(), reference_ms=2.0)
+    for g in plan.groups:
+        assert g.predicted_saving_ms == pytest.approx(g.in_model["fraction"] * 2.0)
