@@ -7,18 +7,27 @@ and that decides which variant wins.  As an estimate of what the rewrite saves *
 
   1. inside a forward pass the host launches the next op while the GPU runs this one, so a small op costs about
      max(host time, device time), not host + device as an isolated call does;
-  2. the captured graph calls aten overloads (``torch.ops.aten.*``), whose per-call cost is not that of ``F.*``;
+  2. the captured graph calls aten overloads, whose per-call cost is not that of ``F.*``;
   3. a rewrite can make ops outside the site dead: SDPA with ``is_causal`` drops the mask built from a buffer.
 
-So for a plan's prediction each group's *region* -- its nodes plus the pure ops that only they read, which the rewrite
-erases with them -- is cut out of the runnable captured graph, fed the real values its inputs have when the model runs
-on the example inputs, and timed twice, interleaved: as captured, and rewritten by the very rule :func:`apply` uses.
-A few layout ops right after the site's output (views, transposes, ``contiguous``) come along: the rewrite can change
-what they cost (SDPA's output makes the usual ``transpose(1, 2).contiguous()`` a no-op copy).
-On CUDA the clock is :class:`~fxfusion.timing.CudaClock` in its pipelined regime (calls back to back, as a forward
-pass runs them).  The group's predicted saving is the difference of the medians, with a bootstrap interval; the
-plan's prediction is the sum over groups less the captured graph's own overhead, and ``analyze --apply`` checks that
-sum against the whole model.  What remains unmodelled is interaction between regions (caches, overlap across them).
+Method (:func:`measure_in_model`), per group, largest library saving first, within ``INSITU_BUDGET_S``:
+
+  1. the *region*: the group's nodes, the nodes its rewrite erases with them (found by rewriting a copy of the graph,
+     :func:`region_nodes`) and the layout ops right after its output, whose cost the rewrite can change (SDPA's
+     output makes ``transpose(1, 2).contiguous()`` copy nothing);
+  2. the region is cut out (:func:`cut_region`), fed the real values its inputs take when the model runs on the
+     example inputs, rewritten by the very rule :func:`fxfusion.rewrite.apply` uses, and both made lean as the planned
+     model is (:func:`fxfusion.lean.lean`);
+  3. captured region, rewritten region and the whole original model are timed interleaved (on CUDA back to back,
+     ``CudaClock("pipelined")``), again while the saving's interval is too wide (``measure_tight``);
+  4. the result (:class:`InModel`): the saving in ms (difference of medians, bootstrap interval), the saving as a
+     fraction of the model's time paired per round (robust to a host whose speed drifts), and the region's speedup
+     with the verdict the usual rule gives it.
+
+The plan's prediction is the sum over groups less the captured graph's own overhead (:func:`measure_overhead`, also
+here), and ``analyze --apply`` checks it against the whole model.  Cost: one trial rewrite and recompile of the graph
+per group, and about ``INSITU_SPEC.budget_s`` of timing per batch.  What stays unmodelled is interaction between
+regions (caches, overlap across them); with a deterministic clock the prediction is exact (tests/test_insitu.py).
 """
 
 from __future__ import annotations
