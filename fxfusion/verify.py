@@ -329,7 +329,7 @@ def _render(r: VerificationResult):
         source = {"in_model": " (from the groups timed inside the model)",
                   "library": " (from the pattern library's timings)",
                   "mixed": " (from the groups timed inside the model, the library's timings for the others)"}.get(
-            r.prediction, "")
+            r.prediction, "") if any(d.get("applied") for d in r.rewrites) else " (nothing applied)"
         parts.append(Text(f"saving per forward: predicted {pred}{source}, measured {r.measured_saving_ms:.3f} ms "
                           f"[{lo:.3f}, {hi:.3f}]; prediction error {err}{noise}"))
         if r.predicted_fraction is not None and r.measured_fraction is not None:
@@ -386,8 +386,10 @@ def render_markdown(v: dict[str, Any]) -> list[str]:
         lines.append(f"| {label} | {t['median_ms']:.4f} | {ci} | {t.get('verdict') or ''} |")
     if v.get("measured_saving_ms") is not None:
         pred = v.get("predicted_saving_ms")
+        applied = any(r.get("applied") for r in v.get("rewrites") or [])
         lines += ["", f"Saving per forward: predicted {'-' if pred is None else f'{pred:.4f}'} ms "
-                      f"({v.get('prediction') or 'library'}), measured {v['measured_saving_ms']:.4f} ms; "
+                      f"({(v.get('prediction') or 'library') if applied else 'nothing applied'}), "
+                      f"measured {v['measured_saving_ms']:.4f} ms; "
                       f"error {pct(v.get('prediction_error_pct'))}."]
         if v.get("predicted_fraction") is not None and v.get("measured_fraction") is not None:
             lines.append(f"As fractions of the original's time, paired per round: predicted "
