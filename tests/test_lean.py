@@ -59,3 +59,39 @@ def test_lean_keeps_what_each_node_stood_for():
     # the direct attribute is the module's own parameter, shared, not copied
     assert gm._lean_0_weight is gm.get_submodule("0").weight
     assert lean(copy.deepcopy(gm)).code == gm.code  # idempotent
+
+
+class _ManyOps(torch.nn.Module):
+    """A tour of the aten ops exported graphs are made of, each called the way export records it."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 8)
+        self.norm = torch.nn.LayerNorm(8)
+
+    def forward(self, ids, x):
+        e = self.norm(self.emb(ids))  # (2, 6, 8)
+        a, b = torch.split(e, [3, 5], dim=-1)
+        m, idx = x.max(dim=1)
+        y = torch.cat([a.flatten(1), b.flatten(1)], dim=1).unsqueeze(0).squeeze(0)
+        z = torch.stack([m, m * 2], dim=0).permute(1, 0, 2).sum(dim=(1, 2), keepdim=True)  # (2, 1)
+        w = torch.where(x > 0, x, torch.full_like(x, 0.5)).expand(2, 4, 5).mean(dim=(1, 2))
+        q = torch.div(x, 3.0, rounding_mode="floor") + torch.pow(x, 2) - x.clone().select(1, 0).unsqueeze(1)
+        return y.sum(1) + z.squeeze(1) + w + idx.float().sum(1), q
+
+
+def test_lean_calls_compute_the_same_on_a_tour_of_ops():
+    model = _ManyOps().eval()
+    inputs = (torch.randint(0, 50, (2, 6)), torch.randn(2, 4, 5))
+    captured = capture(model, inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fxfusion.rewrite import runnable_graph
+
+        plain = runnable_graph(captured, 0, model)  # aten overloads, as exported
+        leaned = lean(copy.deepcopy(plain))
+    assert sum(n.op == "call_method" for n in leaned.graph.nodes) >= 2  # e.g. expand, view
+    with torch.no_grad():
+        want, got = plain(*inputs), leaned(*inputs)
+    for a, b in zip(torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)):
+        assert torch.equal(a, b)
