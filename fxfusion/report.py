@@ -246,6 +246,59 @@ def _decided_by(meta: dict) -> str:
     return "matched only: no decisions" if mode == "match_only" else f"mode {_e(mode)}"
 
 
+def _verification_html(v: dict) -> str:
+    """The verification of ``analyze --apply``: verdict, end-to-end times, predicted vs measured, the groups."""
+    def pct(x):
+        return "-" if x is None else f"{x:+.0f}%"
+
+    labels = {"eager": "original (eager)", "captured": "captured graph, unrewritten", "planned": "planned",
+              "compile": "torch.compile (whole model)"}
+    rows = []
+    for name, label in labels.items():
+        t = (v.get("timings") or {}).get(name)
+        if t:
+            ok = t.get("status") == "ok" and t.get("median_ms") is not None
+            verdict = (_verdict(t["verdict"]) if t.get("verdict") else "") if ok else \
+                _e(f"{t.get('status')}: {t.get('reason') or ''}")
+            rows.append([_e(label), _num(t.get("median_ms"), ".4f") if ok else "-",
+                         _ci(t.get("speedup")) if ok else "-", verdict])
+    lines = []
+    if v.get("measured_saving_ms") is not None:
+        applied = any(r.get("applied") for r in v.get("rewrites") or [])
+        pred = v.get("predicted_saving_ms")
+        lines.append(f"saving per forward: predicted {_num(pred, '.4f')} ms "
+                     f"({(v.get('prediction') or 'library') if applied else 'nothing applied'}), measured "
+                     f"{v['measured_saving_ms']:.4f} ms; error {pct(v.get('prediction_error_pct'))}")
+        if v.get("predicted_fraction") is not None and v.get("measured_fraction") is not None:
+            lines.append(f"as fractions of the original's time, paired per round: predicted "
+                         f"{v['predicted_fraction']:.1%}, measured {v['measured_fraction']:.1%}; "
+                         f"error {pct(v.get('fraction_error_pct'))}")
+        if v.get("library_predicted_saving_ms") is not None:
+            lines.append(f"the pattern library alone predicted {v['library_predicted_saving_ms']:.4f} ms "
+                         f"(error {pct(v.get('library_prediction_error_pct'))})")
+    groups = (v.get("plan") or {}).get("groups") or []
+    group_rows = [[_e(g["id"]), _e(g["pattern"]),
+                   _e(g["variant"] + (" (decided in the model)" if g.get("decided_in_model") else "")),
+                   (f"{g['in_model']['saving_ms']:.4f} [{g['in_model']['ci_low_ms']:.4f}, "
+                    f"{g['in_model']['ci_high_ms']:.4f}]" if g.get("in_model") else "-"),
+                   _num(g.get("library_saving_ms"), ".4f")] for g in groups]
+    timing = v.get("timing") or ""
+    return "".join([
+        '<section id="verification"><h2>Verification</h2>',
+        f'<p class="{"ok" if v.get("ok") else "warn"}"><b>{"VERIFIED" if v.get("ok") else "NOT VERIFIED"}</b>: '
+        f'{_e(v.get("reason"))}</p>',
+        f"<p>End to end on {_e(v.get('device'))}"
+        f"{_e(', ' + timing + ' timing') if timing not in ('', 'cpu') else ''}:</p>",
+        _table(("model", "median ms", "speedup over the original [95% CI]", "verdict"), rows, cls="e2e",
+               numeric=(1,)),
+        _list(lines),
+        _table(("group", "pattern", "variant", "in-model saving ms [95% CI]", "library saving ms"), group_rows,
+               cls="groups", numeric=(3, 4)) if group_rows else "",
+        _list((f"warning: {w}" for w in v.get("warnings") or []), "warn"),
+        "<details><summary>the verification as JSON</summary><pre>" + _e(json.dumps(v, indent=1)) + "</pre></details>",
+        "</section>"])
+
+
 def render_analysis_html(analysis: dict, graphs: Sequence[Any] | None = None) -> str:
     """An analysis report (schemas/analysis.schema.json) as HTML; optional fields may be absent.
 
@@ -264,7 +317,8 @@ def render_analysis_html(analysis: dict, graphs: Sequence[Any] | None = None) ->
         f'<p class="meta">{_e(meta.get("entry"))} on {_e(meta.get("device_name"))} ({_e(meta.get("device"))}), '
         f'dtype {_e(meta.get("dtype") or "as loaded")}, {_decided_by(meta)}, {_e(meta.get("date"))}</p>',
         '<nav><a href="#sites">sites</a><a href="#graph">fusion sites in the graph</a>'
-        '<a href="#unmatched">unmatched ops</a><a href="#run">run details</a></nav>',
+        '<a href="#unmatched">unmatched ops</a><a href="#run">run details</a>'
+        + ('<a href="#verification">verification</a>' if analysis.get("verification") else "") + "</nav>",
         "<p>" + ", ".join(f"{_e(v)} {_e(k)}" for k, v in numbers) + ".</p>" if numbers else "",
         (f"<p>Estimated saving per forward pass: {summary['saved_ms_per_forward']:.4g} ms, "
          f"{summary.get('bytes_saved_per_forward', 0):,} bytes (sum over sites whose verdict is fuse)"
@@ -289,8 +343,7 @@ def render_analysis_html(analysis: dict, graphs: Sequence[Any] | None = None) ->
              ("fxfusion", meta.get("fxfusion_version")), ("threads", meta.get("threads")), ("host", meta.get("host"))]),
         ("<h3>Graph breaks</h3>" + _list(capture["graph_breaks"])) if capture.get("graph_breaks") else "",
         ("<h3>Notes</h3>" + _list(capture["notes"])) if capture.get("notes") else "",
-        ("<h3>Verification</h3><pre>" + _e(json.dumps(analysis["verification"], indent=1)) + "</pre>")
-        if analysis.get("verification") else "",
         "</section>",
+        _verification_html(analysis["verification"]) if analysis.get("verification") else "",
     ]
     return _page(f"fxfusion analysis: {meta.get('model')}", "\n".join(p for p in parts if p))

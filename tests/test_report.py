@@ -281,3 +281,18 @@ def test_real_analysis_highlights_every_site_node_by_verdict(tiny_profile, profi
     unmatched = [name for name, row in ops.items() if not row["attrs"].get("data-site")]
     assert len(unmatched) == sum(data["unmatched"].values()) > 0  # flatten: listed, in no site
     assert all(op in html for op in data["unmatched"])
+
+
+def test_analysis_report_renders_the_verification_as_tables():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "results" / "h200-analyze" / "resnet_basic.json"
+    data = json.loads(path.read_text())
+    html = render_analysis_html(data)
+    doc = HtmlDoc(html)
+    assert doc.unbalanced == []
+    section = html[html.index('<section id="verification">'):]
+    assert "<b>VERIFIED</b>" in section and '<a href="#verification">' in html
+    assert "<td>planned</td>" in section and "predicted" in section and "paired per round" in section
+    assert '<table class="groups">' in section and "<td>g0.s0</td>" in section
+    assert "<details><summary>the verification as JSON</summary>" in section
