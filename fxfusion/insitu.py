@@ -12,8 +12,8 @@ and that decides which variant wins.  As an estimate of what the rewrite saves *
 
 Method (:func:`measure_in_model`), per group, largest library saving first, within ``INSITU_BUDGET_S``:
 
-  1. the *region*: the group's nodes, the nodes its rewrite erases with them (found by rewriting a copy of the graph,
-     :func:`region_nodes`) and the layout ops right after its output, whose cost the rewrite can change (SDPA's
+  1. the *region*: the group's nodes, the nodes its rewrite erases with them (found by rewriting a copy of the site's
+     neighbourhood, :func:`region_nodes`) and the layout ops right after its output, whose cost the rewrite can change (SDPA's
      output makes ``transpose(1, 2).contiguous()`` copy nothing);
   2. the region is cut out (:func:`cut_region`), fed the real values its inputs take when the model runs on the
      example inputs, rewritten by the very rule :func:`fxfusion.rewrite.apply` uses, and both made lean as the planned
@@ -25,8 +25,9 @@ Method (:func:`measure_in_model`), per group, largest library saving first, with
      with the verdict the usual rule gives it.
 
 The plan's prediction is the sum over groups less the captured graph's own overhead (:func:`measure_overhead`, also
-here), and ``analyze --apply`` checks it against the whole model.  Cost: one trial rewrite and recompile of the graph
-per group, and about ``INSITU_SPEC.budget_s`` of timing per batch.  What stays unmodelled is interaction between
+here), and ``analyze --apply`` checks it against the whole model.  Cost: one trial rewrite of a neighbourhood of at
+most FEEDER_LIMIT nodes per group, one run of the model to record the regions' inputs, and about
+``INSITU_SPEC.budget_s`` of timing per batch (48 SDPA groups of a 2,114-node graph: 27.5 s on the 2-core CPU).  What stays unmodelled is interaction between
 regions (caches, overlap across them); with a deterministic clock the prediction is exact (tests/test_insitu.py).
 """
 
@@ -91,16 +92,6 @@ class RegionError(Exception):
     """The region cannot be cut out or rewritten on its own (its prediction falls back to the library's)."""
 
 
-def _shallow_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    """A GraphModule with a copy of ``gm``'s graph (same node names) sharing its parameters and submodules."""
-    g = fx.Graph()
-    out = g.graph_copy(gm.graph, {})
-    g.output(out)
-    trial = fx.GraphModule(gm, g)
-    trial.__dict__["_fxfusion_constants"] = gm.__dict__.get("_fxfusion_constants", {})
-    return trial
-
-
 # Ops that only rearrange a value: a rewrite can change what they cost downstream of the site (SDPA returns its
 # output in a layout where ``transpose(1, 2).contiguous()`` copies nothing), so the region takes a few along.
 LAYOUT_OPS = {"view", "_unsafe_view", "reshape", "transpose", "permute", "t", "clone", "contiguous", "expand",
@@ -123,25 +114,44 @@ def _layout_tail(node: fx.Node) -> list[fx.Node]:
     return tail
 
 
-def region_nodes(gm: fx.GraphModule, group) -> tuple[list[fx.Node], list[str]]:
+# How many pure feeders of a site the trial rewrite looks at (what the rewrite can free lies within them).
+FEEDER_LIMIT = 64
+
+
+def region_nodes(gm: fx.GraphModule, group, index: dict | None = None) -> tuple[list[fx.Node], list[str]]:
     """The group's nodes, every node the group's rewrite erases with them (a causal mask, views only the site read)
     and the layout ops right after the site's output, in graph order; and the names of the erased extra nodes.
-    What the rewrite erases is found by rewriting a copy of the graph, so the region is exactly what
-    :func:`fxfusion.rewrite.rewrite_group` replaces, plus the downstream ops whose cost it can change."""
-    from fxfusion.rewrite import rewrite_group
 
-    trial = _shallow_copy(gm)
-    record = rewrite_group(trial, group)
+    What the rewrite erases is found by rewriting a trial copy of the site's neighbourhood: its nodes and their pure
+    feeders (constants included, at most FEEDER_LIMIT), cut out with every value used elsewhere as an output -- so a
+    feeder with a user outside is kept exactly as it would be in the whole graph, and the trial costs the size of
+    the neighbourhood, not of the graph.  ``index`` (node -> position) saves recomputing the graph order."""
+    from fxfusion.rewrite import rewrite_group
+    from fxfusion.rewrites.graph import is_pure
+
+    index = index if index is not None else {n: i for i, n in enumerate(gm.graph.nodes)}
+    by_name = {n.name: n for n in index}
+    missing = [name for name in group.nodes if name not in by_name]
+    if missing:
+        raise RegionError(f"nodes {', '.join(missing)} are not in the graph")
+    mine = {by_name[name] for name in group.nodes}
+    near, stack = set(mine), [a for n in mine for a in n.all_input_nodes]
+    while stack and len(near) < len(mine) + FEEDER_LIMIT:
+        a = stack.pop()
+        if a not in near and (a.op == "get_attr" or is_pure(a)):
+            near.add(a)
+            stack.extend(a.all_input_nodes)
+    ordered = sorted(near, key=index.__getitem__)
+    trial, _ = cut_region(gm, ordered)
+    record = rewrite_group(trial, group, recompile=False)
     if not record.applied:
         raise RegionError(f"the rewrite does not apply: {record.detail}")
     after = {n.name for n in trial.graph.nodes}
-    mine = set(group.nodes)
-    released = [n.name for n in gm.graph.nodes if n.name not in after and n.name not in mine and n.op != "get_attr"]
-    gone = mine | set(released)
-    by_name = {n.name: n for n in gm.graph.nodes}
-    outputs = [by_name[n] for n in group.nodes if any(u.name not in gone for u in by_name[n].users)]
-    tail = {t.name for out in outputs for t in _layout_tail(out)}
-    return [n for n in gm.graph.nodes if n.name in gone or n.name in tail], released
+    released = [n.name for n in ordered if n.name not in after and n not in mine and n.op != "get_attr"]
+    gone = mine | {by_name[name] for name in released}
+    outputs = [n for n in mine if any(u not in gone for u in n.users)]
+    tail = {t for out in outputs for t in _layout_tail(out)}
+    return sorted(gone | tail, key=index.__getitem__), released
 
 
 def cut_region(gm: fx.GraphModule, nodes: list[fx.Node]) -> tuple[fx.GraphModule, list[str]]:
@@ -206,9 +216,10 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
             out.update({g.id: f"subgraph {index} cannot be run on its own" for g in groups})
             continue
         regions = {}
+        position = {n: i for i, n in enumerate(gm.graph.nodes)}
         for g in groups:
             try:
-                nodes, released = region_nodes(gm, g)
+                nodes, released = region_nodes(gm, g, position)
                 regions[g.id] = (g, nodes, released, *cut_region(gm, nodes))
             except (RegionError, RuntimeError, ValueError) as exc:
                 out[g.id] = str(exc)

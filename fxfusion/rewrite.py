@@ -77,8 +77,9 @@ def _erase_dead(g: fx.Graph, nodes: list[fx.Node]) -> None:
             erased.add(n)
 
 
-def rewrite_group(gm: fx.GraphModule, group) -> RewriteRecord:
-    """Apply one group's variant to ``gm`` in place; a group that cannot be applied leaves ``gm`` as it was."""
+def rewrite_group(gm: fx.GraphModule, group, recompile: bool = True) -> RewriteRecord:
+    """Apply one group's variant to ``gm`` in place; a group that cannot be applied leaves ``gm`` as it was.
+    ``recompile=False`` leaves the module's code stale: for callers that only read the rewritten graph."""
     record = RewriteRecord(group.site_id, group.pattern, group.variant, False, "")
     rewrite = REWRITES.get(group.variant)
     if rewrite is None:
@@ -108,7 +109,8 @@ def rewrite_group(gm: fx.GraphModule, group) -> RewriteRecord:
             del gm._buffers[name]
         record.detail = str(exc)
         return record
-    gm.recompile()
+    if recompile:
+        gm.recompile()
     record.applied = True
     record.new_nodes = [n.name for n in gm.graph.nodes if n.name not in before]
     record.detail = f"{group.variant}: {len(nodes)} nodes -> {len(record.new_nodes)}"
