@@ -248,40 +248,12 @@ def _decided_by(meta: dict) -> str:
 
 def _verification_html(v: dict) -> str:
     """The verification of ``analyze --apply``: verdict, end-to-end times, predicted vs measured, the groups."""
-    def pct(x):
-        return "-" if x is None else f"{x:+.0f}%"
+    from fxfusion.verify import GROUP_COLUMNS, end_to_end_rows, group_rows, prediction_lines
 
-    labels = {"eager": "original (eager)", "captured": "captured graph, unrewritten", "planned": "planned",
-              "compile": "torch.compile (whole model)"}
-    rows = []
-    for name, label in labels.items():
-        t = (v.get("timings") or {}).get(name)
-        if t:
-            ok = t.get("status") == "ok" and t.get("median_ms") is not None
-            verdict = (_verdict(t["verdict"]) if t.get("verdict") else "") if ok else \
-                _e(f"{t.get('status')}: {t.get('reason') or ''}")
-            rows.append([_e(label), _num(t.get("median_ms"), ".4f") if ok else "-",
-                         _ci(t.get("speedup")) if ok else "-", verdict])
-    lines = []
-    if v.get("measured_saving_ms") is not None:
-        applied = any(r.get("applied") for r in v.get("rewrites") or [])
-        pred = v.get("predicted_saving_ms")
-        lines.append(f"saving per forward: predicted {_num(pred, '.4f')} ms "
-                     f"({(v.get('prediction') or 'library') if applied else 'nothing applied'}), measured "
-                     f"{v['measured_saving_ms']:.4f} ms; error {pct(v.get('prediction_error_pct'))}")
-        if v.get("predicted_fraction") is not None and v.get("measured_fraction") is not None:
-            lines.append(f"as fractions of the original's time, paired per round: predicted "
-                         f"{v['predicted_fraction']:.1%}, measured {v['measured_fraction']:.1%}; "
-                         f"error {pct(v.get('fraction_error_pct'))}")
-        if v.get("library_predicted_saving_ms") is not None:
-            lines.append(f"the pattern library alone predicted {v['library_predicted_saving_ms']:.4f} ms "
-                         f"(error {pct(v.get('library_prediction_error_pct'))})")
-    groups = (v.get("plan") or {}).get("groups") or []
-    group_rows = [[_e(g["id"]), _e(g["pattern"]),
-                   _e(g["variant"] + (" (decided in the model)" if g.get("decided_in_model") else "")),
-                   (f"{g['in_model']['saving_ms']:.4f} [{g['in_model']['ci_low_ms']:.4f}, "
-                    f"{g['in_model']['ci_high_ms']:.4f}]" if g.get("in_model") else "-"),
-                   _num(g.get("library_saving_ms"), ".4f")] for g in groups]
+    rows = [[_e(label), median, _e(ci), (_verdict(verdict) if verdict else "") if ran else _e(verdict)]
+            for label, median, ci, verdict, ran in end_to_end_rows(v)]
+    lines = prediction_lines(v)
+    groups = [[_e(cell) for cell in row] for row in group_rows(v)]
     timing = v.get("timing") or ""
     return "".join([
         '<section id="verification"><h2>Verification</h2>',
@@ -292,8 +264,7 @@ def _verification_html(v: dict) -> str:
         _table(("model", "median ms", "speedup over the original [95% CI]", "verdict"), rows, cls="e2e",
                numeric=(1,)),
         _list(lines),
-        _table(("group", "pattern", "variant", "in-model saving ms [95% CI]", "library saving ms"), group_rows,
-               cls="groups", numeric=(3, 4)) if group_rows else "",
+        _table(GROUP_COLUMNS, groups, cls="groups", numeric=(3, 4)) if groups else "",
         _list((f"warning: {w}" for w in v.get("warnings") or []), "warn"),
         "<details><summary>the verification as JSON</summary><pre>" + _e(json.dumps(v, indent=1)) + "</pre></details>",
         "</section>"])
