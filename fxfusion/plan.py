@@ -29,7 +29,8 @@ import torch
 from torch import fx
 
 from fxfusion.errors import FxFusionError
-from fxfusion.insitu import Overhead, measure_overhead  # noqa: F401  (part of this module's API)
+from fxfusion.insitu import INSITU_BUDGET_S, InModel, Overhead, measure_in_model
+from fxfusion.insitu import measure_overhead  # noqa: F401  (part of this module's API)
 from fxfusion.profile import Decision, Profile, SpeedupCI, decision_to_dict
 from fxfusion.sites import ALREADY_FUSED, CapturedModel, Site
 
@@ -201,6 +202,17 @@ class FusionPlan:
             refused.append(RefusedSite(site.id, site.pattern, site.graph_index, list(site.nodes), why,
                                        [r for r in reasons if r] or [why]))
 
+        def rewritable(site, variant) -> bool:
+            return variant in REWRITES and variant in _variants_of(site.pattern)
+
+        def group(o, variant, saving_ms, variant_ms) -> FusionGroup:
+            site, d = o.site, o.decision
+            return FusionGroup(
+                id=site.id, pattern=site.pattern, graph_index=site.graph_index, nodes=list(site.nodes),
+                variant=variant, baseline_variant=o.baseline_variant or "eager", speedup=o.speedup,
+                predicted_saving_ms=saving_ms, baseline_ms=o.baseline_ms, variant_ms=variant_ms, decision=d,
+                shape=dict(site.shape), dtype=site.dtype, roles=dict(site.roles), extrapolated=not d.exact)
+
         for o in outcomes:
             site, d = o.site, o.decision
             if o.verdict == ALREADY_FUSED:
@@ -220,27 +232,19 @@ class FusionPlan:
                     against = f"{o.best_variant} is {ci} of {o.baseline_variant}: {o.verdict}"
                 reasons = [d.reason if o.baseline_variant == "eager" else against]
                 candidate = o.in_model_candidate
-                if candidate and candidate in REWRITES and candidate in _variants_of(site.pattern):
+                if candidate and rewritable(site, candidate):
                     reasons.append(f"its activation is written out ({site.written_as}), which the library measures "
                                    f"as one op: {candidate} is decided inside the model instead (measure_in_model)")
-                    pending.append(FusionGroup(
-                        id=site.id, pattern=site.pattern, graph_index=site.graph_index, nodes=list(site.nodes),
-                        variant=candidate, baseline_variant=o.baseline_variant or "eager", speedup=o.speedup,
-                        predicted_saving_ms=None, baseline_ms=o.baseline_ms, variant_ms=None, decision=d,
-                        shape=dict(site.shape), dtype=site.dtype, roles=dict(site.roles), extrapolated=not d.exact))
+                    pending.append(group(o, candidate, None, None))
                 refuse(site, NOT_FUSE, reasons)
             elif o.best_variant == o.baseline_variant or (site.roles.get("bias_in_gemm") == "true"
                                                           and o.best_variant == "addmm"):
                 refuse(site, NO_GAIN, [f"the winner, {o.best_variant}, is how the site already runs"])
-            elif o.best_variant not in REWRITES or o.best_variant not in _variants_of(site.pattern):
+            elif not rewritable(site, o.best_variant):
                 refuse(site, NO_REWRITE, [f"fxfusion has no rewrite of a {site.pattern} site into {o.best_variant!r}"])
             else:
                 warnings.extend(f"{site.id}: {w}" for w in list(d.warnings) + list(o.warnings))
-                candidates.append(FusionGroup(
-                    id=site.id, pattern=site.pattern, graph_index=site.graph_index, nodes=list(site.nodes),
-                    variant=o.best_variant, baseline_variant=o.baseline_variant or "eager", speedup=o.speedup,
-                    predicted_saving_ms=o.saved_ms, baseline_ms=o.baseline_ms, variant_ms=o.best_ms, decision=d,
-                    shape=dict(site.shape), dtype=site.dtype, roles=dict(site.roles), extrapolated=not d.exact))
+                candidates.append(group(o, o.best_variant, o.saved_ms, o.best_ms))
         plan = cls(captured=captured, sites=sites, groups=[], refused=refused, device=device, warnings=warnings,
                    pending=pending)
         plan._admit_convex(candidates)
@@ -263,7 +267,7 @@ class FusionPlan:
         self.groups = sorted(admitted, key=lambda g: position[g.id])
 
     def measure_in_model(self, model: torch.nn.Module, example_inputs: tuple, device: str | None = None,
-                         spec=None, clock=None, budget_s: float | None = None,
+                         spec=None, clock=None, budget_s: float = INSITU_BUDGET_S,
                          reference_ms: float | None = None) -> None:
         """Replace each group's predicted saving by its in-model one (see :mod:`fxfusion.insitu`), and refuse the
         groups whose region is slower rewritten than captured beyond the noise (interval wholly below zero).
@@ -273,12 +277,10 @@ class FusionPlan:
         is its paired fraction of the model times that one reference: a batch timed while the host ran slow (the
         lent H200's host switches speed every few seconds) then scales with the model in the same rounds instead of
         inflating the prediction.  Without it the saving is the difference of the region's medians."""
-        from fxfusion.insitu import InModel, measure_in_model
-
         if not self.groups and not self.pending:
             return
-        kw = {"budget_s": budget_s} if budget_s is not None else {}
-        found = measure_in_model(self, model, example_inputs, device or self.device, spec=spec, clock=clock, **kw)
+        found = measure_in_model(self, model, example_inputs, device or self.device, spec=spec, clock=clock,
+                                 budget_s=budget_s)
         self._decide_pending(found)
         kept = []
         for g in self.groups:
@@ -305,7 +307,6 @@ class FusionPlan:
     def _decide_pending(self, found: dict) -> None:
         """Admit each pending site whose region is faster rewritten beyond the noise (the fuse rule, applied to the
         region's speedup inside the model) and stays convex with the groups; the rest stay refused, with the numbers."""
-        from fxfusion.insitu import InModel
         from fxfusion.partition import captured_graph, contracted_cycle
         from fxfusion.stats import FUSE
 
