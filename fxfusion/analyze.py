@@ -33,7 +33,7 @@ from fxfusion.patterns import REGISTRY, Pattern
 from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, decision_to_dict
 from fxfusion.sites import ALREADY_FUSED, ILLEGAL, CapturedModel, Site
 from fxfusion.stats import AVOID, FUSE, NEUTRAL, speedup, summarize
-from fxfusion.timing import QUICK_SPEC, Clock, CpuClock, CudaClock, TimingSpec, measure
+from fxfusion.timing import QUICK_SPEC, Clock, TimingSpec, clock_for, measure
 
 ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
@@ -94,7 +94,7 @@ class LiveSource:
                  compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead"),
                  hw: HardwareSpec | None = None, seed: int = 0):
         self.device, self.spec, self.compile_modes, self.seed = device, spec, compile_modes, seed
-        self.clock = clock or (CudaClock() if device.startswith("cuda") else CpuClock())
+        self.clock = clock or clock_for(device)
         self.hw = hw or detect(device)
 
     def warnings(self) -> list[str]:
@@ -226,7 +226,7 @@ def decide_site(site: Site, lookup: Lookup | None) -> SiteOutcome:
 def measure_forward(model: torch.nn.Module, inputs: tuple, device: str, spec: TimingSpec = QUICK_SPEC,
                     clock: Clock | None = None) -> float:
     """Median milliseconds of one eager forward pass of the whole model (under no_grad)."""
-    clock = clock or (CudaClock() if device.startswith("cuda") else CpuClock())
+    clock = clock or clock_for(device)
 
     def forward():
         with torch.no_grad():

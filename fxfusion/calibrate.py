@@ -33,7 +33,7 @@ from fxfusion.patterns import Pattern, select_patterns
 from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, VariantResult, entry_from_dict, entry_key, entry_to_dict
 from fxfusion.schema import entry_errors
 from fxfusion.stats import AVOID, CONFIDENCE, FUSE, MIN_EFFECT, NEUTRAL, speedup, summarize
-from fxfusion.timing import FULL_SPEC, QUICK_SPEC, Clock, CpuClock, CudaClock, TimingSpec, measure
+from fxfusion.timing import FULL_SPEC, QUICK_SPEC, Clock, TimingSpec, clock_for, measure
 from fxfusion.variants import Built, build_variants, one_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -293,7 +293,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
             raise FxFusionError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     spec = spec or (QUICK_SPEC if quick else FULL_SPEC)
-    clock = clock or (CudaClock() if device.startswith("cuda") else CpuClock())
+    clock = clock or clock_for(device)
     name = device_name(device)
     warnings = [w for w in [mismatch_warning(hw, device, name)] if w]
     progress = _progress_path(output)

@@ -42,7 +42,7 @@ from torch import fx
 
 from fxfusion.lean import lean
 from fxfusion.stats import difference, paired_fraction, speedup, summarize
-from fxfusion.timing import Clock, CpuClock, CudaClock, TimingSpec, measure_tight
+from fxfusion.timing import Clock, TimingSpec, clock_for, measure_tight
 
 # Per group: enough rounds for a few-microsecond difference, little enough to keep planning quick.
 INSITU_SPEC = TimingSpec(rounds=40, warmup=3, target_sample_s=0.002, budget_s=2.0)
@@ -55,7 +55,7 @@ WIDE, BATCHES = 0.5, 3
 
 def model_clock(device: str) -> Clock:
     """The clock for times that are compared with a whole forward pass: pipelined on CUDA (see module doc)."""
-    return CudaClock("pipelined") if str(device).startswith("cuda") else CpuClock()
+    return clock_for(device, "pipelined")
 
 
 @dataclass

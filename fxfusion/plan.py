@@ -423,10 +423,10 @@ def measure_sites(sites: list[Site], device: str = "cpu", spec=None, hardware: s
     from fxfusion.calibrate import measure_entry
     from fxfusion.hardware import detect, resolve
     from fxfusion.patterns import REGISTRY
-    from fxfusion.timing import QUICK_SPEC, CpuClock, CudaClock
+    from fxfusion.timing import QUICK_SPEC, clock_for
 
     hw = resolve(hardware, device=device) if hardware else detect(device)
-    clock = clock or (CudaClock() if device.startswith("cuda") else CpuClock())
+    clock = clock or clock_for(device)
     entries, seen = [], set()
     for site in sites:
         key = (site.pattern, tuple(sorted(site.shape.items())), site.dtype)

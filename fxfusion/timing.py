@@ -100,6 +100,12 @@ class CudaClock:
         return time.perf_counter()
 
 
+def clock_for(device: str, mode: str = "isolated") -> Clock:
+    """The clock for ``device``: :class:`CpuClock`, or a :class:`CudaClock` in ``mode`` (isolated: the pattern
+    library's calls; pipelined: times compared with a forward pass)."""
+    return CudaClock(mode) if str(device).startswith("cuda") else CpuClock()
+
+
 @dataclass(frozen=True)
 class TimingSpec:
     """What to spend on one measurement: the knobs, separate from the clock that does the timing."""

@@ -11,7 +11,7 @@ import torch
 from fxfusion.correctness import relative_error, to_reference, tolerance
 from fxfusion.hardware import resolve
 from fxfusion.patterns import REGISTRY, get_pattern
-from fxfusion.timing import TimingSpec
+from fxfusion.timing import CudaClock, TimingSpec
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -46,7 +46,7 @@ def test_cuda_entry_has_host_device_split_kernel_counts_and_sdpa_backend():
     cal = importlib.import_module("fxfusion.calibrate")
     p = get_pattern("full_attention")
     entry = cal.measure_entry(p, {"B": 2, "H": 4, "S": 256, "D": 64}, "bfloat16", "cuda", resolve("h100-sxm"), SPEC,
-                              cal.CudaClock(), compile_modes=("compile", "compile_reduce_overhead"))
+                              CudaClock(), compile_modes=("compile", "compile_reduce_overhead"))
     for v in entry.variants:
         assert v.status == "ok", (v.name, v.reason)
         assert v.kernels_per_call >= 1 and v.kernel_unit == "cuda kernels"

@@ -9,6 +9,7 @@ import torch
 
 from fxfusion.patterns import get_pattern
 from fxfusion.patterns.base import ManualVariant
+from fxfusion.timing import CpuClock
 from fxfusion.variants import build_variants
 
 cal = importlib.import_module("fxfusion.calibrate")
@@ -75,7 +76,7 @@ def test_a_failing_variant_does_not_stop_the_entry(monkeypatch):
     p = _with_manual(get_pattern("linear_bias"), get_pattern("linear_bias").manual[0],
                      ManualVariant("boom", boom, "always fails"))
     entry = cal.measure_entry(p, {"M": 8, "K": 16, "N": 8}, "float32", "cpu", resolve("generic-cpu"), TINY_SPEC,
-                              cal.CpuClock(), compile_modes=())
+                              CpuClock(), compile_modes=())
     assert entry.variant("boom").status == "failed" and entry.variant("boom").reason == "ValueError: cannot build"
     assert entry.variant("addmm").status == "ok" and entry.variant("addmm").samples_ms
 
@@ -92,7 +93,7 @@ def test_manual_variant_with_more_ops_than_eager_is_not_a_fusion():
             lambda: p.eager(**inputs), "cpu").kernels_per_call:
         pytest.skip("this torch build has a fused CPU rms_norm")
     entry = cal.measure_entry(p, p.shapes["quick"][0], "float32", "cpu", resolve("generic-cpu"), TINY_SPEC,
-                              cal.CpuClock(), compile_modes=())
+                              CpuClock(), compile_modes=())
     v = entry.variant("rms_norm_op")
     assert v.status == "not_a_fusion" and "not a fusion" in v.reason and v.samples_ms == []
     assert entry.decision.best_variant == "eager"
