@@ -63,6 +63,13 @@ def _bootstrap_medians(t: torch.Tensor, gen: torch.Generator, rounds: int) -> to
     return t[idx].quantile(0.5, dim=1)
 
 
+def _percentiles(draws: torch.Tensor, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` interval of bootstrap draws (percentile method)."""
+    alpha = (1.0 - confidence) / 2
+    low, high = torch.quantile(draws, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return low, high
+
+
 def speedup(baseline: list[float], candidate: list[float], seed: int = 0,
             rounds: int = BOOTSTRAP_ROUNDS, confidence: float = CONFIDENCE) -> Speedup:
     """Speedup of ``candidate`` over ``baseline`` (>1 means candidate is faster), with a bootstrap interval."""
@@ -72,8 +79,7 @@ def speedup(baseline: list[float], candidate: list[float], seed: int = 0,
     c = torch.tensor(candidate, dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
     ratios = _bootstrap_medians(b, gen, rounds) / _bootstrap_medians(c, gen, rounds)
-    alpha = (1.0 - confidence) / 2
-    low, high = torch.quantile(ratios, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    low, high = _percentiles(ratios, confidence)
     return Speedup(median=float(b.quantile(0.5) / c.quantile(0.5)), ci_low=low, ci_high=high)
 
 
@@ -87,8 +93,7 @@ def difference(baseline: list[float], candidate: list[float], seed: int = 0,
     c = torch.tensor(candidate, dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
     diffs = _bootstrap_medians(b, gen, rounds) - _bootstrap_medians(c, gen, rounds)
-    alpha = (1.0 - confidence) / 2
-    low, high = torch.quantile(diffs, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    low, high = _percentiles(diffs, confidence)
     return Speedup(median=float(b.quantile(0.5) - c.quantile(0.5)), ci_low=low, ci_high=high)
 
 
@@ -101,8 +106,7 @@ def median_interval(values: list[float], seed: int = 0, rounds: int = BOOTSTRAP_
     t = torch.tensor(values, dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
     meds = _bootstrap_medians(t, gen, rounds)
-    alpha = (1.0 - confidence) / 2
-    low, high = torch.quantile(meds, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    low, high = _percentiles(meds, confidence)
     return Speedup(median=float(t.quantile(0.5)), ci_low=low, ci_high=high)
 
 

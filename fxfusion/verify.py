@@ -32,8 +32,8 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from fxfusion.correctness import relative_error, tolerance
-from fxfusion.stats import paired_fraction, speedup, summarize
 from fxfusion.insitu import model_clock
+from fxfusion.stats import paired_fraction, speedup, summarize
 from fxfusion.timing import Clock, TimingSpec, measure
 from fxfusion.variants import compile_limits, one_line
 
