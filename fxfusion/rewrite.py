@@ -128,11 +128,24 @@ class InputGuard(nn.Module):
         super().__init__()
         self.specs = specs
 
-    def forward(self, *args) -> None:
+    @classmethod
+    def of(cls, inputs) -> "InputGuard":
+        """The guard for these example inputs (a non-tensor input is not checked)."""
+        return cls([(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else None for x in inputs])
+
+    def mismatch(self, args) -> str | None:
+        """Why ``args`` are not the captured inputs (the first input that differs), or None when they are."""
         for i, (a, spec) in enumerate(zip(args, self.specs)):
-            if spec is not None and (tuple(a.shape) != spec[0] or a.dtype != spec[1]):
-                raise FxFusionError(f"input {i} is {tuple(a.shape)} {a.dtype}, but the planned model was captured "
-                                    f"for {spec[0]} {spec[1]}: plan it again for these inputs")
+            if spec is not None and (not isinstance(a, torch.Tensor) or tuple(a.shape) != spec[0]
+                                     or a.dtype != spec[1]):
+                got = f"{tuple(a.shape)} {a.dtype}" if isinstance(a, torch.Tensor) else type(a).__name__
+                return f"input {i} is {got}, but the planned model was captured for {spec[0]} {spec[1]}"
+        return None
+
+    def forward(self, *args) -> None:
+        why = self.mismatch(args)
+        if why is not None:
+            raise FxFusionError(f"{why}: plan it again for these inputs")
 
 
 def _program_module(program) -> fx.GraphModule:
@@ -144,9 +157,7 @@ def _program_module(program) -> fx.GraphModule:
     gm = copy.deepcopy(gm)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if inputs:
-        specs = [(tuple(v.shape), v.dtype) if isinstance(v := n.meta.get("val"), torch.Tensor) else None
-                 for n in inputs]
-        gm.add_submodule("_fxfusion_input_guard", InputGuard(specs))
+        gm.add_submodule("_fxfusion_input_guard", InputGuard.of([n.meta.get("val") for n in inputs]))
         with gm.graph.inserting_after(inputs[-1]):
             gm.graph.call_module("_fxfusion_input_guard", tuple(inputs))
         gm.recompile()
@@ -212,22 +223,20 @@ class ShapeDispatch(nn.Module):
     size, unfused.  Plan again at a shape to fuse there.
     """
 
-    def __init__(self, planned: nn.Module, original: nn.Module, specs: list) -> None:
+    def __init__(self, planned: nn.Module, original: nn.Module, guard: InputGuard) -> None:
         super().__init__()
-        self.planned, self.original, self.specs = planned, original, specs
+        self.planned, self.original, self.guard = planned, original, guard
         self.fxfusion_rewrites = getattr(planned, "fxfusion_rewrites", [])
         self._warned: set = set()
 
     def forward(self, *args):
-        if len(args) == len(self.specs) and all(
-                spec is None or (isinstance(a, torch.Tensor) and tuple(a.shape) == spec[0] and a.dtype == spec[1])
-                for a, spec in zip(args, self.specs)):
+        if len(args) == len(self.guard.specs) and self.guard.mismatch(args) is None:
             return self.planned(*args)
         key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else type(a) for a in args)
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(f"fxfusion: inputs {key} differ from the planned shapes {self.specs}; running the original "
-                          "model, unfused (plan again at these shapes to fuse them)", stacklevel=2)
+            warnings.warn(f"fxfusion: inputs {key} differ from the planned shapes {self.guard.specs}; running the "
+                          "original model, unfused (plan again at these shapes to fuse them)", stacklevel=2)
         return self.original(*args)
 
 
@@ -252,9 +261,7 @@ def apply(model: nn.Module, plan, other_shapes: str = "error") -> nn.Module:
         planned = _copy(model)
         planned.fxfusion_rewrites = records
     elif other_shapes == "original" and plan.captured.method == "export":
-        specs = [(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else None
-                 for x in plan.captured.example_inputs]
-        planned = ShapeDispatch(planned, _copy(model), specs)
+        planned = ShapeDispatch(planned, _copy(model), InputGuard.of(plan.captured.example_inputs))
     return planned
 
 
