@@ -81,7 +81,8 @@ def _guarded(name: str, kind: str, device: str, make: Callable[[], Built]) -> Bu
         return Built(name, kind, None, "failed", one_line(exc))
 
 
-def _first_call(thunk, device: str) -> float:
+def first_call(thunk, device: str) -> float:
+    """Seconds of one call of ``thunk`` until its work is done (a compile included, when it is the first)."""
     start = time.perf_counter()
     thunk()
     _sync(device)
@@ -114,7 +115,7 @@ def build_variants(pattern: Pattern, shape: Shape, dtype: torch.dtype, device: s
     def over_limit(b: Built) -> Built:
         if b.status != "ok":
             return b
-        seconds = _first_call(b.thunk, device)
+        seconds = first_call(b.thunk, device)
         if seconds > time_limit_s:
             return Built(b.name, b.kind, None, "failed", f"one call took {seconds:.1f} s, over the "
                          f"{time_limit_s:.0f} s per-variant limit", b.note, b.compile_s)
@@ -141,9 +142,9 @@ def build_variants(pattern: Pattern, shape: Shape, dtype: torch.dtype, device: s
             args = static_parameters(pattern, inputs) if mode == "reduce-overhead" and static_params else inputs
             thunk = lambda: compiled(**args)  # noqa: E731
             with compile_limits():
-                compile_s = _first_call(thunk, device)
+                compile_s = first_call(thunk, device)
                 if mode == "reduce-overhead":  # CUDA graphs are recorded on the calls after warm-up
-                    compile_s += _first_call(thunk, device) + _first_call(thunk, device)
+                    compile_s += first_call(thunk, device) + first_call(thunk, device)
             note = "torch.compile (Inductor" + (", CUDA graphs)" if mode else ")")
             return over_limit(Built(name, "compile", thunk, note=note, compile_s=compile_s))
 

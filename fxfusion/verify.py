@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,7 +34,7 @@ from fxfusion.correctness import relative_error, tolerance
 from fxfusion.insitu import model_clock
 from fxfusion.stats import paired_fraction, speedup, summarize
 from fxfusion.timing import Clock, TimingSpec, measure
-from fxfusion.variants import compile_limits, one_line
+from fxfusion.variants import compile_limits, first_call, one_line
 
 # End-to-end timing of whole models: longer samples than a pattern's, so Python overhead averages out.
 VERIFY_SPEC = TimingSpec(rounds=30, warmup=3, target_sample_s=0.01, budget_s=20.0)
@@ -166,14 +165,6 @@ def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: s
     return checks, "; ".join(failures)
 
 
-def _first_call(fn, device: str) -> float:
-    start = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str = "cpu",
                 spec: TimingSpec | None = None, clock: Clock | None = None, include_compile: bool = True,
                 include_captured: bool = True, seed: int = 0) -> VerificationResult:
@@ -201,7 +192,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         original_out = model(*inputs)
         try:
             with compile_limits():
-                planned_first = _first_call(lambda: planned(*inputs), device)
+                planned_first = first_call(lambda: planned(*inputs), device)
             planned_out = planned(*inputs)
         except Exception as exc:
             return failed(f"the planned model failed to run: {one_line(exc)}", rewrites)
@@ -221,7 +212,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         try:
             captured = captured_module(model, plan.captured)
             with torch.no_grad():
-                first = _first_call(lambda: captured(*inputs), device)
+                first = first_call(lambda: captured(*inputs), device)
             thunks["captured"] = lambda: captured(*inputs)
             timings["captured"] = Timing("captured", "ok", first_call_s=first)
         except Exception as exc:
@@ -230,7 +221,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         compiled = torch.compile(model, dynamic=False)
         try:
             with torch.no_grad(), compile_limits():
-                first = _first_call(lambda: compiled(*inputs), device)
+                first = first_call(lambda: compiled(*inputs), device)
             thunks["compile"] = lambda: compiled(*inputs)
             timings["compile"] = Timing("compile", "ok", first_call_s=first)
         except Exception as exc:
