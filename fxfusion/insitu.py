@@ -118,19 +118,21 @@ def _layout_tail(node: fx.Node) -> list[fx.Node]:
 FEEDER_LIMIT = 64
 
 
-def region_nodes(gm: fx.GraphModule, group, index: dict | None = None) -> tuple[list[fx.Node], list[str]]:
+def region_nodes(gm: fx.GraphModule, group, index: dict | None = None,
+                 by_name: dict | None = None) -> tuple[list[fx.Node], list[str]]:
     """The group's nodes, every node the group's rewrite erases with them (a causal mask, views only the site read)
     and the layout ops right after the site's output, in graph order; and the names of the erased extra nodes.
 
     What the rewrite erases is found by rewriting a trial copy of the site's neighbourhood: its nodes and their pure
     feeders (constants included, at most FEEDER_LIMIT), cut out with every value used elsewhere as an output -- so a
     feeder with a user outside is kept exactly as it would be in the whole graph, and the trial costs the size of
-    the neighbourhood, not of the graph.  ``index`` (node -> position) saves recomputing the graph order."""
+    the neighbourhood, not of the graph.  ``index`` (node -> position) and ``by_name`` (name -> node), when a caller
+    asks for many groups of one graph, save recomputing them for each."""
     from fxfusion.rewrite import rewrite_group
     from fxfusion.rewrites.graph import is_pure
 
     index = index if index is not None else {n: i for i, n in enumerate(gm.graph.nodes)}
-    by_name = {n.name: n for n in index}
+    by_name = by_name if by_name is not None else {n.name: n for n in index}
     missing = [name for name in group.nodes if name not in by_name]
     if missing:
         raise RegionError(f"nodes {', '.join(missing)} are not in the graph")
@@ -217,9 +219,10 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
             continue
         regions = {}
         position = {n: i for i, n in enumerate(gm.graph.nodes)}
+        by_name = {n.name: n for n in position}
         for g in groups:
             try:
-                nodes, released = region_nodes(gm, g, position)
+                nodes, released = region_nodes(gm, g, position, by_name)
                 regions[g.id] = (g, nodes, released, *cut_region(gm, nodes))
             except (RegionError, RuntimeError, ValueError) as exc:
                 out[g.id] = str(exc)
