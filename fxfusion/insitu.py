@@ -3,7 +3,7 @@
 The pattern library (``calibrate``, or a live ``measure_entry``) times a pattern's variants as standalone calls --
 ``F.conv2d`` + ``F.batch_norm`` + ``F.relu`` against the fused call, each alone on an idle GPU with the L2 flushed --
 and that decides which variant wins.  As an estimate of what the rewrite saves *inside the model* it was off by up to
-+176% / -73% on the H200 (docs/results.md), for three reasons:
++176% / -62% on the H200 (the reports of 05:22 UTC, docs/results.md), for three reasons:
 
   1. inside a forward pass the host launches the next op while the GPU runs this one, so a small op costs about
      max(host time, device time), not host + device as an isolated call does;
@@ -12,9 +12,9 @@ and that decides which variant wins.  As an estimate of what the rewrite saves *
 
 Method (:func:`measure_in_model`), per group, largest library saving first, within ``INSITU_BUDGET_S``:
 
-  1. the *region*: the group's nodes, the nodes its rewrite erases with them (found by rewriting a copy of the site's
-     neighbourhood, :func:`region_nodes`) and the layout ops right after its output, whose cost the rewrite can change (SDPA's
-     output makes ``transpose(1, 2).contiguous()`` copy nothing);
+  1. the *region*: the group's nodes, the nodes its rewrite erases with them (found by rewriting a copy of the
+     site's neighbourhood, :func:`region_nodes`) and the layout ops right after its output, whose cost the rewrite
+     can change (SDPA's output makes ``transpose(1, 2).contiguous()`` copy nothing);
   2. the region is cut out (:func:`cut_region`), fed the real values its inputs take when the model runs on the
      example inputs, rewritten by the very rule :func:`fxfusion.rewrite.apply` uses, and both made lean as the planned
      model is (:func:`fxfusion.lean.lean`);
@@ -27,7 +27,8 @@ Method (:func:`measure_in_model`), per group, largest library saving first, with
 The plan's prediction is the sum over groups less the captured graph's own overhead (:func:`measure_overhead`, also
 here), and ``analyze --apply`` checks it against the whole model.  Cost: one trial rewrite of a neighbourhood of at
 most FEEDER_LIMIT nodes per group, one run of the model to record the regions' inputs, and about
-``INSITU_SPEC.budget_s`` of timing per batch (48 SDPA groups of a 2,114-node graph: 27.5 s on the 2-core CPU).  What stays unmodelled is interaction between
+``INSITU_SPEC.budget_s`` of timing per batch (48 SDPA groups of a 2,114-node graph: 33.5 s on the 2-core CPU,
+``python benchmarks/bench_insitu_cost.py``, 2026-11-26).  What stays unmodelled is interaction between
 regions (caches, overlap across them); with a deterministic clock the prediction is exact (tests/test_insitu.py).
 """
 

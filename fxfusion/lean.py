@@ -1,12 +1,14 @@
 """Lean calls for a runnable captured graph: what running the graph costs over the model it came from, made smaller.
 
-A captured (exported) graph is slower to call than the eager model it came from -- on the reference models 10-30 us
-per forward on this project's 2-core CPU and about 15% of a small model's time on the H200 -- and a plan has to save
-more than that before it pays (:func:`fxfusion.plan.measure_overhead`).  The cost is Python, not kernels:
+A captured (exported) graph is slower to call than the eager model it came from -- on the reference models 6-25 us
+per forward on this project's 2-core CPU (``benchmarks/bench_lean.py``) and 7-16% of a small model's time on the H200
+(docs/results.md) -- and a plan has to save more than that before it pays (:func:`fxfusion.insitu.measure_overhead`).
+The cost is Python, not kernels:
 
   * ``torch.ops.aten.relu.default(x)`` goes through ``OpOverload.__call__`` and boxed argument handling: about
     0.7 us more per call than ``torch.relu(x)``, which reaches the same aten operator through the generated
-    Python bindings (measured on the 2-core CPU: 1.69 vs 1.02 us for relu, 1.75 vs 1.07 us for view);
+    Python bindings (``python benchmarks/bench_lean.py`` on the 2-core CPU, 2026-11-26: 1.84 vs 1.11 us for relu,
+    1.77 vs 1.09 us for view);
   * the exported module flattens its inputs and unflattens its outputs with pytree on every call;
   * every constant is fetched through nested ``Module.__getattr__`` calls (``getattr(self.downsample, "1").bias``),
     unused ones (``num_batches_tracked``) included.
