@@ -8,7 +8,7 @@ and as fractions of the original model's time paired per round (robust to a host
 group's in-model saving, and what the pattern library's standalone timings alone would have predicted.
 
 Decisions come from a live measurement of each model's sites at their exact shapes (default), or from a profile;
-predictions come from each group's region timed inside the model (fxfusion.insitu):
+predictions come from each group's region timed inside the model (fxfusion.planning.insitu):
     python benchmarks/bench_apply.py [--device cuda] [--profile profiles/h100.json] [--models resnet_basic,...]
                                      [--preset tiny] [--dtype bfloat16] [--no-compile] [--json out.json]
 Run it on an otherwise idle machine: the end-to-end times of these small models are tens to hundreds of us.
@@ -28,12 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fxfusion.loader import import_file, move  # noqa: E402
-from fxfusion.plan import plan  # noqa: E402
-from fxfusion.profile import Profile  # noqa: E402
-from fxfusion.stats import MIN_EFFECT  # noqa: E402
-from fxfusion.timing import QUICK_SPEC, TimingSpec  # noqa: E402
-from fxfusion.verify import verify_plan  # noqa: E402
+from fxfusion.graph.loader import import_file, move  # noqa: E402
+from fxfusion.planning.plan import plan  # noqa: E402
+from fxfusion.profiles.profile import Profile  # noqa: E402
+from fxfusion.measure.stats import MIN_EFFECT  # noqa: E402
+from fxfusion.measure.timing import QUICK_SPEC, TimingSpec  # noqa: E402
+from fxfusion.planning.verify import verify_plan  # noqa: E402
 
 ERROR_TARGET_PCT = 20.0
 VERIFY_SPEC = TimingSpec(rounds=40, warmup=5, target_sample_s=0.02, budget_s=30.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from _args import calibration_args
 
-from fxfusion.calibrate import calibrate
+from fxfusion.calibration.calibrate import calibrate
 
 TARGET_S = 180.0
 

@@ -20,10 +20,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "models"))
 
 import transformer_block as tb  # noqa: E402
-from fxfusion.capture import capture  # noqa: E402
-from fxfusion.match import find_sites  # noqa: E402
-from fxfusion.plan import FusionPlan  # noqa: E402
-from fxfusion.profile import Decision  # noqa: E402
+from fxfusion.graph.capture import capture  # noqa: E402
+from fxfusion.fusions.match import find_sites  # noqa: E402
+from fxfusion.planning.plan import FusionPlan  # noqa: E402
+from fxfusion.profiles.profile import Decision  # noqa: E402
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """What lean calls save: each reference model's forward pass eager, as the captured graph runs without lean calls,
-and lean (fxfusion.lean), timed with torch.utils.benchmark (blocked_autorange, one thread unless --threads),
+and lean (fxfusion.graph.lean), timed with torch.utils.benchmark (blocked_autorange, one thread unless --threads),
 interleaved model by model; the median of --repeats medians per variant, in microseconds.
 
     python benchmarks/bench_lean.py [--models resnet_basic,...] [--repeats 5] [--threads 1]
@@ -23,10 +23,10 @@ import torch.utils.benchmark as benchmark
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fxfusion.capture import capture  # noqa: E402
-from fxfusion.lean import lean  # noqa: E402
-from fxfusion.loader import load_model  # noqa: E402
-from fxfusion.rewrite import runnable_graph  # noqa: E402
+from fxfusion.graph.capture import capture  # noqa: E402
+from fxfusion.graph.lean import lean  # noqa: E402
+from fxfusion.graph.loader import load_model  # noqa: E402
+from fxfusion.planning.rewrite import runnable_graph  # noqa: E402
 
 
 def _us(fn, threads: int) -> float:

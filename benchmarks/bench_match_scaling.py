@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxfusion.capture import capture
-from fxfusion.match import find_sites
+from fxfusion.graph.capture import capture
+from fxfusion.fusions.match import find_sites
 
 TARGET_S = 5.0  # capture + match of the large model
 DIM = 16

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from _args import calibration_args
 
-from fxfusion.calibrate import calibrate
+from fxfusion.calibration.calibrate import calibrate
 
 TARGET = 0.90
 

@@ -13,9 +13,9 @@ import importlib
 
 import torch
 
-from fxfusion.hardware import detect
-from fxfusion.patterns import get_pattern
-from fxfusion.timing import CudaClock, TimingSpec
+from fxfusion.measure.hardware import detect
+from fxfusion.fusions.registry import REGISTRY
+from fxfusion.measure.timing import CudaClock, TimingSpec
 
 CASES = [("linear_bias_gelu", dict(M=512, K=1024, N=1024)), ("linear_bias_gelu", dict(M=4096, K=4096, N=4096)),
          ("conv2d_bn_relu", dict(B=4, Cin=128, Cout=128, H=28, W=28, k=3, G=1)),
@@ -23,15 +23,15 @@ CASES = [("linear_bias_gelu", dict(M=512, K=1024, N=1024)), ("linear_bias_gelu",
 
 
 def main() -> None:
-    cal = importlib.import_module("fxfusion.calibrate")
-    variants = importlib.import_module("fxfusion.variants")
+    cal = importlib.import_module("fxfusion.calibration.calibrate")
+    variants = importlib.import_module("fxfusion.calibration.variants")
     real = variants.build_variants
     spec, clock, hw = TimingSpec(rounds=30, warmup=3, budget_s=10.0), CudaClock(), detect("cuda")
     for name, shape in CASES:
         row = []
         for static in (False, True):
             cal.build_variants = functools.partial(real, static_params=static)
-            e = cal.measure_entry(get_pattern(name), shape, "bfloat16", "cuda", hw, spec, clock,
+            e = cal.measure_entry(REGISTRY[name], shape, "bfloat16", "cuda", hw, spec, clock,
                                   compile_modes=("compile_reduce_overhead",))
             v = e.variant("compile_reduce_overhead")
             row.append((v.median_ms, v.kernels_per_call, v.speedup.median if v.speedup else None))

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 from bench_apply import load  # noqa: E402
-from fxfusion.timing import CudaClock  # noqa: E402
+from fxfusion.measure.timing import CudaClock  # noqa: E402
 
 
 def main() -> None:

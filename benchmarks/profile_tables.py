@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from fxfusion.profile import Profile
+from fxfusion.profiles.profile import Profile
 
 
 def _us(ms):

@@ -279,7 +279,7 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     sys.path.insert(0, str(ROOT))
-    from fxfusion.schema import atomic_write_text
+    from fxfusion.profiles.schema import atomic_write_text
 
     atomic_write_text(OUTPUT, text)
     print(f"wrote {OUTPUT.relative_to(ROOT)}")

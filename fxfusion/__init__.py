@@ -1,32 +1,56 @@
-"""fxfusion: which operator fusions pay off on this hardware, at this shape and dtype -- measured, not guessed."""
+"""fxfusion: which operator fusions pay off on this hardware, at this shape and dtype -- measured, not guessed.
+
+The package's layers, bottom to top (docs/architecture.md draws them):
+
+  measure/      timing, statistics, correctness, kernel counting, hardware peaks, devices and dtypes
+  graph/        capture (torch.export / Dynamo), fx node readers and editors, lean calls, model loading, partitions
+  fusions/      the fusion families (each: patterns, matchers, rewrites side by side) and their registry
+  profiles/     the profile model, its schema, validation and comparison
+  calibration/  measuring the pattern library: variants, ceilings, profiles
+  planning/     deciding sites, plans, in-model timing, applying and verifying, the pipelines
+  reports/      HTML, plots, text
+  cli/          the typer commands, on top and thin
+
+The public names below are imported on first use, so ``import fxfusion`` (and the CLI's start) stays light.
+"""
+
+from fxfusion.errors import FxFusionError
 
 __version__ = "0.1.0"
 
-from fxfusion.errors import FxFusionError  # noqa: E402
-from fxfusion.profile import Decision, Entry, Profile  # noqa: E402
+# public name -> the module that defines it
+_PUBLIC = {
+    "Profile": "fxfusion.profiles.profile", "Decision": "fxfusion.profiles.profile",
+    "Entry": "fxfusion.profiles.profile",
+    "calibrate": "fxfusion.calibration.calibrate",
+    "plan": "fxfusion.planning.pipeline", "apply_and_verify": "fxfusion.planning.pipeline",
+    "FusionPlan": "fxfusion.planning.plan",
+    "apply": "fxfusion.planning.apply",
+    "verify_plan": "fxfusion.planning.verify",
+    "analyze": "fxfusion.planning.analyze",
+    "capture": "fxfusion.graph.capture",
+    "find_sites": "fxfusion.fusions.match",
+    "partition": "fxfusion.graph.partition", "plan_operator_support": "fxfusion.graph.partition",
+    "register_family": "fxfusion.fusions.registry",
+    "calibrate_linear_fusion_patterns": "fxfusion.calibration.compat",
+    "calibrate_conv_fusion_patterns": "fxfusion.calibration.compat",
+    "calibrate_attention_fusion_patterns": "fxfusion.calibration.compat",
+}
+_RENAMED = {"register_family": "register"}
 
 
-# Imported eagerly, not wrapped lazily: the submodule fxfusion.calibrate shares the function's name, and importing
-# the submodule later would otherwise rebind the package attribute to the module.
-from fxfusion.calibrate import calibrate  # noqa: E402
-# Likewise for plan (the submodule fxfusion.plan holds FusionPlan).
-from fxfusion.plan import FusionPlan, plan  # noqa: E402
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'fxfusion' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_PUBLIC[name]), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
 
 
-def apply(model, plan):
-    """The planned model: the plan's groups rewritten into their winning variants; see :func:`fxfusion.rewrite.apply`."""
-    from fxfusion.rewrite import apply as _apply
-
-    return _apply(model, plan)
+def __dir__():
+    return sorted(list(globals()) + list(_PUBLIC))
 
 
-def __getattr__(name):  # the compatibility functions of the original suite, imported on first use
-    if name in ("calibrate_linear_fusion_patterns", "calibrate_conv_fusion_patterns",
-                "calibrate_attention_fusion_patterns"):
-        from fxfusion import compat
-
-        return getattr(compat, name)
-    raise AttributeError(name)
-
-
-__all__ = ["FxFusionError", "Profile", "Decision", "Entry", "calibrate", "plan", "apply", "FusionPlan", "__version__"]
+__all__ = ["FxFusionError", "__version__", *_PUBLIC]

@@ -1,6 +1,6 @@
 """``python -m fxfusion``: the same command line as the ``fxfusion`` script."""
 
-from fxfusion.cli import main
+from fxfusion.cli.app import main
 
 if __name__ == "__main__":
     main()

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from fxfusion.timing import TimingSpec
-
-# Enough rounds for a bootstrap interval, little enough to keep the suite fast.
-TINY_SPEC = TimingSpec(rounds=6, warmup=1, target_sample_s=0.0005, budget_s=0.5)
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+from tests.helpers import TINY_SPEC
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +13,7 @@ def tiny_profile(tmp_path_factory):
 
     Returns the path of the written profile.
     """
-    from fxfusion.calibrate import calibrate
+    from fxfusion.calibration.calibrate import calibrate
 
     path = tmp_path_factory.mktemp("profiles") / "tiny.json"
     calibrate(hardware="generic-cpu", device="cpu", patterns="linear_bias_relu,conv2d_bn_relu,full_attention",

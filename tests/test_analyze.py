@@ -11,14 +11,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from rich.console import Console
 
-from fxfusion.analyze import (LiveSource, Lookup, ProfileSource, analyze, decide_site, render_markdown,
-                              render_table)
-from fxfusion.loader import load_model
-from fxfusion.patterns import REGISTRY
-from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, VariantResult
-from fxfusion.schema import schema_errors
-from fxfusion.sites import Site
-from tests.conftest import TINY_SPEC
+from fxfusion.planning.analyze import LiveSource, Lookup, ProfileSource, analyze, decide_site
+from fxfusion.reports.text import render_markdown, render_table
+from fxfusion.graph.loader import load_model
+from fxfusion.fusions.registry import REGISTRY
+from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, VariantResult
+from fxfusion.profiles.schema import schema_errors
+from fxfusion.graph.sites import Site
+from tests.helpers import TINY_SPEC
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -148,7 +148,7 @@ def test_profile_from_other_hardware_warns(tiny_profile):
 def test_live_measures_each_distinct_problem_once(monkeypatch):
     import importlib
 
-    calibrate = importlib.import_module("fxfusion.calibrate")  # fxfusion.calibrate the attribute is the function
+    calibrate = importlib.import_module("fxfusion.planning.decide")  # where LiveSource looks measure_entry up
     calls = []
     real = calibrate.measure_entry
 

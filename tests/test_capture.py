@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxfusion.capture import capture, module_path
+from fxfusion.graph.capture import capture, module_path
 from fxfusion.errors import FxFusionError
-from fxfusion.loader import load_model
-from fxfusion.match import find_sites
+from fxfusion.graph.loader import load_model
+from fxfusion.fusions.match import find_sites
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

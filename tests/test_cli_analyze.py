@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from fxfusion.cli import app
-from fxfusion.schema import schema_errors
+from fxfusion.cli.app import app
+from fxfusion.profiles.schema import schema_errors
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 runner = CliRunner()
@@ -77,13 +76,6 @@ def test_corrupt_profile_is_one_line(tmp_path):
     assert result.exit_code == 1 and "is not valid JSON" in err and err.count("\n") == 1
 
 
-def test_missing_apply_modules_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "fxfusion.plan", None)  # as if the module were not installed
-    result, err = _run(_model_file(tmp_path, GOOD), "--apply", "--no-compile")
-    assert result.exit_code == 1 and err == ("error: --apply needs fxfusion.plan, which this installation of "
-                                             "fxfusion does not have\n")
-
-
 def test_json_to_stdout_validates_even_when_the_model_prints(tmp_path):
     path = _model_file(tmp_path, GOOD.replace("def get_inputs():", "print('loading weights...')\n"
                                                                    "def get_inputs():"))
@@ -109,7 +101,7 @@ def test_every_format_is_written_atomically(fmt, check, tmp_path):
 
 
 def test_html_format_uses_the_report_module(tmp_path):
-    pytest.importorskip("fxfusion.report")
+    pytest.importorskip("fxfusion.reports.html")
     out = tmp_path / "report.html"
     result, err = _run(MODELS / "shared_conv.py", "--match-only", "--format", "html", "-o", out)
     assert result.exit_code == 0, err
@@ -163,8 +155,8 @@ def test_live_measurement_is_the_default(tmp_path):
 
 
 def test_apply_verifies_and_puts_the_result_in_the_report(tmp_path):
-    pytest.importorskip("fxfusion.plan")
-    pytest.importorskip("fxfusion.verify")
+    pytest.importorskip("fxfusion.planning.plan")
+    pytest.importorskip("fxfusion.planning.verify")
     out = tmp_path / "report.json"
     result, err = _run(MODELS / "transformer_block.py", "--no-compile", "--apply", "--format", "json", "-o", out)
     report = json.loads(out.read_text())

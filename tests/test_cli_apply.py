@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import fxfusion.insitu as insitu_module
-import fxfusion.verify as verify_module
-from fxfusion.cli import app
-from fxfusion.profile import Profile
-from fxfusion.rewrites import REWRITES
-from fxfusion.schema import schema_errors
-from tests.conftest import TINY_SPEC
+import fxfusion.planning.insitu as insitu_module
+import fxfusion.planning.verify as verify_module
+from fxfusion.cli.app import app
+from fxfusion.profiles.profile import Profile
+from fxfusion.profiles.schema import schema_errors
+from fxfusion.planning.insitu import Overhead
+from tests.helpers import TINY_SPEC, OpCountClock, replace_rewrite
 
-plan_module = importlib.import_module("fxfusion.plan")
+# The --apply pipeline looks these up in its own module: the fixtures below replace them there.
+pipeline_module = importlib.import_module("fxfusion.planning.pipeline")
 MODELS = Path(__file__).resolve().parent.parent / "models"
 runner = CliRunner()
 
@@ -39,7 +40,7 @@ def folding_profile(tiny_profile, tmp_path):
 
 @pytest.fixture(autouse=True)
 def quick_verification(monkeypatch):
-    monkeypatch.setattr(verify_module, "verify_plan",
+    monkeypatch.setattr(pipeline_module, "verify_plan",
                         functools.partial(verify_module.verify_plan, spec=TINY_SPEC, include_compile=False))
 
 
@@ -48,15 +49,13 @@ def no_capture_overhead(monkeypatch):
     """The captured graph's overhead is measured, so whether it refuses a tiny model's groups depends on the machine's
     noise; these tests pin it to zero so the rewrites under test always apply.  The refusal itself is tested below
     with a pinned large overhead (and in tests/test_plan.py)."""
-    monkeypatch.setattr(plan_module, "measure_overhead", lambda *a, **k: plan_module.Overhead(0.0, 0.0, 0.0))
+    monkeypatch.setattr(pipeline_module, "measure_overhead", lambda *a, **k: Overhead(0.0, 0.0, 0.0))
 
 
 @pytest.fixture(autouse=True)
 def counted_in_model_timing(monkeypatch):
     """The groups' in-model timing, made deterministic: a region costs 1 us per aten op it runs (a rewrite that
     removes ops saves), so no group of these tests is refused by the noise of a shared machine."""
-    from tests.test_insitu import OpCountClock
-
     monkeypatch.setattr(insitu_module, "model_clock", lambda device: OpCountClock())
 
 
@@ -94,14 +93,14 @@ def test_apply_table_shows_the_verification(folding_profile):
 
 
 def test_apply_of_a_wrong_rewrite_exits_1(folding_profile, monkeypatch, tmp_path):
-    correct = REWRITES["bn_folded"]
+    def wrong_fold(correct):
+        def fold(gm, nodes, group):
+            old, new = correct(gm, nodes, group)
+            getattr(gm, new.args[1].target).mul_(2.0)  # the folded weight, doubled
+            return old, new
+        return fold
 
-    def wrong_fold(gm, nodes, group):
-        old, new = correct(gm, nodes, group)
-        getattr(gm, new.args[1].target).mul_(2.0)  # the folded weight, doubled
-        return old, new
-
-    monkeypatch.setitem(REWRITES, "bn_folded", wrong_fold)
+    replace_rewrite(monkeypatch, "bn_folded", wrong_fold)
     out = tmp_path / "report.json"
     result, err = _run(MODELS / "mobilenet_block.py", "--profile", folding_profile, "--apply", "--format", "json",
                        "-o", out)
@@ -123,7 +122,7 @@ def test_apply_on_the_reused_conv_model_leaves_the_shared_conv_alone(folding_pro
 
 
 def test_apply_refuses_groups_that_do_not_pay_for_the_captured_graph(folding_profile, monkeypatch, tmp_path):
-    monkeypatch.setattr(plan_module, "measure_overhead", lambda *a, **k: plan_module.Overhead(1e3, 1e3, 1e3))
+    monkeypatch.setattr(pipeline_module, "measure_overhead", lambda *a, **k: Overhead(1e3, 1e3, 1e3))
     out = tmp_path / "report.json"
     result, err = _run(MODELS / "mobilenet_block.py", "--profile", folding_profile, "--apply", "--format", "json",
                        "-o", out)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fxfusion.cli import app
-from fxfusion.profile import Profile
-from fxfusion.schema import schema_errors
+from fxfusion.cli.app import app
+from fxfusion.profiles.profile import Profile
+from fxfusion.profiles.schema import schema_errors
 
 runner = CliRunner()
 
@@ -54,7 +54,7 @@ def test_unwritable_output_is_one_line(tmp_path):
 
 
 def test_ctrl_c_leaves_no_profile(tmp_path, monkeypatch):
-    cal = importlib.import_module("fxfusion.calibrate")
+    cal = importlib.import_module("fxfusion.calibration.calibrate")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -69,8 +69,8 @@ def test_ctrl_c_leaves_no_profile(tmp_path, monkeypatch):
 
 
 def test_resume_skips_finished_entries(tmp_path, monkeypatch):
-    cal = importlib.import_module("fxfusion.calibrate")
-    from tests.conftest import TINY_SPEC
+    cal = importlib.import_module("fxfusion.calibration.calibrate")
+    from tests.helpers import TINY_SPEC
 
     out = tmp_path / "p.json"
     real = cal.measure_entry
@@ -119,8 +119,8 @@ def test_quick_calibration_end_to_end_with_real_inductor(tmp_path):
 
 
 def test_resume_measures_again_what_the_journal_holds_wrongly(tmp_path, monkeypatch):
-    cal = importlib.import_module("fxfusion.calibrate")
-    from tests.conftest import TINY_SPEC
+    cal = importlib.import_module("fxfusion.calibration.calibrate")
+    from tests.helpers import TINY_SPEC
 
     out = tmp_path / "p.json"
     progress = out.with_name(out.name + ".progress.jsonl")

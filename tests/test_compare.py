@@ -7,13 +7,13 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import TINY_SPEC
-from fxfusion.cli import app
-from fxfusion.compare import Comparison, compare_profiles, decision_boundaries
+from tests.helpers import TINY_SPEC
+from fxfusion.cli.app import app
+from fxfusion.profiles.compare import Comparison, compare_profiles, decision_boundaries
 from fxfusion.errors import FxFusionError
-from fxfusion.profile import Profile
-from fxfusion.schema import schema_errors
-from tests.report_samples import edited
+from fxfusion.profiles.profile import Profile
+from fxfusion.profiles.schema import schema_errors
+from tests.helpers import edited
 
 runner = CliRunner()
 
@@ -26,7 +26,7 @@ def tiny(tiny_profile) -> Profile:
 @pytest.fixture(scope="module")
 def second_profile(tmp_path_factory):
     """A second real calibration: two of tiny_profile's patterns plus one it lacks, in float32 and float64."""
-    from fxfusion.calibrate import calibrate
+    from fxfusion.calibration.calibrate import calibrate
 
     path = tmp_path_factory.mktemp("profiles") / "second.json"
     calibrate(hardware="generic-cpu", device="cpu", patterns="linear_bias_relu,full_attention,rmsnorm",

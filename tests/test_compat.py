@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import fxfusion
-from tests.conftest import TINY_SPEC
+from tests.helpers import TINY_SPEC
 
 KEYS = {"fusion_pattern", "input_shape", "unfused_latency_ms", "unfused_gflops", "unfused_bytes", "fused_latency_ms",
         "fused_gflops", "fused_bytes", "speedup_factor", "memory_reduction", "extra_params", "flops"}

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fxfusion.correctness import relative_error, to_reference, tolerance
-from fxfusion.hardware import resolve
-from fxfusion.patterns import REGISTRY, get_pattern
-from fxfusion.timing import CudaClock, TimingSpec
+from fxfusion.measure.correctness import relative_error, to_reference, tolerance
+from fxfusion.measure.hardware import resolve
+from fxfusion.fusions.registry import REGISTRY
+from fxfusion.measure.timing import CudaClock, TimingSpec
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -27,7 +27,7 @@ def _cases():
 
 @pytest.mark.parametrize("pattern_name,variant,dtype", list(_cases()))
 def test_every_manual_variant_is_correct_on_cuda(pattern_name, variant, dtype):
-    p = get_pattern(pattern_name)
+    p = REGISTRY[pattern_name]
     mv = next(m for m in p.manual if m.name == variant)
     shape = p.shapes["quick"][1]
     why = mv.unsupported(shape, dtype, "cuda")
@@ -43,8 +43,8 @@ def test_every_manual_variant_is_correct_on_cuda(pattern_name, variant, dtype):
 def test_cuda_entry_has_host_device_split_kernel_counts_and_sdpa_backend():
     import importlib
 
-    cal = importlib.import_module("fxfusion.calibrate")
-    p = get_pattern("full_attention")
+    cal = importlib.import_module("fxfusion.calibration.calibrate")
+    p = REGISTRY["full_attention"]
     entry = cal.measure_entry(p, {"B": 2, "H": 4, "S": 256, "D": 64}, "bfloat16", "cuda", resolve("h100-sxm"), SPEC,
                               CudaClock(), compile_modes=("compile", "compile_reduce_overhead"))
     for v in entry.variants:
@@ -56,7 +56,7 @@ def test_cuda_entry_has_host_device_split_kernel_counts_and_sdpa_backend():
 
 
 def test_triton_add_layernorm_matches_reference_in_every_dtype():
-    p = get_pattern("add_layernorm")
+    p = REGISTRY["add_layernorm"]
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         inputs = p.make_inputs({"M": 300, "N": 1000}, dtype, "cuda", torch.Generator().manual_seed(0))
         ref = p.eager(**to_reference(inputs))
@@ -66,8 +66,8 @@ def test_triton_add_layernorm_matches_reference_in_every_dtype():
 def test_calibrate_cli_on_cuda(tmp_path):
     from typer.testing import CliRunner
 
-    from fxfusion.cli import app
-    from fxfusion.profile import Profile
+    from fxfusion.cli.app import app
+    from fxfusion.profiles.profile import Profile
 
     out = tmp_path / "gpu.json"
     result = CliRunner().invoke(app, ["calibrate", "--hardware", "h100-sxm", "--device", "cuda", "--quick",
@@ -82,11 +82,11 @@ def test_calibrate_cli_on_cuda(tmp_path):
 def test_written_out_gelu_goes_into_the_cublaslt_epilogue():
     """GPT-2's NewGELU (eight elementwise ops) after a Conv1D addmm: the epilogue takes it, bf16, within tolerance."""
     import fxfusion
-    from fxfusion.capture import capture
-    from fxfusion.loader import load_model
-    from fxfusion.match import find_sites
-    from fxfusion.plan import FusionPlan
-    from fxfusion.profile import Decision
+    from fxfusion.graph.capture import capture
+    from fxfusion.graph.loader import load_model
+    from fxfusion.fusions.match import find_sites
+    from fxfusion.planning.plan import FusionPlan
+    from fxfusion.profiles.profile import Decision
 
     loaded = load_model(Path(__file__).resolve().parent.parent / "models" / "gpt2_mlp.py", device="cuda",
                         dtype=torch.bfloat16)

@@ -4,49 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from fxfusion.insitu import InModel, cut_region, measure_in_model, region_nodes
-from fxfusion.plan import SLOWER_IN_MODEL
-from fxfusion.rewrite import runnable_graph
-from fxfusion.stats import difference
-from fxfusion.timing import TimingSpec
-from fxfusion.verify import verify_plan
-from tests.test_plan import MODELS, typical_plan
+from fxfusion.planning.insitu import InModel, cut_region, measure_in_model, region_nodes
+from fxfusion.planning.plan import SLOWER_IN_MODEL
+from fxfusion.graph.runnable import runnable_graph
+from fxfusion.measure.stats import difference
+from fxfusion.measure.timing import TimingSpec
+from fxfusion.planning.verify import verify_plan
+from tests.helpers import MODELS, OpCountClock, typical_plan
 
 SPEC = TimingSpec(rounds=5, warmup=1, target_sample_s=0.0, max_inner=1, budget_s=5.0)
 
 
-class _Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
-class OpCountClock:
-    """A deterministic clock: a call costs ``base + per_op * (aten ops it runs)`` microseconds."""
-
-    device = "cpu"
-
-    def __init__(self, per_op_us: float = 1.0, base_us: float = 0.0):
-        self.per_op, self.base, self.t = per_op_us, base_us, 0.0
-
-    def sample(self, fn, inner):
-        with _Count() as c:
-            fn()
-        return (self.base + self.per_op * c.ops) * 1e-6
-
-    def now(self):
-        self.t += 1e-3
-        return self.t
-
-
 def _model(name):
-    from fxfusion.loader import load_model
+    from fxfusion.graph.loader import load_model
 
     return load_model(MODELS / f"{name}.py")
 
@@ -135,14 +106,14 @@ def test_difference_interval_brackets_the_median_difference():
 
 
 def test_unknown_cuda_timing_mode_is_refused():
-    from fxfusion.timing import CudaClock
+    from fxfusion.measure.timing import CudaClock
 
     with pytest.raises(ValueError, match="unknown CUDA timing mode"):
         CudaClock("warm")
 
 
 def test_fractions_paired_per_round_predict_exactly_under_a_deterministic_clock():
-    from fxfusion.plan import Overhead
+    from fxfusion.planning.plan import Overhead
 
     loaded = _model("resnet_bottleneck")
     plan = typical_plan("resnet_bottleneck")
@@ -162,7 +133,7 @@ def test_fractions_paired_per_round_predict_exactly_under_a_deterministic_clock(
 
 
 def test_paired_fraction_cancels_a_host_speed_swing():
-    from fxfusion.stats import paired_fraction
+    from fxfusion.measure.stats import paired_fraction
 
     speed = [1.0, 1.5] * 10  # the host alternates between two speeds, round by round
     eager = [0.20 * k for k in speed]
@@ -187,7 +158,7 @@ class _NewGELULinear(torch.nn.Module):
 
 
 def _gelu_profile(shape, eager_ms, addmm_ms):
-    from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, VariantResult
+    from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, VariantResult
 
     def variant(name, kind, ms):
         return VariantResult(name=name, kind=kind, status="ok", samples_ms=[ms * f for f in (0.99, 1.0, 1.01)] * 3,
@@ -204,9 +175,9 @@ def _gelu_profile(shape, eager_ms, addmm_ms):
 
 
 def test_written_out_activation_is_decided_inside_the_model():
-    from fxfusion.capture import capture
-    from fxfusion.match import find_sites
-    from fxfusion.plan import FusionPlan, NOT_FUSE
+    from fxfusion.graph.capture import capture
+    from fxfusion.fusions.match import find_sites
+    from fxfusion.planning.plan import FusionPlan, NOT_FUSE
 
     model, inputs = _NewGELULinear().eval(), (torch.randn(2, 4, 16),)
     captured = capture(model, inputs)
@@ -226,9 +197,9 @@ def test_written_out_activation_is_decided_inside_the_model():
 
 
 def test_written_out_activation_not_faster_inside_the_model_stays_refused():
-    from fxfusion.capture import capture
-    from fxfusion.match import find_sites
-    from fxfusion.plan import FusionPlan, NOT_FUSE
+    from fxfusion.graph.capture import capture
+    from fxfusion.fusions.match import find_sites
+    from fxfusion.planning.plan import FusionPlan, NOT_FUSE
 
     model, inputs = _NewGELULinear().eval(), (torch.randn(2, 4, 16),)
     captured = capture(model, inputs)
@@ -242,9 +213,9 @@ def test_written_out_activation_not_faster_inside_the_model_stays_refused():
 
 
 def test_the_report_says_where_the_model_overrode_the_library():
-    from fxfusion.analyze import ProfileSource, analyze
-    from fxfusion.cli_analyze import _note_in_model
-    from fxfusion.plan import FusionPlan
+    from fxfusion.planning.analyze import ProfileSource, analyze
+    from fxfusion.planning.pipeline import note_in_model
+    from fxfusion.planning.plan import FusionPlan
 
     model, inputs = _NewGELULinear().eval(), (torch.randn(2, 4, 16),)
     profile = _gelu_profile({"M": 8, "K": 16, "N": 32}, eager_ms=1.0, addmm_ms=1.2)
@@ -252,7 +223,7 @@ def test_the_report_says_where_the_model_overrode_the_library():
     plan = FusionPlan.from_decisions(result.captured, result.sites, result.decisions(), profile=profile,
                                      device="cpu", undecided=result.undecided())
     plan.measure_in_model(model, inputs, spec=SPEC, clock=OpCountClock())
-    _note_in_model(result, plan)
+    note_in_model(result, plan)
     [site] = result.to_dict()["sites"]
     assert site["verdict"] == "avoid"  # the library's verdict, against its one-op GELU
     assert any(w.startswith("fused by --apply all the same") for w in site["warnings"])
@@ -273,7 +244,7 @@ def test_plan_decides_pending_sites_even_when_no_group_was_admitted(monkeypatch)
 
     model, inputs = _NewGELULinear().eval(), (torch.randn(2, 4, 16),)
     profile = _gelu_profile({"M": 8, "K": 16, "N": 32}, eager_ms=1.0, addmm_ms=1.2)
-    monkeypatch.setattr("fxfusion.insitu.model_clock", lambda device: OpCountClock())
+    monkeypatch.setattr("fxfusion.planning.insitu.model_clock", lambda device: OpCountClock())
     plan = fxfusion.plan(model, profile, inputs, check_overhead=False, spec=SPEC)
     assert [g.id for g in plan.groups if g.decided_in_model] == ["g0.s0"] and plan.pending == []
 

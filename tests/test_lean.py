@@ -8,11 +8,11 @@ import warnings
 import pytest
 import torch
 
-from fxfusion.capture import capture
-from fxfusion.lean import binding_for, lean, original_target
-from fxfusion.loader import load_model
-from fxfusion.rewrite import captured_module
-from tests.test_plan import EXPECTED, MODELS
+from fxfusion.graph.capture import capture
+from fxfusion.graph.lean import binding_for, lean, original_target
+from fxfusion.graph.loader import load_model
+from fxfusion.planning.rewrite import captured_module
+from tests.helpers import EXPECTED, MODELS
 
 aten = torch.ops.aten
 
@@ -86,7 +86,7 @@ def test_lean_calls_compute_the_same_on_a_tour_of_ops():
     captured = capture(model, inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from fxfusion.rewrite import runnable_graph
+        from fxfusion.planning.rewrite import runnable_graph
 
         plain = runnable_graph(captured, 0, model)  # aten overloads, as exported
         leaned = lean(copy.deepcopy(plain))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fxfusion.errors import FxFusionError
-from fxfusion.loader import load_model, split_spec
+from fxfusion.graph.loader import load_model, split_spec
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxfusion.capture import capture
-from fxfusion.loader import load_model
-from fxfusion.match import MATCHERS, find_sites
-from fxfusion.patterns import REGISTRY
+from fxfusion.graph.capture import capture
+from fxfusion.graph.loader import load_model
+from fxfusion.fusions.match import MATCHERS, find_sites
+from fxfusion.fusions.registry import REGISTRY
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

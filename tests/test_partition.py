@@ -10,14 +10,14 @@ import torch
 import torch.nn as nn
 from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 
-from fxfusion.capture import capture
-from fxfusion.correctness import relative_error
+from fxfusion.graph.capture import capture
+from fxfusion.measure.correctness import relative_error
 from fxfusion.errors import FxFusionError
-from fxfusion.loader import load_model
-from fxfusion.match import find_sites
-from fxfusion.partition import partition, plan_operator_support
-from fxfusion.plan import FusionPlan
-from fxfusion.profile import Decision
+from fxfusion.graph.loader import load_model
+from fxfusion.fusions.match import find_sites
+from fxfusion.graph.partition import partition, plan_operator_support
+from fxfusion.planning.plan import FusionPlan
+from fxfusion.profiles.profile import Decision
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOAT32_TOL = 1e-4  # the partitioned graph runs the same ops in the same order: float32 rounding only

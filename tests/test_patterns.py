@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fxfusion.correctness import relative_error, to_reference, tolerance
+from fxfusion.measure.correctness import relative_error, to_reference, tolerance
 from fxfusion.errors import FxFusionError
-from fxfusion.kernelcount import count_launches
-from fxfusion.patterns import FAMILIES, ORIGINAL_SUITE, REGISTRY, get_pattern, select_patterns
+from fxfusion.measure.kernelcount import count_launches
+from fxfusion.fusions.registry import FAMILIES, ORIGINAL_SUITE, REGISTRY, select_patterns
 
 CPU_TOL = {torch.float32: 1e-4}
 
@@ -20,7 +20,7 @@ def test_library_has_the_original_nine_plus_silu_and_causal_attention():
 
 
 def test_linear_bias_relu_counts_by_hand():
-    p = get_pattern("linear_bias_relu")
+    p = REGISTRY["linear_bias_relu"]
     s = {"M": 2, "K": 3, "N": 4}
     # GEMM 2*M*K*N = 48, bias 8, ReLU 8
     assert p.flops(s) == 48 + 8 + 8
@@ -32,7 +32,7 @@ def test_linear_bias_relu_counts_by_hand():
 
 
 def test_conv_bn_relu_counts_by_hand():
-    p = get_pattern("conv2d_bn_relu")
+    p = REGISTRY["conv2d_bn_relu"]
     s = dict(B=1, Cin=2, Cout=3, H=4, W=4, k=3, G=1)
     x, y, w = 1 * 2 * 16, 1 * 3 * 16, 3 * 2 * 9
     assert p.flops(s) == 2 * 48 * 2 * 9 + 48 * (2 + 1)  # conv (no bias before BN), BN scale+shift, ReLU
@@ -42,14 +42,14 @@ def test_conv_bn_relu_counts_by_hand():
 
 
 def test_depthwise_conv_counts_weights_per_group():
-    p = get_pattern("conv2d_relu")
+    p = REGISTRY["conv2d_relu"]
     s = dict(B=1, Cin=8, Cout=8, H=2, W=2, k=3, G=8)
     assert p.flops(s) == 2 * 32 * 1 * 9 + 32 * 2
     assert p.bytes(s, 4, True) == 4 * (32 + 8 * 9 + 8 + 32)
 
 
 def test_full_attention_counts_by_hand():
-    p = get_pattern("full_attention")
+    p = REGISTRY["full_attention"]
     s = dict(B=1, H=1, S=4, D=2)
     n, m = 8, 16
     assert p.flops(s) == 2 * m * 2 + m + 4 * m + 2 * m * 2
@@ -58,7 +58,7 @@ def test_full_attention_counts_by_hand():
 
 
 def test_causal_attention_counts_the_boolean_mask_at_one_byte():
-    p, full = get_pattern("causal_attention"), get_pattern("full_attention")
+    p, full = REGISTRY["causal_attention"], REGISTRY["full_attention"]
     s = dict(B=1, H=1, S=4, D=2)
     assert p.bytes(s, 4, False) - full.bytes(s, 4, False) == 4 * 2 * 16 + 16
 
@@ -71,7 +71,7 @@ def _variant_cases():
 
 @pytest.mark.parametrize("pattern_name,variant", list(_variant_cases()))
 def test_manual_variant_matches_float64_reference(pattern_name, variant):
-    p = get_pattern(pattern_name)
+    p = REGISTRY[pattern_name]
     mv = next(m for m in p.manual if m.name == variant)
     shape = p.shapes["quick"][0]
     why = mv.unsupported(shape, torch.float32, "cpu")
@@ -96,7 +96,7 @@ def test_tolerances_are_per_dtype_and_tf32_aware():
 
 
 def test_addmm_launches_one_fewer_op_than_eager_linear_bias_relu():
-    p = get_pattern("linear_bias_relu")
+    p = REGISTRY["linear_bias_relu"]
     inputs = p.make_inputs(p.shapes["quick"][0], torch.float32, "cpu", torch.Generator().manual_seed(0))
     eager = count_launches(lambda: p.eager(**inputs), "cpu")
     fused = count_launches(p.manual[0].build(inputs), "cpu")
@@ -105,7 +105,7 @@ def test_addmm_launches_one_fewer_op_than_eager_linear_bias_relu():
 
 
 def test_sdpa_is_one_op_where_eager_attention_is_four():
-    p = get_pattern("full_attention")
+    p = REGISTRY["full_attention"]
     inputs = p.make_inputs(p.shapes["quick"][0], torch.float32, "cpu", torch.Generator().manual_seed(0))
     assert count_launches(lambda: p.eager(**inputs), "cpu").kernels_per_call >= 4
     assert count_launches(p.manual[0].build(inputs), "cpu").kernels_per_call == 1
@@ -121,11 +121,11 @@ def test_select_patterns_by_family_and_name():
 
 def test_shape_keys_are_checked():
     with pytest.raises(FxFusionError, match="takes shape keys M,K,N"):
-        get_pattern("linear_bias").check_shape({"M": 1, "K": 2})
+        REGISTRY["linear_bias"].check_shape({"M": 1, "K": 2})
 
 
 def test_reference_of_a_large_problem_is_checked_on_leading_rows():
-    p = get_pattern("full_attention")
+    p = REGISTRY["full_attention"]
     shape = {"B": 8, "H": 2, "S": 64, "D": 8}
     inputs = p.make_inputs(shape, torch.float32, "cpu", torch.Generator().manual_seed(0))
     sliced, rows = p.reference_slice(shape, inputs, max_bytes=p.bytes({**shape, "B": 2}, 8, False))

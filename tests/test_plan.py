@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import networkx as nx
 import pytest
@@ -12,60 +11,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxfusion
-from fxfusion.capture import capture
+from fxfusion.graph.capture import capture
 from fxfusion.errors import FxFusionError
-from fxfusion.lean import original_target
-from fxfusion.loader import load_model
-from fxfusion.match import find_sites
-from fxfusion.plan import FusionPlan, measure_overhead
-from fxfusion.profile import Decision, Entry, Profile, SpeedupCI, VariantResult
-from fxfusion.rewrites import REWRITES
-from fxfusion.sites import Site
-from tests.conftest import TINY_SPEC
-
-MODELS = Path(__file__).resolve().parent.parent / "models"
-
-# What a typical profile picks per family; the plan is then determined by the sites' legality and baselines.
-TYPICAL = {"conv": "bn_folded", "attention": "sdpa", "linear": "compile", "add_layernorm": "triton_add_layernorm",
-           "rmsnorm": "rms_norm_op"}
-
-
-def typical_variant(site: Site) -> str:
-    if site.pattern.startswith("conv"):
-        return TYPICAL["conv"]
-    if site.pattern.endswith("attention"):
-        return TYPICAL["attention"]
-    if site.pattern.startswith("linear"):
-        return TYPICAL["linear"]
-    return TYPICAL[site.pattern]
-
-
-def typical_plan(name: str) -> FusionPlan:
-    loaded = load_model(MODELS / f"{name}.py")
-    captured = capture(loaded.model, loaded.example_inputs)
-    sites = find_sites(captured)
-    decisions = {s.id: Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", typical_variant(s), None, "typical")
-                 for s in sites if s.legal}
-    return FusionPlan.from_decisions(captured, sites, decisions)
-
-
-# model -> (groups as (site id, pattern, variant), refusals as (site id, why))
-EXPECTED = {
-    "mlp_block": ([("g0.s0", "linear_bias_gelu", "compile"), ("g0.s2", "add_layernorm", "triton_add_layernorm")],
-                  [("g0.s1", "already_fused")]),
-    "mobilenet_block": ([("g0.s0", "conv2d_bn_relu", "bn_folded"), ("g0.s1", "conv2d_bn_relu", "bn_folded")], []),
-    "resnet_basic": ([("g0.s0", "conv2d_bn_relu", "bn_folded"), ("g0.s1", "conv2d_bn", "bn_folded"),
-                      ("g0.s2", "conv2d_bn", "bn_folded")], []),
-    "resnet_bottleneck": ([("g0.s0", "conv2d_bn_relu", "bn_folded"), ("g0.s1", "conv2d_bn_relu", "bn_folded"),
-                           ("g0.s2", "conv2d_bn", "bn_folded")], []),
-    "shared_conv": ([("g0.s2", "conv2d_bn_relu", "bn_folded")], [("g0.s0", "illegal"), ("g0.s1", "illegal")]),
-    "transformer_block": ([("g0.s1", "causal_attention", "sdpa"), ("g0.s4", "linear_bias_gelu_tanh", "compile")],
-                          [("g0.s0", "already_fused"), ("g0.s2", "already_fused"), ("g0.s3", "illegal"),
-                           ("g0.s5", "already_fused")]),
-    "dynamic_control": ([("g0.s0", "linear_bias_relu", "compile"), ("g1.s0", "linear_bias_gelu", "compile")], []),
-    "gpt2_mlp": ([("g0.s0", "linear_bias_gelu_tanh", "compile")], [("g0.s1", "already_fused")]),
-}
-
+from fxfusion.graph.lean import original_target
+from fxfusion.planning.plan import FusionPlan, measure_overhead
+from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, VariantResult
+from fxfusion.fusions.registry import rewrite_for
+from fxfusion.graph.sites import Site
+from tests.helpers import EXPECTED, TINY_SPEC, typical_plan
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_reference_model_plan(name):
@@ -160,7 +113,7 @@ def test_overhead_of_the_captured_graph_is_charged_to_the_plan():
 
 
 def test_overhead_interval_upper_end_decides():
-    from fxfusion.plan import Overhead
+    from fxfusion.planning.plan import Overhead
 
     plan = _plan(WrittenOut(), torch.randn(64, 256), _profile(eager=1.0, addmm=0.8, compile_=0.5))
     plan.require_saving_over(Overhead(0.3, 0.1, 0.55))  # the median is covered, the interval's top is not
@@ -192,7 +145,7 @@ def test_real_profile_plan_partitions_the_sites(tiny_profile):
     assert sorted([g.id for g in plan.groups] + [r.site_id for r in plan.refused]) == sorted(s.id for s in plan.sites)
     profile = Profile.load(tiny_profile)
     for g in plan.groups:
-        assert g.decision.exact and g.variant in REWRITES
+        assert g.decision.exact and rewrite_for(g.pattern, g.variant) is not None
         entry = profile.find(g.pattern, g.shape, "float32", "cpu")[0]
         base, best = entry.variant(g.baseline_variant), entry.variant(g.variant)
         # the library's saving is kept; the prediction is the group's region timed inside the model
@@ -237,7 +190,7 @@ def test_group_with_a_path_leaving_and_coming_back_is_refused():
 
 
 def _forced_group(gid, nodes):
-    from fxfusion.plan import FusionGroup
+    from fxfusion.planning.plan import FusionGroup
 
     return FusionGroup(gid, "linear_bias_relu", 0, nodes, "compile", "eager", None, None, None, None,
                        Decision("linear_bias_relu", {}, "float32", "cpu", "fuse", "compile", None, ""), {}, "float32")
@@ -282,8 +235,8 @@ def test_networkx_view_of_every_reference_plan(name):
 # -- the API -------------------------------------------------------------------------------------------------------
 
 def test_top_level_names():
-    import fxfusion.plan as _  # noqa: F401  the submodule import must not rebind fxfusion.plan
-    from fxfusion.plan import plan as plan_function
+    import fxfusion.planning.plan as _  # noqa: F401  the submodule import must not rebind fxfusion.plan
+    from fxfusion.planning.pipeline import plan as plan_function
 
     assert fxfusion.plan is plan_function and callable(fxfusion.apply)
 
@@ -303,7 +256,7 @@ def test_bad_arguments_fail_with_one_line(tmp_path):
 
 def test_plan_from_an_analysis_keeps_its_live_timings():
     """The CLI's live mode has no profile file: the analysis's own outcomes carry the timings to the plan."""
-    from fxfusion.analyze import LiveSource, analyze
+    from fxfusion.planning.analyze import LiveSource, analyze
 
     model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU()).eval()
     x = torch.randn(1, 4, 8, 8)

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from fxfusion.errors import FxFusionError
-from fxfusion.profile import Profile
-from fxfusion.schema import atomic_write_json, load_schema, schema_errors
+from fxfusion.profiles.profile import Profile
+from fxfusion.profiles.schema import atomic_write_json, load_schema, schema_errors
 
 
 def test_written_profile_validates_and_round_trips(tiny_profile):

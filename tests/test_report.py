@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from fxfusion.cli import app
+from fxfusion.cli.app import app
 from fxfusion.errors import FxFusionError
-from fxfusion.profile import Profile
-from fxfusion.report import render_analysis_html, render_profile_html
-from fxfusion.schema import schema_errors
-from tests.report_samples import HtmlDoc, edited, make_analysis
+from fxfusion.profiles.profile import Profile
+from fxfusion.reports.html import render_analysis_html, render_profile_html
+from fxfusion.profiles.schema import schema_errors
+from tests.helpers import HtmlDoc, edited, make_analysis
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 runner = CliRunner()
@@ -123,8 +123,8 @@ def test_profile_strings_are_escaped(profile):
 
 def test_profile_without_measured_ceilings_draws_the_datasheet_roof_only(tmp_path):
     """A real calibration run with skip_ceilings: the roofline still places every entry, and says what is missing."""
-    from fxfusion.calibrate import calibrate
-    from tests.conftest import TINY_SPEC
+    from fxfusion.calibration.calibrate import calibrate
+    from tests.helpers import TINY_SPEC
 
     bare = calibrate(hardware="generic-cpu", device="cpu", patterns="qk_scores", quick=True, compile_modes=(),
                      spec=TINY_SPEC, skip_ceilings=True, output=tmp_path / "bare.json", command="pytest bare")
@@ -261,7 +261,7 @@ def test_report_cli_renders_an_analysis_file(analysis, tmp_path):
 
 def test_real_analysis_highlights_every_site_node_by_verdict(tiny_profile, profile):
     """A real `analyze` run (conv+BN+ReLU decided from the real tiny profile) rendered with its captured graphs."""
-    analyze_mod = pytest.importorskip("fxfusion.analyze", reason="fxfusion.analyze (issue 3) is not in this tree")
+    analyze_mod = pytest.importorskip("fxfusion.planning.analyze", reason="fxfusion.planning.analyze (issue 3) is not in this tree")
     model = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
                                 torch.nn.Flatten(), torch.nn.Linear(4096, 64)).eval()
     source = analyze_mod.ProfileSource(profile, "cpu", str(tiny_profile))

@@ -17,16 +17,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxfusion
-from fxfusion.capture import capture
-from fxfusion.correctness import relative_error
+from fxfusion.graph.capture import capture
+from fxfusion.measure.correctness import relative_error
 from fxfusion.errors import FxFusionError
-from fxfusion.lean import original_target
-from fxfusion.loader import load_model
-from fxfusion.match import find_sites
-from fxfusion.plan import FusionGroup, FusionPlan
-from fxfusion.profile import Decision
-from fxfusion.rewrite import apply, captured_module, rewrite_group
-from fxfusion.rewrites import REWRITES, CompiledRegion
+from fxfusion.graph.lean import original_target
+from fxfusion.graph.loader import load_model
+from fxfusion.fusions.match import find_sites
+from fxfusion.planning.plan import FusionGroup, FusionPlan
+from fxfusion.profiles.profile import Decision
+from fxfusion.planning.rewrite import captured_module, rewrite_group
+from fxfusion.planning.apply import apply
+from fxfusion.fusions.compiled import CompiledRegion
+from fxfusion.fusions.registry import rewrite_for
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 aten = torch.ops.aten
@@ -372,7 +374,8 @@ def test_a_rule_that_does_not_fit_leaves_the_graph_as_it_was():
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU()).eval()
     plan = plan_for(model, (torch.randn(4, 16),), lambda s: "sdpa")  # the wrong variant for a linear site
     assert plan.groups == [] and [r.why for r in plan.refused] == ["no_rewrite"]
-    group = FusionGroup(id="g0.s0", pattern="linear_bias_relu", graph_index=0, nodes=list(plan.sites[0].nodes),
+    # an attention pattern's sdpa rule handed a linear site's nodes
+    group = FusionGroup(id="g0.s0", pattern="full_attention", graph_index=0, nodes=list(plan.sites[0].nodes),
                         variant="sdpa", baseline_variant="addmm", speedup=None, predicted_saving_ms=None,
                         baseline_ms=None, variant_ms=None, decision=None, shape={}, dtype="float32")
     gm = captured_module(model, plan.captured)
@@ -399,11 +402,12 @@ def test_no_groups_gives_a_copy_of_the_model():
 
 
 def test_every_profile_variant_of_the_library_has_a_rule_or_is_the_baseline():
-    from fxfusion.patterns import REGISTRY
-    from fxfusion.variants import COMPILE_MODES
+    from fxfusion.fusions.registry import REGISTRY
+    from fxfusion.calibration.variants import COMPILE_MODES
 
-    variants = {mv.name for p in REGISTRY.values() for mv in p.manual} | set(COMPILE_MODES)
-    assert variants <= set(REWRITES)
+    missing = [(p.name, v) for p in REGISTRY.values() for v in [mv.name for mv in p.manual] + list(COMPILE_MODES)
+               if rewrite_for(p.name, v) is None]
+    assert missing == []
 
 
 def test_bad_arguments_fail_with_one_line():
@@ -471,7 +475,7 @@ def test_written_out_gelu_site_is_rewritten_and_verified():
 
 
 def test_epilogue_takes_a_written_out_gelu_only_on_cuda():
-    from fxfusion.rewrites import NotApplicable
+    from fxfusion.graph.edit import NotApplicable
 
     loaded = load_model(MODELS / "gpt2_mlp.py")
     plan = plan_for(loaded.model, loaded.example_inputs,
@@ -484,6 +488,6 @@ def test_epilogue_takes_a_written_out_gelu_only_on_cuda():
 
 
 def runnable_graph_for(plan, model):
-    from fxfusion.rewrite import runnable_graph
+    from fxfusion.planning.rewrite import runnable_graph
 
     return runnable_graph(plan.captured, 0, model)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fxfusion.profile import Profile
-from fxfusion.schema import schema_errors
+from fxfusion.profiles.profile import Profile
+from fxfusion.profiles.schema import schema_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = sorted((ROOT / "profiles").glob("*.json"))

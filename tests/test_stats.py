@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from fxfusion.stats import AVOID, FUSE, MIN_EFFECT, NEUTRAL, Speedup, speedup, summarize
-from fxfusion.timing import MIN_ROUNDS, TimingSpec, measure
+from fxfusion.measure.stats import AVOID, FUSE, MIN_EFFECT, NEUTRAL, Speedup, speedup, summarize
+from fxfusion.measure.timing import MIN_ROUNDS, TimingSpec, measure
 
 
 class FakeClock:
@@ -106,10 +106,10 @@ def test_speedup_needs_samples():
 
 def _measure_with_fake_variants(monkeypatch, variants, shape, rounds):
     """measure_entry with build_variants replaced: ``variants`` maps name -> (kind, output function, fake cost)."""
-    cal = importlib.import_module("fxfusion.calibrate")
-    from fxfusion.hardware import resolve
-    from fxfusion.patterns import get_pattern
-    from fxfusion.variants import Built
+    cal = importlib.import_module("fxfusion.calibration.calibrate")
+    from fxfusion.measure.hardware import resolve
+    from fxfusion.fusions.registry import REGISTRY
+    from fxfusion.calibration.variants import Built
 
     costs = {}
 
@@ -122,7 +122,7 @@ def _measure_with_fake_variants(monkeypatch, variants, shape, rounds):
         return built
 
     monkeypatch.setattr(cal, "build_variants", fake_build)
-    return cal.measure_entry(get_pattern("linear_bias"), shape, "float32", "cpu", resolve("generic-cpu"),
+    return cal.measure_entry(REGISTRY["linear_bias"], shape, "float32", "cpu", resolve("generic-cpu"),
                              TimingSpec(rounds=rounds, warmup=1, budget_s=1e9), FakeClock(costs))
 
 
@@ -157,8 +157,8 @@ def test_an_incorrect_eager_baseline_is_said_plainly(monkeypatch):
         "eager": ("eager", lambda p, i: p.eager(**i) + 1.0, 1.0),
         "addmm": ("manual", lambda p, i: torch.addmm(i["bias"], i["x"], i["weight"].t()), 0.5),
     }, {"M": 4, "K": 4, "N": 4}, rounds=6)
-    from fxfusion.profile import entry_to_dict
-    from fxfusion.schema import entry_errors
+    from fxfusion.profiles.profile import entry_to_dict
+    from fxfusion.profiles.schema import entry_errors
 
     assert entry.variant("eager").status == "incorrect"
     addmm = entry.variant("addmm")
@@ -181,8 +181,8 @@ class BusyThenQuietClock(FakeClock):
 
 
 def test_measure_tight_measures_again_while_the_interval_is_wide_and_keeps_the_narrowest():
-    from fxfusion.stats import difference
-    from fxfusion.timing import measure_tight
+    from fxfusion.measure.stats import difference
+    from fxfusion.measure.timing import measure_tight
 
     def base():
         return None

@@ -7,12 +7,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from fxfusion.cli import app
-from fxfusion.compare import compare_profiles
+from fxfusion.cli.app import app
+from fxfusion.profiles.compare import compare_profiles
 from fxfusion.errors import FxFusionError
-from fxfusion.profile import Profile
-from fxfusion.validation import validate_document, validate_file
-from tests.report_samples import edited, make_analysis
+from fxfusion.profiles.profile import Profile
+from fxfusion.profiles.validation import validate_document, validate_file
+from tests.helpers import edited, make_analysis
 
 runner = CliRunner()
 

@@ -11,18 +11,19 @@ import torch
 import torch.nn as nn
 from rich.console import Console
 
-from fxfusion.capture import capture
-from fxfusion.loader import load_model
-from fxfusion.match import find_sites
-from fxfusion.plan import FusionPlan
-from fxfusion.profile import Decision
-from fxfusion.rewrites import REWRITES, NotApplicable
-from fxfusion.timing import TimingSpec
-from fxfusion.verify import verify_plan
-from tests.conftest import TINY_SPEC
+from fxfusion.graph.capture import capture
+from fxfusion.graph.loader import load_model
+from fxfusion.fusions.match import find_sites
+from fxfusion.planning.plan import FusionPlan
+from fxfusion.profiles.profile import Decision
+from fxfusion.graph.edit import NotApplicable
+from fxfusion.measure.timing import TimingSpec
+from fxfusion.planning.verify import verify_plan
+from fxfusion.reports.verification import render_verification
+from tests.helpers import TINY_SPEC, replace_rewrite
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-# float32 outputs: within 1e-4 (relative L2) of the float64 reference, as fxfusion.correctness sets it
+# float32 outputs: within 1e-4 (relative L2) of the float64 reference, as fxfusion.measure.correctness sets it
 FLOAT32_TOL = 1e-4
 
 
@@ -39,7 +40,7 @@ def plan_for(model, inputs, variant="bn_folded", saving_ms=None) -> FusionPlan:
 
 def rendered(result) -> str:
     out = io.StringIO()
-    Console(file=out, width=160, color_system=None).print(result.render())
+    Console(file=out, width=160, color_system=None).print(render_verification(result))
     return out.getvalue()
 
 
@@ -73,14 +74,14 @@ def test_folded_batchnorm_verifies_against_float64():
 
 def test_a_wrong_rewrite_is_reported_not_verified(monkeypatch):
     """A BatchNorm fold whose bias is off by one: the outputs are wrong, and verification must say so."""
-    correct = REWRITES["bn_folded"]
+    def forgetful_fold(correct):
+        def fold(gm, nodes, group):
+            old, new = correct(gm, nodes, group)
+            getattr(gm, new.args[2].target).add_(1.0)  # the folded bias buffer
+            return old, new
+        return fold
 
-    def forgetful_fold(gm, nodes, group):
-        old, new = correct(gm, nodes, group)
-        getattr(gm, new.args[2].target).add_(1.0)  # the folded bias buffer
-        return old, new
-
-    monkeypatch.setitem(REWRITES, "bn_folded", forgetful_fold)
+    replace_rewrite(monkeypatch, "bn_folded", forgetful_fold)
     loaded = load_model(MODELS / "resnet_bottleneck.py")
     plan = plan_for(loaded.model, loaded.example_inputs)
     r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=TINY_SPEC, include_compile=False)
@@ -93,7 +94,7 @@ def test_a_plan_that_crashes_is_not_verified(monkeypatch):
     def crashing(gm, nodes, group):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(REWRITES, "bn_folded", crashing)
+    replace_rewrite(monkeypatch, "bn_folded", lambda correct: crashing)
     loaded = load_model(MODELS / "mobilenet_block.py")
     r = verify_plan(loaded.model, loaded.example_inputs, plan_for(loaded.model, loaded.example_inputs),
                     spec=TINY_SPEC, include_compile=False)
@@ -105,7 +106,7 @@ def test_groups_the_rules_refuse_are_warned_about(monkeypatch):
     def refusing(gm, nodes, group):
         raise NotApplicable("not today")
 
-    monkeypatch.setitem(REWRITES, "bn_folded", refusing)
+    replace_rewrite(monkeypatch, "bn_folded", lambda correct: refusing)
     loaded = load_model(MODELS / "mobilenet_block.py")
     r = verify_plan(loaded.model, loaded.example_inputs, plan_for(loaded.model, loaded.example_inputs, saving_ms=1.0),
                     spec=TINY_SPEC, include_compile=False)

@@ -1,0 +1,366 @@
+"""Calibration: measure every (pattern, shape, dtype) of the library on one device and decide each.
+
+For one problem (:func:`measure_entry`):
+  1. make the inputs from a seeded generator and the float64 reference (eager, run in float64 on the CPU);
+  2. build the variants (:mod:`fxfusion.calibration.variants`); check each output against the reference (the correctness gate);
+  3. count what each variant launches; a manual variant that launches as many kernels as eager is no fusion and
+     is refused (``not_a_fusion``);
+  4. time eager and the remaining variants interleaved (:mod:`fxfusion.measure.timing`), keep the raw samples;
+  5. speedup over eager with a bootstrap interval for each; the decision takes the best correct variant and a
+     verdict from its interval (:mod:`fxfusion.measure.stats`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from fxfusion import __version__
+from fxfusion.measure.ceilings import measure_ceilings
+from fxfusion.measure.correctness import relative_error, to_reference, tolerance
+from fxfusion.errors import FxFusionError
+from fxfusion.measure.hardware import HardwareSpec, device_name, mismatch_warning, resolve
+from fxfusion.measure.kernelcount import count_launches
+from fxfusion.fusions.registry import Pattern, select_patterns
+from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, VariantResult, entry_from_dict, entry_key, entry_to_dict
+from fxfusion.profiles.schema import entry_errors
+from fxfusion.measure.stats import AVOID, CONFIDENCE, FUSE, MIN_EFFECT, NEUTRAL, speedup, summarize
+from fxfusion.measure.timing import FULL_SPEC, QUICK_SPEC, Clock, TimingSpec, clock_for, measure
+from fxfusion.calibration.variants import Built, build_variants, one_line
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def parse_dtypes(spec: str | Iterable[str]) -> list[str]:
+    words = [w.strip() for w in (spec.split(",") if isinstance(spec, str) else spec) if w.strip()]
+    unknown = [w for w in words if w not in DTYPES]
+    if unknown or not words:
+        raise FxFusionError(f"unknown dtype {', '.join(unknown) or '(none given)'}; choose from {', '.join(DTYPES)}")
+    return words
+
+
+def check_device(device: str) -> str:
+    if device == "cpu":
+        return device
+    if device.split(":")[0] != "cuda" or (":" in device and not device.split(":")[1].isdigit()):
+        raise FxFusionError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise FxFusionError(f"--device {device} asked for, but CUDA is not available on this machine "
+                            f"(torch {torch.__version__})")
+    return device
+
+
+def tf32_state() -> dict[str, bool]:
+    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def _uses_tf32(pattern: Pattern, dtype: torch.dtype, device: str) -> bool:
+    if dtype != torch.float32 or not device.startswith("cuda"):
+        return False
+    state = tf32_state()
+    return state["cudnn"] if pattern.family == "conv" else state["matmul"]
+
+
+def sdpa_backend(kernel_names: Iterable[str]) -> str | None:
+    names = " ".join(kernel_names).lower()
+    for needle, backend in (("flash_attention_for_cpu", "flash (cpu)"), ("cudnn", "cudnn"), ("flash", "flash"),
+                            ("fmha", "efficient"), ("efficient", "efficient")):
+        if needle in names:
+            return backend
+    return "math" if names else None
+
+
+# Kernel names are stored cut to this length (CUDA template names run to thousands of characters); the not-a-fusion
+# check compares whole names.
+KERNEL_NAME_CHARS = 160
+# The float64 reference runs on the CPU; above this working set it is computed on the leading rows only.
+REFERENCE_MAX_BYTES = 1 << 30
+
+
+def _check(built: Built, ref: torch.Tensor, tol: float) -> tuple[float | None, Built]:
+    if built.status != "ok":
+        return None, built
+    try:
+        err = relative_error(built.thunk()[: ref.shape[0]], ref)
+    except Exception as exc:
+        built.status, built.reason, built.thunk = "failed", one_line(exc), None
+        return None, built
+    if not err <= tol:
+        built.status, built.reason = "incorrect", f"relative error {err:.3g} exceeds the {tol:.0e} tolerance"
+        built.thunk = None
+    return err, built
+
+
+def _not_a_fusion(b: Built, lc, eager) -> str | None:
+    """A manual variant that launches more kernels than eager, or the same kernels, fuses nothing on this device
+    (e.g. F.rms_norm on CPU decomposes into the very ops it replaces).  Fewer or different kernels pass: BN folding
+    replaces the BN kernel with a bias add, which is real work removed even at an equal count."""
+    if b.kind != "manual" or b.status != "ok" or lc is None or eager is None:
+        return None
+    more = lc.kernels_per_call > eager.kernels_per_call
+    same = lc.kernels_per_call == eager.kernels_per_call and set(lc.names) == set(eager.names)
+    if more or same:
+        return (f"launches {lc.kernels_per_call:g} {lc.unit} per call ({', '.join(lc.names)[:160]}), eager "
+                f"launches {eager.kernels_per_call:g}: not a fusion on this device")
+    return None
+
+
+def _decide(pattern: str, shape: dict, dtype: str, device: str, variants: list[VariantResult]) -> Decision:
+    candidates = [v for v in variants if v.kind != "eager" and v.status == "ok" and v.speedup]
+
+    def make(verdict, best, sp, reason):
+        return Decision(pattern=pattern, shape=shape, dtype=dtype, device=device, verdict=verdict,
+                        best_variant=best, speedup=sp, reason=reason, measured_shape=dict(shape))
+
+    eager = next(v for v in variants if v.kind == "eager")
+    if eager.status != "ok":  # no baseline: nothing can be compared, whatever the fused variants do
+        return make(AVOID, "eager", None, f"eager itself is {eager.status} ({eager.reason}): nothing was timed")
+    if not candidates:
+        refused = [f"{v.name}: {v.status}" for v in variants if v.kind != "eager"]
+        why = "incorrect" if any(v.status == "incorrect" for v in variants) else "no fused variant ran"
+        return make(AVOID, "eager", None, f"{why} ({'; '.join(refused)})")
+    fuse = [v for v in candidates if v.verdict == FUSE]
+    if fuse:
+        best = max(fuse, key=lambda v: v.speedup.median)
+        s = best.speedup
+        return make(FUSE, best.name, s, f"{best.name} is {s.median:.2f}x eager, 95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}]")
+    best = max(candidates, key=lambda v: v.speedup.median)
+    s = best.speedup
+    if all(v.verdict == AVOID for v in candidates):
+        return make(AVOID, "eager", s, f"every fused variant is slower; best {best.name} {s.median:.2f}x, "
+                    f"95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}]")
+    return make(NEUTRAL, best.name, s, f"{best.name} {s.median:.2f}x, 95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}] "
+                f"does not exclude a difference under {MIN_EFFECT:.0%}")
+
+
+def _roofline(pattern: Pattern, shape: dict, itemsize: int, dtype: str, hw: HardwareSpec, tf32: bool,
+              ceilings: dict | None) -> dict:
+    flops = pattern.flops(shape)
+    peak_gflops, peak_gbs = hw.peak_for(dtype, tf32), hw.peak_bandwidth_gbs
+
+    def predict(nbytes, gflops, gbs):
+        return max(flops / (gflops * 1e9), nbytes / (gbs * 1e9)) * 1e3
+
+    unfused, fused = pattern.bytes(shape, itemsize, False), pattern.bytes(shape, itemsize, True)
+    out = {"unfused_ms": predict(unfused, peak_gflops, peak_gbs), "fused_ms": predict(fused, peak_gflops, peak_gbs),
+           "bound": "compute" if flops / peak_gflops > fused / peak_gbs else "memory",
+           "peak_gflops": peak_gflops, "peak_gbs": peak_gbs, "basis": f"datasheet peaks of {hw.name}",
+           "measured_unfused_ms": None, "measured_fused_ms": None}
+    if ceilings and ceilings.get("best_gbs") and ceilings["best_gflops"].get(dtype):
+        g, b = ceilings["best_gflops"][dtype], ceilings["best_gbs"]
+        out["measured_unfused_ms"], out["measured_fused_ms"] = predict(unfused, g, b), predict(fused, g, b)
+    return out
+
+
+def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, hw: HardwareSpec,
+                  spec: TimingSpec, clock: Clock, ceilings: dict | None = None, seed: int = 0,
+                  compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead")) -> Entry:
+    shape = pattern.check_shape(shape)
+    dtype = DTYPES[dtype_name]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    gen = torch.Generator().manual_seed(seed)
+    inputs = pattern.make_inputs(shape, dtype, device, gen)
+    ref_inputs, ref_rows = pattern.reference_slice(shape, inputs, REFERENCE_MAX_BYTES)
+    ref = pattern.eager(**to_reference(ref_inputs))
+    del ref_inputs
+    tf32 = _uses_tf32(pattern, dtype, device)
+    tol = tolerance(dtype, tf32)
+    built = build_variants(pattern, shape, dtype, device, inputs, compile_modes)
+    errors = {b.name: _check(b, ref, tol)[0] for b in built}
+    del ref
+
+    launches = {}
+    for b in built:
+        if b.status == "ok":
+            try:
+                launches[b.name] = count_launches(b.thunk, device)
+            except Exception as exc:  # the profiler is diagnostic; its failure must not lose the measurement
+                b.details = {"profiler_error": one_line(exc)}
+    for b in built:
+        why = _not_a_fusion(b, launches.get(b.name), launches.get("eager"))
+        if why:
+            b.status, b.thunk, b.reason = "not_a_fusion", None, why
+
+    timed = {b.name: b.thunk for b in built if b.status == "ok"}
+    samples = measure(timed, clock, spec) if "eager" in timed else None
+    if samples is None:  # without a correct eager baseline nothing is timed; say so on every variant that could run
+        for b in built:
+            if b.status == "ok":
+                b.status, b.thunk = "failed", None
+                b.reason = "not timed: the eager baseline did not pass the correctness gate"
+    roofline = _roofline(pattern, shape, itemsize, dtype_name, hw, tf32, ceilings)
+    flops = pattern.flops(shape)
+    results = []
+    for b in built:
+        lc = launches.get(b.name)
+        v = VariantResult(name=b.name, kind=b.kind, status=b.status, reason=b.reason, note=b.note,
+                          compile_s=b.compile_s, rel_error=errors.get(b.name), tolerance=tol,
+                          details=dict(b.details or {}))
+        if ref_rows < shape[pattern.shape_keys[0]]:
+            v.details["reference_rows"] = ref_rows
+        if lc:
+            v.kernels_per_call, v.kernel_unit = lc.kernels_per_call, lc.unit
+            v.kernel_names = [n if len(n) <= KERNEL_NAME_CHARS else n[:KERNEL_NAME_CHARS] + "..." for n in lc.names]
+            if lc.device_s_per_call is not None:
+                v.device_ms = lc.device_s_per_call * 1e3
+        if pattern.family == "attention" and b.name == "sdpa" and lc:
+            v.details["sdpa_backend"] = sdpa_backend(lc.names)
+        if samples and b.name in samples.seconds:
+            secs = samples.seconds[b.name]
+            summary = summarize(secs)
+            v.samples_ms = [s * 1e3 for s in secs]
+            v.calls_per_sample = samples.inner[b.name]
+            v.median_ms, v.iqr_ms, v.noisy = summary.median * 1e3, summary.iqr * 1e3, summary.noisy
+            if v.device_ms is not None:
+                v.host_overhead_ms = max(0.0, v.median_ms - v.device_ms)
+            nbytes = pattern.bytes(shape, itemsize, b.kind != "eager")
+            v.gflops = flops / summary.median / 1e9
+            v.gbs = nbytes / summary.median / 1e9
+            ideal = roofline["unfused_ms"] if b.kind == "eager" else roofline["fused_ms"]
+            v.pct_of_roofline = 100.0 * ideal / v.median_ms
+            if b.kind != "eager":
+                s = speedup(samples.seconds["eager"], secs, seed=seed)
+                v.speedup = SpeedupCI(s.median, s.ci_low, s.ci_high)
+                v.verdict = s.verdict()
+        results.append(v)
+    eager_v = results[0]
+    for v in results[1:]:
+        if v.device_ms and eager_v.device_ms:  # kernel time alone: what fusion saves once launches overlap
+            v.details["device_speedup"] = eager_v.device_ms / v.device_ms
+    decision = _decide(pattern.name, shape, dtype_name, device, results)
+    return Entry(pattern=pattern.name, family=pattern.family, title=pattern.title, shape=shape, dtype=dtype_name,
+                 device=device, flops=flops, bytes_unfused=pattern.bytes(shape, itemsize, False),
+                 bytes_fused=pattern.bytes(shape, itemsize, True),
+                 memory_reduction=pattern.memory_reduction(shape, itemsize), roofline=roofline,
+                 variants=results, decision=decision, extra=pattern.extra(shape))
+
+
+def default_dtypes(device: str) -> list[str]:
+    return ["float32", "bfloat16"] if device.startswith("cuda") else ["float32"]
+
+
+def _progress_path(output: Path | None) -> Path | None:
+    return output.with_name(output.name + ".progress.jsonl") if output else None
+
+
+def _load_progress(path: Path | None) -> dict[str, Entry]:
+    done: dict[str, Entry] = {}
+    if not path or not path.exists():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            data = json.loads(line)
+            if entry_errors(data):
+                continue  # not an entry this version wrote: measured again
+            e = entry_from_dict(data)
+        except (ValueError, TypeError, KeyError):
+            continue  # a line cut off by an interruption: that entry is measured again
+        done[e.key()] = e
+    return done
+
+
+def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str | None = "all",
+              dtypes: str | Iterable[str] | None = None, quick: bool = False, sizes: str | None = None,
+              peak_gflops: float | None = None, peak_bandwidth: float | None = None,
+              output: str | Path | None = None, resume: bool = False, threads: int | None = None,
+              compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead"),
+              spec: TimingSpec | None = None, clock: Clock | None = None, seed: int = 0, command: str | None = None,
+              on_entry: Callable[[int, int, Entry | None, str], None] | None = None,
+              skip_ceilings: bool = False) -> Profile:
+    """Measure the pattern library and return (and, with ``output``, atomically write) a validated Profile."""
+    device = check_device(device)
+    hw = resolve(hardware, peak_gflops, peak_bandwidth, device)
+    chosen = select_patterns(patterns)
+    dtype_names = parse_dtypes(dtypes) if dtypes else default_dtypes(device)
+    sizes = sizes or ("quick" if quick else ("gpu" if device.startswith("cuda") else "full"))
+    if sizes not in ("quick", "full", "gpu"):
+        raise FxFusionError(f"unknown size set {sizes!r}; choose quick, full or gpu")
+    output = Path(output) if output else None
+    if output is not None and not output.parent.is_dir():
+        raise FxFusionError(f"cannot write {output}: folder {output.parent} does not exist")
+    if output is not None and not os.access(output.parent, os.W_OK):
+        raise FxFusionError(f"cannot write {output}: folder {output.parent} is not writable")
+    if threads is not None:
+        if threads < 1:
+            raise FxFusionError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    spec = spec or (QUICK_SPEC if quick else FULL_SPEC)
+    clock = clock or clock_for(device)
+    name = device_name(device)
+    warnings = [w for w in [mismatch_warning(hw, device, name)] if w]
+    progress = _progress_path(output)
+    done = _load_progress(progress) if resume else {}
+    if progress and not resume and progress.exists():
+        progress.unlink()
+
+    tf32 = tf32_state()
+    ceilings = {"matmul": [], "bandwidth": [], "best_gflops": {}, "best_gbs": None}
+    if not skip_ceilings:
+        ceilings = measure_ceilings(hw, device, [DTYPES[d] for d in dtype_names], sizes, clock,
+                                    tf32=tf32["matmul"] and device.startswith("cuda"))
+    jobs = [(p, s, d) for p in chosen for s in p.shapes[sizes] for d in dtype_names]
+    entries = []
+    for i, (pattern, shape, dtype_name) in enumerate(jobs):
+        key = entry_key(pattern.name, shape, dtype_name, device)
+        if key in done:
+            entries.append(done[key])
+            if on_entry:
+                on_entry(i + 1, len(jobs), done[key], "resumed")
+            continue
+        if on_entry:
+            on_entry(i, len(jobs), None, f"{pattern.title} {dict(shape)} {dtype_name}")
+        entry = measure_entry(pattern, dict(shape), dtype_name, device, hw, spec, clock, ceilings, seed,
+                              compile_modes)
+        entries.append(entry)
+        if progress:  # the journal holds only schema-valid entries, one per line
+            line = entry_to_dict(entry)
+            errors = entry_errors(line)
+            if errors:
+                raise FxFusionError(f"entry {entry.key()} does not match the profile schema at {errors[0][0]}: "
+                                    f"{errors[0][1][:200]}")
+            with progress.open("a") as f:
+                f.write(json.dumps(line, allow_nan=False) + "\n")
+        if on_entry:
+            on_entry(i + 1, len(jobs), entry, "done")
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    triton_version = None
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        pass
+    metadata = {
+        "hardware": hw.name, "device": device, "device_name": name, "torch_version": torch.__version__,
+        "triton_version": triton_version, "fxfusion_version": __version__, "python_version": platform.python_version(),
+        "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command or " ".join(["fxfusion"] + sys.argv[1:]), "host": socket.gethostname(),
+        "quick": bool(quick), "tf32": tf32,
+        "timing": {"method": ("CUDA events per call, L2 flushed before each" if device.startswith("cuda")
+                              else f"perf_counter over batches of calls, {torch.get_num_threads()} threads"),
+                   "rounds": spec.rounds, "confidence": CONFIDENCE, "min_effect": MIN_EFFECT,
+                   "size_set": sizes},
+        "warnings": warnings,
+    }
+    hardware_d = {"name": hw.name, "device": hw.device, "peak_gflops": hw.peak_gflops,
+                  "peak_bandwidth_gbs": hw.peak_bandwidth_gbs, "source": hw.source}
+    profile = Profile(metadata=metadata, hardware=hardware_d, ceilings=ceilings, entries=entries)
+    if output:
+        profile.save(output)
+        if progress and progress.exists():
+            progress.unlink()
+    return profile
+
+
+
+

@@ -1,0 +1,128 @@
+"""`fxfusion analyze MODEL.py[:NAME]`: the fusible sites of a user's model, each decided at its shape and dtype."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+from rich.console import Console
+
+from fxfusion.calibration.calibrate import DTYPES, check_device, parse_dtypes
+from fxfusion.cli.errors import handles_errors
+from fxfusion.errors import FxFusionError
+from fxfusion.graph.loader import load_model
+from fxfusion.planning.analyze import analyze
+from fxfusion.planning.decide import LiveSource, ProfileSource
+from fxfusion.planning.pipeline import apply_and_verify
+from fxfusion.profiles.profile import Profile
+from fxfusion.profiles.schema import atomic_write_text
+from fxfusion.reports.html import render_analysis_html
+from fxfusion.reports.text import render_markdown, render_table
+from fxfusion.reports.verification import render_verification
+
+FORMATS = ("table", "json", "markdown", "html")
+
+
+def _check_output(output: Path | None) -> None:
+    if output is None:
+        return
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise FxFusionError(f"cannot write {output}: folder {folder} does not exist")
+    if output.is_dir():
+        raise FxFusionError(f"cannot write {output}: it is a folder")
+
+
+def _text(report: dict, fmt: str, graphs=None, extra=None) -> str:
+    if fmt == "json":
+        return json.dumps(report, indent=1, allow_nan=False) + "\n"
+    if fmt == "markdown":
+        return render_markdown(report)
+    if fmt == "html":
+        return render_analysis_html(report, graphs)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160, color_system=None, force_terminal=False)
+    console.print(render_table(report))
+    if extra is not None:
+        console.print(extra)
+    return buffer.getvalue()
+
+
+def analyze_command(
+    model: Annotated[str, typer.Argument(help="FILE.py defining get_model() and get_inputs(), or FILE.py:NAME where "
+                                              "NAME() returns (model, example_inputs).")],
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: the model, its inputs and the measurements "
+                                              "go here.")] = "cpu",
+    dtype: Annotated[Optional[str], typer.Option(help="Move floating-point parameters and inputs to this dtype: "
+                                                      "float32, bfloat16, float16, float64.")] = None,
+    profile: Annotated[Optional[Path], typer.Option(help="Decide each site from this calibration profile "
+                                                         "(nearest measured entry).")] = None,
+    measure: Annotated[bool, typer.Option("--measure", help="Measure each site live at its exact shape and dtype "
+                                                            "(the default without --profile).")] = False,
+    match_only: Annotated[bool, typer.Option("--match-only", help="Only capture and match: no decisions.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table, json, markdown or html.")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report here (atomically) "
+                                                                        "instead of standard output.")] = None,
+    eval_mode: Annotated[bool, typer.Option("--eval", help="Call model.eval() before analysing.")] = False,
+    no_compile: Annotated[bool, typer.Option("--no-compile", help="Live measurement without the torch.compile "
+                                                                  "variants (much faster on a CPU).")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Apply the 'fuse' decisions and verify the fused model "
+                                                        "(outputs and end-to-end time); exit 1 if it does not "
+                                                        "verify.")] = False,
+) -> None:
+    """Find the fusible sites of a model, decide each at its own shape and dtype, and report them."""
+    if fmt not in FORMATS:
+        raise FxFusionError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
+    if profile is not None and measure:
+        raise FxFusionError("--profile and --measure are alternatives: decide from a profile or measure live")
+    if match_only and (profile is not None or measure or apply):
+        raise FxFusionError("--match-only makes no decisions: it cannot be combined with --profile, --measure or "
+                            "--apply")
+    if threads is not None:
+        if threads < 1:
+            raise FxFusionError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    device = check_device(device)
+    dtype_name = parse_dtypes(dtype)[0] if dtype is not None else None
+    _check_output(output)
+    loaded_profile = Profile.load(profile) if profile is not None else None
+
+    # The user's code may print: keep standard output for the report.
+    with contextlib.redirect_stdout(sys.stderr):
+        loaded = load_model(model, device=device, dtype=DTYPES[dtype_name] if dtype_name else None,
+                            eval_mode=eval_mode)
+        if match_only:
+            source = None
+        elif loaded_profile is not None:
+            source = ProfileSource(loaded_profile, device, str(profile))
+        else:
+            source = LiveSource(device, compile_modes=() if no_compile else ("compile", "compile_reduce_overhead"))
+        result = analyze(loaded.model, loaded.example_inputs, source, device=device, model_label=model,
+                         entry=loaded.entry, dtype=dtype_name, command="fxfusion " + " ".join(sys.argv[1:]),
+                         on_site=lambda i, n, site: typer.echo(f"deciding {site.id} {site.pattern} "
+                                                               f"({i + 1}/{n})", err=True))
+        verification = None
+        if apply:
+            _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device,
+                                               profile=loaded_profile, include_compile=not no_compile)
+    report = result.to_dict()
+    text = _text(report, fmt, result.captured.graphs,
+                 render_verification(verification) if verification is not None and fmt == "table" else None)
+    if output is not None:
+        atomic_write_text(output, text)
+        typer.echo(f"wrote {output} ({len(report['sites'])} sites)", err=True)
+    else:
+        typer.echo(text, nl=False)
+    if verification is not None and not verification.ok:
+        raise FxFusionError("the fused model did not verify: " + str(getattr(verification, "reason", "see the report")))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("analyze")(handles_errors(analyze_command))

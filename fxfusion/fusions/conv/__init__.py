@@ -1,0 +1,10 @@
+"""Convolution: conv (+ BatchNorm) (+ ReLU), folded at load time or run as one cuDNN/oneDNN kernel."""
+
+from fxfusion.fusions.base import Family, Matcher
+from fxfusion.fusions.conv.match import match_conv
+from fxfusion.fusions.conv.pattern import PATTERNS
+
+FAMILY = Family("conv", tuple(PATTERNS), (
+    Matcher(("conv",), match_conv,
+            "legal when BN uses running statistics and the conv weight is this site's alone: folding rewrites it"),
+))

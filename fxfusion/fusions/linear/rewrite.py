@@ -1,0 +1,124 @@
+"""Linear + bias (+ activation): the chain becomes one addmm (bias in the GEMM), or the cuBLASLt epilogue.
+
+Forms read: ``aten.linear(x, W, b)``; ``matmul/mm(x, t(W)) + b``; ``matmul(x, R) + b`` with R already (K, N);
+``addmm(b, x, t(W))``; a view between the GEMM and the bias add (a 3-d input flattened for a 2-d GEMM).  The GEMM
+runs on x flattened to (M, K) and its result is reshaped to the value it replaces.  The activation node stays where
+it is (addmm) or is absorbed (epilogue: ReLU and GELU(tanh) only -- cuBLASLt's GELU is the tanh one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import fx
+
+from fxfusion.fusions.activations import ACTIVATIONS, activation
+from fxfusion.graph.edit import NotApplicable, arg, device_of, is_call, scalar, shape_of, aten
+
+LINEAR_GEMMS = (aten.linear.default, aten.matmul.default, aten.mm.default, aten.addmm.default)
+VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+
+
+def _is_matrix_transpose(node: fx.Node) -> bool:
+    if is_call(node, aten.t.default, aten.numpy_T.default):
+        return True
+    if is_call(node, aten.transpose.int):
+        dims = {d % 2 for d in node.args[1:3]} if shape_of(node.args[0]) and len(shape_of(node.args[0])) == 2 else None
+        return dims == {0, 1}
+    return is_call(node, aten.permute.default) and list(node.args[1]) in ([1, 0], [-1, -2], [-1, 0], [1, -2])
+
+
+@dataclass
+class _Linear:
+    x: fx.Node
+    weight: fx.Node | None  # (N, K), when the site transposes it
+    rhs: fx.Node | None  # (K, N), when the site multiplies by it directly
+    bias: Any
+    head: fx.Node  # the node whose value is x @ W^T + b
+    act: fx.Node | None  # the activation applied to head, when it is in the site
+
+
+def _parse_linear(nodes: list[fx.Node], roles: dict | None = None) -> _Linear:
+    gemm = next((n for n in nodes if is_call(n, *LINEAR_GEMMS)), None)
+    if gemm is None:
+        raise NotApplicable("no linear/matmul/addmm node in the site")
+    inside = set(nodes)
+    bias = None
+    if gemm.target == aten.addmm.default:
+        if scalar(arg(gemm, 3, "beta", 1)) != 1.0 or scalar(arg(gemm, 4, "alpha", 1)) != 1.0:
+            raise NotApplicable("the addmm scales its terms (beta/alpha != 1)")
+        bias, x, other = gemm.args[0], gemm.args[1], gemm.args[2]
+    else:
+        x, other = gemm.args[0], gemm.args[1]
+    weight = rhs = None
+    if gemm.target == aten.linear.default:
+        weight = other
+        bias = arg(gemm, 2, "bias", None)
+    elif isinstance(other, fx.Node) and other in inside and _is_matrix_transpose(other):
+        weight = other.args[0]
+    else:
+        rhs = other
+    head = gemm
+    if bias is None:
+        view = [u for u in gemm.users if u in inside and is_call(u, *VIEWS)]
+        after = view[0] if len(gemm.users) == 1 and view else gemm
+        add = next((u for u in after.users if is_call(u, aten.add.Tensor) and u in inside), None)
+        if add is None:
+            raise NotApplicable("the site has no bias add after its GEMM")
+        if scalar(add.kwargs.get("alpha", 1)) != 1.0:
+            raise NotApplicable("the bias add has alpha != 1")
+        bias = add.args[1] if add.args[0] is after else add.args[0]
+        head = add
+    n_out = (shape_of(weight) or (0,))[0] if weight is not None else (shape_of(rhs) or (0, 0))[-1]
+    if shape_of(bias) not in ((n_out,), (1, n_out)):
+        raise NotApplicable(f"the bias has shape {shape_of(bias)}, not ({n_out},): addmm cannot broadcast it")
+    cur = head
+    while len(cur.users) == 1 and next(iter(cur.users)) in inside and is_call(next(iter(cur.users)), *VIEWS):
+        cur = next(iter(cur.users))  # addmm (2-d) -> view back to 3-d -> activation
+    users = [u for u in cur.users if u in inside]
+    act = users[0] if len(users) == 1 else None
+    if (roles or {}).get("act_written") == "true":  # an activation written out: the matcher named its output
+        act = next((n for n in nodes if n.name == roles.get("activation")), None)
+        if act is None:
+            raise NotApplicable("the written-out activation's output is not in the site")
+    return _Linear(x, weight, rhs, bias, head, act)
+
+
+def _emit_addmm(g: fx.Graph, lin: _Linear, target, kwargs: dict, like: fx.Node) -> fx.Node:
+    """``target(bias, x as (M, K), W^T)`` reshaped to the shape of ``like``, the value it replaces."""
+    xs, out = shape_of(lin.x), shape_of(like)
+    if xs is None or out is None:
+        raise NotApplicable("the input or output has no recorded shape")
+    x2 = lin.x if len(xs) == 2 else g.call_function(aten.reshape.default, (lin.x, [-1, xs[-1]]))
+    rhs = g.call_function(aten.t.default, (lin.weight,)) if lin.weight is not None else lin.rhs
+    y = g.call_function(target, (lin.bias, x2, rhs), kwargs)
+    return y if len(out) == 2 else g.call_function(aten.reshape.default, (y, list(out)))
+
+
+def rewrite_addmm(gm, nodes, group):
+    lin = _parse_linear(nodes, getattr(group, "roles", None))
+    with gm.graph.inserting_before(lin.head):
+        y = _emit_addmm(gm.graph, lin, aten.addmm.default, {}, lin.head)
+    return lin.head, y
+
+
+# torch._addmm_activation's GELU is the tanh approximation: only that GELU (and ReLU) may use the epilogue.
+def _epilogue_gelu(act: fx.Node | None, roles: dict | None = None) -> bool:
+    written = (roles or {}).get("act_written") == "true"  # recognised by value by the matcher, which named it
+    name = roles.get("act") if written else (activation(act) if act is not None else None)
+    flag = ACTIVATIONS[name].epilogue_gelu if name in ACTIVATIONS else None
+    if act is not None and flag is not None:
+        return flag
+    raise NotApplicable("the cuBLASLt epilogue computes only ReLU and GELU(tanh), not this activation")
+
+
+def rewrite_addmm_epilogue(gm, nodes, group):
+    roles = getattr(group, "roles", None)
+    lin = _parse_linear(nodes, roles)
+    use_gelu = _epilogue_gelu(lin.act, roles)
+    if device_of(lin.x) != "cuda":
+        raise NotApplicable("the fused GEMM epilogue exists only in cuBLASLt (CUDA)")
+    with gm.graph.inserting_before(lin.act):
+        y = _emit_addmm(gm.graph, lin, aten._addmm_activation.default, {"use_gelu": use_gelu}, lin.act)
+    return lin.act, y

@@ -1,0 +1,121 @@
+"""What every rewrite rule shares: the NotApplicable signal and small readers and editors of fx nodes.
+
+A rewrite rule (the ``rewrite`` of a pattern's manual variant, :class:`fxfusion.fusions.base.ManualVariant`) takes
+``(gm, nodes, group)``, reads the site's structure from ``nodes`` (in topological order), checks its legality and
+inserts the variant's nodes; it returns ``(old, new)`` -- the node whose users now read ``new`` -- or None when it
+rewired the graph itself (compile regions).  It raises :class:`NotApplicable` (one sentence) before inserting
+anything when the group cannot or must not be rewritten.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+
+aten = torch.ops.aten
+
+
+class NotApplicable(Exception):
+    """A group this rewrite cannot (or must not) apply; the message is the reason, one sentence."""
+
+
+def is_call(node: Any, *targets) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
+
+
+def value_of(node: Any):
+    return node.meta.get("val") if isinstance(node, fx.Node) else None
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    v = value_of(node)
+    return tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None
+
+
+# Where a graph module keeps the tensors bound to its lifted parameters: outside its state (not a buffer, never
+# copied into a compiled or saved module), written by bind_constants and read by constant().
+_CONSTANTS = "_fxfusion_constants"
+
+
+def bind_constants(gm: fx.GraphModule, tensors: dict[str, torch.Tensor]) -> None:
+    """Bind the model's tensors to ``gm``'s placeholders by name (lifted parameters of a Dynamo subgraph), so that a
+    rewrite can read them as constants (BatchNorm folding)."""
+    gm.__dict__[_CONSTANTS] = dict(tensors)
+
+
+def bound_constants(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    return gm.__dict__.get(_CONSTANTS, {})
+
+
+def constant(gm: fx.GraphModule, node: Any, what: str) -> torch.Tensor | None:
+    """The constant tensor behind a get_attr node, or a placeholder bound by :func:`bind_constants` (None for a None
+    argument)."""
+    if node is None:
+        return None
+    constants = bound_constants(gm)
+    if isinstance(node, fx.Node) and node.op == "placeholder" and node.name in constants:
+        return constants[node.name].detach()
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        raise NotApplicable(f"the {what} is not a constant of the module (it is {getattr(node, 'op', node)!r}), "
+                            "so it cannot be folded at load time")
+    obj: Any = gm
+    for part in node.target.split("."):
+        obj = getattr(obj, part)
+    return obj.detach()
+
+
+def scalar(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def device_of(*nodes) -> str:
+    for n in nodes:
+        v = value_of(n)
+        if isinstance(v, torch.Tensor):
+            return v.device.type
+    return "cpu"
+
+
+def is_pure(node: fx.Node) -> bool:
+    """An aten op that neither mutates its inputs nor draws random numbers: safe to evaluate ahead or to drop."""
+    t = node.target
+    if node.op != "call_function" or not isinstance(t, torch._ops.OpOverload):
+        return False
+    return not t._schema.is_mutable and torch.Tag.nondeterministic_seeded not in t.tags
+
+
+# Evaluating a constant subgraph ahead of time is worth it for masks (a few slices and a comparison); past this many
+# nodes the value is left to run time.
+CONSTANT_NODE_BUDGET = 32
+
+
+def constant_value(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
+    """The value of ``node`` when it depends only on the module's constants and literals (None otherwise)."""
+    values: dict[fx.Node, Any] = {}
+
+    def visit(n: fx.Node) -> bool:
+        if n in values:
+            return True
+        if len(values) >= CONSTANT_NODE_BUDGET:
+            return False
+        if n.op == "get_attr":
+            values[n] = constant(gm, n, "constant")
+            return True
+        if not is_pure(n) or not all(visit(a) for a in n.all_input_nodes):
+            return False
+        args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: values[a])
+        values[n] = n.target(*args, **kwargs)
+        return True
+
+    if not isinstance(node, fx.Node):
+        return None
+    with torch.no_grad():
+        return values[node] if visit(node) and isinstance(values[node], torch.Tensor) else None

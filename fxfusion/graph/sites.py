@@ -1,0 +1,54 @@
+"""The contract between capture/matching (analyze) and planning/applying: what a fusible site is.
+
+A model is captured as one or more aten-level ``torch.fx.GraphModule`` s (:class:`CapturedModel`); the matcher
+returns :class:`Site` s that name nodes of those graphs.  Sites never overlap; every node not in a site is counted
+in ``CapturedModel.unmatched``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+FUSIBLE, ILLEGAL, ALREADY_FUSED = "fusible", "illegal", "already_fused"
+
+
+@dataclass
+class Site:
+    id: str  # "g0.s3": graph index and site index, stable for one capture
+    pattern: str  # a name in fxfusion.fusions.registry.REGISTRY (e.g. "linear_bias_gelu"), or "sdpa" when already fused
+    graph_index: int  # index into CapturedModel.graphs
+    nodes: list[str]  # names of the fx nodes of this site, in topological order
+    shape: dict[str, int]  # the pattern's shape keys (see the pattern's shape_keys), at this site
+    dtype: str  # "float32" | "bfloat16" | "float16" | "float64"
+    status: str = FUSIBLE  # FUSIBLE | ILLEGAL | ALREADY_FUSED
+    reasons: list[str] = field(default_factory=list)  # why ILLEGAL (one sentence each)
+    # Pattern-specific facts a rewrite needs, by role: e.g. {"weight": "p_fc1_weight", "bias": ..., "input": ...}
+    # for linear; {"conv": node, "bn_weight": ..., "running_mean": ...} for conv+BN; module paths where known.
+    roles: dict[str, str] = field(default_factory=dict)
+    written_as: str = ""  # how the user wrote it, e.g. "nn.Linear", "x @ W.T + b", "F.linear"
+    source: str = ""  # the module path / stack trace line, where the graph records one
+    notes: list[str] = field(default_factory=list)  # what the match approximated or left out (one sentence each)
+
+    @property
+    def legal(self) -> bool:
+        return self.status == FUSIBLE
+
+
+@dataclass
+class CapturedModel:
+    method: str  # "export" | "dynamo"
+    graphs: list[torch.fx.GraphModule]
+    example_inputs: tuple[Any, ...]
+    graph_breaks: list[str] = field(default_factory=list)  # one reason each, as dynamo reports them
+    unmatched: dict[str, int] = field(default_factory=dict)  # op target -> count of nodes in no site
+    notes: list[str] = field(default_factory=list)
+    # Per graph: placeholder (or get_attr) node name -> the model's parameter/buffer name ("blocks.0.fc.weight").
+    parameters: list[dict[str, str]] = field(default_factory=list)
+    # Per graph: the torch.export ExportedProgram it came from (None for a graph kept at the torch level), and the
+    # example inputs that program's module() takes (for "export": example_inputs; for "dynamo": the subgraph's
+    # inputs as dynamo passed them, parameters included).
+    programs: list[Any] = field(default_factory=list)
+    graph_inputs: list[tuple[Any, ...]] = field(default_factory=list)

@@ -1,0 +1,121 @@
+"""Statistics on raw timing samples: medians, bootstrap intervals of speedup, and verdicts derived from intervals.
+
+A speedup is ``median(baseline) / median(candidate)``.  Its 95% interval is a percentile bootstrap: both sample
+sets are resampled independently ``BOOTSTRAP_ROUNDS`` times with a seeded generator, so the same samples always give
+the same interval.  A verdict is decided by the interval, never by the point estimate alone:
+
+  fuse     the interval lies wholly above 1 + MIN_EFFECT
+  avoid    the interval lies wholly below 1 - MIN_EFFECT
+  neutral  otherwise (the data cannot tell the variants apart, or the difference is too small to act on)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CONFIDENCE = 0.95
+BOOTSTRAP_ROUNDS = 2000
+# A difference under 2% is not worth acting on even when the interval excludes it: on shared machines clock and
+# cache drift of that size is common, and the original suite's 0.98x-1.03x "findings" were exactly such noise.
+MIN_EFFECT = 0.02
+# Relative spread (IQR / median) above which a measurement is flagged as noisy.
+NOISY_IQR = 0.10
+
+FUSE, NEUTRAL, AVOID = "fuse", "neutral", "avoid"
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    iqr: float
+    minimum: float
+    n: int
+
+    @property
+    def noisy(self) -> bool:
+        return self.median > 0 and self.iqr / self.median > NOISY_IQR
+
+
+@dataclass(frozen=True)
+class Speedup:
+    median: float
+    ci_low: float
+    ci_high: float
+
+    def verdict(self, min_effect: float = MIN_EFFECT) -> str:
+        if self.ci_low > 1.0 + min_effect:
+            return FUSE
+        if self.ci_high < 1.0 - min_effect:
+            return AVOID
+        return NEUTRAL
+
+
+def summarize(samples: list[float]) -> Summary:
+    t = torch.tensor(samples, dtype=torch.float64)
+    q1, med, q3 = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return Summary(median=med, iqr=q3 - q1, minimum=float(t.min()), n=len(samples))
+
+
+def _bootstrap_medians(t: torch.Tensor, gen: torch.Generator, rounds: int) -> torch.Tensor:
+    idx = torch.randint(0, t.numel(), (rounds, t.numel()), generator=gen)
+    return t[idx].quantile(0.5, dim=1)
+
+
+def _percentiles(draws: torch.Tensor, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` interval of bootstrap draws (percentile method)."""
+    alpha = (1.0 - confidence) / 2
+    low, high = torch.quantile(draws, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return low, high
+
+
+def speedup(baseline: list[float], candidate: list[float], seed: int = 0,
+            rounds: int = BOOTSTRAP_ROUNDS, confidence: float = CONFIDENCE) -> Speedup:
+    """Speedup of ``candidate`` over ``baseline`` (>1 means candidate is faster), with a bootstrap interval."""
+    if not baseline or not candidate:
+        raise ValueError("speedup needs samples on both sides")
+    b = torch.tensor(baseline, dtype=torch.float64)
+    c = torch.tensor(candidate, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    ratios = _bootstrap_medians(b, gen, rounds) / _bootstrap_medians(c, gen, rounds)
+    low, high = _percentiles(ratios, confidence)
+    return Speedup(median=float(b.quantile(0.5) / c.quantile(0.5)), ci_low=low, ci_high=high)
+
+
+def difference(baseline: list[float], candidate: list[float], seed: int = 0,
+               rounds: int = BOOTSTRAP_ROUNDS, confidence: float = CONFIDENCE) -> Speedup:
+    """``median(baseline) - median(candidate)`` (>0 means candidate is faster), with a bootstrap interval; the
+    fields of the returned :class:`Speedup` hold the difference, in the samples' unit."""
+    if not baseline or not candidate:
+        raise ValueError("difference needs samples on both sides")
+    b = torch.tensor(baseline, dtype=torch.float64)
+    c = torch.tensor(candidate, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    diffs = _bootstrap_medians(b, gen, rounds) - _bootstrap_medians(c, gen, rounds)
+    low, high = _percentiles(diffs, confidence)
+    return Speedup(median=float(b.quantile(0.5) - c.quantile(0.5)), ci_low=low, ci_high=high)
+
+
+def median_interval(values: list[float], seed: int = 0, rounds: int = BOOTSTRAP_ROUNDS,
+                    confidence: float = CONFIDENCE) -> Speedup:
+    """The median of ``values`` (e.g. per-round paired quantities) with a percentile-bootstrap interval, in the
+    fields of a :class:`Speedup`."""
+    if not values:
+        raise ValueError("median_interval needs values")
+    t = torch.tensor(values, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    meds = _bootstrap_medians(t, gen, rounds)
+    low, high = _percentiles(meds, confidence)
+    return Speedup(median=float(t.quantile(0.5)), ci_low=low, ci_high=high)
+
+
+def paired_fraction(minuend: list[float], subtrahend: list[float], reference: list[float]) -> Speedup:
+    """Per round r, ``(minuend[r] - subtrahend[r]) / reference[r]``; their median with an interval.
+
+    The samples of one round were taken within milliseconds of each other (:func:`fxfusion.measure.timing.measure`
+    interleaves), so a host whose speed swings between rounds -- the lent H200's host switches between two speeds
+    every few seconds -- scales all three alike and the fraction stays put, where a difference of medians would not.
+    """
+    n = min(len(minuend), len(subtrahend), len(reference))
+    return median_interval([(minuend[i] - subtrahend[i]) / reference[i] for i in range(n) if reference[i] > 0])

@@ -1,0 +1,152 @@
+"""The analysis of a model: capture, match, decide every site (:mod:`fxfusion.planning.decide`), and the report.
+
+The report is a dict validated against schemas/analysis.schema.json; its renderings (table, markdown, HTML) live in
+:mod:`fxfusion.reports`.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import torch
+
+from fxfusion import __version__
+from fxfusion.measure.hardware import device_name
+from fxfusion.fusions.registry import REGISTRY
+from fxfusion.profiles.profile import Decision, decision_to_dict
+from fxfusion.graph.sites import CapturedModel, Site
+from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, summarize
+from fxfusion.measure.timing import QUICK_SPEC, Clock, TimingSpec, clock_for, measure
+from fxfusion.profiles.schema import SCHEMA_VERSION, validate
+from fxfusion.graph.capture import capture
+from fxfusion.fusions.match import find_sites
+from fxfusion.planning.decide import LiveSource, Lookup, ProfileSource, SiteOutcome, decide_site
+
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+
+
+def measure_forward(model: torch.nn.Module, inputs: tuple, device: str, spec: TimingSpec = QUICK_SPEC,
+                    clock: Clock | None = None) -> float:
+    """Median milliseconds of one eager forward pass of the whole model (under no_grad)."""
+    clock = clock or clock_for(device)
+
+    def forward():
+        with torch.no_grad():
+            return model(*inputs)
+
+    samples = measure({"forward": forward}, clock, spec)
+    return summarize(samples.seconds["forward"]).median * 1e3
+
+
+@dataclass
+class Analysis:
+    captured: CapturedModel
+    sites: list[Site]
+    outcomes: list[SiteOutcome]
+    metadata: dict[str, Any]
+    warnings: list[str]
+    capture_seconds: float
+    forward_ms: float | None = None
+    verification: dict[str, Any] | None = None
+
+    def decisions(self) -> dict[str, Decision]:
+        """site id -> Decision, for every decided site (the plan acts on the ``fuse`` ones)."""
+        return {o.site.id: o.decision for o in self.outcomes if o.decision is not None}
+
+    def undecided(self) -> dict[str, str]:
+        """site id -> why a legal site has no decision."""
+        return {o.site.id: "; ".join(o.warnings) or "not decided (--match-only)"
+                for o in self.outcomes if o.verdict == "undecided"}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"schema_version": SCHEMA_VERSION, "kind": "fxfusion.analysis", "metadata": self.metadata,
+                "capture": {"method": self.captured.method, "graphs": len(self.captured.graphs),
+                            "nodes": sum(1 for g in self.captured.graphs for n in g.graph.nodes
+                                         if n.op == "call_function"),
+                            "graph_breaks": list(self.captured.graph_breaks), "notes": list(self.captured.notes),
+                            "seconds": round(self.capture_seconds, 4)},
+                "sites": [_outcome_dict(o) for o in self.outcomes], "unmatched": dict(self.captured.unmatched),
+                "summary": self.summary(), "warnings": list(self.warnings)}
+        if self.verification is not None:
+            data["verification"] = self.verification
+        validate(data, "analysis", source="the analysis report")
+        return data
+
+    def summary(self) -> dict[str, Any]:
+        def count(**kw):
+            return sum(1 for o in self.outcomes
+                       if all(getattr(o.site if k == "status" else o, k) == v for k, v in kw.items()))
+
+        fused = [o for o in self.outcomes if o.verdict == FUSE]
+        matched = sum(len(s.nodes) for s in self.sites)
+        return {"sites": len(self.sites), "fusible": count(status="fusible"), "illegal": count(status="illegal"),
+                "already_fused": count(status="already_fused"), "fuse": count(verdict=FUSE),
+                "neutral": count(verdict=NEUTRAL), "avoid": count(verdict=AVOID),
+                "undecided": count(verdict="undecided"),
+                "saved_ms_per_forward": sum(o.saved_ms or 0.0 for o in fused),
+                "bytes_saved_per_forward": sum(o.bytes_saved or 0 for o in fused),
+                "matched_nodes": matched, "unmatched_nodes": sum(self.captured.unmatched.values()),
+                "forward_ms": self.forward_ms}
+
+
+def _outcome_dict(o: SiteOutcome) -> dict[str, Any]:
+    s = o.site
+    return {"id": s.id, "pattern": s.pattern, "title": REGISTRY[s.pattern].title if s.pattern in REGISTRY else "SDPA",
+            "graph_index": s.graph_index, "nodes": list(s.nodes), "shape": dict(s.shape), "dtype": s.dtype,
+            "status": s.status, "reasons": list(s.reasons), "roles": dict(s.roles), "written_as": s.written_as,
+            "source": s.source, "verdict": o.verdict, "best_variant": o.best_variant,
+            "baseline_variant": o.baseline_variant, "speedup": asdict(o.speedup) if o.speedup else None,
+            "decision": decision_to_dict(o.decision) if o.decision else None, "baseline_ms": o.baseline_ms,
+            "best_ms": o.best_ms, "saved_ms": o.saved_ms, "bytes_unfused": o.bytes_unfused,
+            "bytes_fused": o.bytes_fused, "bytes_saved": o.bytes_saved, "warnings": list(s.notes) + list(o.warnings)}
+
+
+def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource | LiveSource | None = None,
+            device: str = "cpu", model_label: str = "<model>", entry: str = "", dtype: str | None = None,
+            command: str | None = None, time_forward: bool = True, forward_spec: TimingSpec = QUICK_SPEC,
+            on_site: Callable[[int, int, Site], None] | None = None) -> Analysis:
+    """Capture, match and decide every site of ``model``; ``source`` None only captures and matches."""
+    start = time.perf_counter()
+    captured = capture(model, example_inputs)
+    sites = find_sites(captured)
+    capture_seconds = time.perf_counter() - start
+    warnings = list(source.warnings()) if source else []
+    if model.training:
+        warnings.append("the model is in training mode: BatchNorm cannot be folded and dropout stays active; "
+                        "return model.eval() from the model file (or pass --eval) to analyse inference")
+    cache: dict[tuple, Lookup] = {}
+    outcomes = []
+    for i, site in enumerate(sites):
+        lookup = None
+        if source is not None and site.legal and site.pattern in REGISTRY:
+            key = (site.pattern, tuple(site.shape.items()), site.dtype)
+            if key not in cache:
+                if on_site:
+                    on_site(i, len(sites), site)
+                cache[key] = source.lookup(REGISTRY[site.pattern], dict(site.shape), site.dtype)
+            lookup = cache[key]
+        outcomes.append(decide_site(site, lookup))
+    forward_ms = None
+    if time_forward:
+        forward_ms = measure_forward(model, tuple(example_inputs), device, forward_spec)
+    profile_path = source.path if isinstance(source, ProfileSource) else None
+    hardware = (source.profile.metadata.get("hardware") if isinstance(source, ProfileSource)
+                else source.hw.name if isinstance(source, LiveSource) else None)
+    metadata = {
+        "model": model_label, "entry": entry, "device": device, "dtype": dtype,
+        "mode": source.mode if source else "match_only", "profile": profile_path, "hardware": hardware,
+        "device_name": device_name(device), "torch_version": torch.__version__, "fxfusion_version": __version__,
+        "python_version": platform.python_version(), "threads": torch.get_num_threads(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command or " ".join(["fxfusion"] + sys.argv[1:]), "host": socket.gethostname(),
+        "timing": asdict(source.spec) if isinstance(source, LiveSource) else None,
+    }
+    if source is None:
+        warnings.append("matched only (--match-only): no decisions")
+    return Analysis(captured, sites, outcomes, metadata, warnings, capture_seconds, forward_ms)

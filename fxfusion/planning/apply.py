@@ -1,0 +1,79 @@
+"""``apply(model, plan)``: the planned model, a rewritten copy of the plan's captured graph(s).
+
+The rewriting itself is :mod:`fxfusion.planning.rewrite`; this module checks what it is given and decides what a
+call at other input shapes does.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from fxfusion.errors import FxFusionError
+from fxfusion.graph.runnable import InputGuard
+from fxfusion.planning.plan import FusionPlan
+from fxfusion.planning.rewrite import copy_model, planned_module
+
+
+def _check_model(model, plan) -> None:
+    if not isinstance(plan, FusionPlan):
+        raise FxFusionError(f"apply() takes a FusionPlan, got {type(plan).__name__}; make one with fxfusion.plan()")
+    if not isinstance(model, nn.Module):
+        raise FxFusionError(f"apply() takes the nn.Module the plan was made for, got {type(model).__name__}")
+
+
+OTHER_SHAPES = ("error", "original")
+
+
+class ShapeDispatch(nn.Module):
+    """A planned graph for its example shapes, and a copy of the original model for every other input.
+
+    The captured graph is specialised to the shapes and dtypes it was captured at; this runs it where they match and
+    the original model elsewhere (warning once per new signature), so a planned model can serve a batch of another
+    size, unfused.  Plan again at a shape to fuse there.
+    """
+
+    def __init__(self, planned: nn.Module, original: nn.Module, guard: InputGuard) -> None:
+        super().__init__()
+        self.planned, self.original, self.guard = planned, original, guard
+        self.fxfusion_rewrites = getattr(planned, "fxfusion_rewrites", [])
+        self._warned: set = set()
+
+    def forward(self, *args):
+        if len(args) == len(self.guard.specs) and self.guard.mismatch(args) is None:
+            return self.planned(*args)
+        key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else type(a) for a in args)
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"fxfusion: inputs {key} differ from the planned shapes {self.guard.specs}; running the "
+                          "original model, unfused (plan again at these shapes to fuse them)", stacklevel=2)
+        return self.original(*args)
+
+
+def apply(model: nn.Module, plan, other_shapes: str = "error") -> nn.Module:
+    """The planned model: a rewritten copy of the plan's captured graph(s).  ``model`` and the plan are unchanged.
+
+    The returned module carries ``fxfusion_rewrites``: one :class:`RewriteRecord` per group, applied or not (and
+    why not).  When no group applies it is a plain copy of ``model``: running the captured graph instead would only
+    add its call overhead.  For a Dynamo capture (graph breaks) it is the model run under torch.compile with a
+    backend that hands Dynamo the rewritten subgraphs in capture order (a subgraph at other shapes runs unchanged).
+
+    An exported graph is specialised to the example inputs' shapes and dtypes.  ``other_shapes`` says what a call
+    with other inputs does: ``"error"`` (one-line FxFusionError: plan again) or ``"original"`` (a
+    :class:`ShapeDispatch` runs a copy of the original model for them, unfused, with a warning once per signature).
+    """
+    _check_model(model, plan)
+    if other_shapes not in OTHER_SHAPES:
+        raise FxFusionError(f"other_shapes must be one of {', '.join(OTHER_SHAPES)}, got {other_shapes!r}")
+    planned = planned_module(model, plan.captured, plan.groups) if plan.groups else None
+    records = getattr(planned, "fxfusion_rewrites", [])
+    if planned is None or not any(r.applied for r in records):
+        planned = copy_model(model)
+        planned.fxfusion_rewrites = records
+    elif other_shapes == "original" and plan.captured.method == "export":
+        planned = ShapeDispatch(planned, copy_model(model), InputGuard.of(plan.captured.example_inputs))
+    return planned
+
+

@@ -1,0 +1,214 @@
+"""Deciding one site at its own shape and dtype: the one rule the analysis report and the plan share.
+
+For each fusible site (:func:`decide_site`, given a :class:`Lookup` from a source):
+  1. find a measurement of the site's pattern: the nearest entry of a profile (``ProfileSource``), or a live
+     :func:`fxfusion.calibration.calibrate.measure_entry` of eager / manual / compile variants at the site's exact shape
+     (``LiveSource``; one measurement per distinct pattern, shape and dtype, shared by identical sites);
+  2. the *baseline* is the variant that runs like the user's code: ``eager``, except for a linear whose bias is
+     already in the GEMM (nn.Linear, F.linear, torch.addmm), which runs like the ``addmm`` variant; the verdict and
+     interval are those of the best variant against that baseline (the decision's own, when the baseline is eager);
+  3. estimated time saved per forward pass = baseline median - best median, for ``fuse`` verdicts only; a profile
+     entry measured at another shape is scaled by the roofline time ratio of the two shapes, with a warning;
+  4. bytes saved = the pattern's cost model, unfused - fused, at the site's shape.
+Illegal and already-fused sites are reported, never decided.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fxfusion.errors import FxFusionError
+from fxfusion.fusions.registry import REGISTRY, Pattern
+from fxfusion.graph.sites import ALREADY_FUSED, ILLEGAL, Site
+from fxfusion.measure.hardware import HardwareSpec, detect, device_name
+from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, speedup
+from fxfusion.measure.timing import QUICK_SPEC, Clock, TimingSpec, clock_for
+from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI
+from fxfusion.calibration.calibrate import measure_entry
+
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+
+
+@dataclass
+class Lookup:
+    """A measurement of one (pattern, shape, dtype): the entry, its decision, and how it relates to the site."""
+
+    entry: Entry | None
+    decision: Decision | None
+    warnings: list[str] = field(default_factory=list)
+    scale: float = 1.0  # site time / measured time, from the roofline model (1 for an exact shape)
+
+
+class ProfileSource:
+    """Decisions from a calibration profile: the nearest entry of the same pattern, dtype and device kind."""
+
+    mode = "profile"
+
+    def __init__(self, profile: Profile, device: str, path: str = ""):
+        self.profile, self.device, self.path = profile, device, path
+
+    def warnings(self) -> list[str]:
+        meta = self.profile.metadata
+        here_kind, there_kind = self.device.split(":")[0], meta.get("device", "cpu").split(":")[0]
+        if here_kind != there_kind:
+            return [f"the profile was measured on {there_kind} ({meta.get('device_name')}) but the model runs on "
+                    f"{self.device}: its decisions may not transfer"]
+        here = device_name(self.device)
+        if meta.get("device_name") and meta["device_name"] != here:
+            return [f"the profile was measured on other hardware ({meta['device_name']}, {meta.get('hardware')}); "
+                    f"this is {here}: its decisions may not transfer"]
+        return []
+
+    def lookup(self, pattern: Pattern, shape: dict[str, int], dtype: str) -> Lookup:
+        try:
+            decision = self.profile.decide(pattern.name, shape, dtype, self.device)
+        except FxFusionError as exc:
+            return Lookup(None, None, [str(exc)])
+        kind = self.device.split(":")[0]
+        entries = [e for e in self.profile.entries if e.pattern == pattern.name and e.shape == decision.measured_shape
+                   and e.device.split(":")[0] == kind]
+        entry = next((e for e in entries if e.dtype == dtype), entries[0] if entries else None)
+        lookup = Lookup(entry, decision, list(decision.warnings))
+        if entry is not None and not decision.exact:
+            lookup.scale = _roofline_ms(pattern, shape, entry) / _roofline_ms(pattern, entry.shape, entry)
+            lookup.warnings.append(f"times scaled from the measured shape {_fmt_shape(entry.shape)} by the roofline "
+                                   f"model (x{lookup.scale:.3g})")
+        return lookup
+
+
+class LiveSource:
+    """Decisions measured now: measure_entry at the site's exact shape and dtype, once per distinct problem."""
+
+    mode = "measure"
+
+    def __init__(self, device: str, spec: TimingSpec = QUICK_SPEC, clock: Clock | None = None,
+                 compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead"),
+                 hw: HardwareSpec | None = None, seed: int = 0):
+        self.device, self.spec, self.compile_modes, self.seed = device, spec, compile_modes, seed
+        self.clock = clock or clock_for(device)
+        self.hw = hw or detect(device)
+
+    def warnings(self) -> list[str]:
+        return []
+
+    def lookup(self, pattern: Pattern, shape: dict[str, int], dtype: str) -> Lookup:
+        try:
+            entry = measure_entry(pattern, shape, dtype, self.device, self.hw, self.spec, self.clock,
+                                  seed=self.seed, compile_modes=self.compile_modes)
+        except FxFusionError as exc:
+            return Lookup(None, None, [f"measuring {pattern.name} failed: {exc}"])
+        return Lookup(entry, entry.decision)
+
+
+def _fmt_shape(shape: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in shape.items())
+
+
+def _roofline_ms(pattern: Pattern, shape: dict, entry: Entry) -> float:
+    itemsize = ITEMSIZE.get(entry.dtype, 4)
+    r = entry.roofline
+    return max(pattern.flops(shape) / (r["peak_gflops"] * 1e9),
+               pattern.bytes(shape, itemsize, False) / (r["peak_gbs"] * 1e9)) * 1e3
+
+
+@dataclass
+class SiteOutcome:
+    """A site with its decision, against the baseline that runs like the user's code."""
+
+    site: Site
+    verdict: str  # fuse | neutral | avoid | illegal | already_fused | undecided
+    decision: Decision | None = None
+    best_variant: str | None = None
+    baseline_variant: str | None = None
+    speedup: SpeedupCI | None = None
+    baseline_ms: float | None = None
+    best_ms: float | None = None
+    saved_ms: float | None = None
+    bytes_unfused: int | None = None
+    bytes_fused: int | None = None
+    bytes_saved: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    # For a site whose activation is written out (the library measured it as one op): the library's fastest fused
+    # variant, to be decided inside the model instead (FusionPlan.measure_in_model).
+    in_model_candidate: str | None = None
+
+
+def _ok(entry: Entry, name: str):
+    v = entry.variant(name)
+    return v if v is not None and v.status == "ok" and v.samples_ms and v.median_ms is not None else None
+
+
+def _against(entry: Entry, baseline: str) -> tuple[str, str, SpeedupCI | None]:
+    """(verdict, best variant, speedup) of the best correct variant against ``baseline``, as calibrate decides."""
+    base = _ok(entry, baseline)
+    rivals = [v for v in entry.variants if v.name not in ("eager", baseline) and _ok(entry, v.name)]
+    if base is None or not rivals:
+        return "undecided", baseline, None
+    scored = []
+    for v in rivals:
+        s = speedup(base.samples_ms, v.samples_ms)
+        scored.append((v, SpeedupCI(s.median, s.ci_low, s.ci_high), s.verdict()))
+    fuse = [t for t in scored if t[2] == FUSE]
+    if fuse:
+        v, s, _ = max(fuse, key=lambda t: t[1].median)
+        return FUSE, v.name, s
+    v, s, _ = max(scored, key=lambda t: t[1].median)
+    if all(t[2] == AVOID for t in scored):
+        return AVOID, baseline, s
+    return NEUTRAL, v.name, s
+
+
+def _bytes(site: Site, pattern: Pattern, baseline: str) -> tuple[int, int]:
+    itemsize = ITEMSIZE.get(site.dtype, 4)
+    fused = pattern.bytes(site.shape, itemsize, True)
+    if baseline == "addmm":  # bias already in the GEMM: what is left unfused is the activation's read and write
+        return REGISTRY["linear_bias"].bytes(site.shape, itemsize, True) + 2 * itemsize * site.shape["M"] * \
+            site.shape["N"], fused
+    return pattern.bytes(site.shape, itemsize, False), fused
+
+
+def decide_site(site: Site, lookup: Lookup | None) -> SiteOutcome:
+    if site.status == ILLEGAL:
+        return SiteOutcome(site, "illegal")
+    if site.status == ALREADY_FUSED or site.pattern not in REGISTRY:
+        return SiteOutcome(site, "already_fused")
+    pattern = REGISTRY[site.pattern]
+    uses_addmm = site.roles.get("bias_in_gemm") == "true"
+    out = SiteOutcome(site, "undecided", warnings=list(lookup.warnings) if lookup else [])
+    baseline = "eager"
+    entry = lookup.entry if lookup else None
+    if entry is not None and uses_addmm:
+        if _ok(entry, "addmm"):
+            baseline = "addmm"
+        else:
+            out.warnings.append("the addmm variant (how this site already runs) was not measured: compared "
+                                "against eager, which overstates the gain")
+    out.bytes_unfused, out.bytes_fused = _bytes(site, pattern, baseline)
+    out.bytes_saved = max(0, out.bytes_unfused - out.bytes_fused)
+    if lookup is None or lookup.decision is None:
+        return out
+    out.decision, out.baseline_variant = lookup.decision, baseline
+    if entry is None:
+        out.verdict, out.best_variant, out.speedup = lookup.decision.verdict, lookup.decision.best_variant, \
+            lookup.decision.speedup
+        return out
+    if baseline == "eager":
+        d = lookup.decision
+        out.verdict, out.best_variant, out.speedup = d.verdict, d.best_variant, d.speedup
+    else:
+        out.verdict, out.best_variant, out.speedup = _against(entry, baseline)
+        if out.verdict == "undecided":
+            out.warnings.append(f"no correct variant other than {baseline} (how this site already runs) was "
+                                "measured, so nothing to compare against (live: drop --no-compile)")
+    base, best = _ok(entry, baseline), _ok(entry, out.best_variant) if out.best_variant else None
+    out.baseline_ms = base.median_ms * lookup.scale if base else None
+    out.best_ms = best.median_ms * lookup.scale if best else out.baseline_ms
+    if out.verdict == FUSE and out.baseline_ms is not None and out.best_ms is not None:
+        out.saved_ms = max(0.0, out.baseline_ms - out.best_ms)
+    if out.verdict != FUSE and site.roles.get("act_written") == "true":
+        rivals = [v for v in entry.variants if v.name not in ("eager", baseline) and _ok(entry, v.name)]
+        if rivals:
+            out.in_model_candidate = min(rivals, key=lambda v: v.median_ms).name
+    return out
+
+

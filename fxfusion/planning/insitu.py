@@ -1,0 +1,309 @@
+"""In-model savings: each fusion group's region of the captured graph, timed as it runs inside the model.
+
+The pattern library (``calibrate``, or a live ``measure_entry``) times a pattern's variants as standalone calls --
+``F.conv2d`` + ``F.batch_norm`` + ``F.relu`` against the fused call, each alone on an idle GPU with the L2 flushed --
+and that decides which variant wins.  As an estimate of what the rewrite saves *inside the model* it was off by up to
++176% / -62% on the H200 (the reports of 05:22 UTC, docs/results.md), for three reasons:
+
+  1. inside a forward pass the host launches the next op while the GPU runs this one, so a small op costs about
+     max(host time, device time), not host + device as an isolated call does;
+  2. the captured graph calls aten overloads, whose per-call cost is not that of ``F.*``;
+  3. a rewrite can make ops outside the site dead: SDPA with ``is_causal`` drops the mask built from a buffer.
+
+Method (:func:`measure_in_model`), per group, largest library saving first, within ``INSITU_BUDGET_S``:
+
+  1. the *region*: the group's nodes, the nodes its rewrite erases with them (found by rewriting a copy of the
+     site's neighbourhood, :func:`region_nodes`) and the layout ops right after its output, whose cost the rewrite
+     can change (SDPA's output makes ``transpose(1, 2).contiguous()`` copy nothing);
+  2. the region is cut out (:func:`cut_region`), fed the real values its inputs take when the model runs on the
+     example inputs, rewritten by the very rule :func:`fxfusion.planning.rewrite.apply` uses, and both made lean as the planned
+     model is (:func:`fxfusion.graph.lean.lean`);
+  3. captured region, rewritten region and the whole original model are timed interleaved (on CUDA back to back,
+     ``CudaClock("pipelined")``), again while the saving's interval is too wide (``measure_tight``);
+  4. the result (:class:`InModel`): the saving in ms (difference of medians, bootstrap interval), the saving as a
+     fraction of the model's time paired per round (robust to a host whose speed drifts), and the region's speedup
+     with the verdict the usual rule gives it.
+
+The plan's prediction is the sum over groups less the captured graph's own overhead (:func:`measure_overhead`, also
+here), and ``analyze --apply`` checks it against the whole model.  Cost: one trial rewrite of a neighbourhood of at
+most FEEDER_LIMIT nodes per group, one run of the model to record the regions' inputs, and about
+``INSITU_SPEC.budget_s`` of timing per batch (48 SDPA groups of a 2,114-node graph: 33.5 s on the 2-core CPU,
+``python benchmarks/bench_insitu_cost.py``, 2026-11-26).  What stays unmodelled is interaction between
+regions (caches, overlap across them); with a deterministic clock the prediction is exact (tests/test_insitu.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from fxfusion.graph.edit import bind_constants, bound_constants, is_pure
+from fxfusion.graph.lean import lean
+from fxfusion.graph.runnable import runnable_graph
+from fxfusion.planning.rewrite import captured_module, rewrite_group
+from fxfusion.measure.stats import difference, paired_fraction, speedup, summarize
+from fxfusion.measure.timing import Clock, TimingSpec, clock_for, measure_tight
+
+# Per group: enough rounds for a few-microsecond difference, little enough to keep planning quick.
+INSITU_SPEC = TimingSpec(rounds=40, warmup=3, target_sample_s=0.002, budget_s=2.0)
+# All regions of one plan together: past this, the remaining (smaller) groups keep the library's prediction.
+INSITU_BUDGET_S = 120.0
+# A region's saving is measured again (up to BATCHES batches in all) while its 95% interval is wider than WIDE x the
+# saving itself; the narrowest batch is kept (see _tightest).
+WIDE, BATCHES = 0.5, 3
+
+
+def model_clock(device: str) -> Clock:
+    """The clock for times that are compared with a whole forward pass: pipelined on CUDA (see module doc)."""
+    return clock_for(device, "pipelined")
+
+
+@dataclass
+class InModel:
+    """One group's region timed inside the model: captured vs rewritten, per forward pass (ms)."""
+
+    captured_ms: float
+    rewritten_ms: float
+    saving_ms: float  # captured - rewritten (medians)
+    ci_low_ms: float  # 95% bootstrap interval of the saving
+    ci_high_ms: float
+    nodes: list[str]  # the region: the group's nodes ...
+    released: list[str] = field(default_factory=list)  # ... and the ops outside the site that the rewrite frees
+    clock: str = "cpu"
+    batches: int = 1  # batches measured (the narrowest interval's is kept)
+    # The saving as a fraction of the whole original model's time, paired per round (stats.paired_fraction): the
+    # model is timed in the same rounds as the region, so a drift of the host's speed cancels out.
+    fraction: float | None = None
+    fraction_ci_low: float | None = None
+    fraction_ci_high: float | None = None
+    model_ms: float | None = None  # the original model's median in the same batch
+    # The region's speedup rewritten over captured (ratio of medians, 95% interval) and its verdict, by the same rule
+    # as every decision (stats.Speedup.verdict): what decides a site the library cannot (a written-out activation).
+    speedup: float | None = None
+    speedup_ci_low: float | None = None
+    speedup_ci_high: float | None = None
+    verdict: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RegionError(Exception):
+    """The region cannot be cut out or rewritten on its own (its prediction falls back to the library's)."""
+
+
+# Ops that only rearrange a value: a rewrite can change what they cost downstream of the site (SDPA returns its
+# output in a layout where ``transpose(1, 2).contiguous()`` copies nothing), so the region takes a few along.
+LAYOUT_OPS = {"view", "_unsafe_view", "reshape", "transpose", "permute", "t", "clone", "contiguous", "expand",
+              "alias", "squeeze", "unsqueeze", "flatten"}
+DOWNSTREAM_LIMIT = 4
+
+
+def _layout_tail(node: fx.Node) -> list[fx.Node]:
+    """The chain of single-user layout ops that follows ``node`` (at most DOWNSTREAM_LIMIT)."""
+    tail = []
+    while len(tail) < DOWNSTREAM_LIMIT and len(node.users) == 1:
+        (user,) = node.users
+        target = getattr(user.target, "_overloadpacket", None)
+        if user.op != "call_function" or getattr(target, "__name__", None) not in LAYOUT_OPS:
+            break
+        if any(a is not node and a.op not in ("get_attr", "placeholder") for a in user.all_input_nodes):
+            break
+        tail.append(user)
+        node = user
+    return tail
+
+
+# How many pure feeders of a site the trial rewrite looks at (what the rewrite can free lies within them).
+FEEDER_LIMIT = 64
+
+
+def region_nodes(gm: fx.GraphModule, group, index: dict | None = None,
+                 by_name: dict | None = None) -> tuple[list[fx.Node], list[str]]:
+    """The group's nodes, every node the group's rewrite erases with them (a causal mask, views only the site read)
+    and the layout ops right after the site's output, in graph order; and the names of the erased extra nodes.
+
+    What the rewrite erases is found by rewriting a trial copy of the site's neighbourhood: its nodes and their pure
+    feeders (constants included, at most FEEDER_LIMIT), cut out with every value used elsewhere as an output -- so a
+    feeder with a user outside is kept exactly as it would be in the whole graph, and the trial costs the size of
+    the neighbourhood, not of the graph.  ``index`` (node -> position) and ``by_name`` (name -> node), when a caller
+    asks for many groups of one graph, save recomputing them for each."""
+
+    index = index if index is not None else {n: i for i, n in enumerate(gm.graph.nodes)}
+    by_name = by_name if by_name is not None else {n.name: n for n in index}
+    missing = [name for name in group.nodes if name not in by_name]
+    if missing:
+        raise RegionError(f"nodes {', '.join(missing)} are not in the graph")
+    mine = {by_name[name] for name in group.nodes}
+    near, stack = set(mine), [a for n in mine for a in n.all_input_nodes]
+    while stack and len(near) < len(mine) + FEEDER_LIMIT:
+        a = stack.pop()
+        if a not in near and (a.op == "get_attr" or is_pure(a)):
+            near.add(a)
+            stack.extend(a.all_input_nodes)
+    ordered = sorted(near, key=index.__getitem__)
+    trial, _ = cut_region(gm, ordered)
+    record = rewrite_group(trial, group, recompile=False)
+    if not record.applied:
+        raise RegionError(f"the rewrite does not apply: {record.detail}")
+    after = {n.name for n in trial.graph.nodes}
+    released = [n.name for n in ordered if n.name not in after and n not in mine and n.op != "get_attr"]
+    gone = mine | {by_name[name] for name in released}
+    outputs = [n for n in mine if any(u not in gone for u in n.users)]
+    tail = {t for out in outputs for t in _layout_tail(out)}
+    return sorted(gone | tail, key=index.__getitem__), released
+
+
+def cut_region(gm: fx.GraphModule, nodes: list[fx.Node]) -> tuple[fx.GraphModule, list[str]]:
+    """A GraphModule of ``nodes`` alone: inputs computed elsewhere become placeholders (same names), module
+    constants stay get_attr (rewrites read them), values used outside the region are its outputs."""
+    inside = set(nodes)
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    inputs: list[str] = []
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a not in inside and a not in env and a.op != "get_attr":
+                env[a] = g.placeholder(a.name)
+                env[a].meta = dict(a.meta)
+                inputs.append(a.name)
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a not in inside and a not in env:  # a constant of the module
+                env[a] = g.get_attr(a.target)
+                env[a].meta = dict(a.meta)
+        env[n] = g.node_copy(n, lambda a: env[a])
+    outputs = [env[n] for n in nodes if any(u not in inside for u in n.users)]
+    if not outputs:
+        raise RegionError("the region has no output used by the rest of the graph")
+    g.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
+    region = fx.GraphModule(gm, g)
+    bind_constants(region, bound_constants(gm))
+    return region, inputs
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a graph and keeps the values of the named nodes."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[str]) -> None:
+        super().__init__(gm)
+        self.keep, self.values = keep, {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.name in self.keep:
+            self.values[n.name] = out
+        return out
+
+
+def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device: str = "cpu",
+                     spec: TimingSpec | None = None, clock: Clock | None = None,
+                     budget_s: float = INSITU_BUDGET_S) -> dict[str, InModel | str]:
+    """Time every group's region captured vs rewritten; returns group id -> :class:`InModel`, or the reason (str)
+    the region could not be timed on its own.  Regions are timed largest library saving first, until ``budget_s``
+    of timing is spent; the rest keep the library's prediction (their reason says so)."""
+
+    spec, clock = spec or INSITU_SPEC, clock or model_clock(device)
+    out: dict[str, InModel | str] = {}
+    everything = sorted(list(plan.groups) + list(getattr(plan, "pending", [])),
+                        key=lambda g: -(g.predicted_saving_ms or 0.0))
+    start = clock.now()
+    for index in sorted({g.graph_index for g in everything}):
+        groups = [g for g in everything if g.graph_index == index]
+        gm = runnable_graph(plan.captured, index, model)
+        if gm is None or index >= len(plan.captured.graph_inputs):
+            out.update({g.id: f"subgraph {index} cannot be run on its own" for g in groups})
+            continue
+        regions = {}
+        position = {n: i for i, n in enumerate(gm.graph.nodes)}
+        by_name = {n.name: n for n in position}
+        for g in groups:
+            try:
+                nodes, released = region_nodes(gm, g, position, by_name)
+                regions[g.id] = (g, nodes, released, *cut_region(gm, nodes))
+            except (RegionError, RuntimeError, ValueError) as exc:
+                out[g.id] = str(exc)
+        if not regions:
+            continue
+        recorder = _Recorder(gm, {name for *_, names in regions.values() for name in names})
+        with torch.no_grad():
+            recorder.run(*plan.captured.graph_inputs[index])
+        for gid, (g, nodes, released, region, names) in regions.items():
+            if clock.now() - start > budget_s:
+                out[gid] = (f"the in-model timing budget ({budget_s:.0f} s, fxfusion.planning.insitu.INSITU_BUDGET_S) was "
+                            "spent on groups with larger savings")
+                continue
+            rewritten = copy.deepcopy(region)
+            record = rewrite_group(rewritten, g)
+            if not record.applied:
+                out[gid] = f"the rewrite does not apply to the region alone: {record.detail}"
+                continue
+            region, rewritten = lean(region), lean(rewritten)  # as the planned model calls them
+            args = tuple(recorder.values[n] for n in names)
+            thunks = {"captured": lambda r=region: r(*args), "rewritten": lambda r=rewritten: r(*args),
+                      "model": lambda: model(*example_inputs)}
+            samples, f, batches = _tightest(thunks, clock, spec)
+            base, cand = samples.seconds["captured"], samples.seconds["rewritten"]
+            d, sp = difference(base, cand), speedup(base, cand)
+            out[gid] = InModel(captured_ms=summarize(base).median * 1e3, rewritten_ms=summarize(cand).median * 1e3,
+                               saving_ms=d.median * 1e3, ci_low_ms=d.ci_low * 1e3, ci_high_ms=d.ci_high * 1e3,
+                               nodes=list(g.nodes), released=released, clock=getattr(clock, "mode", clock.device),
+                               batches=batches, fraction=f.median, fraction_ci_low=f.ci_low,
+                               fraction_ci_high=f.ci_high,
+                               model_ms=summarize(samples.seconds["model"]).median * 1e3, speedup=sp.median,
+                               speedup_ci_low=sp.ci_low, speedup_ci_high=sp.ci_high, verdict=sp.verdict())
+    return out
+
+
+def _tightest(thunks, clock: Clock, spec: TimingSpec):
+    """Region captured / rewritten and the whole model, interleaved, measured again while the saving's interval (as a
+    fraction of the model, paired per round) is wider than ``WIDE`` x the saving (:func:`measure_tight`)."""
+    def interval(samples):
+        s = samples.seconds
+        return paired_fraction(s["captured"], s["rewritten"], s["model"])
+
+    with torch.no_grad():
+        return measure_tight(thunks, clock, spec, interval,
+                             lambda f: f.ci_high - f.ci_low > WIDE * abs(f.median), BATCHES)
+
+
+# -- what running the captured graph costs over the model -------------------------------------------------------------
+
+# Enough rounds to see a 10 us difference on a 2-core CPU, little enough to keep planning quick.
+OVERHEAD_SPEC_ROUNDS, OVERHEAD_SPEC_BUDGET_S = 30, 3.0
+OVERHEAD_WIDE = 0.10  # an overhead interval wider than 10% of the model's time is measured again
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """What running the captured graph costs over the original model per forward, with a 95% interval (ms)."""
+
+    ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+    eager_ms: float | None = None  # the original model's median in the same measurement
+    fraction: float | None = None  # (captured - original) / original, paired per round (stats.paired_fraction)
+
+
+def measure_overhead(model: torch.nn.Module, captured, example_inputs: tuple, device: str = "cpu",
+                     spec=None, clock=None) -> Overhead:
+    """Time the original model and the captured graph (unrewritten) interleaved; their difference, signed."""
+
+    spec = spec or TimingSpec(rounds=OVERHEAD_SPEC_ROUNDS, warmup=2, target_sample_s=0.005,
+                              budget_s=OVERHEAD_SPEC_BUDGET_S)
+    clock = clock or model_clock(device)
+    graph = captured_module(model, captured)
+
+    def fraction(samples):  # (captured - eager) / eager, per round
+        return paired_fraction(samples.seconds["captured"], samples.seconds["eager"], samples.seconds["eager"])
+
+    with torch.no_grad():  # measured again while the interval spans more than OVERHEAD_WIDE of the model's time
+        samples, f, _ = measure_tight({"eager": lambda: model(*example_inputs),
+                                       "captured": lambda: graph(*example_inputs)}, clock, spec, fraction,
+                                      lambda f: f.ci_high - f.ci_low > OVERHEAD_WIDE)
+    eager_ms = summarize(samples.seconds["eager"]).median * 1e3
+    return Overhead(eager_ms * f.median, eager_ms * f.ci_low, eager_ms * f.ci_high, eager_ms, f.median)

@@ -1,0 +1,283 @@
+"""End-to-end verification of a plan: is the planned model right, and is it faster, by as much as predicted?
+
+Method (:func:`verify_plan`):
+  1. apply the plan (:func:`fxfusion.planning.rewrite.apply`); a crash here is a failed verification, not an exception;
+  2. run the original and the planned model at the example inputs (no grad); the reference is the original model
+     run in float64 on the CPU where the model allows it, else the original model itself;
+  3. every output of the planned model must be within the dtype's tolerance of the reference
+     (:mod:`fxfusion.measure.correctness`), or within ``ORIGINAL_ERROR_SLACK`` x the original model's own error where the
+     model itself is further than that from float64: a rewrite may not be measurably less accurate than the model;
+  4. time the original, the captured graph before rewriting, the planned model and torch.compile of the whole model,
+     interleaved (:func:`fxfusion.measure.timing.measure`); speedups over the original with bootstrap intervals.  On CUDA
+     the forward passes are timed pipelined (back to back, ``CudaClock("pipelined")``): the steady-state time per
+     forward that a serving or training loop sees, and the regime the in-model predictions are measured in;
+  5. measured saving = median(original) - median(planned), with the interval implied by the speedup's interval;
+     prediction error = (predicted - measured) / measured, where the prediction sums the applied groups only, less
+     the captured graph's overhead the plan measured.
+
+A plan whose outputs do not verify has ``ok == False`` and is rendered as NOT VERIFIED; nothing reports it as a
+success.  Slower-than-original beyond the noise interval is reported (``planned_verdict == "avoid"``) separately.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_map
+
+from fxfusion.measure.correctness import relative_error, tolerance
+from fxfusion.planning.apply import apply
+from fxfusion.planning.insitu import model_clock
+from fxfusion.planning.rewrite import captured_module
+from fxfusion.measure.stats import paired_fraction, speedup, summarize
+from fxfusion.measure.timing import Clock, TimingSpec, measure
+from fxfusion.calibration.variants import compile_limits, first_call, one_line
+
+# End-to-end timing of whole models: longer samples than a pattern's, so Python overhead averages out.
+VERIFY_SPEC = TimingSpec(rounds=30, warmup=3, target_sample_s=0.01, budget_s=20.0)
+# A planned model may be up to this many times further from float64 than the original model is, where the original
+# itself misses the dtype tolerance (deep bfloat16 models): a rewrite must not be measurably less accurate.
+ORIGINAL_ERROR_SLACK = 2.0
+
+
+@dataclass
+class OutputCheck:
+    index: int
+    dtype: str
+    error: float | None  # relative L2 error of the planned output against the reference
+    original_error: float | None  # the original model's own error against the reference
+    limit: float
+    ok: bool
+
+
+@dataclass
+class Timing:
+    name: str
+    status: str  # "ok" | "failed" | "skipped"
+    reason: str | None = None
+    median_ms: float | None = None
+    iqr_ms: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+    calls_per_sample: int | None = None
+    first_call_s: float | None = None  # includes compilation for the compiled variants
+    speedup: dict[str, float] | None = None  # over the original: median, ci_low, ci_high
+    verdict: str | None = None
+
+
+@dataclass
+class VerificationResult:
+    ok: bool
+    reason: str
+    device: str
+    reference: str  # "float64" | "original"
+    outputs: list[OutputCheck]
+    rewrites: list[dict[str, Any]]
+    timings: dict[str, Timing]
+    predicted_saving_ms: float | None  # over the applied groups
+    measured_saving_ms: float | None
+    measured_saving_ci_ms: tuple[float, float] | None
+    prediction_error_pct: float | None  # (predicted - measured) / |measured|
+    prediction_error_pct_of_eager: float | None  # (predicted - measured) / original median
+    planned_verdict: str | None  # fuse (faster) | neutral | avoid (slower), from the planned speedup's interval
+    warnings: list[str] = field(default_factory=list)
+    timing: str = ""  # the clock's regime: cpu, or on CUDA pipelined / isolated
+    prediction: str = ""  # where the groups' savings came from: in_model | library (FusionPlan.prediction)
+    # The same prediction from the pattern library's standalone timings, when the plan also has in-model ones.
+    library_predicted_saving_ms: float | None = None
+    library_prediction_error_pct: float | None = None
+    # The same comparison in fractions of the original model's time, each measured paired per round with the model
+    # (stats.paired_fraction), so a host whose speed drifts between the plan and this run does not bias it:
+    # predicted = the groups' in-model fractions less the overhead's; measured = (original - planned) / original.
+    predicted_fraction: float | None = None
+    measured_fraction: float | None = None
+    measured_fraction_ci: tuple[float, float] | None = None
+    fraction_error_pct: float | None = None  # (predicted - measured) / |measured|, of the fractions
+
+    @property
+    def saving_within_noise(self) -> bool:
+        ci = self.measured_saving_ci_ms
+        return ci is not None and ci[0] <= 0.0 <= ci[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(x):
+            if isinstance(x, float) and not math.isfinite(x):
+                return None
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [clean(v) for v in x]
+            return x
+
+        d = asdict(self)
+        d["saving_within_noise"] = self.saving_within_noise
+        return clean(d)
+
+
+def _to_reference(x: Any) -> Any:
+    return x.detach().to("cpu", torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def _float64_reference(model: torch.nn.Module, inputs: tuple) -> tuple[Any, str | None]:
+    """The original model's outputs in float64 on the CPU, or (None, why not)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref_model = copy.deepcopy(model).to("cpu", torch.float64)
+            with torch.no_grad():
+                return tree_map(_to_reference, ref_model(*tree_map(_to_reference, inputs))), None
+    except Exception as exc:  # a model that does not run in float64 (dtype-specific ops, device-only kernels)
+        return None, one_line(exc)
+
+
+def _tf32(device: str) -> bool:
+    return device.startswith("cuda") and bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+
+
+def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: str) -> tuple[list[OutputCheck], str]:
+    got, spec_got = tree_flatten(planned_out)
+    orig, spec_orig = tree_flatten(original_out)
+    ref, _ = tree_flatten(reference)
+    if spec_got != spec_orig or len(got) != len(ref):
+        return [], f"the planned model returns {len(got)} outputs in another structure than the original's {len(orig)}"
+    checks, failures = [], []
+    for i, (g, o, r) in enumerate(zip(got, orig, ref)):
+        if not isinstance(g, torch.Tensor) or not g.is_floating_point():
+            same = torch.equal(g, o) if isinstance(g, torch.Tensor) and isinstance(o, torch.Tensor) else g == o
+            checks.append(OutputCheck(i, str(getattr(g, "dtype", type(g).__name__)), None, None, 0.0, bool(same)))
+            if not same:
+                failures.append(f"output {i} differs from the original")
+            continue
+        tol = tolerance(g.dtype, _tf32(device))
+        err, orig_err = relative_error(g, r), relative_error(o, r)
+        limit = max(tol, ORIGINAL_ERROR_SLACK * orig_err) if math.isfinite(orig_err) else tol
+        ok = err <= limit
+        checks.append(OutputCheck(i, str(g.dtype).replace("torch.", ""), err, orig_err, limit, ok))
+        if not ok:
+            failures.append(f"output {i} ({str(g.dtype).replace('torch.', '')}) has relative error {err:.3g}, "
+                            f"over the {limit:.1e} limit")
+    return checks, "; ".join(failures)
+
+
+def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str = "cpu",
+                spec: TimingSpec | None = None, clock: Clock | None = None, include_compile: bool = True,
+                include_captured: bool = True, seed: int = 0) -> VerificationResult:
+    """Apply ``plan`` to ``model`` and verify the planned model's outputs and end-to-end time."""
+
+    inputs = tuple(example_inputs)
+    spec = spec or VERIFY_SPEC
+    clock = clock or model_clock(device)
+    timings: dict[str, Timing] = {}
+    result_warnings: list[str] = []
+
+    def failed(reason, rewrites=(), outputs=(), reference="original"):
+        return VerificationResult(False, reason, device, reference, list(outputs), list(rewrites), timings, None,
+                                  None, None, None, None, None, result_warnings)
+
+    try:
+        planned = apply(model, plan)
+    except Exception as exc:
+        return failed(f"applying the plan failed: {one_line(exc)}")
+    rewrites = [r.to_dict() for r in getattr(planned, "fxfusion_rewrites", [])]
+    result_warnings += [f"group {r['site_id']} not applied: {r['detail']}" for r in rewrites if not r["applied"]]
+
+    with torch.no_grad():
+        original_out = model(*inputs)
+        try:
+            with compile_limits():
+                planned_first = first_call(lambda: planned(*inputs), device)
+            planned_out = planned(*inputs)
+        except Exception as exc:
+            return failed(f"the planned model failed to run: {one_line(exc)}", rewrites)
+    reference, why_not = _float64_reference(model, inputs)
+    ref_name = "float64"
+    if reference is None:
+        reference, ref_name = tree_map(_to_reference, original_out), "original"
+        result_warnings.append(f"the model does not run in float64 ({why_not}); checked against the original")
+    checks, failure = check_outputs(planned_out, original_out, reference, device)
+    if failure:
+        result_warnings.append("outputs do not match: timings are reported for diagnosis only")
+
+    thunks = {"eager": lambda: model(*inputs), "planned": lambda: planned(*inputs)}
+    timings["eager"] = Timing("eager", "ok")
+    timings["planned"] = Timing("planned", "ok", first_call_s=planned_first)
+    if include_captured:
+        try:
+            captured = captured_module(model, plan.captured)
+            with torch.no_grad():
+                first = first_call(lambda: captured(*inputs), device)
+            thunks["captured"] = lambda: captured(*inputs)
+            timings["captured"] = Timing("captured", "ok", first_call_s=first)
+        except Exception as exc:
+            timings["captured"] = Timing("captured", "failed", one_line(exc))
+    if include_compile:
+        compiled = torch.compile(model, dynamic=False)
+        try:
+            with torch.no_grad(), compile_limits():
+                first = first_call(lambda: compiled(*inputs), device)
+            thunks["compile"] = lambda: compiled(*inputs)
+            timings["compile"] = Timing("compile", "ok", first_call_s=first)
+        except Exception as exc:
+            timings["compile"] = Timing("compile", "failed", one_line(exc))
+    else:
+        timings["compile"] = Timing("compile", "skipped", "include_compile=False")
+
+    with torch.no_grad():
+        samples = measure(thunks, clock, spec)
+    eager_s = samples.seconds["eager"]
+    for name, secs in samples.seconds.items():
+        t = timings[name]
+        s = summarize(secs)
+        t.median_ms, t.iqr_ms = s.median * 1e3, s.iqr * 1e3
+        t.samples_ms, t.calls_per_sample = [x * 1e3 for x in secs], samples.inner[name]
+        if name != "eager":
+            sp = speedup(eager_s, secs, seed=seed)
+            t.speedup, t.verdict = {"median": sp.median, "ci_low": sp.ci_low, "ci_high": sp.ci_high}, sp.verdict()
+        if s.noisy:
+            result_warnings.append(f"{name} timing is noisy (IQR {s.iqr / s.median:.0%} of the median)")
+    if samples.budget_exhausted:
+        result_warnings.append(f"timing stopped after {samples.rounds} rounds (budget {spec.budget_s:.0f} s)")
+
+    eager_ms, planned_t = timings["eager"].median_ms, timings["planned"]
+    measured = eager_ms - planned_t.median_ms
+    sp = planned_t.speedup
+    ci = (eager_ms * (1 - 1 / sp["ci_low"]), eager_ms * (1 - 1 / sp["ci_high"]))
+    applied = {r["site_id"] for r in rewrites if r["applied"]}
+    known = [g.predicted_saving_ms for g in plan.groups if g.id in applied and g.predicted_saving_ms is not None]
+    predicted = None
+    if not applied:
+        predicted = 0.0  # the planned model is a copy of the original
+    elif len(known) == len(applied):
+        predicted = sum(known) - (plan.overhead_ms or 0.0)
+    else:
+        result_warnings.append(f"{len(applied) - len(known)} applied group(s) have no predicted saving")
+    if applied and plan.overhead_ms is None:
+        result_warnings.append("the plan did not measure the captured graph's overhead; the prediction omits it")
+    error_pct = error_of_eager = library = library_error = None
+    if predicted is not None and applied:  # with nothing applied there is no prediction to check
+        error_of_eager = 100.0 * (predicted - measured) / eager_ms
+        error_pct = 100.0 * (predicted - measured) / abs(measured) if measured != 0 else None
+        lib = [g.library_saving_ms for g in plan.groups if g.id in applied and g.library_saving_ms is not None]
+        if getattr(plan, "prediction", "library") == "in_model" and len(lib) == len(applied):
+            library = sum(lib) - (plan.overhead_ms or 0.0)
+            library_error = 100.0 * (library - measured) / abs(measured) if measured != 0 else None
+    measured_f = paired_fraction(eager_s, samples.seconds["planned"], eager_s)
+    predicted_f = plan.fraction_of(applied) if applied and hasattr(plan, "fraction_of") else None
+    fraction_error = None
+    if predicted_f is not None and measured_f.median != 0:
+        fraction_error = 100.0 * (predicted_f - measured_f.median) / abs(measured_f.median)
+    ok = not failure
+    reason = failure or (f"outputs match the {ref_name} reference; planned model "
+                         f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
+    return VerificationResult(ok, reason, device, ref_name, checks, rewrites, timings, predicted, measured, ci,
+                              error_pct, error_of_eager, planned_t.verdict, result_warnings,
+                              timing=getattr(clock, "mode", clock.device),
+                              prediction=getattr(plan, "prediction", "library"),
+                              library_predicted_saving_ms=library, library_prediction_error_pct=library_error,
+                              predicted_fraction=predicted_f, measured_fraction=measured_f.median,
+                              measured_fraction_ci=(measured_f.ci_low, measured_f.ci_high),
+                              fraction_error_pct=fraction_error)

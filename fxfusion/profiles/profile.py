@@ -1,0 +1,225 @@
+"""Profiles: the measured results of a calibration, and the questions cost models ask of them.
+
+One serialization path: dataclasses -> dict (``to_dict``) -> JSON Schema validation -> atomic write.  Loading runs
+the same path backwards and fails with one clear line on a corrupt, foreign or invalid file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fxfusion.errors import FxFusionError
+from fxfusion.profiles.schema import SCHEMA_VERSION, atomic_write_json, validate
+
+# decide() warns when the nearest entry is further than this in log-shape distance (about 2x in one dimension).
+FAR_DISTANCE = math.log(2.0) + 1e-9
+
+
+@dataclass
+class SpeedupCI:
+    median: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass
+class VariantResult:
+    name: str
+    kind: str  # "eager" | "manual" | "compile"
+    status: str  # "ok" | "incorrect" | "not_a_fusion" | "unsupported" | "failed"
+    reason: str | None = None
+    note: str = ""
+    samples_ms: list[float] = field(default_factory=list)
+    calls_per_sample: int | None = None
+    median_ms: float | None = None
+    iqr_ms: float | None = None
+    noisy: bool = False
+    speedup: SpeedupCI | None = None  # over eager; >1 is faster
+    verdict: str | None = None
+    compile_s: float | None = None
+    kernels_per_call: float | None = None
+    kernel_unit: str | None = None
+    kernel_names: list[str] = field(default_factory=list)
+    device_ms: float | None = None
+    host_overhead_ms: float | None = None
+    rel_error: float | None = None
+    tolerance: float | None = None
+    gflops: float | None = None
+    gbs: float | None = None
+    pct_of_roofline: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Decision:
+    pattern: str
+    shape: dict[str, int]
+    dtype: str
+    device: str
+    verdict: str  # "fuse" | "neutral" | "avoid"
+    best_variant: str  # "eager" when nothing beats it
+    speedup: SpeedupCI | None
+    reason: str
+    measured_shape: dict[str, int] | None = None
+    distance: float = 0.0  # log-shape distance from the measured entry; 0 for an exact match
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        return self.distance == 0.0
+
+    @property
+    def should_fuse(self) -> bool:
+        return self.verdict == "fuse"
+
+
+@dataclass
+class Entry:
+    pattern: str
+    family: str
+    title: str
+    shape: dict[str, int]
+    dtype: str
+    device: str
+    flops: int
+    bytes_unfused: int
+    bytes_fused: int
+    memory_reduction: float
+    roofline: dict[str, Any]
+    variants: list[VariantResult]
+    decision: Decision
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        return entry_key(self.pattern, self.shape, self.dtype, self.device)
+
+    def variant(self, name: str) -> VariantResult | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+
+def entry_key(pattern: str, shape: Mapping[str, int], dtype: str, device: str) -> str:
+    dims = ",".join(f"{k}={v}" for k, v in shape.items())
+    return f"{pattern}[{dims}]:{dtype}@{device.split(':')[0]}"
+
+
+def shape_distance(a: Mapping[str, int], b: Mapping[str, int]) -> float:
+    """Euclidean distance between shapes in log space: 2x in one dimension is log(2) ~ 0.69."""
+    return math.sqrt(sum(math.log(max(a[k], 1) / max(b[k], 1)) ** 2 for k in a))
+
+
+@dataclass
+class Profile:
+    metadata: dict[str, Any]
+    hardware: dict[str, Any]
+    ceilings: dict[str, Any]
+    entries: list[Entry]
+    schema_version: str = SCHEMA_VERSION
+
+    # -- serialization -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": self.schema_version, "kind": "fxfusion.profile", "metadata": self.metadata,
+                "hardware": self.hardware, "ceilings": self.ceilings,
+                "entries": [entry_to_dict(e) for e in self.entries]}
+
+    def save(self, path: str | Path) -> Path:
+        data = self.to_dict()
+        validate(data, "profile")
+        return atomic_write_json(path, data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "profile") -> "Profile":
+        validate(data, "profile", source=source)
+        return cls(metadata=data["metadata"], hardware=data["hardware"], ceilings=data["ceilings"],
+                   entries=[entry_from_dict(e) for e in data["entries"]], schema_version=data["schema_version"])
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Profile":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise FxFusionError(f"profile {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FxFusionError(f"cannot read profile {path}: {exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FxFusionError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); "
+                                "is it a truncated or corrupt profile?") from None
+        if not isinstance(data, dict) or data.get("kind") != "fxfusion.profile":
+            raise FxFusionError(f"{path} is not an fxfusion profile (no \"kind\": \"fxfusion.profile\")")
+        return cls.from_dict(data, source=str(path))
+
+    # -- questions -----------------------------------------------------------------------------------------------
+    def find(self, pattern: str, shape: Mapping[str, int], dtype: str, device: str | None = None) -> list[Entry]:
+        return [e for e in self.entries if e.pattern == pattern and e.dtype == dtype and e.shape == dict(shape)
+                and (device is None or e.device.split(":")[0] == device.split(":")[0])]
+
+    def decide(self, pattern: str, shape: Mapping[str, int], dtype: str = "float32",
+               device: str | None = None) -> Decision:
+        """The decision of the nearest measured entry (same pattern, dtype and device), saying how far it is."""
+        device = device or self.metadata.get("device", "cpu")
+        candidates = [e for e in self.entries if e.pattern == pattern and e.device.split(":")[0] == device.split(":")[0]]
+        if not candidates:
+            devices = sorted({e.device.split(":")[0] for e in self.entries if e.pattern == pattern})
+            if devices:
+                raise FxFusionError(f"profile has entries for pattern {pattern!r} on {', '.join(devices)} only, "
+                                    f"not on {device.split(':')[0]}")
+            known = sorted({e.pattern for e in self.entries})
+            raise FxFusionError(f"profile has no entries for pattern {pattern!r}; it has: {', '.join(known)}")
+        same_dtype = [e for e in candidates if e.dtype == dtype]
+        warnings = []
+        if not same_dtype:
+            have = sorted({e.dtype for e in candidates})
+            warnings.append(f"no {dtype} entries for {pattern}; using {have[0]} (measured dtypes: {', '.join(have)})")
+            same_dtype = [e for e in candidates if e.dtype == have[0]]
+        shape = {k: int(v) for k, v in shape.items()}
+        try:
+            nearest = min(same_dtype, key=lambda e: shape_distance(shape, e.shape))
+            distance = shape_distance(shape, nearest.shape)
+        except KeyError as exc:
+            raise FxFusionError(f"shape for {pattern} lacks dimension {exc.args[0]}") from None
+        if distance > FAR_DISTANCE:
+            warnings.append(f"nearest measured shape {nearest.shape} is far from {shape} "
+                            f"(log distance {distance:.2f}); the decision is an extrapolation")
+        d = nearest.decision
+        return Decision(pattern=pattern, shape=shape, dtype=dtype, device=device, verdict=d.verdict,
+                        best_variant=d.best_variant, speedup=d.speedup, reason=d.reason,
+                        measured_shape=dict(nearest.shape), distance=round(distance, 6), warnings=warnings)
+
+    def should_fuse(self, pattern: str, shape: Mapping[str, int], dtype: str = "float32",
+                    device: str | None = None) -> bool:
+        return self.decide(pattern, shape, dtype, device).should_fuse
+
+
+def entry_to_dict(e: Entry) -> dict[str, Any]:
+    d = asdict(e)
+    d["decision"] = decision_to_dict(e.decision)
+    return d
+
+
+def decision_to_dict(d: Decision) -> dict[str, Any]:
+    out = asdict(d)
+    out["exact"] = d.exact
+    return out
+
+
+def _speedup(d: dict | None) -> SpeedupCI | None:
+    return SpeedupCI(**d) if d else None
+
+
+def decision_from_dict(d: dict[str, Any]) -> Decision:
+    d = {k: v for k, v in d.items() if k != "exact"}
+    d["speedup"] = _speedup(d.get("speedup"))
+    return Decision(**d)
+
+
+def entry_from_dict(d: dict[str, Any]) -> Entry:
+    d = dict(d)
+    d["variants"] = [VariantResult(**{**v, "speedup": _speedup(v.get("speedup"))}) for v in d["variants"]]
+    d["decision"] = decision_from_dict(d["decision"])
+    return Entry(**d)

@@ -1,0 +1,106 @@
+"""The analysis report as text: a rich table for the terminal, and markdown.  Both read the report dict."""
+
+from __future__ import annotations
+
+from fxfusion.reports.verification import render_markdown as verification_markdown
+
+
+def _fmt_shape(shape: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in shape.items())
+
+
+def _ci(s: dict | None) -> str:
+    return f"{s['median']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if s else "-"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _bytes_h(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+COLUMNS = ("site", "pattern", "nodes", "shape", "dtype", "legality", "verdict", "best", "speedup [95% CI]",
+           "saved ms/fwd", "bytes saved")
+
+
+def rows(report: dict) -> list[tuple[str, ...]]:
+    out = []
+    for s in report["sites"]:
+        out.append((s["id"], s["pattern"], str(len(s["nodes"])), _fmt_shape(s["shape"]), s["dtype"],
+                    s["status"].replace("_", " "), s["verdict"].replace("_", " "), s["best_variant"] or "-",
+                    _ci(s["speedup"]), _ms(s["saved_ms"]), _bytes_h(s["bytes_saved"])))
+    return out
+
+
+def total_line(report: dict) -> str:
+    sm = report["summary"]
+    fwd = sm.get("forward_ms")
+    share = f" of a {fwd:.3f} ms forward pass ({sm['saved_ms_per_forward'] / fwd:.1%})" if fwd else ""
+    return (f"{sm['sites']} sites: {sm['fusible']} fusible, {sm['illegal']} illegal, {sm['already_fused']} already "
+            f"fused; {sm['fuse']} worth fusing. Estimated saving {sm['saved_ms_per_forward']:.4f} ms per forward"
+            f"{share}, {_bytes_h(sm['bytes_saved_per_forward'])} less memory traffic.")
+
+
+def _notes(report: dict) -> list[str]:
+    lines = []
+    for s in report["sites"]:
+        if s["decision"] and s["baseline_variant"] == "eager":
+            lines.append(f"{s['id']} {s['verdict']}: {s['decision']['reason']}")
+        for r in s["reasons"]:
+            lines.append(f"{s['id']} refused: {r}")
+        for w in s["warnings"]:
+            lines.append(f"{s['id']}: {w}")
+    cap = report["capture"]
+    lines += [f"graph break: {b}" for b in cap["graph_breaks"]] + [f"capture: {n}" for n in cap["notes"]]
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    if report["unmatched"]:
+        lines.append("unmatched ops: " + ", ".join(f"{k} x{v}" for k, v in report["unmatched"].items()))
+    return lines
+
+
+def _decided_by(meta: dict) -> str:
+    return {"profile": f"profile {meta['profile']}", "measure": "live measurement"}.get(meta["mode"], "nothing "
+                                                                                           "(match only)")
+
+
+def render_table(report: dict):
+    """A rich renderable: the sites table, then reasons, notes, unmatched ops and the total."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    meta = report["metadata"]
+    source = _decided_by(meta)
+    table = Table(title=f"{meta['model']} on {meta['device']} ({meta['device_name']}), decided by {source}, "
+                        f"captured by {report['capture']['method']}")
+    style = {"fuse": "green", "neutral": "yellow", "avoid": "red", "illegal": "red", "already_fused": "dim"}
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col in ("nodes", "saved ms/fwd", "bytes saved") else "left")
+    for s, row in zip(report["sites"], rows(report)):
+        st = style.get(s["verdict"])
+        table.add_row(*row[:6], f"[{st}]{row[6]}[/]" if st else row[6], *row[7:])
+    parts = [table] + [Text(line) for line in _notes(report)] + [Text(total_line(report), style="bold")]
+    return Group(*parts)
+
+
+def render_markdown(report: dict) -> str:
+    meta = report["metadata"]
+    lines = [f"# fxfusion analysis: {meta['model']}", "",
+             f"Device {meta['device']} ({meta['device_name']}), torch {meta['torch_version']}, "
+             f"decided by {_decided_by(meta)}, "
+             f"captured by {report['capture']['method']} ({report['capture']['graphs']} graph(s), "
+             f"{report['capture']['nodes']} ops).", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows(report)]
+    lines += ["", total_line(report), ""]
+    lines += [f"- {line}" for line in _notes(report)]
+    if report.get("verification"):
+        lines += [""] + verification_markdown(report["verification"])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,137 @@
+"""How a verification is told: the terminal (rich), markdown and HTML renderers all read these rows and lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fxfusion.planning.verify import VerificationResult
+
+
+def _fmt_ci(sp: dict | None) -> str:
+    return f"{sp['median']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if sp else "-"
+
+
+def render_verification(r: VerificationResult):
+    """A rich renderable: the verdict, the output checks, the end-to-end times, predicted vs measured."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    head = Text.from_markup(("[bold green]VERIFIED[/]" if r.ok else "[bold red]NOT VERIFIED[/]") + f": {r.reason}")
+    regime = f", {r.timing} timing" if r.timing and r.timing != "cpu" else ""
+    times = Table(title=f"end to end on {r.device}{regime} (median, 95% CI of speedup over the original)")
+    for col in ("model", "median ms", "IQR ms", "speedup [95% CI]", "verdict", "first call s"):
+        times.add_column(col, justify="left" if col in ("model", "verdict") else "right")
+    for name, label in MODEL_LABELS.items():
+        t = r.timings.get(name)
+        if t is None:
+            continue
+        if t.status != "ok" or t.median_ms is None:
+            times.add_row(label, "-", "-", "-", f"{t.status}: {t.reason or ''}"[:60], "-")
+            continue
+        times.add_row(label, f"{t.median_ms:.3f}", f"{t.iqr_ms:.3f}", _fmt_ci(t.speedup), t.verdict or "",
+                      f"{t.first_call_s:.2f}" if t.first_call_s is not None else "-")
+    parts = [head, times]
+    parts += [Text(line if i == 0 else "  " + line) for i, line in enumerate(prediction_lines(r.to_dict(), 3))]
+    checks = Table(title=f"outputs against the {r.reference} reference")
+    for col in ("output", "dtype", "planned error", "original error", "limit", "ok"):
+        checks.add_column(col)
+    for c in r.outputs:
+        fmt = (lambda x: f"{x:.2e}" if x is not None else "-")
+        checks.add_row(str(c.index), c.dtype, fmt(c.error), fmt(c.original_error), f"{c.limit:.0e}",
+                       "[green]yes[/]" if c.ok else "[red]no[/]")
+    parts.append(checks)
+    if r.rewrites:
+        rw = Table(title="rewrites")
+        for col in ("group", "pattern", "variant", "applied", "detail"):
+            rw.add_column(col)
+        for d in r.rewrites:
+            rw.add_row(d["site_id"], d["pattern"], d["variant"], "yes" if d["applied"] else "[yellow]no[/]",
+                       d["detail"])
+        parts.append(rw)
+    parts += [Text.from_markup(f"[yellow]warning:[/] {w}") for w in r.warnings]
+    return Group(*parts)
+
+
+MODEL_LABELS = {"eager": "original (eager)", "captured": "captured graph, unrewritten", "planned": "planned",
+                "compile": "torch.compile (whole model)"}
+_SOURCES = {"in_model": " (from the groups timed inside the model)", "library": " (from the pattern library's timings)",
+            "mixed": " (from the groups timed inside the model, the library's timings for the others)"}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.0f}%"
+
+
+def prediction_lines(v: dict[str, Any], digits: int = 4) -> list[str]:
+    """Predicted against measured, one sentence each: in ms (``digits`` decimals), as paired fractions, and the
+    library's prediction.  ``v`` is a verification as reported (:meth:`VerificationResult.to_dict`); every renderer
+    says it this way."""
+    if v.get("measured_saving_ms") is None:
+        return []
+    pred = v.get("predicted_saving_ms")
+    applied = any(r.get("applied") for r in v.get("rewrites") or [])
+    source = _SOURCES.get(v.get("prediction") or "", "") if applied else " (nothing applied)"
+    lo, hi = v.get("measured_saving_ci_ms") or (float("nan"), float("nan"))
+    noise = " (the measured saving is within the noise)" if v.get("saving_within_noise") else ""
+    ms = f".{digits}f"
+    lines = [f"saving per forward: predicted {'unknown' if pred is None else f'{pred:{ms}} ms'}{source}, measured "
+             f"{v['measured_saving_ms']:{ms}} ms [{lo:{ms}}, {hi:{ms}}]; prediction error "
+             f"{_pct(v.get('prediction_error_pct'))}{noise}"]
+    if v.get("predicted_fraction") is not None and v.get("measured_fraction") is not None:
+        flo, fhi = v.get("measured_fraction_ci") or (float("nan"), float("nan"))
+        lines.append(f"as fractions of the original's time, paired per round: predicted {v['predicted_fraction']:.1%}, "
+                     f"measured {v['measured_fraction']:.1%} [{flo:.1%}, {fhi:.1%}]; "
+                     f"error {_pct(v.get('fraction_error_pct'))}")
+    if v.get("library_predicted_saving_ms") is not None:
+        lines.append(f"the pattern library alone predicted {v['library_predicted_saving_ms']:{ms}} ms "
+                     f"(error {_pct(v.get('library_prediction_error_pct'))})")
+    return lines
+
+
+def end_to_end_rows(v: dict[str, Any]) -> list[tuple[str, str, str, str, bool]]:
+    """(model, median ms, speedup [95% CI], verdict or why it did not run, ran) for each end-to-end timing."""
+    rows = []
+    for name, label in MODEL_LABELS.items():
+        t = (v.get("timings") or {}).get(name)
+        if not t:
+            continue
+        if t.get("status") != "ok" or t.get("median_ms") is None:
+            rows.append((label, "-", "-", f"{t.get('status')}: {t.get('reason') or ''}", False))
+        else:
+            rows.append((label, f"{t['median_ms']:.4f}", _fmt_ci(t.get("speedup")), t.get("verdict") or "", True))
+    return rows
+
+
+GROUP_COLUMNS = ("group", "pattern", "variant", "in-model saving ms [95% CI]", "library saving ms")
+
+
+def group_rows(v: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """One row per applied group of the plan: its variant and its saving inside the model and in the library."""
+    rows = []
+    for g in (v.get("plan") or {}).get("groups") or []:
+        im, lib = g.get("in_model") or {}, g.get("library_saving_ms")
+        saving = (f"{im['saving_ms']:.4f} [{im['ci_low_ms']:.4f}, {im['ci_high_ms']:.4f}]"
+                  if im.get("saving_ms") is not None else "-")
+        how = " (decided in the model)" if g.get("decided_in_model") else ""
+        rows.append((g["id"], g["pattern"], g["variant"] + how, saving, "-" if lib is None else f"{lib:.4f}"))
+    return rows
+
+
+def render_markdown(v: dict[str, Any]) -> list[str]:
+    """Markdown lines for a verification as it appears in a report (``VerificationResult.to_dict()`` + the plan)."""
+    def table(headers, rows):
+        return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + \
+            ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+
+    timing = v.get("timing") or ""
+    lines = ["## Verification", "", f"**{'VERIFIED' if v.get('ok') else 'NOT VERIFIED'}**: {v.get('reason', '')}", "",
+             f"End to end on {v.get('device')}{', ' + timing + ' timing' if timing not in ('', 'cpu') else ''}:", ""]
+    lines += table(("model", "median ms", "speedup over the original [95% CI]", "verdict"),
+                   [row[:4] for row in end_to_end_rows(v)])
+    said = prediction_lines(v)
+    lines += [""] + [line[0].upper() + line[1:] + "." for line in said] if said else []
+    groups = group_rows(v)
+    lines += [""] + table(GROUP_COLUMNS, groups) if groups else []
+    lines += [""] + [f"- warning: {w}" for w in v.get("warnings") or []]
+    return lines

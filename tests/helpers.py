@@ -1,0 +1,237 @@
+"""What several test modules share: the tiny timing spec, the reference models' typical plans, a way to swap a
+variant's rewrite, and sample reports (the one helpers module; test modules import from here, never from each
+other)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fxfusion.calibration.calibrate import _decide
+from fxfusion.fusions.match import find_sites
+from fxfusion.fusions.registry import REGISTRY
+from fxfusion.graph.capture import capture
+from fxfusion.graph.loader import load_model
+from fxfusion.graph.sites import Site
+from fxfusion.measure.stats import speedup
+from fxfusion.measure.timing import TimingSpec
+from fxfusion.planning.plan import FusionPlan
+from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, decision_to_dict
+
+# Enough rounds for a bootstrap interval, little enough to keep the suite fast.
+TINY_SPEC = TimingSpec(rounds=6, warmup=1, target_sample_s=0.0005, budget_s=0.5)
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def replace_rewrite(monkeypatch, variant: str, make: Callable[[Callable], Callable]) -> None:
+    """For the test's duration, every pattern's ``variant`` rewrites with ``make(original_rewrite)``."""
+    for name, p in list(REGISTRY.items()):
+        mv = p.variant(variant)
+        if mv is not None:
+            manual = tuple(dataclasses.replace(m, rewrite=make(m.rewrite)) if m is mv else m for m in p.manual)
+            monkeypatch.setitem(REGISTRY, name, dataclasses.replace(p, manual=manual))
+
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+# What a typical profile picks per family; the plan is then determined by the sites' legality and baselines.
+TYPICAL = {"conv": "bn_folded", "attention": "sdpa", "linear": "compile", "add_layernorm": "triton_add_layernorm",
+           "rmsnorm": "rms_norm_op"}
+
+
+def typical_variant(site: Site) -> str:
+    if site.pattern.startswith("conv"):
+        return TYPICAL["conv"]
+    if site.pattern.endswith("attention"):
+        return TYPICAL["attention"]
+    if site.pattern.startswith("linear"):
+        return TYPICAL["linear"]
+    return TYPICAL[site.pattern]
+
+
+def typical_plan(name: str) -> FusionPlan:
+    loaded = load_model(MODELS / f"{name}.py")
+    captured = capture(loaded.model, loaded.example_inputs)
+    sites = find_sites(captured)
+    decisions = {s.id: Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", typical_variant(s), None, "typical")
+                 for s in sites if s.legal}
+    return FusionPlan.from_decisions(captured, sites, decisions)
+
+
+# model -> (groups as (site id, pattern, variant), refusals as (site id, why))
+EXPECTED = {
+    "mlp_block": ([("g0.s0", "linear_bias_gelu", "compile"), ("g0.s2", "add_layernorm", "triton_add_layernorm")],
+                  [("g0.s1", "already_fused")]),
+    "mobilenet_block": ([("g0.s0", "conv2d_bn_relu", "bn_folded"), ("g0.s1", "conv2d_bn_relu", "bn_folded")], []),
+    "resnet_basic": ([("g0.s0", "conv2d_bn_relu", "bn_folded"), ("g0.s1", "conv2d_bn", "bn_folded"),
+                      ("g0.s2", "conv2d_bn", "bn_folded")], []),
+    "resnet_bottleneck": ([("g0.s0", "conv2d_bn_relu", "bn_folded"), ("g0.s1", "conv2d_bn_relu", "bn_folded"),
+                           ("g0.s2", "conv2d_bn", "bn_folded")], []),
+    "shared_conv": ([("g0.s2", "conv2d_bn_relu", "bn_folded")], [("g0.s0", "illegal"), ("g0.s1", "illegal")]),
+    "transformer_block": ([("g0.s1", "causal_attention", "sdpa"), ("g0.s4", "linear_bias_gelu_tanh", "compile")],
+                          [("g0.s0", "already_fused"), ("g0.s2", "already_fused"), ("g0.s3", "illegal"),
+                           ("g0.s5", "already_fused")]),
+    "dynamic_control": ([("g0.s0", "linear_bias_relu", "compile"), ("g1.s0", "linear_bias_gelu", "compile")], []),
+    "gpt2_mlp": ([("g0.s0", "linear_bias_gelu_tanh", "compile")], [("g0.s1", "already_fused")]),
+}
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+class OpCountClock:
+    """A deterministic clock: a call costs ``base + per_op * (aten ops it runs)`` microseconds."""
+
+    device = "cpu"
+
+    def __init__(self, per_op_us: float = 1.0, base_us: float = 0.0):
+        self.per_op, self.base, self.t = per_op_us, base_us, 0.0
+
+    def sample(self, fn, inner):
+        with _Count() as c:
+            fn()
+        return (self.base + self.per_op * c.ops) * 1e-6
+
+    def now(self):
+        self.t += 1e-3
+        return self.t
+
+
+# -- sample reports ------------------------------------------------------------------------------------------------
+
+
+
+
+def pin_speedup(entry: Entry, name: str, times: float) -> None:
+    """Give variant ``name`` constant samples, ``times`` faster than eager's fastest sample (``times`` > 1) or slower
+    than its slowest (``times`` < 1), and decide the entry again.  Every bootstrap median of eager lies between its
+    fastest and slowest sample, so the whole interval lands on one side: fuse for times >= 1.1, avoid for <= 0.9,
+    however noisy the real samples were."""
+    eager, v = entry.variant("eager"), entry.variant(name)
+    base = min(eager.samples_ms) if times >= 1 else max(eager.samples_ms)
+    v.samples_ms = [base / times] * len(v.samples_ms)
+    v.median_ms, v.iqr_ms = base / times, 0.0
+    s = speedup(eager.samples_ms, v.samples_ms)
+    v.speedup, v.verdict = SpeedupCI(s.median, s.ci_low, s.ci_high), s.verdict()
+    entry.decision = _decide(entry.pattern, entry.shape, entry.dtype, entry.device, entry.variants)
+
+
+def edited(profile: Profile, edits: dict[tuple[str, int], tuple[str, float]]) -> Profile:
+    """A validated copy of ``profile`` with {(pattern, index by FLOPs among its entries): (variant, times)}."""
+    out = Profile.from_dict(copy.deepcopy(profile.to_dict()))
+    for (pattern, index), (variant, times) in edits.items():
+        entries = sorted((e for e in out.entries if e.pattern == pattern), key=lambda e: e.flops)
+        pin_speedup(entries[index], variant, times)
+    return Profile.from_dict(out.to_dict())
+
+
+def make_analysis(profile: Profile) -> dict:
+    """A small analysis report (schemas/analysis.schema.json) whose decisions come from a real profile."""
+    entry = next(e for e in profile.entries if e.pattern == "linear_bias_relu")
+    d = entry.decision
+    best, eager = entry.variant(d.best_variant), entry.variant("eager")
+    fuse = d.verdict == "fuse"
+    base = {"title": entry.title, "graph_index": 0, "roles": {"weight": "w", "bias": "b", "input": "x"},
+            "written_as": "F.linear", "source": "model.py:3", "warnings": []}
+    sites = [
+        {**base, "id": "g0.s0", "pattern": entry.pattern, "nodes": ["linear", "relu"], "shape": dict(entry.shape),
+         "dtype": entry.dtype, "status": "fusible", "reasons": [], "verdict": d.verdict,
+         "best_variant": d.best_variant, "baseline_variant": "eager",
+         "speedup": None if d.speedup is None else vars(d.speedup), "decision": decision_to_dict(d),
+         "baseline_ms": eager.median_ms, "best_ms": best.median_ms if best else None,
+         "saved_ms": max(0.0, eager.median_ms - best.median_ms) if fuse else None,
+         "bytes_unfused": entry.bytes_unfused, "bytes_fused": entry.bytes_fused,
+         "bytes_saved": entry.bytes_unfused - entry.bytes_fused},
+        {**base, "id": "g0.s1", "pattern": "linear_bias_gelu", "nodes": ["linear_1", "gelu"],
+         "shape": dict(entry.shape), "dtype": entry.dtype, "status": "illegal",
+         "reasons": ["the intermediate <linear_1> is also used by add_1"], "verdict": "illegal",
+         "best_variant": None, "baseline_variant": None, "speedup": None, "decision": None, "baseline_ms": None,
+         "best_ms": None, "saved_ms": None, "bytes_unfused": None, "bytes_fused": None, "bytes_saved": None},
+    ]
+    counts = {v: sum(s["verdict"] == v for s in sites) for v in ("fuse", "neutral", "avoid", "undecided")}
+    return {
+        "schema_version": "1.0", "kind": "fxfusion.analysis",
+        "metadata": {"model": "tests/model.py", "entry": "get_model()+get_inputs()", "device": "cpu",
+                     "dtype": entry.dtype, "mode": "profile", "profile": "tiny.json",
+                     "hardware": profile.metadata["hardware"], "device_name": profile.metadata["device_name"],
+                     "torch_version": profile.metadata["torch_version"], "fxfusion_version": "0.1.0", "threads": 2,
+                     "date": profile.metadata["date"], "command": "pytest make_analysis"},
+        "capture": {"method": "export", "graphs": 1, "nodes": 6, "graph_breaks": [], "notes": [], "seconds": 0.1},
+        "sites": sites,
+        "unmatched": {"aten.add.Tensor": 1, "aten.mul.Tensor": 1},
+        "summary": {"sites": 2, "fusible": 1, "illegal": 1, "already_fused": 0, **counts,
+                    "saved_ms_per_forward": sites[0]["saved_ms"] or 0.0,
+                    "bytes_saved_per_forward": sites[0]["bytes_saved"] if fuse else 0,
+                    "matched_nodes": 4, "unmatched_nodes": 2},
+        "warnings": ["a <warning> with markup"],
+    }
+
+
+class HtmlDoc(HTMLParser):
+    """Parses a report and keeps what tests look at: figures with their images, tagged rows, and the tag balance."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.figures: list[dict] = []  # {"key", "src", "alt", "caption"}
+        self.rows: list[dict] = []  # <tr> with data-* attributes: their attributes and cell texts
+        self.tags: list[str] = []  # every start tag, in order
+        self.stack: list[str] = []
+        self.unbalanced: list[str] = []
+        self._row = self._cell = self._caption = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+        if tag == "figure":
+            self.figures.append({"key": a.get("data-plot"), "src": None, "alt": None, "caption": ""})
+        elif tag == "img" and self.figures:
+            self.figures[-1].update(src=a.get("src"), alt=a.get("alt"))
+        elif tag == "figcaption":
+            self._caption = True
+        elif tag == "tr" and any(k.startswith("data-") for k in a):
+            self._row = {"attrs": a, "cells": []}
+            self.rows.append(self._row)
+        elif tag == "td" and self._row is not None:
+            self._row["cells"].append("")
+            self._cell = True
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.unbalanced.append(tag)
+        else:
+            self.stack.pop()
+        if tag == "figcaption":
+            self._caption = None
+        elif tag == "tr":
+            self._row = None
+        elif tag == "td":
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._caption and self.figures:
+            self.figures[-1]["caption"] += data
+        if self._cell and self._row is not None:
+            self._row["cells"][-1] += data
