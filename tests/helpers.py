@@ -23,7 +23,8 @@ from fxfusion.graph.sites import Site
 from fxfusion.measure.stats import speedup
 from fxfusion.measure.timing import TimingSpec
 from fxfusion.planning.plan import FusionPlan
-from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, decision_to_dict
+from fxfusion.profiles.profile import Decision, Entry, Profile, decision_to_dict
+from fxfusion.measure.stats import Speedup
 
 # Enough rounds for a bootstrap interval, little enough to keep the suite fast.
 TINY_SPEC = TimingSpec(rounds=6, warmup=1, target_sample_s=0.0005, budget_s=0.5)
@@ -127,7 +128,7 @@ def pin_speedup(entry: Entry, name: str, times: float) -> None:
     v.samples_ms = [base / times] * len(v.samples_ms)
     v.median_ms, v.iqr_ms = base / times, 0.0
     s = speedup(eager.samples_ms, v.samples_ms)
-    v.speedup, v.verdict = SpeedupCI(s.median, s.ci_low, s.ci_high), s.verdict()
+    v.speedup, v.verdict = Speedup(s.median, s.ci_low, s.ci_high), s.verdict()
     entry.decision = _decide(entry.pattern, entry.shape, entry.dtype, entry.device, entry.variants)
 
 

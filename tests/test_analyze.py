@@ -15,7 +15,8 @@ from fxfusion.planning.analyze import LiveSource, Lookup, ProfileSource, analyze
 from fxfusion.reports.text import render_markdown, render_table
 from fxfusion.graph.loader import load_model
 from fxfusion.fusions.registry import REGISTRY
-from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, VariantResult
+from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult
+from fxfusion.measure.stats import Speedup
 from fxfusion.profiles.schema import schema_errors
 from fxfusion.graph.sites import Site
 from tests.helpers import TINY_SPEC
@@ -46,7 +47,7 @@ def variant(name, kind, ms):
 
 
 def entry(shape, variants, verdict="fuse", best="compile"):
-    d = Decision("linear_bias_relu", dict(shape), "float32", "cpu", verdict, best, SpeedupCI(2.0, 1.9, 2.1), "test",
+    d = Decision("linear_bias_relu", dict(shape), "float32", "cpu", verdict, best, Speedup(2.0, 1.9, 2.1), "test",
                  measured_shape=dict(shape))
     return Entry("linear_bias_relu", "linear", "Linear+Bias+ReLU", dict(shape), "float32", "cpu", 1, 1, 1, 0.5,
                  {"unfused_ms": 1.0, "fused_ms": 0.5, "bound": "memory", "peak_gflops": 100.0, "peak_gbs": 20.0,

@@ -74,7 +74,7 @@ def test_calibrate_cli_on_cuda(tmp_path):
                                       "--patterns", "conv2d_bn_relu", "--dtypes", "float16", "-o", str(out)])
     assert result.exit_code == 0, result.output
     profile = Profile.load(out)
-    assert profile.metadata["device"] == "cuda" and "tf32" in profile.metadata
+    assert profile.metadata["device"] == f"cuda:{torch.cuda.current_device()}" and "tf32" in profile.metadata
     assert {v.name for v in profile.entries[0].variants} >= {"eager", "bn_folded", "conv_relu_fused", "channels_last",
                                                              "compile", "compile_reduce_overhead"}
 
@@ -103,3 +103,34 @@ def test_written_out_gelu_goes_into_the_cublaslt_epilogue():
     with torch.no_grad():
         ref = copy.deepcopy(loaded.model).double().cpu()(x.double().cpu())  # the float64 reference, on the CPU
         assert relative_error(planned(x).cpu(), ref) < tolerance(torch.bfloat16)
+
+
+@pytest.mark.parametrize("mode", ["isolated", "pipelined"])
+def test_the_clock_times_the_gpu_it_is_given(mode):
+    """A known matmul on a non-default GPU (cuda:1 where there are two; else cuda:0 named explicitly): the clock's
+    time per call agrees with a plain wall clock around synchronised calls on that GPU.  Before the device was
+    carried to the clock, events were recorded on the current GPU and cuda:1 read the launch only (0.05 vs 1.4 ms)."""
+    from fxfusion.measure.devices import as_device, synchronize
+    from fxfusion.measure.timing import clock_for, measure
+
+    index = 1 if torch.cuda.device_count() > 1 else 0
+    device = as_device(f"cuda:{index}")
+    assert torch.cuda.current_device() == 0  # the timed GPU is not the current one where there are two
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
+    fn = lambda: a @ a  # noqa: E731
+    clock = clock_for(device, mode)
+    assert clock.device == device
+    samples = measure({"mm": fn}, clock, TimingSpec(rounds=10, warmup=3, target_sample_s=0.02, budget_s=10.0))
+    timed = sorted(samples.seconds["mm"])[len(samples.seconds["mm"]) // 2]
+    import time
+
+    walls = []
+    for _ in range(5):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(10):
+            fn()
+        synchronize(device)
+        walls.append((time.perf_counter() - start) / 10)
+    wall = sorted(walls)[2]
+    assert 0.75 < timed / wall < 1.25, (index, mode, timed, wall)

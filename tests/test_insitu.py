@@ -158,14 +158,15 @@ class _NewGELULinear(torch.nn.Module):
 
 
 def _gelu_profile(shape, eager_ms, addmm_ms):
-    from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, VariantResult
+    from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult
+    from fxfusion.measure.stats import Speedup
 
     def variant(name, kind, ms):
         return VariantResult(name=name, kind=kind, status="ok", samples_ms=[ms * f for f in (0.99, 1.0, 1.01)] * 3,
                              median_ms=ms)
 
     d = Decision("linear_bias_gelu_tanh", dict(shape), "float32", "cpu", "avoid", "eager",
-                 SpeedupCI(eager_ms / addmm_ms, eager_ms / addmm_ms * 0.99, eager_ms / addmm_ms * 1.01), "hand-made",
+                 Speedup(eager_ms / addmm_ms, eager_ms / addmm_ms * 0.99, eager_ms / addmm_ms * 1.01), "hand-made",
                  measured_shape=dict(shape))
     roofline = {"unfused_ms": 1.0, "fused_ms": 0.5, "bound": "memory", "peak_gflops": 100.0, "peak_gbs": 20.0,
                 "basis": "test"}

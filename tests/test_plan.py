@@ -15,7 +15,8 @@ from fxfusion.graph.capture import capture
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.lean import original_target
 from fxfusion.planning.plan import FusionPlan, measure_overhead
-from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, VariantResult
+from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult
+from fxfusion.measure.stats import Speedup
 from fxfusion.fusions.registry import rewrite_for
 from fxfusion.graph.sites import Site
 from tests.helpers import EXPECTED, TINY_SPEC, typical_plan
@@ -54,7 +55,7 @@ def _profile(eager, addmm, compile_, shape=SHAPE):
                 _variant("compile", "compile", compile_)]
     best = min(variants[1:], key=lambda v: v.median_ms)
     d = Decision("linear_bias_relu", dict(shape), "float32", "cpu", "fuse", best.name,
-                 SpeedupCI(eager / best.median_ms, eager / best.median_ms * 0.95, eager / best.median_ms * 1.05),
+                 Speedup(eager / best.median_ms, eager / best.median_ms * 0.95, eager / best.median_ms * 1.05),
                  "hand-made", measured_shape=dict(shape))
     roofline = {"unfused_ms": 1.0, "fused_ms": 0.5, "bound": "compute", "peak_gflops": 100.0, "peak_gbs": 20.0,
                 "basis": "test"}
@@ -287,7 +288,7 @@ def test_plan_takes_an_exported_graph(form):
 def _conv_profile():
     shape = {"B": 1, "Cin": 4, "Cout": 4, "H": 8, "W": 8, "k": 3, "G": 1}
     variants = [_variant("eager", "eager", 1.0), _variant("bn_folded", "manual", 0.6)]
-    d = Decision("conv2d_bn_relu", shape, "float32", "cpu", "fuse", "bn_folded", SpeedupCI(1.6, 1.5, 1.7), "hand-made",
+    d = Decision("conv2d_bn_relu", shape, "float32", "cpu", "fuse", "bn_folded", Speedup(1.6, 1.5, 1.7), "hand-made",
                  measured_shape=dict(shape))
     roofline = {"unfused_ms": 1.0, "fused_ms": 0.5, "bound": "memory", "peak_gflops": 100.0, "peak_gbs": 20.0,
                 "basis": "test"}

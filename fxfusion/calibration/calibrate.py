@@ -30,13 +30,15 @@ from fxfusion.errors import FxFusionError
 from fxfusion.measure.hardware import HardwareSpec, device_name, mismatch_warning, resolve
 from fxfusion.measure.kernelcount import count_launches
 from fxfusion.fusions.registry import Pattern, select_patterns
-from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, VariantResult, entry_from_dict, entry_key, entry_to_dict
+from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult, entry_from_dict, entry_key, entry_to_dict
 from fxfusion.profiles.schema import entry_errors
 from fxfusion.measure.stats import AVOID, CONFIDENCE, FUSE, MIN_EFFECT, NEUTRAL, speedup, summarize
 from fxfusion.measure.timing import FULL_SPEC, QUICK_SPEC, Clock, TimingSpec, clock_for, measure
 from fxfusion.calibration.variants import Built, build_variants, one_line
+from fxfusion.measure.devices import as_device, check_available, is_cuda
+from fxfusion.measure.devices import dtype as dtype_record
+from fxfusion.measure.devices import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def parse_dtypes(spec: str | Iterable[str]) -> list[str]:
@@ -47,15 +49,9 @@ def parse_dtypes(spec: str | Iterable[str]) -> list[str]:
     return words
 
 
-def check_device(device: str) -> str:
-    if device == "cpu":
-        return device
-    if device.split(":")[0] != "cuda" or (":" in device and not device.split(":")[1].isdigit()):
-        raise FxFusionError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise FxFusionError(f"--device {device} asked for, but CUDA is not available on this machine "
-                            f"(torch {torch.__version__})")
-    return device
+def check_device(device: str | torch.device) -> torch.device:
+    """The one ``torch.device`` a calibration or analysis carries down to its clock (``cuda`` resolved to an index)."""
+    return check_available(device)
 
 
 def tf32_state() -> dict[str, bool]:
@@ -63,7 +59,7 @@ def tf32_state() -> dict[str, bool]:
 
 
 def _uses_tf32(pattern: Pattern, dtype: torch.dtype, device: str) -> bool:
-    if dtype != torch.float32 or not device.startswith("cuda"):
+    if dtype != torch.float32 or not is_cuda(device):
         return False
     state = tf32_state()
     return state["cudnn"] if pattern.family == "conv" else state["matmul"]
@@ -117,7 +113,7 @@ def _decide(pattern: str, shape: dict, dtype: str, device: str, variants: list[V
     candidates = [v for v in variants if v.kind != "eager" and v.status == "ok" and v.speedup]
 
     def make(verdict, best, sp, reason):
-        return Decision(pattern=pattern, shape=shape, dtype=dtype, device=device, verdict=verdict,
+        return Decision(pattern=pattern, shape=shape, dtype=dtype, device=str(device), verdict=verdict,
                         best_variant=best, speedup=sp, reason=reason, measured_shape=dict(shape))
 
     eager = next(v for v in variants if v.kind == "eager")
@@ -164,8 +160,8 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
                   spec: TimingSpec, clock: Clock, ceilings: dict | None = None, seed: int = 0,
                   compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead")) -> Entry:
     shape = pattern.check_shape(shape)
-    dtype = DTYPES[dtype_name]
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    dtype, itemsize = dtype_record(dtype_name).torch, dtype_record(dtype_name).itemsize
+    device = as_device(device)
     gen = torch.Generator().manual_seed(seed)
     inputs = pattern.make_inputs(shape, dtype, device, gen)
     ref_inputs, ref_rows = pattern.reference_slice(shape, inputs, REFERENCE_MAX_BYTES)
@@ -228,7 +224,7 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
             v.pct_of_roofline = 100.0 * ideal / v.median_ms
             if b.kind != "eager":
                 s = speedup(samples.seconds["eager"], secs, seed=seed)
-                v.speedup = SpeedupCI(s.median, s.ci_low, s.ci_high)
+                v.speedup = s
                 v.verdict = s.verdict()
         results.append(v)
     eager_v = results[0]
@@ -237,14 +233,14 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
             v.details["device_speedup"] = eager_v.device_ms / v.device_ms
     decision = _decide(pattern.name, shape, dtype_name, device, results)
     return Entry(pattern=pattern.name, family=pattern.family, title=pattern.title, shape=shape, dtype=dtype_name,
-                 device=device, flops=flops, bytes_unfused=pattern.bytes(shape, itemsize, False),
+                 device=str(device), flops=flops, bytes_unfused=pattern.bytes(shape, itemsize, False),
                  bytes_fused=pattern.bytes(shape, itemsize, True),
                  memory_reduction=pattern.memory_reduction(shape, itemsize), roofline=roofline,
                  variants=results, decision=decision, extra=pattern.extra(shape))
 
 
 def default_dtypes(device: str) -> list[str]:
-    return ["float32", "bfloat16"] if device.startswith("cuda") else ["float32"]
+    return ["float32", "bfloat16"] if is_cuda(device) else ["float32"]
 
 
 def _progress_path(output: Path | None) -> Path | None:
@@ -280,7 +276,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
     hw = resolve(hardware, peak_gflops, peak_bandwidth, device)
     chosen = select_patterns(patterns)
     dtype_names = parse_dtypes(dtypes) if dtypes else default_dtypes(device)
-    sizes = sizes or ("quick" if quick else ("gpu" if device.startswith("cuda") else "full"))
+    sizes = sizes or ("quick" if quick else ("gpu" if is_cuda(device) else "full"))
     if sizes not in ("quick", "full", "gpu"):
         raise FxFusionError(f"unknown size set {sizes!r}; choose quick, full or gpu")
     output = Path(output) if output else None
@@ -304,8 +300,8 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
     tf32 = tf32_state()
     ceilings = {"matmul": [], "bandwidth": [], "best_gflops": {}, "best_gbs": None}
     if not skip_ceilings:
-        ceilings = measure_ceilings(hw, device, [DTYPES[d] for d in dtype_names], sizes, clock,
-                                    tf32=tf32["matmul"] and device.startswith("cuda"))
+        ceilings = measure_ceilings(hw, device, [dtype_record(d).torch for d in dtype_names], sizes, clock,
+                                    tf32=tf32["matmul"] and is_cuda(device))
     jobs = [(p, s, d) for p in chosen for s in p.shapes[sizes] for d in dtype_names]
     entries = []
     for i, (pattern, shape, dtype_name) in enumerate(jobs):
@@ -330,7 +326,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
                 f.write(json.dumps(line, allow_nan=False) + "\n")
         if on_entry:
             on_entry(i + 1, len(jobs), entry, "done")
-        if device.startswith("cuda"):
+        if is_cuda(device):
             torch.cuda.empty_cache()
 
     triton_version = None
@@ -341,12 +337,12 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
     except ImportError:
         pass
     metadata = {
-        "hardware": hw.name, "device": device, "device_name": name, "torch_version": torch.__version__,
+        "hardware": hw.name, "device": str(device), "device_name": name, "torch_version": torch.__version__,
         "triton_version": triton_version, "fxfusion_version": __version__, "python_version": platform.python_version(),
         "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command or " ".join(["fxfusion"] + sys.argv[1:]), "host": socket.gethostname(),
         "quick": bool(quick), "tf32": tf32,
-        "timing": {"method": ("CUDA events per call, L2 flushed before each" if device.startswith("cuda")
+        "timing": {"method": ("CUDA events per call, L2 flushed before each" if is_cuda(device)
                               else f"perf_counter over batches of calls, {torch.get_num_threads()} threads"),
                    "rounds": spec.rounds, "confidence": CONFIDENCE, "min_effect": MIN_EFFECT,
                    "size_set": sizes},

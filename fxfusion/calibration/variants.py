@@ -16,6 +16,7 @@ import torch
 
 from fxfusion.fusions.base import Inputs, Pattern, Shape
 from fxfusion.fusions.compiled import COMPILE_MODES
+from fxfusion.measure.devices import is_cuda, kind as device_kind
 
 # A single call slower than this (after compile) marks the variant failed instead of stalling a calibration.
 VARIANT_TIME_LIMIT_S = 20.0
@@ -63,7 +64,7 @@ def compile_limits():
 
 
 def _sync(device: str) -> None:
-    if device.startswith("cuda"):
+    if is_cuda(device):
         torch.cuda.synchronize()
 
 
@@ -74,7 +75,7 @@ def _guarded(name: str, kind: str, device: str, make: Callable[[], Built]) -> Bu
         torch.cuda.empty_cache()
         return Built(name, kind, None, "failed", f"out of memory: {one_line(exc)}")
     except Exception as exc:  # a variant's failure is data, not a crash
-        if device.startswith("cuda"):
+        if is_cuda(device):
             torch.cuda.empty_cache()
         return Built(name, kind, None, "failed", one_line(exc))
 
@@ -104,7 +105,7 @@ def static_parameters(pattern: Pattern, inputs: Inputs) -> Inputs:
 def build_variants(pattern: Pattern, shape: Shape, dtype: torch.dtype, device: str, inputs: Inputs,
                    compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead"),
                    time_limit_s: float = VARIANT_TIME_LIMIT_S, static_params: bool = True) -> list[Built]:
-    kind_of_device = device.split(":")[0]
+    kind_of_device = device_kind(device)
     built: list[Built] = []
 
     def eager_thunk():

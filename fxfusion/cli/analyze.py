@@ -13,7 +13,8 @@ import torch
 import typer
 from rich.console import Console
 
-from fxfusion.calibration.calibrate import DTYPES, check_device, parse_dtypes
+from fxfusion.calibration.calibrate import check_device, parse_dtypes
+from fxfusion.measure.devices import dtype as dtype_record
 from fxfusion.cli.errors import handles_errors
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.loader import load_model
@@ -96,7 +97,7 @@ def analyze_command(
 
     # The user's code may print: keep standard output for the report.
     with contextlib.redirect_stdout(sys.stderr):
-        loaded = load_model(model, device=device, dtype=DTYPES[dtype_name] if dtype_name else None,
+        loaded = load_model(model, device=device, dtype=dtype_record(dtype_name).torch if dtype_name else None,
                             eval_mode=eval_mode)
         if match_only:
             source = None

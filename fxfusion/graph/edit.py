@@ -9,10 +9,12 @@ anything when the group cannot or must not be rewritten.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import fx
+from torch.fx.experimental.proxy_tensor import make_fx
 
 aten = torch.ops.aten
 
@@ -119,3 +121,36 @@ def constant_value(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
         return None
     with torch.no_grad():
         return values[node] if visit(node) and isinstance(values[node], torch.Tensor) else None
+
+
+def emit_traced(g: fx.Graph, fn: Callable[..., torch.Tensor], args: Sequence[fx.Node], before: fx.Node) -> fx.Node:
+    """``fn(*args)`` traced to aten ops and inserted before ``before``; returns the node of its result.
+
+    This is how a fusion's computation is written once: the family calls ``fn`` on tensors to measure the variant,
+    and its rewrite traces the very same function into the graph (as Inductor's ``register_replacement`` traces a
+    replacement function).  Tracing runs on the nodes' own fake values, so the new nodes carry shapes, dtypes and
+    devices like the captured ones; only the nodes the result depends on are inserted.
+    """
+    vals = [value_of(a) for a in args]
+    if not all(isinstance(v, torch.Tensor) for v in vals):
+        raise NotApplicable("an input of the fused computation has no recorded value to trace it with")
+    modes = {id(m): m for m in (getattr(v, "fake_mode", None) for v in vals) if m is not None}
+    if len(modes) > 1:
+        raise NotApplicable("the inputs' recorded values come from different tracing sessions")
+    with (next(iter(modes.values())) if modes else contextlib.nullcontext()), torch.no_grad():
+        traced = make_fx(fn, tracing_mode="real")(*vals)
+    out = next(n for n in traced.graph.nodes if n.op == "output").args[0]
+    if not isinstance(out, fx.Node):
+        raise NotApplicable("the fused computation returns no tensor")
+    needed, stack = set(), [out]
+    while stack:  # the nodes the result depends on (make_fx also records detach nodes nothing reads)
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack.extend(n.all_input_nodes)
+    env = dict(zip([n for n in traced.graph.nodes if n.op == "placeholder"], args))
+    with g.inserting_before(before):
+        for n in traced.graph.nodes:
+            if n.op == "call_function" and n in needed:
+                env[n] = g.node_copy(n, lambda a: env[a])
+    return env[out]

@@ -1,14 +1,12 @@
 """Lean calls for a runnable captured graph: what running the graph costs over the model it came from, made smaller.
 
-A captured (exported) graph is slower to call than the eager model it came from -- on the reference models 6-25 us
-per forward on this project's 2-core CPU (``benchmarks/bench_lean.py``) and 7-16% of a small model's time on the H200
-(docs/results.md) -- and a plan has to save more than that before it pays (:func:`fxfusion.planning.insitu.measure_overhead`).
+A captured (exported) graph is slower to call than the eager model it came from (by how much on the reference models:
+``benchmarks/bench_lean.py``, its runs in docs/results.md) -- and a plan has to save more than that before it pays (:func:`fxfusion.planning.insitu.measure_overhead`).
 The cost is Python, not kernels:
 
-  * ``torch.ops.aten.relu.default(x)`` goes through ``OpOverload.__call__`` and boxed argument handling: about
-    0.7 us more per call than ``torch.relu(x)``, which reaches the same aten operator through the generated
-    Python bindings (``python benchmarks/bench_lean.py`` on the 2-core CPU, 2026-11-26: 1.84 vs 1.11 us for relu,
-    1.77 vs 1.09 us for view);
+  * ``torch.ops.aten.relu.default(x)`` goes through ``OpOverload.__call__`` and boxed argument handling, which costs
+    more per call than ``torch.relu(x)``, reaching the same aten operator through the generated Python bindings
+    (``benchmarks/bench_lean.py`` measures both);
   * the exported module flattens its inputs and unflattens its outputs with pytree on every call;
   * every constant is fetched through nested ``Module.__getattr__`` calls (``getattr(self.downsample, "1").bias``),
     unused ones (``num_batches_tracked``) included.

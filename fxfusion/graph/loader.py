@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from fxfusion.errors import FxFusionError
+from fxfusion.measure.devices import dtype_name
 
 CONVENTION = "define get_model() and get_inputs(), or name a callable returning (model, example_inputs) as FILE.py:NAME"
 _counter = itertools.count()
@@ -148,7 +149,7 @@ def check_inputs(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path:
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in inputs)
+        shapes = ", ".join(f"{tuple(t.shape)} {dtype_name(t.dtype)}" for t in inputs)
         raise FxFusionError(f"the example inputs of {path} do not fit the model ({shapes}): "
                             f"{exception_line(exc)}") from None
 

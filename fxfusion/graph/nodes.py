@@ -4,10 +4,10 @@ in-model timing all ask of a node."""
 from __future__ import annotations
 
 import operator
-from typing import Iterable
-
 import torch
 from torch.fx import Node
+
+from fxfusion.measure import devices
 
 # aten op name (overload packet) -> the kind matchers speak of.  Names not listed are their own kind.
 KINDS: dict[str, str] = {
@@ -32,8 +32,6 @@ KINDS: dict[str, str] = {
 # Checks export inserts in front of a cast (``_assert_tensor_metadata(x, dtype=...)``): they compute nothing, so a
 # site takes the checks of its own intermediates with it instead of counting them as outside uses.
 ASSERT_OPS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"})
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
-                torch.float64: "float64"}
 
 
 def op_name(node: Node) -> str:
@@ -68,7 +66,9 @@ def shape(node) -> tuple[int, ...] | None:
 
 def dtype_name(node) -> str | None:
     v = val(node)
-    return _DTYPE_NAMES.get(v.dtype) if v is not None else None
+    """The library's name of the node's dtype ("bfloat16"), None for a dtype it has no patterns for."""
+    name = devices.dtype_name(v.dtype) if v is not None else None
+    return name if name in devices.DTYPES else None
 
 
 def arg(node: Node, i: int, name: str, default=None):
@@ -81,11 +81,6 @@ def only_user(node: Node) -> Node | None:
     """The one user that computes something (export's dtype checks in front of a cast do not count)."""
     users = [u for u in node.users if op_name(u) not in ASSERT_OPS]
     return users[0] if len(users) == 1 else None
-
-
-def users_of_kind(node: Node, kinds: Iterable[str]) -> list[Node]:
-    kinds = set(kinds)
-    return [u for u in node.users if kind(u) in kinds]
 
 
 def tensor_value(node: Node) -> Node:

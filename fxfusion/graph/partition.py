@@ -23,6 +23,7 @@ from torch.fx.passes.operator_support import OperatorSupportBase
 
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.runnable import runnable_graph
+from fxfusion.measure.devices import dtype_name
 
 
 def node_key(graph_index: int, name: str, n_graphs: int) -> str:
@@ -39,10 +40,10 @@ def _target_name(n: fx.Node) -> str:
 def _tensor_meta(n: fx.Node) -> tuple[list[int] | None, str | None]:
     v = n.meta.get("val")
     if isinstance(v, torch.Tensor):
-        return [int(s) for s in v.shape], str(v.dtype).replace("torch.", "")
+        return [int(s) for s in v.shape], dtype_name(v.dtype)
     tm = n.meta.get("tensor_meta")
     if tm is not None and hasattr(tm, "shape"):
-        return [int(s) for s in tm.shape], str(tm.dtype).replace("torch.", "")
+        return [int(s) for s in tm.shape], dtype_name(tm.dtype)
     return None, None
 
 

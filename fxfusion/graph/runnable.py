@@ -16,8 +16,8 @@ from fxfusion.graph.edit import bind_constants
 class InputGuard(nn.Module):
     """The example inputs' shapes and dtypes, checked on every call: a captured graph is specialised to them.
 
-    It replaces torch.export's own guard function, which costs about 10 us a call (measured on this project's 2-core
-    CPU: 193 -> 183 us per forward of models/resnet_basic.py); this one costs about 1 us.
+    It replaces torch.export's own guard function, which costs several times more per call (measured in
+    docs/results.md, "Figures from the code's docstrings").
     """
 
     def __init__(self, specs: list[tuple[tuple[int, ...], torch.dtype] | None]) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fxfusion.errors import FxFusionError
+from fxfusion.measure.devices import is_cuda, kind as device_kind
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def resolve(name: str, peak_gflops: float | None = None, peak_bandwidth: float |
     gflops = {k: v for k, v in base.items()} if peak_gflops is None else {
         "float32": peak_gflops, "bfloat16": peak_gflops, "float16": peak_gflops, "float64": peak_gflops}
     return HardwareSpec(
-        name=name, device=known.device if known else device.split(":")[0], peak_gflops=gflops,
+        name=name, device=known.device if known else device_kind(device), peak_gflops=gflops,
         peak_bandwidth_gbs=peak_bandwidth if peak_bandwidth is not None else known.peak_bandwidth_gbs,
         source="peaks given on the command line" + (f"; otherwise {known.source}" if known else ""),
         match=known.match if known else (),
@@ -79,7 +80,7 @@ def resolve(name: str, peak_gflops: float | None = None, peak_bandwidth: float |
 
 
 def device_name(device: str) -> str:
-    if device.startswith("cuda"):
+    if is_cuda(device):
         return torch.cuda.get_device_name(torch.device(device))
     try:
         with open("/proc/cpuinfo") as f:
@@ -93,7 +94,7 @@ def device_name(device: str) -> str:
 
 def mismatch_warning(spec: HardwareSpec, device: str, name: str) -> str | None:
     """A warning when the named hardware is evidently not the device being measured."""
-    if spec.device != device.split(":")[0]:
+    if spec.device != device_kind(device):
         return f"hardware {spec.name!r} is a {spec.device} entry but the measured device is {device} ({name})"
     if spec.match and not any(m.lower() in name.lower() for m in spec.match):
         return f"hardware {spec.name!r} does not look like the measured device ({name})"
@@ -102,7 +103,7 @@ def mismatch_warning(spec: HardwareSpec, device: str, name: str) -> str | None:
 
 def detect(device: str) -> HardwareSpec:
     """The registry entry whose match strings name this device, else a nominal entry of its kind (cpu or cuda)."""
-    kind = device.split(":")[0]
+    kind = device_kind(device)
     name = device_name(device)
     for spec in REGISTRY.values():
         if spec.device == kind and spec.match and any(m.lower() in name.lower() for m in spec.match):

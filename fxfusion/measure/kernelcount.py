@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from fxfusion.measure.devices import is_cuda
 from torch.profiler import ProfilerActivity, profile
 
 # Ops that launch no compute: views, allocation and dtype/metadata queries.
@@ -78,7 +79,7 @@ def _quiet_native_stderr():
 
 
 def count_launches(fn: Callable[[], object], device: str, calls: int = CALLS) -> LaunchCount:
-    cuda = device.startswith("cuda")
+    cuda = is_cuda(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     fn()
     if cuda:

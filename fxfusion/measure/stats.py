@@ -40,9 +40,16 @@ class Summary:
 
 @dataclass(frozen=True)
 class Speedup:
+    """A median with its 95% interval: a speedup (ratio), or in :func:`difference` / :func:`median_interval` a
+    difference or a median in the samples' unit.  The one interval type of the library."""
+
     median: float
     ci_low: float
     ci_high: float
+
+    def text(self, unit: str = "x", digits: int = 2) -> str:
+        """``1.23x [1.10, 1.35]``: the one way a median and its interval are written for humans."""
+        return f"{self.median:.{digits}f}{unit} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
 
     def verdict(self, min_effect: float = MIN_EFFECT) -> str:
         if self.ci_low > 1.0 + min_effect:
@@ -50,6 +57,13 @@ class Speedup:
         if self.ci_high < 1.0 - min_effect:
             return AVOID
         return NEUTRAL
+
+
+def interval_text(s: "Speedup | dict | None", unit: str = "x", digits: int = 2) -> str:
+    """:meth:`Speedup.text` of an interval or of its dict form (as reports hold it); ``-`` when there is none."""
+    if not s:
+        return "-"
+    return (s if isinstance(s, Speedup) else Speedup(s["median"], s["ci_low"], s["ci_high"])).text(unit, digits)
 
 
 def summarize(samples: list[float]) -> Summary:

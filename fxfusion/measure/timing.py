@@ -22,6 +22,8 @@ from typing import Callable, Mapping, Protocol
 
 import torch
 
+from fxfusion.measure.devices import as_device, is_cuda
+
 Thunk = Callable[[], object]
 
 MIN_ROUNDS = 5
@@ -29,7 +31,7 @@ L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any current GPU's L2 (H100: 50
 
 
 class Clock(Protocol):
-    device: str
+    device: str | torch.device  # where the timed work runs ("cpu", or the CudaClock's GPU)
 
     def sample(self, fn: Thunk, inner: int) -> float:
         """Seconds per call of ``fn`` over one sample of ``inner`` calls."""
@@ -63,20 +65,28 @@ class CudaClock:
     what predictions of a whole model's saving are built from.
     """
 
-    device = "cuda"
     MODES = ("isolated", "pipelined")
 
-    def __init__(self, mode: str = "isolated") -> None:
+    def __init__(self, mode: str = "isolated", device: str | torch.device = "cuda") -> None:
         if mode not in self.MODES:
             raise ValueError(f"unknown CUDA timing mode {mode!r} (expected one of {', '.join(self.MODES)})")
         self.mode = mode
-        self._flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda") if mode == "isolated" else None
-        self._start = torch.cuda.Event(enable_timing=True)
-        self._end = torch.cuda.Event(enable_timing=True)
+        # Events, the flush buffer and every synchronisation live on the GPU the timed work runs on: events recorded
+        # on another GPU's stream would time nothing but the launches.
+        self.device = as_device(device)
+        with torch.cuda.device(self.device):
+            self._flush = (torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=self.device)
+                           if mode == "isolated" else None)
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
 
     def sample(self, fn: Thunk, inner: int) -> float:
+        with torch.cuda.device(self.device):
+            return self._sample(fn, inner)
+
+    def _sample(self, fn: Thunk, inner: int) -> float:
         if self.mode == "pipelined":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
             self._start.record()
             for _ in range(inner):
                 fn()
@@ -88,7 +98,7 @@ class CudaClock:
             self._flush.zero_()
             # Wait for the flush: otherwise the host launches fn while the GPU is still flushing, and up to the
             # flush's duration of fn's launch overhead would vanish from the measurement.
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
             self._start.record()
             fn()
             self._end.record()
@@ -100,10 +110,10 @@ class CudaClock:
         return time.perf_counter()
 
 
-def clock_for(device: str, mode: str = "isolated") -> Clock:
-    """The clock for ``device``: :class:`CpuClock`, or a :class:`CudaClock` in ``mode`` (isolated: the pattern
-    library's calls; pipelined: times compared with a forward pass)."""
-    return CudaClock(mode) if str(device).startswith("cuda") else CpuClock()
+def clock_for(device: str | torch.device, mode: str = "isolated") -> Clock:
+    """The clock for ``device``: :class:`CpuClock`, or a :class:`CudaClock` on that very GPU in ``mode`` (isolated:
+    the pattern library's calls; pipelined: times compared with a forward pass)."""
+    return CudaClock(mode, device) if is_cuda(device) else CpuClock()
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ class Samples:
 
 
 def _calls_per_sample(clock: Clock, fn: Thunk, spec: TimingSpec) -> int:
-    if clock.device == "cuda" and getattr(clock, "mode", "isolated") == "isolated":
+    if is_cuda(clock.device) and getattr(clock, "mode", "isolated") == "isolated":
         return 1
     one = max(min(clock.sample(fn, 1) for _ in range(3)), 1e-9)
     return int(min(spec.max_inner, max(1, math.ceil(spec.target_sample_s / one))))

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from fxfusion import __version__
+from fxfusion.measure.devices import as_device
 from fxfusion.measure.hardware import device_name
 from fxfusion.fusions.registry import REGISTRY
 from fxfusion.profiles.profile import Decision, decision_to_dict
@@ -28,7 +29,6 @@ from fxfusion.graph.capture import capture
 from fxfusion.fusions.match import find_sites
 from fxfusion.planning.decide import LiveSource, Lookup, ProfileSource, SiteOutcome, decide_site
 
-ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
 
 def measure_forward(model: torch.nn.Module, inputs: tuple, device: str, spec: TimingSpec = QUICK_SPEC,
@@ -108,10 +108,11 @@ def _outcome_dict(o: SiteOutcome) -> dict[str, Any]:
 
 
 def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource | LiveSource | None = None,
-            device: str = "cpu", model_label: str = "<model>", entry: str = "", dtype: str | None = None,
+            device: str | torch.device = "cpu", model_label: str = "<model>", entry: str = "", dtype: str | None = None,
             command: str | None = None, time_forward: bool = True, forward_spec: TimingSpec = QUICK_SPEC,
             on_site: Callable[[int, int, Site], None] | None = None) -> Analysis:
     """Capture, match and decide every site of ``model``; ``source`` None only captures and matches."""
+    device = as_device(device)
     start = time.perf_counter()
     captured = capture(model, example_inputs)
     sites = find_sites(captured)
@@ -139,7 +140,7 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
     hardware = (source.profile.metadata.get("hardware") if isinstance(source, ProfileSource)
                 else source.hw.name if isinstance(source, LiveSource) else None)
     metadata = {
-        "model": model_label, "entry": entry, "device": device, "dtype": dtype,
+        "model": model_label, "entry": entry, "device": str(device), "dtype": dtype,
         "mode": source.mode if source else "match_only", "profile": profile_path, "hardware": hardware,
         "device_name": device_name(device), "torch_version": torch.__version__, "fxfusion_version": __version__,
         "python_version": platform.python_version(), "threads": torch.get_num_threads(),

@@ -23,10 +23,13 @@ from fxfusion.graph.sites import ALREADY_FUSED, ILLEGAL, Site
 from fxfusion.measure.hardware import HardwareSpec, detect, device_name
 from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, speedup
 from fxfusion.measure.timing import QUICK_SPEC, Clock, TimingSpec, clock_for
-from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI
+from fxfusion.profiles.profile import Decision, Entry, Profile
+from fxfusion.measure.stats import Speedup
 from fxfusion.calibration.calibrate import measure_entry
+from fxfusion.measure.devices import kind as device_kind
+from fxfusion.measure.devices import as_device
+from fxfusion.measure.devices import dtype as dtype_record
 
-ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
 
 @dataclass
@@ -45,11 +48,11 @@ class ProfileSource:
     mode = "profile"
 
     def __init__(self, profile: Profile, device: str, path: str = ""):
-        self.profile, self.device, self.path = profile, device, path
+        self.profile, self.device, self.path = profile, as_device(device), path
 
     def warnings(self) -> list[str]:
         meta = self.profile.metadata
-        here_kind, there_kind = self.device.split(":")[0], meta.get("device", "cpu").split(":")[0]
+        here_kind, there_kind = device_kind(self.device), device_kind(meta.get("device", "cpu"))
         if here_kind != there_kind:
             return [f"the profile was measured on {there_kind} ({meta.get('device_name')}) but the model runs on "
                     f"{self.device}: its decisions may not transfer"]
@@ -64,9 +67,9 @@ class ProfileSource:
             decision = self.profile.decide(pattern.name, shape, dtype, self.device)
         except FxFusionError as exc:
             return Lookup(None, None, [str(exc)])
-        kind = self.device.split(":")[0]
+        kind = device_kind(self.device)
         entries = [e for e in self.profile.entries if e.pattern == pattern.name and e.shape == decision.measured_shape
-                   and e.device.split(":")[0] == kind]
+                   and device_kind(e.device) == kind]
         entry = next((e for e in entries if e.dtype == dtype), entries[0] if entries else None)
         lookup = Lookup(entry, decision, list(decision.warnings))
         if entry is not None and not decision.exact:
@@ -84,7 +87,7 @@ class LiveSource:
     def __init__(self, device: str, spec: TimingSpec = QUICK_SPEC, clock: Clock | None = None,
                  compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead"),
                  hw: HardwareSpec | None = None, seed: int = 0):
-        self.device, self.spec, self.compile_modes, self.seed = device, spec, compile_modes, seed
+        self.device, self.spec, self.compile_modes, self.seed = as_device(device), spec, compile_modes, seed
         self.clock = clock or clock_for(device)
         self.hw = hw or detect(device)
 
@@ -105,7 +108,7 @@ def _fmt_shape(shape: dict) -> str:
 
 
 def _roofline_ms(pattern: Pattern, shape: dict, entry: Entry) -> float:
-    itemsize = ITEMSIZE.get(entry.dtype, 4)
+    itemsize = dtype_record(entry.dtype).itemsize
     r = entry.roofline
     return max(pattern.flops(shape) / (r["peak_gflops"] * 1e9),
                pattern.bytes(shape, itemsize, False) / (r["peak_gbs"] * 1e9)) * 1e3
@@ -120,7 +123,7 @@ class SiteOutcome:
     decision: Decision | None = None
     best_variant: str | None = None
     baseline_variant: str | None = None
-    speedup: SpeedupCI | None = None
+    speedup: Speedup | None = None
     baseline_ms: float | None = None
     best_ms: float | None = None
     saved_ms: float | None = None
@@ -138,7 +141,7 @@ def _ok(entry: Entry, name: str):
     return v if v is not None and v.status == "ok" and v.samples_ms and v.median_ms is not None else None
 
 
-def _against(entry: Entry, baseline: str) -> tuple[str, str, SpeedupCI | None]:
+def _against(entry: Entry, baseline: str) -> tuple[str, str, Speedup | None]:
     """(verdict, best variant, speedup) of the best correct variant against ``baseline``, as calibrate decides."""
     base = _ok(entry, baseline)
     rivals = [v for v in entry.variants if v.name not in ("eager", baseline) and _ok(entry, v.name)]
@@ -147,7 +150,7 @@ def _against(entry: Entry, baseline: str) -> tuple[str, str, SpeedupCI | None]:
     scored = []
     for v in rivals:
         s = speedup(base.samples_ms, v.samples_ms)
-        scored.append((v, SpeedupCI(s.median, s.ci_low, s.ci_high), s.verdict()))
+        scored.append((v, s, s.verdict()))
     fuse = [t for t in scored if t[2] == FUSE]
     if fuse:
         v, s, _ = max(fuse, key=lambda t: t[1].median)
@@ -159,7 +162,7 @@ def _against(entry: Entry, baseline: str) -> tuple[str, str, SpeedupCI | None]:
 
 
 def _bytes(site: Site, pattern: Pattern, baseline: str) -> tuple[int, int]:
-    itemsize = ITEMSIZE.get(site.dtype, 4)
+    itemsize = dtype_record(site.dtype).itemsize
     fused = pattern.bytes(site.shape, itemsize, True)
     if baseline == "addmm":  # bias already in the GEMM: what is left unfused is the activation's read and write
         return REGISTRY["linear_bias"].bytes(site.shape, itemsize, True) + 2 * itemsize * site.shape["M"] * \

@@ -2,8 +2,8 @@
 
 The pattern library (``calibrate``, or a live ``measure_entry``) times a pattern's variants as standalone calls --
 ``F.conv2d`` + ``F.batch_norm`` + ``F.relu`` against the fused call, each alone on an idle GPU with the L2 flushed --
-and that decides which variant wins.  As an estimate of what the rewrite saves *inside the model* it was off by up to
-+176% / -62% on the H200 (the reports of 05:22 UTC, docs/results.md), for three reasons:
+and that decides which variant wins.  As an estimate of what the rewrite saves *inside the model* it can be far off
+(the measured misses are in docs/results.md, "Figures from the code's docstrings"), for three reasons:
 
   1. inside a forward pass the host launches the next op while the GPU runs this one, so a small op costs about
      max(host time, device time), not host + device as an isolated call does;
@@ -27,8 +27,8 @@ Method (:func:`measure_in_model`), per group, largest library saving first, with
 The plan's prediction is the sum over groups less the captured graph's own overhead (:func:`measure_overhead`, also
 here), and ``analyze --apply`` checks it against the whole model.  Cost: one trial rewrite of a neighbourhood of at
 most FEEDER_LIMIT nodes per group, one run of the model to record the regions' inputs, and about
-``INSITU_SPEC.budget_s`` of timing per batch (48 SDPA groups of a 2,114-node graph: 33.5 s on the 2-core CPU,
-``python benchmarks/bench_insitu_cost.py``, 2026-11-26).  What stays unmodelled is interaction between
+``INSITU_SPEC.budget_s`` of timing per batch (what that costs on a large graph: ``benchmarks/bench_insitu_cost.py``,
+its run in docs/results.md).  What stays unmodelled is interaction between
 regions (caches, overlap across them); with a deterministic clock the prediction is exact (tests/test_insitu.py).
 """
 
@@ -43,6 +43,7 @@ from torch import fx
 
 from fxfusion.graph.edit import bind_constants, bound_constants, is_pure
 from fxfusion.graph.lean import lean
+from fxfusion.measure.devices import as_device
 from fxfusion.graph.runnable import runnable_graph
 from fxfusion.planning.rewrite import captured_module, rewrite_group
 from fxfusion.measure.stats import difference, paired_fraction, speedup, summarize
@@ -206,6 +207,7 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
     """Time every group's region captured vs rewritten; returns group id -> :class:`InModel`, or the reason (str)
     the region could not be timed on its own.  Regions are timed largest library saving first, until ``budget_s``
     of timing is spent; the rest keep the library's prediction (their reason says so)."""
+    device = as_device(device)
 
     spec, clock = spec or INSITU_SPEC, clock or model_clock(device)
     out: dict[str, InModel | str] = {}
@@ -251,7 +253,7 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
             d, sp = difference(base, cand), speedup(base, cand)
             out[gid] = InModel(captured_ms=summarize(base).median * 1e3, rewritten_ms=summarize(cand).median * 1e3,
                                saving_ms=d.median * 1e3, ci_low_ms=d.ci_low * 1e3, ci_high_ms=d.ci_high * 1e3,
-                               nodes=list(g.nodes), released=released, clock=getattr(clock, "mode", clock.device),
+                               nodes=list(g.nodes), released=released, clock=getattr(clock, "mode", str(clock.device)),
                                batches=batches, fraction=f.median, fraction_ci_low=f.ci_low,
                                fraction_ci_high=f.ci_high,
                                model_ms=summarize(samples.seconds["model"]).median * 1e3, speedup=sp.median,
@@ -292,6 +294,7 @@ class Overhead:
 def measure_overhead(model: torch.nn.Module, captured, example_inputs: tuple, device: str = "cpu",
                      spec=None, clock=None) -> Overhead:
     """Time the original model and the captured graph (unrewritten) interleaved; their difference, signed."""
+    device = as_device(device)
 
     spec = spec or TimingSpec(rounds=OVERHEAD_SPEC_ROUNDS, warmup=2, target_sample_s=0.005,
                               budget_s=OVERHEAD_SPEC_BUDGET_S)

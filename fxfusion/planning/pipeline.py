@@ -16,6 +16,7 @@ from fxfusion.fusions.match import find_sites
 from fxfusion.fusions.registry import REGISTRY
 from fxfusion.graph.capture import capture, signature_names
 from fxfusion.graph.sites import CapturedModel, Site
+from fxfusion.measure.devices import as_device
 from fxfusion.measure.hardware import detect, resolve
 from fxfusion.measure.timing import QUICK_SPEC, clock_for
 from fxfusion.planning.analyze import Analysis
@@ -48,11 +49,11 @@ def _is_aten(gm: fx.GraphModule) -> bool:
                                for n in calls)
 
 
-def _device_of(example_inputs: tuple) -> str:
+def _device_of(example_inputs: tuple) -> torch.device:
     for t in torch.utils._pytree.tree_leaves(example_inputs):
         if isinstance(t, torch.Tensor):
-            return t.device.type
-    return "cpu"
+            return t.device
+    return torch.device("cpu")
 
 
 def measure_sites(sites: list[Site], device: str = "cpu", spec=None, hardware: str | None = None,
@@ -68,7 +69,7 @@ def measure_sites(sites: list[Site], device: str = "cpu", spec=None, hardware: s
         seen.add(key)
         entries.append(measure_entry(REGISTRY[site.pattern], dict(site.shape), site.dtype, device, hw,
                                      spec or QUICK_SPEC, clock, compile_modes=compile_modes))
-    return Profile(metadata={"device": device, "hardware": hw.name, "mode": "measure"},
+    return Profile(metadata={"device": str(device), "hardware": hw.name, "mode": "measure"},
                    hardware={"name": hw.name, "device": hw.device}, ceilings={}, entries=entries)
 
 
@@ -90,7 +91,8 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
         profile = Profile.load(profile)
     captured = _as_captured(model_or_graph, example_inputs)
     sites = find_sites(captured)
-    device = device or (profile.metadata.get("device") if profile is not None else None) or _device_of(example_inputs)
+    device = as_device(device or (profile.metadata.get("device") if profile is not None else None)
+                       or _device_of(example_inputs))
     if profile is None:
         profile = measure_sites(sites, device, spec, compile_modes=compile_modes, clock=clock)
     decisions, undecided = {}, {}

@@ -1,7 +1,7 @@
 """Fusion plans: which sites of a captured model to fuse, with which variant, and what that should save.
 
 A plan is made from decisions (:meth:`FusionPlan.from_decisions`, one :class:`Decision` per legal site) or from an
-analysis (:meth:`FusionPlan.from_analysis`), in four steps:
+analysis (:meth:`FusionPlan.from_analysis`), in five steps:
 
   1. each site is decided against its *baseline*, the variant that runs like the user's code, by
      :func:`fxfusion.planning.analyze.decide_site` -- the same rule the analysis report uses: ``eager``, except for a linear
@@ -30,11 +30,13 @@ import torch
 from fxfusion.errors import FxFusionError
 from fxfusion.fusions.registry import REGISTRY, rewrite_for
 from fxfusion.graph.partition import captured_graph, contracted_cycle, convexity_problems, plan_graph
+from fxfusion.measure.devices import as_device
 from fxfusion.measure.stats import FUSE
 from fxfusion.planning.decide import Lookup, ProfileSource, decide_site
 from fxfusion.planning.insitu import INSITU_BUDGET_S, InModel, Overhead, measure_in_model
 from fxfusion.planning.insitu import measure_overhead  # noqa: F401  (part of this module's API)
-from fxfusion.profiles.profile import Decision, Profile, SpeedupCI, decision_to_dict
+from fxfusion.profiles.profile import Decision, Profile, decision_to_dict
+from fxfusion.measure.stats import Speedup
 from fxfusion.graph.sites import ALREADY_FUSED, CapturedModel, Site
 
 ILLEGAL, UNDECIDED, NOT_FUSE, NO_GAIN, NO_REWRITE, NOT_CONVEX, BELOW_OVERHEAD, SLOWER_IN_MODEL = (
@@ -49,7 +51,7 @@ class FusionGroup:
     nodes: list[str]
     variant: str  # the winning variant, applied by fxfusion.planning.rewrite
     baseline_variant: str  # the variant that runs like the user's code
-    speedup: SpeedupCI | None  # variant over baseline, 95% interval
+    speedup: Speedup | None  # variant over baseline, 95% interval
     predicted_saving_ms: float | None  # per forward pass; None without timings
     baseline_ms: float | None
     variant_ms: float | None
@@ -106,7 +108,7 @@ class FusionPlan:
     sites: list[Site]
     groups: list[FusionGroup]
     refused: list[RefusedSite]
-    device: str = "cpu"
+    device: torch.device = torch.device("cpu")  # where the model runs and its groups are timed
     warnings: list[str] = field(default_factory=list)
     # Median time the captured graph (no rewrite) takes over the original model per forward; None: not measured.
     overhead_ms: float | None = None
@@ -166,7 +168,7 @@ class FusionPlan:
         With the ``profile`` the decisions came from, groups carry predicted savings and are decided against their
         baseline from the entry's raw samples; without it, the decisions' verdicts are taken as they are.
         """
-        device = device or next((d.device for d in decisions.values()), "cpu")
+        device = as_device(device or next((d.device for d in decisions.values()), "cpu"))
         outcomes = [decide_site(s, _lookup(profile, s, decisions[s.id], device) if s.legal and s.id in decisions
                                 else None) for s in sites]
         return cls._from_outcomes(captured, list(sites), outcomes, device, undecided)
@@ -174,7 +176,7 @@ class FusionPlan:
     @classmethod
     def from_analysis(cls, analysis, device: str | None = None) -> "FusionPlan":
         """A plan from an :class:`fxfusion.planning.analyze.Analysis`: its per-site outcomes, live timings included."""
-        device = device or analysis.metadata.get("device", "cpu")
+        device = as_device(device or analysis.metadata.get("device", "cpu"))
         return cls._from_outcomes(analysis.captured, list(analysis.sites), list(analysis.outcomes), device,
                                   analysis.undecided())
 
@@ -345,7 +347,7 @@ class FusionPlan:
     def to_dict(self) -> dict[str, Any]:
         c = self.captured
         return {
-            "device": self.device,
+            "device": str(self.device),
             "capture": {"method": c.method, "graphs": len(c.graphs), "graph_breaks": list(c.graph_breaks)},
             "groups": [g.to_dict() for g in self.groups],
             "refused": [r.to_dict() for r in self.refused],

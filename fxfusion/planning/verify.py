@@ -37,6 +37,7 @@ from fxfusion.planning.rewrite import captured_module
 from fxfusion.measure.stats import paired_fraction, speedup, summarize
 from fxfusion.measure.timing import Clock, TimingSpec, measure
 from fxfusion.calibration.variants import compile_limits, first_call, one_line
+from fxfusion.measure.devices import as_device, dtype_name, is_cuda
 
 # End-to-end timing of whole models: longer samples than a pattern's, so Python overhead averages out.
 VERIFY_SPEC = TimingSpec(rounds=30, warmup=3, target_sample_s=0.01, budget_s=20.0)
@@ -135,7 +136,7 @@ def _float64_reference(model: torch.nn.Module, inputs: tuple) -> tuple[Any, str 
 
 
 def _tf32(device: str) -> bool:
-    return device.startswith("cuda") and bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+    return is_cuda(device) and bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
 
 
 def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: str) -> tuple[list[OutputCheck], str]:
@@ -156,17 +157,18 @@ def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: s
         err, orig_err = relative_error(g, r), relative_error(o, r)
         limit = max(tol, ORIGINAL_ERROR_SLACK * orig_err) if math.isfinite(orig_err) else tol
         ok = err <= limit
-        checks.append(OutputCheck(i, str(g.dtype).replace("torch.", ""), err, orig_err, limit, ok))
+        checks.append(OutputCheck(i, dtype_name(g.dtype), err, orig_err, limit, ok))
         if not ok:
-            failures.append(f"output {i} ({str(g.dtype).replace('torch.', '')}) has relative error {err:.3g}, "
+            failures.append(f"output {i} ({dtype_name(g.dtype)}) has relative error {err:.3g}, "
                             f"over the {limit:.1e} limit")
     return checks, "; ".join(failures)
 
 
-def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str = "cpu",
+def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
                 spec: TimingSpec | None = None, clock: Clock | None = None, include_compile: bool = True,
                 include_captured: bool = True, seed: int = 0) -> VerificationResult:
     """Apply ``plan`` to ``model`` and verify the planned model's outputs and end-to-end time."""
+    device = as_device(device)
 
     inputs = tuple(example_inputs)
     spec = spec or VERIFY_SPEC
@@ -175,7 +177,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     result_warnings: list[str] = []
 
     def failed(reason, rewrites=(), outputs=(), reference="original"):
-        return VerificationResult(False, reason, device, reference, list(outputs), list(rewrites), timings, None,
+        return VerificationResult(False, reason, str(device), reference, list(outputs), list(rewrites), timings, None,
                                   None, None, None, None, None, result_warnings)
 
     try:
@@ -273,9 +275,9 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     ok = not failure
     reason = failure or (f"outputs match the {ref_name} reference; planned model "
                          f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
-    return VerificationResult(ok, reason, device, ref_name, checks, rewrites, timings, predicted, measured, ci,
+    return VerificationResult(ok, reason, str(device), ref_name, checks, rewrites, timings, predicted, measured, ci,
                               error_pct, error_of_eager, planned_t.verdict, result_warnings,
-                              timing=getattr(clock, "mode", clock.device),
+                              timing=getattr(clock, "mode", str(clock.device)),
                               prediction=getattr(plan, "prediction", "library"),
                               library_predicted_saving_ms=library, library_prediction_error_pct=library_error,
                               predicted_fraction=predicted_f, measured_fraction=measured_f.median,

@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fxfusion.profiles.profile import Entry, Profile, SpeedupCI
+from fxfusion.measure.stats import Speedup, interval_text
+from fxfusion.profiles.profile import Entry, Profile
 from fxfusion.profiles.schema import SCHEMA_VERSION, json_text, validate
 
 Key = tuple[str, tuple[tuple[str, int], ...], str]
@@ -37,7 +38,7 @@ class Side:
 
     verdict: str
     best_variant: str
-    speedup: SpeedupCI | None
+    speedup: Speedup | None
     eager_ms: float | None
     best_ms: float | None
 
@@ -93,7 +94,7 @@ class Boundary:
     above_verdict: str
 
 
-def _ratio(b: SpeedupCI | None, a: SpeedupCI | None) -> float | None:
+def _ratio(b: Speedup | None, a: Speedup | None) -> float | None:
     return b.median / a.median if a and b else None
 
 
@@ -257,8 +258,8 @@ def _arrow(a: str, b: str) -> str:
     return a if a == b else f"{a} -> {b}"
 
 
-def _ci(s: SpeedupCI | None) -> str:
-    return f"{s.median:.2f}x [{s.ci_low:.2f}, {s.ci_high:.2f}]" if s else "-"
+def _ci(s: Speedup | None) -> str:
+    return interval_text(s)
 
 
 def _x(r: float | None) -> str:

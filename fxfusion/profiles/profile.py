@@ -12,18 +12,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from fxfusion.errors import FxFusionError
+from fxfusion.measure.stats import Speedup
 from fxfusion.profiles.schema import SCHEMA_VERSION, atomic_write_json, validate
+from fxfusion.measure.devices import kind as device_kind
 
 # decide() warns when the nearest entry is further than this in log-shape distance (about 2x in one dimension).
 FAR_DISTANCE = math.log(2.0) + 1e-9
-
-
-@dataclass
-class SpeedupCI:
-    median: float
-    ci_low: float
-    ci_high: float
 
 
 @dataclass
@@ -38,7 +35,7 @@ class VariantResult:
     median_ms: float | None = None
     iqr_ms: float | None = None
     noisy: bool = False
-    speedup: SpeedupCI | None = None  # over eager; >1 is faster
+    speedup: Speedup | None = None  # over eager; >1 is faster
     verdict: str | None = None
     compile_s: float | None = None
     kernels_per_call: float | None = None
@@ -62,7 +59,7 @@ class Decision:
     device: str
     verdict: str  # "fuse" | "neutral" | "avoid"
     best_variant: str  # "eager" when nothing beats it
-    speedup: SpeedupCI | None
+    speedup: Speedup | None
     reason: str
     measured_shape: dict[str, int] | None = None
     distance: float = 0.0  # log-shape distance from the measured entry; 0 for an exact match
@@ -103,7 +100,7 @@ class Entry:
 
 def entry_key(pattern: str, shape: Mapping[str, int], dtype: str, device: str) -> str:
     dims = ",".join(f"{k}={v}" for k, v in shape.items())
-    return f"{pattern}[{dims}]:{dtype}@{device.split(':')[0]}"
+    return f"{pattern}[{dims}]:{dtype}@{device_kind(device)}"
 
 
 def shape_distance(a: Mapping[str, int], b: Mapping[str, int]) -> float:
@@ -157,18 +154,18 @@ class Profile:
     # -- questions -----------------------------------------------------------------------------------------------
     def find(self, pattern: str, shape: Mapping[str, int], dtype: str, device: str | None = None) -> list[Entry]:
         return [e for e in self.entries if e.pattern == pattern and e.dtype == dtype and e.shape == dict(shape)
-                and (device is None or e.device.split(":")[0] == device.split(":")[0])]
+                and (device is None or device_kind(e.device) == device_kind(device))]
 
     def decide(self, pattern: str, shape: Mapping[str, int], dtype: str = "float32",
-               device: str | None = None) -> Decision:
+               device: str | torch.device | None = None) -> Decision:
         """The decision of the nearest measured entry (same pattern, dtype and device), saying how far it is."""
-        device = device or self.metadata.get("device", "cpu")
-        candidates = [e for e in self.entries if e.pattern == pattern and e.device.split(":")[0] == device.split(":")[0]]
+        device = str(device or self.metadata.get("device", "cpu"))
+        candidates = [e for e in self.entries if e.pattern == pattern and device_kind(e.device) == device_kind(device)]
         if not candidates:
-            devices = sorted({e.device.split(":")[0] for e in self.entries if e.pattern == pattern})
+            devices = sorted({device_kind(e.device) for e in self.entries if e.pattern == pattern})
             if devices:
                 raise FxFusionError(f"profile has entries for pattern {pattern!r} on {', '.join(devices)} only, "
-                                    f"not on {device.split(':')[0]}")
+                                    f"not on {device_kind(device)}")
             known = sorted({e.pattern for e in self.entries})
             raise FxFusionError(f"profile has no entries for pattern {pattern!r}; it has: {', '.join(known)}")
         same_dtype = [e for e in candidates if e.dtype == dtype]
@@ -208,8 +205,8 @@ def decision_to_dict(d: Decision) -> dict[str, Any]:
     return out
 
 
-def _speedup(d: dict | None) -> SpeedupCI | None:
-    return SpeedupCI(**d) if d else None
+def _speedup(d: dict | None) -> Speedup | None:
+    return Speedup(**d) if d else None
 
 
 def decision_from_dict(d: dict[str, Any]) -> Decision:

@@ -26,15 +26,11 @@ def _bn_training(bn: Node) -> bool:
     name = op_name(bn)
     if name == "_native_batch_norm_legit_no_training":
         return False
-    if name in ("_native_batch_norm_legit", "native_batch_norm", "_native_batch_norm_legit_functional"):
-        return bool(arg(bn, 5, "training", True))
-    return bool(arg(bn, 5, "training", True))  # aten.batch_norm(input, w, b, mean, var, training, ...)
+    # aten.batch_norm and the native forms alike: (input, w, b, mean, var, training, ...)
+    return bool(arg(bn, 5, "training", True))
 
 
 def _bn_params(bn: Node) -> dict[str, object]:
-    if op_name(bn) == "batch_norm":
-        keys = ("bn_weight", "bn_bias", "running_mean", "running_var", "training", "momentum", "eps")
-        return dict(zip(keys, bn.args[1:8]))
     if op_name(bn) == "_native_batch_norm_legit_no_training":
         return dict(zip(("bn_weight", "bn_bias", "running_mean", "running_var", "momentum", "eps"), bn.args[1:7]))
     return dict(zip(("bn_weight", "bn_bias", "running_mean", "running_var", "training", "momentum", "eps"),

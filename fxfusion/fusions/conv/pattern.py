@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from fxfusion.fusions.base import ManualVariant, Pattern, randn, shapes
 from fxfusion.fusions.conv.rewrite import (BN_EPS, fold_batchnorm, rewrite_bn_folded, rewrite_channels_last,
                                            rewrite_conv_relu_fused)
+from fxfusion.measure.devices import is_cuda
 
 
 SHAPES_2D = {
@@ -95,7 +96,7 @@ def _fused_conv_relu(x, w, b, pad, groups):
 
 
 def _fused_conv_relu_unsupported(shape, dtype, device):
-    if device.startswith("cuda"):
+    if is_cuda(device):
         return None if dtype != torch.float64 else "cuDNN's fused conv+ReLU does not take float64"
     if not torch.backends.mkldnn.is_available():
         return "this torch build has no oneDNN (mkldnn), which provides the fused conv+ReLU on CPU"
@@ -105,7 +106,7 @@ def _fused_conv_relu_unsupported(shape, dtype, device):
 
 
 def _channels_last_unsupported(shape, dtype, device):
-    return None if device.startswith("cuda") else "channels_last is offered as a GPU variant only"
+    return None if is_cuda(device) else "channels_last is offered as a GPU variant only"
 
 
 def _pattern(bn: bool, relu: bool, nd: int = 2) -> Pattern:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from fxfusion.fusions.activations import ACTIVATIONS
 from fxfusion.fusions.base import ManualVariant, Pattern, randn, shapes
-from fxfusion.fusions.linear.rewrite import rewrite_addmm, rewrite_addmm_epilogue
+from fxfusion.fusions.linear.rewrite import addmm_linear, epilogue_linear, rewrite_addmm, rewrite_addmm_epilogue
+from fxfusion.measure.devices import is_cuda
 
 
 QUICK = shapes(dict(M=64, K=256, N=256), dict(M=512, K=1024, N=1024))
@@ -66,8 +67,8 @@ def _pattern(act: str | None) -> Pattern:
     def build_addmm(inp):
         x, w, b = inp["x"], inp["weight"], inp["bias"]
         if fn is None:
-            return lambda: torch.addmm(b, x, w.t())
-        return lambda: fn(torch.addmm(b, x, w.t()))
+            return lambda: addmm_linear(x, w, b)
+        return lambda: fn(addmm_linear(x, w, b))
 
     manual = [ManualVariant("addmm", build_addmm, "bias folded into the GEMM (torch.addmm)", rewrite=rewrite_addmm)]
     use_gelu = ACTIVATIONS[act].epilogue_gelu if act else None
@@ -75,7 +76,7 @@ def _pattern(act: str | None) -> Pattern:
 
         def build_epilogue(inp):
             x, w, b = inp["x"], inp["weight"], inp["bias"]
-            return lambda: torch._addmm_activation(b, x, w.t(), use_gelu=use_gelu)
+            return lambda: epilogue_linear(x, w, b, use_gelu)
 
         manual.append(
             ManualVariant(
@@ -84,7 +85,7 @@ def _pattern(act: str | None) -> Pattern:
                 "bias and activation in the cuBLASLt GEMM epilogue (torch._addmm_activation)",
                 rewrite=rewrite_addmm_epilogue,
                 unsupported=lambda shape, dtype, device: None
-                if device.startswith("cuda")
+                if is_cuda(device)
                 else "the fused epilogue exists only in cuBLASLt; on CPU it runs addmm then the activation",
             )
         )

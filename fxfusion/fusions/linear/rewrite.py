@@ -8,13 +8,15 @@ it is (addmm) or is absorbed (epilogue: ReLU and GELU(tanh) only -- cuBLASLt's G
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import fx
 
 from fxfusion.fusions.activations import ACTIVATIONS, activation
-from fxfusion.graph.edit import NotApplicable, arg, device_of, is_call, scalar, shape_of, aten
+from fxfusion.graph.edit import NotApplicable, arg, aten, device_of, emit_traced, is_call, scalar, shape_of
 
 LINEAR_GEMMS = (aten.linear.default, aten.matmul.default, aten.mm.default, aten.addmm.default)
 VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
@@ -85,22 +87,55 @@ def _parse_linear(nodes: list[fx.Node], roles: dict | None = None) -> _Linear:
     return _Linear(x, weight, rhs, bias, head, act)
 
 
-def _emit_addmm(g: fx.Graph, lin: _Linear, target, kwargs: dict, like: fx.Node) -> fx.Node:
-    """``target(bias, x as (M, K), W^T)`` reshaped to the shape of ``like``, the value it replaces."""
-    xs, out = shape_of(lin.x), shape_of(like)
-    if xs is None or out is None:
-        raise NotApplicable("the input or output has no recorded shape")
-    x2 = lin.x if len(xs) == 2 else g.call_function(aten.reshape.default, (lin.x, [-1, xs[-1]]))
-    rhs = g.call_function(aten.t.default, (lin.weight,)) if lin.weight is not None else lin.rhs
-    y = g.call_function(target, (lin.bias, x2, rhs), kwargs)
-    return y if len(out) == 2 else g.call_function(aten.reshape.default, (y, list(out)))
+# -- the fused computations: measured as the pattern's variants, and traced into graphs by the rewrites ---------------
+
+def _flat(x: torch.Tensor, gemm, n_out: int) -> torch.Tensor:
+    """``gemm`` of x flattened to (M, K), reshaped back to x's leading dims: the GEMMs below take 2-d inputs."""
+    y = gemm(x if x.dim() == 2 else x.reshape(-1, x.shape[-1]))
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n_out)
+
+
+def addmm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x @ W^T + b as one GEMM with the bias in it.  x (..., K), weight (N, K), bias (N) -> (..., N)."""
+    return _flat(x, lambda x2: torch.addmm(bias, x2, weight.t()), weight.shape[0])
+
+
+def addmm_rhs(x: torch.Tensor, rhs: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x @ R + b with R already (K, N) (Hugging Face's Conv1D), as one GEMM with the bias in it."""
+    return _flat(x, lambda x2: torch.addmm(bias, x2, rhs), rhs.shape[-1])
+
+
+def epilogue_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, use_gelu: bool) -> torch.Tensor:
+    """act(x @ W^T + b) in cuBLASLt's GEMM epilogue: ReLU, or GELU(tanh) with ``use_gelu``."""
+    return _flat(x, lambda x2: torch._addmm_activation(bias, x2, weight.t(), use_gelu=use_gelu), weight.shape[0])
+
+
+def epilogue_rhs(x: torch.Tensor, rhs: torch.Tensor, bias: torch.Tensor, use_gelu: bool) -> torch.Tensor:
+    return _flat(x, lambda x2: torch._addmm_activation(bias, x2, rhs, use_gelu=use_gelu), rhs.shape[-1])
+
+
+def _emit(g: fx.Graph, lin: _Linear, like: fx.Node, use_gelu: bool | None = None) -> fx.Node:
+    """The fused GEMM traced in before ``like``, the value it replaces (same shape, or not applicable)."""
+    if lin.weight is not None:
+        fn, operand = (addmm_linear if use_gelu is None else functools.partial(epilogue_linear, use_gelu=use_gelu)), lin.weight
+    else:
+        fn, operand = (addmm_rhs if use_gelu is None else functools.partial(epilogue_rhs, use_gelu=use_gelu)), lin.rhs
+    if not all(isinstance(n, fx.Node) for n in (lin.x, operand, lin.bias)):
+        raise NotApplicable("the GEMM's operands are not all tensors of the graph")
+    out = shape_of(like)
+    if out is not None and shape_of(lin.x) is not None and len(shape_of(lin.x)) != len(out):
+        # x flattened by hand before the GEMM and viewed back after it: the view back is part of the value replaced
+        y = emit_traced(g, lambda *a: fn(*a).reshape(out), [lin.x, operand, lin.bias], before=like)
+    else:
+        y = emit_traced(g, fn, [lin.x, operand, lin.bias], before=like)
+    if shape_of(y) != shape_of(like):
+        raise NotApplicable(f"the fused GEMM gives shape {shape_of(y)}, not the {shape_of(like)} it replaces")
+    return y
 
 
 def rewrite_addmm(gm, nodes, group):
     lin = _parse_linear(nodes, getattr(group, "roles", None))
-    with gm.graph.inserting_before(lin.head):
-        y = _emit_addmm(gm.graph, lin, aten.addmm.default, {}, lin.head)
-    return lin.head, y
+    return lin.head, _emit(gm.graph, lin, lin.head)
 
 
 # torch._addmm_activation's GELU is the tanh approximation: only that GELU (and ReLU) may use the epilogue.
@@ -119,6 +154,4 @@ def rewrite_addmm_epilogue(gm, nodes, group):
     use_gelu = _epilogue_gelu(lin.act, roles)
     if device_of(lin.x) != "cuda":
         raise NotApplicable("the fused GEMM epilogue exists only in cuBLASLt (CUDA)")
-    with gm.graph.inserting_before(lin.act):
-        y = _emit_addmm(gm.graph, lin, aten._addmm_activation.default, {"use_gelu": use_gelu}, lin.act)
-    return lin.act, y
+    return lin.act, _emit(gm.graph, lin, lin.act, use_gelu)

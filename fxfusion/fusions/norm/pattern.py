@@ -20,6 +20,7 @@ from fxfusion.fusions.kernels import add_layernorm as triton_add_layernorm
 from fxfusion.fusions.kernels import triton_unavailable
 from fxfusion.fusions.base import ManualVariant, Pattern, randn, shapes
 from fxfusion.fusions.norm.rewrite import rewrite_rms_norm, rewrite_triton_add_layernorm
+from fxfusion.measure.devices import is_cuda
 
 EPS = 1e-5
 
@@ -61,7 +62,7 @@ def _build_triton_add_ln(inp):
 
 
 def _triton_only(shape, dtype, device):
-    if not device.startswith("cuda"):
+    if not is_cuda(device):
         return "the hand-fused add+LayerNorm is a Triton kernel; there is no fused op for it on CPU"
     if dtype == torch.float64:
         return "the Triton kernel is not built for float64"

@@ -21,7 +21,7 @@ def rewrite_rms_norm(gm, nodes, group):
     weight = next((a for a in last.args[:2] if isinstance(a, fx.Node) and a not in inside), None)
     n = (shape_of(x) or (0,))[-1]
     if weight is None or shape_of(weight) != (n,):
-        raise NotApplicable("the RMSNorm weight is not a ({n},) tensor")
+        raise NotApplicable(f"the RMSNorm weight is not a ({n},) tensor")
     with gm.graph.inserting_before(last):
         y = gm.graph.call_function(aten.rms_norm.default, (x, [n], weight, eps))
     return last, y
