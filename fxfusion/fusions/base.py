@@ -8,7 +8,8 @@ A pattern is a small declarative object: what it computes, what it costs, and ho
 
 Each pattern declares
   * ``make_inputs(shape, dtype, device, gen)``: the tensors of one problem (parameters included);
-  * ``eager(**inputs)``: the separate ops as users write them (also the float64 reference, run in float64);
+  * ``eager(**inputs)``: the separate ops as users write them (also the float64 reference, run in float64); a
+    tensor, or a tuple of tensors for a pattern with several outputs (sibling GEMMs);
   * ``manual``: a real hand fusion, built once from the inputs (BatchNorm folding happens at build time, as it
     would at model-load time) and returning a zero-argument callable;
   * ``flops(shape)`` and ``bytes(shape, itemsize, fused)``: the analytic cost model; every op reads its inputs and
@@ -142,6 +143,9 @@ class Candidate:
     notes: list[str] = field(default_factory=list)
     boundary: list[Node] = field(default_factory=list)  # inputs and parameters whose dtype must match the output
     anchor: Node | None = None
+    # The other outputs of a site that has several (sibling GEMMs: each sibling's output is read outside the site,
+    # and the rewrite recreates every one of them); the driver's intermediate rule does not apply to them.
+    outputs: list[Node] = field(default_factory=list)
 
 
 @dataclass
@@ -149,6 +153,9 @@ class Context:
     graph: Graph
     weight_uses: Counter  # conv weight key -> number of conv nodes (over all graphs) that read it
     weight_users: dict  # conv weight key -> names of those conv nodes, "g<i>:<node>"
+    # Nodes already in a site of this graph (filled by the driver as sites are found): a matcher that groups several
+    # anchors (sibling GEMMs) leaves out the ones an earlier site took, instead of proposing an overlap.
+    claimed: set = field(default_factory=set)
 
 
 def weight_key(g: Graph, weight) -> str:

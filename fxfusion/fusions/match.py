@@ -38,7 +38,7 @@ def _intermediate_reasons(c: Candidate) -> list[str]:
     inside = set(c.nodes)
     reasons = []
     for n in c.nodes:
-        if n is c.output:
+        if n is c.output or n in c.outputs:
             continue
         outside = [u for u in n.users if u not in inside]
         if outside:
@@ -77,7 +77,8 @@ def _graph_index(captured: CapturedModel) -> tuple[list[Graph], Counter, dict]:
 
 
 def _site(g: Graph, c: Candidate) -> Site:
-    checks = [u for n in c.nodes if n is not c.output for u in n.users if op_name(u) in ASSERT_OPS]
+    checks = [u for n in c.nodes if n is not c.output and n not in c.outputs for u in n.users
+              if op_name(u) in ASSERT_OPS]
     c.nodes.extend(u for u in checks if u not in c.nodes)
     nodes = sorted(set(c.nodes), key=g.order.__getitem__)
     status, reasons = c.status, list(c.reasons)
@@ -100,7 +101,7 @@ def find_sites(captured: CapturedModel) -> list[Site]:
     unmatched: Counter = Counter()
     for g in graphs:
         ctx = Context(g, uses, users)
-        claimed: set[Node] = set()
+        claimed: set[Node] = ctx.claimed
         found: list[tuple[int, Site]] = []
         for matcher in MATCHERS:
             for kind_name in matcher.anchors:

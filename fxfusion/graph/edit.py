@@ -2,14 +2,16 @@
 
 A rewrite rule (the ``rewrite`` of a pattern's manual variant, :class:`fxfusion.fusions.base.ManualVariant`) takes
 ``(gm, nodes, group)``, reads the site's structure from ``nodes`` (in topological order), checks its legality and
-inserts the variant's nodes; it returns ``(old, new)`` -- the node whose users now read ``new`` -- or None when it
-rewired the graph itself (compile regions).  It raises :class:`NotApplicable` (one sentence) before inserting
+inserts the variant's nodes; it returns ``(old, new)`` -- the node whose users now read ``new`` --, a list of such
+pairs for a site with several outputs (sibling GEMMs merged into one: each sibling's output becomes a slice of it),
+or None when it rewired the graph itself (compile regions).  It raises :class:`NotApplicable` (one sentence) before inserting
 anything when the group cannot or must not be rewritten.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Callable, Sequence
 
 import torch
@@ -66,6 +68,21 @@ def constant(gm: fx.GraphModule, node: Any, what: str) -> torch.Tensor | None:
     for part in node.target.split("."):
         obj = getattr(obj, part)
     return obj.detach()
+
+
+def add_constant(gm: fx.GraphModule, site_id: str, name: str, tensor: torch.Tensor, like: Any = None) -> fx.Node:
+    """``tensor`` computed at rewrite time ("at load": weights concatenated, a zero bias) as a new buffer of ``gm``,
+    and a get_attr node reading it, inserted at the graph's current insertion point.  The node's recorded value is
+    made in the tracing session of ``like``'s (a node of the site), so :func:`emit_traced` can trace through it.
+    The original parameters are untouched, so any other path that reads them is unchanged; a rewrite that is then
+    refused has its buffers removed by the driver (:func:`fxfusion.planning.rewrite.rewrite_group`)."""
+    attr = f"_fxfusion_{re.sub(r'[^0-9a-zA-Z]', '_', site_id)}_{name}"
+    tensor = tensor.detach().contiguous()
+    gm.register_buffer(attr, tensor)
+    node = gm.graph.get_attr(attr)
+    mode = getattr(value_of(like), "fake_mode", None)
+    node.meta["val"] = mode.from_tensor(tensor, static_shapes=True) if mode is not None else tensor
+    return node
 
 
 def scalar(x: Any) -> float | None:

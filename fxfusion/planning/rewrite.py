@@ -95,11 +95,11 @@ def rewrite_group(gm: fx.GraphModule, group, recompile: bool = True) -> RewriteR
     buffers_before = set(gm._buffers)
     try:
         replaced = rewrite(gm, nodes, group)
-        if replaced is not None:
-            old, new = replaced
-            new.meta.update({k: v for k, v in old.meta.items() if k in ("val", "tensor_meta", "stack_trace",
-                                                                          "nn_module_stack")})
-            old.replace_all_uses_with(new)
+        if replaced is not None:  # (old, new), or one pair per output of a site with several (sibling GEMMs)
+            for old, new in (replaced if isinstance(replaced, list) else [replaced]):
+                new.meta.update({k: v for k, v in old.meta.items() if k in ("val", "tensor_meta", "stack_trace",
+                                                                              "nn_module_stack")})
+                old.replace_all_uses_with(new)
             _erase_dead(gm.graph, nodes)
         gm.graph.lint()
     except NotApplicable as exc:
