@@ -88,10 +88,16 @@ def test_linear_written_out_without_activation_is_fusible():
     assert sites[0].nodes == ["numpy_t", "matmul", "add"] and sites[0].roles["bias_add"] == "add"
 
 
-def test_gemm_without_bias_is_no_site_and_is_counted_unmatched():
-    captured, sites = sites_of(Fn(lambda m, x: F.relu(x @ m.W.T)), X3)
+def test_lone_gemm_without_bias_is_no_site_and_is_counted_unmatched():
+    captured, sites = sites_of(Fn(lambda m, x: (x @ m.W.T) * 2.0), X3)
     assert sites == []
-    assert captured.unmatched == {"aten.matmul.default": 1, "aten.numpy_T.default": 1, "aten.relu.default": 1}
+    assert captured.unmatched == {"aten.matmul.default": 1, "aten.numpy_T.default": 1, "aten.mul.Tensor": 1}
+
+
+def test_gemm_without_bias_then_activation_is_a_bias_free_site():
+    _, sites = sites_of(Fn(lambda m, x: F.relu(x @ m.W.T)), X3)
+    assert [(s.pattern, s.status, s.nodes) for s in sites] == [("linear_relu", "fusible",
+                                                                ["numpy_t", "matmul", "relu"])]
 
 
 # -- conv -----------------------------------------------------------------------------------------------------------
@@ -420,7 +426,7 @@ def test_transformer_block_refuses_pre_norm_residual_add_layernorm(reference_sit
 
 
 def test_every_matcher_names_its_family_and_patterns_exist():
-    assert {m.family for m in MATCHERS} == {"attention", "conv", "linear", "norm"}
+    assert {m.family for m in MATCHERS} == {"attention", "conv", "linear", "norm", "sibling"}
     for name in ("linear_bias_relu", "conv1d_bn_relu", "causal_attention", "rmsnorm", "add_layernorm"):
         assert name in REGISTRY
 

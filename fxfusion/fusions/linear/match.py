@@ -1,4 +1,5 @@
-"""Linear: a GEMM with a parameter weight, its bias (in the GEMM or a separate add), then an optional activation."""
+"""Linear: a GEMM with a parameter weight, its bias (in the GEMM or a separate add), then an optional activation;
+or a GEMM without a bias followed by an activation (``linear_<act>``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, only_user, sh
 from fxfusion.graph.sites import ALREADY_FUSED, FUSIBLE
 
 
-def _weight_of(g: Graph, node) -> tuple[Node, Node | None, bool] | None:
+def weight_of(g: Graph, node) -> tuple[Node, Node | None, bool] | None:
     """For a GEMM's right operand: (weight, transpose node or None, weight is (N, K)); None if not a parameter."""
     if not isinstance(node, Node):
         return None
@@ -22,7 +23,7 @@ def _weight_of(g: Graph, node) -> tuple[Node, Node | None, bool] | None:
     return None
 
 
-def _bias_add(g: Graph, node: Node, n_out: int) -> tuple[Node, Node] | None:
+def bias_add_of(g: Graph, node: Node, n_out: int) -> tuple[Node, Node] | None:
     """A user of ``node`` that adds a 1-D parameter of length N: (add node, bias)."""
     for u in node.users:
         if kind(u) == "add" and len(u.args) == 2 and not u.kwargs.get("alpha"):
@@ -33,7 +34,8 @@ def _bias_add(g: Graph, node: Node, n_out: int) -> tuple[Node, Node] | None:
 
 
 def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
-    """A GEMM with a parameter weight, its bias (in the GEMM or a separate add), then optionally an activation."""
+    """A GEMM with a parameter weight, its bias (in the GEMM or a separate add), then optionally an activation; a
+    GEMM without a bias is a site only when an activation follows it (its epilogue can take the activation)."""
     g = ctx.graph
     k = kind(gemm)
     nodes, roles, notes = [gemm], {"gemm": gemm.name}, []
@@ -47,7 +49,7 @@ def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
         if arg(gemm, 3, "beta", 1) != 1 or arg(gemm, 4, "alpha", 1) != 1:
             return None
         bias, x = gemm.args[0], gemm.args[1]
-        found = _weight_of(g, gemm.args[2])
+        found = weight_of(g, gemm.args[2])
         if found is None or shape(bias) not in ((shape(gemm)[-1],), (1, shape(gemm)[-1])):
             return None
         weight, tnode, _ = found
@@ -56,7 +58,7 @@ def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
         how = "nn.Linear" if cls == "Linear" else how
     else:
         x = gemm.args[0]
-        found = _weight_of(g, gemm.args[1])
+        found = weight_of(g, gemm.args[1])
         if found is None:
             return None
         weight, tnode, _ = found
@@ -76,13 +78,14 @@ def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
         nodes.append(view)
         cur = view
     if not bias_in_gemm:
-        found_bias = _bias_add(g, cur, n_out)
-        if found_bias is None:
-            return None  # a GEMM without a bias: no linear pattern in the library
-        bias_add, bias = found_bias
-        nodes.append(bias_add)
-        cur = bias_add
-        how += " + b" if k != "linear" else "(x, W) + b"
+        found_bias = bias_add_of(g, cur, n_out)
+        if found_bias is not None:
+            bias_add, bias = found_bias
+            nodes.append(bias_add)
+            cur = bias_add
+            how += " + b" if k != "linear" else "(x, W) + b"
+        else:  # a GEMM without a bias: a site only with an activation to put in its epilogue (linear_<act>)
+            how += " (no bias)"
     act = None
     acts = [u for u in cur.users if activation(u)]
     casts = [u for u in cur.users if kind(u) == "cast"]
@@ -101,14 +104,18 @@ def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
         nodes.extend(act_nodes)
         roles["activation"], roles["act"], roles["act_written"] = act.name, name, "true"
         how += f" + {title(name)} written out ({len(act_nodes)} ops)"
-    if not isinstance(bias, Node):
+    if bias is None and act is None:
+        return None  # a GEMM alone: nothing to fuse into it (its input may still merge with siblings')
+    if bias is not None and not isinstance(bias, Node):
         return None
     out = act or cur
-    roles.update({"input": node_name(x), "weight": weight.name, "bias": bias.name, "output": out.name,
+    roles.update({"input": node_name(x), "weight": weight.name, "output": out.name,
                   "bias_in_gemm": "true" if bias_in_gemm else "false"})
+    if bias is not None:
+        roles["bias"] = bias.name
     if g.param(weight):
         roles["weight_param"] = g.param(weight)
-    if g.param(bias):
+    if bias is not None and g.param(bias):
         roles["bias_param"] = g.param(bias)
     if bias_add is not None:
         roles["bias_add"] = bias_add.name
@@ -117,9 +124,9 @@ def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
         roles["module"] = lin_path
     K = xs[-1]
     M = max(1, (val(x).numel() // K) if val(x) is not None and K else 1)
-    pattern = "linear_bias" + (f"_{roles['act']}" if act is not None else "")
+    pattern = "linear" + ("_bias" if bias is not None else "") + (f"_{roles['act']}" if act is not None else "")
     status = ALREADY_FUSED if bias_in_gemm and act is None else FUSIBLE
     if bias_in_gemm and act is not None:
         notes.append("the bias is already in the GEMM; the gain left is the activation in its epilogue")
     return Candidate(pattern, nodes, out, {"M": M, "K": K, "N": n_out}, dtype_name(out) or "float32", roles, how,
-                     status=status, notes=notes, boundary=[x, weight, bias])
+                     status=status, notes=notes, boundary=[n for n in (x, weight, bias) if n is not None])

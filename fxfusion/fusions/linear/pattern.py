@@ -1,11 +1,15 @@
-"""Linear + bias (+ activation).  Shape keys: M rows, K inputs, N outputs; x is (M, K), weight (N, K), bias (N).
+"""Linear + bias (+ activation), and bias-free Linear + activation.  Shape keys: M rows, K inputs, N outputs; x is
+(M, K), weight (N, K), bias (N).
 
 Bytes (itemsize s), every op reading its inputs and writing its output:
   matmul   reads x (MK) and W (NK), writes y (MN)
-  + bias   reads y (MN) and b (N), writes y (MN)
-  act      reads y (MN), writes y (MN)                       (only with an activation)
-  unfused = s(MK + NK + N + 3MN) [+ 2MN with an activation]
-  fused   = s(MK + NK + N + MN): the GEMM epilogue adds the bias (and applies the activation) in registers.
+  + bias   reads y (MN) and b (N), writes y (MN)                (linear_bias*)
+  act      reads y (MN), writes y (MN)                           (only with an activation)
+  linear_bias[_act]: unfused = s(MK + NK + N + 3MN) [+ 2MN with an activation]
+                     fused   = s(MK + NK + N + MN): the GEMM epilogue adds the bias (and applies the activation)
+  linear_<act>:      unfused = s(MK + NK + 3MN)
+                     fused   = s(MK + NK + MN): the activation in the GEMM's epilogue.  (cuBLASLt's epilogue takes a
+                     bias: its variant reads an N-vector of zeros as well, s*N more, which the model leaves out.)
 FLOPs: 2MKN for the GEMM, one per output element for the bias and one for the activation (a convention: GELU's
 transcendental work is counted as one op, like ReLU's max).
 """
@@ -15,7 +19,8 @@ from __future__ import annotations
 import torch
 from fxfusion.fusions.activations import ACTIVATIONS
 from fxfusion.fusions.base import ManualVariant, Pattern, randn, shapes
-from fxfusion.fusions.linear.rewrite import addmm_linear, epilogue_linear, rewrite_addmm, rewrite_addmm_epilogue
+from fxfusion.fusions.linear.rewrite import (addmm_linear, epilogue_linear, rewrite_addmm, rewrite_addmm_epilogue,
+                                             rewrite_epilogue_zero_bias)
 from fxfusion.measure.devices import is_cuda
 
 
@@ -107,4 +112,42 @@ def _pattern(act: str | None) -> Pattern:
     )
 
 
-PATTERNS = [_pattern(act) for act in (None, "relu", "gelu", "silu", "gelu_tanh", "relu6")]
+def _bias_free_inputs(shape, dtype, device, gen):
+    inputs = _inputs(shape, dtype, device, gen)
+    del inputs["bias"]
+    return inputs
+
+
+def _bias_free_pattern(act: str) -> Pattern:
+    """act(x @ W^T): a GEMM without a bias, then an activation (nn.Linear(bias=False) + act)."""
+    a = ACTIVATIONS[act]
+
+    def eager(x, weight):
+        return a.fn(torch.matmul(x, weight.t()))
+
+    manual = []
+    if a.epilogue_gelu is not None:  # cuBLASLt's epilogue computes ReLU and GELU(tanh), and takes a bias
+
+        def build_epilogue(inp):
+            x, w = inp["x"], inp["weight"]
+            zero = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)  # made once, as the rewrite does at load
+            return lambda: epilogue_linear(x, w, zero, a.epilogue_gelu)
+
+        manual.append(ManualVariant(
+            "addmm_epilogue", build_epilogue,
+            "the activation in the cuBLASLt GEMM epilogue (torch._addmm_activation), with a zero bias",
+            rewrite=rewrite_epilogue_zero_bias,
+            unsupported=lambda shape, dtype, device: None if is_cuda(device) else
+            "the fused epilogue exists only in cuBLASLt; on CPU _addmm_activation runs addmm then the activation, "
+            "the same kernels as eager plus a bias add"))
+    return Pattern(
+        name=f"linear_{act}", family="linear", title=f"Linear+{a.title}", legacy_name=f"Linear_{a.legacy}",
+        shape_keys=("M", "K", "N"), make_inputs=_bias_free_inputs, eager=eager, manual=tuple(manual),
+        flops=lambda s: 2 * s["M"] * s["K"] * s["N"] + s["M"] * s["N"],
+        bytes=lambda s, i, fused: i * (s["M"] * s["K"] + s["N"] * s["K"] + (1 if fused else 3) * s["M"] * s["N"]),
+        shapes={"quick": QUICK, "full": FULL, "gpu": GPU},
+    )
+
+
+ACTS = ("relu", "gelu", "silu", "gelu_tanh", "relu6")
+PATTERNS = [_pattern(act) for act in (None,) + ACTS] + [_bias_free_pattern(act) for act in ACTS]

@@ -1,4 +1,5 @@
-"""Linear + bias (+ activation): the chain becomes one addmm (bias in the GEMM), or the cuBLASLt epilogue.
+"""Linear + bias (+ activation): the chain becomes one addmm (bias in the GEMM), or the cuBLASLt epilogue; a
+bias-free linear + ReLU/GELU(tanh) becomes the epilogue with a zero bias made at rewrite time (CUDA only).
 
 Forms read: ``aten.linear(x, W, b)``; ``matmul/mm(x, t(W)) + b``; ``matmul(x, R) + b`` with R already (K, N);
 ``addmm(b, x, t(W))``; a view between the GEMM and the bias add (a 3-d input flattened for a 2-d GEMM).  The GEMM
@@ -16,13 +17,14 @@ import torch
 from torch import fx
 
 from fxfusion.fusions.activations import ACTIVATIONS, activation
-from fxfusion.graph.edit import NotApplicable, arg, aten, device_of, emit_traced, is_call, scalar, shape_of
+from fxfusion.graph.edit import (NotApplicable, add_constant, arg, aten, device_of, emit_traced, is_call, scalar,
+                                 shape_of, value_of)
 
 LINEAR_GEMMS = (aten.linear.default, aten.matmul.default, aten.mm.default, aten.addmm.default)
 VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
 
-def _is_matrix_transpose(node: fx.Node) -> bool:
+def is_matrix_transpose(node: fx.Node) -> bool:
     if is_call(node, aten.t.default, aten.numpy_T.default):
         return True
     if is_call(node, aten.transpose.int):
@@ -57,7 +59,7 @@ def _parse_linear(nodes: list[fx.Node], roles: dict | None = None) -> _Linear:
     if gemm.target == aten.linear.default:
         weight = other
         bias = arg(gemm, 2, "bias", None)
-    elif isinstance(other, fx.Node) and other in inside and _is_matrix_transpose(other):
+    elif isinstance(other, fx.Node) and other in inside and is_matrix_transpose(other):
         weight = other.args[0]
     else:
         rhs = other
@@ -66,14 +68,13 @@ def _parse_linear(nodes: list[fx.Node], roles: dict | None = None) -> _Linear:
         view = [u for u in gemm.users if u in inside and is_call(u, *VIEWS)]
         after = view[0] if len(gemm.users) == 1 and view else gemm
         add = next((u for u in after.users if is_call(u, aten.add.Tensor) and u in inside), None)
-        if add is None:
-            raise NotApplicable("the site has no bias add after its GEMM")
-        if scalar(add.kwargs.get("alpha", 1)) != 1.0:
-            raise NotApplicable("the bias add has alpha != 1")
-        bias = add.args[1] if add.args[0] is after else add.args[0]
-        head = add
+        if add is not None:  # no add: a bias-free GEMM (linear_<act>)
+            if scalar(add.kwargs.get("alpha", 1)) != 1.0:
+                raise NotApplicable("the bias add has alpha != 1")
+            bias = add.args[1] if add.args[0] is after else add.args[0]
+            head = add
     n_out = (shape_of(weight) or (0,))[0] if weight is not None else (shape_of(rhs) or (0, 0))[-1]
-    if shape_of(bias) not in ((n_out,), (1, n_out)):
+    if bias is not None and shape_of(bias) not in ((n_out,), (1, n_out)):
         raise NotApplicable(f"the bias has shape {shape_of(bias)}, not ({n_out},): addmm cannot broadcast it")
     cur = head
     while len(cur.users) == 1 and next(iter(cur.users)) in inside and is_call(next(iter(cur.users)), *VIEWS):
@@ -135,6 +136,8 @@ def _emit(g: fx.Graph, lin: _Linear, like: fx.Node, use_gelu: bool | None = None
 
 def rewrite_addmm(gm, nodes, group):
     lin = _parse_linear(nodes, getattr(group, "roles", None))
+    if lin.bias is None:
+        raise NotApplicable("the GEMM has no bias for addmm to take")
     return lin.head, _emit(gm.graph, lin, lin.head)
 
 
@@ -151,7 +154,30 @@ def _epilogue_gelu(act: fx.Node | None, roles: dict | None = None) -> bool:
 def rewrite_addmm_epilogue(gm, nodes, group):
     roles = getattr(group, "roles", None)
     lin = _parse_linear(nodes, roles)
+    if lin.bias is None:
+        raise NotApplicable("the GEMM has no bias: its epilogue rewrite is addmm_epilogue of a linear_<act> site")
     use_gelu = _epilogue_gelu(lin.act, roles)
     if device_of(lin.x) != "cuda":
         raise NotApplicable("the fused GEMM epilogue exists only in cuBLASLt (CUDA)")
+    return lin.act, _emit(gm.graph, lin, lin.act, use_gelu)
+
+
+def rewrite_epilogue_zero_bias(gm, nodes, group):
+    """act(x @ W^T) without a bias -> ``_addmm_activation`` with a zero bias, made once at rewrite time (cuBLASLt's
+    epilogue takes a bias; adding zeros changes no value)."""
+    roles = getattr(group, "roles", None)
+    lin = _parse_linear(nodes, roles)
+    if lin.bias is not None:
+        raise NotApplicable("the GEMM has a bias: the epilogue takes it, not a zero one")
+    use_gelu = _epilogue_gelu(lin.act, roles)
+    if device_of(lin.x) != "cuda":
+        raise NotApplicable("the fused GEMM epilogue exists only in cuBLASLt (CUDA); on CPU _addmm_activation runs "
+                            "addmm then the activation")
+    operand = value_of(lin.weight if lin.weight is not None else lin.rhs)
+    if operand is None:
+        raise NotApplicable("the GEMM's weight has no recorded value to size the zero bias by")
+    n_out = operand.shape[0] if lin.weight is not None else operand.shape[-1]
+    zero = torch.zeros(int(n_out), dtype=operand.dtype, device=operand.device)
+    with gm.graph.inserting_before(lin.act):
+        lin.bias = add_constant(gm, getattr(group, "site_id", "site"), "zero_bias", zero, like=lin.x)
     return lin.act, _emit(gm.graph, lin, lin.act, use_gelu)
