@@ -16,7 +16,7 @@ CPU_TOL = {torch.float32: 1e-4}
 def test_library_has_the_original_nine_plus_silu_and_causal_attention():
     for name in ORIGINAL_SUITE + ("linear_bias_silu", "causal_attention", "rmsnorm", "add_layernorm"):
         assert name in REGISTRY
-    assert set(FAMILIES) == {"linear", "conv", "attention", "norm"}
+    assert set(FAMILIES) == {"linear", "conv", "attention", "norm", "sibling"}
 
 
 def test_linear_bias_relu_counts_by_hand():

@@ -1,0 +1,377 @@
+"""Sibling GEMMs (q/k/v, gate/up) merged into one GEMM, and gated MLPs: which sites, which nodes, what the rewrite
+leaves in the graph, and its numbers against float64 -- on hand-written blocks (the transformers models are checked in
+tests/test_hf_models.py)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxfusion
+from fxfusion.calibration.calibrate import measure_entry
+from fxfusion.fusions.match import find_sites
+from fxfusion.fusions.registry import REGISTRY
+from fxfusion.graph.capture import capture
+from fxfusion.graph.lean import original_target
+from fxfusion.graph.runnable import runnable_graph
+from fxfusion.measure.correctness import relative_error, to_reference
+from fxfusion.measure.hardware import resolve
+from fxfusion.measure.kernelcount import count_launches
+from fxfusion.measure.stats import Speedup
+from fxfusion.measure.timing import TimingSpec, clock_for
+from fxfusion.planning.plan import FusionGroup, FusionPlan
+from fxfusion.planning.rewrite import rewrite_group
+from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult
+from tests.helpers import TINY_SPEC, OpCountClock
+
+aten = torch.ops.aten
+FLOAT32_TOL = 1e-4  # relative L2 against float64 (measure.correctness: float32)
+GEMMS = (aten.linear.default, aten.mm.default, aten.addmm.default)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+class LlamaBlock(nn.Module):
+    """A Llama-style block: RMSNorm, grouped-query attention (4 heads, 2 kv heads: k and v half as wide as q), a
+    gated MLP.  ``qkv_bias``: "none" (Llama), "all" (Qwen2), "q" (mixed); ``act``: the MLP's gate."""
+
+    def __init__(self, dim=32, heads=4, kv_heads=2, hidden=64, qkv_bias="none", act=F.silu, mlp_bias=False):
+        super().__init__()
+        self.h, self.kv, self.d = heads, kv_heads, dim // heads
+        self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
+        self.q_proj = nn.Linear(dim, heads * self.d, bias=qkv_bias in ("all", "q"))
+        self.k_proj = nn.Linear(dim, kv_heads * self.d, bias=qkv_bias == "all")
+        self.v_proj = nn.Linear(dim, kv_heads * self.d, bias=qkv_bias == "all")
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+        self.gate_proj = nn.Linear(dim, hidden, bias=mlp_bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=mlp_bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.act = act
+
+    def forward(self, x):  # x: (B, S, dim)
+        B, S, _ = x.shape
+        h = self.norm1(x)
+        q = self.q_proj(h).view(B, S, self.h, self.d).transpose(1, 2)  # (B, H, S, d)
+        k = self.k_proj(h).view(B, S, self.kv, self.d).transpose(1, 2)  # (B, KV, S, d)
+        v = self.v_proj(h).view(B, S, self.kv, self.d).transpose(1, 2)
+        k, v = k.repeat_interleave(self.h // self.kv, 1), v.repeat_interleave(self.h // self.kv, 1)
+        p = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d), dim=-1)
+        x = x + self.o_proj((p @ v).transpose(1, 2).reshape(B, S, -1))
+        h = self.norm2(x)
+        return x + self.down_proj(self.act(self.gate_proj(h)) * self.up_proj(h))
+
+
+X = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(0))
+X8 = X[..., :8].contiguous()
+
+
+def sites_of(model, *inputs):
+    captured = capture(model.eval(), inputs)
+    return captured, find_sites(captured)
+
+
+def mine(sites):
+    return [s for s in sites if REGISTRY[s.pattern].family == "sibling"] if sites else []
+
+
+def merged_plan(model, inputs) -> tuple[FusionPlan, list]:
+    """Every sibling/gated site decided 'fuse' with the merged variant (hand-made decisions)."""
+    captured, sites = sites_of(model, *inputs)
+    decisions = {s.id: Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", "merged", None, "test")
+                 for s in mine(sites) if s.legal}
+    return FusionPlan.from_decisions(captured, sites, decisions), sites
+
+
+def float64_error(model, planned, inputs) -> float:
+    with torch.no_grad():
+        return relative_error(planned(*inputs), copy.deepcopy(model).double()(*[x.double() for x in inputs]))
+
+
+def targets(gm):
+    return [original_target(n) for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
+
+
+def gemm_count(gm) -> int:
+    return sum(t in GEMMS for t in targets(gm))
+
+
+# -- matching ------------------------------------------------------------------------------------------------------
+
+def test_llama_block_qkv_and_gate_up_are_one_site_each():
+    _, sites = sites_of(LlamaBlock(), X)
+    assert [(s.pattern, s.status) for s in mine(sites)] == [("sibling_gemm3", "fusible"),
+                                                           ("gated_mlp_silu", "fusible")]
+    qkv, mlp = mine(sites)
+    assert qkv.nodes == ["linear", "linear_1", "linear_2"]
+    assert qkv.shape == {"M": 16, "K": 32, "N1": 32, "N2": 16, "N3": 16}  # GQA: k and v half as wide as q
+    assert qkv.roles["weights"] == "q_proj.weight,k_proj.weight,v_proj.weight" and qkv.roles["widths"] == "32,16,16"
+    assert qkv.written_as == "3 x nn.Linear on one input (q_proj, k_proj, v_proj)"
+    assert mlp.nodes == ["linear_4", "silu", "linear_5", "mul_4"] and mlp.shape == {"M": 16, "K": 32, "N": 64}
+    assert (mlp.roles["gate_param"], mlp.roles["up_param"]) == ("gate_proj.weight", "up_proj.weight")
+    # o_proj and down_proj are lone bias-free GEMMs: left to the linear family, which has nothing to fuse there
+    assert not any(s.pattern.startswith("linear") for s in sites)
+
+
+@pytest.mark.parametrize("qkv_bias,pattern,noted", [("all", "sibling_gemm3_bias", False),
+                                                     ("q", "sibling_gemm3_bias", True)])
+def test_qkv_with_biases_merge_and_a_missing_bias_is_zeros(qkv_bias, pattern, noted):
+    _, sites = sites_of(LlamaBlock(qkv_bias=qkv_bias), X)
+    qkv = mine(sites)[0]
+    assert (qkv.pattern, qkv.status) == (pattern, "fusible")
+    assert qkv.roles["biases"] == ("q_proj.bias,k_proj.bias,v_proj.bias" if qkv_bias == "all" else "q_proj.bias,,")
+    assert any("k_proj, v_proj has no bias: zeros are concatenated" in n for n in qkv.notes) == noted
+
+
+class Siblings(nn.Module):
+    def __init__(self, n=4, fn=None):
+        super().__init__()
+        self.fcs = nn.ModuleList(nn.Linear(8, 8 + 4 * i, bias=False) for i in range(n))
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(self, x)
+
+
+def test_siblings_must_read_the_very_same_input_node_and_parameter_weights():
+    def two_inputs(m, x):  # the same values, but another node: two GEMMs would still read two tensors
+        return m.fcs[0](x), m.fcs[1](x * 1.0)
+
+    def computed_weight(m, x):  # a weight computed in the graph is no constant to concatenate at load
+        return m.fcs[0](x), F.linear(x, m.fcs[1].weight * 2.0)
+
+    for fn in (two_inputs, computed_weight):
+        captured, sites = sites_of(Siblings(2, fn), X8)
+        assert sites == [] and captured.unmatched.get("aten.linear.default") == 2
+
+
+def test_more_siblings_than_a_pattern_takes_leave_the_rest_to_the_linear_family():
+    def four(m, x):
+        return m.fcs[0](x), m.fcs[1](x), m.fcs[2](x), F.relu(m.fcs[3](x))
+
+    _, sites = sites_of(Siblings(4, four), X8)
+    assert [(s.pattern, s.nodes) for s in sites] == [("sibling_gemm3", ["linear", "linear_1", "linear_2"]),
+                                                     ("linear_relu", ["linear_3", "relu"])]
+    assert "4 GEMMs read x" in sites[0].notes[0]
+
+
+def test_outputs_read_anywhere_are_recreated_and_a_view_that_needs_memory_gets_a_copy():
+    def reused(m, x):  # fcs[0]'s output is read twice, once flattened whole: a slice's strides cannot do that
+        a, b = m.fcs[0](x), m.fcs[1](x)
+        return a.view(-1), a * 2.0, b.view(2, 8, 3, 4)
+
+    model = Siblings(2, reused).eval()
+    plan, sites = merged_plan(model, (X8,))
+    assert [(s.pattern, s.status) for s in sites] == [("sibling_gemm2", "fusible")]
+    planned = fxfusion.apply(model, plan)
+    assert [r.applied for r in planned.fxfusion_rewrites] == [True]
+    planned.graph.lint()
+    ops = targets(planned)
+    assert gemm_count(planned) == 1 and ops.count(aten.slice.Tensor) == 2
+    assert ops.count(aten.clone.default) == 1  # only a's slice is copied; b's view splits its last dim only
+    with torch.no_grad():
+        got, want = planned(X8), copy.deepcopy(model).double()(X8.double())
+    assert all(relative_error(g, w) < FLOAT32_TOL for g, w in zip(got, want))
+
+
+class WrittenOut(nn.Module):
+    """Siblings written as GEMMs: x @ Wq.T + bq, x @ Wk.T (no bias) and x @ R with R already (K, N)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.Wq, self.bq = nn.Parameter(torch.randn(16, 8, generator=g) * 0.3), nn.Parameter(torch.randn(16, generator=g))
+        self.Wk, self.R = nn.Parameter(torch.randn(8, 8, generator=g) * 0.3), nn.Parameter(torch.randn(8, 4, generator=g))
+
+    def forward(self, x):
+        return x @ self.Wq.T + self.bq, x @ self.Wk.T, x @ self.R
+
+
+def test_siblings_written_as_matmuls_become_one_addmm():
+    model, x = WrittenOut().eval(), X8
+    plan, sites = merged_plan(model, (x,))
+    assert [(s.pattern, s.nodes) for s in sites] == [
+        ("sibling_gemm3_bias", ["numpy_t", "matmul", "add", "numpy_t_1", "matmul_1", "matmul_2"])]
+    assert sites[0].roles["widths"] == "16,8,4"
+    planned = fxfusion.apply(model, plan)
+    assert [r.applied for r in planned.fxfusion_rewrites] == [True]
+    ops = targets(planned)
+    assert ops.count(aten.addmm.default) == 1 and aten.matmul.default not in ops and aten.add.Tensor not in ops
+    with torch.no_grad():
+        got, want = planned(x), copy.deepcopy(model).double()(x.double())
+    assert all(relative_error(g, w) < FLOAT32_TOL for g, w in zip(got, want))
+
+
+def test_a_parallel_block_splits_its_readers_into_a_gated_site_and_qkv():
+    class Parallel(LlamaBlock):  # attention and MLP read one norm's output (GPT-J / Cohere style)
+        def forward(self, x):
+            h = self.norm1(x)
+            return self.q_proj(h), self.k_proj(h), self.v_proj(h), \
+                self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+    _, sites = sites_of(Parallel(), X)
+    assert [(s.pattern, s.nodes, s.notes) for s in mine(sites)] == [
+        ("sibling_gemm3", ["linear", "linear_1", "linear_2"], []),
+        ("gated_mlp_silu", ["linear_3", "silu", "linear_4", "mul_2"], [])]
+
+
+# -- gated MLPs ----------------------------------------------------------------------------------------------------
+
+def new_gelu(x):  # GPT-2's GELU(tanh), written out
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+@pytest.mark.parametrize("act,pattern,written", [
+    (lambda t: F.gelu(t, approximate="tanh"), "gated_mlp_gelu_tanh", False),
+    (F.gelu, "gated_mlp_gelu", False),
+    (new_gelu, "gated_mlp_gelu_tanh", True),
+])
+def test_geglu_is_one_site_and_one_gemm(act, pattern, written):
+    model = LlamaBlock(act=act).eval()
+    plan, sites = merged_plan(model, (X,))
+    gated = mine(sites)[1]
+    assert (gated.pattern, gated.status) == (pattern, "fusible")
+    assert (gated.roles.get("act_written") == "true") == written
+    planned = fxfusion.apply(model, plan)
+    assert [r.applied for r in planned.fxfusion_rewrites] == [True, True]
+    planned.graph.lint()
+    assert gemm_count(planned) == 4  # q/k/v as one, gate/up as one, o_proj, down_proj
+    assert float64_error(model, planned, (X,)) < FLOAT32_TOL
+
+
+def test_a_gate_read_elsewhere_is_no_gated_site_but_still_siblings():
+    class Leaky(LlamaBlock):
+        def forward(self, x):
+            g = self.gate_proj(x)
+            return self.down_proj(F.silu(g) * self.up_proj(x)), g  # the gate's output leaves the MLP
+
+    model = Leaky().eval()
+    plan, sites = merged_plan(model, (X,))
+    assert [(s.pattern, s.nodes) for s in sites] == [("sibling_gemm2", ["linear", "linear_1"])]
+    planned = fxfusion.apply(model, plan)
+    assert [r.applied for r in planned.fxfusion_rewrites] == [True]
+    assert aten.silu.default in targets(planned) and gemm_count(planned) == 2
+    with torch.no_grad():
+        got, want = planned(X), copy.deepcopy(model).double()(X.double())
+    assert all(relative_error(g, w) < FLOAT32_TOL for g, w in zip(got, want))
+
+
+def test_a_gated_mlp_with_biases_merges_as_siblings_with_a_note():
+    _, sites = sites_of(LlamaBlock(mlp_bias=True), X)
+    mlp = mine(sites)[1]
+    assert mlp.pattern == "sibling_gemm2_bias" and mlp.nodes == ["linear_4", "linear_5"]
+    assert any("gated MLP with biases" in n for n in mlp.notes)
+
+
+# -- plan, in-model timing and apply: the public API -------------------------------------------------------------
+
+def _entry(pattern: str, shape: dict) -> Entry:
+    """A hand-made profile entry at ``shape``: merged twice as fast as eager."""
+    def variant(name, kind, ms):
+        return VariantResult(name=name, kind=kind, status="ok", median_ms=ms,
+                             samples_ms=[ms * f for f in (0.98, 0.99, 1.0, 1.0, 1.01, 1.02)])
+
+    d = Decision(pattern, dict(shape), "float32", "cpu", "fuse", "merged", Speedup(2.0, 1.9, 2.1), "hand-made",
+                 measured_shape=dict(shape))
+    roofline = {"unfused_ms": 1.0, "fused_ms": 0.5, "bound": "memory", "peak_gflops": 100.0, "peak_gbs": 20.0,
+                "basis": "test"}
+    return Entry(pattern, "sibling", REGISTRY[pattern].title, dict(shape), "float32", "cpu", 1, 1, 1, 0.5, roofline,
+                 [variant("eager", "eager", 1.0), variant("merged", "manual", 0.5)], d)
+
+
+def test_llama_block_planned_timed_in_model_and_applied(monkeypatch):
+    model = LlamaBlock().eval()
+    _, sites = sites_of(model, X)
+    profile = Profile(metadata={"device": "cpu", "device_name": "test"}, hardware={}, ceilings={},
+                      entries=[_entry(s.pattern, s.shape) for s in mine(sites)])
+    monkeypatch.setattr("fxfusion.planning.insitu.model_clock", lambda device: OpCountClock())
+    spec = TimingSpec(rounds=5, warmup=1, target_sample_s=0.0, max_inner=1, budget_s=5.0)
+    plan = fxfusion.plan(model, profile, (X,), check_overhead=False, spec=spec)
+    assert [(g.pattern, g.variant) for g in plan.groups] == [("sibling_gemm3", "merged"), ("gated_mlp_silu", "merged")]
+    # each region (three outputs for q/k/v) was cut out, rewritten and timed: fewer aten ops rewritten
+    assert all(g.in_model and g.in_model["verdict"] == "fuse" for g in plan.groups)
+    planned = fxfusion.apply(model, plan)
+    assert [r.applied for r in planned.fxfusion_rewrites] == [True, True]
+    planned.graph.lint()
+    ops = targets(planned)
+    assert gemm_count(planned) == 4 and ops.count(aten.slice.Tensor) == 3 + 2
+    merged = [n for n in planned.graph.nodes if n.op == "get_attr" and "_fxfusion_" in str(original_target(n))]
+    assert sorted(tuple(getattr(planned, n.target).shape) for n in merged) == [(64, 32), (128, 32)]
+    assert float64_error(model, planned, (X,)) < FLOAT32_TOL
+    assert torch.equal(planned.q_proj.weight, model.q_proj.weight)  # the original parameters are untouched
+
+
+def test_qwen_style_biases_become_one_addmm():
+    model = LlamaBlock(qkv_bias="q").eval()
+    plan, _ = merged_plan(model, (X,))
+    planned = fxfusion.apply(model, plan)
+    assert [r.applied for r in planned.fxfusion_rewrites] == [True, True]
+    assert targets(planned).count(aten.addmm.default) == 1  # q/k/v with q's bias and zeros for k and v
+    assert float64_error(model, planned, (X,)) < FLOAT32_TOL
+
+
+def test_a_forced_group_is_refused_with_its_reason():
+    """Defence in depth: the rewrite checks again what the matcher checked, and says why it refuses."""
+    def two_inputs(m, x):
+        return m.fcs[0](x), m.fcs[1](x * 1.0)
+
+    model = Siblings(2, two_inputs).eval()
+    captured = capture(model, (X8,))
+    gm = runnable_graph(captured, 0, model)
+    group = FusionGroup("g0.s0", "sibling_gemm2", 0, ["linear", "linear_1"], "merged", "eager", None, None, None,
+                        None, None, {}, "float32")
+    record = rewrite_group(gm, group)
+    assert not record.applied and "do not read the very same input node" in record.detail
+    # in the captured graph the weights are inputs, not constants: nothing to concatenate at load
+    _, [site] = sites_of(Siblings(2, lambda m, x: (m.fcs[0](x), m.fcs[1](x))), X8)
+    lifted = copy.deepcopy(capture(Siblings(2, lambda m, x: (m.fcs[0](x), m.fcs[1](x))).eval(), (X8,))
+                           .graphs[0])
+    record = rewrite_group(lifted, FusionGroup(site.id, site.pattern, 0, site.nodes, "merged", "eager", None, None,
+                                               None, None, None, {}, "float32"))
+    assert not record.applied and "not a constant of the module" in record.detail
+
+
+# -- the patterns ----------------------------------------------------------------------------------------------------
+
+def test_sibling_and_gated_bytes_by_hand():
+    p = REGISTRY["sibling_gemm3_bias"]
+    s = {"M": 2, "K": 3, "N1": 4, "N2": 1, "N3": 1}
+    assert p.flops(s) == 2 * 2 * 3 * 6 + 2 * 6
+    # eager: x read 3 times (18), weights 18, biases 6, outputs 12; merged: x once
+    assert p.bytes(s, 2, False) == 2 * (18 + 18 + 6 + 12) and p.bytes(s, 2, True) == 2 * (6 + 18 + 6 + 12)
+    g = REGISTRY["gated_mlp_silu"]
+    s = {"M": 2, "K": 3, "N": 4}
+    assert g.flops(s) == 4 * 2 * 3 * 4 + 2 * 8
+    # eager: 2 GEMMs (x 6 + W 12 + y 8 each), act 16, product 24; fused: x, both weights, the product's output
+    assert g.bytes(s, 4, False) == 4 * (2 * (6 + 12 + 8) + 16 + 24) and g.bytes(s, 4, True) == 4 * (6 + 24 + 8)
+
+
+def test_merged_variant_launches_one_gemm_where_eager_launches_three():
+    p = REGISTRY["sibling_gemm3"]
+    inputs = p.make_inputs(p.shapes["quick"][0], torch.float32, "cpu", torch.Generator().manual_seed(0))
+    assert count_launches(lambda: p.eager(**inputs), "cpu").kernels_per_call == 3
+    merged = count_launches(p.variant("merged").build(inputs), "cpu")
+    assert merged.kernels_per_call == 1 and merged.names == ("aten::mm",)  # the slices are views, not kernels
+
+
+def test_several_outputs_are_checked_against_float64_together():
+    p = REGISTRY["sibling_gemm2_bias"]
+    entry = measure_entry(p, {"M": 8, "K": 16, "N1": 16, "N2": 8}, "float32", "cpu", resolve("generic-cpu"),
+                          TINY_SPEC, clock_for("cpu"), compile_modes=())
+    merged = entry.variant("merged")
+    assert merged.status == "ok" and merged.rel_error < merged.tolerance and merged.samples_ms
+    inputs = p.make_inputs(entry.shape, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    ref = p.eager(**to_reference(inputs))
+    wrong = p.variant("merged").build({**inputs, "b2": -inputs["b2"]})()
+    assert relative_error(wrong, ref) > 1e-2 and relative_error(wrong[:1], ref) == float("inf")
