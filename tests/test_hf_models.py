@@ -40,7 +40,8 @@ def _transformers():
             try:
                 getattr(torch.ops.torchvision, op)
             except (AttributeError, RuntimeError):
-                torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+                schema = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+                torch.library.define(f"torchvision::{op}", schema)
         for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
             del sys.modules[name]
     except ImportError:

@@ -122,3 +122,29 @@ def test_on_cpu_only_eager_and_compile_remain():
     epilogue = entry.variant("addmm_epilogue")
     assert epilogue.status == "unsupported" and "same kernels as eager" in epilogue.reason
     assert entry.variant("eager").status == "ok"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("act", ["relu", "gelu_tanh"])
+def test_the_zero_bias_epilogue_fuses_on_cuda(act):
+    """cuBLASLt's epilogue with a zero bias: one kernel where eager launches two, correct in bfloat16, applied."""
+    from fxfusion.measure.timing import CudaClock, TimingSpec
+
+    entry = measure_entry(REGISTRY[f"linear_{act}"], {"M": 2048, "K": 2048, "N": 8192}, "bfloat16", "cuda",
+                          resolve("h200"), TimingSpec(rounds=8, warmup=2, budget_s=2.0), CudaClock(), compile_modes=())
+    fused, eager = entry.variant("addmm_epilogue"), entry.variant("eager")
+    assert fused.status == "ok", fused.reason
+    assert fused.kernels_per_call < eager.kernels_per_call
+    model = BiasFree("nn.Linear(bias=False)", ACTS[act]).to("cuda", torch.bfloat16).eval()
+    x = X.to("cuda", torch.bfloat16)
+    captured = capture(model, (x,))
+    sites = find_sites(captured)
+    plan = FusionPlan.from_decisions(captured, sites, {s.id: Decision(s.pattern, dict(s.shape), s.dtype, "cuda",
+                                                                      "fuse", "addmm_epilogue", None, "test")
+                                                       for s in sites})
+    planned = apply(model, plan)
+    assert [r.applied for r in planned.fxfusion_rewrites] == [True]
+    with torch.no_grad():
+        want = copy.deepcopy(model).double().cpu()(x.double().cpu())  # the float64 reference, on the CPU
+        assert relative_error(planned(x), want) <= max(2e-2, 2 * relative_error(model(x), want))

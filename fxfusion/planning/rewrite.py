@@ -8,7 +8,8 @@ rewrites the copy, one group at a time:
   2. check the rewrite's legality where it lives (a conv whose weight feeds another conv is never folded; an
      intermediate used outside the group is never removed) -- a group that fails a check is skipped, with its reason;
   3. insert the variant's nodes just before the node they replace (all their inputs precede it), redirect that
-     node's users, erase the site nodes left without users, ``graph.lint()`` and recompile;
+     node's users (each output's, for a site with several: sibling GEMMs), erase the site nodes left without users,
+     ``graph.lint()`` and recompile;
   4. once every group is rewritten, make the graph's calls lean (:func:`fxfusion.graph.lean.lean`): aten overloads through
      the public bindings, direct constants, a plain signature -- the captured model's own cost, not a fusion.
 
@@ -16,7 +17,10 @@ The rules live in :mod:`fxfusion.fusions.rewrites_registry`, by variant name (th
 :mod:`fxfusion.calibration.variants`):
 
   addmm                 linear chain -> one ``addmm`` (bias in the GEMM); the activation stays as it was
-  addmm_epilogue        linear chain + ReLU/GELU(tanh) -> ``_addmm_activation`` (cuBLASLt epilogue; CUDA only)
+  addmm_epilogue        linear chain + ReLU/GELU(tanh) -> ``_addmm_activation`` (cuBLASLt epilogue; CUDA only);
+                        without a bias, with a zero bias made at rewrite time
+  merged                sibling GEMMs -> one GEMM on their weights concatenated at rewrite time, a slice per output;
+                        gated MLP -> gate and up as one GEMM, then act(first half) * second half
   bn_folded             conv + BatchNorm -> conv with the BatchNorm folded into new weight and bias buffers
   conv_relu_fused       conv (+ folded BN) + ReLU -> one oneDNN (CPU) / cuDNN (CUDA) conv+ReLU call
   channels_last         conv + BN folded, NHWC input and weights (CUDA only, as measured)

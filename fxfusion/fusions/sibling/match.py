@@ -104,6 +104,8 @@ def _gate_activation(head: Node) -> tuple[str, list[Node], Node] | None:
 
 def gated_pair(members: list[Member]) -> tuple[Member, Member, tuple, Node] | None:
     """(gate, up, activation, product) of act(gate) * up among the members, each projection read by nothing else."""
+    if len(members) < 2:  # no pair: spare the search for a written-out activation (the costly part)
+        return None
     by_head = {m.head: m for m in members}
     for gate in members:
         act = _gate_activation(gate.head)
