@@ -117,11 +117,12 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
 
 
 def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs: tuple, device: str,
-                     profile: Profile | None = None, include_compile: bool = True
-                     ) -> tuple[FusionPlan, VerificationResult]:
+                     profile: Profile | None = None, include_compile: bool = True,
+                     compile_modes: tuple[str, ...] = ("default",)) -> tuple[FusionPlan, VerificationResult]:
     """``analyze --apply``: the analysis's ``fuse`` sites planned (from its live timings, or from ``profile``), each
     group's saving predicted inside the model, the captured graph's overhead charged, the plan applied and verified
-    against float64 and timed end to end.  The verification (with the plan) is put on ``analysis.verification``."""
+    against float64 and timed end to end beside the candidates (whole-model compile in ``compile_modes``, the plan
+    compiled), the best one chosen.  The verification (with the plan) is put on ``analysis.verification``."""
     if profile is None:  # live timings: the plan keeps each site's measured baseline and saving
         fusion_plan = FusionPlan.from_analysis(analysis, device=device)
     else:
@@ -133,7 +134,9 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
     fusion_plan.measure_in_model(model, example_inputs, device, reference_ms=overhead.eager_ms)
     note_in_model(analysis, fusion_plan)
     fusion_plan.require_saving_over(overhead)
-    verification = verify_plan(model, example_inputs, fusion_plan, device=device, include_compile=include_compile)
+    verification = verify_plan(model, example_inputs, fusion_plan, device=device, include_compile=include_compile,
+                               compile_modes=compile_modes)
+    fusion_plan.choice = verification.candidates  # apply(model, plan) now hands back the chosen candidate
     # The plan travels with the verification: which groups were applied, which refused and why.
     analysis.verification = {**verification.to_dict(), "plan": fusion_plan.to_dict()}
     return fusion_plan, verification

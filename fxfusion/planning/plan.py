@@ -120,6 +120,9 @@ class FusionPlan:
     pending: list[FusionGroup] = field(default_factory=list)
     # The same overhead as a fraction of the original model's time, paired per round; None: not measured.
     overhead_fraction: float | None = None
+    # The candidates measured end to end and the one chosen (fxfusion.planning.candidates.Choice as a dict); apply()
+    # hands back the chosen one.  None until apply_and_verify measured them.
+    choice: dict[str, Any] | None = None
 
     @property
     def groups_saving_ms(self) -> float | None:
@@ -359,4 +362,5 @@ class FusionPlan:
             "overhead_fraction": self.overhead_fraction,
             "predicted_fraction": self.predicted_fraction,
             "warnings": list(self.warnings),
+            "chosen_candidate": (self.choice or {}).get("chosen"),
         }
