@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 from fxfusion import __version__
 from fxfusion.reports.plots import Plot, require_matplotlib, roofline_plots, speedup_plots
 from fxfusion.profiles.profile import Entry, Profile
+from fxfusion.planning.coverage import coverage_line
 from fxfusion.reports.verification import (CANDIDATE_COLUMNS, GROUP_COLUMNS, candidate_choice_line, candidate_rows,
                                            end_to_end_rows, group_rows, prediction_lines)
 
@@ -306,6 +307,7 @@ def render_analysis_html(analysis: dict, graphs: Sequence[Any] | None = None) ->
         "</section>",
         f'<section id="graph"><h2>Fusion sites in the graph</h2><p>Colours: {legend}</p>',
         _graph_ops(graphs, sites) if graphs is not None else _site_nodes(sites), "</section>",
+        (f"<p>{_e(coverage_line(analysis['coverage']))}</p>" if analysis.get('coverage') else ''),
         '<section id="unmatched"><h2>Compute ops in no site</h2>',
         _table(("op", "nodes"), ([f"<code>{_e(op)}</code>", str(n)] for op, n in unmatched), cls="unmatched",
                numeric=(1,)) if unmatched else "<p>Every compute node is part of a site.</p>",
