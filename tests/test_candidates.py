@@ -92,3 +92,29 @@ def test_candidates_are_verified_timed_and_chosen_end_to_end():
     assert c["chosen"] in names and c["why"]
     fastest = min((row for row in c["candidates"] if row["verified"]), key=lambda row: row["median_ms"])
     assert rows[c["chosen"]]["median_ms"] <= fastest["median_ms"] / 0.98
+
+
+def test_groups_slower_when_compiled_are_left_out_of_planned_compile():
+    plan = typical_plan("resnet_basic")
+    first, rest = plan.groups[0], plan.groups[1:]
+    first.in_compiled_model = {"ci_high_ms": -0.01, "saving_ms": -0.02}  # compiled, its region is slower rewritten
+    for g in rest:
+        g.in_compiled_model = {"ci_high_ms": 0.01, "saving_ms": 0.0}  # within the noise: kept
+    assert [g.id for g in plan.groups_for_compile()] == [g.id for g in rest]
+
+
+@pytest.mark.slow
+def test_a_region_is_timed_compiled():
+    """The compiled regime on one group of mobilenet_block: both forms of its region through Inductor."""
+    from fxfusion.graph.loader import load_model
+    from fxfusion.planning.insitu import InModel, measure_in_model
+    from fxfusion.measure.timing import TimingSpec
+
+    loaded = load_model(MODELS / "mobilenet_block.py")
+    plan = typical_plan("mobilenet_block")
+    plan.groups = plan.groups[:1]
+    found = measure_in_model(plan, loaded.model, loaded.example_inputs, "cpu",
+                             spec=TimingSpec(rounds=5, warmup=1, target_sample_s=0.0, max_inner=1, budget_s=5.0),
+                             compiled=True)
+    im = found[plan.groups[0].id]
+    assert isinstance(im, InModel) and im.regime == "compiled" and im.captured_ms > 0 and im.rewritten_ms > 0

@@ -22,6 +22,7 @@ success.  Slower-than-original beyond the noise interval is reported (``planned_
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -234,7 +235,14 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             built[compile_name(mode)] = compile_model(compile_name(mode), model, inputs, device, COMPILE_MODES[mode],
                                                       record_post_grad=mode == "default")
         if planned_compile and any(r["applied"] for r in rewrites):
-            built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, planned, inputs, device, None,
+            kept = plan.groups_for_compile() if hasattr(plan, "groups_for_compile") else plan.groups
+            if len(kept) < len(plan.groups):
+                dropped = sorted({g.id for g in plan.groups} - {g.id for g in kept})
+                result_warnings.append(f"planned + compile leaves out {', '.join(dropped)}: compiled, their regions "
+                                       "are slower rewritten than as captured")
+            base = planned if len(kept) == len(plan.groups) else apply(model, dataclasses.replace(plan, groups=kept),
+                                                                       candidate=PLANNED)
+            built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
                                                    record_post_grad=True)
         for name, b in built.items():
             if b.status != "ok":
