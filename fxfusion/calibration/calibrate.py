@@ -85,7 +85,8 @@ def _check(built: Built, ref: torch.Tensor, tol: float) -> tuple[float | None, B
     if built.status != "ok":
         return None, built
     try:
-        err = relative_error(built.thunk()[: ref.shape[0]], ref)
+        out, rows = built.thunk(), (ref[0] if isinstance(ref, tuple) else ref).shape[0]
+        err = relative_error(tuple(o[:rows] for o in out) if isinstance(out, tuple) else out[:rows], ref)
     except Exception as exc:
         built.status, built.reason, built.thunk = "failed", one_line(exc), None
         return None, built

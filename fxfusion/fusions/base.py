@@ -142,6 +142,9 @@ class Candidate:
     notes: list[str] = field(default_factory=list)
     boundary: list[Node] = field(default_factory=list)  # inputs and parameters whose dtype must match the output
     anchor: Node | None = None
+    # Nodes besides ``output`` whose values every fused variant of the pattern also writes out (a pre-LN residual
+    # sum that the next residual add reads again): nodes outside the site may read them.
+    outputs: list[Node] = field(default_factory=list)
 
 
 @dataclass
