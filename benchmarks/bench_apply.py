@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fxfusion.graph.loader import import_file, move  # noqa: E402
-from fxfusion.planning.plan import plan  # noqa: E402
+from fxfusion.planning.pipeline import plan  # noqa: E402
 from fxfusion.profiles.profile import Profile  # noqa: E402
 from fxfusion.measure.stats import MIN_EFFECT  # noqa: E402
 from fxfusion.measure.timing import QUICK_SPEC, TimingSpec  # noqa: E402

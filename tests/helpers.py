@@ -45,7 +45,8 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 # What a typical profile picks per family; the plan is then determined by the sites' legality and baselines.
 TYPICAL = {"conv": "bn_folded", "attention": "sdpa", "linear": "compile", "add_layernorm": "triton_add_layernorm",
-           "rmsnorm": "rms_norm_op"}
+           "rmsnorm": "rms_norm_op", "add_layernorm_sum": "triton_add_layernorm_sum",
+           "add_rmsnorm_sum": "triton_add_rmsnorm_sum"}
 
 
 def typical_variant(site: Site) -> str:
@@ -77,9 +78,10 @@ EXPECTED = {
     "resnet_bottleneck": ([("g0.s0", "conv2d_bn_relu", "bn_folded"), ("g0.s1", "conv2d_bn_relu", "bn_folded"),
                            ("g0.s2", "conv2d_bn", "bn_folded")], []),
     "shared_conv": ([("g0.s2", "conv2d_bn_relu", "bn_folded")], [("g0.s0", "illegal"), ("g0.s1", "illegal")]),
-    "transformer_block": ([("g0.s1", "causal_attention", "sdpa"), ("g0.s4", "linear_bias_gelu_tanh", "compile")],
-                          [("g0.s0", "already_fused"), ("g0.s2", "already_fused"), ("g0.s3", "illegal"),
-                           ("g0.s5", "already_fused")]),
+    "transformer_block": ([("g0.s1", "causal_attention", "sdpa"),
+                           ("g0.s3", "add_layernorm_sum", "triton_add_layernorm_sum"),
+                           ("g0.s4", "linear_bias_gelu_tanh", "compile")],
+                          [("g0.s0", "already_fused"), ("g0.s2", "already_fused"), ("g0.s5", "already_fused")]),
     "dynamic_control": ([("g0.s0", "linear_bias_relu", "compile"), ("g1.s0", "linear_bias_gelu", "compile")], []),
     "gpt2_mlp": ([("g0.s0", "linear_bias_gelu_tanh", "compile")], [("g0.s1", "already_fused")]),
 }

@@ -90,7 +90,7 @@ def test_json_to_stdout_validates_even_when_the_model_prints(tmp_path):
 @pytest.mark.parametrize("fmt,check", [
     ("json", lambda text: schema_errors(json.loads(text), "analysis") == []),
     ("markdown", lambda text: text.startswith("# fxfusion analysis: ") and "| g0.s1 | causal_attention |" in text),
-    ("table", lambda text: "causal_attention" in text and "6 sites: 2 fusible, 1 illegal, 3 already fused" in text),
+    ("table", lambda text: "causal_attention" in text and "6 sites: 3 fusible, 0 illegal, 3 already fused" in text),
 ])
 def test_every_format_is_written_atomically(fmt, check, tmp_path):
     out = tmp_path / f"report.{fmt}"

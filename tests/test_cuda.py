@@ -134,3 +134,88 @@ def test_the_clock_times_the_gpu_it_is_given(mode):
         walls.append((time.perf_counter() - start) / 10)
     wall = sorted(walls)[2]
     assert 0.75 < timed / wall < 1.25, (index, mode, timed, wall)
+
+
+# -- the pre-LN residual add + norm writing its sum: the two-output Triton kernel -------------------------------------
+
+SUM_PATTERNS = [("add_layernorm_sum", False), ("add_rmsnorm_sum", True)]
+
+
+@pytest.mark.parametrize("name, rms", SUM_PATTERNS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_two_output_add_norm_kernel_writes_the_sum_and_the_norm(name, rms, dtype):
+    """(2, 150, 1000): rows of a 3-d input, N not a power of two (masked columns).  h is bit for bit the eager add
+    (one rounding of the float32 sum); h and y are within the dtype's tolerance of float64, and y of the kernel's
+    torch twin (the function the CPU tests rewrite with)."""
+    from fxfusion.fusions.norm.kernels import add_norm_reference
+    from fxfusion.fusions.norm.pattern import EPS
+
+    p = REGISTRY[name]
+    inputs = p.make_inputs({"M": 300, "N": 1000}, dtype, "cuda", torch.Generator().manual_seed(0))
+    inputs["x"], inputs["residual"] = inputs["x"].view(2, 150, 1000), inputs["residual"].view(2, 150, 1000)
+    h, y = p.manual[0].build(inputs)()
+    assert h.shape == y.shape == (2, 150, 1000) and h.dtype == y.dtype == dtype
+    assert torch.equal(h, inputs["x"] + inputs["residual"])
+    assert relative_error((h, y), p.eager(**to_reference(inputs))) <= tolerance(dtype)
+    twin = add_norm_reference(inputs["x"], inputs["residual"], inputs["weight"], inputs.get("bias"), EPS, rms)
+    assert relative_error(y, twin[1].double()) <= tolerance(dtype)
+
+
+@pytest.mark.parametrize("name, rms", SUM_PATTERNS)
+def test_two_output_add_norm_kernel_is_one_launch_and_every_variant_measures(name, rms):
+    """eager, the Triton kernel, compile and compile_reduce_overhead (a CUDA graph returning two tensors) all pass the
+    float64 gate; the kernel is one launch where eager takes several."""
+    import importlib
+
+    cal = importlib.import_module("fxfusion.calibration.calibrate")
+    p = REGISTRY[name]
+    entry = cal.measure_entry(p, {"M": 2048, "N": 1024}, "bfloat16", "cuda", resolve("h200"), SPEC, CudaClock(),
+                              compile_modes=("compile", "compile_reduce_overhead"))
+    for v in entry.variants:
+        assert v.status == "ok", (v.name, v.reason)
+    kernel = entry.variant(p.manual[0].name)
+    assert kernel.kernels_per_call == 1 < entry.variant("eager").kernels_per_call
+
+
+def test_pre_ln_block_is_rewritten_into_the_two_output_kernels_on_cuda():
+    """A pre-LN block (LayerNorm, then Llama's RMSNorm written out, each sum read again) in bfloat16: both sites take
+    the Triton kernel, the norms' ops are gone, and the planned model is within bfloat16 tolerance of float64."""
+    import fxfusion
+    from fxfusion.fusions.match import find_sites
+    from fxfusion.fusions.norm import kernels
+    from fxfusion.graph.capture import capture
+    from fxfusion.graph.lean import original_target
+    from fxfusion.planning.plan import FusionPlan
+    from fxfusion.profiles.profile import Decision
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln, self.fc1 = torch.nn.LayerNorm(256), torch.nn.Linear(256, 256)
+            self.weight, self.fc2 = torch.nn.Parameter(torch.rand(256) + 0.5), torch.nn.Linear(256, 256)
+
+        def forward(self, x, r):
+            h = x + r
+            h2 = h + self.fc1(self.ln(h))
+            f = h2.to(torch.float32)  # transformers' LlamaRMSNorm
+            f = f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + 1e-6)
+            return h2 + self.fc2(self.weight * f.to(h2.dtype))
+
+    torch.manual_seed(0)
+    model = Block().to("cuda", torch.bfloat16).eval()
+    inputs = tuple(torch.randn(4, 64, 256, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    captured = capture(model, inputs)
+    sites = find_sites(captured)
+    variant = {"add_layernorm_sum": "triton_add_layernorm_sum", "add_rmsnorm_sum": "triton_add_rmsnorm_sum"}
+    decisions = {s.id: Decision(s.pattern, dict(s.shape), s.dtype, "cuda", "fuse", variant[s.pattern], None, "test")
+                 for s in sites if s.pattern in variant}
+    assert sorted(s.pattern for s in sites if s.pattern in variant and s.legal) == sorted(variant)
+    planned = fxfusion.apply(model, FusionPlan.from_decisions(captured, sites, decisions))
+    assert sorted(r.variant for r in planned.fxfusion_rewrites if r.applied) == sorted(variant.values())
+    ops = [original_target(n) for n in planned.graph.nodes]
+    assert kernels.add_layernorm_sum in ops and kernels.add_rmsnorm_sum in ops
+    aten = torch.ops.aten
+    assert not {aten.layer_norm.default, aten.rsqrt.default, aten.pow.Tensor_Scalar} & set(ops)
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double().cpu()(*(x.double().cpu() for x in inputs))
+        assert relative_error(planned(*inputs).cpu(), ref) < tolerance(torch.bfloat16)

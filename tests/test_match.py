@@ -305,6 +305,82 @@ def test_residual_add_then_layernorm_is_found_and_lone_layernorm_is_not():
     assert sites[0].roles["module"] == "ln2" and captured.unmatched == {"aten.layer_norm.default": 1}
 
 
+class PreNorm(nn.Module):
+    """A pre-LN residual step: h = x + residual is normalised and read again by the next residual add."""
+
+    def __init__(self, norm="layernorm", n=16, style="hf-llama"):
+        super().__init__()
+        self.norm = nn.LayerNorm(n) if norm == "layernorm" else RMSNormWritten(n, style)
+        self.fc = nn.Linear(n, n)
+
+    def forward(self, x, residual):
+        h = x + residual
+        return h + self.fc(self.norm(h))
+
+
+def test_pre_ln_add_layernorm_keeps_the_sum_it_reads_again():
+    captured, sites = sites_of(PreNorm(), torch.randn(4, 16), torch.randn(4, 16))
+    assert summary(sites) == [("add_layernorm_sum", "fusible"), ("linear_bias", "already_fused")]
+    site = sites[0]
+    assert site.nodes == ["add", "layer_norm"] and site.shape == {"M": 4, "N": 16} and site.reasons == []
+    assert site.roles["sum"] == "add" and site.roles["sum_read_by"] == "add_1" and site.roles["module"] == "norm"
+    assert site.written_as == "x + residual, then nn.LayerNorm; the sum is read again"
+    assert captured.unmatched == {"aten.add.Tensor": 1}  # the next residual add, which reads the sum
+
+
+@pytest.mark.parametrize("style", ["hf-llama", "gpt-fast", "pow"])
+def test_residual_add_then_rmsnorm_written_out_keeps_the_sum(style):
+    _, sites = sites_of(PreNorm("rmsnorm", style=style), torch.randn(2, 3, 16), torch.randn(2, 3, 16))
+    assert summary(sites) == [("add_rmsnorm_sum", "fusible"), ("linear_bias", "already_fused")]
+    site = sites[0]
+    assert site.nodes[0] == "add" and site.roles["sum"] == "add" and site.roles["sum_read_by"] == "add_2"
+    assert site.shape == {"M": 6, "N": 16} and site.roles["weight_param"] == "norm.weight" and site.reasons == []
+    assert site.roles["output"] == site.nodes[-1]
+    if style == "hf-llama":  # in float32 h.to(float32) is h itself: export makes the next add read the cast
+        cast = site.nodes[site.nodes.index("add") + 2]  # after export's dtype check of h
+        assert cast.startswith("to") and site.roles["input"] == cast
+
+
+def test_llama_rmsnorm_in_bfloat16_upcasts_the_sum_inside_the_site():
+    model = PreNorm("rmsnorm").to(torch.bfloat16)
+    x, r = torch.randn(2, 3, 16, dtype=torch.bfloat16), torch.randn(2, 3, 16, dtype=torch.bfloat16)
+    _, sites = sites_of(model, x, r)
+    site = sites[0]
+    assert (site.pattern, site.status, site.dtype) == ("add_rmsnorm_sum", "fusible", "bfloat16")
+    assert site.roles["input"] == "add" and site.roles["sum_read_by"] == "add_2"  # the upcast is read inside only
+
+
+def test_rmsnorm_after_a_residual_add_read_only_by_the_norm_stays_an_rmsnorm_site():
+    class FinalNorm(nn.Module):  # Llama's last norm: the sum goes nowhere else
+        def __init__(self):
+            super().__init__()
+            self.norm = RMSNormWritten(16, "hf-llama")
+
+        def forward(self, x, residual):
+            return self.norm(x + residual)
+
+    captured, sites = sites_of(FinalNorm(), torch.randn(4, 16), torch.randn(4, 16))
+    assert summary(sites) == [("rmsnorm", "fusible")] and sites[0].roles["input"] == "add"
+    assert captured.unmatched["aten.add.Tensor"] == 1  # the add, left to run as it is
+
+
+def test_pre_ln_site_whose_norm_temporary_is_read_outside_is_refused_for_that_reason():
+    class Leaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.rand(16) + 0.5)
+
+        def forward(self, x, residual):
+            h = x + residual
+            inv = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+            return h + h * inv * self.weight, inv
+
+    _, sites = sites_of(Leaky(), torch.randn(4, 16), torch.randn(4, 16))
+    assert summary(sites) == [("add_rmsnorm_sum", "illegal")]
+    assert sites[0].reasons == ["intermediate rsqrt (rsqrt) is also used by output outside the site: a fused kernel "
+                                "would not produce it"]
+
+
 # -- legality -------------------------------------------------------------------------------------------------------
 
 def test_intermediate_used_elsewhere_is_refused_with_the_user_named():
@@ -376,7 +452,7 @@ REFERENCE = {
                                         ("conv2d_bn", FUSIBLE)]),
     "mobilenet_block.py": ("export", [("conv2d_bn_relu", FUSIBLE), ("conv2d_bn_relu", FUSIBLE)]),
     "transformer_block.py": ("export", [("linear_bias", FUSED), ("causal_attention", FUSIBLE), ("linear_bias", FUSED),
-                                        ("add_layernorm", ILLEGAL), ("linear_bias_gelu_tanh", FUSIBLE),
+                                        ("add_layernorm_sum", FUSIBLE), ("linear_bias_gelu_tanh", FUSIBLE),
                                         ("linear_bias", FUSED)]),
     "shared_conv.py": ("export", [("conv2d_bn_relu", ILLEGAL), ("conv2d_bn", ILLEGAL), ("conv2d_bn_relu", FUSIBLE)]),
     "dynamic_control.py": ("dynamo", [("linear_bias_relu", FUSIBLE), ("linear_bias_gelu", FUSIBLE)]),
@@ -416,18 +492,21 @@ def test_sites_never_overlap_and_every_op_is_accounted_for(name, reference_sites
                                      for i, s in enumerate(x for x in sites if x.graph_index == gi)]
 
 
-def test_transformer_block_refuses_pre_norm_residual_add_layernorm(reference_sites):
+def test_transformer_block_keeps_the_pre_norm_residual_sum(reference_sites):
+    """x + attn(ln_1(x)) feeds ln_2 and the second residual add: once refused ("a fused kernel would not produce it"),
+    now a site whose fused variants write the sum too."""
     _, sites = reference_sites["transformer_block.py"]
     add_ln = sites[3]
-    assert add_ln.roles["module"] == "ln_2"
-    assert add_ln.reasons == ["intermediate add (add) is also used by add_1 outside the site: a fused kernel would not "
-                              "produce it"]
+    assert (add_ln.pattern, add_ln.status, add_ln.reasons) == ("add_layernorm_sum", "fusible", [])
+    assert add_ln.nodes == ["add", "layer_norm_1"] and add_ln.roles["module"] == "ln_2"
+    assert add_ln.roles["sum"] == "add" and add_ln.roles["sum_read_by"] == "add_1"
     assert sites[1].written_as == "hand-written attention: QK^T * scale, masked_fill, softmax, dropout, @ V"
 
 
 def test_every_matcher_names_its_family_and_patterns_exist():
     assert {m.family for m in MATCHERS} == {"attention", "conv", "linear", "norm", "sibling"}
-    for name in ("linear_bias_relu", "conv1d_bn_relu", "causal_attention", "rmsnorm", "add_layernorm"):
+    for name in ("linear_bias_relu", "conv1d_bn_relu", "causal_attention", "rmsnorm", "add_layernorm",
+                 "add_layernorm_sum", "add_rmsnorm_sum", "sibling_gemm3", "gated_mlp_silu", "linear_silu"):
         assert name in REGISTRY
 
 

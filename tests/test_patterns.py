@@ -134,3 +134,82 @@ def test_reference_of_a_large_problem_is_checked_on_leading_rows():
     assert relative_error(p.manual[0].build(inputs)()[:rows], ref) <= CPU_TOL[torch.float32]
     same, all_rows = p.reference_slice(shape, inputs, max_bytes=1 << 40)
     assert all_rows == 8 and same is inputs
+
+
+# -- the pre-LN residual add + norm: two outputs ----------------------------------------------------------------------
+
+def test_pre_ln_add_norm_counts_by_hand():
+    s = {"M": 2, "N": 4}
+    ln, rms = REGISTRY["add_layernorm_sum"], REGISTRY["add_rmsnorm_sum"]
+    # unfused: add reads x, r (16) and writes h (8); layer_norm reads h (8), w, b (8) and writes y (8)
+    assert ln.bytes(s, 4, False) == 4 * 48
+    # fused: x, r (16) and w, b (8) read; h and y (16) written -- h is never read back
+    assert ln.bytes(s, 4, True) == 4 * 40
+    # unfused: add 24; pow 16; mean 8 + 2; + eps and rsqrt 4 x 2; * rsqrt 8 + 2 + 8; * w 8 + 4 + 8
+    assert rms.bytes(s, 2, False) == 2 * 96 and REGISTRY["rmsnorm"].bytes(s, 2, False) == 2 * (96 - 24)
+    assert rms.bytes(s, 2, True) == 2 * (16 + 4 + 16)
+    assert rms.flops(s) == 8 * 5 + 2 * 2 and ln.flops(s) == REGISTRY["add_layernorm"].flops(s)
+
+
+@pytest.mark.parametrize("name, rms", [("add_layernorm_sum", False), ("add_rmsnorm_sum", True)])
+def test_pre_ln_patterns_return_the_sum_and_the_norm_and_the_kernel_twin_agrees(name, rms):
+    from fxfusion.fusions.norm.kernels import add_norm_reference
+    from fxfusion.fusions.norm.pattern import EPS
+
+    p = REGISTRY[name]
+    inputs = p.make_inputs(p.shapes["quick"][0], torch.float32, "cpu", torch.Generator().manual_seed(1))
+    ref = p.eager(**to_reference(inputs))
+    assert isinstance(ref, tuple) and [t.dtype for t in ref] == [torch.float64] * 2  # float64 throughout
+    assert torch.equal(ref[0], to_reference(inputs)["x"] + to_reference(inputs)["residual"])
+    got = p.eager(**inputs)
+    assert relative_error(got, ref) <= CPU_TOL[torch.float32]
+    twin = add_norm_reference(inputs["x"], inputs["residual"], inputs["weight"], inputs.get("bias"), EPS, rms)
+    assert relative_error(twin, ref) <= CPU_TOL[torch.float32]
+    # both outputs are checked: a wrong sum fails, and so does a missing output
+    assert relative_error((got[0] * 1.01, got[1]), ref) > 1e-3 and relative_error(got[1], ref) == float("inf")
+
+
+def test_pre_ln_entry_checks_both_outputs_and_says_why_the_kernel_did_not_run():
+    from fxfusion.calibration.calibrate import measure_entry
+    from fxfusion.measure.hardware import resolve
+    from fxfusion.measure.timing import clock_for
+    from tests.helpers import TINY_SPEC
+
+    entry = measure_entry(REGISTRY["add_rmsnorm_sum"], {"M": 8, "N": 32}, "float32", "cpu", resolve("generic-cpu"),
+                          TINY_SPEC, clock_for("cpu"), compile_modes=())
+    eager, kernel = entry.variant("eager"), entry.variant("triton_add_rmsnorm_sum")
+    assert eager.status == "ok" and eager.rel_error < 1e-6 and eager.samples_ms
+    assert kernel.status == "unsupported" and "Triton kernel" in kernel.reason
+    assert entry.decision.best_variant == "eager" and "no fused variant ran" in entry.decision.reason
+
+
+_INTERPRETED = """
+import torch
+from fxfusion.fusions.norm.kernels import add_norm, add_norm_reference
+from fxfusion.measure.correctness import relative_error, tolerance
+g = torch.Generator().manual_seed(0)
+for rms in (False, True):
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for m, n in ((5, 33), (3, 64)):
+            x, r = (torch.randn(2, m, n, generator=g).to(dtype) for _ in range(2))
+            w, b = torch.rand(n, generator=g).to(dtype) + 0.5, torch.randn(n, generator=g).to(dtype)
+            h, y = add_norm(x, r, w, None if rms else b, 1e-5, rms)
+            want = add_norm_reference(x.double(), r.double(), w.double(), None if rms else b.double(), 1e-5, rms)
+            assert relative_error((h, y), want) <= tolerance(dtype), (rms, dtype, m, n)
+            # the interpreter truncates float32 -> bfloat16; a GPU rounds to nearest even (tests/test_cuda.py)
+            assert dtype == torch.bfloat16 or torch.equal(h, x + r), (rms, dtype, m, n)
+print("ok")
+"""
+
+
+def test_two_output_add_norm_kernel_under_the_triton_interpreter():
+    """The Triton kernel's logic on the CPU (TRITON_INTERPRET=1; skipped where triton is not installed): masked
+    columns, 3-d inputs, LayerNorm and RMSNorm, against float64."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -323,6 +323,82 @@ def test_written_rmsnorm_becomes_rms_norm_op():
     assert float64_error(model, planned, (x,)) < FLOAT32_TOL
 
 
+class PreNormStep(nn.Module):
+    """A pre-LN residual step: h = x + residual, normalised (LayerNorm or Llama's RMSNorm written out) and read again
+    by the next residual add; ``early`` also reads h before the norm runs."""
+
+    def __init__(self, norm: str, early: bool = False):
+        super().__init__()
+        self.norm, self.early = norm, early
+        self.ln = nn.LayerNorm(16)
+        self.weight = nn.Parameter(torch.rand(16) + 0.5)
+        self.fc = nn.Linear(16, 16)
+
+    def rms(self, h):  # transformers' LlamaRMSNorm, verbatim
+        input_dtype = h.dtype
+        hidden_states = h.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + 1e-6)
+        return self.weight * hidden_states.to(input_dtype)
+
+    def forward(self, x, residual):  # (2, 4, 16) each
+        h = x + residual
+        z = h * 2.0 if self.early else h
+        y = self.ln(h) if self.norm == "layernorm" else self.rms(h)
+        return z + self.fc(y)
+
+
+def _with_torch_twins(monkeypatch):
+    """The Triton variants' rewrites, unchanged, with the kernels' torch twins in their place (kernels need CUDA)."""
+    from fxfusion.fusions.norm import kernels, rewrite
+    from tests.helpers import replace_rewrite
+
+    replace_rewrite(monkeypatch, "triton_add_layernorm_sum", lambda _: lambda gm, nodes, group: (
+        rewrite.rewrite_add_layernorm_sum(gm, nodes, group, kernels.add_layernorm_sum_reference)))
+    replace_rewrite(monkeypatch, "triton_add_rmsnorm_sum", lambda _: lambda gm, nodes, group: (
+        rewrite.rewrite_add_rmsnorm_sum(gm, nodes, group, kernels.add_rmsnorm_sum_reference)))
+    return kernels
+
+
+@pytest.mark.parametrize("norm, dtype, early", [("layernorm", torch.float32, False), ("rmsnorm", torch.float32, False),
+                                                ("rmsnorm", torch.bfloat16, False), ("layernorm", torch.float32, True)])
+def test_pre_ln_sum_and_norm_are_both_rewired_to_one_two_output_call(monkeypatch, norm, dtype, early):
+    kernels = _with_torch_twins(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    model = PreNormStep(norm, early).to(dtype).eval()
+    inputs = tuple(torch.randn(2, 4, 16, generator=g).to(dtype) for _ in range(2))
+    pattern, variant, twin = {"layernorm": ("add_layernorm_sum", "triton_add_layernorm_sum",
+                                            kernels.add_layernorm_sum_reference),
+                              "rmsnorm": ("add_rmsnorm_sum", "triton_add_rmsnorm_sum",
+                                          kernels.add_rmsnorm_sum_reference)}[norm]
+    plan = plan_for(model, inputs, lambda s: variant if s.pattern == pattern else None)
+    assert [g.pattern for g in plan.groups] == [pattern]
+    planned = apply(model, plan)
+    assert applied(planned) == [variant]
+    planned.graph.lint()
+    ops = targets(planned)
+    [call] = [n for n in planned.graph.nodes if n.target is twin]
+    h, y = sorted(call.users, key=lambda n: n.args[1])
+    assert [n.args[1] for n in (h, y)] == [0, 1] and ops.count(twin) == 1
+    assert not {aten.layer_norm.default, aten.rsqrt.default, aten.pow.Tensor_Scalar, aten.mean.dim} & set(ops)
+    assert ops.count(aten.add.Tensor) == 1  # the next residual add: it reads the fused sum
+    # the sum's reader (the next residual add, or the h * 2 that comes before the norm) reads the fused sum
+    assert [original_target(u) for u in h.users] == [aten.mul.Tensor if early else aten.add.Tensor]
+    assert [original_target(u) for u in y.users] == [aten.linear.default]
+    assert float64_error(model, planned, inputs) < (FLOAT32_TOL if dtype == torch.float32 else 2e-2)
+
+
+def test_triton_sum_rewrites_refuse_off_cuda_and_leave_the_graph_as_it_was():
+    for norm, variant in (("layernorm", "triton_add_layernorm_sum"), ("rmsnorm", "triton_add_rmsnorm_sum")):
+        model, inputs = PreNormStep(norm).eval(), (torch.randn(2, 4, 16), torch.randn(2, 4, 16))
+        plan = plan_for(model, inputs, lambda s: variant if s.pattern.endswith("_sum") else None)
+        [group] = plan.groups
+        gm = captured_module(model, plan.captured)
+        code = gm.code
+        record = rewrite_group(gm, group)
+        assert not record.applied and record.detail.endswith("is a Triton kernel, for CUDA only") and gm.code == code
+
+
 # -- torch.compile regions, Dynamo captures ------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -337,6 +413,24 @@ def test_compile_variant_runs_the_group_as_a_compiled_region():
         aten.linear.default, aten.gelu.default}
     assert [n.op for n in planned.graph.nodes if n.op == "call_module" and not n.target.startswith("_")] == ["call_module"]
     assert float64_error(model, planned, (x,)) < FLOAT32_TOL
+
+
+@pytest.mark.slow
+def test_compile_variant_gives_the_pre_ln_site_a_region_with_two_outputs():
+    """One Inductor compile: Llama's add + RMSNorm (its sum read again) becomes a compiled region returning the sum and
+    the normalised value, both rewired; the float32 h.to(float32) that export makes the next add read goes with it."""
+    model, inputs = PreNormStep("rmsnorm").eval(), (torch.randn(2, 4, 16), torch.randn(2, 4, 16))
+    plan = plan_for(model, inputs, lambda s: "compile" if s.pattern == "add_rmsnorm_sum" else None)
+    planned = apply(model, plan)
+    assert applied(planned) == ["compile"]
+    [region] = [m for m in planned.modules() if isinstance(m, CompiledRegion)]
+    outputs = region.region.graph.output_node().args[0]
+    assert isinstance(outputs, tuple) and len(outputs) == 2
+    [call] = [n for n in planned.graph.nodes if n.op == "call_module" and n.target.startswith("fxfusion_region")]
+    assert sorted(u.args[1] for u in call.users) == [0, 1]
+    ops = targets(planned)
+    assert aten.rsqrt.default not in ops and ops.count(aten.add.Tensor) == 1
+    assert float64_error(model, planned, inputs) < FLOAT32_TOL
 
 
 def test_dynamo_capture_applies_each_subgraph_by_replay():

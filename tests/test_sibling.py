@@ -107,7 +107,7 @@ def test_qkv_with_biases_merge_and_a_missing_bias_is_zeros(qkv_bias, pattern, no
     assert (qkv.pattern, qkv.status) == (pattern, "fusible")
     biases = ",".join(f"{ATTN}.{p}_proj.bias" for p in "qkv") if qkv_bias == "all" else f"{ATTN}.q_proj.bias,,"
     assert qkv.roles["biases"] == biases
-    assert any("k_proj, v_proj has no bias: zeros are concatenated" in n for n in qkv.notes) == noted
+    assert any("k_proj, v_proj have no bias: zeros are concatenated for them" in n for n in qkv.notes) == noted
 
 
 class Siblings(nn.Module):
@@ -346,7 +346,7 @@ def test_merged_variant_launches_one_gemm_where_eager_launches_three():
     assert merged.kernels_per_call == 1 and merged.names == ("aten::mm",)  # the slices are views, not kernels
 
 
-def test_several_outputs_are_checked_against_float64_together():
+def test_several_outputs_are_each_checked_against_float64():
     p = REGISTRY["sibling_gemm2_bias"]
     entry = measure_entry(p, {"M": 8, "K": 16, "N1": 16, "N2": 8}, "float32", "cpu", resolve("generic-cpu"),
                           TINY_SPEC, clock_for("cpu"), compile_modes=())

@@ -81,12 +81,11 @@ KERNEL_NAME_CHARS = 160
 REFERENCE_MAX_BYTES = 1 << 30
 
 
-def _check(built: Built, ref, tol: float) -> tuple[float | None, Built]:
+def _check(built: Built, ref: torch.Tensor, tol: float) -> tuple[float | None, Built]:
     if built.status != "ok":
         return None, built
     try:
-        out = built.thunk()
-        rows = (ref[0] if isinstance(ref, tuple) else ref).shape[0]  # the reference's leading rows (see reference_slice)
+        out, rows = built.thunk(), (ref[0] if isinstance(ref, tuple) else ref).shape[0]
         err = relative_error(tuple(o[:rows] for o in out) if isinstance(out, tuple) else out[:rows], ref)
     except Exception as exc:
         built.status, built.reason, built.thunk = "failed", one_line(exc), None

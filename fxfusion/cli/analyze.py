@@ -20,6 +20,7 @@ from fxfusion.errors import FxFusionError
 from fxfusion.graph.loader import load_model
 from fxfusion.planning.analyze import analyze
 from fxfusion.planning.decide import LiveSource, ProfileSource
+from fxfusion.planning.candidates import parse_compile_modes
 from fxfusion.planning.pipeline import apply_and_verify
 from fxfusion.profiles.profile import Profile
 from fxfusion.profiles.schema import atomic_write_text
@@ -75,8 +76,13 @@ def analyze_command(
                                                                   "variants (much faster on a CPU).")] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
     apply: Annotated[bool, typer.Option("--apply", help="Apply the 'fuse' decisions and verify the fused model "
-                                                        "(outputs and end-to-end time); exit 1 if it does not "
-                                                        "verify.")] = False,
+                                                        "(outputs and end-to-end time) beside the candidates "
+                                                        "(whole-model compile, the plan compiled); exit 1 if it "
+                                                        "does not verify.")] = False,
+    compile_modes: Annotated[str, typer.Option("--compile-modes", help="With --apply: the whole-model torch.compile "
+                                                                       "candidates, a comma list of default, "
+                                                                       "max-autotune-no-cudagraphs, reduce-overhead."
+                                               )] = "default",
 ) -> None:
     """Find the fusible sites of a model, decide each at its own shape and dtype, and report them."""
     if fmt not in FORMATS:
@@ -93,6 +99,7 @@ def analyze_command(
     device = check_device(device)
     dtype_name = parse_dtypes(dtype)[0] if dtype is not None else None
     _check_output(output)
+    modes = parse_compile_modes(compile_modes)
     loaded_profile = Profile.load(profile) if profile is not None else None
 
     # The user's code may print: keep standard output for the report.
@@ -112,7 +119,8 @@ def analyze_command(
         verification = None
         if apply:
             _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device,
-                                               profile=loaded_profile, include_compile=not no_compile)
+                                               profile=loaded_profile, include_compile=not no_compile,
+                                               compile_modes=modes)
     report = result.to_dict()
     text = _text(report, fmt, result.captured.graphs,
                  render_verification(verification) if verification is not None and fmt == "table" else None)

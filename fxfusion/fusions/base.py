@@ -143,8 +143,9 @@ class Candidate:
     notes: list[str] = field(default_factory=list)
     boundary: list[Node] = field(default_factory=list)  # inputs and parameters whose dtype must match the output
     anchor: Node | None = None
-    # The other outputs of a site that has several (sibling GEMMs: each sibling's output is read outside the site,
-    # and the rewrite recreates every one of them); the driver's intermediate rule does not apply to them.
+    # Nodes besides ``output`` whose values every fused variant of the pattern also writes out (a pre-LN residual
+    # sum that the next residual add reads again; each sibling GEMM's output, recreated as a slice of the merged
+    # one): nodes outside the site may read them.
     outputs: list[Node] = field(default_factory=list)
 
 

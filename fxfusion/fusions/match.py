@@ -8,7 +8,8 @@ Algorithm (:func:`find_sites`), for a captured model of N nodes:
      it contains).  Each visits only the nodes of its anchor kinds, in graph order, and walks a bounded number of
      steps along args and users from the anchor.  A candidate that touches a node already in a site is dropped
      (its nodes stay unmatched), so sites never overlap.
-  3. Legality, per candidate: every intermediate must be used only inside the site; the site's inputs, parameters
+  3. Legality, per candidate: every intermediate must be used only inside the site (the site's output and the
+     values its pattern writes out besides, ``Candidate.outputs``, are no intermediates); the site's inputs, parameters
      and output must share one dtype; plus each matcher's own rules (BatchNorm in training mode, a conv weight
      shared with another conv, an active dropout).  An illegal site is kept, with its reasons, never proposed.
   4. Sites are numbered per graph in graph order; every compute node in no site is counted in ``unmatched``.
@@ -37,8 +38,9 @@ from fxfusion.graph.sites import ALREADY_FUSED, FUSIBLE, ILLEGAL, CapturedModel,
 def _intermediate_reasons(c: Candidate) -> list[str]:
     inside = set(c.nodes)
     reasons = []
+    written = {c.output, *c.outputs}  # values the fused variants write out: readable outside
     for n in c.nodes:
-        if n is c.output or n in c.outputs:
+        if n in written:
             continue
         outside = [u for u in n.users if u not in inside]
         if outside:
@@ -77,8 +79,7 @@ def _graph_index(captured: CapturedModel) -> tuple[list[Graph], Counter, dict]:
 
 
 def _site(g: Graph, c: Candidate) -> Site:
-    checks = [u for n in c.nodes if n is not c.output and n not in c.outputs for u in n.users
-              if op_name(u) in ASSERT_OPS]
+    checks = [u for n in c.nodes if n is not c.output for u in n.users if op_name(u) in ASSERT_OPS]
     c.nodes.extend(u for u in checks if u not in c.nodes)
     nodes = sorted(set(c.nodes), key=g.order.__getitem__)
     status, reasons = c.status, list(c.reasons)

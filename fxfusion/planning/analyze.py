@@ -27,6 +27,7 @@ from fxfusion.measure.timing import QUICK_SPEC, Clock, TimingSpec, clock_for, me
 from fxfusion.profiles.schema import SCHEMA_VERSION, validate
 from fxfusion.graph.capture import capture
 from fxfusion.fusions.match import find_sites
+from fxfusion.planning.coverage import measure_coverage
 from fxfusion.planning.decide import LiveSource, Lookup, ProfileSource, SiteOutcome, decide_site
 
 
@@ -54,6 +55,7 @@ class Analysis:
     capture_seconds: float
     forward_ms: float | None = None
     verification: dict[str, Any] | None = None
+    coverage: dict[str, Any] | None = None  # fxfusion.planning.coverage: FLOPs and time inside the sites
 
     def decisions(self) -> dict[str, Decision]:
         """site id -> Decision, for every decided site (the plan acts on the ``fuse`` ones)."""
@@ -75,6 +77,8 @@ class Analysis:
                 "summary": self.summary(), "warnings": list(self.warnings)}
         if self.verification is not None:
             data["verification"] = self.verification
+        if self.coverage is not None:
+            data["coverage"] = self.coverage
         validate(data, "analysis", source="the analysis report")
         return data
 
@@ -110,7 +114,7 @@ def _outcome_dict(o: SiteOutcome) -> dict[str, Any]:
 def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource | LiveSource | None = None,
             device: str | torch.device = "cpu", model_label: str = "<model>", entry: str = "", dtype: str | None = None,
             command: str | None = None, time_forward: bool = True, forward_spec: TimingSpec = QUICK_SPEC,
-            on_site: Callable[[int, int, Site], None] | None = None) -> Analysis:
+            on_site: Callable[[int, int, Site], None] | None = None, coverage: bool = True) -> Analysis:
     """Capture, match and decide every site of ``model``; ``source`` None only captures and matches."""
     device = as_device(device)
     start = time.perf_counter()
@@ -150,4 +154,10 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
     }
     if source is None:
         warnings.append("matched only (--match-only): no decisions")
-    return Analysis(captured, sites, outcomes, metadata, warnings, capture_seconds, forward_ms)
+    covered = None
+    if coverage:
+        try:
+            covered = measure_coverage(captured, sites, model, device).to_dict()
+        except Exception as exc:  # coverage is a diagnosis: its failure must not lose the analysis
+            warnings.append(f"coverage could not be measured: {type(exc).__name__}: {str(exc)[:200]}")
+    return Analysis(captured, sites, outcomes, metadata, warnings, capture_seconds, forward_ms, coverage=covered)

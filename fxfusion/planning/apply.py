@@ -13,6 +13,7 @@ from torch import nn
 
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.runnable import InputGuard
+from fxfusion.planning.candidates import COMPILE_MODES, PLANNED, PLANNED_COMPILE, compile_name
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.rewrite import copy_model, planned_module
 
@@ -52,7 +53,7 @@ class ShapeDispatch(nn.Module):
         return self.original(*args)
 
 
-def apply(model: nn.Module, plan, other_shapes: str = "error") -> nn.Module:
+def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | None = None) -> nn.Module:
     """The planned model: a rewritten copy of the plan's captured graph(s).  ``model`` and the plan are unchanged.
 
     The returned module carries ``fxfusion_rewrites``: one :class:`RewriteRecord` per group, applied or not (and
@@ -63,10 +64,45 @@ def apply(model: nn.Module, plan, other_shapes: str = "error") -> nn.Module:
     An exported graph is specialised to the example inputs' shapes and dtypes.  ``other_shapes`` says what a call
     with other inputs does: ``"error"`` (one-line FxFusionError: plan again) or ``"original"`` (a
     :class:`ShapeDispatch` runs a copy of the original model for them, unfused, with a warning once per signature).
+
+    ``candidate`` asks for one of the candidates of :mod:`fxfusion.planning.candidates`: ``"planned"`` (the
+    rewritten graph, the rest eager), ``"planned+compile"`` (that graph through torch.compile), ``"compile"`` or
+    ``"compile:<mode>"`` (the original module through torch.compile) or ``"eager"`` (a copy of the original).  By
+    default it is the candidate the plan chose when its candidates were measured end to end (``plan.choice``, set by
+    :func:`fxfusion.planning.pipeline.apply_and_verify` and ``analyze --apply``), else ``"planned"``.  The returned
+    module says which in ``fxfusion_candidate``.
     """
     _check_model(model, plan)
     if other_shapes not in OTHER_SHAPES:
         raise FxFusionError(f"other_shapes must be one of {', '.join(OTHER_SHAPES)}, got {other_shapes!r}")
+    name = candidate or (plan.choice or {}).get("chosen") or PLANNED
+    if name == "eager":
+        kept = copy_model(model)
+        kept.fxfusion_rewrites, kept.fxfusion_candidate = [], name
+        return kept
+    if name.startswith("compile"):
+        mode = name.partition(":")[2] or "default"
+        if mode not in COMPILE_MODES:
+            raise FxFusionError(f"unknown candidate {name!r}; choose from {', '.join(_candidate_names())}")
+        compiled = torch.compile(model, mode=COMPILE_MODES[mode], dynamic=False)
+        compiled.fxfusion_rewrites, compiled.fxfusion_candidate = [], name
+        return compiled
+    if name not in (PLANNED, PLANNED_COMPILE):
+        raise FxFusionError(f"unknown candidate {name!r}; choose from {', '.join(_candidate_names())}")
+    planned = _planned(model, plan, other_shapes)
+    if name == PLANNED_COMPILE:
+        records = planned.fxfusion_rewrites
+        planned = torch.compile(planned, dynamic=False)
+        planned.fxfusion_rewrites = records
+    planned.fxfusion_candidate = name
+    return planned
+
+
+def _candidate_names() -> list[str]:
+    return ["eager", PLANNED, PLANNED_COMPILE] + [compile_name(m) for m in COMPILE_MODES]
+
+
+def _planned(model: nn.Module, plan: FusionPlan, other_shapes: str) -> nn.Module:
     planned = planned_module(model, plan.captured, plan.groups) if plan.groups else None
     records = getattr(planned, "fxfusion_rewrites", [])
     if planned is None or not any(r.applied for r in records):

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from fxfusion.calibration.variants import compile_limits
 from fxfusion.graph.edit import bind_constants, bound_constants, is_pure
 from fxfusion.graph.lean import lean
 from fxfusion.measure.devices import as_device
@@ -88,6 +89,7 @@ class InModel:
     speedup_ci_low: float | None = None
     speedup_ci_high: float | None = None
     verdict: str | None = None
+    regime: str = "eager"  # "compiled": both forms of the region ran through torch.compile
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,10 +205,13 @@ class _Recorder(fx.Interpreter):
 
 def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device: str = "cpu",
                      spec: TimingSpec | None = None, clock: Clock | None = None,
-                     budget_s: float = INSITU_BUDGET_S) -> dict[str, InModel | str]:
+                     budget_s: float = INSITU_BUDGET_S, compiled: bool = False) -> dict[str, InModel | str]:
     """Time every group's region captured vs rewritten; returns group id -> :class:`InModel`, or the reason (str)
     the region could not be timed on its own.  Regions are timed largest library saving first, until ``budget_s``
-    of timing is spent; the rest keep the library's prediction (their reason says so)."""
+    (compiling included) is spent; the rest keep the library's prediction (their reason says so).
+
+    ``compiled``: both forms of the region run through torch.compile (Inductor), the regime of the planned + compile
+    candidate, where a rewrite competes with Inductor's own fusion of the same ops rather than with eager."""
     device = as_device(device)
 
     spec, clock = spec or INSITU_SPEC, clock or model_clock(device)
@@ -246,6 +251,12 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
                 continue
             region, rewritten = lean(region), lean(rewritten)  # as the planned model calls them
             args = tuple(recorder.values[n] for n in names)
+            if compiled:
+                try:
+                    region, rewritten = _compiled(region, args), _compiled(rewritten, args)
+                except Exception as exc:  # a region Inductor cannot compile keeps the eager-regime prediction
+                    out[gid] = f"the region does not compile on its own: {type(exc).__name__}: {str(exc)[:160]}"
+                    continue
             thunks = {"captured": lambda r=region: r(*args), "rewritten": lambda r=rewritten: r(*args),
                       "model": lambda: model(*example_inputs)}
             samples, f, batches = _tightest(thunks, clock, spec)
@@ -257,8 +268,18 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
                                batches=batches, fraction=f.median, fraction_ci_low=f.ci_low,
                                fraction_ci_high=f.ci_high,
                                model_ms=summarize(samples.seconds["model"]).median * 1e3, speedup=sp.median,
-                               speedup_ci_low=sp.ci_low, speedup_ci_high=sp.ci_high, verdict=sp.verdict())
+                               speedup_ci_low=sp.ci_low, speedup_ci_high=sp.ci_high, verdict=sp.verdict(),
+                               regime="compiled" if compiled else "eager")
     return out
+
+
+def _compiled(region: fx.GraphModule, args: tuple):
+    """The region through torch.compile, compiled (and warmed) on its recorded inputs."""
+    fn = torch.compile(region, dynamic=False)
+    with torch.no_grad(), compile_limits():
+        for _ in range(3):
+            fn(*args)
+    return fn
 
 
 def _tightest(thunks, clock: Clock, spec: TimingSpec):

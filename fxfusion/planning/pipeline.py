@@ -16,7 +16,7 @@ from fxfusion.fusions.match import find_sites
 from fxfusion.fusions.registry import REGISTRY
 from fxfusion.graph.capture import capture, signature_names
 from fxfusion.graph.sites import CapturedModel, Site
-from fxfusion.measure.devices import as_device
+from fxfusion.measure.devices import as_device, is_cuda
 from fxfusion.measure.hardware import detect, resolve
 from fxfusion.measure.timing import QUICK_SPEC, clock_for
 from fxfusion.planning.analyze import Analysis
@@ -117,11 +117,17 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
 
 
 def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs: tuple, device: str,
-                     profile: Profile | None = None, include_compile: bool = True
+                     profile: Profile | None = None, include_compile: bool = True,
+                     compile_modes: tuple[str, ...] = ("default",), compiled_regime: bool | None = None
                      ) -> tuple[FusionPlan, VerificationResult]:
     """``analyze --apply``: the analysis's ``fuse`` sites planned (from its live timings, or from ``profile``), each
     group's saving predicted inside the model, the captured graph's overhead charged, the plan applied and verified
-    against float64 and timed end to end.  The verification (with the plan) is put on ``analysis.verification``."""
+    against float64 and timed end to end beside the candidates (whole-model compile in ``compile_modes``, the plan
+    compiled), the best one chosen.  The verification (with the plan) is put on ``analysis.verification``.
+
+    ``compiled_regime`` (default: on CUDA when compiling) times each group's region compiled, as it runs in the
+    planned + compile candidate, which then leaves out the groups Inductor does better without (2 compiles a group,
+    within the in-model budget: too slow for a CPU by default)."""
     if profile is None:  # live timings: the plan keeps each site's measured baseline and saving
         fusion_plan = FusionPlan.from_analysis(analysis, device=device)
     else:
@@ -133,7 +139,13 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
     fusion_plan.measure_in_model(model, example_inputs, device, reference_ms=overhead.eager_ms)
     note_in_model(analysis, fusion_plan)
     fusion_plan.require_saving_over(overhead)
-    verification = verify_plan(model, example_inputs, fusion_plan, device=device, include_compile=include_compile)
+    regime_compiled = is_cuda(device) if compiled_regime is None else compiled_regime
+    if include_compile and regime_compiled:
+        # the planned + compile candidate: each group against Inductor's fusion of the same region
+        fusion_plan.measure_in_compiled_model(model, example_inputs, device)
+    verification = verify_plan(model, example_inputs, fusion_plan, device=device, include_compile=include_compile,
+                               compile_modes=compile_modes)
+    fusion_plan.choice = verification.candidates  # apply(model, plan) now hands back the chosen candidate
     # The plan travels with the verification: which groups were applied, which refused and why.
     analysis.verification = {**verification.to_dict(), "plan": fusion_plan.to_dict()}
     return fusion_plan, verification

@@ -66,6 +66,8 @@ class FusionGroup:
     in_model: dict[str, Any] | None = None
     # True when the library could not decide the site (its activation is written out) and the model did.
     decided_in_model: bool = False
+    # The region timed with both forms compiled (the planned + compile candidate's regime), when it was.
+    in_compiled_model: dict[str, Any] | None = None
 
     @property
     def site_id(self) -> str:
@@ -120,6 +122,9 @@ class FusionPlan:
     pending: list[FusionGroup] = field(default_factory=list)
     # The same overhead as a fraction of the original model's time, paired per round; None: not measured.
     overhead_fraction: float | None = None
+    # The candidates measured end to end and the one chosen (fxfusion.planning.candidates.Choice as a dict); apply()
+    # hands back the chosen one.  None until apply_and_verify measured them.
+    choice: dict[str, Any] | None = None
 
     @property
     def groups_saving_ms(self) -> float | None:
@@ -290,6 +295,27 @@ class FusionPlan:
         measured = [g.in_model is not None for g in self.groups]
         self.prediction = ("in_model" if all(measured) else "mixed" if any(measured) else "library")
 
+    def measure_in_compiled_model(self, model: torch.nn.Module, example_inputs: tuple, device=None, spec=None,
+                                  clock=None, budget_s: float = INSITU_BUDGET_S) -> None:
+        """Time each group's region with both forms compiled by Inductor (``measure_in_model(compiled=True)``): in the
+        planned + compile candidate a rewrite competes with Inductor's own fusion of the same ops, not with eager.
+        The result goes to ``in_compiled_model``; :meth:`groups_for_compile` drops the groups it shows slower."""
+        if not self.groups:
+            return
+        found = measure_in_model(self, model, example_inputs, device or self.device, spec=spec, clock=clock,
+                                 budget_s=budget_s, compiled=True)
+        for g in self.groups:
+            im = found.get(g.id)
+            if isinstance(im, InModel):
+                g.in_compiled_model = im.to_dict()
+            else:
+                self.warnings.append(f"{g.id}: not timed compiled ({im}); kept for planned + compile")
+
+    def groups_for_compile(self) -> list[FusionGroup]:
+        """The groups the planned + compile candidate applies: all but those whose region, compiled, is slower
+        rewritten than captured beyond the noise (Inductor does better with the ops as they were)."""
+        return [g for g in self.groups if not (g.in_compiled_model and g.in_compiled_model["ci_high_ms"] < 0)]
+
     def _decide_pending(self, found: dict) -> None:
         """Admit each pending site whose region is faster rewritten beyond the noise (the fuse rule, applied to the
         region's speedup inside the model) and stays convex with the groups; the rest stay refused, with the numbers."""
@@ -359,4 +385,5 @@ class FusionPlan:
             "overhead_fraction": self.overhead_fraction,
             "predicted_fraction": self.predicted_fraction,
             "warnings": list(self.warnings),
+            "chosen_candidate": (self.choice or {}).get("chosen"),
         }

@@ -28,6 +28,7 @@ The rules live in :mod:`fxfusion.fusions.rewrites_registry`, by variant name (th
   baddbmm_scale         QK^T / sqrt(d) -> ``baddbmm`` with alpha (the scale applied by the GEMM)
   rms_norm_op           x * rsqrt(mean(x^2) + eps) * w -> ``rms_norm``
   triton_add_layernorm  add + LayerNorm -> the Triton kernel (CUDA only)
+  triton_add_*norm_sum  add + LayerNorm / RMSNorm, the sum read again -> one Triton call writing both (CUDA only)
   compile, compile_*    the group's nodes become a submodule run through ``torch.compile``
 """
 

@@ -22,6 +22,7 @@ success.  Slower-than-original beyond the noise interval is reported (``planned_
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.apply import apply
+from fxfusion.planning.candidates import (COMPILE_MODES, PLANNED, PLANNED_COMPILE, Built, choose, compile_model,
+                                         compile_name, reset_compiled_state)
 from fxfusion.planning.insitu import model_clock
 from fxfusion.planning.rewrite import captured_module
 from fxfusion.measure.stats import paired_fraction, speedup, summarize
@@ -98,6 +101,8 @@ class VerificationResult:
     measured_fraction: float | None = None
     measured_fraction_ci: tuple[float, float] | None = None
     fraction_error_pct: float | None = None  # (predicted - measured) / |measured|, of the fractions
+    # The candidates timed in the same run and the one chosen (fxfusion.planning.candidates.Choice.to_dict()).
+    candidates: dict[str, Any] | None = None
 
     @property
     def saving_within_noise(self) -> bool:
@@ -166,9 +171,16 @@ def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: s
 
 def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
                 spec: TimingSpec | None = None, clock: Clock | None = None, include_compile: bool = True,
-                include_captured: bool = True, seed: int = 0) -> VerificationResult:
-    """Apply ``plan`` to ``model`` and verify the planned model's outputs and end-to-end time."""
+                include_captured: bool = True, seed: int = 0, compile_modes: tuple[str, ...] = ("default",),
+                planned_compile: bool = True, fresh_compile: bool = True) -> VerificationResult:
+    """Apply ``plan`` to ``model`` and verify the planned model's outputs and end-to-end time, against eager and the
+    candidates of :mod:`fxfusion.planning.candidates` (whole-model compile in ``compile_modes``; with
+    ``planned_compile`` the planned model compiled by Inductor), all timed in one interleaved run.
+    ``fresh_compile`` resets Dynamo's compiled state first (as a new process would start), so earlier compiles of
+    the same code cannot fill its cache and make a compiled candidate silently run eager."""
     device = as_device(device)
+    if fresh_compile and include_compile:
+        reset_compiled_state()
 
     inputs = tuple(example_inputs)
     spec = spec or VERIFY_SPEC
@@ -181,7 +193,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                                   None, None, None, None, None, result_warnings)
 
     try:
-        planned = apply(model, plan)
+        planned = apply(model, plan, candidate=PLANNED)
     except Exception as exc:
         return failed(f"applying the plan failed: {one_line(exc)}")
     rewrites = [r.to_dict() for r in getattr(planned, "fxfusion_rewrites", [])]
@@ -216,19 +228,37 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             timings["captured"] = Timing("captured", "ok", first_call_s=first)
         except Exception as exc:
             timings["captured"] = Timing("captured", "failed", one_line(exc))
+    built: dict[str, Built] = {}
+    verified = {"eager": True, PLANNED: not failure}
     if include_compile:
-        compiled = torch.compile(model, dynamic=False)
-        try:
-            with torch.no_grad(), compile_limits():
-                first = first_call(lambda: compiled(*inputs), device)
-            thunks["compile"] = lambda: compiled(*inputs)
-            timings["compile"] = Timing("compile", "ok", first_call_s=first)
-        except Exception as exc:
-            timings["compile"] = Timing("compile", "failed", one_line(exc))
+        for mode in compile_modes:
+            built[compile_name(mode)] = compile_model(compile_name(mode), model, inputs, device, COMPILE_MODES[mode],
+                                                      record_post_grad=mode == "default")
+        if planned_compile and any(r["applied"] for r in rewrites):
+            kept = plan.groups_for_compile() if hasattr(plan, "groups_for_compile") else plan.groups
+            if len(kept) < len(plan.groups):
+                dropped = sorted({g.id for g in plan.groups} - {g.id for g in kept})
+                result_warnings.append(f"planned + compile leaves out {', '.join(dropped)}: compiled, their regions "
+                                       "are slower rewritten than as captured")
+            base = planned if len(kept) == len(plan.groups) else apply(model, dataclasses.replace(plan, groups=kept),
+                                                                       candidate=PLANNED)
+            built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
+                                                   record_post_grad=True)
+        for name, b in built.items():
+            if b.status != "ok":
+                timings[name] = Timing(name, b.status, b.reason)
+                continue
+            with torch.no_grad():
+                out = b.run()
+            cand_checks, cand_failure = check_outputs(out, original_out, reference, device)
+            verified[name] = not cand_failure
+            if cand_failure:
+                result_warnings.append(f"{name}: outputs do not match ({cand_failure}); it cannot be chosen")
+            thunks[name], timings[name] = b.run, Timing(name, "ok", first_call_s=b.setup_s)
     else:
         timings["compile"] = Timing("compile", "skipped", "include_compile=False")
 
-    with torch.no_grad():
+    with torch.no_grad(), compile_limits():  # a guard that fails while timing recompiles instead of running eager
         samples = measure(thunks, clock, spec)
     eager_s = samples.seconds["eager"]
     for name, secs in samples.seconds.items():
@@ -272,6 +302,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     fraction_error = None
     if predicted_f is not None and measured_f.median != 0:
         fraction_error = 100.0 * (predicted_f - measured_f.median) / abs(measured_f.median)
+    choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, built)
     ok = not failure
     reason = failure or (f"outputs match the {ref_name} reference; planned model "
                          f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
@@ -282,4 +313,4 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                               library_predicted_saving_ms=library, library_prediction_error_pct=library_error,
                               predicted_fraction=predicted_f, measured_fraction=measured_f.median,
                               measured_fraction_ci=(measured_f.ci_low, measured_f.ci_high),
-                              fraction_error_pct=fraction_error)
+                              fraction_error_pct=fraction_error, candidates=choice.to_dict())

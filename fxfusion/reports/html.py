@@ -17,7 +17,9 @@ from typing import Any, Iterable, Sequence
 from fxfusion import __version__
 from fxfusion.reports.plots import Plot, require_matplotlib, roofline_plots, speedup_plots
 from fxfusion.profiles.profile import Entry, Profile
-from fxfusion.reports.verification import GROUP_COLUMNS, end_to_end_rows, group_rows, prediction_lines
+from fxfusion.planning.coverage import coverage_line
+from fxfusion.reports.verification import (CANDIDATE_COLUMNS, GROUP_COLUMNS, candidate_choice_line, candidate_rows,
+                                           end_to_end_rows, group_rows, prediction_lines)
 
 VERDICT_COLORS = {"fuse": "#c9f0d3", "neutral": "#fff0b3", "avoid": "#f8cccc", "illegal": "#e2d5f0",
                   "already_fused": "#cfe3fa", "undecided": "#e6e6e6"}
@@ -262,6 +264,9 @@ def _verification_html(v: dict) -> str:
         f"{_e(', ' + timing + ' timing') if timing not in ('', 'cpu') else ''}:</p>",
         _table(("model", "median ms", "speedup over the original [95% CI]", "verdict"), rows, cls="e2e",
                numeric=(1,)),
+        (f"<p>Candidates, {_e(candidate_choice_line(v))}:</p>"
+         + _table(CANDIDATE_COLUMNS, [[_e(c) for c in row] for row in candidate_rows(v)], cls="candidates",
+                  numeric=(1, 4, 5))) if candidate_rows(v) else "",
         _list(lines),
         _table(GROUP_COLUMNS, groups, cls="groups", numeric=(3, 4)) if groups else "",
         _list((f"warning: {w}" for w in v.get("warnings") or []), "warn"),
@@ -302,6 +307,7 @@ def render_analysis_html(analysis: dict, graphs: Sequence[Any] | None = None) ->
         "</section>",
         f'<section id="graph"><h2>Fusion sites in the graph</h2><p>Colours: {legend}</p>',
         _graph_ops(graphs, sites) if graphs is not None else _site_nodes(sites), "</section>",
+        (f"<p>{_e(coverage_line(analysis['coverage']))}</p>" if analysis.get('coverage') else ''),
         '<section id="unmatched"><h2>Compute ops in no site</h2>',
         _table(("op", "nodes"), ([f"<code>{_e(op)}</code>", str(n)] for op, n in unmatched), cls="unmatched",
                numeric=(1,)) if unmatched else "<p>Every compute node is part of a site.</p>",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fxfusion.planning.coverage import coverage_line
 from fxfusion.reports.verification import render_markdown as verification_markdown
 
 
@@ -62,6 +63,8 @@ def _notes(report: dict) -> list[str]:
     lines += [f"warning: {w}" for w in report["warnings"]]
     if report["unmatched"]:
         lines.append("unmatched ops: " + ", ".join(f"{k} x{v}" for k, v in report["unmatched"].items()))
+    if report.get("coverage"):
+        lines.append(coverage_line(report["coverage"]))
     return lines
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from fxfusion.measure.stats import interval_text
 from fxfusion.planning.verify import VerificationResult
 
 
 def _fmt_ci(sp: dict | None) -> str:
-    return f"{sp['median']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if sp else "-"
+    return interval_text(sp)
 
 
 def render_verification(r: VerificationResult):
@@ -32,6 +33,14 @@ def render_verification(r: VerificationResult):
         times.add_row(label, f"{t.median_ms:.3f}", f"{t.iqr_ms:.3f}", _fmt_ci(t.speedup), t.verdict or "",
                       f"{t.first_call_s:.2f}" if t.first_call_s is not None else "-")
     parts = [head, times]
+    cands = candidate_rows(r.to_dict())
+    if cands:
+        table = Table(title="candidates (" + candidate_choice_line(r.to_dict()) + ")")
+        for col in CANDIDATE_COLUMNS:
+            table.add_column(col, justify="left" if col in ("candidate", "verified") else "right")
+        for row in cands:
+            table.add_row(*row)
+        parts.append(table)
     parts += [Text(line if i == 0 else "  " + line) for i, line in enumerate(prediction_lines(r.to_dict(), 3))]
     checks = Table(title=f"outputs against the {r.reference} reference")
     for col in ("output", "dtype", "planned error", "original error", "limit", "ok"):
@@ -54,7 +63,32 @@ def render_verification(r: VerificationResult):
 
 
 MODEL_LABELS = {"eager": "original (eager)", "captured": "captured graph, unrewritten", "planned": "planned",
-                "compile": "torch.compile (whole model)"}
+                "compile": "torch.compile (whole model)", "planned+compile": "planned, then torch.compile"}
+CANDIDATE_COLUMNS = ("candidate", "median ms", "speedup over eager [95% CI]", "verified", "compile + 1st call s",
+                     "break-even calls")
+
+
+def candidate_choice_line(v: dict[str, Any]) -> str:
+    c = v.get("candidates") or {}
+    return f"chosen: {c.get('chosen')} -- {c.get('why')}" if c else ""
+
+
+def candidate_rows(v: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per candidate timed end to end (fxfusion.planning.candidates): its time, speedup, whether its outputs
+    verified, what compiling it cost and after how many calls that pays; the chosen one marked."""
+    c = v.get("candidates") or {}
+    rows = []
+    for r in c.get("candidates") or []:
+        mark = " (chosen)" if r["name"] == c.get("chosen") else ""
+        if r.get("median_ms") is None:
+            rows.append((r["name"] + mark, "-", f"{r.get('status')}: {r.get('reason') or ''}"[:60], "-", "-", "-"))
+            continue
+        verified = {True: "yes", False: "no", None: "-"}[r.get("verified")]
+        setup = "-" if r.get("setup_s") is None else f"{r['setup_s']:.1f}"
+        even = "-" if r.get("break_even_calls") is None else f"{r['break_even_calls']:.0f}"
+        rows.append((r["name"] + mark, f"{r['median_ms']:.4f}", _fmt_ci(r.get("speedup")) if r["name"] != "eager"
+                     else "1.00x", verified, setup, even))
+    return rows
 _SOURCES = {"in_model": " (from the groups timed inside the model)", "library": " (from the pattern library's timings)",
             "mixed": " (from the groups timed inside the model, the library's timings for the others)"}
 
@@ -129,6 +163,9 @@ def render_markdown(v: dict[str, Any]) -> list[str]:
              f"End to end on {v.get('device')}{', ' + timing + ' timing' if timing not in ('', 'cpu') else ''}:", ""]
     lines += table(("model", "median ms", "speedup over the original [95% CI]", "verdict"),
                    [row[:4] for row in end_to_end_rows(v)])
+    cands = candidate_rows(v)
+    if cands:
+        lines += ["", f"Candidates, {candidate_choice_line(v)}:", ""] + table(CANDIDATE_COLUMNS, cands)
     said = prediction_lines(v)
     lines += [""] + [line[0].upper() + line[1:] + "." for line in said] if said else []
     groups = group_rows(v)

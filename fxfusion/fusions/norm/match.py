@@ -1,4 +1,6 @@
-"""Norms: RMSNorm written out or already one op, and the residual add in front of a LayerNorm."""
+"""Norms: RMSNorm written out or already one op, and the residual add in front of a LayerNorm or an RMSNorm --
+read only by the norm (add_layernorm), or read again by the next residual add, as in a pre-LN transformer
+(add_layernorm_sum, add_rmsnorm_sum: the fused variants write the sum out as well)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ from torch.fx import Node
 
 from fxfusion.graph.capture import module_path
 from fxfusion.fusions.base import Candidate, Context, add_role, described
-from fxfusion.graph.nodes import arg, dtype_name, is_scalar, kind, node_name, only_user, shape, tensor_value, val
+from fxfusion.graph.nodes import (ASSERT_OPS, arg, dtype_name, is_scalar, kind, node_name, op_name, only_user, shape,
+                                  tensor_value, val)
 from fxfusion.graph.sites import ALREADY_FUSED
 
 
@@ -79,9 +82,7 @@ def match_rms_norm_op(ctx: Context, node: Node) -> Candidate | None:
 def match_add_layernorm(ctx: Context, ln: Node) -> Candidate | None:
     """LayerNorm(x + residual) over the last dim: the residual add in front of a LayerNorm."""
     add = ln.args[0]
-    if kind(add) != "add" or len(add.args) != 2 or not all(isinstance(a, Node) for a in add.args):
-        return None
-    if add.kwargs.get("alpha", 1) != 1 or shape(add.args[0]) != shape(add) or shape(add.args[1]) != shape(add):
+    if not _residual_add(add):
         return None
     normalized = arg(ln, 1, "normalized_shape")
     xs = shape(add)
@@ -101,3 +102,61 @@ def match_add_layernorm(ctx: Context, ln: Node) -> Candidate | None:
     return Candidate("add_layernorm", nodes, out, {"M": max(1, val(add).numel() // N), "N": N},
                      dtype_name(out) or "float32", roles,
                      "x + residual, then " + described(ln, "F.layer_norm"), boundary=boundary)
+
+
+def _residual_add(node) -> bool:
+    """``x + residual``: an add of two tensors of its own shape (no broadcast, no alpha)."""
+    return (kind(node) == "add" and len(node.args) == 2 and all(isinstance(a, Node) for a in node.args)
+            and node.kwargs.get("alpha", 1) == 1 and shape(node.args[0]) == shape(node) == shape(node.args[1]))
+
+
+def _readers_outside(values: list[Node], nodes: list[Node]) -> list[Node]:
+    """The nodes outside the site that read any of ``values`` (export's dtype checks do not count)."""
+    inside = set(nodes)
+    return [u for v in values for u in v.users if u not in inside and op_name(u) not in ASSERT_OPS]
+
+
+def _keeping_the_sum(c: Candidate, pattern: str, add: Node, sums: list[Node], readers: list[Node]) -> Candidate:
+    c.pattern, c.outputs = pattern, list(sums)
+    c.roles.update({"sum": add.name, "sum_read_by": ", ".join(sorted(u.name for u in readers))})
+    c.written_as += "; the sum is read again"
+    return c
+
+
+def match_add_layernorm_sum(ctx: Context, ln: Node) -> Candidate | None:
+    """h = x + residual; LayerNorm(h), with h read again (a pre-LN block's next residual add): both are outputs."""
+    c = match_add_layernorm(ctx, ln)
+    if c is None:
+        return None
+    add = c.nodes[0]
+    readers = _readers_outside([add], c.nodes)
+    if not readers:
+        return None  # read by the LayerNorm alone: an add_layernorm site
+    return _keeping_the_sum(c, "add_layernorm_sum", add, [add], readers)
+
+
+def match_add_rmsnorm_sum(ctx: Context, rsqrt: Node) -> Candidate | None:
+    """h = x + residual; RMSNorm(h) written out with its weight (Llama's, gpt-fast's), with h read again.
+
+    The norm may read h through ``h.to(float32)``: in float32 that cast is h itself, and export makes the next residual
+    add read the cast, so a same-dtype cast read outside is the sum too; a real upcast read outside is not."""
+    c = match_rmsnorm_written(ctx, rsqrt)
+    if c is None or "weight" not in c.roles:
+        return None
+    source, sums = c.boundary[0], []
+    if kind(source) == "cast" and isinstance(source.args[0], Node) and source not in c.nodes:
+        if dtype_name(source) != dtype_name(source.args[0]) or shape(source) != shape(source.args[0]):
+            return None
+        sums, source = [source], source.args[0]
+    if not _residual_add(source):
+        return None
+    add, weight = source, c.boundary[-1]
+    sums.insert(0, add)
+    c.nodes[:0] = sums
+    readers = _readers_outside(sums, c.nodes)
+    if not readers:
+        return None  # read by the norm alone: the rmsnorm site, the add left as it is
+    c.boundary = [add.args[0], add.args[1], weight]
+    c.roles.update({"x": node_name(add.args[0]), "residual": node_name(add.args[1]), "add": add.name})
+    c.written_as = "x + residual, then " + c.written_as
+    return _keeping_the_sum(c, "add_rmsnorm_sum", add, sums, readers)

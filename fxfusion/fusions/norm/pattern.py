@@ -2,13 +2,27 @@
 
 rmsnorm, as people write it (gpt-fast, LLaMA):  x * rsqrt(mean(x^2) + eps) * w
   unfused: pow reads/writes MN (2MN), mean reads MN writes M, add+rsqrt read/write M (4M), mul reads MN and M
-  writes MN (2MN + M), mul by w reads MN and N writes MN (2MN + N)  ->  s(6MN + 6M + N)
+  writes MN (2MN + M), mul by w reads MN and N writes MN (2MN + N)  ->  s(7MN + 6M + N)
   fused: reads x and w, writes out  ->  s(2MN + N).  FLOPs: 4 per element (square, sum, scale, weight) + 2 per row.
 
 add_layernorm, the residual add in front of a LayerNorm:  LayerNorm(x + residual)
   unfused: add reads 2MN writes MN; layer_norm reads MN + 2N, writes MN  ->  s(5MN + 2N)
   fused: reads x, residual, w, b, writes out  ->  s(3MN + 2N).  FLOPs: 1 (add) + 7 per element (LayerNorm
   mean, centre, square, sum, scale, weight, bias) + 2 per row.
+
+The pre-LN residual block, where the sum h = x + residual is normalised *and* read again by the next residual add
+(GPT-2, ViT, Llama): the fused variants write both h and y, so h is written once and never read back.
+
+add_layernorm_sum:  h = x + residual; y = LayerNorm(h); both returned
+  unfused: add reads 2MN writes h (MN); layer_norm reads h (MN) + 2N, writes y (MN)  ->  s(5MN + 2N)
+  fused: reads x, residual (2MN), w, b (2N); writes h and y (2MN)  ->  s(4MN + 2N).  FLOPs as add_layernorm.
+
+add_rmsnorm_sum, Llama's RMSNorm written out after the residual add:  h = x + residual;
+  y = w * (h.float() * rsqrt(mean(h.float()^2) + eps)).to(dtype); both returned
+  unfused: add reads 2MN writes MN (3MN), then the written-out RMSNorm's 7MN + 6M + N (above)  ->  s(10MN + 6M + N);
+  the upcast and cast back of half-precision inputs are not counted (in float32 they copy nothing)
+  fused: reads x, residual (2MN), w (N); writes h and y (2MN)  ->  s(4MN + N).
+  FLOPs: 1 (add) + 4 per element (square, sum, scale, weight) + 2 per row.
 """
 
 from __future__ import annotations
@@ -19,7 +33,9 @@ import torch.nn.functional as F
 from fxfusion.fusions.kernels import add_layernorm as triton_add_layernorm
 from fxfusion.fusions.kernels import triton_unavailable
 from fxfusion.fusions.base import ManualVariant, Pattern, randn, shapes
-from fxfusion.fusions.norm.rewrite import rewrite_rms_norm, rewrite_triton_add_layernorm
+from fxfusion.fusions.norm.kernels import add_layernorm_sum, add_rmsnorm_sum
+from fxfusion.fusions.norm.rewrite import (rewrite_rms_norm, rewrite_triton_add_layernorm,
+                                           rewrite_triton_add_layernorm_sum, rewrite_triton_add_rmsnorm_sum)
 from fxfusion.measure.devices import is_cuda
 
 EPS = 1e-5
@@ -61,12 +77,44 @@ def _build_triton_add_ln(inp):
     return lambda: triton_add_layernorm(x, r, w, b, EPS)
 
 
-def _triton_only(shape, dtype, device):
-    if not is_cuda(device):
-        return "the hand-fused add+LayerNorm is a Triton kernel; there is no fused op for it on CPU"
-    if dtype == torch.float64:
-        return "the Triton kernel is not built for float64"
-    return triton_unavailable()
+def _triton_only(what: str):
+    def unsupported(shape, dtype, device):
+        if not is_cuda(device):
+            return f"the hand-fused {what} is a Triton kernel; there is no fused op for it on CPU"
+        if dtype == torch.float64:
+            return "the Triton kernel is not built for float64"
+        return triton_unavailable()
+
+    return unsupported
+
+
+def _add_ln_sum_eager(x, residual, weight, bias):  # a pre-LN block: the sum is returned, the next add reads it
+    h = x + residual
+    return h, F.layer_norm(h, (h.shape[-1],), weight, bias, EPS)
+
+
+def _build_triton_add_ln_sum(inp):
+    x, r, w, b = inp["x"], inp["residual"], inp["weight"], inp["bias"]
+    return lambda: add_layernorm_sum(x, r, w, b, EPS)
+
+
+def _add_rms_inputs(shape, dtype, device, gen):
+    inputs = _add_ln_inputs(shape, dtype, device, gen)
+    del inputs["bias"]
+    return inputs
+
+
+def _add_rms_sum_eager(x, residual, weight):  # transformers' LlamaRMSNorm after the residual add
+    h = x + residual
+    hidden = h.to(torch.promote_types(h.dtype, torch.float32))  # Llama: .to(torch.float32); float64 stays float64
+    variance = hidden.pow(2).mean(-1, keepdim=True)
+    hidden = hidden * torch.rsqrt(variance + EPS)
+    return h, weight * hidden.to(h.dtype)
+
+
+def _build_triton_add_rms_sum(inp):
+    x, r, w = inp["x"], inp["residual"], inp["weight"]
+    return lambda: add_rmsnorm_sum(x, r, w, EPS)
 
 
 PATTERNS = [
@@ -77,17 +125,42 @@ PATTERNS = [
                               rewrite=rewrite_rms_norm),),
         flops=lambda s: 4 * s["M"] * s["N"] + 2 * s["M"],
         bytes=lambda s, i, fused: i * ((2 * s["M"] * s["N"] + s["N"]) if fused
-                                       else (6 * s["M"] * s["N"] + 6 * s["M"] + s["N"])),
+                                       else (7 * s["M"] * s["N"] + 6 * s["M"] + s["N"])),
         shapes={"quick": QUICK, "full": FULL, "gpu": GPU},
     ),
     Pattern(
         name="add_layernorm", family="norm", title="Residual add+LayerNorm", legacy_name="Add_LayerNorm",
         shape_keys=("M", "N"), make_inputs=_add_ln_inputs, eager=_add_ln_eager,
         manual=(ManualVariant("triton_add_layernorm", _build_triton_add_ln,
-                              "add and LayerNorm in one Triton kernel", unsupported=_triton_only,
+                              "add and LayerNorm in one Triton kernel", unsupported=_triton_only("add+LayerNorm"),
                               rewrite=rewrite_triton_add_layernorm),),
         flops=lambda s: 8 * s["M"] * s["N"] + 2 * s["M"],
         bytes=lambda s, i, fused: i * ((3 if fused else 5) * s["M"] * s["N"] + 2 * s["N"]),
+        shapes={"quick": QUICK, "full": FULL, "gpu": GPU},
+        batch_inputs=("x", "residual"),
+    ),
+    Pattern(
+        name="add_layernorm_sum", family="norm", title="Residual add+LayerNorm, sum kept (pre-LN)",
+        legacy_name="Add_LayerNorm_Sum", shape_keys=("M", "N"), make_inputs=_add_ln_inputs, eager=_add_ln_sum_eager,
+        manual=(ManualVariant("triton_add_layernorm_sum", _build_triton_add_ln_sum,
+                              "add and LayerNorm in one Triton kernel that writes the sum and the normalised value",
+                              unsupported=_triton_only("add+LayerNorm writing the sum"),
+                              rewrite=rewrite_triton_add_layernorm_sum),),
+        flops=lambda s: 8 * s["M"] * s["N"] + 2 * s["M"],
+        bytes=lambda s, i, fused: i * ((4 if fused else 5) * s["M"] * s["N"] + 2 * s["N"]),
+        shapes={"quick": QUICK, "full": FULL, "gpu": GPU},
+        batch_inputs=("x", "residual"),
+    ),
+    Pattern(
+        name="add_rmsnorm_sum", family="norm", title="Residual add+RMSNorm, sum kept (pre-LN)",
+        legacy_name="Add_RMSNorm_Sum", shape_keys=("M", "N"), make_inputs=_add_rms_inputs, eager=_add_rms_sum_eager,
+        manual=(ManualVariant("triton_add_rmsnorm_sum", _build_triton_add_rms_sum,
+                              "add and RMSNorm in one Triton kernel that writes the sum and the normalised value",
+                              unsupported=_triton_only("add+RMSNorm writing the sum"),
+                              rewrite=rewrite_triton_add_rmsnorm_sum),),
+        flops=lambda s: 5 * s["M"] * s["N"] + 2 * s["M"],
+        bytes=lambda s, i, fused: i * ((4 * s["M"] * s["N"] + s["N"]) if fused
+                                       else (10 * s["M"] * s["N"] + 6 * s["M"] + s["N"])),
         shapes={"quick": QUICK, "full": FULL, "gpu": GPU},
         batch_inputs=("x", "residual"),
     ),

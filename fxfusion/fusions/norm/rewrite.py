@@ -1,11 +1,17 @@
-"""Norms: the written-out RMSNorm becomes ``aten.rms_norm``; add + LayerNorm becomes the Triton kernel (CUDA)."""
+"""Norms: the written-out RMSNorm becomes ``aten.rms_norm``; add + LayerNorm becomes the Triton kernel (CUDA); a
+residual add + LayerNorm / RMSNorm whose sum is read again becomes one two-output kernel (CUDA), its sum and its
+normalised value both rewired."""
 
 from __future__ import annotations
 
+import operator
+
 from torch import fx
 
-from fxfusion.graph.edit import NotApplicable, aten, arg, device_of, is_call, scalar, shape_of
+from fxfusion.graph.edit import NotApplicable, aten, arg, device_of, is_call, scalar, shape_of, value_of
+from fxfusion.graph.nodes import ASSERT_OPS, kind, op_name
 from fxfusion.fusions.kernels import add_layernorm, triton_unavailable
+from fxfusion.fusions.norm.kernels import add_layernorm_sum, add_rmsnorm_sum
 
 
 def rewrite_rms_norm(gm, nodes, group):
@@ -39,3 +45,95 @@ def rewrite_triton_add_layernorm(gm, nodes, group):
         y = gm.graph.call_function(add_layernorm, (x, r, arg(ln, 2, "weight", None), arg(ln, 3, "bias", None),
                                                    arg(ln, 4, "eps", 1e-5)))
     return ln, y
+
+
+# -- residual add + norm, the sum read again: one call, two outputs -----------------------------------------------
+
+def _residual_add(nodes) -> fx.Node | None:
+    """The site's ``x + residual``: an add of two tensors of its own shape (the RMSNorm's ``+ eps`` adds a scalar)."""
+    return next((n for n in nodes if is_call(n, aten.add.Tensor) and len(n.args) == 2 and n.kwargs.get("alpha", 1) == 1
+                 and all(isinstance(a, fx.Node) and shape_of(a) == shape_of(n) for a in n.args)), None)
+
+
+def _site_output(nodes) -> fx.Node:
+    """The normalised value: the site's last node that computes something (export's checks come before it)."""
+    return next(n for n in reversed(nodes) if op_name(n) not in ASSERT_OPS)
+
+
+def _dtype(node):
+    v = value_of(node)
+    return getattr(v, "dtype", None)
+
+
+def _rewire_sum(gm, nodes, fused, args, add, out):
+    """Insert ``fused(*args) -> (h, y)`` where both of its outputs are available to every reader; the readers of the
+    sum outside the site (and of its same-dtype casts inside it: ``h.to(float32)`` of a float32 ``h`` is the sum,
+    and export makes the next residual add read that cast) now read ``h``; returns ``(out, y)`` for the driver,
+    which rewires the normalised value and erases the site.  Checks everything before it inserts anything."""
+    inside = set(nodes)
+    if _dtype(out) != _dtype(add):
+        raise NotApplicable(f"the normalised value is {_dtype(out)} and the sum {_dtype(add)}: the fused kernel "
+                            "writes both in one dtype")
+    sums = [add] + [u for u in add.users if u in inside and kind(u) == "cast" and _dtype(u) == _dtype(add)
+                    and shape_of(u) == shape_of(add)]
+    readers = [u for s in sums for u in s.users if u not in inside]
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    first = min([out, *readers], key=order.__getitem__)
+    late = [a for a in args if isinstance(a, fx.Node) and order[a] >= order[first]]
+    if late:
+        raise NotApplicable(f"{late[0].name} is computed after {first.name}, which reads the site's output: the "
+                            "fused call cannot come before both")
+    with gm.graph.inserting_before(first):
+        call = gm.graph.call_function(fused, tuple(args))
+        h = gm.graph.call_function(operator.getitem, (call, 0))
+        y = gm.graph.call_function(operator.getitem, (call, 1))
+    call.meta["val"] = (value_of(add), value_of(out))
+    h.meta.update({k: v for k, v in add.meta.items() if k in ("val", "tensor_meta", "stack_trace", "nn_module_stack")})
+    for s in sums:
+        for u in [u for u in s.users if u not in inside]:
+            u.replace_input_with(s, h)
+    return out, y
+
+
+def _cuda_only(nodes, what: str) -> None:
+    if device_of(*nodes) != "cuda" or triton_unavailable():
+        raise NotApplicable(f"the fused {what} is a Triton kernel, for CUDA only")
+
+
+def rewrite_add_layernorm_sum(gm, nodes, group, fused):
+    """h = x + residual; y = layer_norm(h), h read again  ->  ``fused(x, residual, weight, bias, eps) -> (h, y)``."""
+    add = _residual_add(nodes)
+    ln = next((n for n in nodes if is_call(n, aten.layer_norm.default, aten.native_layer_norm.default)), None)
+    if add is None or ln is None or ln.args[0] is not add:
+        raise NotApplicable("no residual add -> layer_norm chain in the site")
+    if list(ln.args[1]) != list(shape_of(add) or ())[-1:]:
+        raise NotApplicable(f"the LayerNorm normalises over {list(ln.args[1])}, not the last dim alone")
+    args = (*add.args, arg(ln, 2, "weight", None), arg(ln, 3, "bias", None), arg(ln, 4, "eps", 1e-5))
+    return _rewire_sum(gm, nodes, fused, args, add, _site_output(nodes))
+
+
+def rewrite_add_rmsnorm_sum(gm, nodes, group, fused):
+    """h = x + residual; y = RMSNorm(h) written out, h read again  ->  ``fused(x, residual, weight, eps) -> (h, y)``."""
+    inside = set(nodes)
+    add, out = _residual_add(nodes), _site_output(nodes)
+    eps = next((scalar(n.args[1]) for n in nodes if is_call(n, aten.add.Tensor, aten.add.Scalar)
+                and scalar(n.args[1]) is not None), None)
+    if add is None or eps is None or not any(is_call(n, aten.rsqrt.default) for n in nodes):
+        raise NotApplicable("cannot find the residual add, the + eps and the rsqrt of the RMSNorm")
+    if not is_call(out, aten.mul.Tensor):
+        raise NotApplicable("the RMSNorm does not end with the weight multiply")
+    weight = next((a for a in out.args[:2] if isinstance(a, fx.Node) and a not in inside), None)
+    n = (shape_of(add) or (0,))[-1]
+    if weight is None or shape_of(weight) != (n,):
+        raise NotApplicable(f"the RMSNorm weight is not a ({n},) tensor")
+    return _rewire_sum(gm, nodes, fused, (*add.args, weight, eps), add, out)
+
+
+def rewrite_triton_add_layernorm_sum(gm, nodes, group):
+    _cuda_only(nodes, "add+LayerNorm writing the sum")
+    return rewrite_add_layernorm_sum(gm, nodes, group, add_layernorm_sum)
+
+
+def rewrite_triton_add_rmsnorm_sum(gm, nodes, group):
+    _cuda_only(nodes, "add+RMSNorm writing the sum")
+    return rewrite_add_rmsnorm_sum(gm, nodes, group, add_rmsnorm_sum)

@@ -26,7 +26,7 @@ MAX_SIBLINGS = max(SIBLING_COUNTS)
 
 
 @dataclass
-class Member:
+class SiblingGemm:
     gemm: Node
     x: Node
     weight: Node
@@ -41,7 +41,7 @@ class Member:
         return [n for n in (self.tnode, self.gemm, self.bias_add) if n is not None]
 
 
-def member(g: Graph, gemm: Node) -> Member | None:
+def member(g: Graph, gemm: Node) -> SiblingGemm | None:
     """``gemm`` as a sibling candidate: a GEMM whose weight (and bias) are parameters; None otherwise."""
     k = kind(gemm)
     out = shape(gemm)
@@ -51,7 +51,7 @@ def member(g: Graph, gemm: Node) -> Member | None:
         x, w, b = gemm.args[0], gemm.args[1], arg(gemm, 2, "bias")
         if not g.param(w) or len(shape(w) or ()) != 2 or (b is not None and not g.param(b)):
             return None
-        return Member(gemm, x, w, None, b, None, gemm, out[-1])
+        return SiblingGemm(gemm, x, w, None, b, None, gemm, out[-1])
     if k != "matmul" or op_name(gemm) not in ("matmul", "mm"):
         return None
     found = weight_of(g, gemm.args[1])
@@ -61,10 +61,10 @@ def member(g: Graph, gemm: Node) -> Member | None:
     tnode = tnode if tnode is not None and len(tnode.users) == 1 else None
     with_bias = bias_add_of(g, gemm, out[-1]) if len(gemm.users) == 1 else None
     add, b = with_bias if with_bias else (None, None)
-    return Member(gemm, gemm.args[0], w, tnode, b, add, add or gemm, out[-1])
+    return SiblingGemm(gemm, gemm.args[0], w, tnode, b, add, add or gemm, out[-1])
 
 
-def group(ctx: Context, anchor: Node) -> list[Member]:
+def group(ctx: Context, anchor: Node) -> list[SiblingGemm]:
     """The unclaimed members that read the anchor's input node, in graph order (the anchor's own included)."""
     g = ctx.graph
     first = member(g, anchor)
@@ -83,7 +83,7 @@ def group(ctx: Context, anchor: Node) -> list[Member]:
     return found
 
 
-def _module(m: Member) -> str:
+def _module(m: SiblingGemm) -> str:
     path, _ = module_path(m.gemm)
     return path.rsplit(".", 1)[-1] if path else m.weight.name
 
@@ -102,7 +102,7 @@ def _gate_activation(head: Node) -> tuple[str, list[Node], Node] | None:
     return written if written is not None and written[0] in GATED else None
 
 
-def gated_pair(members: list[Member]) -> tuple[Member, Member, tuple, Node] | None:
+def gated_pair(members: list[SiblingGemm]) -> tuple[SiblingGemm, SiblingGemm, tuple, Node] | None:
     """(gate, up, activation, product) of act(gate) * up among the members, each projection read by nothing else."""
     if len(members) < 2:  # no pair: spare the search for a written-out activation (the costly part)
         return None
@@ -156,8 +156,9 @@ def match_siblings(ctx: Context, anchor: Node) -> Candidate | None:
         return None
     biased = [m for m in members if m.bias is not None]
     if biased and len(biased) < len(members):
-        notes.append(f"{', '.join(_module(m) for m in members if m.bias is None)} has no bias: zeros are "
-                     "concatenated for it (adding 0 changes no value)")
+        bare = [_module(m) for m in members if m.bias is None]
+        notes.append(f"{', '.join(bare)} {'has' if len(bare) == 1 else 'have'} no bias: zeros are concatenated for "
+                     f"{'it' if len(bare) == 1 else 'them'} (adding 0 changes no value)")
     if len(members) == 2 and gated_pair(members) is not None:
         notes.append("a gated MLP with biases: the library's gated patterns are bias-free, so its projections merge "
                      "as siblings and the activation and product stay as they are")

@@ -1,0 +1,156 @@
+"""The zoo of third-party models, analysed and applied end to end: what the tool sees and what its candidates give.
+
+Per model spec (``FILE.py`` for the tiny preset, ``FILE.py:NAME`` for a named one; default: every models/zoo/*.py):
+  1. ``analyze`` as the CLI runs it without ``--apply`` (sites measured live at their shapes, without the compile
+     variants unless --site-compile), with coverage: wall time, sites found / legal / fuse, coverage of FLOPs and time;
+  2. ``apply_and_verify`` (the ``--apply`` path): the plan applied and verified against float64, and the candidates
+     (eager, whole-model compile, planned, planned + compile) timed in one interleaved run; the chosen one.
+It prints one table row per model and the summary the issues set targets for (issue 11: sites / applied / verified,
+coverage, analyze <= 60 s; issue 12: chosen >= 0.98x the best candidate, geometric mean of the chosen over the better
+of eager and whole-model compile >= 1.10x), and writes each model's analysis JSON into --out.
+
+    python benchmarks/bench_zoo.py --device cuda --dtype bfloat16 --preset realistic --out /tmp/zoo
+    python benchmarks/bench_zoo.py models/zoo/hf_gpt2.py --out /tmp/zoo            # tiny preset on this CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fxfusion.graph.loader import load_model  # noqa: E402
+from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
+from fxfusion.planning.analyze import analyze  # noqa: E402
+from fxfusion.planning.decide import LiveSource  # noqa: E402
+from fxfusion.planning.pipeline import apply_and_verify  # noqa: E402
+
+ANALYZE_TARGET_S, CHOSEN_TARGET, GEOMEAN_TARGET = 60.0, 0.98, 1.10
+
+
+def _specs(args) -> list[str]:
+    if args.models:
+        return args.models
+    files = sorted(p for p in (ROOT / "models" / "zoo").glob("*.py") if not p.name.startswith("_"))
+    if args.preset == "tiny":
+        return [str(p.relative_to(ROOT)) for p in files]
+    specs = []
+    for p in files:  # realistic presets: the file's entry functions named in its PRESET_ENTRIES (or "realistic")
+        names = _entries(p)
+        specs += [f"{p.relative_to(ROOT)}:{n}" for n in names]
+    return specs
+
+
+def _entries(path: Path) -> list[str]:
+    text = path.read_text()
+    for line in text.splitlines():
+        if line.startswith("REALISTIC_ENTRIES"):
+            return list(eval(line.split("=", 1)[1]))  # a literal tuple of names in the model file
+    return ["realistic"] if "\ndef realistic(" in text else []
+
+
+def run_one(spec: str, args) -> dict:
+    row: dict = {"model": spec}
+    loaded = load_model(spec, device=args.device, dtype=dtype_record(args.dtype).torch if args.dtype else None)
+    start = time.perf_counter()
+    result = analyze(loaded.model, loaded.example_inputs,
+                     LiveSource(args.device, compile_modes=("compile",) if args.site_compile else ()),
+                     device=args.device, model_label=spec, dtype=args.dtype, command="benchmarks/bench_zoo.py")
+    row["analyze_s"] = time.perf_counter() - start
+    report = result.to_dict()
+    sm, cov = report["summary"], report.get("coverage") or {}
+    row.update(sites=sm["sites"], legal=sm["fusible"], fuse=sm["fuse"], flops_share=cov.get("flops_share"),
+               time_share=cov.get("time_share"), graphs=report["capture"]["graphs"],
+               left=[u["op"] for u in (cov.get("unmatched") or [])[:3]])
+    if args.no_apply:
+        return row
+    plan, v = apply_and_verify(result, loaded.model, loaded.example_inputs, args.device,
+                               include_compile=not args.no_compile)
+    rewrites = v.rewrites
+    row.update(applied=sum(r["applied"] for r in rewrites), groups=len(plan.groups), verified=v.ok,
+               reason=v.reason, prediction_error_pct=v.prediction_error_pct, fraction_error_pct=v.fraction_error_pct)
+    c = v.candidates or {}
+    rows = {r["name"]: r for r in c.get("candidates", [])}
+    row["candidates_ms"] = {n: r.get("median_ms") for n, r in rows.items()}
+    row["chosen"] = c.get("chosen")
+    ok = {n: r["median_ms"] for n, r in rows.items() if r.get("verified") and r.get("median_ms")}
+    if ok:
+        best = min(ok.values())
+        base = min(ok[n] for n in ("eager", "compile") if n in ok)
+        row["chosen_vs_best"] = best / ok[row["chosen"]] if row["chosen"] in ok else None
+        row["chosen_vs_baseline"] = base / ok[row["chosen"]] if row["chosen"] in ok else None
+    (Path(args.out) / (spec.replace("/", "_").replace(":", "__") + ".json")).write_text(
+        json.dumps(report, indent=1, allow_nan=False))
+    return row
+
+
+def _f(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--preset", default="tiny", choices=("tiny", "realistic"))
+    ap.add_argument("--out", default="/tmp/fxfusion-zoo")
+    ap.add_argument("--no-apply", action="store_true", help="analyze only (coverage, sites, wall time)")
+    ap.add_argument("--no-compile", action="store_true", help="no whole-model or planned compile candidates")
+    ap.add_argument("--site-compile", action="store_true", help="measure sites with their compile variants too")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting models after this many seconds")
+    args = ap.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"# bench_zoo: torch {torch.__version__}, {args.device} ({name}), dtype {args.dtype}, preset {args.preset}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads {torch.get_num_threads()}", flush=True)
+    print("| model | graphs | sites | legal | fuse | applied | verified | FLOPs in sites | time in sites | analyze s | "
+          "eager ms | compile ms | planned ms | planned+compile ms | chosen | chosen/best | vs better baseline | "
+          "left on the table |")
+    print("|" + "---|" * 18)
+    rows, t0 = [], time.perf_counter()
+    for spec in _specs(args):
+        if time.perf_counter() - t0 > args.budget_s:
+            print(f"| {spec} | not run: the --budget-s of {args.budget_s:.0f} s was spent |")
+            continue
+        try:
+            r = run_one(spec, args)
+        except Exception as exc:  # a crash is a result here: it is what the issue counts
+            print(f"| {spec} | CRASH: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''} |",
+                  flush=True)
+            traceback.print_exc(file=sys.stderr)
+            rows.append({"model": spec, "crash": True})
+            continue
+        rows.append(r)
+        ms = r.get("candidates_ms", {})
+        print(f"| {spec} | {r['graphs']} | {r['sites']} | {r['legal']} | {r['fuse']} | {r.get('applied', '-')} | "
+              f"{r.get('verified', '-')} | {_f(r['flops_share'], '.0%')} | {_f(r['time_share'], '.0%')} | "
+              f"{r['analyze_s']:.1f} | {_f(ms.get('eager'), '.4f')} | {_f(ms.get('compile'), '.4f')} | "
+              f"{_f(ms.get('planned'), '.4f')} | {_f(ms.get('planned+compile'), '.4f')} | {r.get('chosen', '-')} | "
+              f"{_f(r.get('chosen_vs_best'), '.3f')} | {_f(r.get('chosen_vs_baseline'), '.3f')}x | "
+              f"{', '.join(r['left'])} |", flush=True)
+    done = [r for r in rows if not r.get("crash")]
+    crashes = [r["model"] for r in rows if r.get("crash")]
+    print(f"\ncrashes: {len(crashes)} {crashes}")
+    slow = [r["model"] for r in done if r["analyze_s"] > ANALYZE_TARGET_S]
+    print(f"analyze over {ANALYZE_TARGET_S:.0f} s: {slow or 'none'}")
+    gains = [r["chosen_vs_baseline"] for r in done if r.get("chosen_vs_baseline")]
+    if gains:
+        geo = math.exp(sum(math.log(g) for g in gains) / len(gains))
+        below = [r["model"] for r in done if (r.get("chosen_vs_best") or 1) < CHOSEN_TARGET]
+        print(f"geometric mean of the chosen candidate over the better of eager and whole-model compile: {geo:.3f}x "
+              f"(target {GEOMEAN_TARGET:.2f}x) over {len(gains)} models; chosen below {CHOSEN_TARGET}x of the best: "
+              f"{below or 'none'}")
+
+
+if __name__ == "__main__":
+    main()

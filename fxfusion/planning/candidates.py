@@ -1,0 +1,214 @@
+"""Candidates: the models a user could run instead of the original, and the choice among them.
+
+  eager              the user's module as it is
+  compile            ``torch.compile(model)`` of the user's original module (``compile:<mode>`` for other modes,
+                     asked for with ``--compile-modes``)
+  planned            the plan's rewrites, the rest eager (:func:`fxfusion.planning.apply.apply`)
+  planned+compile    the rewritten graph compiled by Inductor, the rewrites kept: Inductor fuses what the plan left,
+                     the plan does what Inductor does not (attention from eager idioms, sibling GEMMs, folded BN)
+
+:func:`fxfusion.planning.verify.verify_plan` builds them, checks every one's outputs against the float64 reference and
+times them end to end in one interleaved run (pipelined on CUDA).  The baseline is what a user would get by writing it
+themselves (:func:`compile_model`): the very module, dtype, device and inputs; Dynamo's caches reset first, so an
+earlier capture or compile of the same code takes no cache entry or recompile slot from it (a full cache makes Dynamo
+run the model eager, silently); warmed until a call compiles nothing new; the Inductor cache state recorded.
+
+The choice (:func:`choose`): among the candidates whose outputs verify, the fastest median; a candidate gives way to a
+simpler one (eager < compile < planned < planned+compile) when it is less than ``MIN_EFFECT`` faster than it, so the
+chosen one is never slower than 0.98x the fastest, and never slower than the better of eager and whole-model compile
+beyond the noise.  Each compiled candidate carries its break-even: compile seconds / saving per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from fxfusion.calibration.variants import compile_limits, first_call, one_line
+from fxfusion.errors import FxFusionError
+from fxfusion.measure.stats import MIN_EFFECT, Speedup, speedup
+
+# --compile-modes words -> torch.compile's mode argument
+COMPILE_MODES = {"default": None, "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs",
+                 "reduce-overhead": "reduce-overhead"}
+PLANNED, PLANNED_COMPILE = "planned", "planned+compile"
+# Simpler first: the order in which a candidate that is not faster beyond MIN_EFFECT gives way.
+SIMPLICITY = ("eager", "compile", PLANNED, PLANNED_COMPILE)
+# Calls after the first before a compiled candidate is timed: guards settle, lazy recompiles happen now, not while
+# timing (a recompile inside the timed rounds would be charged to the candidate).
+WARM_CALLS = 3
+
+
+def compile_name(mode: str) -> str:
+    return "compile" if mode == "default" else f"compile:{mode}"
+
+
+def parse_compile_modes(spec: str | None) -> tuple[str, ...]:
+    """'default' or a comma list of COMPILE_MODES words; one clear error for anything else."""
+    words = tuple(w.strip() for w in (spec or "default").split(",") if w.strip())
+    unknown = [w for w in words if w not in COMPILE_MODES]
+    if unknown or not words:
+        raise FxFusionError(f"unknown --compile-modes {', '.join(unknown) or '(none)'}; choose from "
+                            f"{', '.join(COMPILE_MODES)}")
+    return words
+
+
+def simplicity(name: str) -> int:
+    return SIMPLICITY.index(name) if name in SIMPLICITY else len(SIMPLICITY)
+
+
+def inductor_counters() -> dict[str, int]:
+    """Dynamo's and Inductor's counters that say whether a compile ran, hit the FX-graph cache or fell back."""
+    from torch._dynamo.utils import counters
+
+    return {"fxgraph_cache_hit": int(counters["inductor"].get("fxgraph_cache_hit", 0)),
+            "fxgraph_cache_miss": int(counters["inductor"].get("fxgraph_cache_miss", 0)),
+            "frames_ok": int(counters["frames"].get("ok", 0)),
+            "unique_graphs": int(counters["stats"].get("unique_graphs", 0))}
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+@dataclass
+class Built:
+    """A candidate ready to time: its callable, or why there is none."""
+
+    name: str
+    run: Callable[[], Any] | None
+    status: str = "ok"  # ok | failed | skipped
+    reason: str | None = None
+    setup_s: float | None = None  # compile + first call (what a user pays once)
+    cache: dict[str, int] = field(default_factory=dict)  # the counters' change while it compiled
+    kept: dict[str, Any] | None = None  # planned+compile: did Inductor keep the rewrites?
+
+
+class _PostGradOps:
+    """Records the ops of the graph Inductor is about to generate code for (its post-grad graph), so that one can
+    check it kept the plan's rewrites: the SDPA calls, the GEMM count."""
+
+    def __init__(self) -> None:
+        self.ops: list[str] = []
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        self.ops += [str(n.target) for n in graph.nodes if n.op == "call_function"]
+
+    def uuid(self) -> str:  # the CustomGraphPass protocol: a constant id keeps Inductor's cache usable
+        return "fxfusion-post-grad-ops-v1"
+
+
+def _post_grad_recorder() -> _PostGradOps:
+    try:
+        from torch._inductor.custom_graph_pass import CustomGraphPass
+
+        class Recorder(_PostGradOps, CustomGraphPass):
+            pass
+
+        return Recorder()
+    except ImportError:  # an older torch: a plain callable (it makes that compile skip the FX-graph cache)
+        return _PostGradOps()
+
+
+SDPA, GEMMS = "scaled_dot_product", ("aten.mm", "aten.addmm", "aten.bmm", "aten._addmm_activation")
+
+
+def count_ops(ops: list[str]) -> dict[str, int]:
+    return {"sdpa": sum(SDPA in o for o in ops), "gemm": sum(o.startswith(GEMMS) for o in ops)}
+
+
+def _first_and_warm(run: Callable[[], Any], device) -> float:
+    with torch.no_grad(), compile_limits():
+        seconds = first_call(run, device)
+        for _ in range(WARM_CALLS):
+            run()
+    return seconds
+
+
+def compile_model(name: str, module: nn.Module, inputs: tuple, device, mode: str | None,
+                  record_post_grad: bool = False) -> Built:
+    """``torch.compile(module, mode=mode)`` compiled and warmed on ``inputs``; failures are data, not exceptions."""
+    before = inductor_counters()
+    recorder = _post_grad_recorder() if record_post_grad else None
+    try:
+        compiled = torch.compile(module, mode=mode, dynamic=False)
+        run = lambda: compiled(*inputs)  # noqa: E731
+        if recorder is not None:
+            with torch._inductor.config.patch(post_grad_custom_post_pass=recorder):
+                seconds = _first_and_warm(run, device)
+        else:
+            seconds = _first_and_warm(run, device)
+    except Exception as exc:  # a compile that fails is reported on the candidate, never raised
+        return Built(name, None, "failed", one_line(exc), cache=_delta(before, inductor_counters()))
+    built = Built(name, run, setup_s=seconds, cache=_delta(before, inductor_counters()))
+    if recorder is not None:
+        built.kept = count_ops(recorder.ops)
+    return built
+
+
+def reset_compiled_state() -> None:
+    """Forget Dynamo's compiled frames and guards, so the candidates compiled next start as a user's would."""
+    torch._dynamo.reset()
+
+
+@dataclass
+class Choice:
+    chosen: str
+    why: str
+    candidates: list[dict[str, Any]]  # one row per candidate: name, status, median, speedup over eager, ...
+    best_baseline: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _row(name: str, timing, base_samples: list[float] | None, verified: bool | None, built: Built | None,
+         eager_ms: float | None) -> dict[str, Any]:
+    row = {"name": name, "status": timing.status if timing else (built.status if built else "skipped"),
+           "reason": (timing.reason if timing else None) or (built.reason if built else None),
+           "verified": verified, "median_ms": timing.median_ms if timing else None,
+           "speedup": timing.speedup if timing else None, "setup_s": built.setup_s if built else None,
+           "break_even_calls": None, "inductor": built.cache if built else {}, "kept": built.kept if built else None}
+    if built and built.setup_s is not None and eager_ms and row["median_ms"] is not None:
+        saving = eager_ms - row["median_ms"]
+        row["break_even_calls"] = (built.setup_s * 1e3 / saving) if saving > 0 else None
+    return row
+
+
+def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) -> Choice:
+    """The candidate to hand back (module doc).  ``timings``: name -> verify.Timing with raw samples."""
+    eager = timings.get("eager")
+    eager_ms = eager.median_ms if eager else None
+    rows = [_row(name, t, eager.samples_ms if eager else None, verified.get(name), built.get(name), eager_ms)
+            for name, t in timings.items()]
+    ok = {n: t for n, t in timings.items() if t.status == "ok" and t.samples_ms and verified.get(n, False)}
+    if not ok:
+        return Choice("eager", "no candidate could be timed with verified outputs: the original model is kept", rows)
+    baselines = [n for n in ("eager", "compile") if n in ok]
+    best_baseline = min(baselines, key=lambda n: ok[n].median_ms) if baselines else None
+    fastest = min(ok, key=lambda n: ok[n].median_ms)
+    chosen = fastest
+    for simpler in sorted(ok, key=simplicity):
+        if simplicity(simpler) >= simplicity(chosen):
+            break
+        gain: Speedup = speedup(ok[simpler].samples_ms, ok[chosen].samples_ms)
+        if gain.median < 1.0 + MIN_EFFECT:
+            chosen = simpler
+            break
+    against = best_baseline if best_baseline and best_baseline != chosen else None
+    if against:
+        s = speedup(ok[against].samples_ms, ok[chosen].samples_ms)
+        why = (f"{chosen} is the fastest verified candidate: {s.text()} of {against}, the better of eager and "
+               f"whole-model compile")
+    else:
+        others = [n for n in ok if n != chosen]
+        why = (f"{chosen} is the fastest verified candidate" if chosen == fastest else
+               f"{chosen}: {fastest} is less than {MIN_EFFECT:.0%} faster than it, so the simpler one is kept")
+        if chosen in ("eager", "compile") and others:
+            why += "; nothing the plan made beats it"
+    if chosen != fastest and against:
+        why += f" ({fastest} is less than {MIN_EFFECT:.0%} faster, so the simpler one is kept)"
+    return Choice(chosen, why, rows, best_baseline)

@@ -1,0 +1,120 @@
+"""Candidates: which model is handed back, and why -- the choice rule on known samples, apply(candidate=...), and one
+real end-to-end run with whole-model compile and the plan compiled."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import fxfusion
+from fxfusion.errors import FxFusionError
+from fxfusion.planning.candidates import choose, parse_compile_modes
+from fxfusion.planning.verify import Timing, verify_plan
+from tests.helpers import MODELS, TINY_SPEC, typical_plan
+
+
+def _timing(name: str, ms: float, spread: float = 0.01, n: int = 20, seed: int = 0) -> Timing:
+    rng = random.Random(seed)
+    return Timing(name, "ok", median_ms=ms, samples_ms=[ms * (1 + rng.uniform(-spread, spread)) for _ in range(n)])
+
+
+def _choose(medians: dict[str, float], verified: dict[str, bool] | None = None):
+    timings = {name: _timing(name, ms, seed=i) for i, (name, ms) in enumerate(medians.items())}
+    return choose(timings, verified or {n: True for n in medians}, {})
+
+
+def test_the_fastest_verified_candidate_is_chosen():
+    c = _choose({"eager": 1.0, "compile": 0.6, "planned": 0.8, "planned+compile": 0.45})
+    assert c.chosen == "planned+compile" and c.best_baseline == "compile"
+    assert "of compile" in c.why
+
+
+def test_nothing_beats_compile_so_compile_is_handed_back():
+    c = _choose({"eager": 1.0, "compile": 0.5, "planned": 0.9, "planned+compile": 0.55})
+    assert c.chosen == "compile" and "nothing the plan made beats it" in c.why
+
+
+def test_a_candidate_within_two_percent_gives_way_to_the_simpler_one():
+    c = _choose({"eager": 1.0, "compile": 0.600, "planned+compile": 0.595})
+    assert c.chosen == "compile"
+    # and the choice is never slower than 0.98x the fastest
+    assert 0.595 / 0.600 >= 0.98
+
+
+def test_a_candidate_whose_outputs_do_not_verify_is_never_chosen():
+    c = _choose({"eager": 1.0, "compile": 0.6, "planned+compile": 0.3},
+                verified={"eager": True, "compile": True, "planned+compile": False})
+    assert c.chosen == "compile"
+    assert [r["verified"] for r in c.candidates if r["name"] == "planned+compile"] == [False]
+
+
+def test_compile_modes_are_checked():
+    assert parse_compile_modes("default,reduce-overhead") == ("default", "reduce-overhead")
+    with pytest.raises(FxFusionError, match="unknown --compile-modes fast"):
+        parse_compile_modes("default,fast")
+
+
+def test_apply_hands_back_the_candidate_asked_for():
+    plan = typical_plan("resnet_basic")
+    from fxfusion.graph.loader import load_model
+
+    loaded = load_model(MODELS / "resnet_basic.py")
+    planned = fxfusion.apply(loaded.model, plan, candidate="planned")
+    eager = fxfusion.apply(loaded.model, plan, candidate="eager")
+    assert planned.fxfusion_candidate == "planned" and any(r.applied for r in planned.fxfusion_rewrites)
+    assert eager.fxfusion_candidate == "eager" and eager is not loaded.model
+    assert isinstance(eager, type(loaded.model))
+    plan.choice = {"chosen": "eager"}
+    assert fxfusion.apply(loaded.model, plan).fxfusion_candidate == "eager"  # the measured choice is the default
+    with pytest.raises(FxFusionError, match="unknown candidate 'fastest'"):
+        fxfusion.apply(loaded.model, plan, candidate="fastest")
+
+
+@pytest.mark.slow
+def test_candidates_are_verified_timed_and_chosen_end_to_end():
+    """resnet_basic on the CPU: whole-model compile and the plan compiled, each checked against float64, timed in the
+    same interleaved run; the choice is one of them, and Inductor kept the plan's folded convolutions."""
+    from fxfusion.graph.loader import load_model
+
+    torch.manual_seed(0)
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=TINY_SPEC)
+    assert r.ok, r.reason
+    c = r.candidates
+    names = [row["name"] for row in c["candidates"]]
+    assert set(names) >= {"eager", "planned", "compile", "planned+compile"}
+    rows = {row["name"]: row for row in c["candidates"]}
+    assert rows["compile"]["verified"] and rows["planned+compile"]["verified"]
+    assert rows["compile"]["setup_s"] > 0 and rows["compile"]["inductor"]["frames_ok"] >= 1
+    assert c["chosen"] in names and c["why"]
+    fastest = min((row for row in c["candidates"] if row["verified"]), key=lambda row: row["median_ms"])
+    assert rows[c["chosen"]]["median_ms"] <= fastest["median_ms"] / 0.98
+
+
+def test_groups_slower_when_compiled_are_left_out_of_planned_compile():
+    plan = typical_plan("resnet_basic")
+    first, rest = plan.groups[0], plan.groups[1:]
+    first.in_compiled_model = {"ci_high_ms": -0.01, "saving_ms": -0.02}  # compiled, its region is slower rewritten
+    for g in rest:
+        g.in_compiled_model = {"ci_high_ms": 0.01, "saving_ms": 0.0}  # within the noise: kept
+    assert [g.id for g in plan.groups_for_compile()] == [g.id for g in rest]
+
+
+@pytest.mark.slow
+def test_a_region_is_timed_compiled():
+    """The compiled regime on one group of mobilenet_block: both forms of its region through Inductor."""
+    from fxfusion.graph.loader import load_model
+    from fxfusion.planning.insitu import InModel, measure_in_model
+    from fxfusion.measure.timing import TimingSpec
+
+    loaded = load_model(MODELS / "mobilenet_block.py")
+    plan = typical_plan("mobilenet_block")
+    plan.groups = plan.groups[:1]
+    found = measure_in_model(plan, loaded.model, loaded.example_inputs, "cpu",
+                             spec=TimingSpec(rounds=5, warmup=1, target_sample_s=0.0, max_inner=1, budget_s=5.0),
+                             compiled=True)
+    im = found[plan.groups[0].id]
+    assert isinstance(im, InModel) and im.regime == "compiled" and im.captured_ms > 0 and im.rewritten_ms > 0
