@@ -36,8 +36,8 @@ def run(spec: str, out: Path, threads: int, match_only: bool) -> tuple[float, in
            "--format", "json", "-o", str(out)]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return time.perf_counter() - t0, done.returncode, done.stderr.strip().splitlines()[-1:] and done.stderr.strip(
-    ).splitlines()[-1] or ""
+    last_line = (done.stderr.strip().splitlines() or [""])[-1]
+    return time.perf_counter() - t0, done.returncode, last_line
 
 
 def row(spec: str, report: dict, seconds: float, match_seconds: float | None) -> str:
