@@ -149,14 +149,15 @@ def test_every_file_has_its_presets_and_entries():
     for path in sorted(ZOO.glob("[!_]*.py")):
         module = import_file(path)
         assert callable(module.get_model) and callable(module.get_inputs) and "tiny" in module.PRESETS, path
-        for name, cfg in module.PRESETS.items():
-            if name != "tiny":
-                assert callable(getattr(module, name)), f"{path.name} has preset {name} but no entry {name}()"
+        # every realistic preset has its entry function, listed in REALISTIC_ENTRIES (benchmarks read that list)
+        assert set(module.REALISTIC_ENTRIES) == set(module.PRESETS) - {"tiny"}, path
+        assert all(callable(getattr(module, name)) for name in module.REALISTIC_ENTRIES), path
         shapes[path.stem] = module.PRESETS
-    assert {e.spec.split(".py")[0] for e in ENTRIES} == set(shapes)  # the test covers every zoo file
+    assert {e.spec for e in ENTRIES} == {f"{stem}.py" for stem in shapes}  # the test covers every zoo file
     r50, gpt2, llama, vit = shapes["tv_resnet50"], shapes["hf_gpt2"], shapes["hf_llama"], shapes["timm_vit_small"]
     assert (r50["bench"].batch, r50["bench"].image) == (32, 224)
     assert (gpt2["bench"].hidden, gpt2["bench"].layers, gpt2["bench"].batch, gpt2["bench"].seq) == (768, 4, 8, 512)
+    assert gpt2["bench"].attn_implementation == "eager" and shapes["hf_gpt2_sdpa"]["bench"].attn_implementation == "sdpa"
     assert (llama["bench"].hidden, llama["bench"].layers, llama["bench"].batch, llama["bench"].seq) == (1024, 4, 4, 512)
     assert (llama["decode"].batch, llama["decode"].seq) == (8, 1)
     assert (vit["bench"].batch, vit["bench"].image, vit["bench"].width, vit["bench"].depth) == (32, 224, 384, 12)

@@ -20,7 +20,7 @@ ENTRIES = (
     ZooEntry("timm_vit_small.py", "timm"),
     ZooEntry("timm_resnet18.py", "timm"),
     ZooEntry("hf_gpt2.py", "transformers"),
-    ZooEntry("hf_gpt2.py:tiny_sdpa", "transformers"),
+    ZooEntry("hf_gpt2_sdpa.py", "transformers"),
     ZooEntry("hf_llama.py", "transformers"),
     ZooEntry("hf_bert.py", "transformers"),
     ZooEntry("hf_qwen2.py", "transformers"),

@@ -31,6 +31,7 @@ PRESETS = {
     "tiny": BertShape(),
     "bench": BertShape(hidden=768, layers=12, heads=12, mlp=3072, vocab=30522, positions=512, batch=32, seq=128),
 }
+REALISTIC_ENTRIES = ("bench",)  # the entry functions of the realistic presets
 
 
 def get_model(cfg: BertShape = PRESETS["tiny"]) -> torch.nn.Module:

@@ -1,16 +1,14 @@
 """Hugging Face GPT-2 (``transformers.GPT2Model``), random weights, built from a ``GPT2Config``: nothing downloaded.
 
-Two attention implementations of the same model: ``"eager"`` (GPT2Attention's own matmul / scale / causal mask /
-softmax / matmul, which analyze can match as causal attention) and ``"sdpa"``
-(``F.scaled_dot_product_attention``, already fused).  The model returns ``last_hidden_state``.
+Eager attention (``attn_implementation="eager"``): GPT2Attention's own matmul, scale, additive causal mask, softmax,
+cast to value's dtype, dropout and matmul, which analyze matches as causal attention.  hf_gpt2_sdpa.py is the same
+model with ``F.scaled_dot_product_attention`` (already fused).  The model returns ``last_hidden_state``.
 
-  models/zoo/hf_gpt2.py              tiny, eager: 2 layers, hidden 64, 2 x 16 tokens
-  models/zoo/hf_gpt2.py:tiny_sdpa    tiny, sdpa
-  models/zoo/hf_gpt2.py:bench        GPT-2-small-shaped (768 wide, 12 heads), 4 layers, 8 x 512 tokens, eager
-  models/zoo/hf_gpt2.py:bench_sdpa   the same, sdpa
+  models/zoo/hf_gpt2.py          tiny: 2 layers, hidden 64, 2 heads, 2 x 16 tokens
+  models/zoo/hf_gpt2.py:bench    GPT-2-small-shaped (768 wide, 12 heads, vocab 50257), 4 layers, 8 x 512 tokens
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from _zoolib import LastHiddenState, import_library, token_ids
@@ -25,13 +23,14 @@ class GPT2Shape:
     positions: int = 64
     batch: int = 2
     seq: int = 16
-    attn_implementation: str = "eager"  # or "sdpa"
+    attn_implementation: str = "eager"  # or "sdpa" (hf_gpt2_sdpa.py)
 
 
 PRESETS = {
     "tiny": GPT2Shape(),
     "bench": GPT2Shape(hidden=768, layers=4, heads=12, vocab=50257, positions=1024, batch=8, seq=512),
 }
+REALISTIC_ENTRIES = ("bench",)  # the entry functions of the realistic presets
 
 
 def get_model(cfg: GPT2Shape = PRESETS["tiny"]) -> torch.nn.Module:
@@ -48,18 +47,7 @@ def get_inputs(cfg: GPT2Shape = PRESETS["tiny"]):
     return (token_ids(cfg.batch, cfg.seq, cfg.vocab),)
 
 
-def _entry(cfg: GPT2Shape):
-    return get_model(cfg), get_inputs(cfg)
-
-
-def tiny_sdpa():
-    return _entry(replace(PRESETS["tiny"], attn_implementation="sdpa"))
-
-
 def bench():
-    """GPT-2-small-shaped, 4 layers, on 8 x 512 tokens, eager attention."""
-    return _entry(PRESETS["bench"])
-
-
-def bench_sdpa():
-    return _entry(replace(PRESETS["bench"], attn_implementation="sdpa"))
+    """GPT-2-small-shaped, 4 layers, on 8 x 512 tokens."""
+    cfg = PRESETS["bench"]
+    return get_model(cfg), get_inputs(cfg)

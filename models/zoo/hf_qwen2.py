@@ -36,6 +36,7 @@ PRESETS = {
                         batch=4, seq=512),
 }
 PRESETS["decode"] = replace(PRESETS["bench"], batch=8, seq=1)
+REALISTIC_ENTRIES = ("bench", "decode")  # the entry functions of the realistic presets
 
 
 def get_model(cfg: Qwen2Shape = PRESETS["tiny"]) -> torch.nn.Module:

@@ -20,6 +20,7 @@ class ResNet18Shape:
 
 
 PRESETS = {"tiny": ResNet18Shape(), "bench": ResNet18Shape(batch=32, image=224)}
+REALISTIC_ENTRIES = ("bench",)  # the entry functions of the realistic presets
 
 
 def get_model(cfg: ResNet18Shape = PRESETS["tiny"]) -> torch.nn.Module:

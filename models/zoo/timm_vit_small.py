@@ -25,6 +25,7 @@ class ViTShape:
 
 
 PRESETS = {"tiny": ViTShape(), "bench": ViTShape(depth=12, width=384, heads=6, batch=32, image=224)}
+REALISTIC_ENTRIES = ("bench",)  # the entry functions of the realistic presets
 
 
 def get_model(cfg: ViTShape = PRESETS["tiny"]) -> torch.nn.Module:

@@ -21,6 +21,7 @@ class ConvNeXtShape:
 
 
 PRESETS = {"tiny": ConvNeXtShape(), "bench": ConvNeXtShape(batch=32, image=224)}
+REALISTIC_ENTRIES = ("bench",)  # the entry functions of the realistic presets
 
 
 def get_model(cfg: ConvNeXtShape = PRESETS["tiny"]) -> torch.nn.Module:

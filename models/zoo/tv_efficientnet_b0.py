@@ -21,6 +21,7 @@ class EfficientNetShape:
 
 
 PRESETS = {"tiny": EfficientNetShape(), "bench": EfficientNetShape(batch=32, image=224)}
+REALISTIC_ENTRIES = ("bench",)  # the entry functions of the realistic presets
 
 
 def get_model(cfg: EfficientNetShape = PRESETS["tiny"]) -> torch.nn.Module:

@@ -22,6 +22,7 @@ class MobileNetV3Shape:
 
 
 PRESETS = {"tiny": MobileNetV3Shape(), "bench": MobileNetV3Shape(width_mult=1.0, batch=32, image=224)}
+REALISTIC_ENTRIES = ("bench",)  # the entry functions of the realistic presets
 
 
 def get_model(cfg: MobileNetV3Shape = PRESETS["tiny"]) -> torch.nn.Module:

@@ -22,6 +22,7 @@ class ResNet50Shape:
 
 
 PRESETS = {"tiny": ResNet50Shape(), "bench": ResNet50Shape(width_per_group=64, batch=32, image=224)}
+REALISTIC_ENTRIES = ("bench",)  # the entry functions of the realistic presets
 
 
 def get_model(cfg: ResNet50Shape = PRESETS["tiny"]) -> torch.nn.Module:
