@@ -41,6 +41,7 @@ def _specs(args) -> list[str]:
     if args.models:
         return args.models
     files = sorted(p for p in (ROOT / "models" / "zoo").glob("*.py") if not p.name.startswith("_"))
+    sys.path.insert(0, str(ROOT / "models" / "zoo"))
     if args.preset == "tiny":
         return [str(p.relative_to(ROOT)) for p in files]
     specs = []

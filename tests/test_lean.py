@@ -95,3 +95,29 @@ def test_lean_calls_compute_the_same_on_a_tour_of_ops():
         want, got = plain(*inputs), leaned(*inputs)
     for a, b in zip(torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)):
         assert torch.equal(a, b)
+
+
+class _MovesToDevice(torch.nn.Module):
+    """Hugging Face GPT-2 and Llama write ``hidden + pos.to(hidden.device)``: export records aten.to.dtype_layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = torch.nn.Embedding(8, 4)
+
+    def forward(self, x):  # x: (2, 8, 4)
+        pos = self.pos(torch.arange(x.shape[1], device=x.device))  # (8, 4)
+        return x + pos.to(x.device)
+
+
+def test_to_device_keeps_its_aten_call():
+    """Tensor.to's parser takes no layout=: leaning aten.to.dtype_layout into it raised TypeError in --apply."""
+    model, x = _MovesToDevice().eval(), torch.randn(2, 8, 4)
+    captured = capture(model, (x,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = captured_module(model, captured)
+    assert aten.to.dtype_layout in [original_target(n) for n in gm.graph.nodes]  # what export records for .to(device)
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x))
+    assert binding_for(aten.to.dtype_layout) is None
+    assert binding_for(aten.to.dtype) == ("call_method", "to")  # .to(torch.float64): the binding parses it

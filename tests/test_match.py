@@ -151,11 +151,11 @@ def test_functional_conv_is_found_like_the_module():
     assert sites[0].written_as == "F.conv2d + nn.BatchNorm2d + ReLU" and sites[0].roles["weight_param"] == "w"
 
 
-def test_conv_bn_relu6_folds_bn_and_leaves_relu6_unmatched_with_a_note():
-    model = conv_block(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+def test_conv_bn_then_an_activation_without_a_conv_pattern_folds_bn_and_leaves_it_with_a_note():
+    model = conv_block(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.GELU(approximate="tanh"))
     captured, sites = sites_of(model, IMG)
     assert summary(sites) == [("conv2d_bn", "fusible")]
-    assert "ReLU6" in sites[0].notes[0] and captured.unmatched == {"aten.hardtanh.default": 1}
+    assert "GELU(tanh)" in sites[0].notes[0] and captured.unmatched == {"aten.gelu.default": 1}
 
 
 def test_lone_conv_is_no_site():

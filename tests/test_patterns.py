@@ -19,6 +19,19 @@ def test_library_has_the_original_nine_plus_silu_and_causal_attention():
     assert set(FAMILIES) == {"linear", "conv", "attention", "norm", "sibling"}
 
 
+def test_conv_family_has_the_mobilenet_and_efficientnet_blocks():
+    assert FAMILIES["conv"] == [
+        "conv2d_relu", "conv2d_bn", "conv2d_bn_relu",  # the original suite's, 2-D and 1-D
+        "conv2d_bn_silu", "conv2d_bn_relu6", "conv2d_bn_hardswish", "conv2d_bn_gelu",  # MobileNetV2/V3, EfficientNet
+        "conv2d_silu", "conv2d_sigmoid", "conv2d_hardsigmoid",  # their squeeze-excitation convs (bias, no BN)
+        "conv1d_relu", "conv1d_bn", "conv1d_bn_relu"]
+    for name in FAMILIES["conv"]:
+        act = name.split("_", 1)[1].removeprefix("bn").strip("_")
+        variants = [mv.name for mv in REGISTRY[name].manual]
+        assert ("bn_folded" in variants) == ("_bn" in name)
+        assert (f"conv_{act}_fused" in variants) == bool(act)  # one oneDNN (or cuDNN for ReLU) call
+
+
 def test_linear_bias_relu_counts_by_hand():
     p = REGISTRY["linear_bias_relu"]
     s = {"M": 2, "K": 3, "N": 4}

@@ -2,7 +2,9 @@
 
 Every family reads them from here: the patterns (``linear_bias_gelu`` runs ``ACTIVATIONS["gelu"].fn``), the
 matchers (:func:`activation` names an aten node; :func:`written_activation` recognises one written out in
-elementwise ops by value, against the same functions in float64) and the rewrites (the cuBLASLt epilogue flag).
+elementwise ops by value, against the same functions in float64) and the rewrites (the cuBLASLt epilogue flag, the
+oneDNN convolution post-op).  A family takes only the activations it has patterns for (a linear followed by Hardswish
+is a linear site with a note, not a ``linear_bias_hardswish`` site).
 """
 
 from __future__ import annotations
@@ -26,14 +28,22 @@ class Activation:
     # torch._addmm_activation runs cuBLASLt's fused bias+ReLU / bias+GELU(tanh) epilogue on CUDA: its use_gelu flag
     # for this activation, or None where the epilogue cannot compute it (its GELU is the tanh approximation only).
     epilogue_gelu: bool | None = None
+    # oneDNN's convolution post-op computing it, as torch.ops.mkldnn._convolution_pointwise takes it (attr, scalars,
+    # algorithm): conv + bias + activation in one oneDNN primitive on CPU.  None where oneDNN has no such post-op.
+    onednn: tuple[str, tuple[float, ...], str | None] | None = None
 
 
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
-    Activation("relu", "ReLU", "ReLU", F.relu, epilogue_gelu=False),
-    Activation("gelu", "GELU", "GELU", F.gelu),
-    Activation("gelu_tanh", "GELU(tanh)", "GELUTanh", lambda t: F.gelu(t, approximate="tanh"), epilogue_gelu=True),
-    Activation("silu", "SiLU", "SiLU", F.silu),
-    Activation("relu6", "ReLU6", "ReLU6", F.relu6),
+    Activation("relu", "ReLU", "ReLU", F.relu, epilogue_gelu=False, onednn=("relu", (), None)),
+    Activation("gelu", "GELU", "GELU", F.gelu, onednn=("gelu", (), "none")),
+    Activation("gelu_tanh", "GELU(tanh)", "GELUTanh", lambda t: F.gelu(t, approximate="tanh"), epilogue_gelu=True,
+               onednn=("gelu", (), "tanh")),
+    Activation("silu", "SiLU", "SiLU", F.silu, onednn=("swish", (), None)),
+    Activation("relu6", "ReLU6", "ReLU6", F.relu6, onednn=("hardtanh", (0.0, 6.0), None)),
+    Activation("hardswish", "Hardswish", "Hardswish", F.hardswish, onednn=("hardswish", (), None)),
+    # the gates of squeeze-excitation blocks (EfficientNet: sigmoid; MobileNetV3: hardsigmoid)
+    Activation("sigmoid", "Sigmoid", "Sigmoid", torch.sigmoid, onednn=("sigmoid", (), None)),
+    Activation("hardsigmoid", "Hardsigmoid", "Hardsigmoid", F.hardsigmoid, onednn=("hardsigmoid", (), None)),
 )}
 
 
@@ -42,14 +52,15 @@ def title(name: str) -> str:
 
 
 def activation(node: Node) -> str | None:
-    """'relu' | 'gelu' | 'gelu_tanh' | 'silu' | 'relu6' for an activation node the library has patterns for."""
+    """The name in :data:`ACTIVATIONS` of an activation node ('relu', 'gelu', 'gelu_tanh', 'silu', 'relu6' as
+    ``hardtanh(0, 6)`` too, 'hardswish', 'sigmoid', 'hardsigmoid'; in place or not), else None."""
     k = kind(node)
     if k == "gelu":
         return "gelu_tanh" if arg(node, 1, "approximate", "none") == "tanh" else "gelu"
     if k == "hardtanh":
         low, high = arg(node, 1, "min_val", -1.0), arg(node, 2, "max_val", 1.0)
         return "relu6" if (low, high) == (0, 6) or (low, high) == (0.0, 6.0) else None
-    return k if k in ("relu", "silu", "relu6") else None
+    return k if k in ("relu", "silu", "relu6", "hardswish", "sigmoid", "hardsigmoid") else None
 
 
 # -- activations written out as elementwise arithmetic ---------------------------------------------------------------

@@ -38,19 +38,30 @@ def shape_of(node: Any) -> tuple[int, ...] | None:
     return tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None
 
 
-# Where a graph module keeps the tensors bound to its lifted parameters: outside its state (not a buffer, never
-# copied into a compiled or saved module), written by bind_constants and read by constant().
-_CONSTANTS = "_fxfusion_constants"
+# Where a graph module keeps the tensors bound to its lifted parameters, and their names in the model: outside its
+# state (not a buffer, never copied into a compiled or saved module), written by bind_constants and read by constant()
+# and parameter_name().
+_CONSTANTS, _NAMES = "_fxfusion_constants", "_fxfusion_constant_names"
+# The call_module a runnable graph checks its inputs with (fxfusion.graph.runnable.InputGuard): it reads every input,
+# the lifted parameters included, for their shapes only -- no computation of the graph reads a value through it.
+INPUT_GUARD = "_fxfusion_input_guard"
 
 
-def bind_constants(gm: fx.GraphModule, tensors: dict[str, torch.Tensor]) -> None:
+def bind_constants(gm: fx.GraphModule, tensors: dict[str, torch.Tensor], names: dict[str, str] | None = None) -> None:
     """Bind the model's tensors to ``gm``'s placeholders by name (lifted parameters of a Dynamo subgraph), so that a
-    rewrite can read them as constants (BatchNorm folding)."""
+    rewrite can read them as constants (BatchNorm folding); ``names`` gives each placeholder the model's name of its
+    parameter (``CapturedModel.parameters``), so rules that ask which nodes read a parameter see it however it
+    arrives."""
     gm.__dict__[_CONSTANTS] = dict(tensors)
+    gm.__dict__[_NAMES] = {ph: names[ph] for ph in tensors if ph in (names or {})}
 
 
 def bound_constants(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
     return gm.__dict__.get(_CONSTANTS, {})
+
+
+def bound_names(gm: fx.GraphModule) -> dict[str, str]:
+    return gm.__dict__.get(_NAMES, {})
 
 
 def constant(gm: fx.GraphModule, node: Any, what: str) -> torch.Tensor | None:
@@ -68,6 +79,28 @@ def constant(gm: fx.GraphModule, node: Any, what: str) -> torch.Tensor | None:
     for part in node.target.split("."):
         obj = getattr(obj, part)
     return obj.detach()
+
+
+def parameter_name(gm: fx.GraphModule, node: Any) -> str | None:
+    """The model's name of the parameter or buffer behind ``node``: a get_attr's target, or the name bound to a lifted
+    placeholder by :func:`bind_constants`; None for any other value."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "get_attr":
+        return str(node.target)
+    return bound_names(gm).get(node.name) if node.op == "placeholder" else None
+
+
+def readers(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
+    """The nodes that compute with ``node``'s value -- for a parameter, through any node of ``gm`` that stands for it
+    (several get_attr of one attribute, a lifted placeholder) -- in graph order; the input guard, which only checks
+    shapes, is not one."""
+    name = parameter_name(gm, node)
+    out: dict[fx.Node, None] = {}
+    for n in gm.graph.nodes:
+        if n is node or (name is not None and parameter_name(gm, n) == name):
+            out.update((u, None) for u in n.users if not (u.op == "call_module" and u.target == INPUT_GUARD))
+    return list(out)
 
 
 def add_constant(gm: fx.GraphModule, site_id: str, name: str, tensor: torch.Tensor, like: Any = None) -> fx.Node:

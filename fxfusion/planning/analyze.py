@@ -29,6 +29,8 @@ from fxfusion.graph.capture import capture
 from fxfusion.fusions.match import find_sites
 from fxfusion.planning.coverage import measure_coverage
 from fxfusion.planning.decide import LiveSource, Lookup, ProfileSource, SiteOutcome, decide_site
+from fxfusion.planning.plan import FusionPlan
+from fxfusion.planning.rewrite import trial_rewrites
 
 
 
@@ -87,7 +89,7 @@ class Analysis:
             return sum(1 for o in self.outcomes
                        if all(getattr(o.site if k == "status" else o, k) == v for k, v in kw.items()))
 
-        fused = [o for o in self.outcomes if o.verdict == FUSE]
+        fused = [o for o in self.outcomes if o.verdict == FUSE and o.not_applied is None]  # what --apply can rewrite
         matched = sum(len(s.nodes) for s in self.sites)
         return {"sites": len(self.sites), "fusible": count(status="fusible"), "illegal": count(status="illegal"),
                 "already_fused": count(status="already_fused"), "fuse": count(verdict=FUSE),
@@ -160,4 +162,28 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
             covered = measure_coverage(captured, sites, model, device).to_dict()
         except Exception as exc:  # coverage is a diagnosis: its failure must not lose the analysis
             warnings.append(f"coverage could not be measured: {type(exc).__name__}: {str(exc)[:200]}")
-    return Analysis(captured, sites, outcomes, metadata, warnings, capture_seconds, forward_ms, coverage=covered)
+    result = Analysis(captured, sites, outcomes, metadata, warnings, capture_seconds, forward_ms, coverage=covered)
+    check_rewrites(result, model)
+    return result
+
+
+def check_rewrites(result: Analysis, model: torch.nn.Module) -> None:
+    """Count a 'fuse' site's saving only where ``--apply`` can put its winner into the graph.
+
+    The 'fuse' sites are planned as ``--apply`` plans them (:meth:`FusionPlan.from_analysis`: no rewrite for the
+    winner, or no gain) and rewritten on trial copies of the captured graphs
+    (:func:`fxfusion.planning.rewrite.trial_rewrites`, the rules ``apply`` runs).  A site refused there keeps its own
+    ``saved_ms``, gets the reason as ``not_applied`` and a warning, and leaves the summary's totals.  Not checked
+    here: convexity (a cycle comes from fusing several groups together; ``--apply`` refuses those as not_convex) --
+    its check searches the whole graph once per group.  Cost: one copy of each captured graph and one trial
+    rewrite per 'fuse' site; nothing is timed."""
+    fused = {o.site.id: o for o in result.outcomes if o.verdict == FUSE}
+    if not fused:
+        return
+    plan = FusionPlan.from_analysis(result, convex=False)
+    why = {r.site_id: "; ".join(r.reasons) for r in plan.refused if r.site_id in fused}
+    why.update({r.site_id: r.detail for r in trial_rewrites(model, result.captured, plan.groups) if not r.applied})
+    for site_id, reason in why.items():
+        o = fused[site_id]
+        o.not_applied = reason
+        o.warnings.append(f"--apply cannot apply it ({reason}): its saving is not counted in the total")

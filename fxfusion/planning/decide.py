@@ -134,6 +134,9 @@ class SiteOutcome:
     # For a site whose activation is written out (the library measured it as one op): the library's fastest fused
     # variant, to be decided inside the model instead (FusionPlan.measure_in_model).
     in_model_candidate: str | None = None
+    # Why ``analyze --apply`` could not put the winner of a 'fuse' site into the graph (None: it can, or not checked);
+    # such a site keeps its own saved_ms but is not counted in the analysis's total (planning.analyze).
+    not_applied: str | None = None
 
 
 def _ok(entry: Entry, name: str):

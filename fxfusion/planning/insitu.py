@@ -42,7 +42,7 @@ import torch
 from torch import fx
 
 from fxfusion.calibration.variants import compile_limits
-from fxfusion.graph.edit import bind_constants, bound_constants, is_pure
+from fxfusion.graph.edit import bind_constants, bound_constants, bound_names, is_pure
 from fxfusion.graph.lean import lean
 from fxfusion.measure.devices import as_device
 from fxfusion.graph.runnable import runnable_graph
@@ -185,7 +185,7 @@ def cut_region(gm: fx.GraphModule, nodes: list[fx.Node]) -> tuple[fx.GraphModule
         raise RegionError("the region has no output used by the rest of the graph")
     g.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
     region = fx.GraphModule(gm, g)
-    bind_constants(region, bound_constants(gm))
+    bind_constants(region, bound_constants(gm), bound_names(gm))
     return region, inputs
 
 

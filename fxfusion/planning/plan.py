@@ -179,15 +179,17 @@ class FusionPlan:
         return cls._from_outcomes(captured, list(sites), outcomes, device, undecided)
 
     @classmethod
-    def from_analysis(cls, analysis, device: str | None = None) -> "FusionPlan":
-        """A plan from an :class:`fxfusion.planning.analyze.Analysis`: its per-site outcomes, live timings included."""
+    def from_analysis(cls, analysis, device: str | None = None, convex: bool = True) -> "FusionPlan":
+        """A plan from an :class:`fxfusion.planning.analyze.Analysis`: its per-site outcomes, live timings included.
+        ``convex=False`` admits every candidate group without the convexity check (step 3), for callers that only ask
+        which groups a rewrite would take (it costs a cycle search of the whole graph per group)."""
         device = as_device(device or analysis.metadata.get("device", "cpu"))
         return cls._from_outcomes(analysis.captured, list(analysis.sites), list(analysis.outcomes), device,
-                                  analysis.undecided())
+                                  analysis.undecided(), convex)
 
     @classmethod
     def _from_outcomes(cls, captured: CapturedModel, sites: list[Site], outcomes: list, device: str,
-                       undecided: Mapping[str, str] | None) -> "FusionPlan":
+                       undecided: Mapping[str, str] | None, convex: bool = True) -> "FusionPlan":
         undecided = dict(undecided or {})
         candidates, refused, warnings, pending = [], [], [], []
 
@@ -240,7 +242,10 @@ class FusionPlan:
                 candidates.append(group(o, o.best_variant, o.saved_ms, o.best_ms))
         plan = cls(captured=captured, sites=sites, groups=[], refused=refused, device=device, warnings=warnings,
                    pending=pending)
-        plan._admit_convex(candidates)
+        if convex:
+            plan._admit_convex(candidates)
+        else:
+            plan.groups = candidates
         return plan
 
     def _admit_convex(self, candidates: list[FusionGroup]) -> None:

@@ -22,7 +22,8 @@ The rules live in :mod:`fxfusion.fusions.rewrites_registry`, by variant name (th
   merged                sibling GEMMs -> one GEMM on their weights concatenated at rewrite time, a slice per output;
                         gated MLP -> gate and up as one GEMM, then act(first half) * second half
   bn_folded             conv + BatchNorm -> conv with the BatchNorm folded into new weight and bias buffers
-  conv_relu_fused       conv (+ folded BN) + ReLU -> one oneDNN (CPU) / cuDNN (CUDA) conv+ReLU call
+  conv_<act>_fused      conv (+ folded BN) + activation -> one oneDNN conv call with the activation as a post-op
+                        (CPU: ReLU, SiLU, ReLU6, Hardswish, GELU, Sigmoid, Hardsigmoid) / cuDNN conv+ReLU (CUDA)
   channels_last         conv + BN folded, NHWC input and weights (CUDA only, as measured)
   sdpa                  QK^T -> scale -> mask -> softmax -> PV  ->  ``scaled_dot_product_attention``
   baddbmm_scale         QK^T / sqrt(d) -> ``baddbmm`` with alpha (the scale applied by the GEMM)
@@ -124,13 +125,43 @@ def rewrite_group(gm: fx.GraphModule, group, recompile: bool = True) -> RewriteR
 
 def planned_module(model: nn.Module, captured, groups) -> nn.Module:
     if captured.method == "export":
-        gm = runnable_graph(captured, 0, model)
+        [gm], records = _rewritten_graphs(model, captured, groups)
         if gm is None:
             raise FxFusionError("the captured graph has its parameters lifted to inputs and no exported program to "
                                 "run it with; capture the model with fxfusion.graph.capture.capture")
-        gm.fxfusion_rewrites = [rewrite_group(gm, g) for g in groups]
+        gm.fxfusion_rewrites = records
         return lean(gm)  # rewrites match aten overloads: make the calls lean only once they are done
     return _planned_dynamo(model, captured, groups)
+
+
+def _rewritten_graphs(model: nn.Module, captured, groups, trial: bool = False
+                      ) -> tuple[list[fx.GraphModule | None], list[RewriteRecord]]:
+    """A runnable copy of every captured graph with its groups rewritten in order (None for a graph that cannot be
+    run: its groups are recorded as not applied), and one record per group.  ``trial`` leaves the code stale and
+    copies no graph without groups (None in its place)."""
+    modules, records = [], []
+    for i in range(len(captured.graphs)):
+        mine = [g for g in groups if g.graph_index == i]
+        if trial and not mine:
+            modules.append(None)
+            continue
+        runnable = captured.method == "export" or (captured.programs and captured.programs[i] is not None)
+        gm = runnable_graph(captured, i, model) if runnable else None
+        if gm is None:
+            why = ("its parameters are lifted to inputs and there is no exported program to run it with"
+                   if captured.method == "export" else "it did not export; it runs unchanged")
+            records += [RewriteRecord(g.id, g.pattern, g.variant, False, f"subgraph {i}: {why}") for g in mine]
+        else:
+            records += [rewrite_group(gm, g, recompile=not trial) for g in mine]
+        modules.append(gm)
+    return modules, records
+
+
+def trial_rewrites(model: nn.Module, captured, groups) -> list[RewriteRecord]:
+    """What :func:`fxfusion.planning.apply.apply` would do with ``groups``, on copies of the captured graphs that are
+    then dropped: one record per group, applied or not (and why not).  Cost: a copy of each graph and the rewrites;
+    nothing is compiled or run."""
+    return _rewritten_graphs(model, captured, groups, trial=True)[1]
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -171,17 +202,8 @@ class _ReplayBackend:
 
 
 def _planned_dynamo(model: nn.Module, captured, groups) -> nn.Module:
-    modules, records = [], []
-    for i in range(len(captured.graphs)):
-        mine = [g for g in groups if g.graph_index == i]
-        gm = runnable_graph(captured, i, model) if captured.programs and captured.programs[i] is not None else None
-        if gm is None:
-            records += [RewriteRecord(g.id, g.pattern, g.variant, False, f"subgraph {i} did not export; "
-                                      "it runs unchanged") for g in mine]
-        else:
-            records += [rewrite_group(gm, g) for g in mine]
-            gm = lean(gm)
-        modules.append(gm)
+    modules, records = _rewritten_graphs(model, captured, groups)
+    modules = [lean(gm) if gm is not None else None for gm in modules]
     backend = _ReplayBackend(modules, list(captured.graph_inputs))
     planned = torch.compile(copy_model(model), backend=backend, dynamic=False)
     planned.fxfusion_rewrites = records

@@ -1,13 +1,16 @@
-"""Conv1d/Conv2d (depthwise included) followed by BatchNorm and/or ReLU."""
+"""Conv1d/Conv2d (depthwise included) followed by BatchNorm and/or an activation the family has a pattern for."""
 
 from __future__ import annotations
 
 from torch.fx import Node
 
 from fxfusion.graph.capture import module_path
-from fxfusion.fusions.activations import title, activation
+from fxfusion.fusions.activations import activation, title, written_activation
 from fxfusion.fusions.base import Candidate, Context, add_role, weight_key
+from fxfusion.fusions.conv.pattern import PATTERNS
 from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, op_name, shape, tensor_value
+
+PATTERN_NAMES = frozenset(p.name for p in PATTERNS)
 
 
 def _conv_geometry(conv: Node) -> tuple[Node, Node, Node | None, list, object, list, int] | None:
@@ -38,7 +41,8 @@ def _bn_params(bn: Node) -> dict[str, object]:
 
 
 def match_conv(ctx: Context, conv: Node) -> Candidate | None:
-    """Conv1d/Conv2d (depthwise included) followed by BatchNorm and/or ReLU."""
+    """Conv1d/Conv2d (depthwise included) followed by BatchNorm and/or an activation: conv{d}d[_bn][_<act>] where the
+    family has that pattern; an activation it has none for stays a separate op, with a note."""
     g = ctx.graph
     geometry = _conv_geometry(conv)
     ws, out_shape = shape(conv.args[1]), shape(conv)
@@ -81,25 +85,31 @@ def match_conv(ctx: Context, conv: Node) -> Candidate | None:
         if ctx.weight_uses[key] > 1:
             others = [n for n in ctx.weight_users[key] if n != f"g{g.index}:{conv.name}"]
             reasons.append(f"conv {path or conv.name} (weight {g.param(w) or node_name(w)}) is reused on another path "
-                           f"({', '.join(others)}): folding BatchNorm into its weights would silently change that "
-                           "path too (PyTorch issue 104593)")
+                           f"({', '.join(others)}): fxfusion does not fold BatchNorm into a shared conv's weights "
+                           "(folding in place, as torch.fx's fuse does, silently changes the other path: PyTorch "
+                           "issue 104593)")
         if not g.param(w):
             reasons.append(f"conv weight {node_name(w)} is computed at run time, not a parameter: BatchNorm cannot be "
                            "folded into it ahead of time")
     acts = [u for u in cur.users if activation(u)]
-    if acts:
+    base = f"conv{dims}d" + ("_bn" if bn is not None else "")
+    written = written_activation(cur)
+    if written is not None and len(written[1]) > 1:  # x * sigmoid(x) and the like: its sigmoid is not the activation
+        notes.append(f"the {title(written[0])} after it is written out in {len(written[1])} elementwise ops; the conv "
+                     "family fuses activation ops only, so it stays as written")
+    elif acts:
         name = activation(acts[0])
-        if name == "relu":
+        if f"{base}_{name}" in PATTERN_NAMES:
             act = acts[0]
             nodes.append(act)
             roles["activation"], roles["act"] = act.name, name
-            how.append("ReLU")
+            how.append(title(name))
         else:
-            notes.append(f"the {title(name)} after it has no conv+{title(name)} pattern in the library; "
-                         "it stays a separate op")
+            notes.append(f"the {title(name)} after it has no {base}_{name} pattern in the library; it stays a "
+                         "separate op")
     if bn is None and act is None:
         return None
-    pattern = f"conv{dims}d" + ("_bn" if bn is not None else "") + ("_relu" if act is not None else "")
+    pattern = base + (f"_{roles['act']}" if act is not None else "")
     k = max(ws[2:])
     shape_d = {"B": out_shape[0] if len(out_shape) == dims + 2 else 1, "Cin": ws[1] * int(groups),
                "Cout": ws[0]}

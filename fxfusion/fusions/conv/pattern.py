@@ -1,15 +1,28 @@
-"""Conv1d / Conv2d (+ BatchNorm) (+ ReLU).  Shape keys: B, Cin, Cout, the spatial sizes (L for 1-D; H, W for
+"""Conv1d / Conv2d (+ BatchNorm) (+ activation).  Shape keys: B, Cin, Cout, the spatial sizes (L for 1-D; H, W for
 2-D), k (kernel size in every spatial dim, stride 1, 'same' padding), G (groups; G = Cin is depthwise).
+
+The patterns (:data:`PATTERNS`): conv{1,2}d_relu, conv{1,2}d_bn, conv{1,2}d_bn_relu (the original suite's), and for
+MobileNetV2/V3- and EfficientNet-style blocks conv2d_bn_<act> with act in SiLU, ReLU6, Hardswish, GELU, plus the convs
+of their squeeze-excitation blocks, which have a bias and no BatchNorm: conv2d_silu (EfficientNet's reduce conv),
+conv2d_sigmoid and conv2d_hardsigmoid (the expand conv and its gate, EfficientNet and MobileNetV3).
+
+Variants, besides eager and the compile ones:
+  bn_folded        BatchNorm folded into the conv's weight and bias at load time; the activation runs after the conv
+  conv_<act>_fused (BN folded, then) conv + bias + activation in one call: oneDNN's convolution with the activation
+                   as a post-op on CPU, cuDNN's conv+bias+ReLU on CUDA (ReLU only; see fxfusion.fusions.conv.fused)
+  channels_last    BN folded, NHWC input and weights (GPU only: a layout change, offered on top of the fold)
 
 Bytes (itemsize s; X = B Cin * spatial, Y = B Cout * spatial, Wt = Cout Cin/G k^d), every op reading its inputs and
 writing its output:
   conv     reads x (X), weight (Wt) [+ bias Cout], writes y (Y)
   BN       reads y and 4 Cout statistics/affine params, writes y
-  ReLU     reads y, writes y
+  act      reads y, writes y (any activation: elementwise, one read and one write)
   fused    = conv only, with the folded bias: X + Wt + Cout + Y.  BN folding moves BN into the weights once, at
-             load time, so its cost is not part of the forward pass.
+             load time, so its cost is not part of the forward pass; the activation is applied in registers.
 FLOPs: 2 Y (Cin/G) k^d for the conv, one per output element for the bias, two for BN (scale and shift) and one for
-ReLU.  A 1-D conv's fused conv+ReLU runs as a 2-D conv of height 1 (cuDNN and oneDNN fuse 2-D convs).
+the activation -- the library's convention for every activation (as in the linear family): SiLU's exp and division,
+GELU's erf, Hardswish's clamp and product are counted as one op, like ReLU's max.  A 1-D conv's fused conv+ReLU runs
+as a 2-D conv of height 1 (cuDNN and oneDNN fuse 2-D convs).
 """
 
 from __future__ import annotations
@@ -17,9 +30,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fxfusion.fusions.activations import ACTIVATIONS
 from fxfusion.fusions.base import ManualVariant, Pattern, randn, shapes
-from fxfusion.fusions.conv.rewrite import (BN_EPS, fold_batchnorm, rewrite_bn_folded, rewrite_channels_last,
-                                           rewrite_conv_relu_fused)
+from fxfusion.fusions.conv.fused import BN_EPS, fold_batchnorm, fused_conv_call, fused_unsupported
+from fxfusion.fusions.conv.rewrite import rewrite_bn_folded, rewrite_channels_last, rewrite_conv_act_fused
 from fxfusion.measure.devices import is_cuda
 
 
@@ -85,33 +99,24 @@ def _inputs(bn: bool, bias: bool, nd: int):
     return make
 
 
-def _fused_conv_relu(x, w, b, pad, groups):
-    """One kernel for conv+bias+ReLU: cuDNN's fused op on CUDA, oneDNN's post-op on CPU (2-D; 1-D as height 1)."""
+def _fused_conv_act(x, w, b, pad: int, groups: int, act: str):
+    """act(conv(x, w, b)), stride 1, as the one call of :func:`fxfusion.fusions.conv.fused.fused_conv_call`; a 1-d conv
+    runs as a 2-d conv of height 1."""
     if x.dim() == 3:
-        return _fused_conv_relu(x.unsqueeze(2), w.unsqueeze(2), b, (0, pad), groups).squeeze(2)
+        return _fused_conv_act(x.unsqueeze(2), w.unsqueeze(2), b, (0, pad), groups, act).squeeze(2)
     padding = list(pad) if isinstance(pad, tuple) else [pad, pad]
-    if x.is_cuda:
-        return torch.cudnn_convolution_relu(x, w, b, [1, 1], padding, [1, 1], groups)
-    return torch.ops.mkldnn._convolution_pointwise(x, w, b, padding, [1, 1], [1, 1], groups, "relu", [], None)
-
-
-def _fused_conv_relu_unsupported(shape, dtype, device):
-    if is_cuda(device):
-        return None if dtype != torch.float64 else "cuDNN's fused conv+ReLU does not take float64"
-    if not torch.backends.mkldnn.is_available():
-        return "this torch build has no oneDNN (mkldnn), which provides the fused conv+ReLU on CPU"
-    if dtype not in (torch.float32, torch.bfloat16):
-        return f"oneDNN's fused conv+ReLU does not take {dtype}"
-    return None
+    op, args = fused_conv_call(x, w, b, [1, 1], padding, [1, 1], groups, act, cuda=x.is_cuda)
+    return op(*args)
 
 
 def _channels_last_unsupported(shape, dtype, device):
     return None if is_cuda(device) else "channels_last is offered as a GPU variant only"
 
 
-def _pattern(bn: bool, relu: bool, nd: int = 2) -> Pattern:
+def _pattern(bn: bool, act: str | None, nd: int = 2) -> Pattern:
     bias = not bn
     conv = CONV[nd]
+    fn = ACTIVATIONS[act].fn if act else None
 
     def eager(x, weight, bias=None, running_mean=None, running_var=None, bn_weight=None, bn_bias=None):
         pad = weight.shape[-1] // 2
@@ -119,7 +124,7 @@ def _pattern(bn: bool, relu: bool, nd: int = 2) -> Pattern:
         y = conv(x, weight, bias, padding=pad, groups=groups)
         if bn:
             y = F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, training=False, eps=BN_EPS)
-        return F.relu(y) if relu else y
+        return fn(y) if fn else y
 
     def folded(inp):
         if not bn:
@@ -135,15 +140,15 @@ def _pattern(bn: bool, relu: bool, nd: int = 2) -> Pattern:
         w, b = folded(inp)
         x = inp["x"]
         pad, groups = geometry(inp)
-        if relu:
-            return lambda: F.relu(conv(x, w, b, padding=pad, groups=groups))
+        if fn:
+            return lambda: fn(conv(x, w, b, padding=pad, groups=groups))
         return lambda: conv(x, w, b, padding=pad, groups=groups)
 
-    def build_conv_relu(inp):
+    def build_fused(inp):
         w, b = folded(inp)
         x = inp["x"]
         pad, groups = geometry(inp)
-        return lambda: _fused_conv_relu(x, w, b, pad, groups)
+        return lambda: _fused_conv_act(x, w, b, pad, groups, act)
 
     def build_channels_last(inp):
         # The weights are converted once (load time); the activation arrives NCHW from the rest of the model, so its
@@ -155,7 +160,7 @@ def _pattern(bn: bool, relu: bool, nd: int = 2) -> Pattern:
 
         def run():
             y = conv(x.contiguous(memory_format=torch.channels_last), w, b, padding=pad, groups=groups)
-            return F.relu(y) if relu else y
+            return fn(y) if fn else y
 
         return run
 
@@ -163,10 +168,12 @@ def _pattern(bn: bool, relu: bool, nd: int = 2) -> Pattern:
     if bn:
         manual.append(ManualVariant("bn_folded", build_fold, "BatchNorm folded into the conv weights and bias",
                                     rewrite=rewrite_bn_folded))
-    if relu:
-        manual.append(ManualVariant("conv_relu_fused", build_conv_relu,
-                                    ("BN folded, then " if bn else "") + "conv+bias+ReLU in one cuDNN/oneDNN kernel",
-                                    rewrite=rewrite_conv_relu_fused, unsupported=_fused_conv_relu_unsupported))
+    if act:
+        where = "one cuDNN/oneDNN kernel" if act == "relu" else "one oneDNN kernel (CPU; no cuDNN fusion is exposed)"
+        what = f"conv+bias+{ACTIVATIONS[act].title} in {where}"
+        manual.append(ManualVariant(f"conv_{act}_fused", build_fused, ("BN folded, then " if bn else "") + what,
+                                    rewrite=rewrite_conv_act_fused,
+                                    unsupported=lambda shape, dtype, device: fused_unsupported(act, dtype, device)))
     if bn and nd == 2:  # channels_last alone is a layout change, not a fusion: offered only on top of BN folding
         manual.append(ManualVariant("channels_last", build_channels_last,
                                     "BN folded, NHWC (channels_last) input and weights",
@@ -175,7 +182,7 @@ def _pattern(bn: bool, relu: bool, nd: int = 2) -> Pattern:
     def flops(s):
         out = s["B"] * s["Cout"] * _spatial_size(s, nd)
         conv_flops = 2 * out * (s["Cin"] // s["G"]) * s["k"] ** nd
-        return conv_flops + out * ((1 if bias else 0) + (2 if bn else 0) + (1 if relu else 0))
+        return conv_flops + out * ((1 if bias else 0) + (2 if bn else 0) + (1 if act else 0))
 
     def nbytes(s, itemsize, fused):
         x = s["B"] * s["Cin"] * _spatial_size(s, nd)
@@ -186,16 +193,16 @@ def _pattern(bn: bool, relu: bool, nd: int = 2) -> Pattern:
         total = x + w + y + (s["Cout"] if bias else 0)
         if bn:
             total += 2 * y + 4 * s["Cout"]
-        if relu:
+        if act:
             total += 2 * y
         return itemsize * total
 
-    parts = [f"Conv{nd}d"] + (["BN"] if bn else []) + (["ReLU"] if relu else [])
+    parts = [f"Conv{nd}d"] + (["BN"] if bn else [])
     return Pattern(
-        name="_".join(p.lower() for p in parts),
+        name=f"conv{nd}d" + ("_bn" if bn else "") + (f"_{act}" if act else ""),
         family="conv",
-        title="+".join(parts),
-        legacy_name="_".join(parts),
+        title="+".join(parts + ([ACTIVATIONS[act].title] if act else [])),
+        legacy_name="_".join(parts + ([ACTIVATIONS[act].legacy] if act else [])),
         shape_keys=("B", "Cin", "Cout", *SPATIAL[nd], "k", "G"),
         make_inputs=_inputs(bn, bias, nd),
         eager=eager,
@@ -207,4 +214,10 @@ def _pattern(bn: bool, relu: bool, nd: int = 2) -> Pattern:
     )
 
 
-PATTERNS = [_pattern(bn, relu, nd) for nd in (2, 1) for bn, relu in ((False, True), (True, False), (True, True))]
+# (BatchNorm, activation, dims): the original suite's three per dimension, then the MobileNet/EfficientNet blocks and
+# their squeeze-excitation convs.
+KINDS = ([(bn, act, 2) for bn, act in ((False, "relu"), (True, None), (True, "relu"))]
+         + [(True, act, 2) for act in ("silu", "relu6", "hardswish", "gelu")]
+         + [(False, act, 2) for act in ("silu", "sigmoid", "hardsigmoid")]
+         + [(bn, act, 1) for bn, act in ((False, "relu"), (True, None), (True, "relu"))])
+PATTERNS = [_pattern(bn, act, nd) for bn, act, nd in KINDS]

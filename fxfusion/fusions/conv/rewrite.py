@@ -1,9 +1,12 @@
-"""Conv (+ BatchNorm) (+ ReLU): BatchNorm folded into new weight/bias buffers, optionally with a fused ReLU.
+"""Conv (+ BatchNorm) (+ activation): BatchNorm folded into new weight/bias buffers, optionally with the activation
+fused into the same oneDNN/cuDNN call (:mod:`fxfusion.fusions.conv.fused`, where those computations are written).
 
 Legality, checked here before anything is inserted: the BatchNorm runs in inference mode; its statistics and the
-conv's weights are constants; the conv's weight feeds no other node (a module reused on two paths is never folded:
-PyTorch issue 104593); the conv's output feeds only the BatchNorm.  The folded tensors are new buffers on the planned
-module, so the original parameters -- and any other path that reads them -- are untouched.
+conv's weights are constants (get_attr, or parameters lifted to placeholders of a Dynamo subgraph and bound to the
+model's tensors by :func:`fxfusion.graph.edit.bind_constants`); the conv's weight parameter is read by no other node
+of the graph (a module reused on two paths is not folded: see :mod:`fxfusion.fusions.conv.match`); the conv's output
+feeds only the BatchNorm.  The folded tensors are new buffers on the planned module, so the original parameters --
+and any other path that reads them -- are untouched.
 """
 
 from __future__ import annotations
@@ -15,20 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from fxfusion.graph.edit import NotApplicable, arg, constant, is_call, aten
-
-BN_EPS = 1e-5
-
-
-def fold_batchnorm(weight, bias, running_mean, running_var, bn_weight, bn_bias, eps=BN_EPS):
-    """Conv weights and bias with an inference-mode BatchNorm folded in (computed in float32 for accuracy)."""
-    dtype = weight.dtype
-    scale = bn_weight.float() * torch.rsqrt(running_var.float() + eps)
-    folded_w = weight.float() * scale.reshape(-1, *[1] * (weight.dim() - 1))
-    conv_b = bias.float() if bias is not None else torch.zeros_like(scale)
-    folded_b = (conv_b - running_mean.float()) * scale + bn_bias.float()
-    return folded_w.to(dtype), folded_b.to(dtype)
-
+from fxfusion.fusions.activations import activation
+from fxfusion.fusions.conv.fused import fold_batchnorm, fused_conv_call, fused_unsupported
+from fxfusion.graph.edit import NotApplicable, arg, constant, is_call, aten, parameter_name, readers
 
 
 CONVS = (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
@@ -42,7 +34,8 @@ class _Conv:
     conv: fx.Node
     bn: fx.Node | None
     bn_out: fx.Node | None  # the BN's tensor output (a getitem for the tuple-returning BN ops)
-    relu: fx.Node | None
+    act: fx.Node | None  # the activation node of the site, when it has one
+    act_name: str | None  # its name in fxfusion.fusions.activations ("relu", "silu", ...)
 
 
 def _parse_conv(nodes: list[fx.Node]) -> _Conv:
@@ -57,9 +50,8 @@ def _parse_conv(nodes: list[fx.Node]) -> _Conv:
     if bn is not None and bn.target != aten.batch_norm.default:
         bn_out = next((u for u in bn.users if is_call(u, operator.getitem) and u.args[1] == 0), None)
     tail = bn_out if bn is not None else conv
-    relu = next((u for u in tail.users if is_call(u, aten.relu.default, aten.relu_.default) and u in inside), None) \
-        if tail is not None else None
-    return _Conv(conv, bn, bn_out, relu)
+    act = next((u for u in tail.users if u in inside and activation(u)), None) if tail is not None else None
+    return _Conv(conv, bn, bn_out, act, activation(act) if act is not None else None)
 
 
 def _bn_training(bn: fx.Node) -> bool:
@@ -71,15 +63,17 @@ def _bn_training(bn: fx.Node) -> bool:
 
 
 def _check_conv_not_reused(gm: fx.GraphModule, conv: fx.Node) -> None:
-    """PyTorch issue 104593: folding BN into a conv module that runs on two paths changes the other path."""
+    """The conv's weight parameter feeds this conv alone (however many nodes of the graph stand for it), and the
+    conv's output feeds the BatchNorm alone."""
     w = conv.args[1]
     if not isinstance(w, fx.Node):
         raise NotApplicable("the conv weight is not a graph value")
-    same = [n for n in gm.graph.nodes if n is not w and n.op == w.op and n.target == w.target] + [w]
-    users = {u for n in same for u in n.users}
-    if any(u is not conv for u in users):
-        raise NotApplicable("the conv's weight is used by another node (a conv reused on two paths): folding "
-                            "BatchNorm into it would change the other path (PyTorch issue 104593)")
+    others = [u.name for u in readers(gm, w) if u is not conv]
+    if others:
+        raise NotApplicable(f"the conv's weight {parameter_name(gm, w) or w.name} is also read by "
+                            f"{', '.join(others)} (a conv reused on two paths): fxfusion does not fold BatchNorm into "
+                            "a shared conv (folding in place, as torch.fx's fuse does, changes the other path: "
+                            "PyTorch issue 104593)")
     if len(conv.users) != 1:
         raise NotApplicable("the conv's output is used outside the BatchNorm, which needs the unfolded value")
 
@@ -138,42 +132,49 @@ def rewrite_bn_folded(gm, nodes, group):
     return c.bn_out, y
 
 
-def _conv_geometry(conv: fx.Node) -> tuple[list[int], list[int], list[int], int]:
-    if conv.target != aten.conv2d.default and not (conv.target == aten.convolution.default
-                                                  and len(conv.args[1].meta["val"].shape) == 4):
-        raise NotApplicable("the fused conv+ReLU kernels take 2-d convolutions with explicit padding only")
+def _conv_geometry(conv: fx.Node, dims: int) -> tuple[list[int], list[int], list[int], int]:
+    """(stride, padding, dilation, groups) of a 1-d or 2-d conv, one entry per spatial dim."""
+    if dims not in (1, 2) or conv.target not in (aten.conv1d.default, aten.conv2d.default, aten.convolution.default):
+        raise NotApplicable("the fused conv+activation kernels take 1-d and 2-d convolutions with explicit padding "
+                            "only")
     if conv.target == aten.convolution.default:
         stride, padding, dilation, groups = conv.args[3], conv.args[4], conv.args[5], conv.args[8]
     else:
-        stride, padding = arg(conv, 3, "stride", [1, 1]), arg(conv, 4, "padding", [0, 0])
-        dilation, groups = arg(conv, 5, "dilation", [1, 1]), arg(conv, 6, "groups", 1)
+        stride, padding = arg(conv, 3, "stride", [1] * dims), arg(conv, 4, "padding", [0] * dims)
+        dilation, groups = arg(conv, 5, "dilation", [1] * dims), arg(conv, 6, "groups", 1)
 
-    def pair(v):
-        return list(v) * 2 if len(v) == 1 else list(v)
+    def per_dim(v):
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        return v * dims if len(v) == 1 else v
 
-    return pair(stride), pair(padding), pair(dilation), int(groups)
+    return per_dim(stride), per_dim(padding), per_dim(dilation), int(groups)
 
 
-def rewrite_conv_relu_fused(gm, nodes, group):
+def rewrite_conv_act_fused(gm, nodes, group):
+    """conv (+ BN folded) + activation -> one oneDNN/cuDNN call (fused.fused_conv_call); a 1-d conv runs as a 2-d
+    conv of height 1, as the measured variant does (its input unsqueezed, its output squeezed back)."""
     c = _parse_conv(nodes)
-    if c.relu is None:
-        raise NotApplicable("no ReLU in the site to fuse")
-    stride, padding, dilation, groups = _conv_geometry(c.conv)
+    if c.act is None:
+        raise NotApplicable("no activation in the site to fuse")
     weight, bias = _fold(gm, c)
+    dims = weight.dim() - 2
+    stride, padding, dilation, groups = _conv_geometry(c.conv, dims)
     device = weight.device.type
-    if device == "cpu" and not torch.backends.mkldnn.is_available():
-        raise NotApplicable("this torch build has no oneDNN, which provides the fused conv+ReLU on CPU")
+    why = fused_unsupported(c.act_name, weight.dtype, device)
+    if why is not None:
+        raise NotApplicable(why)
+    if dims == 1:
+        weight, stride, padding, dilation = weight.unsqueeze(2), [1] + stride, [0] + padding, [1] + dilation
     g = gm.graph
-    with g.inserting_before(c.relu):
+    with g.inserting_before(c.act):
         w = _register(gm, group.site_id, "weight", weight)
         b = _register(gm, group.site_id, "bias", bias) if bias is not None else None
-        x = c.conv.args[0]
-        if device == "cuda":
-            y = g.call_function(aten.cudnn_convolution_relu.default, (x, w, b, stride, padding, dilation, groups))
-        else:
-            y = g.call_function(torch.ops.mkldnn._convolution_pointwise.default,
-                                (x, w, b, padding, stride, dilation, groups, "relu", [], None))
-    return c.relu, y
+        x = c.conv.args[0] if dims == 2 else g.call_function(aten.unsqueeze.default, (c.conv.args[0], 2))
+        op, args = fused_conv_call(x, w, b, stride, padding, dilation, groups, c.act_name, cuda=device == "cuda")
+        y = g.call_function(op, args)
+        if dims == 1:
+            y = g.call_function(aten.squeeze.dim, (y, 2))
+    return c.act, y
 
 
 def rewrite_channels_last(gm, nodes, group):

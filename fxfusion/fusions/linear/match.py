@@ -8,8 +8,22 @@ from torch.fx import Node
 from fxfusion.graph.capture import module_path
 from fxfusion.fusions.activations import title, activation, written_activation
 from fxfusion.fusions.base import Candidate, Context, Graph
+from fxfusion.fusions.linear.pattern import PATTERNS
 from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, only_user, shape, swaps_last_two, val
 from fxfusion.graph.sites import ALREADY_FUSED, FUSIBLE
+
+# The activations this family has a linear_bias_<act> (and bias-free linear_<act>) pattern for; any other one after
+# a linear stays a separate op.
+LINEAR_ACTIVATIONS = frozenset(p.name.removeprefix("linear_bias_") for p in PATTERNS
+                               if p.name.startswith("linear_bias_"))
+
+
+def _ours(name: str | None, notes: list[str]) -> bool:
+    """Whether the family has a pattern for activation ``name``; says so in ``notes`` when it has none."""
+    if name is not None and name not in LINEAR_ACTIVATIONS:
+        notes.append(f"the {title(name)} after it has no linear+{title(name)} pattern in the library; it stays a "
+                     "separate op")
+    return name in LINEAR_ACTIVATIONS
 
 
 def weight_of(g: Graph, node) -> tuple[Node, Node | None, bool] | None:
@@ -87,12 +101,19 @@ def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
         else:  # a GEMM without a bias: a site only with an activation to put in its epilogue (linear_<act>)
             how += " (no bias)"
     act = None
-    acts = [u for u in cur.users if activation(u)]
+    acts = [u for u in cur.users if activation(u) in LINEAR_ACTIVATIONS]
     casts = [u for u in cur.users if kind(u) == "cast"]
-    if not acts and casts and len(casts[0].users) == 1 and activation(only_user(casts[0])):
+    if not acts and casts and len(casts[0].users) == 1 and activation(only_user(casts[0])) in LINEAR_ACTIVATIONS:
         nodes.append(casts[0])  # linear -> .float() -> activation: the dtype rule decides whether it is legal
         cur, acts = casts[0], [only_user(casts[0])]
-    written = written_activation(cur) if not acts else None
+    written = None
+    if not acts:  # an activation written out in elementwise ops, or one the family has no pattern for (a note)
+        written = written_activation(cur)
+        if written is None:
+            others = [activation(u) for u in cur.users if activation(u)]
+            _ours(others[0] if others else None, notes)
+        elif not _ours(written[0], notes):
+            written = None
     if acts:
         act = acts[0]
         nodes.append(act)

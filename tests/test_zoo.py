@@ -1,0 +1,172 @@
+"""The zoo (models/zoo/): every third-party model's tiny preset loads, is analysed through the CLI, and --apply
+verifies it against float64 -- on the CPU, without downloading anything.
+
+A test whose library (torchvision, timm, transformers: the ``zoo`` extra) is not installed is skipped with that
+reason; nothing else is skipped.  The --apply runs decide and predict with clocks that price each call by the aten
+ops it runs (tests/test_insitu.py's OpCountClock) and take the captured graph's overhead as zero, so the rewrites
+applied are the same on every machine and every rewrite that removes ops is exercised; the outputs are checked
+against float64 for real, and the end-to-end times are real, with the tiny timing spec and no torch.compile.
+Everything runs with one CPU thread: on a shared 2-core machine a second OpenMP thread that waits for a busy core
+makes a tiny CNN's forward pass 10-100x slower.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import fxfusion.planning.decide as decide_module
+import fxfusion.planning.insitu as insitu_module
+import fxfusion.planning.pipeline as pipeline_module
+import fxfusion.planning.verify as verify_module
+from fxfusion.cli import app
+from fxfusion.graph.loader import import_file, load_model
+from fxfusion.measure.timing import TimingSpec
+from fxfusion.planning.insitu import Overhead
+from fxfusion.profiles.schema import schema_errors
+from tests.helpers import TINY_SPEC, OpCountClock
+from tests.zoo_entries import ENTRIES, require
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched: the models are built from config objects
+
+ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
+runner = CliRunner()
+BY_SPEC = pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.spec)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _analyze(*args):
+    result = runner.invoke(app, ["analyze", *map(str, args), "--threads", "1"])
+    err = result.stderr if result.stderr_bytes is not None else result.output
+    return result, err
+
+
+@BY_SPEC
+def test_tiny_preset_loads_through_the_convention(entry):
+    require(entry.library)
+    loaded = load_model(ZOO / entry.spec)
+    assert loaded.training is False  # eval() mode, as built
+    with torch.no_grad():
+        out = loaded.model(*loaded.example_inputs)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32  # a plain tensor, not a ModelOutput
+
+
+@BY_SPEC
+def test_analyze_json_lists_the_sites(entry, tmp_path):
+    require(entry.library)
+    out = tmp_path / "report.json"
+    result, err = _analyze(ZOO / entry.spec, "--match-only", "--format", "json", "-o", out)
+    assert result.exit_code == 0, err
+    report = json.loads(out.read_text())
+    assert schema_errors(report, "analysis") == []
+    assert report["capture"]["method"] == "export" and not report["capture"]["graph_breaks"]
+    assert report["sites"] and report["summary"]["sites"] == len(report["sites"])
+    assert report["summary"]["fusible"] > 0  # every zoo model has something left to fuse
+
+
+class PricedOnce(OpCountClock):
+    """OpCountClock that runs each callable once to count its aten ops: a priced call costs the same every time, and
+    the in-model timing pairs every group's region with a whole forward pass (priced once per group, not 8 times)."""
+
+    def __init__(self):
+        super().__init__()
+        self.prices = {}  # callable -> seconds; holding the callable keeps its id from being reused
+
+    def sample(self, fn, inner):
+        if fn not in self.prices:
+            self.prices[fn] = super().sample(fn, inner)
+        return self.prices[fn]
+
+
+# Priced calls: the fewest rounds the statistics take (timing.MIN_ROUNDS) are enough.
+PRICED_SPEC = TimingSpec(rounds=5, warmup=0, target_sample_s=0.0, max_inner=1, budget_s=5.0)
+
+
+@pytest.fixture
+def priced_by_op_count(monkeypatch):
+    """Decisions and in-model predictions from clocks that price aten ops, and no captured-graph overhead: the plan
+    is the same on every machine (see the module doc).  Verification keeps its real clock, briefly."""
+    monkeypatch.setattr(decide_module, "clock_for", lambda device, mode="isolated": PricedOnce())
+    monkeypatch.setattr(insitu_module, "model_clock", lambda device: PricedOnce())
+    monkeypatch.setattr(insitu_module, "INSITU_SPEC", PRICED_SPEC)
+    monkeypatch.setattr(pipeline_module, "measure_overhead", lambda *a, **k: Overhead(0.0, 0.0, 0.0))
+    monkeypatch.setattr(pipeline_module, "verify_plan",
+                        functools.partial(verify_module.verify_plan, spec=TINY_SPEC, include_compile=False))
+
+
+# What --apply rewrites on the CPU without torch.compile, priced by op count: every conv+BN(+ReLU) site of the CNNs,
+# BatchNorm folded into the conv, or oneDNN's fused conv+ReLU.  The transformers rewrite nothing else there (their
+# q/k/v aside, MERGED_ON_CPU): their linears and SDPA already run fused, linear+GELU has no variant but the addmm it
+# already runs (torch.compile is the other),
+# the fused add+LayerNorm is a Triton kernel (CUDA), and F.rms_norm decomposes on the CPU build (not a fusion).
+APPLIED_ON_CPU = {
+    "tv_resnet50.py": {"bn_folded", "conv_relu_fused"},
+    # conv+BN+Hardswish and the squeeze-excitation convs (conv+ReLU, conv+Hardsigmoid): oneDNN's post-op fusions
+    "tv_mobilenet_v3_large.py": {"bn_folded", "conv_relu_fused", "conv_hardswish_fused", "conv_hardsigmoid_fused"},
+    "tv_efficientnet_b0.py": {"bn_folded", "conv_silu_fused", "conv_sigmoid_fused"},  # conv+BN+SiLU, SE convs
+    "timm_resnet18.py": {"bn_folded", "conv_relu_fused"},
+}
+# The transformers' q/k/v (Llama, Qwen2, BERT: one site per layer) merged into one GEMM (fusions/sibling, variant
+# "merged"): one GEMM and three slices for three GEMMs, fewer aten ops, so the op-count clock decides them 'fuse'.
+# Llama's and Qwen2's gate/up sites are priced even (one GEMM and two slices for two GEMMs): neutral, not rewritten.
+# Model file -> how many sites are merged.
+MERGED_ON_CPU = {"hf_llama.py": 2, "hf_qwen2.py": 2, "hf_bert.py": 2}
+# Decided 'fuse' but not rewritten, with the rewrite's own reason.  GPT-2's eager attention casts the probabilities
+# to value's dtype (``attn_weights.type(value.dtype)``, a no-op in float32) before dropout and @ V: the matcher
+# walks through the cast, the SDPA rewrite refuses it, so the site stays as written (and the model still verifies).
+NOT_REWRITTEN = {"hf_gpt2.py": {("sdpa", "no probabilities @ V matmul in the site")}}
+
+
+@BY_SPEC
+def test_apply_verifies_against_float64(entry, tmp_path, priced_by_op_count):
+    require(entry.library)
+    out = tmp_path / "report.json"
+    result, err = _analyze(ZOO / entry.spec, "--apply", "--no-compile", "--format", "json", "-o", out)
+    assert result.exit_code == 0, err
+    report = json.loads(out.read_text())
+    assert schema_errors(report, "analysis") == []
+    v = report["verification"]
+    assert v["ok"] is True and v["reference"] == "float64", v.get("reason")
+    assert v["outputs"] and all(o["ok"] for o in v["outputs"])
+    applied = [r for r in v["rewrites"] if r["applied"]]
+    merged = {"merged"} if entry.spec in MERGED_ON_CPU else set()
+    assert {r["variant"] for r in applied} == APPLIED_ON_CPU.get(entry.spec, set()) | merged
+    if merged:
+        assert len(applied) == MERGED_ON_CPU[entry.spec]
+    if entry.spec in APPLIED_ON_CPU:
+        assert len(applied) == report["summary"]["fusible"]  # every legal site was rewritten, inside one model
+    refused = {(r["variant"], r["detail"]) for r in v["rewrites"] if not r["applied"]}
+    assert refused == NOT_REWRITTEN.get(entry.spec, set())
+
+
+def test_every_file_has_its_presets_and_entries():
+    """The realistic presets, by the shapes they promise (built on a GPU by their entry functions, not here)."""
+    shapes = {}
+    for path in sorted(ZOO.glob("[!_]*.py")):
+        module = import_file(path)
+        assert callable(module.get_model) and callable(module.get_inputs) and "tiny" in module.PRESETS, path
+        # every realistic preset has its entry function, listed in REALISTIC_ENTRIES (benchmarks read that list)
+        assert set(module.REALISTIC_ENTRIES) == set(module.PRESETS) - {"tiny"}, path
+        assert all(callable(getattr(module, name)) for name in module.REALISTIC_ENTRIES), path
+        shapes[path.stem] = module.PRESETS
+    assert {e.spec for e in ENTRIES} == {f"{stem}.py" for stem in shapes}  # the test covers every zoo file
+    r50, gpt2, llama, vit = shapes["tv_resnet50"], shapes["hf_gpt2"], shapes["hf_llama"], shapes["timm_vit_small"]
+    assert (r50["bench"].batch, r50["bench"].image) == (32, 224)
+    assert (gpt2["bench"].hidden, gpt2["bench"].layers, gpt2["bench"].batch, gpt2["bench"].seq) == (768, 4, 8, 512)
+    assert gpt2["bench"].attn_implementation == "eager" and shapes["hf_gpt2_sdpa"]["bench"].attn_implementation == "sdpa"
+    assert (llama["bench"].hidden, llama["bench"].layers, llama["bench"].batch, llama["bench"].seq) == (1024, 4, 4, 512)
+    assert (llama["decode"].batch, llama["decode"].seq) == (8, 1)
+    assert (vit["bench"].batch, vit["bench"].image, vit["bench"].width, vit["bench"].depth) == (32, 224, 384, 12)
