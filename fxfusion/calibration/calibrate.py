@@ -113,6 +113,9 @@ def _not_a_fusion(b: Built, lc, eager) -> str | None:
     return None
 
 
+NO_FUSED_VARIANT = "no fused variant runs here"
+
+
 def _decide(pattern: str, shape: dict, dtype: str, device: str, variants: list[VariantResult]) -> Decision:
     candidates = [v for v in variants if v.kind != "eager" and v.status == "ok" and v.speedup]
 
@@ -120,13 +123,17 @@ def _decide(pattern: str, shape: dict, dtype: str, device: str, variants: list[V
         return Decision(pattern=pattern, shape=shape, dtype=dtype, device=device, verdict=verdict,
                         best_variant=best, speedup=sp, reason=reason, measured_shape=dict(shape))
 
+    # Nothing timed against eager is no evidence either way: no interval can say fuse or avoid, so the verdict is
+    # neutral with no speedup (Decision.undecided; tables show "undecided").  A fused variant that ran but gave wrong
+    # results is different: it is a reason to avoid that fusion here.
     eager = next(v for v in variants if v.kind == "eager")
     if eager.status != "ok":  # no baseline: nothing can be compared, whatever the fused variants do
-        return make(AVOID, "eager", None, f"eager itself is {eager.status} ({eager.reason}): nothing was timed")
+        return make(NEUTRAL, "eager", None, f"eager itself is {eager.status} ({eager.reason}): nothing was timed")
     if not candidates:
         refused = [f"{v.name}: {v.status}" for v in variants if v.kind != "eager"]
-        why = "incorrect" if any(v.status == "incorrect" for v in variants) else "no fused variant ran"
-        return make(AVOID, "eager", None, f"{why} ({'; '.join(refused)})")
+        if any(v.status == "incorrect" for v in variants):
+            return make(AVOID, "eager", None, f"incorrect ({'; '.join(refused)})")
+        return make(NEUTRAL, "eager", None, f"{NO_FUSED_VARIANT} ({'; '.join(refused)})")
     fuse = [v for v in candidates if v.verdict == FUSE]
     if fuse:
         best = max(fuse, key=lambda v: v.speedup.median)
