@@ -13,7 +13,6 @@ For one problem (:func:`measure_entry`):
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import sys
@@ -29,9 +28,10 @@ from fxfusion.measure.correctness import relative_error, to_reference, tolerance
 from fxfusion.errors import FxFusionError
 from fxfusion.measure.hardware import HardwareSpec, device_name, mismatch_warning, resolve
 from fxfusion.measure.kernelcount import count_launches
+from fxfusion.measure.threads import set_threads
 from fxfusion.fusions.registry import Pattern, select_patterns
 from fxfusion.profiles.profile import Decision, Entry, Profile, SpeedupCI, VariantResult, entry_from_dict, entry_key, entry_to_dict
-from fxfusion.profiles.schema import entry_errors
+from fxfusion.profiles.schema import check_writable, entry_errors
 from fxfusion.measure.stats import AVOID, CONFIDENCE, FUSE, MIN_EFFECT, NEUTRAL, speedup, summarize
 from fxfusion.measure.timing import FULL_SPEC, QUICK_SPEC, Clock, TimingSpec, clock_for, measure
 from fxfusion.calibration.variants import Built, build_variants, one_line
@@ -254,8 +254,21 @@ def default_dtypes(device: str) -> list[str]:
     return ["float32", "bfloat16"] if device.startswith("cuda") else ["float32"]
 
 
-def _progress_path(output: Path | None) -> Path | None:
+def progress_path(output: Path | None) -> Path | None:
+    """The journal of a calibration writing ``output``: one finished entry per line, kept until the profile is
+    written, read back by ``resume=True``."""
     return output.with_name(output.name + ".progress.jsonl") if output else None
+
+
+def interrupted_message(output: Path | None) -> str:
+    """What an interrupted calibration left: no profile, and the journal (if any entry finished) and what to do
+    with it."""
+    journal = progress_path(output)
+    if journal is None or not journal.exists():
+        return "interrupted: no profile was written and no entry had finished"
+    n = sum(1 for line in journal.read_text().splitlines() if line.strip())
+    return (f"interrupted: no profile was written; the {n} finished {'entry is' if n == 1 else 'entries are'} kept "
+            f"in {journal}: run the same command with --resume to continue, or delete that file to start over")
 
 
 def _load_progress(path: Path | None) -> dict[str, Entry]:
@@ -281,8 +294,15 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
               compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead"),
               spec: TimingSpec | None = None, clock: Clock | None = None, seed: int = 0, command: str | None = None,
               on_entry: Callable[[int, int, Entry | None, str], None] | None = None,
-              skip_ceilings: bool = False) -> Profile:
-    """Measure the pattern library and return (and, with ``output``, atomically write) a validated Profile."""
+              skip_ceilings: bool = False, on_note: Callable[[str], None] | None = None) -> Profile:
+    """Measure the pattern library and return (and, with ``output``, atomically write) a validated Profile.
+
+    ``on_entry(done, total, entry, message)`` is called as each entry starts (entry None) and ends (message
+    ``"done"``, or ``"resumed"`` for one read back from the journal); ``on_note(message)`` for a phase that is not an
+    entry and for warnings as soon as they are known (they are also in the profile's ``metadata.warnings``).
+
+    Interrupted (KeyboardInterrupt), it writes no profile; the entries finished so far stay in the journal
+    ``OUTPUT.progress.jsonl`` for ``resume=True`` (:func:`interrupted_message` says so)."""
     device = check_device(device)
     hw = resolve(hardware, peak_gflops, peak_bandwidth, device)
     chosen = select_patterns(patterns)
@@ -290,23 +310,22 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
     sizes = sizes or ("quick" if quick else ("gpu" if device.startswith("cuda") else "full"))
     if sizes not in ("quick", "full", "gpu"):
         raise FxFusionError(f"unknown size set {sizes!r}; choose quick, full or gpu")
-    output = Path(output) if output else None
-    if output is not None and not output.parent.is_dir():
-        raise FxFusionError(f"cannot write {output}: folder {output.parent} does not exist")
-    if output is not None and not os.access(output.parent, os.W_OK):
-        raise FxFusionError(f"cannot write {output}: folder {output.parent} is not writable")
-    if threads is not None:
-        if threads < 1:
-            raise FxFusionError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
+    output = check_writable(output) if output else None  # the profile and its journal, before any measuring
+    set_threads(threads)
     spec = spec or (QUICK_SPEC if quick else FULL_SPEC)
     clock = clock or clock_for(device)
     name = device_name(device)
     warnings = [w for w in [mismatch_warning(hw, device, name)] if w]
-    progress = _progress_path(output)
+    progress = progress_path(output)
     done = _load_progress(progress) if resume else {}
     if progress and not resume and progress.exists():
         progress.unlink()
+
+    def note(message: str, warning: bool = False) -> None:
+        if warning:
+            warnings.append(message)
+        if on_note:
+            on_note(("warning: " if warning else "") + message)
 
     tf32 = tf32_state()
     ceilings = {"matmul": [], "bandwidth": [], "best_gflops": {}, "best_gbs": None}
@@ -323,7 +342,8 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
                 on_entry(i + 1, len(jobs), done[key], "resumed")
             continue
         if on_entry:
-            on_entry(i, len(jobs), None, f"{pattern.title} {dict(shape)} {dtype_name}")
+            on_entry(i, len(jobs), None, f"{pattern.name} {' '.join(f'{k}={v}' for k, v in shape.items())} "
+                                         f"{dtype_name}")
         entry = measure_entry(pattern, dict(shape), dtype_name, device, hw, spec, clock, ceilings, seed,
                               compile_modes)
         entries.append(entry)
