@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 import torch
 
 from fxfusion import __version__
-from fxfusion.measure.ceilings import measure_ceilings
+from fxfusion.measure.ceilings import CEILING_SPEC, measure_ceilings, slow_dtypes
 from fxfusion.measure.correctness import relative_error, to_reference, tolerance
 from fxfusion.errors import FxFusionError
 from fxfusion.measure.hardware import HardwareSpec, device_name, mismatch_warning, resolve
@@ -330,8 +330,13 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
     tf32 = tf32_state()
     ceilings = {"matmul": [], "bandwidth": [], "best_gflops": {}, "best_gbs": None}
     if not skip_ceilings:
+        note(f"measuring the ceilings: matmul ({', '.join(dtype_names)}) and copy bandwidth, at most "
+             f"{CEILING_SPEC.budget_s:g} s each")
+        skipped: list[str] = []
         ceilings = measure_ceilings(hw, device, [DTYPES[d] for d in dtype_names], sizes, clock,
-                                    tf32=tf32["matmul"] and device.startswith("cuda"))
+                                    tf32=tf32["matmul"] and device.startswith("cuda"), notes=skipped)
+        for message in skipped + slow_dtypes(ceilings["best_gflops"], device, clock):
+            note(message, warning=True)
     jobs = [(p, s, d) for p in chosen for s in p.shapes[sizes] for d in dtype_names]
     entries = []
     for i, (pattern, shape, dtype_name) in enumerate(jobs):
