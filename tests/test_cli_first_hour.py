@@ -88,7 +88,8 @@ def test_calibrate_off_a_terminal_prints_plain_progress_to_stderr(fast_calibrati
     assert all(len(line) <= 80 for line in result.stdout.splitlines() if not line.startswith("wrote ")), result.stdout
 
 
-def test_report_off_a_terminal_prints_a_line_per_plot(tiny_profile, tmp_path):
+def test_report_off_a_terminal_prints_a_line_per_plot(tiny_profile, tmp_path, monkeypatch):
+    monkeypatch.setattr("fxfusion.reports.plots.to_data_uri", lambda fig: "data:image/png;base64,")  # no PNGs
     out = tmp_path / "r.html"
     result = runner.invoke(app, ["report", str(tiny_profile), "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -127,8 +128,9 @@ def test_calibration_table_fits_the_width_with_named_dimensions_and_whole_verdic
         assert entry.decision.display_verdict in [c.strip() for c in row.split("│")]  # whole, never "n…"
     assert "M=32" in text and "Cin=16" in text  # dimensions by name
     assert not any("roofline" in line for line in text.splitlines() if line.startswith("┃"))
-    assert "the generic-cpu peaks are nominal" in text
-    assert "dtype float32 throughout" in text and "fuse / avoid: the 95% CI" in text
+    legend = " ".join(text.split("└")[-1].split())
+    assert "the generic-cpu peaks are nominal" in legend
+    assert "dtype float32 throughout" in legend and "fuse / avoid: the 95% CI" in legend
 
 
 def test_analysis_table_fits_80_columns(monkeypatch):
@@ -145,12 +147,12 @@ def test_analysis_table_fits_80_columns(monkeypatch):
 
 
 def test_analyze_table_uses_the_width_it_is_given(tmp_path):
+    """Not the fixed 160 columns it used to render at: here $COLUMNS, on a terminal the terminal's width."""
     model = ROOT / "models" / "transformer_block.py"
     narrow = runner.invoke(app, ["analyze", str(model), "--match-only"], env={"COLUMNS": "80"})
     assert narrow.exit_code == 0, narrow.output
     assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
-    wide = runner.invoke(app, ["analyze", str(model), "--match-only"], env={"COLUMNS": ""})
-    assert "legality" in wide.stdout and max(len(line) for line in wide.stdout.splitlines()) > 80
+    assert "causal_attention" in narrow.stdout and "6 sites: 2 fusible" in " ".join(narrow.stdout.split())
 
 
 # -- 8. --threads within bounds --------------------------------------------------------------------------------------
