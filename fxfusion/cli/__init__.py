@@ -63,10 +63,16 @@ def main() -> None:
 
 
 def __getattr__(name: str):
-    if name == "app":  # `from fxfusion.cli import app`, as before: the commands are imported on first use
-        from fxfusion.cli.app import app
+    """``from fxfusion.cli import app`` gives the Typer app, as before, importing the commands on first use.
 
-        return app
+    (Importing the submodule binds the name ``app`` here to the module ``fxfusion.cli.app``; it is rebound to the
+    Typer object.  Code that imported ``fxfusion.cli.app`` itself first should use ``fxfusion.cli.app.app``.)"""
+    if name == "app":
+        import importlib
+
+        typer_app = importlib.import_module("fxfusion.cli.app").app
+        globals()["app"] = typer_app
+        return typer_app
     raise AttributeError(f"module 'fxfusion.cli' has no attribute {name!r}")
 
 
