@@ -98,7 +98,7 @@ def test_contracted_cycle_walks_for_a_cycle_only_where_there_is_one(monkeypatch)
     candidate group): the usual, acyclic answer comes from the sort, and a cycle is still named."""
     import networkx as nx
 
-    from fxfusion.partition import contracted_cycle
+    from fxfusion.graph.partition import contracted_cycle
 
     chain = nx.DiGraph([("a", "b"), ("b", "c")])
     for n in chain:
