@@ -23,7 +23,10 @@ from fxfusion.graph.lean import original_target
 from fxfusion.graph.nodes import arg
 from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.apply import apply
+from fxfusion.graph.runnable import runnable_graph
+from fxfusion.planning.insitu import cut_region
 from fxfusion.planning.plan import FusionPlan
+from fxfusion.planning.rewrite import rewrite_group
 from fxfusion.profiles.profile import Decision
 
 aten = torch.ops.aten
@@ -49,6 +52,12 @@ def _hf4_gpt2(m, q, k, v, pad=None):
         w = w + pad
     w = F.softmax(w, dim=-1).type(v.dtype)
     return torch.matmul(m.drop(w), v)
+
+
+def _positions_mask():
+    """A causal mask built in forward from positions, as transformers 5 builds it: a constant of the graph."""
+    i = torch.arange(S)
+    return torch.where(i[None, :] <= i[:, None], 0.0, MIN)[None, None]  # (1, 1, S, S)
 
 
 def _repeat_kv(x, n):  # transformers' repeat_kv: (B, KV, S, D) -> (B, KV * n, S, D)
@@ -113,6 +122,8 @@ FORMS = {
         (q @ k.transpose(-2, -1) * SCALE).masked_fill(~m.band, float("-inf")), -1) @ v, "masked_attention", "keep"),
     "+ causal mask (1, 1, S, S)": Form(lambda m, q, k, v, p, b: torch.softmax(
         q @ k.transpose(-2, -1) * SCALE + m.causal_add, -1) @ v, "causal_attention", "causal"),
+    "+ causal mask built from positions (HF 5)": Form(lambda m, q, k, v, p, b: torch.softmax(
+        q @ k.transpose(-2, -1) * SCALE + _positions_mask(), -1) @ v, "causal_attention", "causal"),
     "+ padding mask (B, 1, 1, S)": Form(lambda m, q, k, v, p, b: torch.softmax(
         q @ k.transpose(-2, -1) * SCALE + p, -1) @ v, "masked_attention", "additive"),
     "padding mask + scores": Form(lambda m, q, k, v, p, b: torch.softmax(
@@ -240,6 +251,23 @@ def test_idioms_in_bfloat16_are_one_sdpa_within_bfloat16_tolerance(name):
     assert [(s.pattern, s.status, s.dtype) for s in sites] == [(form.pattern, "fusible", "bfloat16")]
     assert [r.applied for r in planned.fxfusion_rewrites] == [True]
     assert float64_error(model, planned, inputs) < tolerance(torch.bfloat16)
+
+
+@pytest.mark.parametrize("name,causal", [("+ causal mask built from positions (HF 5)", True),
+                                         ("+ padding mask (B, 1, 1, S)", False)])
+def test_a_region_cut_for_in_model_timing_runs_the_sdpa_the_model_will(name, causal):
+    """In-model timing rewrites the site cut out of the graph, its mask an input it cannot evaluate: a mask proved
+    causal when matching still becomes is_causal there (the pattern carries the proof); a run-time mask stays one."""
+    model, inputs = Block(name).eval(), block_inputs()
+    captured = capture(model, inputs)
+    sites = find_sites(captured)
+    decisions = {s.id: Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", "sdpa", None, "test") for s in sites}
+    [group] = FusionPlan.from_decisions(captured, sites, decisions).groups
+    gm = runnable_graph(captured, 0, model)
+    region, _ = cut_region(gm, [n for n in gm.graph.nodes if n.name in group.nodes])
+    assert rewrite_group(region, group).applied
+    sdpa = the_sdpa(region)
+    assert bool(arg(sdpa, 5, "is_causal", False)) == causal and (arg(sdpa, 3, "attn_mask") is None) == causal
 
 
 def test_a_run_time_scale_is_matched_and_refused_with_its_reason():

@@ -67,7 +67,8 @@ def signature_names(ep: Any) -> dict[str, str]:
 def signature_tensors(ep: Any) -> dict[str, torch.Tensor]:
     """Placeholder name -> the tensor it lifts (parameter, buffer or constant), from an ExportedProgram."""
     tensors = {**ep.state_dict, **getattr(ep, "constants", {})}
-    return {ph: tensors[name] for ph, name in signature_names(ep).items() if isinstance(tensors.get(name), torch.Tensor)}
+    return {ph: tensors[name] for ph, name in signature_names(ep).items()
+            if isinstance(tensors.get(name), torch.Tensor)}
 
 
 @contextlib.contextmanager

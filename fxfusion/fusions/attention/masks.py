@@ -106,7 +106,7 @@ def _keep(r: Reading) -> tuple[Node, bool] | None:
     return (cond, m.drops_where_true) if isinstance(cond, Node) and val(cond).dtype == torch.bool else None
 
 
-_CAUSAL_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # graph -> {mask nodes: verdict}
+_CAUSAL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {mask nodes: verdict}
 
 
 def _dropped_pattern(gm, r: Reading, inputs: list[Node], keep, fn) -> torch.Tensor | None:

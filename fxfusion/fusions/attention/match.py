@@ -51,7 +51,8 @@ def _written_as(r: Reading) -> str:
 
 
 def _roles(r: Reading, form: str) -> dict[str, str]:
-    roles = {"softmax": r.softmax.name, "qk": r.qk.name, "q": node_name(r.q), "k": node_name(r.k or r.kt),
+    k = r.k if r.k is not None else r.kt
+    roles = {"softmax": r.softmax.name, "qk": r.qk.name, "q": node_name(r.q), "k": node_name(k),
              "scale_value": f"{r.scale:.6g}", "output": r.output.name}
     scales = [s for s in r.steps if s.role == "scale"]
     if scales:

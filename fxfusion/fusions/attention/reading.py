@@ -294,7 +294,8 @@ def read_attention(gm, softmax: Node, absorb: Callable[[Node], bool] | None = No
     absorb = absorb or (lambda n: len(_users(n)) == 1)
     out_shape = shape(softmax)
     dim = arg(softmax, 1, "dim")
-    if out_shape is None or len(out_shape) < 3 or not isinstance(dim, int) or dim % len(out_shape) != len(out_shape) - 1:
+    rank = len(out_shape or ())
+    if rank < 3 or not isinstance(dim, int) or dim % rank != rank - 1:
         raise NotAttention("the softmax is not over the last dimension of a batch of score matrices")
     found = _walk_chain(gm, softmax.args[0], MAX_CHAIN)
     if found is None:

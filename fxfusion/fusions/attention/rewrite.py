@@ -17,8 +17,8 @@ from torch import fx
 
 from fxfusion.fusions.attention.fused import attend, scaled_scores, to_batch
 from fxfusion.fusions.attention.masks import MaskPlan, mask_plan
-from fxfusion.fusions.attention.reading import NotAttention, Reading, read_attention
-from fxfusion.graph.edit import NotApplicable, constant, emit_traced, value_of
+from fxfusion.fusions.attention.reading import MASK_NODE_BUDGET, NotAttention, Reading, read_attention
+from fxfusion.graph.edit import NotApplicable, constant, constant_value, emit_traced, value_of
 from fxfusion.graph.nodes import kind, shape
 
 
@@ -67,11 +67,25 @@ def _sdpa_fn(r: Reading, plan: MaskPlan, k_given: bool):
     return fn
 
 
+# The matcher decides a site as one of these only when it proved the mask causal on the whole captured graph.  A
+# region cut out of that graph (in-model timing, planning/insitu.py) gets the mask as an input it cannot evaluate;
+# the pattern carries the proof there, so the region is timed with the SDPA that the applied model runs.
+PROVED_CAUSAL = ("causal_attention", "gqa_attention")
+
+
+def _plan(gm, r: Reading, group) -> MaskPlan:
+    plan = mask_plan(gm, r)
+    if (plan.form in ("keep", "additive") and getattr(group, "pattern", None) in PROVED_CAUSAL
+            and any(constant_value(gm, n, MASK_NODE_BUDGET) is None for n in plan.inputs)):
+        return MaskPlan("causal", note="proved causal when the site was matched")
+    return plan
+
+
 def rewrite_sdpa(gm, nodes, group):
     r = _read_group(gm, nodes)
     if r.pv is None:
         raise NotApplicable("no probabilities @ V matmul in the site")
-    plan = mask_plan(gm, r)
+    plan = _plan(gm, r, group)
     inputs = [r.q, r.k if r.k is not None else r.kt, r.v] + (plan.inputs if plan.form in ("keep", "additive") else [])
     _with_values(gm, inputs, r.q)
     y = emit_traced(gm.graph, _sdpa_fn(r, plan, r.k is not None), inputs, before=r.pv, pre_dispatch=True)
