@@ -30,3 +30,15 @@ def scaled_scores(q, kt, scale: float):
 def to_batch(x, batch: tuple[int, ...]):
     """``x`` (..., R, C) with its batch dimensions made ``batch`` (bmm's (B*H, L, E) against a (B, H, ...) site)."""
     return x if tuple(x.shape[:-2]) == tuple(batch) else x.reshape(*batch, *x.shape[-2:])
+
+
+def rebatch(x, batch: tuple[int, ...], new_batch: tuple[int, ...]):
+    """A mask ``x`` that broadcasts to (*batch, L, S), reshaped as the scores are to (*new_batch, L, S) -- without
+    materialising what it broadcasts over where it can: a mask shared by the whole batch, or one with every batch
+    dimension, keeps its own (maybe size-1) last two dimensions."""
+    own = (1,) * (len(batch) + 2 - x.dim()) + tuple(x.shape[:-2])
+    if all(d == 1 for d in own):
+        return x.reshape(*(1,) * len(new_batch), *x.shape[-2:])
+    if own == tuple(batch):
+        return x.reshape(*new_batch, *x.shape[-2:])
+    return x.expand(*batch, *x.shape[-2:]).reshape(*new_batch, *x.shape[-2:])

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch.fx import Node
 
+from fxfusion.fusions.attention.fused import rebatch
 from fxfusion.fusions.attention.reading import MASK_NODE_BUDGET, Reading, Step
 from fxfusion.graph.edit import constant_value
 from fxfusion.graph.nodes import kind, shape, val
@@ -58,7 +59,7 @@ def _replay(step: Step, x: torch.Tensor, env: dict) -> torch.Tensor:
     if step.role == "cast":
         return x if x.dtype == val(n).dtype else x.to(val(n).dtype)
     if step.role == "view":
-        return x.expand(shape(n.args[0])).reshape(shape(n))
+        return rebatch(x, shape(n.args[0])[:-2], shape(n)[:-2])
     other = [env.get(a, a) for i, a in enumerate(n.args) if i != step.chain]
     if op == "mul":
         return x * other[0]

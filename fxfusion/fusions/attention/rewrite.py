@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from fxfusion.fusions.attention.fused import attend, scaled_scores, to_batch
+from fxfusion.fusions.attention.fused import attend, rebatch, scaled_scores, to_batch
 from fxfusion.fusions.attention.masks import MaskPlan, mask_plan
 from fxfusion.fusions.attention.reading import MASK_NODE_BUDGET, NotAttention, Reading, read_attention
 from fxfusion.graph.edit import NotApplicable, constant, constant_value, emit_traced, value_of
@@ -60,8 +60,8 @@ def _sdpa_fn(r: Reading, plan: MaskPlan, k_given: bool):
         mask = None
         if plan.form in ("keep", "additive"):
             mask = plan.build(*mask_inputs) if plan.build is not None else mask_inputs[0]
-            if mask.dim() > 2 and tuple(soft[:-2]) != tuple(batch):  # scores reshaped between GEMM and PV
-                mask = mask.expand(soft).reshape(*batch, *soft[-2:])
+            if tuple(soft[:-2]) != tuple(batch):  # the probabilities reshaped between the softmax and PV
+                mask = rebatch(mask, soft[:-2], batch)
         return attend(q, k, v, mask, scale=scale, causal=causal, gqa=gqa)
 
     return fn
