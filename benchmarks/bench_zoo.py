@@ -75,7 +75,8 @@ def run_one(spec: str, args) -> dict:
     if args.no_apply:
         return row
     plan, v = apply_and_verify(result, loaded.model, loaded.example_inputs, args.device,
-                               include_compile=not args.no_compile)
+                               include_compile=not args.no_compile, compiled_regime=args.compiled_regime,
+                               insitu_budget_s=args.insitu_budget_s)
     rewrites = v.rewrites
     row.update(applied=sum(r["applied"] for r in rewrites), groups=len(plan.groups), verified=v.ok,
                reason=v.reason, prediction_error_pct=v.prediction_error_pct, fraction_error_pct=v.fraction_error_pct)
@@ -109,6 +110,9 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="no whole-model or planned compile candidates")
     ap.add_argument("--site-compile", action="store_true", help="measure sites with their compile variants too")
     ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting models after this many seconds")
+    ap.add_argument("--insitu-budget-s", type=float, default=120.0, help="in-model timing budget per model")
+    ap.add_argument("--compiled-regime", action=argparse.BooleanOptionalAction, default=None,
+                    help="time each group's region compiled too (default: on CUDA)")
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"

@@ -130,9 +130,12 @@ MEANINGS = {
     "entries[].decision.shape": "Same as the entry's.",
     "entries[].decision.dtype": "Same as the entry's.",
     "entries[].decision.device": "Same as the entry's.",
-    "entries[].decision.verdict": "`fuse`, `neutral` or `avoid` (see docs/decisions.md).",
+    "entries[].decision.verdict": "`fuse`, `neutral` or `avoid` (see docs/decisions.md). `neutral` with a null "
+                                  "`speedup` means no fused variant ran here (nothing was timed against eager): "
+                                  "tables show it as `undecided`.",
     "entries[].decision.best_variant": "The variant to use; `eager` when nothing beats it.",
-    "entries[].decision.speedup": "The best variant's speedup over eager with its 95% interval.",
+    "entries[].decision.speedup": "The best variant's speedup over eager with its 95% interval; null when no fused "
+                                  "variant was timed.",
     "entries[].decision.reason": "The decision in one sentence, with the numbers.",
     "entries[].decision.measured_shape": "The shape that was measured (for a lookup: the nearest one).",
     "entries[].decision.distance": "Log-shape distance from the measured shape; 0 in a profile.",

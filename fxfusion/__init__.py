@@ -14,7 +14,7 @@ The package's layers, bottom to top (docs/architecture.md draws them):
 The public names below are imported on first use, so ``import fxfusion`` (and the CLI's start) stays light.
 """
 
-from fxfusion.errors import FxFusionError
+from fxfusion.errors import FxFusionError, FxFusionWarning
 
 __version__ = "0.1.0"
 
@@ -53,4 +53,4 @@ def __dir__():
     return sorted(list(globals()) + list(_PUBLIC))
 
 
-__all__ = ["FxFusionError", "__version__", *_PUBLIC]
+__all__ = ["FxFusionError", "FxFusionWarning", "__version__", *_PUBLIC]

@@ -1,6 +1,6 @@
-"""``python -m fxfusion``: the same command line as the ``fxfusion`` script."""
+"""``python -m fxfusion``: the same command line as the ``fxfusion`` script (Ctrl-C handled from the first moment)."""
 
-from fxfusion.cli.app import main
+from fxfusion.cli import main
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fxfusion.cli.app import app
+from fxfusion.cli.commands import app
 from fxfusion.profiles.schema import schema_errors
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -151,7 +151,7 @@ def test_live_measurement_is_the_default(tmp_path):
     report = json.loads(out.read_text())
     assert report["metadata"]["mode"] == "measure" and schema_errors(report, "analysis") == []
     assert all(s["decision"] is not None and s["baseline_variant"] == "eager" for s in report["sites"])
-    assert "deciding g0.s0 conv2d_bn_relu (1/2)" in err
+    assert "analyzing 1/2: g0.s0 conv2d_bn_relu B=2" in err and "elapsed" in err  # plain progress off a TTY
 
 
 def test_apply_verifies_and_puts_the_result_in_the_report(tmp_path):

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import fxfusion.planning.insitu as insitu_module
 import fxfusion.planning.verify as verify_module
-from fxfusion.cli.app import app
+from fxfusion.cli.commands import app
 from fxfusion.profiles.profile import Profile
 from fxfusion.profiles.schema import schema_errors
 from fxfusion.planning.insitu import Overhead

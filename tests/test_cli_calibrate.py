@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fxfusion.cli.app import app
+from fxfusion.cli.commands import app
 from fxfusion.profiles.profile import Profile
 from fxfusion.profiles.schema import schema_errors
 

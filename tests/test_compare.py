@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import TINY_SPEC
-from fxfusion.cli.app import app
+from fxfusion.cli.commands import app
 from fxfusion.profiles.compare import Comparison, compare_profiles, decision_boundaries
 from fxfusion.errors import FxFusionError
 from fxfusion.profiles.profile import Profile

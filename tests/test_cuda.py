@@ -66,7 +66,7 @@ def test_triton_add_layernorm_matches_reference_in_every_dtype():
 def test_calibrate_cli_on_cuda(tmp_path):
     from typer.testing import CliRunner
 
-    from fxfusion.cli.app import app
+    from fxfusion.cli.commands import app
     from fxfusion.profiles.profile import Profile
 
     out = tmp_path / "gpu.json"

@@ -130,3 +130,52 @@ def test_unknown_decision_keys_are_schema_errors(tiny_profile):
     data = json.loads(tiny_profile.read_text())
     data["entries"][0]["decision"]["surprise"] = 1
     assert any("decision" in path for path, _ in schema_errors(data, "profile"))
+
+
+def test_should_fuse_warns_with_the_decision_s_warnings(tiny_profile):
+    """A bare bool cannot carry "this is an extrapolation": should_fuse issues each warning of the decision."""
+    import warnings
+
+    from fxfusion.errors import FxFusionWarning
+
+    profile = Profile.load(tiny_profile)
+    far = {"M": 8192, "K": 8192, "N": 8192}
+    with pytest.warns(FxFusionWarning, match="far from .* the decision is an extrapolation") as caught:
+        answer = profile.should_fuse("linear_bias_relu", far)
+    assert answer == (profile.decide("linear_bias_relu", far).verdict == "fuse")
+    assert caught[0].filename == __file__  # points at the caller's line
+    with pytest.warns(FxFusionWarning, match="no bfloat16 entries"):
+        profile.should_fuse("linear_bias_relu", {"M": 64, "K": 256, "N": 256}, "bfloat16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an exact or near shape warns nothing
+        profile.should_fuse("linear_bias_relu", {"M": 80, "K": 256, "N": 256})
+
+
+def test_undecided_decision_shows_as_undecided_in_tables_and_analyses(tiny_profile):
+    """No fused variant ran: stored as neutral with no speedup; the terminal table, the HTML and a site say
+    "undecided" (the schema's verdicts stay fuse / neutral / avoid)."""
+    import io
+
+    from fxfusion.calibration.calibrate import _decide
+    from fxfusion.planning.decide import Lookup, decide_site
+    from fxfusion.reports.console import print_summary
+    from fxfusion.reports.html import decision_table
+
+    profile = Profile.load(tiny_profile)
+    entry = next(e for e in profile.entries if e.pattern == "linear_bias_relu")
+    for v in entry.variants[1:]:
+        v.status, v.reason, v.speedup, v.verdict, v.samples_ms, v.median_ms = "unsupported", "test", None, None, [], None
+    entry.decision = _decide(entry.pattern, entry.shape, entry.dtype, entry.device, entry.variants)
+    assert entry.decision.verdict == "neutral" and entry.decision.undecided
+    assert schema_errors(profile.to_dict(), "profile") == []
+    out = io.StringIO()
+    print_summary(profile, out)
+    assert "undecided" in out.getvalue()
+    assert f'data-key="{entry.key()}" data-verdict="undecided"' in decision_table(profile)
+
+    class FakeSite:
+        status, pattern, roles, shape, dtype, id = "fusible", entry.pattern, {}, dict(entry.shape), entry.dtype, "s"
+
+    outcome = decide_site(FakeSite(), Lookup(entry, entry.decision))
+    assert outcome.verdict == "undecided" and outcome.saved_ms is None
+    assert any(w.startswith("undecided: no fused variant runs here") for w in outcome.warnings)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from fxfusion.cli.app import app
+from fxfusion.cli.commands import app
 from fxfusion.errors import FxFusionError
 from fxfusion.profiles.profile import Profile
 from fxfusion.reports.html import render_analysis_html, render_profile_html
@@ -214,8 +214,8 @@ def test_analysis_report_lists_every_site_with_its_verdict(analysis):
     rows = [r for r in doc.rows if r["attrs"].get("data-verdict")]
     assert [(r["attrs"]["data-site"], r["attrs"]["data-verdict"]) for r in rows] == \
            [(s["id"], s["verdict"]) for s in analysis["sites"]]
-    illegal = rows[1]
-    assert "also used by add_1" in illegal["cells"][-1]  # the reason, escaped and shown
+    why = {r["attrs"]["data-why"]: r["cells"][0] for r in doc.rows if "data-why" in r["attrs"]}
+    assert "also used by add_1" in why["g0.s1"]  # the reason, escaped and shown in the full-width row under the site
 
 
 def test_analysis_report_highlights_site_nodes_in_the_graph(analysis):
@@ -296,3 +296,67 @@ def test_analysis_report_renders_the_verification_as_tables():
     assert "<td>planned</td>" in section and "predicted" in section and "paired per round" in section
     assert '<table class="groups">' in section and "<td>g0.s0</td>" in section
     assert "<details><summary>the verification as JSON</summary>" in section
+
+
+# -- readable at 1400 px: the prose in full-width rows, labelled predictions, captions that explain ------------------
+
+def test_decision_reasons_sit_in_a_full_width_row_under_each_entry(profile, doc):
+    why = {r["attrs"]["data-why"]: r["cells"] for r in doc.rows if "data-why" in r["attrs"]}
+    assert list(why) == [e.key() for e in profile.entries]
+    for e in profile.entries:
+        (text,) = why[e.key()]
+        assert text.startswith("why: " + e.decision.reason)
+        refused = [v.name for v in e.variants if v.status != "ok"]
+        assert all(name in text.split("not timed:", 1)[1] for name in refused)
+    main = next(r for r in doc.rows if "data-key" in r["attrs"])
+    assert len(main["cells"]) == 11  # generic-cpu: nominal peaks, so no "% of roofline" column
+    assert '<div class="wide"><table class="decisions">' in render_profile_html(profile)
+
+
+def test_the_two_predicted_savings_of_an_analysis_page_are_labelled():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "results" / "h200-analyze" / "transformer_block.json"
+    html = render_analysis_html(json.loads(path.read_text()))
+    top, verification = html.split('<section id="verification">')
+    assert "<b>Library estimate</b> of the saving per forward pass: 0.123 ms" in top
+    assert "<b>in-model prediction</b>" in top
+    assert "saving per forward: predicted 0.2568 ms in the model (each group&#x27;s region timed inside the model)" \
+        in verification
+
+
+def _drawn(monkeypatch):
+    """Capture the matplotlib figures instead of encoding them."""
+    from fxfusion.reports import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "to_data_uri", lambda fig: figures.append(fig) or "data:image/png;base64,")
+    return plots, figures
+
+
+def test_speedup_plots_use_a_log_axis_and_a_style_per_variant_kind(profile, monkeypatch):
+    plots, figures = _drawn(monkeypatch)
+    entries = [e for e in profile.entries if e.pattern == "conv2d_bn_relu"]
+    plot = plots.speedup_plot(entries, 0.02)
+    (ax,) = figures[0].axes
+    assert ax.get_yscale() == "log" and "log scale" in plot.caption
+    figures[0].canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True) if t.get_text()]
+    assert labels and all(label.endswith("x") for label in labels)
+    styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines() if "(" in line.get_label()}
+    assert all(style == ("--" if "(compile)" in name else "-") for name, style in styles.items())
+
+
+def test_roofline_colours_by_family_and_says_when_tf32_lifts_float32_points(profile, monkeypatch):
+    plots, _ = _drawn(monkeypatch)
+    colors = plots.family_colors({"linear_bias": "linear", "linear_bias_relu": "linear", "conv2d_bn_relu": "conv"})
+    assert colors["linear_bias"] != colors["linear_bias_relu"]
+    blue, orange = colors["linear_bias"], colors["conv2d_bn_relu"]
+    assert blue[2] > blue[0] and orange[0] > orange[2]  # one hue per family
+    assert "TF32" not in plots.roofline_plot(profile, "float32").caption  # a CPU profile: no TF32
+    data = profile.to_dict()
+    data["metadata"].update(device="cuda", tf32={"matmul": False, "cudnn": True})
+    data["hardware"]["peak_gflops"]["tf32"] = 1000.0
+    caption = plots.roofline_plot(Profile.from_dict(data), "float32").caption
+    assert "TF32 was on for cuDNN (metadata.tf32.cudnn = true): the float32 conv points ran on TF32" in caption
+    assert "dotted: the datasheet TF32 peak, 1000 GFLOP/s" in caption

@@ -163,7 +163,9 @@ def test_an_incorrect_eager_baseline_is_said_plainly(monkeypatch):
     assert entry.variant("eager").status == "incorrect"
     addmm = entry.variant("addmm")
     assert addmm.status == "failed" and addmm.reason.startswith("not timed") and addmm.samples_ms == []
-    assert entry.decision.verdict == AVOID and entry.decision.reason.startswith("eager itself is incorrect")
+    # nothing was timed, so no interval says avoid: neutral with no speedup, shown as undecided
+    assert entry.decision.verdict == NEUTRAL and entry.decision.undecided and entry.decision.speedup is None
+    assert entry.decision.reason.startswith("eager itself is incorrect")
     assert entry_errors(entry_to_dict(entry)) == []
 
 
@@ -208,3 +210,19 @@ def test_measure_tight_measures_again_while_the_interval_is_wide_and_keeps_the_n
                          too_wide)[2] == 1
     assert measure_tight({"base": base, "cand": cand}, BusyThenQuietClock({base: 1.0, cand: 0.8}, busy=10**6),
                          spec, interval, too_wide, batches=3)[2] == 3
+
+
+def test_no_fused_variant_that_runs_is_undecided_not_avoid(monkeypatch):
+    """Nothing timed against eager is no evidence: neutral with no speedup (shown as undecided), never avoid,
+    which the docs define as an interval below 0.98x."""
+    def unsupported(pattern, inputs):
+        raise RuntimeError("no kernel for this dtype here")
+
+    entry = _measure_with_fake_variants(monkeypatch, {
+        "eager": ("eager", _eager, 1.0),
+        "fused": ("manual", unsupported, 0.5),
+    }, {"M": 4, "K": 4, "N": 4}, rounds=6)
+    d = entry.decision
+    assert entry.variant("fused").status == "failed"
+    assert d.verdict == NEUTRAL and d.speedup is None and d.undecided and d.display_verdict == "undecided"
+    assert d.reason.startswith("no fused variant runs here (fused: failed")

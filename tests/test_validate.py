@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from fxfusion.cli.app import app
+from fxfusion.cli.commands import app
 from fxfusion.profiles.compare import compare_profiles
 from fxfusion.errors import FxFusionError
 from fxfusion.profiles.profile import Profile

@@ -13,7 +13,6 @@ For one problem (:func:`measure_entry`):
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import sys
@@ -24,14 +23,15 @@ from typing import Callable, Iterable
 import torch
 
 from fxfusion import __version__
-from fxfusion.measure.ceilings import measure_ceilings
+from fxfusion.measure.ceilings import CEILING_SPEC, measure_ceilings, slow_dtypes
 from fxfusion.measure.correctness import relative_error, to_reference, tolerance
 from fxfusion.errors import FxFusionError
 from fxfusion.measure.hardware import HardwareSpec, device_name, mismatch_warning, resolve
 from fxfusion.measure.kernelcount import count_launches
+from fxfusion.measure.threads import set_threads
 from fxfusion.fusions.registry import Pattern, select_patterns
 from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult, entry_from_dict, entry_key, entry_to_dict
-from fxfusion.profiles.schema import entry_errors
+from fxfusion.profiles.schema import check_writable, entry_errors
 from fxfusion.measure.stats import AVOID, CONFIDENCE, FUSE, MIN_EFFECT, NEUTRAL, speedup, summarize
 from fxfusion.measure.timing import FULL_SPEC, QUICK_SPEC, Clock, TimingSpec, clock_for, measure
 from fxfusion.calibration.variants import Built, build_variants, one_line
@@ -110,6 +110,9 @@ def _not_a_fusion(b: Built, lc, eager) -> str | None:
     return None
 
 
+NO_FUSED_VARIANT = "no fused variant runs here"
+
+
 def _decide(pattern: str, shape: dict, dtype: str, device: str, variants: list[VariantResult]) -> Decision:
     candidates = [v for v in variants if v.kind != "eager" and v.status == "ok" and v.speedup]
 
@@ -117,13 +120,17 @@ def _decide(pattern: str, shape: dict, dtype: str, device: str, variants: list[V
         return Decision(pattern=pattern, shape=shape, dtype=dtype, device=str(device), verdict=verdict,
                         best_variant=best, speedup=sp, reason=reason, measured_shape=dict(shape))
 
+    # Nothing timed against eager is no evidence either way: no interval can say fuse or avoid, so the verdict is
+    # neutral with no speedup (Decision.undecided; tables show "undecided").  A fused variant that ran but gave wrong
+    # results is different: it is a reason to avoid that fusion here.
     eager = next(v for v in variants if v.kind == "eager")
     if eager.status != "ok":  # no baseline: nothing can be compared, whatever the fused variants do
-        return make(AVOID, "eager", None, f"eager itself is {eager.status} ({eager.reason}): nothing was timed")
+        return make(NEUTRAL, "eager", None, f"eager itself is {eager.status} ({eager.reason}): nothing was timed")
     if not candidates:
         refused = [f"{v.name}: {v.status}" for v in variants if v.kind != "eager"]
-        why = "incorrect" if any(v.status == "incorrect" for v in variants) else "no fused variant ran"
-        return make(AVOID, "eager", None, f"{why} ({'; '.join(refused)})")
+        if any(v.status == "incorrect" for v in variants):
+            return make(AVOID, "eager", None, f"incorrect ({'; '.join(refused)})")
+        return make(NEUTRAL, "eager", None, f"{NO_FUSED_VARIANT} ({'; '.join(refused)})")
     fuse = [v for v in candidates if v.verdict == FUSE]
     if fuse:
         best = max(fuse, key=lambda v: v.speedup.median)
@@ -244,8 +251,21 @@ def default_dtypes(device: str) -> list[str]:
     return ["float32", "bfloat16"] if is_cuda(device) else ["float32"]
 
 
-def _progress_path(output: Path | None) -> Path | None:
+def progress_path(output: Path | None) -> Path | None:
+    """The journal of a calibration writing ``output``: one finished entry per line, kept until the profile is
+    written, read back by ``resume=True``."""
     return output.with_name(output.name + ".progress.jsonl") if output else None
+
+
+def interrupted_message(output: Path | None) -> str:
+    """What an interrupted calibration left: no profile, and the journal (if any entry finished) and what to do
+    with it."""
+    journal = progress_path(output)
+    if journal is None or not journal.exists():
+        return "interrupted: no profile was written and no entry had finished"
+    n = sum(1 for line in journal.read_text().splitlines() if line.strip())
+    return (f"interrupted: no profile was written; the {n} finished {'entry is' if n == 1 else 'entries are'} kept "
+            f"in {journal}: run the same command with --resume to continue, or delete that file to start over")
 
 
 def _load_progress(path: Path | None) -> dict[str, Entry]:
@@ -271,8 +291,15 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
               compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead"),
               spec: TimingSpec | None = None, clock: Clock | None = None, seed: int = 0, command: str | None = None,
               on_entry: Callable[[int, int, Entry | None, str], None] | None = None,
-              skip_ceilings: bool = False) -> Profile:
-    """Measure the pattern library and return (and, with ``output``, atomically write) a validated Profile."""
+              skip_ceilings: bool = False, on_note: Callable[[str], None] | None = None) -> Profile:
+    """Measure the pattern library and return (and, with ``output``, atomically write) a validated Profile.
+
+    ``on_entry(done, total, entry, message)`` is called as each entry starts (entry None) and ends (message
+    ``"done"``, or ``"resumed"`` for one read back from the journal); ``on_note(message)`` for a phase that is not an
+    entry and for warnings as soon as they are known (they are also in the profile's ``metadata.warnings``).
+
+    Interrupted (KeyboardInterrupt), it writes no profile; the entries finished so far stay in the journal
+    ``OUTPUT.progress.jsonl`` for ``resume=True`` (:func:`interrupted_message` says so)."""
     device = check_device(device)
     hw = resolve(hardware, peak_gflops, peak_bandwidth, device)
     chosen = select_patterns(patterns)
@@ -280,29 +307,33 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
     sizes = sizes or ("quick" if quick else ("gpu" if is_cuda(device) else "full"))
     if sizes not in ("quick", "full", "gpu"):
         raise FxFusionError(f"unknown size set {sizes!r}; choose quick, full or gpu")
-    output = Path(output) if output else None
-    if output is not None and not output.parent.is_dir():
-        raise FxFusionError(f"cannot write {output}: folder {output.parent} does not exist")
-    if output is not None and not os.access(output.parent, os.W_OK):
-        raise FxFusionError(f"cannot write {output}: folder {output.parent} is not writable")
-    if threads is not None:
-        if threads < 1:
-            raise FxFusionError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
+    output = check_writable(output) if output else None  # the profile and its journal, before any measuring
+    set_threads(threads)
     spec = spec or (QUICK_SPEC if quick else FULL_SPEC)
     clock = clock or clock_for(device)
     name = device_name(device)
     warnings = [w for w in [mismatch_warning(hw, device, name)] if w]
-    progress = _progress_path(output)
+    progress = progress_path(output)
     done = _load_progress(progress) if resume else {}
     if progress and not resume and progress.exists():
         progress.unlink()
 
+    def note(message: str, warning: bool = False) -> None:
+        if warning:
+            warnings.append(message)
+        if on_note:
+            on_note(("warning: " if warning else "") + message)
+
     tf32 = tf32_state()
     ceilings = {"matmul": [], "bandwidth": [], "best_gflops": {}, "best_gbs": None}
     if not skip_ceilings:
+        note(f"measuring the ceilings: matmul ({', '.join(dtype_names)}) and copy bandwidth, at most "
+             f"{CEILING_SPEC.budget_s:g} s each")
+        skipped: list[str] = []
         ceilings = measure_ceilings(hw, device, [dtype_record(d).torch for d in dtype_names], sizes, clock,
-                                    tf32=tf32["matmul"] and is_cuda(device))
+                                    tf32=tf32["matmul"] and is_cuda(device), notes=skipped)
+        for message in skipped + slow_dtypes(ceilings["best_gflops"], device, clock):
+            note(message, warning=True)
     jobs = [(p, s, d) for p in chosen for s in p.shapes[sizes] for d in dtype_names]
     entries = []
     for i, (pattern, shape, dtype_name) in enumerate(jobs):
@@ -313,7 +344,8 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
                 on_entry(i + 1, len(jobs), done[key], "resumed")
             continue
         if on_entry:
-            on_entry(i, len(jobs), None, f"{pattern.title} {dict(shape)} {dtype_name}")
+            on_entry(i, len(jobs), None, f"{pattern.name} {' '.join(f'{k}={v}' for k, v in shape.items())} "
+                                         f"{dtype_name}")
         entry = measure_entry(pattern, dict(shape), dtype_name, device, hw, spec, clock, ceilings, seed,
                               compile_modes)
         entries.append(entry)

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 from rich.console import Console
 
@@ -23,25 +22,18 @@ from fxfusion.planning.decide import LiveSource, ProfileSource
 from fxfusion.planning.candidates import parse_compile_modes
 from fxfusion.planning.pipeline import apply_and_verify
 from fxfusion.profiles.profile import Profile
-from fxfusion.profiles.schema import atomic_write_text
+from fxfusion.measure.threads import set_threads
+from fxfusion.profiles.schema import atomic_write_text, check_writable
+from fxfusion.reports.console import WIDE, fmt_shape, output_width
 from fxfusion.reports.html import render_analysis_html
+from fxfusion.reports.progress import StepProgress
 from fxfusion.reports.text import render_markdown, render_table
 from fxfusion.reports.verification import render_verification
 
 FORMATS = ("table", "json", "markdown", "html")
 
 
-def _check_output(output: Path | None) -> None:
-    if output is None:
-        return
-    folder = output.parent if str(output.parent) else Path(".")
-    if not folder.is_dir():
-        raise FxFusionError(f"cannot write {output}: folder {folder} does not exist")
-    if output.is_dir():
-        raise FxFusionError(f"cannot write {output}: it is a folder")
-
-
-def _text(report: dict, fmt: str, graphs=None, extra=None) -> str:
+def _text(report: dict, fmt: str, graphs=None, extra=None, width: int = WIDE) -> str:
     if fmt == "json":
         return json.dumps(report, indent=1, allow_nan=False) + "\n"
     if fmt == "markdown":
@@ -49,8 +41,8 @@ def _text(report: dict, fmt: str, graphs=None, extra=None) -> str:
     if fmt == "html":
         return render_analysis_html(report, graphs)
     buffer = io.StringIO()
-    console = Console(file=buffer, width=160, color_system=None, force_terminal=False)
-    console.print(render_table(report))
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
+    console.print(render_table(report, width))
     if extra is not None:
         console.print(extra)
     return buffer.getvalue()
@@ -92,15 +84,14 @@ def analyze_command(
     if match_only and (profile is not None or measure or apply):
         raise FxFusionError("--match-only makes no decisions: it cannot be combined with --profile, --measure or "
                             "--apply")
-    if threads is not None:
-        if threads < 1:
-            raise FxFusionError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     device = check_device(device)
     dtype_name = parse_dtypes(dtype)[0] if dtype is not None else None
-    _check_output(output)
+    if output is not None:
+        check_writable(output)
     modes = parse_compile_modes(compile_modes)
     loaded_profile = Profile.load(profile) if profile is not None else None
+    progress = StepProgress("analyzing")
 
     # The user's code may print: keep standard output for the report.
     with contextlib.redirect_stdout(sys.stderr):
@@ -112,18 +103,23 @@ def analyze_command(
             source = ProfileSource(loaded_profile, device, str(profile))
         else:
             source = LiveSource(device, compile_modes=() if no_compile else ("compile", "compile_reduce_overhead"))
-        result = analyze(loaded.model, loaded.example_inputs, source, device=device, model_label=model,
-                         entry=loaded.entry, dtype=dtype_name, command="fxfusion " + " ".join(sys.argv[1:]),
-                         on_site=lambda i, n, site: typer.echo(f"deciding {site.id} {site.pattern} "
-                                                               f"({i + 1}/{n})", err=True))
-        verification = None
-        if apply:
-            _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device,
-                                               profile=loaded_profile, include_compile=not no_compile,
-                                               compile_modes=modes)
+        with progress:
+            result = analyze(loaded.model, loaded.example_inputs, source, device=device, model_label=model,
+                             entry=loaded.entry, dtype=dtype_name, command="fxfusion " + " ".join(sys.argv[1:]),
+                             on_site=lambda i, n, site: progress.step(i, n, f"{site.id} {site.pattern} "
+                                                                            f"{fmt_shape(site.shape)}"),
+                             on_note=progress.note)
+            verification = None
+            if apply:
+                progress.note("applying the plan and verifying the fused model (outputs, then end-to-end time)")
+                _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device,
+                                                   profile=loaded_profile, include_compile=not no_compile,
+                                                   compile_modes=modes)
     report = result.to_dict()
+    width = output_width(sys.stdout if output is None else None)  # a terminal's own width; files: $COLUMNS or wide
     text = _text(report, fmt, result.captured.graphs,
-                 render_verification(verification) if verification is not None and fmt == "table" else None)
+                 render_verification(verification) if verification is not None and fmt == "table" else None,
+                 width)
     if output is not None:
         atomic_write_text(output, text)
         typer.echo(f"wrote {output} ({len(report['sites'])} sites)", err=True)

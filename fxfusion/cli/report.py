@@ -15,13 +15,14 @@ import typer
 from fxfusion.cli.errors import handles_errors
 from fxfusion.errors import FxFusionError
 from fxfusion.reports.html import render_analysis_html, render_profile_html
-from fxfusion.profiles.schema import atomic_write_text
+from fxfusion.profiles.schema import atomic_write_text, check_writable
 from fxfusion.profiles.schema import validate as validate_against_schema
 from fxfusion.profiles.validation import load_profile, read_json, schema_kind
 from fxfusion.reports.plots import require_matplotlib
 from fxfusion.profiles.compare import compare_profiles
 from fxfusion.reports.console import console as wide_console  # does not fold wide tables into a pipe
 from fxfusion.profiles.validation import validate_file
+from fxfusion.reports.progress import StepProgress
 
 FORMATS = ("table", "markdown", "json")
 
@@ -40,6 +41,7 @@ def report(
     """Write one self-contained HTML report: speedup plots, roofline and decision table (or a model's sites)."""
     out = output or file.with_suffix(".html")
     _check_output(out, file)
+    check_writable(out)
     data = read_json(file)
     kind = schema_kind(data, file)
     if kind == "comparison":
@@ -48,7 +50,9 @@ def report(
     if kind == "profile":
         require_matplotlib()
         profile = load_profile(file)
-        html, what = render_profile_html(profile, source=str(file)), f"{len(profile.entries)} entries"
+        with StepProgress("drawing") as progress:
+            html = render_profile_html(profile, source=str(file), on_plot=progress.step)
+            what = f"{len(profile.entries)} entries"
     else:
         validate_against_schema(data, "analysis", source=str(file))
         html, what = render_analysis_html(data), f"{len(data['sites'])} sites"
@@ -68,6 +72,7 @@ def compare(
         raise FxFusionError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
     if output is not None:
         _check_output(output, a, b)
+        check_writable(output)
     comparison = compare_profiles(load_profile(a), load_profile(b))
     if format == "json":
         text = comparison.to_json()  # validated against schemas/comparison.schema.json

@@ -28,7 +28,8 @@ from torch.fx import Node
 
 from fxfusion.fusions.base import Candidate, Context, Graph, weight_key
 from fxfusion.fusions.registry import MATCHERS
-from fxfusion.graph.capture import module_path, source_line
+from fxfusion.graph.capture import module_path, signature_tensors, source_line
+from fxfusion.graph.edit import bind_constants, bound_constants
 from fxfusion.graph.nodes import ASSERT_OPS, dtype_name, kind, op_name, val
 from fxfusion.graph.sites import ALREADY_FUSED, FUSIBLE, ILLEGAL, CapturedModel, Site
 
@@ -63,6 +64,9 @@ def _graph_index(captured: CapturedModel) -> tuple[list[Graph], Counter, dict]:
     graphs, uses, users = [], Counter(), {}
     for gi, gm in enumerate(captured.graphs):
         params = captured.parameters[gi] if gi < len(captured.parameters) else {}
+        program = captured.programs[gi] if gi < len(captured.programs) else None
+        if program is not None and not bound_constants(gm):  # lifted buffers readable as constants (attention masks)
+            bind_constants(gm, signature_tensors(program))
         g = Graph(gi, gm, params)
         for i, node in enumerate(gm.graph.nodes):
             g.order[node] = i

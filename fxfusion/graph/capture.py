@@ -64,6 +64,13 @@ def signature_names(ep: Any) -> dict[str, str]:
     return names
 
 
+def signature_tensors(ep: Any) -> dict[str, torch.Tensor]:
+    """Placeholder name -> the tensor it lifts (parameter, buffer or constant), from an ExportedProgram."""
+    tensors = {**ep.state_dict, **getattr(ep, "constants", {})}
+    return {ph: tensors[name] for ph, name in signature_names(ep).items()
+            if isinstance(tensors.get(name), torch.Tensor)}
+
+
 @contextlib.contextmanager
 def _lean_tracing():
     """Skip work an export does for nothing here; its graph, metadata and program are unchanged.

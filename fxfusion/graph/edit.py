@@ -149,16 +149,17 @@ def is_pure(node: fx.Node) -> bool:
 CONSTANT_NODE_BUDGET = 32
 
 
-def constant_value(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
-    """The value of ``node`` when it depends only on the module's constants and literals (None otherwise)."""
+def constant_value(gm: fx.GraphModule, node: Any, budget: int = CONSTANT_NODE_BUDGET) -> torch.Tensor | None:
+    """The value of ``node`` when it depends only on the module's constants and literals (None otherwise), evaluated
+    when that takes at most ``budget`` nodes."""
     values: dict[fx.Node, Any] = {}
 
     def visit(n: fx.Node) -> bool:
         if n in values:
             return True
-        if len(values) >= CONSTANT_NODE_BUDGET:
+        if len(values) >= budget:
             return False
-        if n.op == "get_attr":
+        if n.op == "get_attr" or (n.op == "placeholder" and n.name in bound_constants(gm)):
             values[n] = constant(gm, n, "constant")
             return True
         if not is_pure(n) or not all(visit(a) for a in n.all_input_nodes):
@@ -173,13 +174,16 @@ def constant_value(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
         return values[node] if visit(node) and isinstance(values[node], torch.Tensor) else None
 
 
-def emit_traced(g: fx.Graph, fn: Callable[..., torch.Tensor], args: Sequence[fx.Node], before: fx.Node) -> fx.Node:
+def emit_traced(g: fx.Graph, fn: Callable[..., torch.Tensor], args: Sequence[fx.Node], before: fx.Node,
+                pre_dispatch: bool = False) -> fx.Node:
     """``fn(*args)`` traced to aten ops and inserted before ``before``; returns the node of its result.
 
     This is how a fusion's computation is written once: the family calls ``fn`` on tensors to measure the variant,
     and its rewrite traces the very same function into the graph (as Inductor's ``register_replacement`` traces a
     replacement function).  Tracing runs on the nodes' own fake values, so the new nodes carry shapes, dtypes and
-    devices like the captured ones; only the nodes the result depends on are inserted.
+    devices like the captured ones; only the nodes the result depends on are inserted.  ``pre_dispatch`` traces at
+    the level torch.export captures at, where composite ops stay one node (``scaled_dot_product_attention`` instead of
+    the kernel this device would pick, ``reshape`` instead of ``view``/``_unsafe_view``).
     """
     vals = [value_of(a) for a in args]
     if not all(isinstance(v, torch.Tensor) for v in vals):
@@ -188,7 +192,7 @@ def emit_traced(g: fx.Graph, fn: Callable[..., torch.Tensor], args: Sequence[fx.
     if len(modes) > 1:
         raise NotApplicable("the inputs' recorded values come from different tracing sessions")
     with (next(iter(modes.values())) if modes else contextlib.nullcontext()), torch.no_grad():
-        traced = make_fx(fn, tracing_mode="real")(*vals)
+        traced = make_fx(fn, tracing_mode="real", pre_dispatch=pre_dispatch)(*vals)
     out = next(n for n in traced.graph.nodes if n.op == "output").args[0]
     if not isinstance(out, fx.Node):
         raise NotApplicable("the fused computation returns no tensor")

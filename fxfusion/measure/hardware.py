@@ -30,6 +30,12 @@ class HardwareSpec:
         return self.peak_gflops.get(dtype) or self.peak_gflops["float32"]
 
 
+def nominal_peaks(source: str) -> bool:
+    """Whether peaks with this ``source`` are nominal placeholders (``generic-cpu``, an unregistered GPU) rather
+    than a datasheet or the user's figures: then a percentage of them means nothing."""
+    return str(source).startswith("nominal")
+
+
 _NV = "NVIDIA {} datasheet (dense tensor-core rates, SXM form factor)"
 REGISTRY: dict[str, HardwareSpec] = {
     spec.name: spec

@@ -116,9 +116,15 @@ def _outcome_dict(o: SiteOutcome) -> dict[str, Any]:
 def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource | LiveSource | None = None,
             device: str | torch.device = "cpu", model_label: str = "<model>", entry: str = "", dtype: str | None = None,
             command: str | None = None, time_forward: bool = True, forward_spec: TimingSpec = QUICK_SPEC,
-            on_site: Callable[[int, int, Site], None] | None = None, coverage: bool = True) -> Analysis:
-    """Capture, match and decide every site of ``model``; ``source`` None only captures and matches."""
+            on_site: Callable[[int, int, Site], None] | None = None,
+            on_note: Callable[[str], None] | None = None, coverage: bool = True) -> Analysis:
+    """Capture, match and decide every site of ``model``; ``source`` None only captures and matches.
+
+    ``on_site(index, sites, site)`` is called before each site is looked up or measured, ``on_note(message)`` at
+    the other phases (capture, timing the forward pass): progress for the CLI."""
     device = as_device(device)
+    note = on_note or (lambda message: None)
+    note("capturing the model's graph and matching fusion sites")
     start = time.perf_counter()
     captured = capture(model, example_inputs)
     sites = find_sites(captured)
@@ -141,6 +147,7 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
         outcomes.append(decide_site(site, lookup))
     forward_ms = None
     if time_forward:
+        note("timing the whole forward pass")
         forward_ms = measure_forward(model, tuple(example_inputs), device, forward_spec)
     profile_path = source.path if isinstance(source, ProfileSource) else None
     hardware = (source.profile.metadata.get("hardware") if isinstance(source, ProfileSource)

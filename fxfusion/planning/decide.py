@@ -194,13 +194,15 @@ def decide_site(site: Site, lookup: Lookup | None) -> SiteOutcome:
     if lookup is None or lookup.decision is None:
         return out
     out.decision, out.baseline_variant = lookup.decision, baseline
+    if lookup.decision.undecided:  # nothing was timed against eager: no evidence either way
+        out.warnings.append(f"undecided: {lookup.decision.reason}")
     if entry is None:
-        out.verdict, out.best_variant, out.speedup = lookup.decision.verdict, lookup.decision.best_variant, \
+        out.verdict, out.best_variant, out.speedup = lookup.decision.display_verdict, lookup.decision.best_variant, \
             lookup.decision.speedup
         return out
     if baseline == "eager":
         d = lookup.decision
-        out.verdict, out.best_variant, out.speedup = d.verdict, d.best_variant, d.speedup
+        out.verdict, out.best_variant, out.speedup = d.display_verdict, d.best_variant, d.speedup
     else:
         out.verdict, out.best_variant, out.speedup = _against(entry, baseline)
         if out.verdict == "undecided":

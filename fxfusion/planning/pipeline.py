@@ -20,7 +20,7 @@ from fxfusion.measure.devices import as_device, is_cuda
 from fxfusion.measure.hardware import detect, resolve
 from fxfusion.measure.timing import QUICK_SPEC, clock_for
 from fxfusion.planning.analyze import Analysis
-from fxfusion.planning.insitu import measure_overhead
+from fxfusion.planning.insitu import INSITU_BUDGET_S, measure_overhead
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.verify import VerificationResult, verify_plan
 from fxfusion.profiles.profile import Profile
@@ -118,8 +118,8 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
 
 def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs: tuple, device: str,
                      profile: Profile | None = None, include_compile: bool = True,
-                     compile_modes: tuple[str, ...] = ("default",), compiled_regime: bool | None = None
-                     ) -> tuple[FusionPlan, VerificationResult]:
+                     compile_modes: tuple[str, ...] = ("default",), compiled_regime: bool | None = None,
+                     insitu_budget_s: float = INSITU_BUDGET_S) -> tuple[FusionPlan, VerificationResult]:
     """``analyze --apply``: the analysis's ``fuse`` sites planned (from its live timings, or from ``profile``), each
     group's saving predicted inside the model, the captured graph's overhead charged, the plan applied and verified
     against float64 and timed end to end beside the candidates (whole-model compile in ``compile_modes``, the plan
@@ -136,13 +136,14 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
     # Running the captured graph costs something of its own: a plan must save more than that.
     overhead = measure_overhead(model, analysis.captured, example_inputs, device)
     # Predict from each group's region timed inside the model, not from the standalone pattern timings.
-    fusion_plan.measure_in_model(model, example_inputs, device, reference_ms=overhead.eager_ms)
+    fusion_plan.measure_in_model(model, example_inputs, device, reference_ms=overhead.eager_ms,
+                                 budget_s=insitu_budget_s)
     note_in_model(analysis, fusion_plan)
     fusion_plan.require_saving_over(overhead)
     regime_compiled = is_cuda(device) if compiled_regime is None else compiled_regime
     if include_compile and regime_compiled:
         # the planned + compile candidate: each group against Inductor's fusion of the same region
-        fusion_plan.measure_in_compiled_model(model, example_inputs, device)
+        fusion_plan.measure_in_compiled_model(model, example_inputs, device, budget_s=insitu_budget_s)
     verification = verify_plan(model, example_inputs, fusion_plan, device=device, include_compile=include_compile,
                                compile_modes=compile_modes)
     fusion_plan.choice = verification.candidates  # apply(model, plan) now hands back the chosen candidate

@@ -11,10 +11,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from warnings import warn
 
 import torch
 
-from fxfusion.errors import FxFusionError
+from fxfusion.errors import FxFusionError, FxFusionWarning
 from fxfusion.measure.stats import Speedup
 from fxfusion.profiles.schema import SCHEMA_VERSION, atomic_write_json, validate
 from fxfusion.measure.devices import kind as device_kind
@@ -72,6 +73,17 @@ class Decision:
     @property
     def should_fuse(self) -> bool:
         return self.verdict == "fuse"
+
+    @property
+    def undecided(self) -> bool:
+        """Nothing was timed against eager (no fused variant runs here): stored as ``neutral`` with no speedup, since
+        no interval supports ``fuse`` or ``avoid``; tables show it as ``undecided``."""
+        return self.verdict == "neutral" and self.speedup is None
+
+    @property
+    def display_verdict(self) -> str:
+        """The verdict as tables show it: ``undecided`` for :attr:`undecided`, else the verdict."""
+        return "undecided" if self.undecided else self.verdict
 
 
 @dataclass
@@ -190,7 +202,13 @@ class Profile:
 
     def should_fuse(self, pattern: str, shape: Mapping[str, int], dtype: str = "float32",
                     device: str | None = None) -> bool:
-        return self.decide(pattern, shape, dtype, device).should_fuse
+        """Whether the nearest measured entry says ``fuse``.  A bare bool cannot carry the decision's warnings (the
+        nearest measured shape is far away, another dtype stood in), so each is issued with :func:`warnings.warn`
+        as an :class:`~fxfusion.errors.FxFusionWarning`; :meth:`decide` returns them with the whole decision."""
+        decision = self.decide(pattern, shape, dtype, device)
+        for message in decision.warnings:
+            warn(message, FxFusionWarning, stacklevel=2)
+        return decision.should_fuse
 
 
 def entry_to_dict(e: Entry) -> dict[str, Any]:

@@ -76,6 +76,30 @@ def _umask() -> int:
     return mask
 
 
+def check_writable(path: str | Path) -> Path:
+    """Fail now, with one line naming ``path``, if it cannot be written later: its folder is missing, is not a
+    folder, or refuses new files (a read-only or virtual file system such as /proc), or ``path`` is a folder.
+
+    The probe creates and removes a temporary file in the folder, as :func:`atomic_write_text` will; commands call
+    this before minutes of measurement, not after."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise FxFusionError(f"cannot write {path}: it is a folder")
+    if not folder.exists():
+        raise FxFusionError(f"cannot write {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise FxFusionError(f"cannot write {path}: folder {folder} does not exist (that name is a file)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise FxFusionError(f"cannot write {path}: folder {folder} does not take new files "
+                            f"({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")

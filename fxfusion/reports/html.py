@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from html import escape
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from fxfusion import __version__
-from fxfusion.reports.plots import Plot, require_matplotlib, roofline_plots, speedup_plots
+from fxfusion.reports.plots import Plot, plot_count, require_matplotlib, roofline_plots, speedup_plots
+from fxfusion.measure.hardware import nominal_peaks
 from fxfusion.profiles.profile import Entry, Profile
 from fxfusion.planning.coverage import coverage_line
 from fxfusion.reports.verification import (CANDIDATE_COLUMNS, GROUP_COLUMNS, candidate_choice_line, candidate_rows,
@@ -25,16 +26,20 @@ VERDICT_COLORS = {"fuse": "#c9f0d3", "neutral": "#fff0b3", "avoid": "#f8cccc", "
                   "already_fused": "#cfe3fa", "undecided": "#e6e6e6"}
 
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1600px;padding:0 1.5em;
 color:#222;line-height:1.4}
+p,ul,dl,figcaption{max-width:62em}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #ccc}
+.wide{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
-th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.why td{border-top:none;color:#444;font-size:.95em;padding-bottom:6px}
+tr.main:has(+ tr.why) td{border-bottom:none}
 figure{margin:1em 0 2em 0}figure img{max-width:100%;border:1px solid #ddd}
-figcaption{font-size:.85em;color:#444;max-width:900px}
+figcaption{font-size:.85em;color:#444}
 .meta{color:#555}.warn{color:#8a4b00}code{font-size:.9em}
-.verdict{padding:1px 6px;border-radius:3px;white-space:nowrap}
+.verdict{padding:1px 6px;border-radius:3px;white-space:nowrap}.ci{white-space:nowrap}
 .chip{display:inline-block;margin:1px;padding:0 4px;border-radius:3px;font-family:monospace;font-size:.85em}
 nav a{margin-right:1em}
 """ + "".join(f".v-{name}{{background:{color}}}" for name, color in VERDICT_COLORS.items())
@@ -56,11 +61,12 @@ def _num(value: float | None, fmt: str = ".3g", suffix: str = "") -> str:
 
 
 def _ci(s) -> str:
+    """``1.56x [1.45, 1.75]``, kept on one line (the interval is never split from its median)."""
     if s is None:
         return "-"
     if isinstance(s, dict):
-        return f"{s['median']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
-    return f"{s.median:.2f}x [{s.ci_low:.2f}, {s.ci_high:.2f}]"
+        return f"<span class=\"ci\">{s['median']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]</span>"
+    return f"<span class=\"ci\">{s.median:.2f}x [{s.ci_low:.2f}, {s.ci_high:.2f}]</span>"
 
 
 def _shape(shape: dict | None) -> str:
@@ -68,15 +74,27 @@ def _shape(shape: dict | None) -> str:
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "",
-           row_attrs: Iterable[str] | None = None, numeric: Sequence[int] = ()) -> str:
-    """Cells are HTML already (callers escape); ``row_attrs`` gives each <tr> its attributes."""
+           row_attrs: Iterable[str] | None = None, numeric: Sequence[int] = (),
+           why: Iterable[tuple[str, str]] | None = None) -> str:
+    """Cells are HTML already (callers escape); ``row_attrs`` gives each <tr> its attributes.
+
+    ``why``: per row, (attributes, HTML) of a second row spanning every column, under it: long prose (a decision's
+    reason, a site's notes) gets the table's whole width instead of a squeezed last column.  The table sits in a
+    box that scrolls sideways rather than running off the page."""
     attrs = iter(row_attrs) if row_attrs is not None else None
+    whys = iter(why) if why is not None else None
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
     for row in rows:
         cells = "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
-        body.append(f"<tr {next(attrs) if attrs else ''}>{cells}</tr>")
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        main = ' class="main"' if whys else ""  # (a row with nothing under it keeps its bottom border: CSS below)
+        body.append(f"<tr{main} {next(attrs) if attrs else ''}>{cells}</tr>")
+        if whys:
+            why_attrs, text = next(whys)
+            if text:  # nothing to say: no second row
+                body.append(f'<tr class="why" {why_attrs}><td colspan="{len(headers)}">{text}</td></tr>')
+    return (f'<div class="wide"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+            f"</table></div>")
 
 
 def _dl(items: Iterable[tuple[str, Any]]) -> str:
@@ -101,7 +119,7 @@ def _page(title: str, body: str) -> str:
 
 # -- profile report --------------------------------------------------------------------------------------------------
 
-def _decision_row(e: Entry) -> list[str]:
+def _decision_row(e: Entry, roofline: bool = True) -> list[str]:
     d = e.decision
     eager, best = e.variant("eager"), e.variant(d.best_variant)
     kernels = "-"
@@ -109,22 +127,30 @@ def _decision_row(e: Entry) -> list[str]:
         kernels = f"{eager.kernels_per_call:g}"
         if best and best is not eager and best.kernels_per_call is not None:
             kernels += f" &rarr; {best.kernels_per_call:g}"
+    row = [_e(e.pattern), _e(_shape(e.shape)), _e(e.dtype), f"{e.flops:.3g}", _verdict(d.display_verdict),
+           _e(d.best_variant), _ci(d.speedup), _num(eager.median_ms if eager else None, ".4g"),
+           _num(best.median_ms if best else None, ".4g"), kernels, f"{e.memory_reduction:.0%}"]
+    return row + [_num(best.pct_of_roofline if best else None, ".1f", "%")] if roofline else row
+
+
+def _decision_why(e: Entry) -> str:
     refused = "; ".join(f"{v.name}: {v.status}" for v in e.variants if v.status != "ok")
-    return [_e(e.pattern), _e(_shape(e.shape)), _e(e.dtype), f"{e.flops:.3g}", _verdict(d.verdict),
-            _e(d.best_variant), _ci(d.speedup), _num(eager.median_ms if eager else None, ".4g"),
-            _num(best.median_ms if best else None, ".4g"), kernels, f"{e.memory_reduction:.0%}",
-            _num(best.pct_of_roofline if best else None, ".1f", "%"), _e(d.reason), _e(refused or "-")]
+    return f"<b>why:</b> {_e(e.decision.reason)}" + (f" &middot; <b>not timed:</b> {_e(refused)}" if refused else "")
 
 
 DECISION_HEADERS = ("pattern", "shape", "dtype", "FLOPs", "verdict", "best variant", "speedup [95% CI]", "eager ms",
-                    "best ms", "kernels/call (eager \u2192 best)", "bytes saved", "best % of roofline", "reason",
-                    "variants not timed")
+                    "best ms", "kernels/call (eager \u2192 best)", "bytes saved", "best % of roofline")
 
 
 def decision_table(profile: Profile) -> str:
-    return _table(DECISION_HEADERS, (_decision_row(e) for e in profile.entries), cls="decisions",
-                  row_attrs=(f'data-key="{_e(e.key())}" data-verdict="{_e(e.decision.verdict)}"'
-                             for e in profile.entries), numeric=(3, 7, 8, 10, 11))
+    """One row per entry, and under it a full-width row with the reason and the variants that were not timed.
+    Against nominal peaks (``generic-cpu``) a percentage of the roofline means nothing: that column is left out."""
+    roofline = not nominal_peaks(profile.hardware.get("source", ""))
+    headers = DECISION_HEADERS if roofline else DECISION_HEADERS[:-1]
+    return _table(headers, (_decision_row(e, roofline) for e in profile.entries), cls="decisions",
+                  row_attrs=(f'data-key="{_e(e.key())}" data-verdict="{_e(e.decision.display_verdict)}"'
+                             for e in profile.entries), numeric=(3, 7, 8, 10, 11),
+                  why=((f'data-why="{_e(e.key())}"', _decision_why(e)) for e in profile.entries))
 
 
 def _ceilings_html(profile: Profile) -> str:
@@ -143,12 +169,21 @@ def _ceilings_html(profile: Profile) -> str:
     return peaks + bw + (matmul if c.get("matmul") else "") + (copy if c.get("bandwidth") else "")
 
 
-def render_profile_html(profile: Profile, source: str | None = None) -> str:
-    """The whole profile report; ``source`` (the file it came from) is shown in the header."""
+def render_profile_html(profile: Profile, source: str | None = None,
+                        on_plot: Callable[[int, int, str], None] | None = None) -> str:
+    """The whole profile report; ``source`` (the file it came from) is shown in the header.  Drawing the plots is
+    most of the time (seconds per plot on a CPU): ``on_plot(done, total, what)`` is called before each."""
     require_matplotlib()
     meta = profile.metadata
-    counts = Counter(e.decision.verdict for e in profile.entries)
-    speedups, rooflines = speedup_plots(profile), roofline_plots(profile)
+    counts = Counter(e.decision.display_verdict for e in profile.entries)
+    total, drawn = plot_count(profile), []
+
+    def next_plot(what: str) -> None:
+        if on_plot:
+            on_plot(len(drawn), total, what)
+        drawn.append(what)
+
+    speedups, rooflines = speedup_plots(profile, next_plot), roofline_plots(profile, next_plot)
     timing = meta.get("timing", {})
     parts = [
         f"<h1>fxfusion profile: {_e(meta.get('hardware'))}</h1>",
@@ -167,7 +202,11 @@ def render_profile_html(profile: Profile, source: str | None = None) -> str:
         "".join(_figure(p) for p in speedups) or "<p>No entries.</p>", "</section>",
         '<section id="roofline"><h2>Roofline</h2>', _ceilings_html(profile),
         "".join(_figure(p) for p in rooflines), "</section>",
-        '<section id="decisions"><h2>Decisions</h2>', decision_table(profile), "</section>",
+        '<section id="decisions"><h2>Decisions</h2>',
+        "" if not nominal_peaks(profile.hardware.get("source", "")) else
+        f"<p>No &ldquo;% of roofline&rdquo; column: the {_e(profile.hardware.get('name'))} peaks are nominal "
+        f"({_e(profile.hardware.get('source'))}).</p>",
+        decision_table(profile), "</section>",
         '<section id="run"><h2>Run details</h2>',
         _dl([("command", meta.get("command")), ("timing", timing.get("method")), ("rounds", timing.get("rounds")),
              ("confidence", timing.get("confidence")), ("min effect", timing.get("min_effect")),
@@ -183,22 +222,28 @@ def render_profile_html(profile: Profile, source: str | None = None) -> str:
 # -- analysis report -------------------------------------------------------------------------------------------------
 
 def _site_row(s: dict) -> list[str]:
-    notes = list(s.get("reasons") or []) + list(s.get("warnings") or [])
-    decision = s.get("decision") or {}
-    if decision.get("reason"):
-        notes.append(f"decision: {decision['reason']}")
     where = " / ".join(x for x in (s.get("written_as"), s.get("source")) if x)
-    return [_e(s.get("id")), _e(s.get("title") or s.get("pattern")), _e(s.get("status")), _verdict(s.get("verdict")),
+    return [_e(s.get("id")), _e(s.get("title") or s.get("pattern")), _verdict(s.get("verdict")),
             " ".join(f'<span class="chip v-{_e(s.get("verdict") or "undecided")}">{_e(n)}</span>'
                      for n in s.get("nodes", [])),
             _e(_shape(s.get("shape"))), _e(s.get("dtype")), _e(where or "-"),
             _e(f"{s.get('best_variant') or '-'} vs {s.get('baseline_variant') or '-'}"), _ci(s.get("speedup")),
             _num(s.get("baseline_ms"), ".4g"), _num(s.get("best_ms"), ".4g"), _num(s.get("saved_ms"), ".4g"),
-            _num(s.get("bytes_saved"), ","), _e("; ".join(notes) or "-")]
+            _num(s.get("bytes_saved"), ",")]
 
 
-SITE_HEADERS = ("site", "pattern", "status", "verdict", "nodes", "shape", "dtype", "written as / source",
-                "best vs baseline", "speedup [95% CI]", "baseline ms", "best ms", "saved ms", "bytes saved", "notes")
+def _site_why(s: dict) -> str:
+    """The site's notes (why it was refused, the decision's reason, warnings), for the row under it."""
+    notes = list(s.get("reasons") or []) + list(s.get("warnings") or [])
+    decision = s.get("decision") or {}
+    if decision.get("reason"):
+        notes.append(f"decision: {decision['reason']}")
+    return "<b>why:</b> " + _e("; ".join(notes)) if notes else ""
+
+
+# The status (fusible, illegal, already fused) is not a column: the verdict says it for the sites that are not fusible.
+SITE_HEADERS = ("site", "pattern", "verdict", "nodes", "shape", "dtype", "written as / source",
+                "best vs baseline", "speedup [95% CI]", "baseline ms", "best ms", "saved ms", "bytes saved")
 
 
 def _target_name(target: Any) -> str:
@@ -274,6 +319,19 @@ def _verification_html(v: dict) -> str:
         "</section>"])
 
 
+def _saving_summary(summary: dict, verified: bool) -> str:
+    """The per-site estimate, labelled as such: with a verification the page has other predictions too."""
+    if "saved_ms_per_forward" not in summary:
+        return ""
+    forward = f"; measured forward pass: {summary['forward_ms']:.4g} ms" if summary.get("forward_ms") else ""
+    other = (" The <a href=\"#verification\">verification</a> below has the <b>in-model prediction</b> (each "
+             "fusion group timed inside the model, which is what <code>--apply</code> acts on) and the "
+             "<b>measured</b> saving of the applied plan." if verified else "")
+    return (f"<p><b>Library estimate</b> of the saving per forward pass: {summary['saved_ms_per_forward']:.4g} ms, "
+            f"{summary.get('bytes_saved_per_forward', 0):,} bytes (each site's baseline minus best time from the "
+            f"pattern library, summed over the sites whose verdict is fuse){forward}.{other}</p>")
+
+
 def render_analysis_html(analysis: dict, graphs: Sequence[Any] | None = None) -> str:
     """An analysis report (schemas/analysis.schema.json) as HTML; optional fields may be absent.
 
@@ -295,15 +353,13 @@ def render_analysis_html(analysis: dict, graphs: Sequence[Any] | None = None) ->
         '<a href="#unmatched">unmatched ops</a><a href="#run">run details</a>'
         + ('<a href="#verification">verification</a>' if analysis.get("verification") else "") + "</nav>",
         "<p>" + ", ".join(f"{_e(v)} {_e(k)}" for k, v in numbers) + ".</p>" if numbers else "",
-        (f"<p>Estimated saving per forward pass: {summary['saved_ms_per_forward']:.4g} ms, "
-         f"{summary.get('bytes_saved_per_forward', 0):,} bytes (sum over sites whose verdict is fuse)"
-         + (f"; measured forward pass: {summary['forward_ms']:.4g} ms" if summary.get("forward_ms") else "")
-         + ".</p>" if "saved_ms_per_forward" in summary else ""),
+        _saving_summary(summary, analysis.get("verification") is not None),
         _list((f"warning: {w}" for w in analysis.get("warnings", [])), "warn"),
         '<section id="sites"><h2>Fusion sites</h2>',
         _table(SITE_HEADERS, (_site_row(s) for s in sites), cls="sites",
                row_attrs=(f'data-site="{_e(s.get("id"))}" data-verdict="{_e(s.get("verdict"))}"' for s in sites),
-               numeric=(10, 11, 12, 13)) if sites else "<p>No fusible pattern was found in this model.</p>",
+               numeric=(9, 10, 11, 12), why=((f'data-why="{_e(s.get("id"))}"', _site_why(s)) for s in sites))
+        if sites else "<p>No fusible pattern was found in this model.</p>",
         "</section>",
         f'<section id="graph"><h2>Fusion sites in the graph</h2><p>Colours: {legend}</p>',
         _graph_ops(graphs, sites) if graphs is not None else _site_nodes(sites), "</section>",

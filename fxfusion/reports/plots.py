@@ -20,7 +20,7 @@ import base64
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from fxfusion.errors import FxFusionError
 from fxfusion.profiles.profile import Entry, Profile
@@ -74,6 +74,47 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+# Twenty patterns in twenty tab20 colours cannot be told apart on a roofline.  Instead: one hue per family (the
+# grouping that explains where points fall), patterns of a family as shades of it, and the marker for the variant
+# kind (KIND_MARKERS).
+FAMILY_COLORMAPS = {"linear": "Blues", "conv": "Oranges", "attention": "Greens", "norm": "Purples"}
+OTHER_COLORMAPS = ("Reds", "Greys", "YlOrBr", "PuRd")
+
+
+def family_colors(pattern_families: dict[str, str]) -> dict[str, Any]:
+    """pattern -> colour: a hue per family, shades from mid to dark for the patterns of a family, in order."""
+    from matplotlib import colormaps
+
+    families = list(dict.fromkeys(pattern_families.values()))
+    extra = iter(OTHER_COLORMAPS * (1 + len(families)))
+    cmaps = {f: colormaps[FAMILY_COLORMAPS.get(f) or next(extra)] for f in families}
+    out = {}
+    for family in families:
+        members = [p for p, f in pattern_families.items() if f == family]
+        for i, pattern in enumerate(members):
+            out[pattern] = cmaps[family](0.45 + 0.5 * (i / max(1, len(members) - 1)) if len(members) > 1 else 0.7)
+    return out
+
+
+# Speedup plots: the variant kind also sets the line style, so two variants of one colour family stay apart.
+KIND_LINESTYLES = {"manual": "-", "compile": "--"}
+
+
+def _speedup_axis(ax) -> None:
+    """A log y axis labelled in plain multiples (0.5x, 1x, 2x): a 100x interval no longer flattens the others.
+    matplotlib's LogFormatter decides which ticks to label (minor ones too when the range is under a few decades);
+    this one only writes them as multiples."""
+    from matplotlib.ticker import LogFormatter
+
+    class Multiples(LogFormatter):
+        def __call__(self, x, pos=None):
+            return f"{x:g}x" if super().__call__(x, pos) else ""
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(Multiples(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.yaxis.set_minor_formatter(Multiples(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
 def _shape_text(shape: dict[str, int]) -> str:
     return ",".join(f"{k}={v}" for k, v in shape.items())
 
@@ -85,6 +126,7 @@ def speedup_plot(entries: list[Entry], min_effect: float) -> Plot:
     entries = sorted(entries, key=lambda e: (e.flops, tuple(e.shape.values())))
     pattern, dtype = entries[0].pattern, entries[0].dtype
     names = list(dict.fromkeys(v.name for e in entries for v in e.variants if v.kind != "eager"))
+    kinds = {v.name: v.kind for e in entries for v in e.variants}
     fig = _new_figure()
     ax = fig.add_subplot()
     ax.axhspan(1 - min_effect, 1 + min_effect, color="0.6", alpha=0.25, lw=0,
@@ -109,29 +151,47 @@ def speedup_plot(entries: list[Entry], min_effect: float) -> Plot:
             left_out.append(f"{name} at {'; '.join(missing)}")
         ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
         err = [[m - l if m == m else 0 for m, l in zip(med, lo)], [h - m if m == m else 0 for m, h in zip(med, hi)]]
-        ax.errorbar(xs, med, yerr=err, color=color, marker="o", ms=4, lw=1.5, capsize=3, label=name)
+        ax.errorbar(xs, med, yerr=err, color=color, marker=KIND_MARKERS.get(kinds[name], "o"), ms=5, lw=1.5,
+                    ls=KIND_LINESTYLES.get(kinds[name], "-"), capsize=3, label=f"{name} ({kinds[name]})")
     ax.set_xscale("log")
+    _speedup_axis(ax)
     ax.set_xlabel("problem size (FLOPs per call, log scale)")
-    ax.set_ylabel("speedup over eager (x)")
+    ax.set_ylabel("speedup over eager (x, log scale)")
     ax.set_title(f"{entries[0].title}, {dtype}: speedup over eager")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     sizes = "; ".join(f"{_shape_text(e.shape)} = {e.flops:.3g} FLOPs ({e.decision.verdict})" for e in entries)
-    caption = (f"Median speedup over eager per fused variant, 95% bootstrap interval as band and error bar, "
-               f"grey strip: neutral zone. Sizes: {sizes}.")
+    caption = (f"Median speedup over eager per fused variant (log scale; solid: manual fusion, dashed: "
+               f"torch.compile), 95% bootstrap interval as band and error bar, grey strip: neutral zone. "
+               f"Sizes: {sizes}.")
     if left_out:
         caption += f" Not drawn: {'; '.join(left_out)}."
     return Plot(key=f"speedup:{pattern}:{dtype}", title=f"{entries[0].title} ({pattern}), {dtype}",
                 data_uri=to_data_uri(fig), caption=caption)
 
 
-def speedup_plots(profile: Profile) -> list[Plot]:
-    """One speedup plot per (pattern, dtype), in the order the profile first lists them."""
+def _speedup_groups(profile: Profile) -> list[list[Entry]]:
     groups: dict[tuple[str, str], list[Entry]] = {}
     for e in profile.entries:
         groups.setdefault((e.pattern, e.dtype), []).append(e)
+    return list(groups.values())
+
+
+def plot_count(profile: Profile) -> int:
+    """How many plots a profile report draws (one per pattern and dtype, one roofline per dtype): for progress."""
+    return len(_speedup_groups(profile)) + len({e.dtype for e in profile.entries})
+
+
+def speedup_plots(profile: Profile, on_plot: Callable[[str], None] | None = None) -> list[Plot]:
+    """One speedup plot per (pattern, dtype), in the order the profile first lists them; ``on_plot(what)`` is
+    called before each is drawn."""
     min_effect = float(profile.metadata.get("timing", {}).get("min_effect", 0.02))
-    return [speedup_plot(group, min_effect) for group in groups.values()]
+    out = []
+    for group in _speedup_groups(profile):
+        if on_plot:
+            on_plot(f"speedup plot {group[0].pattern} {group[0].dtype}")
+        out.append(speedup_plot(group, min_effect))
+    return out
 
 
 # -- roofline --------------------------------------------------------------------------------------------------------
@@ -146,7 +206,8 @@ def _points(entries: Iterable[Entry]) -> tuple[list[dict[str, Any]], list[str]]:
             if e.flops <= 0 or nbytes <= 0:
                 skipped.append(f"{e.pattern} {_shape_text(e.shape)} {v.name} (no FLOPs or bytes to place it by)")
                 continue
-            points.append({"pattern": e.pattern, "kind": v.kind, "ai": e.flops / nbytes, "gflops": v.gflops})
+            points.append({"pattern": e.pattern, "family": e.family, "kind": v.kind, "ai": e.flops / nbytes,
+                           "gflops": v.gflops})
     return points, skipped
 
 
@@ -160,8 +221,10 @@ def roofline_plot(profile: Profile, dtype: str) -> Plot:
     peak_gflops = hw["peak_gflops"].get(dtype) or hw["peak_gflops"].get("float32")
     peak_gbs = hw["peak_bandwidth_gbs"]
 
+    tf32_note = _tf32_note(profile, dtype, points)
+    tf32_peak = hw["peak_gflops"].get("tf32") if tf32_note else None
     ais = [p["ai"] for p in points] or [1.0]
-    ridges = [g / b for g, b in ((best_gflops, best_gbs), (peak_gflops, peak_gbs)) if g and b]
+    ridges = [g / b for g, b in ((best_gflops, best_gbs), (peak_gflops, peak_gbs), (tf32_peak, peak_gbs)) if g and b]
     lo, hi = min(ais + ridges) / 4, max(ais + ridges) * 4
     grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
 
@@ -170,12 +233,16 @@ def roofline_plot(profile: Profile, dtype: str) -> Plot:
     if peak_gflops and peak_gbs:
         ax.plot(grid, [min(peak_gflops, peak_gbs * x) for x in grid], color="0.5", ls="--", lw=1,
                 label=f"datasheet: {peak_gflops:.4g} GFLOP/s, {peak_gbs:.4g} GB/s")
+    if tf32_peak and peak_gbs:
+        ax.plot(grid, [min(tf32_peak, peak_gbs * x) for x in grid], color="0.5", ls=":", lw=1.2,
+                label=f"datasheet TF32 (on in this run): {tf32_peak:.4g} GFLOP/s")
     if best_gflops and best_gbs:
         ax.plot(grid, [min(best_gflops, best_gbs * x) for x in grid], color="black", lw=1.8,
                 label=f"measured: {best_gflops:.4g} GFLOP/s (matmul), {best_gbs:.4g} GB/s (copy)")
-    patterns = list(dict.fromkeys(p["pattern"] for p in points))
-    for pattern, color in zip(patterns, _colors(len(patterns))):
-        label = pattern  # one legend line per pattern (colour); markers say the variant kind
+    families = {p["pattern"]: p["family"] for p in sorted(points, key=lambda p: p["family"])}
+    colors = family_colors(families)
+    for pattern, color in colors.items():
+        label = f"{families[pattern]}: {pattern}"  # one legend line per pattern (colour); markers: variant kind
         for kind, marker in KIND_MARKERS.items():
             mine = [p for p in points if p["pattern"] == pattern and p["kind"] == kind]
             if mine:
@@ -197,11 +264,37 @@ def roofline_plot(profile: Profile, dtype: str) -> Plot:
                f"datasheet peaks ({hw.get('source', 'no source given')}).")
     if not (best_gflops and best_gbs):
         caption += f" This profile has no measured {dtype} ceiling, so only the datasheet roof is drawn."
+    caption += tf32_note
     if skipped:
         caption += f" Not drawn: {'; '.join(skipped)}."
     return Plot(key=f"roofline:{dtype}", title=f"Roofline, {dtype}", data_uri=to_data_uri(fig), caption=caption)
 
 
-def roofline_plots(profile: Profile) -> list[Plot]:
-    dtypes = list(dict.fromkeys(e.dtype for e in profile.entries))
-    return [roofline_plot(profile, d) for d in dtypes]
+def _tf32_note(profile: Profile, dtype: str, points: list[dict[str, Any]]) -> str:
+    """Why float32 points can stand above the float32 roofs: with TF32 on, cuDNN (or cuBLAS) ran them on TF32
+    tensor cores, while both roofs are plain float32 (the ceiling's matmul ran with ``metadata.tf32.matmul``)."""
+    meta = profile.metadata
+    tf32 = meta.get("tf32") or {}
+    if dtype != "float32" or not str(meta.get("device", "")).startswith("cuda"):
+        return ""
+    on = [(family, flag) for family, flag in (("conv", "cudnn"), ("linear", "matmul"), ("attention", "matmul"))
+          if tf32.get(flag) and any(p["family"] == family for p in points)]
+    if not on:
+        return ""
+    libraries = {"cudnn": "cuDNN", "matmul": "cuBLAS matmuls"}
+    flags = sorted({flag for _, flag in on})
+    tf32_peak = profile.hardware.get("peak_gflops", {}).get("tf32")
+    return (f" TF32 was on for {' and '.join(libraries[f] for f in flags)} "
+            f"({', '.join(f'metadata.tf32.{f} = true' for f in flags)}): the float32 "
+            f"{', '.join(dict.fromkeys(f for f, _ in on))} points ran on TF32 tensor cores, so they can stand above "
+            f"the float32 roofs (solid, dashed: float32 without TF32"
+            + (f"; dotted: the datasheet TF32 peak, {tf32_peak:.4g} GFLOP/s" if tf32_peak else "") + ").")
+
+
+def roofline_plots(profile: Profile, on_plot: Callable[[str], None] | None = None) -> list[Plot]:
+    out = []
+    for dtype in dict.fromkeys(e.dtype for e in profile.entries):
+        if on_plot:
+            on_plot(f"roofline {dtype}")
+        out.append(roofline_plot(profile, dtype))
+    return out

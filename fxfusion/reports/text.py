@@ -45,7 +45,7 @@ def total_line(report: dict) -> str:
     fwd = sm.get("forward_ms")
     share = f" of a {fwd:.3f} ms forward pass ({sm['saved_ms_per_forward'] / fwd:.1%})" if fwd else ""
     return (f"{sm['sites']} sites: {sm['fusible']} fusible, {sm['illegal']} illegal, {sm['already_fused']} already "
-            f"fused; {sm['fuse']} worth fusing. Estimated saving {sm['saved_ms_per_forward']:.4f} ms per forward"
+            f"fused; {sm['fuse']} worth fusing. Library estimate of the saving {sm['saved_ms_per_forward']:.4f} ms per forward"
             f"{share}, {_bytes_h(sm['bytes_saved_per_forward'])} less memory traffic.")
 
 
@@ -73,23 +73,41 @@ def _decided_by(meta: dict) -> str:
                                                                                            "(match only)")
 
 
-def render_table(report: dict):
-    """A rich renderable: the sites table, then reasons, notes, unmatched ops and the total."""
+# The terminal table: the markdown's columns, fitted to the width (fxfusion.reports.console.fitted_table).
+# "legality" repeats what the verdict says of illegal and already-fused sites, so it goes first.
+TABLE_COLUMNS = {"site": {}, "pattern": {}, "nodes": {"justify": "right", "drop": 5}, "shape": {"wrap": True},
+                 "dtype": {"fold_constant": True}, "legality": {"drop": 6}, "verdict": {}, "best": {},
+                 "speedup [95% CI]": {"wrap": True}, "saved ms/fwd": {"justify": "right", "drop": 3},
+                 "bytes saved": {"justify": "right", "drop": 4}}
+
+LEGEND = ("fuse / avoid: the 95% CI of the speedup over the site's baseline lies above 1.02x / below 0.98x; "
+          "neutral: neither; undecided: nothing to compare it with")
+
+
+def render_table(report: dict, width: int = 200):
+    """A rich renderable no wider than ``width``: the sites table and its legend, then reasons, notes, unmatched ops
+    and the total."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
+
+    from fxfusion.reports.console import Column, fitted_table
 
     meta = report["metadata"]
     source = _decided_by(meta)
-    table = Table(title=f"{meta['model']} on {meta['device']} ({meta['device_name']}), decided by {source}, "
-                        f"captured by {report['capture']['method']}")
-    style = {"fuse": "green", "neutral": "yellow", "avoid": "red", "illegal": "red", "already_fused": "dim"}
-    for col in COLUMNS:
-        table.add_column(col, justify="right" if col in ("nodes", "saved ms/fwd", "bytes saved") else "left")
+    title = (f"{meta['model']} on {meta['device']} ({meta['device_name']}), decided by {source}, "
+             f"captured by {report['capture']['method']}")
+    style = {"fuse": "green", "neutral": "yellow", "avoid": "red", "illegal": "red", "already_fused": "dim",
+             "undecided": "dim"}
+    columns = [Column(name, **TABLE_COLUMNS[name]) for name in COLUMNS]
+    cells = []
     for s, row in zip(report["sites"], rows(report)):
         st = style.get(s["verdict"])
-        table.add_row(*row[:6], f"[{st}]{row[6]}[/]" if st else row[6], *row[7:])
-    parts = [table] + [Text(line) for line in _notes(report)] + [Text(total_line(report), style="bold")]
+        # no space inside the interval: a narrow column wraps before it, not inside it
+        cells.append([*row[:6], f"[{st}]{row[6]}[/]" if st else row[6], row[7], row[8].replace(", ", ","),
+                      *row[9:]])
+    table, notes = fitted_table(columns, cells, width, title)
+    legend = Text(LEGEND + "." + (" " + "; ".join(notes) + "." if notes else ""), style="dim")
+    parts = [table, legend] + [Text(line) for line in _notes(report)] + [Text(total_line(report), style="bold")]
     return Group(*parts)
 
 

@@ -89,8 +89,11 @@ def candidate_rows(v: dict[str, Any]) -> list[tuple[str, ...]]:
         rows.append((r["name"] + mark, f"{r['median_ms']:.4f}", _fmt_ci(r.get("speedup")) if r["name"] != "eager"
                      else "1.00x", verified, setup, even))
     return rows
-_SOURCES = {"in_model": " (from the groups timed inside the model)", "library": " (from the pattern library's timings)",
-            "mixed": " (from the groups timed inside the model, the library's timings for the others)"}
+# Which prediction a number is: the report's summary has the per-site library estimate, the verification an
+# in-model one; each sentence names its own, so two different "predicted" figures on one page are never confused.
+_SOURCES = {"in_model": " in the model (each group's region timed inside the model)",
+            "library": " from the pattern library (each group's standalone timings)",
+            "mixed": " in the model (groups timed inside the model; the library's timings for the others)"}
 
 
 def _pct(x: float | None) -> str:
@@ -118,7 +121,8 @@ def prediction_lines(v: dict[str, Any], digits: int = 4) -> list[str]:
                      f"measured {v['measured_fraction']:.1%} [{flo:.1%}, {fhi:.1%}]; "
                      f"error {_pct(v.get('fraction_error_pct'))}")
     if v.get("library_predicted_saving_ms") is not None:
-        lines.append(f"the pattern library alone predicted {v['library_predicted_saving_ms']:{ms}} ms "
+        lines.append(f"the pattern library alone (the groups' standalone timings) predicted "
+                     f"{v['library_predicted_saving_ms']:{ms}} ms "
                      f"(error {_pct(v.get('library_prediction_error_pct'))})")
     return lines
 

@@ -1,12 +1,22 @@
-"""Attention: SDPA already fused, and softmax(scale(QK^T) [+ mask]) [dropout] @ V written by hand."""
+"""Attention: SDPA already fused, and hand-written attention in the idioms of :mod:`.reading`, with the pattern that
+measures what it costs.
+
+Which pattern a hand-written site is decided as (the mask form is :func:`fxfusion.fusions.attention.masks.mask_plan`'s):
+  no ``@ V``                    -> qk_softmax
+  no mask                       -> full_attention
+  a provably causal mask        -> causal_attention, or gqa_attention when repeat_kv is in the site
+  any other mask                -> masked_attention (boolean or additive; padding, or causal and padding)
+"""
 
 from __future__ import annotations
 
 from torch.fx import Node
 
-from fxfusion.graph.capture import module_path
+from fxfusion.fusions.attention.masks import mask_plan
+from fxfusion.fusions.attention.reading import NotAttention, Reading, read_attention, repeat_source
 from fxfusion.fusions.base import Candidate, Context, add_role
-from fxfusion.graph.nodes import arg, dtype_name, is_scalar, kind, node_name, shape, swaps_last_two, tensor_value
+from fxfusion.graph.capture import module_path
+from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, shape, tensor_value, val
 from fxfusion.graph.sites import ALREADY_FUSED
 
 
@@ -29,118 +39,96 @@ def match_sdpa(ctx: Context, node: Node) -> Candidate | None:
                      how + (", causal" if causal else ""), status=ALREADY_FUSED)
 
 
-def _scores_operand(node: Node) -> tuple[Node, Node] | None:
-    """For an additive mask ``scores + mask``: (scores, mask), the scores being the full-shaped GEMM side."""
-    a, b = node.args[0], node.args[1]
-    if not (isinstance(a, Node) and isinstance(b, Node)):
-        return None
-    feeds = ("div", "mul", "matmul", "cast")
-    if kind(a) in feeds and shape(a) == shape(node):
-        return a, b
-    if kind(b) in feeds and shape(b) == shape(node):
-        return b, a
-    return None
+def _written_as(r: Reading) -> str:
+    pre = [i for i in r.idioms if i in ("q scaled", "k scaled", "q, k scaled")]
+    gemm = "baddbmm(mask) QK^T" if r.root_mask is not None else ("baddbmm QK^T" if kind(r.qk) == "baddbmm" else "QK^T")
+    chain = [s.idiom for s in r.steps if s.role in ("scale", "mask")]
+    upcast = val(r.softmax).dtype != val(r.q).dtype
+    after = ["softmax" + (f" ({str(val(r.softmax).dtype)[6:]})" if upcast else "")]
+    after += (["dropout"] if r.dropout is not None else []) + (["@ V"] if r.pv is not None else [])
+    gqa = [i for i in r.idioms if "GQA" in i]
+    return "hand-written attention: " + ", ".join(pre + [" ".join([gemm] + chain[:1])] + chain[1:] + after + gqa)
 
 
-def match_attention(ctx: Context, softmax: Node) -> Candidate | None:
-    """softmax(scale(QK^T) [+ mask]) [dropout] @ V, written by hand; the softmax dim must be the last."""
-    out_shape = shape(softmax)
-    if out_shape is None or len(out_shape) < 3 or arg(softmax, 1, "dim") not in (-1, len(out_shape) - 1):
-        return None
-    nodes, roles, how = [softmax], {"softmax": softmax.name}, []
-    cur, scale, mask = softmax.args[0], None, None
-    for _ in range(5):  # back from softmax to QK^T: at most a cast, a mask and a scale, in either order
-        k = kind(cur)
-        if k == "matmul":
-            break
-        if k == "cast" and len(cur.users) >= 1:
-            nodes.append(cur)
-            cur = cur.args[0]
-        elif k in ("div", "mul") and scale is None and is_scalar(cur.args[1]) and isinstance(cur.args[0], Node):
-            scale = cur
-            nodes.append(cur)
-            roles["scale"], roles["scale_op"] = cur.name, k
-            roles["scale_value"] = str(cur.args[1].name if isinstance(cur.args[1], Node) else cur.args[1])
-            how.append("/ scale" if k == "div" else "* scale")
-            cur = cur.args[0]
-        elif k == "add" and mask is None and (pair := _scores_operand(cur)):
-            mask = cur
-            nodes.append(cur)
-            roles["mask_op"], roles["mask_kind"] = cur.name, "additive"
-            add_role(roles, "mask", pair[1])
-            how.append("+ additive mask")
-            cur = pair[0]
-        elif k == "masked_fill" and mask is None and isinstance(cur.args[0], Node):
-            mask = cur
-            nodes.append(cur)
-            roles["mask_op"], roles["mask_kind"] = cur.name, "masked_fill"
-            add_role(roles, "mask", cur.args[1])
-            roles["mask_fill"] = str(cur.args[2])
-            how.append("masked_fill")
-            cur = cur.args[0]
-        else:
-            return None
-    else:
-        return None
-    qk = cur
-    if kind(qk) != "matmul":
-        return None
-    q, kt = qk.args[0], qk.args[1]
-    qs, kts = shape(q), shape(kt)
-    if qs is None or kts is None or len(qs) not in (3, 4) or len(kts) != len(qs):
-        return None
-    k_node = kt
-    if swaps_last_two(kt):
-        k_node = kt.args[0]
-        if len(kt.users) == 1:
-            nodes.append(kt)
-    nodes.append(qk)
-    roles.update({"qk": qk.name, "q": node_name(q), "k": node_name(k_node)})
+def _roles(r: Reading, form: str) -> dict[str, str]:
+    k = r.k if r.k is not None else r.kt
+    roles = {"softmax": r.softmax.name, "qk": r.qk.name, "q": node_name(r.q), "k": node_name(k),
+             "scale_value": f"{r.scale:.6g}", "output": r.output.name}
+    scales = [s for s in r.steps if s.role == "scale"]
+    if scales:
+        roles["scale"], roles["scale_op"] = scales[0].node.name, kind(scales[0].node)
+    masks = r.masks
+    if masks or r.root_mask is not None:
+        kinds = (["baddbmm"] if r.root_mask is not None else []) + [
+            "additive" if kind(m.node) in ("add", "sub") else kind(m.node) for m in masks]
+        roles["mask_kind"], roles["mask_form"] = "+".join(dict.fromkeys(kinds)), form
+        roles["mask_op"] = masks[0].node.name if masks else r.qk.name
+        first = r.root_mask if r.root_mask is not None else next(
+            a for i, a in enumerate(masks[0].node.args) if i != masks[0].chain and isinstance(a, Node))
+        add_role(roles, "mask", first)
+    if r.dropout is not None:
+        roles["dropout"] = r.dropout.name
+    if r.pv is not None:
+        roles.update({"pv": r.pv.name, "v": node_name(r.v)})
+    if r.gqa > 1:
+        roles["gqa"] = str(r.gqa)
+    return roles
 
-    probs, pv, dropout = softmax, None, None
-    for _ in range(3):  # forward from softmax: at most a cast and a dropout, then P @ V
-        users = list(probs.users)
-        nxt = [u for u in users if kind(u) == "matmul" and u.args[0] is probs]
-        if nxt:
-            pv = nxt[0]
-            break
-        step = [u for u in users if kind(u) in ("dropout", "cast")]
-        if not step:
-            break
-        if kind(step[0]) == "dropout":
-            dropout = step[0]
-            roles["dropout"] = dropout.name
-        nodes.append(step[0])
-        probs = tensor_value(step[0])
-        if probs is not step[0]:
-            nodes.append(probs)
-    reasons = []
-    if dropout is not None and arg(dropout, 2, "train", True):
-        reasons.append(f"dropout {dropout.name} is active (training mode): its random mask cannot be reproduced by "
-                       "a fused kernel's own dropout")
-    if pv is not None:
-        nodes.append(pv)
-        roles.update({"pv": pv.name, "v": node_name(pv.args[1]), "output": pv.name})
-        pattern = "causal_attention" if mask is not None else "full_attention"
-        output = pv
-    else:
-        pattern, output = "qk_softmax", probs
-        roles["output"] = probs.name
-    B, H = (qs[0], qs[1]) if len(qs) == 4 else (qs[0], 1)
-    Sq, Sk, D = qs[-2], kts[-1], qs[-1]
+
+def _notes(r: Reading, pattern: str, form: str, note: str) -> list[str]:
     notes = []
+    Sq, Sk = shape(r.softmax)[-2:]
     if Sq != Sk:
         notes.append(f"queries ({Sq}) and keys ({Sk}) differ in length: decided at S={round((Sq * Sk) ** 0.5)}, "
                      "which keeps the score matrix's size")
-    if scale is None:
+    if r.scale == 1.0 and not any(s.role == "scale" for s in r.steps):
         notes.append("no scale between QK^T and softmax (scaled elsewhere, or not at all); SDPA takes scale=1 then")
-    if mask is not None and pattern == "causal_attention" and roles.get("mask_kind") == "additive":
-        notes.append("an additive mask is decided as the library's masked (causal) attention pattern")
-    if mask is not None and pattern == "qk_softmax":
+    if val(r.softmax).dtype != val(r.q).dtype:
+        notes.append(f"the softmax runs in {str(val(r.softmax).dtype)[6:]} and is cast back: SDPA accumulates in "
+                     "float32 itself")
+    if note:
+        notes.append(note)
+    elif form == "keep":
+        notes.append("a boolean mask not provably causal (a run-time value): SDPA takes it as attn_mask")
+    elif form == "additive":
+        notes.append("SDPA takes the additive mask the score chain makes at QK^T = 0 as attn_mask")
+    if r.gqa > 1:
+        notes.append(f"repeat_kv is in the site: SDPA repeats the {shape(r.k)[-3]} K/V heads x{r.gqa} itself "
+                     "(enable_gqa)" + ("" if pattern == "gqa_attention" else f", decided as {pattern}"))
+    elif r.k is not None and r.v is not None and repeat_source(r.k) is not None:
+        notes.append("K and V are repeated for GQA outside the site (read elsewhere, or this torch's SDPA has no "
+                     "enable_gqa): SDPA takes the repeated K and V")
+    if pattern == "qk_softmax" and (r.masks or r.root_mask is not None):
         notes.append("the mask is part of the site; the qk_softmax pattern measures the unmasked chain")
-    after = ["softmax"] + (["dropout"] if dropout is not None else []) + (["@ V"] if pv is not None else [])
-    written = "hand-written attention: QK^T " + ", ".join(how[::-1] + after)  # found walking back: reversed
-    return Candidate(pattern, nodes, output, {"B": B, "H": H, "S": Sq if Sq == Sk else round((Sq * Sk) ** 0.5),
-                                             "D": D},
-                     dtype_name(output) or "float32", roles, written, reasons=reasons, notes=notes,
-                     boundary=[q, k_node] + ([pv.args[1]] if pv is not None else []))
+    return notes
+
+
+def match_attention(ctx: Context, softmax: Node) -> Candidate | None:
+    """softmax(scale(QK^T) [+ masks]) [cast, dropout] @ V, written by hand in any idiom of :data:`SCORE_RULES`."""
+    gm = ctx.graph.gm
+    try:
+        r = read_attention(gm, softmax)
+    except NotAttention:
+        return None
+    qs, ks = shape(r.q), shape(r.k if r.k is not None else r.kt)
+    if qs is None or ks is None or len(qs) not in (3, 4):
+        return None
+    plan = mask_plan(gm, r)
+    if r.pv is None:
+        pattern = "qk_softmax"
+    elif plan.form == "none":
+        pattern = "full_attention"
+    elif plan.form == "causal":
+        pattern = "gqa_attention" if r.gqa > 1 else "causal_attention"
+    else:
+        pattern = "masked_attention"
+    Sq, Sk = shape(r.softmax)[-2:]
+    B, H = (qs[0], qs[1]) if len(qs) == 4 else (qs[0], 1)
+    site_shape = {"B": B, "H": H, "S": Sq if Sq == Sk else round((Sq * Sk) ** 0.5), "D": qs[-1]}
+    if pattern == "gqa_attention":
+        site_shape = {"B": B, "H": H, "KV": H // r.gqa, "S": site_shape["S"], "D": qs[-1]}
+    k_in = r.k if r.k is not None else r.kt
+    return Candidate(pattern, list(dict.fromkeys(r.nodes)), r.output, site_shape, dtype_name(r.output) or "float32",
+                     _roles(r, plan.form), _written_as(r), reasons=list(r.reasons),
+                     notes=_notes(r, pattern, plan.form, plan.note),
+                     boundary=[r.q, k_in] + ([r.v] if r.v is not None else []))

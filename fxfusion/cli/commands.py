@@ -1,7 +1,9 @@
 """The fxfusion command line.  Commands live here and in the other ``fxfusion.cli`` modules; logic lives in the library.
 
-Every library error is an FxFusionError, which becomes one line on stderr and exit code 1; Ctrl-C exits 130 with no
-traceback and no half-written file (all writes are atomic).
+Every library error is an FxFusionError, which becomes one line on stderr and exit code 1; Ctrl-C exits 130 with one
+line and no traceback, and leaves no half-written file (all writes are atomic; an interrupted calibration keeps its
+journal of finished entries for --resume and says so).  The entry point is :func:`fxfusion.cli.main`, which handles
+Ctrl-C before this module (and torch) is imported.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Annotated, Optional
 import typer
 
 from fxfusion.calibration.calibrate import calibrate as run
+from fxfusion.calibration.calibrate import interrupted_message
 from fxfusion.cli import analyze as analyze_commands
 from fxfusion.cli import report as report_commands
-from fxfusion.cli.errors import handles_errors
+from fxfusion.cli.errors import fail, handles_errors
 from fxfusion.reports.console import CalibrationProgress, print_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -49,11 +52,14 @@ def calibrate(
         out = Path("profiles") / f"{hardware}.json"
         out.parent.mkdir(exist_ok=True)
     modes = () if no_compile else ("compile", "compile_reduce_overhead")
-    with CalibrationProgress() as progress:
-        profile = run(hardware=hardware, device=device, patterns=patterns, dtypes=dtypes, quick=quick, sizes=sizes,
-                      peak_gflops=peak_gflops, peak_bandwidth=peak_bandwidth, output=out, resume=resume,
-                      threads=threads, compile_modes=modes, on_entry=progress.update,
-                      command="fxfusion " + " ".join(sys.argv[1:]))
+    try:
+        with CalibrationProgress() as progress:
+            profile = run(hardware=hardware, device=device, patterns=patterns, dtypes=dtypes, quick=quick,
+                          sizes=sizes, peak_gflops=peak_gflops, peak_bandwidth=peak_bandwidth, output=out,
+                          resume=resume, threads=threads, compile_modes=modes, on_entry=progress.update,
+                          on_note=progress.note, command="fxfusion " + " ".join(sys.argv[1:]))
+    except KeyboardInterrupt:  # the journal of finished entries is kept: say where, and how to use or drop it
+        fail(interrupted_message(out), 130)
     print_summary(profile)
     typer.echo(f"wrote {out} ({len(profile.entries)} entries)")
 
@@ -64,6 +70,7 @@ report_commands.register(app)
 
 
 def main() -> None:
+    """The commands; the console script is :func:`fxfusion.cli.main`, which also handles a Ctrl-C during imports."""
     app()
 
 
