@@ -80,6 +80,9 @@ def fxfusion_figure(spec: str, device: str, dtype: str | None) -> dict:
     analyze_s = time.perf_counter() - start
     _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device, include_compile=True)
     t = verification.timings
+    if "eager" not in t or "compile" not in t:  # the plan did not verify before anything was timed
+        return {"analyze_s": analyze_s, "eager_ms": None, "compile_ms": None, "compile_status": verification.reason,
+                "chosen": None}
     return {"analyze_s": analyze_s, "eager_ms": t["eager"].median_ms,
             "compile_ms": t["compile"].median_ms if t["compile"].status == "ok" else None,
             "compile_status": t["compile"].status, "chosen": (verification.candidates or {}).get("chosen")}
@@ -111,7 +114,7 @@ def main() -> None:
         ratio = oc / ic if oc else None
         ok = ratio is not None and abs(ratio - 1) <= TARGET
         print(f"| {spec} | {oc if oc is None else f'{oc:.4f}'} | {ic:.4f} | "
-              f"{'-' if ratio is None else f'{ratio:.3f}'} | {'yes' if ok else 'NO'} | {ours['eager_ms']:.4f} | "
+              f"{'-' if ratio is None else f'{ratio:.3f}'} | {'yes' if ok else 'NO'} | {ours['eager_ms'] or float('nan'):.4f} | "
               f"{ie:.4f} |", flush=True)
 
 

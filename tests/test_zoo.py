@@ -12,6 +12,7 @@ makes a tiny CNN's forward pass 10-100x slower.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -173,3 +174,35 @@ def test_every_file_has_its_presets_and_entries():
     assert (llama["bench"].hidden, llama["bench"].layers, llama["bench"].batch, llama["bench"].seq) == (1024, 4, 4, 512)
     assert (llama["decode"].batch, llama["decode"].seq) == (8, 1)
     assert (vit["bench"].batch, vit["bench"].image, vit["bench"].width, vit["bench"].depth) == (32, 224, 384, 12)
+
+
+def test_llama_in_bfloat16_keeps_its_dtype_through_every_rewrite():
+    """Llama normalises in float32 and casts back: the rms_norm rewrite takes the input before the upcast (so the op
+    can run fused) and hands the next GEMM bfloat16, with the merged q/k/v and gate/up around it."""
+    require("transformers")
+    from fxfusion.fusions.match import find_sites
+    from fxfusion.fusions.registry import REGISTRY
+    from fxfusion.graph.capture import capture
+    from fxfusion.measure.correctness import relative_error, tolerance
+    from fxfusion.planning.apply import apply
+    from fxfusion.planning.plan import FusionPlan
+    from fxfusion.profiles.profile import Decision
+
+    loaded = load_model(ZOO / "hf_llama.py", dtype=torch.bfloat16)
+    captured = capture(loaded.model, loaded.example_inputs)
+    sites = find_sites(captured)
+    decisions = {}
+    for s in sites:
+        runs = [mv.name for mv in REGISTRY.get(s.pattern).manual
+                if mv.unsupported(s.shape, torch.bfloat16, "cpu") is None] if s.legal and s.pattern in REGISTRY else []
+        if runs:
+            decisions[s.id] = Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", runs[0], None, "test")
+    plan = FusionPlan.from_decisions(captured, sites, decisions)
+    planned = apply(loaded.model, plan, candidate="planned")
+    applied = {r.pattern for r in planned.fxfusion_rewrites if r.applied}
+    assert {"rmsnorm", "sibling_gemm3", "gated_mlp_silu"} <= applied
+    with torch.no_grad():
+        out = planned(*loaded.example_inputs)
+        ref = copy.deepcopy(loaded.model).double()(*loaded.example_inputs)
+    assert out.dtype == torch.bfloat16
+    assert relative_error(out, ref) < tolerance(torch.bfloat16)

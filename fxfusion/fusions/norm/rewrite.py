@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import operator
 
+import torch
 from torch import fx
 
 from fxfusion.graph.edit import NotApplicable, aten, arg, device_of, is_call, scalar, shape_of, value_of
@@ -28,8 +29,18 @@ def rewrite_rms_norm(gm, nodes, group):
     n = (shape_of(x) or (0,))[-1]
     if weight is None or shape_of(weight) != (n,):
         raise NotApplicable(f"the RMSNorm weight is not a ({n},) tensor")
+    # Llama normalises in float32 (x is an upcast) and returns the model's dtype.  The fused op takes the input before
+    # the upcast when it has the weight's dtype (rms_norm accumulates in float32 itself, and with mixed input and weight
+    # dtypes it would not dispatch to its fused kernel); any other dtype change is cast back to what the site returned.
+    want = value_of(last)
+    if kind(x) == "cast" and isinstance(want, torch.Tensor) and isinstance(value_of(x.args[0]), torch.Tensor) \
+            and value_of(x.args[0]).dtype == want.dtype == getattr(value_of(weight), "dtype", None):
+        x = x.args[0]
     with gm.graph.inserting_before(last):
         y = gm.graph.call_function(aten.rms_norm.default, (x, [n], weight, eps))
+        got = value_of(x)
+        if isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor) and want.dtype != got.dtype:
+            y = gm.graph.call_function(aten.to.dtype, (y, want.dtype))
     return last, y
 
 
