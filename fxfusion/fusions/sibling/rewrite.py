@@ -155,15 +155,17 @@ def rewrite_siblings_merged(gm, nodes, group):
     with g.inserting_before(first):
         w = add_constant(gm, site, "weight", weight, like=x)
         b = add_constant(gm, site, "bias", bias, like=x) if bias is not None else None
+    # traced at the captured graph's level (pre_dispatch): F.linear stays one aten.linear call, as nn.Linear's were,
+    # instead of view/t/addmm/view -- four calls where the variant measured one (their host cost shows in the model)
     if b is None:
-        y = emit_traced(g, lambda x_, w_: merged_linear(x_, w_), [x, w], before=first)
+        y = emit_traced(g, lambda x_, w_: merged_linear(x_, w_), [x, w], before=first, pre_dispatch=True)
     else:
-        y = emit_traced(g, merged_linear, [x, w, b], before=first)
+        y = emit_traced(g, merged_linear, [x, w, b], before=first, pre_dispatch=True)
     pairs = []
     for m, (start, width) in zip(members, spans(widths)):
-        out = emit_traced(g, functools.partial(part, start=start, width=width), [y], before=first)
+        out = emit_traced(g, functools.partial(part, start=start, width=width), [y], before=first, pre_dispatch=True)
         if _needs_contiguous(m.head, out):
-            out = emit_traced(g, lambda t: t.contiguous(), [out], before=first)
+            out = emit_traced(g, lambda t: t.contiguous(), [out], before=first, pre_dispatch=True)
         pairs.append((m.head, out))
     return pairs
 
@@ -202,4 +204,5 @@ def rewrite_gated_merged(gm, nodes, group):
         raise NotApplicable("the gate and up projections differ in width; act(gate) * up needs them equal")
     with gm.graph.inserting_before(mul):
         w = add_constant(gm, getattr(group, "site_id", "site"), "weight", weight, like=gate.x)
-    return mul, emit_traced(gm.graph, functools.partial(gated, act=name, width=width), [gate.x, w], before=mul)
+    return mul, emit_traced(gm.graph, functools.partial(gated, act=name, width=width), [gate.x, w], before=mul,
+                            pre_dispatch=True)
