@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
-import sys
 
 import pytest
 import torch
@@ -27,6 +26,7 @@ from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.rewrite import rewrite_group
 from fxfusion.profiles.profile import Decision
+from tests.zoo_entries import zoo_module
 
 aten = torch.ops.aten
 ATTENTION = {"full_attention", "causal_attention", "masked_attention", "gqa_attention"}
@@ -35,14 +35,10 @@ ATTENTION = {"full_attention", "causal_attention", "masked_attention", "gqa_atte
 def _import(module: str):
     """``module``, or a clean skip saying why it does not import here (the package missing, or broken)."""
     broken = ""
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is not None:
-        try:  # transformers and timm import torchvision when it is installed; one built for another torch raises
-            import torchvision  # noqa: F401
-        except Exception as exc:  # then transformers must see it as absent (it only serves image processing),
-            sys.modules["torchvision"] = None  # before it first asks whether torchvision is available
-            broken = f"; torchvision is installed but does not import ({type(exc).__name__}: {str(exc)[:80]})"
-    if sys.modules.get("torchvision", 0) is None and not broken:
-        broken = "; torchvision is installed but does not import"
+    try:  # torchvision as the zoo imports it (models/zoo/_zoolib.py): transformers and timm import it when installed
+        zoo_module("_zoolib").import_torchvision()
+    except Exception as exc:  # absent or broken: the skip below says so
+        broken = f"; torchvision does not import ({type(exc).__name__}: {str(exc)[:80]})"
     try:
         return importlib.import_module(module)
     except Exception as exc:  # ModuleNotFoundError when the package is missing
