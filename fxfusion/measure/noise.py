@@ -1,0 +1,205 @@
+"""Noise made visible: contention on the machine, and verdicts a run cannot reproduce within itself.
+
+Contention during one measurement (:class:`Contention`), from three signals, each with its limit:
+  * load: the 1-minute load average (``os.getloadavg``) less the threads this process keeps busy, per CPU;
+  * steal: the share of CPU time the hypervisor gave to other guests (``/proc/stat``, where readable);
+  * a reference kernel (:func:`reference_kernel`, a fixed matmul) timed once per round between the variants: its
+    spread (IQR / median) within the measurement, and its slowdown against the quietest time this process has seen.
+
+Stability of one verdict (:func:`instability`), from the raw samples alone:
+  1. split the rounds in two: first and second half (drift), and -- with a reference kernel -- quiet and loud rounds
+     (those whose reference time is at most / above its median: contention);
+  2. the speedup (ratio of medians) of each half must not lie on opposite sides of the neutral zone, and a ``fuse``
+     (``avoid``) verdict needs both halves faster (slower) than eager;
+  3. under contention the neutral zone widens from MIN_EFFECT to CONTENDED_MIN_EFFECT: contention slows ops unequally
+     (an op with more parallel regions waits on more descheduled threads), a bias no split of the rounds can see.
+A verdict that fails is unstable: the caller measures again (:class:`NoiseGuard` says how often), and one still
+unstable becomes ``neutral`` with a reason that starts with ``noisy`` -- never a flip between ``fuse`` and ``avoid``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from fxfusion.measure.devices import as_device, is_cuda
+from fxfusion.measure.stats import AVOID, FUSE, MIN_EFFECT, NEUTRAL, speedup, summarize
+
+Thunk = Callable[[], object]
+
+# Others' runnable threads per CPU above which the timed threads must wait for a core now and then.
+LOAD_LIMIT = 0.5
+# Stolen CPU time above 5%: the hypervisor is running other guests on this machine's cores.
+STEAL_LIMIT = 0.05
+# The reference kernel does the same work every round: a relative spread above NOISY_IQR's 10% is the machine.
+REFERENCE_SPREAD_LIMIT = 0.10
+# Median reference time over the quietest one seen in this process: 25% slower is more than clock boost explains.
+REFERENCE_SLOWDOWN_LIMIT = 1.25
+# Under contention a verdict needs a 10% effect: smaller ones are within what unequal slowdowns can fake.
+CONTENDED_MIN_EFFECT = 0.10
+# At most this many measurements of one entry (the first and two more) before an unstable verdict becomes noisy.
+MAX_BATCHES = 3
+# The reference kernel: a 256 x 256 float32 matmul (33.5 MFLOP): tens of microseconds on a CPU core, one launch on a GPU.
+REFERENCE_N = 256
+REFERENCE_TEXT = f"torch.mm of two {REFERENCE_N}x{REFERENCE_N} float32 matrices, timed once per round"
+# Halves of fewer rounds than this are not compared: their medians say too little.
+MIN_HALF = 3
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """What the host says at one moment: the 1-minute load average and the CPU time counters (None: unreadable)."""
+
+    load1: float | None
+    steal_ticks: int | None = None
+    total_ticks: int | None = None
+
+
+def read_cpu_ticks(path: str = "/proc/stat") -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from ``/proc/stat``; None where it cannot be read (not Linux, no steal)."""
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    return ticks[7], sum(ticks[:8])  # user nice system idle iowait irq softirq steal (guest time is inside user)
+
+
+def host_snapshot() -> HostSnapshot:
+    try:
+        load1 = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load1 = None
+    ticks = read_cpu_ticks()
+    return HostSnapshot(load1, *(ticks or (None, None)))
+
+
+def reference_kernel(device: str | torch.device) -> Thunk:
+    """A fixed amount of work on ``device``: the same matmul every call, seeded inputs."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(REFERENCE_N, REFERENCE_N, generator=gen).to(as_device(device))
+    b = torch.randn(REFERENCE_N, REFERENCE_N, generator=gen).to(as_device(device))
+    return lambda: torch.mm(a, b)
+
+
+@dataclass
+class Contention:
+    """Contention during one measurement; None where a signal was not available."""
+
+    load_per_cpu: float | None = None
+    steal: float | None = None
+    reference_spread: float | None = None
+    reference_slowdown: float | None = None
+
+    def reasons(self) -> list[str]:
+        out = []
+        if self.load_per_cpu is not None and self.load_per_cpu > LOAD_LIMIT:
+            out.append(f"load {self.load_per_cpu:.2f} other runnable threads per CPU (limit {LOAD_LIMIT})")
+        if self.steal is not None and self.steal > STEAL_LIMIT:
+            out.append(f"{self.steal:.0%} of CPU time stolen by the hypervisor (limit {STEAL_LIMIT:.0%})")
+        if self.reference_spread is not None and self.reference_spread > REFERENCE_SPREAD_LIMIT:
+            out.append(f"reference kernel spread {self.reference_spread:.0%} (limit {REFERENCE_SPREAD_LIMIT:.0%})")
+        if self.reference_slowdown is not None and self.reference_slowdown > REFERENCE_SLOWDOWN_LIMIT:
+            out.append(f"reference kernel {self.reference_slowdown:.2f}x its quietest time "
+                       f"(limit {REFERENCE_SLOWDOWN_LIMIT}x)")
+        return out
+
+    @property
+    def contended(self) -> bool:
+        return bool(self.reasons())
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "reasons": self.reasons()}
+
+
+@dataclass
+class NoiseGuard:
+    """How a measurement watches for noise and how often it may measure again.
+
+    The default guard reads nothing from the host and times no reference kernel (deterministic under a fake clock):
+    only the stability of the samples themselves is checked.  :meth:`for_device` watches the real machine.
+    """
+
+    reference: Thunk | None = None
+    probe: Callable[[], HostSnapshot] | None = None
+    own_threads: int = 1  # threads this process keeps busy while timing (they are in the load average too)
+    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_batches: int = MAX_BATCHES
+    budget_s: float | None = None  # time for measuring again, per entry; None: the timing spec's budget
+    quiet_reference_s: float | None = None  # the quietest reference time seen so far
+
+    @classmethod
+    def for_device(cls, device: str | torch.device, **kw) -> "NoiseGuard":
+        own = 1 if is_cuda(device) else torch.get_num_threads()
+        return cls(reference=reference_kernel(device), probe=host_snapshot, own_threads=own, **kw)
+
+    def snapshot(self) -> HostSnapshot | None:
+        return self.probe() if self.probe is not None else None
+
+    def assess(self, before: HostSnapshot | None, after: HostSnapshot | None, reference_s: list[float]) -> Contention:
+        """Contention over one measurement, from host snapshots taken before and after it and its reference times."""
+        c = Contention()
+        if after is not None and after.load1 is not None:
+            c.load_per_cpu = max(0.0, after.load1 - self.own_threads) / self.cpus
+        if before is not None and after is not None and None not in (before.steal_ticks, after.steal_ticks):
+            total = after.total_ticks - before.total_ticks
+            if total > 0:
+                c.steal = (after.steal_ticks - before.steal_ticks) / total
+        if reference_s:
+            s = summarize(reference_s)
+            c.reference_spread = s.iqr / s.median if s.median > 0 else None
+            self.quiet_reference_s = min(s.minimum, self.quiet_reference_s or s.minimum)
+            c.reference_slowdown = s.median / self.quiet_reference_s if self.quiet_reference_s > 0 else None
+        return c
+
+
+def _side(x: float, min_effect: float) -> int:
+    return 1 if x > 1 + min_effect else -1 if x < 1 - min_effect else 0
+
+
+def _ratio(eager: list[float], cand: list[float], rounds: list[int]) -> float:
+    e = summarize([eager[i] for i in rounds]).median
+    c = summarize([cand[i] for i in rounds]).median
+    return e / c if c > 0 else float("inf")
+
+
+def _splits(n: int, reference: list[float] | None) -> list[tuple[str, list[int], list[int]]]:
+    out = []
+    if n >= 2 * MIN_HALF:
+        out.append(("first half", list(range(n // 2)), list(range(n // 2, n))))
+    if reference and len(reference) == n and n >= 2 * MIN_HALF:
+        cut = summarize(reference).median
+        quiet = [i for i in range(n) if reference[i] <= cut]
+        loud = [i for i in range(n) if reference[i] > cut]
+        if len(quiet) >= MIN_HALF and len(loud) >= MIN_HALF:
+            out.append(("quiet rounds", quiet, loud))
+    return out
+
+
+def instability(eager: list[float], cand: list[float], reference: list[float] | None = None,
+                contention: Contention | None = None, min_effect: float = MIN_EFFECT) -> list[str]:
+    """Why the verdict of ``cand`` against ``eager`` (per-round samples) is not stable; empty when it is."""
+    n = min(len(eager), len(cand))
+    if n == 0:
+        return []
+    s = speedup(eager[:n], cand[:n])
+    verdict = s.verdict(min_effect)
+    reasons = []
+    for label, a, b in _splits(n, reference):
+        ra, rb = _ratio(eager, cand, a), _ratio(eager, cand, b)
+        other = "second half" if label == "first half" else "loud rounds"
+        if _side(ra, min_effect) * _side(rb, min_effect) < 0 \
+                or (verdict == FUSE and min(ra, rb) < 1.0) or (verdict == AVOID and max(ra, rb) > 1.0):
+            reasons.append(f"{verdict} at {s.median:.2f}x, but the {label} say {ra:.2f}x and the {other} "
+                           f"{rb:.2f}x")
+    if contention is not None and contention.contended and verdict != NEUTRAL \
+            and s.verdict(CONTENDED_MIN_EFFECT) == NEUTRAL:
+        reasons.append(f"{verdict} at {s.text()} is inside the \u00b1{CONTENDED_MIN_EFFECT:.0%} zone a verdict needs "
+                       f"under contention ({'; '.join(contention.reasons())})")
+    return reasons
