@@ -16,6 +16,7 @@ from fxfusion.errors import FxFusionError
 from fxfusion.graph.lean import original_target
 from fxfusion.planning.plan import FusionPlan, measure_overhead
 from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult
+from fxfusion.measure.hardware import device_name
 from fxfusion.measure.stats import Speedup
 from fxfusion.fusions.registry import rewrite_for
 from fxfusion.graph.sites import Site
@@ -61,7 +62,7 @@ def _profile(eager, addmm, compile_, shape=SHAPE):
                 "basis": "test"}
     e = Entry("linear_bias_relu", "linear", "Linear+Bias+ReLU", dict(shape), "float32", "cpu", 1, 1, 1, 0.5, roofline,
               variants, d)
-    return Profile(metadata={"device": "cpu", "device_name": "test"}, hardware={}, ceilings={}, entries=[e])
+    return Profile(metadata={"device": "cpu", "device_name": device_name("cpu")}, hardware={}, ceilings={}, entries=[e])
 
 
 class WrittenOut(nn.Module):
@@ -293,4 +294,4 @@ def _conv_profile():
     roofline = {"unfused_ms": 1.0, "fused_ms": 0.5, "bound": "memory", "peak_gflops": 100.0, "peak_gbs": 20.0,
                 "basis": "test"}
     e = Entry("conv2d_bn_relu", "conv", "Conv2d+BN+ReLU", shape, "float32", "cpu", 1, 1, 1, 0.5, roofline, variants, d)
-    return Profile(metadata={"device": "cpu", "device_name": "test"}, hardware={}, ceilings={}, entries=[e])
+    return Profile(metadata={"device": "cpu", "device_name": device_name("cpu")}, hardware={}, ceilings={}, entries=[e])

@@ -21,6 +21,7 @@ from fxfusion.graph.loader import load_model
 from fxfusion.planning.analyze import analyze
 from fxfusion.planning.decide import LiveSource, ProfileSource
 from fxfusion.planning.pipeline import apply_and_verify
+from fxfusion.profiles.machine import find_machine_profile
 from fxfusion.profiles.profile import Profile
 from fxfusion.profiles.schema import atomic_write_text
 from fxfusion.reports.html import render_analysis_html
@@ -28,6 +29,8 @@ from fxfusion.reports.text import render_markdown, render_table
 from fxfusion.reports.verification import render_verification
 
 FORMATS = ("table", "json", "markdown", "html")
+# Where `fxfusion calibrate` writes by default, and where analyze looks for this machine's profile.
+PROFILE_FOLDER = Path("profiles")
 
 
 def _check_output(output: Path | None) -> None:
@@ -63,7 +66,15 @@ def analyze_command(
     dtype: Annotated[Optional[str], typer.Option(help="Move floating-point parameters and inputs to this dtype: "
                                                       "float32, bfloat16, float16, float64.")] = None,
     profile: Annotated[Optional[Path], typer.Option(help="Decide each site from this calibration profile "
-                                                         "(nearest measured entry).")] = None,
+                                                         "(nearest measured entry).  Default: this machine's "
+                                                         "profile in profiles/ if one was calibrated here, else "
+                                                         "measure live.")] = None,
+    regime: Annotated[str, typer.Option(help="Timing regime to decide in: pipelined (calls back to back, as a "
+                                             "forward pass runs them) or isolated (one synchronised call).")
+                      ] = "pipelined",
+    allow_foreign_profile: Annotated[bool, typer.Option("--allow-foreign-profile",
+                                                        help="Use a --profile measured on another device all the "
+                                                             "same (its decisions may not transfer).")] = False,
     measure: Annotated[bool, typer.Option("--measure", help="Measure each site live at its exact shape and dtype "
                                                             "(the default without --profile).")] = False,
     match_only: Annotated[bool, typer.Option("--match-only", help="Only capture and match: no decisions.")] = False,
@@ -86,6 +97,8 @@ def analyze_command(
     if match_only and (profile is not None or measure or apply):
         raise FxFusionError("--match-only makes no decisions: it cannot be combined with --profile, --measure or "
                             "--apply")
+    if allow_foreign_profile and profile is None:
+        raise FxFusionError("--allow-foreign-profile applies to a --profile given on the command line")
     if threads is not None:
         if threads < 1:
             raise FxFusionError(f"--threads must be at least 1, got {threads}")
@@ -93,18 +106,15 @@ def analyze_command(
     device = check_device(device)
     dtype_name = parse_dtypes(dtype)[0] if dtype is not None else None
     _check_output(output)
-    loaded_profile = Profile.load(profile) if profile is not None else None
+    source, loaded_profile = None, None
+    if not match_only:  # before loading the model: a foreign profile fails fast
+        source, loaded_profile = _source(device, profile, measure, regime, allow_foreign_profile, no_compile)
+        typer.echo(f"deciding in the {regime} regime from {source.rule}", err=True)
 
     # The user's code may print: keep standard output for the report.
     with contextlib.redirect_stdout(sys.stderr):
         loaded = load_model(model, device=device, dtype=dtype_record(dtype_name).torch if dtype_name else None,
                             eval_mode=eval_mode)
-        if match_only:
-            source = None
-        elif loaded_profile is not None:
-            source = ProfileSource(loaded_profile, device, str(profile))
-        else:
-            source = LiveSource(device, compile_modes=() if no_compile else ("compile", "compile_reduce_overhead"))
         result = analyze(loaded.model, loaded.example_inputs, source, device=device, model_label=model,
                          entry=loaded.entry, dtype=dtype_name, command="fxfusion " + " ".join(sys.argv[1:]),
                          on_site=lambda i, n, site: typer.echo(f"deciding {site.id} {site.pattern} "
@@ -123,6 +133,26 @@ def analyze_command(
         typer.echo(text, nl=False)
     if verification is not None and not verification.ok:
         raise FxFusionError("the fused model did not verify: " + str(getattr(verification, "reason", "see the report")))
+
+
+def _source(device, profile: Path | None, measure: bool, regime: str, allow_foreign: bool, no_compile: bool):
+    """(source, profile) of the decisions: the --profile given, this machine's calibrated profile in profiles/, or
+    live measurement (--measure, or no profile of this machine); ``source.rule`` says which and why."""
+    if profile is not None:
+        loaded = Profile.load(profile)
+        source = ProfileSource(loaded, device, str(profile), regime, allow_foreign)
+        source.rule = f"{profile} (given with --profile)"
+        return source, loaded
+    found = None if measure else find_machine_profile(PROFILE_FOLDER, device)
+    if found is not None:
+        source = ProfileSource(found.profile, device, str(found.path), regime)
+        source.rule = found.rule
+        return source, found.profile
+    source = LiveSource(device, compile_modes=() if no_compile else ("compile", "compile_reduce_overhead"),
+                        regime=regime)
+    source.rule = ("live measurement (--measure)" if measure else
+                   f"live measurement: no profile calibrated on this machine in {PROFILE_FOLDER}/")
+    return source, None
 
 
 def register(app: typer.Typer) -> None:

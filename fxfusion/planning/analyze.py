@@ -147,7 +147,10 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command or " ".join(["fxfusion"] + sys.argv[1:]), "host": socket.gethostname(),
         "timing": asdict(source.spec) if isinstance(source, LiveSource) else None,
+        "profile_rule": getattr(source, "rule", None),
     }
+    if source is not None:
+        metadata["regime"] = source.regime
     if source is None:
         warnings.append("matched only (--match-only): no decisions")
     return Analysis(captured, sites, outcomes, metadata, warnings, capture_seconds, forward_ms)

@@ -32,6 +32,7 @@ from fxfusion.fusions.registry import REGISTRY, rewrite_for
 from fxfusion.graph.partition import captured_graph, contracted_cycle, convexity_problems, plan_graph
 from fxfusion.measure.devices import as_device
 from fxfusion.measure.stats import FUSE
+from fxfusion.measure.timing import PIPELINED
 from fxfusion.planning.decide import Lookup, ProfileSource, decide_site
 from fxfusion.planning.insitu import INSITU_BUDGET_S, InModel, Overhead, measure_in_model
 from fxfusion.planning.insitu import measure_overhead  # noqa: F401  (part of this module's API)
@@ -93,11 +94,15 @@ class RefusedSite:
 
 def _lookup(profile: Profile | None, site: Site, decision: Decision, device: str):
     """The profile entry behind ``decision`` (via the analysis's ProfileSource), or the decision alone."""
+    regime = decision.regime or PIPELINED
     if profile is None or site.pattern not in REGISTRY:
-        return Lookup(None, decision)
-    lookup = ProfileSource(profile, device).lookup(REGISTRY[site.pattern], dict(site.shape), site.dtype)
+        return Lookup(None, decision, regime=regime)
+    # whoever made the decisions chose the profile (plan() and analyze refuse a foreign one unless allowed)
+    source = ProfileSource(profile, device, regime=regime, allow_foreign=True)
+    lookup = source.lookup(REGISTRY[site.pattern], dict(site.shape), site.dtype)
     if lookup.decision is None or lookup.decision.measured_shape != decision.measured_shape:
-        return Lookup(None, decision, ["the decision is not the profile's: its entry's timings are not used"])
+        return Lookup(None, decision, ["the decision is not the profile's: its entry's timings are not used"],
+                      regime=regime)
     lookup.decision = decision
     return lookup
 
@@ -120,6 +125,8 @@ class FusionPlan:
     pending: list[FusionGroup] = field(default_factory=list)
     # The same overhead as a fraction of the original model's time, paired per round; None: not measured.
     overhead_fraction: float | None = None
+    # The timing regime the sites were decided in (pipelined: as a forward pass runs them).
+    regime: str = PIPELINED
 
     @property
     def groups_saving_ms(self) -> float | None:
@@ -171,14 +178,18 @@ class FusionPlan:
         device = as_device(device or next((d.device for d in decisions.values()), "cpu"))
         outcomes = [decide_site(s, _lookup(profile, s, decisions[s.id], device) if s.legal and s.id in decisions
                                 else None) for s in sites]
-        return cls._from_outcomes(captured, list(sites), outcomes, device, undecided)
+        plan = cls._from_outcomes(captured, list(sites), outcomes, device, undecided)
+        plan.regime = next((d.regime for d in decisions.values() if d.regime), PIPELINED)
+        return plan
 
     @classmethod
     def from_analysis(cls, analysis, device: str | None = None) -> "FusionPlan":
         """A plan from an :class:`fxfusion.planning.analyze.Analysis`: its per-site outcomes, live timings included."""
         device = as_device(device or analysis.metadata.get("device", "cpu"))
-        return cls._from_outcomes(analysis.captured, list(analysis.sites), list(analysis.outcomes), device,
+        plan = cls._from_outcomes(analysis.captured, list(analysis.sites), list(analysis.outcomes), device,
                                   analysis.undecided())
+        plan.regime = analysis.metadata.get("regime") or PIPELINED
+        return plan
 
     @classmethod
     def _from_outcomes(cls, captured: CapturedModel, sites: list[Site], outcomes: list, device: str,
@@ -348,6 +359,7 @@ class FusionPlan:
         c = self.captured
         return {
             "device": str(self.device),
+            "regime": self.regime,
             "capture": {"method": c.method, "graphs": len(c.graphs), "graph_breaks": list(c.graph_breaks)},
             "groups": [g.to_dict() for g in self.groups],
             "refused": [r.to_dict() for r in self.refused],
