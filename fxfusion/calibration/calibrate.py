@@ -37,7 +37,7 @@ from fxfusion.profiles.profile import (Decision, Entry, Profile, Timing, Variant
                                        entry_to_dict)
 from fxfusion.profiles.schema import entry_errors
 from fxfusion.measure.noise import NoiseGuard
-from fxfusion.measure.stats import CONFIDENCE, MIN_EFFECT, speedup, summarize
+from fxfusion.measure.stats import CONFIDENCE, MIN_EFFECT, paired_speedup, summarize
 from fxfusion.measure.timing import (FULL_SPEC, ISOLATED, PIPELINED, QUICK_SPEC, REGIMES, Clock, Thunk, TimingSpec,
                                      clock_for)
 from fxfusion.calibration.regimes import Timed, decide, noise_summary, noise_warnings, settle, time_variants
@@ -147,7 +147,7 @@ def _timing(secs: list[float], inner: int, eager: list[float] | None, seed: int)
     t = Timing(samples_ms=[x * 1e3 for x in secs], calls_per_sample=inner, median_ms=summary.median * 1e3,
                iqr_ms=summary.iqr * 1e3, noisy=summary.noisy)
     if eager is not None:
-        t.speedup = speedup(eager, secs, seed=seed)
+        t.speedup = paired_speedup(eager, secs, seed=seed)
         t.verdict = t.speedup.verdict()
     return t
 

@@ -19,7 +19,7 @@ from typing import Mapping
 
 from fxfusion.measure import noise
 from fxfusion.measure.noise import Contention, NoiseGuard, instability
-from fxfusion.measure.stats import AVOID, FUSE, MIN_EFFECT, NEUTRAL, speedup
+from fxfusion.measure.stats import AVOID, FUSE, MIN_EFFECT, NEUTRAL, paired_speedup
 from fxfusion.measure.timing import REGIMES, Clock, RegimeSamples, Thunk, TimingSpec, measure_regimes
 from fxfusion.profiles.profile import Decision, Entry, VariantResult
 
@@ -54,7 +54,7 @@ def _check(samples: RegimeSamples, contention: Contention) -> dict[str, list[str
 def _direction(samples: RegimeSamples, regime: str) -> str:
     """The entry's verdict in one measurement, before any noise rule: fuse / avoid / neutral, as :func:`decide`."""
     seconds = samples.by_regime[regime].seconds
-    verdicts = [speedup(seconds["eager"], s).verdict() for name, s in seconds.items() if name != "eager"]
+    verdicts = [paired_speedup(seconds["eager"], s).verdict() for name, s in seconds.items() if name != "eager"]
     if FUSE in verdicts:
         return FUSE
     return AVOID if verdicts and all(v == AVOID for v in verdicts) else NEUTRAL

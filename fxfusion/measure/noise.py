@@ -9,7 +9,7 @@ Contention during one measurement (:class:`Contention`), from three signals, eac
 Stability of one verdict (:func:`instability`), from the raw samples alone:
   1. split the rounds in two: first and second half (drift), and -- with a reference kernel -- quiet and loud rounds
      (those whose reference time is at most / above its median: contention);
-  2. the speedup (ratio of medians) of each half must not lie on opposite sides of the neutral zone, and a ``fuse``
+  2. the speedup (median of per-round ratios) of each half must not lie on opposite sides of the neutral zone, and a ``fuse``
      (``avoid``) verdict needs both halves faster (slower) than eager;
   3. under contention the neutral zone widens from MIN_EFFECT to CONTENDED_MIN_EFFECT: contention slows ops unequally
      (an op with more parallel regions waits on more descheduled threads), a bias no split of the rounds can see.
@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from fxfusion.measure.devices import as_device, is_cuda
-from fxfusion.measure.stats import AVOID, FUSE, MIN_EFFECT, NEUTRAL, speedup, summarize
+from fxfusion.measure.stats import AVOID, FUSE, MIN_EFFECT, NEUTRAL, paired_speedup, summarize
 
 Thunk = Callable[[], object]
 
@@ -164,9 +164,8 @@ def _side(x: float, min_effect: float) -> int:
 
 
 def _ratio(eager: list[float], cand: list[float], rounds: list[int]) -> float:
-    e = summarize([eager[i] for i in rounds]).median
-    c = summarize([cand[i] for i in rounds]).median
-    return e / c if c > 0 else float("inf")
+    """The speedup over some rounds: the median of their per-round ratios (as :func:`paired_speedup`)."""
+    return summarize([eager[i] / cand[i] for i in rounds if cand[i] > 0]).median
 
 
 def _splits(n: int, reference: list[float] | None) -> list[tuple[str, list[int], list[int]]]:
@@ -188,7 +187,7 @@ def instability(eager: list[float], cand: list[float], reference: list[float] | 
     n = min(len(eager), len(cand))
     if n == 0:
         return []
-    s = speedup(eager[:n], cand[:n])
+    s = paired_speedup(eager[:n], cand[:n])
     verdict = s.verdict(min_effect)
     reasons = []
     for label, a, b in _splits(n, reference):

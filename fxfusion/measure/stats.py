@@ -1,8 +1,10 @@
 """Statistics on raw timing samples: medians, bootstrap intervals of speedup, and verdicts derived from intervals.
 
-A speedup is ``median(baseline) / median(candidate)``.  Its 95% interval is a percentile bootstrap: both sample
-sets are resampled independently ``BOOTSTRAP_ROUNDS`` times with a seeded generator, so the same samples always give
-the same interval.  A verdict is decided by the interval, never by the point estimate alone:
+A speedup of samples taken in the same interleaved rounds (a calibration's) is :func:`paired_speedup`: the median of
+the per-round ratios ``baseline[r] / candidate[r]``, its 95% interval a percentile bootstrap of that median.  Of
+unpaired samples it is :func:`speedup`, ``median(baseline) / median(candidate)``, both sample sets resampled
+independently.  Either way ``BOOTSTRAP_ROUNDS`` resamples with a seeded generator: the same samples always give the
+same interval.  A verdict is decided by the interval, never by the point estimate alone:
 
   fuse     the interval lies wholly above 1 + MIN_EFFECT
   avoid    the interval lies wholly below 1 - MIN_EFFECT
@@ -122,6 +124,22 @@ def median_interval(values: list[float], seed: int = 0, rounds: int = BOOTSTRAP_
     meds = _bootstrap_medians(t, gen, rounds)
     low, high = _percentiles(meds, confidence)
     return Speedup(median=float(t.quantile(0.5)), ci_low=low, ci_high=high)
+
+
+def paired_speedup(baseline: list[float], candidate: list[float], seed: int = 0, rounds: int = BOOTSTRAP_ROUNDS,
+                   confidence: float = CONFIDENCE) -> Speedup:
+    """Speedup of ``candidate`` over ``baseline`` from samples paired by round: the median of the per-round ratios
+    ``baseline[r] / candidate[r]``, with a percentile-bootstrap interval of that median.
+
+    The samples of one round are taken within milliseconds of each other, in a shuffled order
+    (:func:`fxfusion.measure.timing.measure_regimes`): contention that lasts longer than a round slows both sides of a
+    ratio alike and cancels, where it would make each side's samples bimodal and :func:`speedup`'s interval wide.
+    """
+    n = min(len(baseline), len(candidate))
+    ratios = [baseline[i] / candidate[i] for i in range(n) if candidate[i] > 0]
+    if not ratios:
+        raise ValueError("paired_speedup needs samples on both sides")
+    return median_interval(ratios, seed=seed, rounds=rounds, confidence=confidence)
 
 
 def paired_fraction(minuend: list[float], subtrahend: list[float], reference: list[float]) -> Speedup:
