@@ -60,14 +60,36 @@ def summary_table(profile: Profile) -> Table:
         best = e.variant(d.best_variant)
         table.add_row(
             e.pattern, fmt_shape(e.shape), e.dtype, d.best_variant, _ci(d.speedup),
-            f"[{VERDICT_STYLE[d.verdict]}]{d.verdict}[/]", f"{e.memory_reduction:.0%}",
+            f"[{VERDICT_STYLE[d.verdict]}]{d.verdict}[/]" + (" [bold](noisy)[/]" if d.noisy else ""),
+            f"{e.memory_reduction:.0%}",
             f"{best.gflops:.1f}" if best and best.gflops else "-", f"{best.gbs:.1f}" if best and best.gbs else "-",
             f"{best.pct_of_roofline:.1f}" if best and best.pct_of_roofline else "-",
         )
     return table
 
 
+def regime_lines(profile: Profile) -> list[str]:
+    """Below the table (whose verdicts are the isolated regime's): the pipelined verdicts where they differ, and what
+    the noise watch found; noisy entries are flagged in the table and listed in the warnings."""
+    both = [e for e in profile.entries if e.pipelined_decision is not None]
+    if not both:
+        return [f"one timing regime only: {profile.regimes[0]}"]
+    differ = [f"{e.key()} ({e.decision.verdict} -> {e.pipelined_decision.verdict}"
+              f"{', noisy' if e.pipelined_decision.noisy else ''})" for e in both
+              if e.pipelined_decision.verdict != e.decision.verdict]
+    lines = ["verdicts above: isolated regime (one synchronised call); pipelined (calls back to back) differs at "
+             + (", ".join(differ) if differ else "no entry")]
+    noise = profile.metadata.get("noise") or {}
+    if noise:
+        lines.append(f"noise: {noise.get('contended_entries', 0)} of {len(profile.entries)} entries measured under "
+                     f"contention, {noise.get('remeasured_entries', 0)} measured again, {len(noise.get('noisy', []))} "
+                     "verdict(s) left noisy and made neutral")
+    return lines
+
+
 def print_summary(profile: Profile) -> None:
     console.print(summary_table(profile))
+    for line in regime_lines(profile):
+        console.print(line)
     for w in profile.metadata.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")

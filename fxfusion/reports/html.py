@@ -111,18 +111,33 @@ def _decision_row(e: Entry) -> list[str]:
     return [_e(e.pattern), _e(_shape(e.shape)), _e(e.dtype), f"{e.flops:.3g}", _verdict(d.verdict),
             _e(d.best_variant), _ci(d.speedup), _num(eager.median_ms if eager else None, ".4g"),
             _num(best.median_ms if best else None, ".4g"), kernels, f"{e.memory_reduction:.0%}",
-            _num(best.pct_of_roofline if best else None, ".1f", "%"), _e(d.reason), _e(refused or "-")]
+            _num(best.pct_of_roofline if best else None, ".1f", "%"), _e(d.reason), _e(refused or "-"),
+            _regimes_cell(e)]
+
+
+def _regimes_cell(e: Entry) -> str:
+    """The last column: the pipelined verdict beside the isolated one, and a flag on a noisy verdict."""
+    cells = []
+    for regime in e.regimes():
+        d = e.decision_for(regime)
+        cells.append(f"{_e(regime)}: {_verdict(d.verdict)}" + (' <b class="warn">noisy</b>' if d.noisy else ""))
+    return "<br>".join(cells)
 
 
 DECISION_HEADERS = ("pattern", "shape", "dtype", "FLOPs", "verdict", "best variant", "speedup [95% CI]", "eager ms",
                     "best ms", "kernels/call (eager \u2192 best)", "bytes saved", "best % of roofline", "reason",
-                    "variants not timed")
+                    "variants not timed", "verdict per regime")
 
 
 def decision_table(profile: Profile) -> str:
     return _table(DECISION_HEADERS, (_decision_row(e) for e in profile.entries), cls="decisions",
                   row_attrs=(f'data-key="{_e(e.key())}" data-verdict="{_e(e.decision.verdict)}"'
+                             + (f' data-noisy="{_e(_noisy_regimes(e))}"' if _noisy_regimes(e) else "")
                              for e in profile.entries), numeric=(3, 7, 8, 10, 11))
+
+
+def _noisy_regimes(e: Entry) -> str:
+    return ",".join(r for r in e.regimes() if e.decision_for(r).noisy)
 
 
 def _ceilings_html(profile: Profile) -> str:
@@ -240,10 +255,13 @@ def _site_nodes(sites: list[dict]) -> str:
 
 def _decided_by(meta: dict) -> str:
     mode = meta.get("mode")
+    regime = f", {_e(meta['regime'])} regime" if meta.get("regime") else ""
+    rule = f" ({_e(meta['profile_rule'])})" if meta.get("profile_rule") else ""
     if mode == "profile":
-        return f'decisions from profile <code>{_e(meta.get("profile"))}</code> ({_e(meta.get("hardware"))})'
+        return (f'decisions from profile <code>{_e(meta.get("profile"))}</code> ({_e(meta.get("hardware"))})'
+                f"{regime}{rule}")
     if mode == "measure":
-        return f"decisions measured live ({_e(meta.get('hardware'))})"
+        return f"decisions measured live ({_e(meta.get('hardware'))}){regime}{rule}"
     return "matched only: no decisions" if mode == "match_only" else f"mode {_e(mode)}"
 
 

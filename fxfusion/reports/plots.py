@@ -111,18 +111,30 @@ def speedup_plot(entries: list[Entry], min_effect: float) -> Plot:
         err = [[m - l if m == m else 0 for m, l in zip(med, lo)], [h - m if m == m else 0 for m, h in zip(med, hi)]]
         ax.errorbar(xs, med, yerr=err, color=color, marker="o", ms=4, lw=1.5, capsize=3, label=name)
     ax.set_xscale("log")
+    ax.set_yscale("log")  # 2x faster and 2x slower lie equally far from 1x
+    _speedup_ticks(ax)
     ax.set_xlabel("problem size (FLOPs per call, log scale)")
-    ax.set_ylabel("speedup over eager (x)")
+    ax.set_ylabel("speedup over eager (x, log scale)")
     ax.set_title(f"{entries[0].title}, {dtype}: speedup over eager")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    sizes = "; ".join(f"{_shape_text(e.shape)} = {e.flops:.3g} FLOPs ({e.decision.verdict})" for e in entries)
+    sizes = "; ".join(f"{_shape_text(e.shape)} = {e.flops:.3g} FLOPs ({e.decision.verdict}"
+                      f"{', noisy' if e.decision.noisy else ''})" for e in entries)
     caption = (f"Median speedup over eager per fused variant, 95% bootstrap interval as band and error bar, "
                f"grey strip: neutral zone. Sizes: {sizes}.")
     if left_out:
         caption += f" Not drawn: {'; '.join(left_out)}."
     return Plot(key=f"speedup:{pattern}:{dtype}", title=f"{entries[0].title} ({pattern}), {dtype}",
                 data_uri=to_data_uri(fig), caption=caption)
+
+
+def _speedup_ticks(ax) -> None:
+    """Plain ``0.5x 1x 2x`` labels on the log speedup axis (matplotlib would write 10^0)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.yaxis.set_major_locator(LogLocator(base=2.0))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}x"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
 
 
 def speedup_plots(profile: Profile) -> list[Plot]:
