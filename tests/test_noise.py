@@ -205,3 +205,44 @@ def test_noisy_verdicts_are_flagged_in_the_metadata_the_terminal_and_the_html(mo
     [row] = [r for r in doc.rows if "data-key" in r["attrs"]]
     assert row["attrs"]["data-noisy"] == "isolated,pipelined" and row["cells"][4] == "neutral"
     assert "noisy" in row["cells"][-1] and row["cells"][12].startswith("noisy after")
+
+
+def test_a_variant_that_stalls_in_most_samples_is_not_called_slower():
+    """Descheduled threads stall one variant in most of its samples: the medians say it is 1000x slower, the
+    floors (the fastest tenth, least disturbed) that it is faster -- unstable, never an avoid."""
+    eager = _samples(1.0, seed=1)
+    stalled = [c * (1000.0 if i % 5 else 1.0) for i, c in enumerate(_samples(0.8, seed=2))]  # 4 in 5 stall
+    [why] = instability(eager, stalled)
+    assert why.startswith("avoid at 0.00x") and "fastest tenth of each side's samples say 1.19x" in why
+    assert instability(eager, _samples(0.8, seed=2)) == []  # the same variant unstalled: a clear fuse
+
+
+def test_under_contention_the_verdict_is_read_from_the_floors():
+    """On a contended machine the medians follow the scheduler; the floors (each side's fastest tenth) the work."""
+    from fxfusion.measure.noise import entry_speedup, statistic_for
+
+    busy = Contention(load_per_cpu=3.0)
+    assert statistic_for(busy) == "floor" and statistic_for(Contention()) == "median"
+    eager = [c * (1000.0 if i % 5 else 1.0) for i, c in enumerate(_samples(1.0, seed=1))]  # eager stalls too
+    stalled = [c * (1000.0 if i % 5 == 1 else 1.0) for i, c in enumerate(_samples(0.5, seed=2))]
+    s = entry_speedup(eager, stalled, "floor")
+    assert s.median == pytest.approx(2.0, rel=0.05) and s.verdict() == "fuse"
+    assert instability(eager, stalled, contention=busy) == []
+
+
+def test_a_thread_pool_slower_than_one_thread_is_contention():
+    """A busy host deschedules the pool's threads and every parallel region waits: the reference kernel on the
+    timing's threads against its time on one thread."""
+    guard = NoiseGuard(reference=lambda: None, single_thread=True)
+    guard._one_thread_s = lambda: 0.001  # what one thread takes
+    c = guard.assess(None, None, [0.09, 0.092, 0.091, 0.09])
+    assert c.thread_stall == pytest.approx(90.5) and "parallel regions wait" in c.reasons()[0]
+    assert guard.assess(None, None, [0.0006] * 4).thread_stall == pytest.approx(0.6)
+    assert NoiseGuard.for_device("cpu").single_thread == (__import__("torch").get_num_threads() > 1)
+
+
+def test_an_interval_too_wide_to_tell_a_gain_from_a_loss_is_inconclusive():
+    eager = [c * (50.0 if i % 2 else 1.0) for i, c in enumerate(_samples(1.0, seed=1))]  # every other sample stalls
+    cand = [c * (50.0 if i % 3 == 0 else 1.0) for i, c in enumerate(_samples(1.0, seed=2))]
+    [why] = instability(eager, cand)
+    assert why.startswith("inconclusive: ") and "spans more than a factor 2" in why

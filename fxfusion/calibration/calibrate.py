@@ -36,8 +36,8 @@ from fxfusion.fusions.registry import Pattern, select_patterns
 from fxfusion.profiles.profile import (Decision, Entry, Profile, Timing, VariantResult, entry_from_dict, entry_key,
                                        entry_to_dict)
 from fxfusion.profiles.schema import entry_errors
-from fxfusion.measure.noise import NoiseGuard
-from fxfusion.measure.stats import CONFIDENCE, MIN_EFFECT, paired_speedup, summarize
+from fxfusion.measure.noise import NoiseGuard, entry_speedup
+from fxfusion.measure.stats import CONFIDENCE, MIN_EFFECT, summarize
 from fxfusion.measure.timing import (FULL_SPEC, ISOLATED, PIPELINED, QUICK_SPEC, REGIMES, Clock, Thunk, TimingSpec,
                                      clock_for)
 from fxfusion.calibration.regimes import Timed, decide, noise_summary, noise_warnings, settle, time_variants
@@ -141,13 +141,13 @@ def _roofline(pattern: Pattern, shape: dict, itemsize: int, dtype: str, hw: Hard
     return out
 
 
-def _timing(secs: list[float], inner: int, eager: list[float] | None, seed: int) -> Timing:
-    """One regime's timing of a variant from its per-call seconds (and eager's, for a speedup)."""
+def _timing(secs: list[float], inner: int, eager: list[float] | None, seed: int, statistic: str) -> Timing:
+    """One regime's timing of a variant from its per-call seconds (and eager's, for a speedup by ``statistic``)."""
     summary = summarize(secs)
     t = Timing(samples_ms=[x * 1e3 for x in secs], calls_per_sample=inner, median_ms=summary.median * 1e3,
                iqr_ms=summary.iqr * 1e3, noisy=summary.noisy)
     if eager is not None:
-        t.speedup = paired_speedup(eager, secs, seed=seed)
+        t.speedup = entry_speedup(eager, secs, statistic, seed)
         t.verdict = t.speedup.verdict()
     return t
 
@@ -215,12 +215,13 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
         if timed and b.name in timed.samples.by_regime[ISOLATED].seconds:
             by = {r: timed.samples.by_regime[r] for r in REGIMES}
             eager_s = {r: by[r].seconds["eager"] if b.kind != "eager" else None for r in REGIMES}
-            iso = _timing(by[ISOLATED].seconds[b.name], by[ISOLATED].inner[b.name], eager_s[ISOLATED], seed)
+            iso = _timing(by[ISOLATED].seconds[b.name], by[ISOLATED].inner[b.name], eager_s[ISOLATED], seed,
+                          timed.statistic)
             v.samples_ms, v.calls_per_sample, v.median_ms, v.iqr_ms, v.noisy = \
                 iso.samples_ms, iso.calls_per_sample, iso.median_ms, iso.iqr_ms, iso.noisy
             v.speedup, v.verdict = iso.speedup, iso.verdict
             v.pipelined = _timing(by[PIPELINED].seconds[b.name], by[PIPELINED].inner[b.name], eager_s[PIPELINED],
-                                  seed)
+                                  seed, timed.statistic)
             if v.device_ms is not None:
                 v.host_overhead_ms = max(0.0, v.median_ms - v.device_ms)
             nbytes = pattern.bytes(shape, itemsize, b.kind != "eager")

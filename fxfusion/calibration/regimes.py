@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from fxfusion.measure import noise
-from fxfusion.measure.noise import Contention, NoiseGuard, instability
-from fxfusion.measure.stats import AVOID, FUSE, MIN_EFFECT, NEUTRAL, paired_speedup
+from fxfusion.measure.noise import Contention, NoiseGuard, entry_speedup, instability, statistic_for
+from fxfusion.measure.stats import AVOID, FUSE, MIN_EFFECT, NEUTRAL
 from fxfusion.measure.timing import REGIMES, Clock, RegimeSamples, Thunk, TimingSpec, measure_regimes
 from fxfusion.profiles.profile import Decision, Entry, VariantResult
 
@@ -35,8 +35,14 @@ class Timed:
     unstable: dict[str, list[str]] = field(default_factory=dict)  # regime -> reasons, last measurement
     disagreement: dict[str, str] = field(default_factory=dict)  # regime -> measurements that pointed opposite ways
 
+    @property
+    def statistic(self) -> str:
+        """What the speedups are read from: the paired median, or the floors under contention."""
+        return statistic_for(self.contention)
+
     def noise_record(self) -> dict:
-        return {"batches": self.batches, "seconds": round(self.seconds, 4), "contention": self.contention.to_dict(),
+        return {"batches": self.batches, "seconds": round(self.seconds, 4), "statistic": self.statistic,
+                "contention": self.contention.to_dict(),
                 "reference_ms": [s * 1e3 for s in self.samples.reference],
                 "unstable": {r: list(self.unstable.get(r, [])) for r in REGIMES},
                 "disagreement": dict(self.disagreement)}
@@ -51,10 +57,11 @@ def _check(samples: RegimeSamples, contention: Contention) -> dict[str, list[str
     return out
 
 
-def _direction(samples: RegimeSamples, regime: str) -> str:
+def _direction(samples: RegimeSamples, regime: str, statistic: str) -> str:
     """The entry's verdict in one measurement, before any noise rule: fuse / avoid / neutral, as :func:`decide`."""
     seconds = samples.by_regime[regime].seconds
-    verdicts = [paired_speedup(seconds["eager"], s).verdict() for name, s in seconds.items() if name != "eager"]
+    verdicts = [entry_speedup(seconds["eager"], s, statistic).verdict() for name, s in seconds.items()
+                if name != "eager"]
     if FUSE in verdicts:
         return FUSE
     return AVOID if verdicts and all(v == AVOID for v in verdicts) else NEUTRAL
@@ -75,7 +82,7 @@ def time_variants(thunks: Mapping[str, Thunk], clock: Clock, spec: TimingSpec, g
             extra += samples.seconds
         timed = Timed(samples, contention, batch, spent, _check(samples, contention))
         for r in REGIMES:
-            directions[r].append(_direction(samples, r))
+            directions[r].append(_direction(samples, r, timed.statistic))
         if not any(timed.unstable.values()) or extra >= budget:
             break
     for r in REGIMES:
@@ -137,6 +144,7 @@ def noise_summary(entries: list[Entry], guard: NoiseGuard) -> dict:
             "limits": {"load_per_cpu": noise.LOAD_LIMIT, "steal": noise.STEAL_LIMIT,
                        "reference_spread": noise.REFERENCE_SPREAD_LIMIT,
                        "reference_slowdown": noise.REFERENCE_SLOWDOWN_LIMIT,
+                       "thread_stall": noise.THREAD_STALL_LIMIT,
                        "contended_min_effect": noise.CONTENDED_MIN_EFFECT},
             "max_batches": guard.max_batches,
             "contended_entries": sum(1 for e in entries if (e.noise.get("contention") or {}).get("reasons")),

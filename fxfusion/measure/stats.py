@@ -24,6 +24,8 @@ BOOTSTRAP_ROUNDS = 2000
 MIN_EFFECT = 0.02
 # Relative spread (IQR / median) above which a measurement is flagged as noisy.
 NOISY_IQR = 0.10
+# The floor of a sample set: its 10th percentile, the samples contention disturbed least (contention only adds time).
+FLOOR_QUANTILE = 0.10
 
 FUSE, NEUTRAL, AVOID = "fuse", "neutral", "avoid"
 
@@ -34,6 +36,7 @@ class Summary:
     iqr: float
     minimum: float
     n: int
+    floor: float = 0.0  # the FLOOR_QUANTILE quantile
 
     @property
     def noisy(self) -> bool:
@@ -70,13 +73,13 @@ def interval_text(s: "Speedup | dict | None", unit: str = "x", digits: int = 2) 
 
 def summarize(samples: list[float]) -> Summary:
     t = torch.tensor(samples, dtype=torch.float64)
-    q1, med, q3 = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
-    return Summary(median=med, iqr=q3 - q1, minimum=float(t.min()), n=len(samples))
+    floor, q1, med, q3 = torch.quantile(t, torch.tensor([FLOOR_QUANTILE, 0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return Summary(median=med, iqr=q3 - q1, minimum=float(t.min()), n=len(samples), floor=floor)
 
 
-def _bootstrap_medians(t: torch.Tensor, gen: torch.Generator, rounds: int) -> torch.Tensor:
+def _bootstrap_medians(t: torch.Tensor, gen: torch.Generator, rounds: int, q: float = 0.5) -> torch.Tensor:
     idx = torch.randint(0, t.numel(), (rounds, t.numel()), generator=gen)
-    return t[idx].quantile(0.5, dim=1)
+    return t[idx].quantile(q, dim=1)
 
 
 def _percentiles(draws: torch.Tensor, confidence: float) -> tuple[float, float]:
@@ -140,6 +143,21 @@ def paired_speedup(baseline: list[float], candidate: list[float], seed: int = 0,
     if not ratios:
         raise ValueError("paired_speedup needs samples on both sides")
     return median_interval(ratios, seed=seed, rounds=rounds, confidence=confidence)
+
+
+def floor_speedup(baseline: list[float], candidate: list[float], seed: int = 0, rounds: int = BOOTSTRAP_ROUNDS,
+                  confidence: float = CONFIDENCE, q: float = FLOOR_QUANTILE) -> Speedup:
+    """Speedup from the floors: ``quantile(baseline, q) / quantile(candidate, q)`` (q = 10%), both sides resampled
+    independently for the interval.  For a contended machine, where contention -- which only ever adds time -- leaves
+    the fastest samples least disturbed while the medians follow the scheduler."""
+    if not baseline or not candidate:
+        raise ValueError("floor_speedup needs samples on both sides")
+    b = torch.tensor(baseline, dtype=torch.float64)
+    c = torch.tensor(candidate, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    ratios = _bootstrap_medians(b, gen, rounds, q) / _bootstrap_medians(c, gen, rounds, q)
+    low, high = _percentiles(ratios, confidence)
+    return Speedup(median=float(b.quantile(q) / c.quantile(q)), ci_low=low, ci_high=high)
 
 
 def paired_fraction(minuend: list[float], subtrahend: list[float], reference: list[float]) -> Speedup:

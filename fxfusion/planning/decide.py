@@ -23,8 +23,8 @@ from fxfusion.errors import FxFusionError
 from fxfusion.fusions.registry import REGISTRY, Pattern
 from fxfusion.graph.sites import ALREADY_FUSED, ILLEGAL, Site
 from fxfusion.measure.hardware import HardwareSpec, detect
-from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, paired_speedup, speedup
-from fxfusion.measure.noise import NoiseGuard
+from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, speedup
+from fxfusion.measure.noise import MEDIAN, NoiseGuard, entry_speedup
 from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, Clock, TimingSpec, check_regime, clock_for
 from fxfusion.profiles.machine import check_profile
 from fxfusion.profiles.profile import Decision, Entry, Profile, Timing
@@ -161,8 +161,10 @@ def _against(entry: Entry, baseline: str, regime: str = PIPELINED) -> tuple[str,
     scored = []
     for v in rivals:
         other = _ok(entry, v.name, regime).samples_ms
-        # samples of one entry were taken in the same rounds: paired, as calibrate decides
-        s = (paired_speedup if len(other) == len(base.samples_ms) else speedup)(base.samples_ms, other)
+        # samples of one entry were taken in the same rounds: read as calibrate read them (paired, or floors when
+        # the measurement saw contention)
+        s = (entry_speedup(base.samples_ms, other, entry.noise.get("statistic", MEDIAN))
+             if len(other) == len(base.samples_ms) else speedup(base.samples_ms, other))
         scored.append((v, s, s.verdict()))
     fuse = [t for t in scored if t[2] == FUSE]
     if fuse:
