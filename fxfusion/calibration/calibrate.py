@@ -275,11 +275,13 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
               spec: TimingSpec | None = None, clock: Clock | None = None, seed: int = 0, command: str | None = None,
               on_entry: Callable[[int, int, Entry | None, str], None] | None = None,
               skip_ceilings: bool = False, guard: NoiseGuard | None = None,
-              on_thunks: Callable[[str, dict[str, Thunk]], None] | None = None) -> Profile:
+              on_thunks: Callable[[str, dict[str, Thunk]], None] | None = None,
+              max_shapes: int | None = None) -> Profile:
     """Measure the pattern library and return (and, with ``output``, atomically write) a validated Profile.
 
     ``guard`` watches for noise (default: this machine's load, steal and a reference kernel on ``device``);
-    ``on_thunks`` is passed to :func:`measure_entry`."""
+    ``on_thunks`` is passed to :func:`measure_entry`; ``max_shapes`` keeps the first shapes of each pattern's size
+    set only."""
     device = check_device(device)
     hw = resolve(hardware, peak_gflops, peak_bandwidth, device)
     chosen = select_patterns(patterns)
@@ -312,7 +314,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
     if not skip_ceilings:
         ceilings = measure_ceilings(hw, device, [dtype_record(d).torch for d in dtype_names], sizes, clock,
                                     tf32=tf32["matmul"] and is_cuda(device))
-    jobs = [(p, s, d) for p in chosen for s in p.shapes[sizes] for d in dtype_names]
+    jobs = [(p, s, d) for p in chosen for s in p.shapes[sizes][:max_shapes] for d in dtype_names]
     entries = []
     for i, (pattern, shape, dtype_name) in enumerate(jobs):
         key = entry_key(pattern.name, shape, dtype_name, device)
