@@ -97,8 +97,15 @@ def test_cli_refuses_a_foreign_profile_in_one_line_and_exits_1(tmp_path):
     assert not any(s["verdict"] == "undecided" for s in report["sites"] if s["status"] == "fusible")
 
 
-def test_machine_profile_is_the_newest_of_this_device_and_host(tiny_profile, tmp_path):
+def _here(tiny_profile) -> Profile:
+    """The session's profile as this machine's now (a test before may have changed torch's thread count)."""
     profile = Profile.load(tiny_profile)
+    profile.metadata["threads"] = torch.get_num_threads()
+    return profile
+
+
+def test_machine_profile_is_the_newest_of_this_device_and_host(tiny_profile, tmp_path):
+    profile = _here(tiny_profile)
     assert find_machine_profile(tmp_path, "cpu") is None
     for name, date, dev in (("old.json", "2026-01-01T00:00:00+00:00", None), ("new.json", "2026-11-30T00:00:00+00:00",
                             None), ("other.json", "2026-12-01T00:00:00+00:00", "Some Other CPU 9000")):
@@ -108,12 +115,18 @@ def test_machine_profile_is_the_newest_of_this_device_and_host(tiny_profile, tmp
     (tmp_path / "broken.json").write_text("{")
     found = find_machine_profile(tmp_path, "cpu")
     assert found.path.name == "new.json" and socket.gethostname() in found.rule and "newest of 2" in found.rule
+    for p in tmp_path.glob("*.json"):  # CPU timings scale with the thread count: another count is not this machine's
+        if p.name != "broken.json":
+            changed = Profile.load(p)
+            changed.metadata["threads"] = torch.get_num_threads() + 1
+            changed.save(p)
+    assert find_machine_profile(tmp_path, "cpu") is None
 
 
 def test_analyze_without_profile_uses_this_machines_profile_and_says_which(tiny_profile, tmp_path, monkeypatch):
     folder = tmp_path / "profiles"
     folder.mkdir()
-    Profile.load(tiny_profile).save(folder / "here.json")
+    _here(tiny_profile).save(folder / "here.json")
     monkeypatch.setattr(analyze_cli, "PROFILE_FOLDER", folder)
     out = tmp_path / "r.json"
     model = tmp_path / "m.py"
