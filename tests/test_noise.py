@@ -56,12 +56,12 @@ def test_contention_from_load_steal_and_the_reference_kernel():
     guard = NoiseGuard(own_threads=2, cpus=2)
     quiet = guard.assess(HostSnapshot(2.5, 0, 1000), HostSnapshot(2.8, 10, 2000), [1.0, 1.01, 1.0, 1.02])
     assert quiet.load_per_cpu == pytest.approx(0.4) and quiet.steal == pytest.approx(0.01)
-    assert quiet.reference_slowdown == pytest.approx(1.005) and not quiet.contended
+    assert quiet.reference_slowdown == pytest.approx(1.0) and not quiet.contended  # the quietest measurement so far
     busy = guard.assess(HostSnapshot(2.0, 0, 1000), HostSnapshot(7.0, 200, 2000), [1.0, 2.0, 3.0, 2.5])
     reasons = busy.reasons()
     assert busy.contended and len(reasons) == 4
     assert reasons[0].startswith("load 2.50") and reasons[1].startswith("20% of CPU time stolen")
-    assert "reference kernel spread" in reasons[2] and "2.25x its quietest" in reasons[3]
+    assert "reference kernel spread 39%" in reasons[2] and "2.24x its quietest median" in reasons[3]
     assert NoiseGuard().assess(None, None, []).reasons() == []  # nothing read: nothing claimed
 
 
