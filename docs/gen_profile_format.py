@@ -24,7 +24,7 @@ OUTPUT = ROOT / "docs" / "profile-format.md"
 INLINE_DEFS = {"dtype", "shape", "nullable_number", "speedup", "verdict"}
 
 MEANINGS = {
-    "schema_version": "Version of this format; readers refuse other versions.",
+    "schema_version": "Version of this format; readers accept 1.0 and 1.1 and refuse others.",
     "kind": "Always `fxfusion.profile`; `fxfusion validate` picks the schema by this field.",
     "metadata": "How, where and when the profile was measured.",
     "metadata.hardware": "Hardware registry name given to `--hardware` (or a custom name used with `--peak-*`).",
@@ -103,15 +103,16 @@ MEANINGS = {
                                    "here (`unsupported`) or raised (`failed`).",
     "entries[].variants[].reason": "One line saying why, when status is not `ok`.",
     "entries[].variants[].note": "What the variant fuses.",
-    "entries[].variants[].samples_ms": "The raw samples: milliseconds per call, one per round.",
-    "entries[].variants[].calls_per_sample": "Calls timed together in one sample.",
+    "entries[].variants[].samples_ms": "The raw samples of the isolated regime: milliseconds per call, one per "
+                                       "round (a 1.0 profile's one regime; `pipelined` holds the other).",
+    "entries[].variants[].calls_per_sample": "Calls timed together in one sample (1 in the isolated regime).",
     "entries[].variants[].median_ms": "Median of samples_ms.",
     "entries[].variants[].iqr_ms": "Interquartile range of samples_ms.",
     "entries[].variants[].noisy": "IQR / median above 10%.",
-    "entries[].variants[].speedup": "median(eager) / median(this variant) with its 95% bootstrap interval; null "
-                                    "for eager and variants not timed.",
-    "entries[].variants[].verdict": "This variant's verdict from its interval (see docs/decisions.md); null for "
-                                    "eager.",
+    "entries[].variants[].speedup": "median(eager) / median(this variant), isolated regime, with its 95% "
+                                    "bootstrap interval; null for eager and variants not timed.",
+    "entries[].variants[].verdict": "This variant's verdict in the isolated regime, from its interval (see "
+                                    "docs/decisions.md); null for eager.",
     "entries[].variants[].compile_s": "Compilation time of a compile variant, seconds.",
     "entries[].variants[].kernels_per_call": "Kernels (CUDA) or work-doing aten ops (CPU) launched per call.",
     "entries[].variants[].kernel_unit": "What kernels_per_call counts.",
@@ -125,7 +126,8 @@ MEANINGS = {
     "entries[].variants[].pct_of_roofline": "100 x predicted roofline time (unfused_ms for eager, fused_ms "
                                             "otherwise) / median_ms.",
     "entries[].variants[].details": "Variant-specific facts, e.g. the SDPA backend or a profiler error.",
-    "entries[].decision": "The entry's decision: the best correct variant and a verdict from its interval.",
+    "entries[].decision": "The entry's decision in the isolated regime (a 1.0 profile's one regime): the best "
+                          "correct variant and a verdict from its interval.",
     "entries[].decision.pattern": "Same as the entry's.",
     "entries[].decision.shape": "Same as the entry's.",
     "entries[].decision.dtype": "Same as the entry's.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,8 @@ from fxfusion.graph.sites import Site
 from fxfusion.measure.stats import speedup
 from fxfusion.measure.timing import TimingSpec
 from fxfusion.planning.plan import FusionPlan
-from fxfusion.profiles.profile import Decision, Entry, Profile, decision_to_dict
+from fxfusion.profiles.profile import Decision, Entry, Profile, Timing, decision_to_dict
+from fxfusion.profiles.schema import SCHEMA_VERSION
 from fxfusion.measure.stats import Speedup
 
 # Enough rounds for a bootstrap interval, little enough to keep the suite fast.
@@ -115,6 +117,63 @@ class OpCountClock:
         return self.t
 
 
+class RegimeClock:
+    """A deterministic fake clock in both timing regimes.
+
+    ``costs`` maps a callable's name to (isolated, pipelined) seconds per call; ``names`` maps each callable to its
+    name (:func:`fake_entry` fills it).  A sample costs that times log-normal noise from a seeded RNG, times
+    ``load(t, name)`` -- contention as a factor >= 1 at virtual time ``t`` (one tick per sample) -- so a test can
+    slow some callables more than others, in bursts or throughout."""
+
+    device = "cpu"
+
+    def __init__(self, costs: dict, noise: float = 0.02, seed: int = 0, load=None):
+        self.costs, self.noise, self.rng = costs, noise, random.Random(seed)
+        self.load = load or (lambda t, name: 1.0)
+        self.names: dict = {}
+        self.t = 0
+
+    def _cost(self, fn, regime: int) -> float:
+        name = self.names[fn]
+        self.t += 1
+        return self.costs[name][regime] * self.rng.lognormvariate(0.0, self.noise) * self.load(self.t, name)
+
+    def sample(self, fn, inner):
+        return self._cost(fn, 0 if inner <= 1 else 1)
+
+    def sample_regimes(self, fn, inner):
+        return self._cost(fn, 0), self._cost(fn, 1)
+
+    def now(self):
+        return self.t * 1e-6
+
+
+def fake_entry(monkeypatch, costs: dict, clock: RegimeClock, rounds: int = 20, guard=None, budget_s: float = 1e9):
+    """measure_entry of a linear_bias problem whose variants are named by ``costs`` (eager plus fused ones of kind
+    compile, each computing the right output) and timed by ``clock``; with ``guard``, its reference kernel is
+    timed by the clock as ``costs["reference"]``."""
+    import fxfusion.calibration.calibrate as cal
+    from fxfusion.calibration.variants import Built
+    from fxfusion.measure.hardware import resolve
+
+    def fake_build(pattern, shape, dtype, device, inputs, compile_modes=()):
+        built = []
+        for name in costs:
+            if name == "reference":
+                continue
+            thunk = lambda: pattern.eager(**inputs)  # noqa: E731
+            clock.names[thunk] = name
+            built.append(Built(name, "eager" if name == "eager" else "compile", thunk))
+        return built
+
+    if guard is not None and guard.reference is not None:
+        clock.names[guard.reference] = "reference"
+    monkeypatch.setattr(cal, "build_variants", fake_build)
+    return cal.measure_entry(REGISTRY["linear_bias"], {"M": 8, "K": 16, "N": 8}, "float32", "cpu",
+                             resolve("generic-cpu"), TimingSpec(rounds=rounds, warmup=0, target_sample_s=0.0,
+                                                                budget_s=budget_s), clock, guard=guard)
+
+
 # -- sample reports ------------------------------------------------------------------------------------------------
 
 
@@ -132,6 +191,14 @@ def pin_speedup(entry: Entry, name: str, times: float) -> None:
     s = speedup(eager.samples_ms, v.samples_ms)
     v.speedup, v.verdict = Speedup(s.median, s.ci_low, s.ci_high), s.verdict()
     entry.decision = _decide(entry.pattern, entry.shape, entry.dtype, entry.device, entry.variants)
+    if entry.pipelined_decision is not None:  # both regimes pinned alike
+        pe = eager.pipelined.samples_ms
+        pbase = min(pe) if times >= 1 else max(pe)
+        p = speedup(pe, [pbase / times] * len(pe))
+        v.pipelined = Timing([pbase / times] * len(pe), v.pipelined.calls_per_sample, pbase / times, 0.0, False,
+                             Speedup(p.median, p.ci_low, p.ci_high), p.verdict())
+        entry.pipelined_decision = _decide(entry.pattern, entry.shape, entry.dtype, entry.device, entry.variants,
+                                           "pipelined")
 
 
 def edited(profile: Profile, edits: dict[tuple[str, int], tuple[str, float]]) -> Profile:
@@ -168,7 +235,7 @@ def make_analysis(profile: Profile) -> dict:
     ]
     counts = {v: sum(s["verdict"] == v for s in sites) for v in ("fuse", "neutral", "avoid", "undecided")}
     return {
-        "schema_version": "1.0", "kind": "fxfusion.analysis",
+        "schema_version": SCHEMA_VERSION, "kind": "fxfusion.analysis",
         "metadata": {"model": "tests/model.py", "entry": "get_model()+get_inputs()", "device": "cpu",
                      "dtype": entry.dtype, "mode": "profile", "profile": "tiny.json",
                      "hardware": profile.metadata["hardware"], "device_name": profile.metadata["device_name"],

@@ -19,6 +19,7 @@ from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult
 from fxfusion.measure.stats import Speedup
 from fxfusion.profiles.schema import schema_errors
 from fxfusion.graph.sites import Site
+from fxfusion.errors import FxFusionError
 from tests.helpers import TINY_SPEC
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -134,13 +135,16 @@ def test_profile_without_the_pattern_leaves_the_site_undecided(tiny_profile):
     assert a.undecided() == {"g0.s0": o.warnings[0]}
 
 
-def test_profile_from_other_hardware_warns(tiny_profile):
+def test_profile_from_other_hardware_is_refused_unless_allowed_then_warns(tiny_profile):
     profile = Profile.load(tiny_profile)
     other = copy.deepcopy(profile)
     other.metadata["device_name"] = "Some Other CPU 9000"
-    assert "other hardware (Some Other CPU 9000" in ProfileSource(other, "cpu").warnings()[0]
-    assert "measured on cpu" in ProfileSource(profile, "cuda").warnings()[0]
-    a = run(WrittenLinear(), (torch.randn(64, 256),), ProfileSource(other, "cpu"))
+    with pytest.raises(FxFusionError, match=r"measured on cpu \(Some Other CPU 9000.*runs on cpu \(.*allow_foreign"):
+        ProfileSource(other, "cpu")
+    with pytest.raises(FxFusionError, match="measured on cpu .* but the model runs on cuda"):
+        ProfileSource(profile, "cuda")
+    assert "Some Other CPU 9000" in ProfileSource(other, "cpu", allow_foreign=True).warnings()[0]
+    a = run(WrittenLinear(), (torch.randn(64, 256),), ProfileSource(other, "cpu", allow_foreign=True))
     assert "may not transfer" in a.to_dict()["warnings"][0]
 
 

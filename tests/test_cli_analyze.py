@@ -144,7 +144,8 @@ def test_graph_breaks_are_reported_not_failed(tmp_path):
     assert [s["id"] for s in report["sites"]] == ["g0.s0", "g1.s0"]
 
 
-def test_live_measurement_is_the_default(tmp_path):
+def test_live_measurement_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.setattr("fxfusion.cli.analyze.PROFILE_FOLDER", tmp_path)  # no profile of this machine there
     out = tmp_path / "report.json"
     result, err = _run(MODELS / "mobilenet_block.py", "--no-compile", "--format", "json", "-o", out)
     assert result.exit_code == 0, err
@@ -154,7 +155,8 @@ def test_live_measurement_is_the_default(tmp_path):
     assert "analyzing 1/2: g0.s0 conv2d_bn_relu B=2" in err and "elapsed" in err  # plain progress off a TTY
 
 
-def test_apply_verifies_and_puts_the_result_in_the_report(tmp_path):
+def test_apply_verifies_and_puts_the_result_in_the_report(tmp_path, monkeypatch):
+    monkeypatch.setattr("fxfusion.cli.analyze.PROFILE_FOLDER", tmp_path)  # measured live
     pytest.importorskip("fxfusion.planning.plan")
     pytest.importorskip("fxfusion.planning.verify")
     out = tmp_path / "report.json"

@@ -34,7 +34,8 @@ def folding_profile(tiny_profile, tmp_path):
     profile = Profile.load(tiny_profile)
     for e in profile.entries:
         if e.pattern == "conv2d_bn_relu":
-            e.decision.verdict, e.decision.best_variant = "fuse", "bn_folded"
+            for d in (e.decision, e.pipelined_decision):  # both regimes: analyze decides in the pipelined one
+                d.verdict, d.best_variant, d.noisy = "fuse", "bn_folded", False
     return profile.save(tmp_path / "folding.json")
 
 

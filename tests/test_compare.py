@@ -12,7 +12,7 @@ from fxfusion.cli.commands import app
 from fxfusion.profiles.compare import Comparison, compare_profiles, decision_boundaries
 from fxfusion.errors import FxFusionError
 from fxfusion.profiles.profile import Profile
-from fxfusion.profiles.schema import schema_errors
+from fxfusion.profiles.schema import SCHEMA_VERSION, schema_errors
 from tests.helpers import edited
 
 runner = CliRunner()
@@ -193,7 +193,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(case, flipped, tmp_path):
 def test_real_comparison_matches_its_schema(tiny, second_profile):
     data = json.loads(compare_profiles(tiny, Profile.load(second_profile)).to_json())
     assert schema_errors(data, "comparison") == []
-    assert data["schema_version"] == "1.0" and data["kind"] == "fxfusion.comparison"
+    assert data["schema_version"] == SCHEMA_VERSION and data["kind"] == "fxfusion.comparison"
     assert data["pairs"] and data["only_in_a"] and data["only_in_b"]  # every list of the format is exercised
 
 

@@ -219,3 +219,19 @@ def test_pre_ln_block_is_rewritten_into_the_two_output_kernels_on_cuda():
     with torch.no_grad():
         ref = copy.deepcopy(model).double().cpu()(*(x.double().cpu() for x in inputs))
         assert relative_error(planned(*inputs).cpu(), ref) < tolerance(torch.bfloat16)
+
+
+def test_both_regimes_come_from_one_batch_on_the_gpu():
+    """A launch-bound op costs more isolated (flushed, the GPU idle, one call) than pipelined (back to back, the host
+    enqueuing ahead); a device-bound matmul costs about the same in both, and agrees with a wall clock."""
+    from fxfusion.measure.timing import measure_regimes
+
+    small = torch.randn(1024, device="cuda")
+    big = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    thunks = {"add": lambda: small + 1.0, "mm": lambda: big @ big}
+    out = measure_regimes(thunks, CudaClock(), TimingSpec(rounds=10, warmup=3, target_sample_s=0.01, budget_s=10.0),
+                          reference=lambda: small * 2.0)
+    med = {r: {n: sorted(s)[len(s) // 2] for n, s in out.by_regime[r].seconds.items()} for r in out.by_regime}
+    assert med["isolated"]["add"] > 1.5 * med["pipelined"]["add"], med
+    assert 0.8 < med["isolated"]["mm"] / med["pipelined"]["mm"] < 1.25, med
+    assert out.by_regime["pipelined"].inner["add"] > 1 and len(out.reference) == 10

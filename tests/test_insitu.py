@@ -8,6 +8,7 @@ import torch
 from fxfusion.planning.insitu import InModel, cut_region, measure_in_model, region_nodes
 from fxfusion.planning.plan import SLOWER_IN_MODEL
 from fxfusion.graph.runnable import runnable_graph
+from fxfusion.measure.hardware import device_name
 from fxfusion.measure.stats import difference
 from fxfusion.measure.timing import TimingSpec
 from fxfusion.planning.verify import verify_plan
@@ -172,7 +173,7 @@ def _gelu_profile(shape, eager_ms, addmm_ms):
                 "basis": "test"}
     e = Entry("linear_bias_gelu_tanh", "linear", "Linear+Bias+GELU(tanh)", dict(shape), "float32", "cpu", 1, 1, 1,
               0.5, roofline, [variant("eager", "eager", eager_ms), variant("addmm", "manual", addmm_ms)], d)
-    return Profile(metadata={"device": "cpu", "device_name": "test"}, hardware={}, ceilings={}, entries=[e])
+    return Profile(metadata={"device": "cpu", "device_name": device_name("cpu")}, hardware={}, ceilings={}, entries=[e])
 
 
 def test_written_out_activation_is_decided_inside_the_model():

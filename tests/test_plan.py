@@ -16,6 +16,7 @@ from fxfusion.errors import FxFusionError
 from fxfusion.graph.lean import original_target
 from fxfusion.planning.plan import FusionPlan, measure_overhead
 from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult
+from fxfusion.measure.hardware import device_name
 from fxfusion.measure.stats import Speedup
 from fxfusion.fusions.registry import rewrite_for
 from fxfusion.graph.sites import Site
@@ -59,7 +60,7 @@ def _profile(eager, addmm, compile_, shape=SHAPE):
                 "basis": "test"}
     e = Entry("linear_bias_relu", "linear", "Linear+Bias+ReLU", dict(shape), "float32", "cpu", 1, 1, 1, 0.5, roofline,
               variants, d)
-    return Profile(metadata={"device": "cpu", "device_name": "test"}, hardware={}, ceilings={}, entries=[e])
+    return Profile(metadata={"device": "cpu", "device_name": device_name("cpu")}, hardware={}, ceilings={}, entries=[e])
 
 
 class WrittenOut(nn.Module):
@@ -146,7 +147,8 @@ def test_real_profile_plan_partitions_the_sites(tiny_profile):
     for g in plan.groups:
         assert g.decision.exact and rewrite_for(g.pattern, g.variant) is not None
         entry = profile.find(g.pattern, g.shape, "float32", "cpu")[0]
-        base, best = entry.variant(g.baseline_variant), entry.variant(g.variant)
+        # planned in the pipelined regime: its timings
+        base, best = entry.timing(g.baseline_variant, "pipelined"), entry.timing(g.variant, "pipelined")
         # the library's saving is kept; the prediction is the group's region timed inside the model
         assert g.library_saving_ms == pytest.approx(base.median_ms - best.median_ms)
         assert g.in_model is not None and g.predicted_saving_ms == g.in_model["saving_ms"]
@@ -291,4 +293,4 @@ def _conv_profile():
     roofline = {"unfused_ms": 1.0, "fused_ms": 0.5, "bound": "memory", "peak_gflops": 100.0, "peak_gbs": 20.0,
                 "basis": "test"}
     e = Entry("conv2d_bn_relu", "conv", "Conv2d+BN+ReLU", shape, "float32", "cpu", 1, 1, 1, 0.5, roofline, variants, d)
-    return Profile(metadata={"device": "cpu", "device_name": "test"}, hardware={}, ceilings={}, entries=[e])
+    return Profile(metadata={"device": "cpu", "device_name": device_name("cpu")}, hardware={}, ceilings={}, entries=[e])

@@ -8,7 +8,7 @@ import pytest
 
 from fxfusion.errors import FxFusionError
 from fxfusion.profiles.profile import Profile
-from fxfusion.profiles.schema import atomic_write_json, load_schema, schema_errors
+from fxfusion.profiles.schema import SCHEMA_VERSION, atomic_write_json, load_schema, schema_errors
 
 
 def test_written_profile_validates_and_round_trips(tiny_profile):
@@ -38,7 +38,10 @@ def test_decide_exact_and_nearest_with_distance(tiny_profile):
     exact = profile.decide("linear_bias_relu", {"M": 64, "K": 256, "N": 256}, "float32")
     assert exact.exact and exact.warnings == []
     entry = profile.find("linear_bias_relu", {"M": 64, "K": 256, "N": 256}, "float32")[0]
-    assert exact.verdict == entry.decision.verdict and exact.best_variant == entry.decision.best_variant
+    # planning's default regime is pipelined: the entry's pipelined decision
+    assert exact.regime == "pipelined"
+    assert exact.verdict == entry.pipelined_decision.verdict
+    assert exact.best_variant == entry.pipelined_decision.best_variant
     near = profile.decide("linear_bias_relu", {"M": 80, "K": 256, "N": 256}, "float32")
     assert near.measured_shape == {"M": 64, "K": 256, "N": 256} and 0 < near.distance < 0.3
     assert near.warnings == []
@@ -109,7 +112,8 @@ def test_incorrect_variant_must_carry_a_reason_by_schema(tiny_profile):
 def test_schema_is_draft_2020_12_with_a_version():
     schema = load_schema("profile")
     assert schema["$schema"].endswith("2020-12/schema")
-    assert schema["properties"]["schema_version"]["const"] == "1.0"
+    # 1.1 is written (two regimes); 1.0 profiles (one regime) still load
+    assert schema["properties"]["schema_version"]["enum"] == ["1.0", "1.1"] and SCHEMA_VERSION == "1.1"
 
 
 def test_decide_on_another_device_says_which_devices_the_profile_has(tiny_profile):

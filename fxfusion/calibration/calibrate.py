@@ -5,9 +5,12 @@ For one problem (:func:`measure_entry`):
   2. build the variants (:mod:`fxfusion.calibration.variants`); check each output against the reference (the correctness gate);
   3. count what each variant launches; a manual variant that launches as many kernels as eager is no fusion and
      is refused (``not_a_fusion``);
-  4. time eager and the remaining variants interleaved (:mod:`fxfusion.measure.timing`), keep the raw samples;
-  5. speedup over eager with a bootstrap interval for each; the decision takes the best correct variant and a
-     verdict from its interval (:mod:`fxfusion.measure.stats`).
+  4. time eager and the remaining variants interleaved, in both regimes at once -- isolated and pipelined -- and
+     again while a verdict is unstable (:mod:`fxfusion.calibration.regimes`, :mod:`fxfusion.measure.noise`); keep the
+     raw samples;
+  5. per regime, speedup over eager with a bootstrap interval for each; the decision takes the best correct variant
+     and a verdict from its interval (:mod:`fxfusion.measure.stats`), ``neutral`` and ``noisy`` when it stayed
+     unstable.
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ from fxfusion.measure.ceilings import CEILING_SPEC, measure_ceilings, slow_dtype
 from fxfusion.measure.correctness import relative_error, to_reference, tolerance
 from fxfusion.errors import FxFusionError
 from fxfusion.measure.hardware import HardwareSpec, device_name, mismatch_warning, resolve
-from fxfusion.measure.kernelcount import count_launches
+from fxfusion.measure.kernelcount import count_launches, sdpa_backend
 from fxfusion.measure.threads import set_threads
 from fxfusion.fusions.registry import Pattern, select_patterns
-from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult, entry_from_dict, entry_key, entry_to_dict
+from fxfusion.profiles.profile import (Decision, Entry, Profile, Timing, VariantResult, entry_from_dict, entry_key,
+                                       entry_to_dict)
 from fxfusion.profiles.schema import check_writable, entry_errors
-from fxfusion.measure.stats import AVOID, CONFIDENCE, FUSE, MIN_EFFECT, NEUTRAL, speedup, summarize
-from fxfusion.measure.timing import FULL_SPEC, QUICK_SPEC, Clock, TimingSpec, clock_for, measure
+from fxfusion.measure.noise import NoiseGuard, entry_speedup
+from fxfusion.measure.stats import CONFIDENCE, MIN_EFFECT, summarize
+from fxfusion.measure.timing import (FULL_SPEC, ISOLATED, PIPELINED, QUICK_SPEC, REGIMES, Clock, Thunk, TimingSpec,
+                                     clock_for)
+from fxfusion.calibration.regimes import Timed, decide, noise_summary, noise_warnings, settle, time_variants
 from fxfusion.calibration.variants import Built, build_variants, one_line
 from fxfusion.measure.devices import as_device, check_available, is_cuda
 from fxfusion.measure.devices import dtype as dtype_record
@@ -63,15 +70,6 @@ def _uses_tf32(pattern: Pattern, dtype: torch.dtype, device: str) -> bool:
         return False
     state = tf32_state()
     return state["cudnn"] if pattern.family == "conv" else state["matmul"]
-
-
-def sdpa_backend(kernel_names: Iterable[str]) -> str | None:
-    names = " ".join(kernel_names).lower()
-    for needle, backend in (("flash_attention_for_cpu", "flash (cpu)"), ("cudnn", "cudnn"), ("flash", "flash"),
-                            ("fmha", "efficient"), ("efficient", "efficient")):
-        if needle in names:
-            return backend
-    return "math" if names else None
 
 
 # Kernel names are stored cut to this length (CUDA template names run to thousands of characters); the not-a-fusion
@@ -110,39 +108,10 @@ def _not_a_fusion(b: Built, lc, eager) -> str | None:
     return None
 
 
-NO_FUSED_VARIANT = "no fused variant runs here"
-
-
-def _decide(pattern: str, shape: dict, dtype: str, device: str, variants: list[VariantResult]) -> Decision:
-    candidates = [v for v in variants if v.kind != "eager" and v.status == "ok" and v.speedup]
-
-    def make(verdict, best, sp, reason):
-        return Decision(pattern=pattern, shape=shape, dtype=dtype, device=str(device), verdict=verdict,
-                        best_variant=best, speedup=sp, reason=reason, measured_shape=dict(shape))
-
-    # Nothing timed against eager is no evidence either way: no interval can say fuse or avoid, so the verdict is
-    # neutral with no speedup (Decision.undecided; tables show "undecided").  A fused variant that ran but gave wrong
-    # results is different: it is a reason to avoid that fusion here.
-    eager = next(v for v in variants if v.kind == "eager")
-    if eager.status != "ok":  # no baseline: nothing can be compared, whatever the fused variants do
-        return make(NEUTRAL, "eager", None, f"eager itself is {eager.status} ({eager.reason}): nothing was timed")
-    if not candidates:
-        refused = [f"{v.name}: {v.status}" for v in variants if v.kind != "eager"]
-        if any(v.status == "incorrect" for v in variants):
-            return make(AVOID, "eager", None, f"incorrect ({'; '.join(refused)})")
-        return make(NEUTRAL, "eager", None, f"{NO_FUSED_VARIANT} ({'; '.join(refused)})")
-    fuse = [v for v in candidates if v.verdict == FUSE]
-    if fuse:
-        best = max(fuse, key=lambda v: v.speedup.median)
-        s = best.speedup
-        return make(FUSE, best.name, s, f"{best.name} is {s.median:.2f}x eager, 95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}]")
-    best = max(candidates, key=lambda v: v.speedup.median)
-    s = best.speedup
-    if all(v.verdict == AVOID for v in candidates):
-        return make(AVOID, "eager", s, f"every fused variant is slower; best {best.name} {s.median:.2f}x, "
-                    f"95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}]")
-    return make(NEUTRAL, best.name, s, f"{best.name} {s.median:.2f}x, 95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}] "
-                f"does not exclude a difference under {MIN_EFFECT:.0%}")
+def _decide(pattern: str, shape: dict, dtype: str, device: str, variants: list[VariantResult],
+            regime: str = ISOLATED) -> Decision:
+    """One regime's decision (:func:`fxfusion.calibration.regimes.decide`; the isolated one by default)."""
+    return decide(pattern, shape, dtype, device, variants, regime)
 
 
 def _roofline(pattern: Pattern, shape: dict, itemsize: int, dtype: str, hw: HardwareSpec, tf32: bool,
@@ -164,9 +133,25 @@ def _roofline(pattern: Pattern, shape: dict, itemsize: int, dtype: str, hw: Hard
     return out
 
 
+def _timing(secs: list[float], inner: int, eager: list[float] | None, seed: int, statistic: str) -> Timing:
+    """One regime's timing of a variant from its per-call seconds (and eager's, for a speedup by ``statistic``)."""
+    summary = summarize(secs)
+    t = Timing(samples_ms=[x * 1e3 for x in secs], calls_per_sample=inner, median_ms=summary.median * 1e3,
+               iqr_ms=summary.iqr * 1e3, noisy=summary.noisy)
+    if eager is not None:
+        t.speedup = entry_speedup(eager, secs, statistic, seed)
+        t.verdict = t.speedup.verdict()
+    return t
+
+
 def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, hw: HardwareSpec,
                   spec: TimingSpec, clock: Clock, ceilings: dict | None = None, seed: int = 0,
-                  compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead")) -> Entry:
+                  compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead"),
+                  guard: NoiseGuard | None = None,
+                  on_thunks: Callable[[str, dict[str, Thunk]], None] | None = None) -> Entry:
+    """Measure one (pattern, shape, dtype) in both regimes and decide it.  ``guard`` watches for noise (default: the
+    samples' own stability only, no host reads); ``on_thunks(key, thunks)`` sees the timed callables before they are
+    released (benchmarks that time them another way)."""
     shape = pattern.check_shape(shape)
     dtype, itemsize = dtype_record(dtype_name).torch, dtype_record(dtype_name).itemsize
     device = as_device(device)
@@ -193,9 +178,11 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
         if why:
             b.status, b.thunk, b.reason = "not_a_fusion", None, why
 
-    timed = {b.name: b.thunk for b in built if b.status == "ok"}
-    samples = measure(timed, clock, spec) if "eager" in timed else None
-    if samples is None:  # without a correct eager baseline nothing is timed; say so on every variant that could run
+    thunks = {b.name: b.thunk for b in built if b.status == "ok"}
+    timed: Timed | None = time_variants(thunks, clock, spec, guard or NoiseGuard()) if "eager" in thunks else None
+    if timed is not None and on_thunks is not None:
+        on_thunks(entry_key(pattern.name, shape, dtype_name, device), thunks)
+    if timed is None:  # without a correct eager baseline nothing is timed; say so on every variant that could run
         for b in built:
             if b.status == "ok":
                 b.status, b.thunk = "failed", None
@@ -217,34 +204,35 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
                 v.device_ms = lc.device_s_per_call * 1e3
         if pattern.family == "attention" and b.name == "sdpa" and lc:
             v.details["sdpa_backend"] = sdpa_backend(lc.names)
-        if samples and b.name in samples.seconds:
-            secs = samples.seconds[b.name]
-            summary = summarize(secs)
-            v.samples_ms = [s * 1e3 for s in secs]
-            v.calls_per_sample = samples.inner[b.name]
-            v.median_ms, v.iqr_ms, v.noisy = summary.median * 1e3, summary.iqr * 1e3, summary.noisy
+        if timed and b.name in timed.samples.by_regime[ISOLATED].seconds:
+            by = {r: timed.samples.by_regime[r] for r in REGIMES}
+            eager_s = {r: by[r].seconds["eager"] if b.kind != "eager" else None for r in REGIMES}
+            iso = _timing(by[ISOLATED].seconds[b.name], by[ISOLATED].inner[b.name], eager_s[ISOLATED], seed,
+                          timed.statistic)
+            v.samples_ms, v.calls_per_sample, v.median_ms, v.iqr_ms, v.noisy = \
+                iso.samples_ms, iso.calls_per_sample, iso.median_ms, iso.iqr_ms, iso.noisy
+            v.speedup, v.verdict = iso.speedup, iso.verdict
+            v.pipelined = _timing(by[PIPELINED].seconds[b.name], by[PIPELINED].inner[b.name], eager_s[PIPELINED],
+                                  seed, timed.statistic)
             if v.device_ms is not None:
                 v.host_overhead_ms = max(0.0, v.median_ms - v.device_ms)
             nbytes = pattern.bytes(shape, itemsize, b.kind != "eager")
-            v.gflops = flops / summary.median / 1e9
-            v.gbs = nbytes / summary.median / 1e9
+            v.gflops = flops / (v.median_ms / 1e3) / 1e9
+            v.gbs = nbytes / (v.median_ms / 1e3) / 1e9
             ideal = roofline["unfused_ms"] if b.kind == "eager" else roofline["fused_ms"]
             v.pct_of_roofline = 100.0 * ideal / v.median_ms
-            if b.kind != "eager":
-                s = speedup(samples.seconds["eager"], secs, seed=seed)
-                v.speedup = s
-                v.verdict = s.verdict()
         results.append(v)
     eager_v = results[0]
     for v in results[1:]:
         if v.device_ms and eager_v.device_ms:  # kernel time alone: what fusion saves once launches overlap
             v.details["device_speedup"] = eager_v.device_ms / v.device_ms
-    decision = _decide(pattern.name, shape, dtype_name, device, results)
+    decisions = {r: settle(decide(pattern.name, shape, dtype_name, device, results, r), timed, r) for r in REGIMES}
     return Entry(pattern=pattern.name, family=pattern.family, title=pattern.title, shape=shape, dtype=dtype_name,
                  device=str(device), flops=flops, bytes_unfused=pattern.bytes(shape, itemsize, False),
                  bytes_fused=pattern.bytes(shape, itemsize, True),
                  memory_reduction=pattern.memory_reduction(shape, itemsize), roofline=roofline,
-                 variants=results, decision=decision, extra=pattern.extra(shape))
+                 variants=results, decision=decisions[ISOLATED], extra=pattern.extra(shape),
+                 pipelined_decision=decisions[PIPELINED], noise=timed.noise_record() if timed else {})
 
 
 def default_dtypes(device: str) -> list[str]:
@@ -291,12 +279,17 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
               compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead"),
               spec: TimingSpec | None = None, clock: Clock | None = None, seed: int = 0, command: str | None = None,
               on_entry: Callable[[int, int, Entry | None, str], None] | None = None,
-              skip_ceilings: bool = False, on_note: Callable[[str], None] | None = None) -> Profile:
+              skip_ceilings: bool = False, on_note: Callable[[str], None] | None = None,
+              guard: NoiseGuard | None = None, on_thunks: Callable[[str, dict[str, Thunk]], None] | None = None,
+              max_shapes: int | None = None) -> Profile:
     """Measure the pattern library and return (and, with ``output``, atomically write) a validated Profile.
 
     ``on_entry(done, total, entry, message)`` is called as each entry starts (entry None) and ends (message
     ``"done"``, or ``"resumed"`` for one read back from the journal); ``on_note(message)`` for a phase that is not an
     entry and for warnings as soon as they are known (they are also in the profile's ``metadata.warnings``).
+    ``guard`` watches for noise (default: this machine's load, steal and a reference kernel on ``device``);
+    ``on_thunks`` is passed to :func:`measure_entry`; ``max_shapes`` keeps the first shapes of each pattern's size
+    set only.
 
     Interrupted (KeyboardInterrupt), it writes no profile; the entries finished so far stay in the journal
     ``OUTPUT.progress.jsonl`` for ``resume=True`` (:func:`interrupted_message` says so)."""
@@ -310,6 +303,8 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
     output = check_writable(output) if output else None  # the profile and its journal, before any measuring
     set_threads(threads)
     spec = spec or (QUICK_SPEC if quick else FULL_SPEC)
+    # Watch the real machine for noise, unless the clock is a caller's (a fake clock times no reference kernel).
+    guard = guard or (NoiseGuard.for_device(device) if clock is None else NoiseGuard())
     clock = clock or clock_for(device)
     name = device_name(device)
     warnings = [w for w in [mismatch_warning(hw, device, name)] if w]
@@ -334,7 +329,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
                                     tf32=tf32["matmul"] and is_cuda(device), notes=skipped)
         for message in skipped + slow_dtypes(ceilings["best_gflops"], device, clock):
             note(message, warning=True)
-    jobs = [(p, s, d) for p in chosen for s in p.shapes[sizes] for d in dtype_names]
+    jobs = [(p, s, d) for p in chosen for s in p.shapes[sizes][:max_shapes] for d in dtype_names]
     entries = []
     for i, (pattern, shape, dtype_name) in enumerate(jobs):
         key = entry_key(pattern.name, shape, dtype_name, device)
@@ -347,7 +342,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
             on_entry(i, len(jobs), None, f"{pattern.name} {' '.join(f'{k}={v}' for k, v in shape.items())} "
                                          f"{dtype_name}")
         entry = measure_entry(pattern, dict(shape), dtype_name, device, hw, spec, clock, ceilings, seed,
-                              compile_modes)
+                              compile_modes, guard, on_thunks)
         entries.append(entry)
         if progress:  # the journal holds only schema-valid entries, one per line
             line = entry_to_dict(entry)
@@ -375,11 +370,14 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
         "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command or " ".join(["fxfusion"] + sys.argv[1:]), "host": socket.gethostname(),
         "quick": bool(quick), "tf32": tf32,
-        "timing": {"method": ("CUDA events per call, L2 flushed before each" if is_cuda(device)
-                              else f"perf_counter over batches of calls, {torch.get_num_threads()} threads"),
+        "timing": {"method": ("CUDA events; per sample the L2 flushed and the GPU idle, one call alone (isolated), "
+                              "then a batch back to back (pipelined)" if is_cuda(device)
+                              else f"perf_counter, {torch.get_num_threads()} threads; per sample one call alone "
+                                   "(isolated), then a batch back to back (pipelined)"),
                    "rounds": spec.rounds, "confidence": CONFIDENCE, "min_effect": MIN_EFFECT,
-                   "size_set": sizes},
-        "warnings": warnings,
+                   "size_set": sizes, "regimes": list(REGIMES)},
+        "noise": noise_summary(entries, guard),
+        "warnings": warnings + noise_warnings(entries),
     }
     hardware_d = {"name": hw.name, "device": hw.device, "peak_gflops": hw.peak_gflops,
                   "peak_bandwidth_gbs": hw.peak_bandwidth_gbs, "source": hw.source}

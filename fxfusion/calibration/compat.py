@@ -31,10 +31,13 @@ def result_dict(entry: Entry) -> dict[str, Any]:
         "fused_latency_ms": best.median_ms if best else None,
         "fused_gflops": best.gflops if best else None,
         "fused_bytes": entry.bytes_fused,
-        "speedup_factor": sp.median if sp else None,
+        # the original format's speedup: the ratio of the two latencies it reports
+        "speedup_factor": eager.median_ms / best.median_ms if sp and eager and best.median_ms else None,
         "memory_reduction": entry.memory_reduction,
         "extra_params": {
             **entry.extra, "dtype": entry.dtype, "device": entry.device, "fused_variant": best.name if best else None,
+            # the verdict's statistic (median of per-round ratios, or floors under contention) and its interval
+            "speedup": sp.median if sp else None,
             "speedup_ci95": (sp.ci_low, sp.ci_high) if sp else None, "verdict": entry.decision.verdict,
             "reason": entry.decision.reason,
         },

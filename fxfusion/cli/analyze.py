@@ -21,6 +21,7 @@ from fxfusion.planning.analyze import analyze
 from fxfusion.planning.decide import LiveSource, ProfileSource
 from fxfusion.planning.candidates import parse_compile_modes
 from fxfusion.planning.pipeline import apply_and_verify
+from fxfusion.profiles.machine import find_machine_profile
 from fxfusion.profiles.profile import Profile
 from fxfusion.measure.threads import set_threads
 from fxfusion.profiles.schema import atomic_write_text, check_writable
@@ -31,6 +32,8 @@ from fxfusion.reports.text import render_markdown, render_table
 from fxfusion.reports.verification import render_verification
 
 FORMATS = ("table", "json", "markdown", "html")
+# Where `fxfusion calibrate` writes by default, and where analyze looks for this machine's profile.
+PROFILE_FOLDER = Path("profiles")
 
 
 def _text(report: dict, fmt: str, graphs=None, extra=None, width: int = WIDE) -> str:
@@ -56,7 +59,15 @@ def analyze_command(
     dtype: Annotated[Optional[str], typer.Option(help="Move floating-point parameters and inputs to this dtype: "
                                                       "float32, bfloat16, float16, float64.")] = None,
     profile: Annotated[Optional[Path], typer.Option(help="Decide each site from this calibration profile "
-                                                         "(nearest measured entry).")] = None,
+                                                         "(nearest measured entry).  Default: this machine's "
+                                                         "profile in profiles/ if one was calibrated here, else "
+                                                         "measure live.")] = None,
+    regime: Annotated[str, typer.Option(help="Timing regime to decide in: pipelined (calls back to back, as a "
+                                             "forward pass runs them) or isolated (one synchronised call).")
+                      ] = "pipelined",
+    allow_foreign_profile: Annotated[bool, typer.Option("--allow-foreign-profile",
+                                                        help="Use a --profile measured on another device all the "
+                                                             "same (its decisions may not transfer).")] = False,
     measure: Annotated[bool, typer.Option("--measure", help="Measure each site live at its exact shape and dtype "
                                                             "(the default without --profile).")] = False,
     match_only: Annotated[bool, typer.Option("--match-only", help="Only capture and match: no decisions.")] = False,
@@ -84,25 +95,24 @@ def analyze_command(
     if match_only and (profile is not None or measure or apply):
         raise FxFusionError("--match-only makes no decisions: it cannot be combined with --profile, --measure or "
                             "--apply")
+    if allow_foreign_profile and profile is None:
+        raise FxFusionError("--allow-foreign-profile applies to a --profile given on the command line")
     set_threads(threads)
     device = check_device(device)
     dtype_name = parse_dtypes(dtype)[0] if dtype is not None else None
     if output is not None:
         check_writable(output)
     modes = parse_compile_modes(compile_modes)
-    loaded_profile = Profile.load(profile) if profile is not None else None
+    source, loaded_profile = None, None
+    if not match_only:  # before loading the model: a foreign profile fails fast
+        source, loaded_profile = _source(device, profile, measure, regime, allow_foreign_profile, no_compile)
+        typer.echo(f"deciding in the {regime} regime from {source.rule}", err=True)
     progress = StepProgress("analyzing")
 
     # The user's code may print: keep standard output for the report.
     with contextlib.redirect_stdout(sys.stderr):
         loaded = load_model(model, device=device, dtype=dtype_record(dtype_name).torch if dtype_name else None,
                             eval_mode=eval_mode)
-        if match_only:
-            source = None
-        elif loaded_profile is not None:
-            source = ProfileSource(loaded_profile, device, str(profile))
-        else:
-            source = LiveSource(device, compile_modes=() if no_compile else ("compile", "compile_reduce_overhead"))
         with progress:
             result = analyze(loaded.model, loaded.example_inputs, source, device=device, model_label=model,
                              entry=loaded.entry, dtype=dtype_name, command="fxfusion " + " ".join(sys.argv[1:]),
@@ -127,6 +137,26 @@ def analyze_command(
         typer.echo(text, nl=False)
     if verification is not None and not verification.ok:
         raise FxFusionError("the fused model did not verify: " + str(getattr(verification, "reason", "see the report")))
+
+
+def _source(device, profile: Path | None, measure: bool, regime: str, allow_foreign: bool, no_compile: bool):
+    """(source, profile) of the decisions: the --profile given, this machine's calibrated profile in profiles/, or
+    live measurement (--measure, or no profile of this machine); ``source.rule`` says which and why."""
+    if profile is not None:
+        loaded = Profile.load(profile)
+        source = ProfileSource(loaded, device, str(profile), regime, allow_foreign)
+        source.rule = f"{profile} (given with --profile)"
+        return source, loaded
+    found = None if measure else find_machine_profile(PROFILE_FOLDER, device)
+    if found is not None:
+        source = ProfileSource(found.profile, device, str(found.path), regime)
+        source.rule = found.rule
+        return source, found.profile
+    source = LiveSource(device, compile_modes=() if no_compile else ("compile", "compile_reduce_overhead"),
+                        regime=regime)
+    source.rule = ("live measurement (--measure)" if measure else
+                   f"live measurement: no profile calibrated on this machine in {PROFILE_FOLDER}/")
+    return source, None
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,9 @@
   ``CapabilityBasedPartitioner`` never puts a refused node in a partition.  The stock partitioner merges adjacent
   supported nodes, so two neighbouring groups can land in one partition; :func:`partition` splits its proposals
   back into one partition per group and fuses each into its own submodule.
+* Regimes: a plan was decided in one timing regime (``plan.regime``: pipelined by default, as a forward pass runs;
+  or isolated); :func:`plan_operator_support` and :func:`partition` take ``regime`` to say which one the caller
+  wants, and refuse a plan decided in the other rather than partition along verdicts of another regime.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def plan_graph(plan) -> nx.DiGraph:
         groups[g.id] = {"pattern": g.pattern, "variant": g.variant, "nodes": keys, "graph_index": g.graph_index,
                         "predicted_saving_ms": g.predicted_saving_ms}
     G.graph["groups"] = groups
+    G.graph["regime"] = getattr(plan, "regime", None)
     G.graph["refused"] = {r.site_id: {"why": r.why, "reasons": r.reasons} for r in plan.refused}
     return G
 
@@ -133,7 +137,21 @@ class PlanOperatorSupport(OperatorSupportBase):
         return node.op == "call_function" and node.name in self.group_of
 
 
-def plan_operator_support(plan, graph_index: int = 0) -> PlanOperatorSupport:
+def check_plan_regime(plan, regime: str | None) -> None:
+    """Nothing when ``regime`` is None or the one ``plan`` was decided in; one clear line otherwise."""
+    if regime is None:
+        return
+    if regime not in ("isolated", "pipelined"):
+        raise FxFusionError(f"unknown timing regime {regime!r}; choose isolated or pipelined")
+    decided = getattr(plan, "regime", None)
+    if decided != regime:
+        raise FxFusionError(f"the plan was decided in the {decided} regime, not the {regime} one: plan again with "
+                            f"regime={regime!r}")
+
+
+def plan_operator_support(plan, graph_index: int = 0, regime: str | None = None) -> PlanOperatorSupport:
+    """Supports exactly the plan's group nodes; ``regime``, when given, must be the one the plan was decided in."""
+    check_plan_regime(plan, regime)
     return PlanOperatorSupport(plan, graph_index)
 
 
@@ -154,11 +172,14 @@ class PlanPartitioner(CapabilityBasedPartitioner):
         return [Partition(id=i, nodes=sorted(by_group[gid], key=order.get)) for i, gid in enumerate(self.group_ids)]
 
 
-def partition(plan, graph_index: int = 0, prefix: str = "fxfusion_group_") -> fx.GraphModule:
+def partition(plan, graph_index: int = 0, prefix: str = "fxfusion_group_", regime: str | None = None
+              ) -> fx.GraphModule:
     """A runnable copy of a captured graph with each fusion group fused into a submodule ``{prefix}{i}``.
 
-    ``result.fxfusion_partitions`` maps each submodule name to its group id.  The plan is not modified.
+    ``result.fxfusion_partitions`` maps each submodule name to its group id.  The plan is not modified.  ``regime``,
+    when given, must be the one the plan was decided in (:func:`check_plan_regime`).
     """
+    check_plan_regime(plan, regime)
 
     graphs = plan.captured.graphs
     if not 0 <= graph_index < len(graphs):

@@ -8,6 +8,8 @@ variant's CPU count covers only the aten ops it still calls (e.g. extern GEMMs);
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import os
 import sys
 from contextlib import contextmanager
@@ -97,3 +99,13 @@ def count_launches(fn: Callable[[], object], device: str, calls: int = CALLS) ->
         return LaunchCount(len(kernels) / calls, device_us / 1e6 / calls, "cuda kernels", names)
     leaves = _cpu_kernel_ops(events)
     return LaunchCount(len(leaves) / calls, None, "aten ops", tuple(sorted(set(leaves))))
+
+
+def sdpa_backend(kernel_names: Iterable[str]) -> str | None:
+    """Which SDPA backend ran, read from its kernels' names (None when nothing ran)."""
+    names = " ".join(kernel_names).lower()
+    for needle, backend in (("flash_attention_for_cpu", "flash (cpu)"), ("cudnn", "cudnn"), ("flash", "flash"),
+                            ("fmha", "efficient"), ("efficient", "efficient")):
+        if needle in names:
+            return backend
+    return "math" if names else None

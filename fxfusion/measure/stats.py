@@ -1,8 +1,10 @@
 """Statistics on raw timing samples: medians, bootstrap intervals of speedup, and verdicts derived from intervals.
 
-A speedup is ``median(baseline) / median(candidate)``.  Its 95% interval is a percentile bootstrap: both sample
-sets are resampled independently ``BOOTSTRAP_ROUNDS`` times with a seeded generator, so the same samples always give
-the same interval.  A verdict is decided by the interval, never by the point estimate alone:
+A speedup of samples taken in the same interleaved rounds (a calibration's) is :func:`paired_speedup`: the median of
+the per-round ratios ``baseline[r] / candidate[r]``, its 95% interval a percentile bootstrap of that median.  Of
+unpaired samples it is :func:`speedup`, ``median(baseline) / median(candidate)``, both sample sets resampled
+independently.  Either way ``BOOTSTRAP_ROUNDS`` resamples with a seeded generator: the same samples always give the
+same interval.  A verdict is decided by the interval, never by the point estimate alone:
 
   fuse     the interval lies wholly above 1 + MIN_EFFECT
   avoid    the interval lies wholly below 1 - MIN_EFFECT
@@ -22,6 +24,8 @@ BOOTSTRAP_ROUNDS = 2000
 MIN_EFFECT = 0.02
 # Relative spread (IQR / median) above which a measurement is flagged as noisy.
 NOISY_IQR = 0.10
+# The floor of a sample set: its 10th percentile, the samples contention disturbed least (contention only adds time).
+FLOOR_QUANTILE = 0.10
 
 FUSE, NEUTRAL, AVOID = "fuse", "neutral", "avoid"
 
@@ -32,6 +36,7 @@ class Summary:
     iqr: float
     minimum: float
     n: int
+    floor: float = 0.0  # the FLOOR_QUANTILE quantile
 
     @property
     def noisy(self) -> bool:
@@ -68,13 +73,13 @@ def interval_text(s: "Speedup | dict | None", unit: str = "x", digits: int = 2) 
 
 def summarize(samples: list[float]) -> Summary:
     t = torch.tensor(samples, dtype=torch.float64)
-    q1, med, q3 = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
-    return Summary(median=med, iqr=q3 - q1, minimum=float(t.min()), n=len(samples))
+    floor, q1, med, q3 = torch.quantile(t, torch.tensor([FLOOR_QUANTILE, 0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return Summary(median=med, iqr=q3 - q1, minimum=float(t.min()), n=len(samples), floor=floor)
 
 
-def _bootstrap_medians(t: torch.Tensor, gen: torch.Generator, rounds: int) -> torch.Tensor:
+def _bootstrap_medians(t: torch.Tensor, gen: torch.Generator, rounds: int, q: float = 0.5) -> torch.Tensor:
     idx = torch.randint(0, t.numel(), (rounds, t.numel()), generator=gen)
-    return t[idx].quantile(0.5, dim=1)
+    return t[idx].quantile(q, dim=1)
 
 
 def _percentiles(draws: torch.Tensor, confidence: float) -> tuple[float, float]:
@@ -122,6 +127,37 @@ def median_interval(values: list[float], seed: int = 0, rounds: int = BOOTSTRAP_
     meds = _bootstrap_medians(t, gen, rounds)
     low, high = _percentiles(meds, confidence)
     return Speedup(median=float(t.quantile(0.5)), ci_low=low, ci_high=high)
+
+
+def paired_speedup(baseline: list[float], candidate: list[float], seed: int = 0, rounds: int = BOOTSTRAP_ROUNDS,
+                   confidence: float = CONFIDENCE) -> Speedup:
+    """Speedup of ``candidate`` over ``baseline`` from samples paired by round: the median of the per-round ratios
+    ``baseline[r] / candidate[r]``, with a percentile-bootstrap interval of that median.
+
+    The samples of one round are taken within milliseconds of each other, in a shuffled order
+    (:func:`fxfusion.measure.timing.measure_regimes`): contention that lasts longer than a round slows both sides of a
+    ratio alike and cancels, where it would make each side's samples bimodal and :func:`speedup`'s interval wide.
+    """
+    n = min(len(baseline), len(candidate))
+    ratios = [baseline[i] / candidate[i] for i in range(n) if candidate[i] > 0]
+    if not ratios:
+        raise ValueError("paired_speedup needs samples on both sides")
+    return median_interval(ratios, seed=seed, rounds=rounds, confidence=confidence)
+
+
+def floor_speedup(baseline: list[float], candidate: list[float], seed: int = 0, rounds: int = BOOTSTRAP_ROUNDS,
+                  confidence: float = CONFIDENCE, q: float = FLOOR_QUANTILE) -> Speedup:
+    """Speedup from the floors: ``quantile(baseline, q) / quantile(candidate, q)`` (q = 10%), both sides resampled
+    independently for the interval.  For a contended machine, where contention -- which only ever adds time -- leaves
+    the fastest samples least disturbed while the medians follow the scheduler."""
+    if not baseline or not candidate:
+        raise ValueError("floor_speedup needs samples on both sides")
+    b = torch.tensor(baseline, dtype=torch.float64)
+    c = torch.tensor(candidate, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    ratios = _bootstrap_medians(b, gen, rounds, q) / _bootstrap_medians(c, gen, rounds, q)
+    low, high = _percentiles(ratios, confidence)
+    return Speedup(median=float(b.quantile(q) / c.quantile(q)), ci_low=low, ci_high=high)
 
 
 def paired_fraction(minuend: list[float], subtrahend: list[float], reference: list[float]) -> Speedup:

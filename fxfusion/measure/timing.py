@@ -10,6 +10,12 @@ Method (one call of :func:`measure`):
   4. stop early when ``budget_s`` of timing has been spent (at least ``MIN_ROUNDS`` rounds are always taken).
 
 The clock is injectable: tests pass a fake clock with known per-callable costs and noise.
+
+Two regimes (:func:`measure_regimes`, what a calibration takes): every sample is one batch of ``inner`` calls whose
+first call is timed alone -- the *isolated* sample, one call after a synchronisation point (on CUDA also after the L2
+flush), the latency one caller of the op sees -- and whose other ``inner - 1`` calls, launched back to back, give the
+*pipelined* sample, per call, the regime of a forward pass.  Both come out of the same interleaved rounds, so the
+second regime costs no extra rounds; when one call already fills a sample (``inner`` = 1) the regimes share it.
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from typing import Callable, Mapping, Protocol
 
 import torch
 
+from fxfusion.errors import FxFusionError
 from fxfusion.measure.devices import as_device, is_cuda
 
 Thunk = Callable[[], object]
 
 MIN_ROUNDS = 5
+ISOLATED, PIPELINED = "isolated", "pipelined"
+REGIMES = (ISOLATED, PIPELINED)
 L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any current GPU's L2 (H100: 50 MB, H200: 60 MB)
 
 
@@ -49,8 +58,28 @@ class CpuClock:
             fn()
         return (time.perf_counter() - start) / inner
 
+    def sample_regimes(self, fn: Thunk, inner: int) -> tuple[float, float]:
+        """(isolated, pipelined) seconds per call: the first call timed alone, then the other ``inner - 1`` calls
+        back to back (the first again when ``inner`` is 1).  On the CPU every op is synchronous, so the first call's
+        sync point is simply its end; what sets it apart is that it follows another variant's sample."""
+        start = time.perf_counter()
+        fn()
+        first = time.perf_counter()
+        if inner <= 1:
+            return first - start, first - start
+        for _ in range(inner - 1):
+            fn()
+        return first - start, (time.perf_counter() - first) / (inner - 1)
+
     def now(self) -> float:
         return time.perf_counter()
+
+
+def check_regime(regime: str) -> str:
+    """``regime`` itself when it is one of :data:`REGIMES`; one clear line otherwise."""
+    if regime not in REGIMES:
+        raise FxFusionError(f"unknown timing regime {regime!r}; choose {' or '.join(REGIMES)}")
+    return regime
 
 
 class CudaClock:
@@ -78,6 +107,7 @@ class CudaClock:
             self._flush = (torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=self.device)
                            if mode == "isolated" else None)
             self._start = torch.cuda.Event(enable_timing=True)
+            self._mid = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
 
     def sample(self, fn: Thunk, inner: int) -> float:
@@ -109,6 +139,27 @@ class CudaClock:
             self._end.synchronize()
             total += self._start.elapsed_time(self._end) / 1e3
         return total / inner
+
+    def sample_regimes(self, fn: Thunk, inner: int) -> tuple[float, float]:
+        """(isolated, pipelined) seconds per call from one batch: L2 flushed and the GPU idle, the first call between
+        two events (its launch overlaps nothing: the isolated latency), then ``inner - 1`` calls launched back to back
+        up to a third event (the host enqueues ahead of the GPU: the pipelined cost per call)."""
+        with torch.cuda.device(self.device):
+            if self._flush is None:
+                self._flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=self.device)
+            self._flush.zero_()
+            torch.cuda.synchronize(self.device)
+            self._start.record()
+            fn()
+            self._mid.record()
+            for _ in range(inner - 1):
+                fn()
+            self._end.record()
+            self._end.synchronize()
+            first = self._start.elapsed_time(self._mid) / 1e3
+            if inner <= 1:
+                return first, first
+            return first, self._mid.elapsed_time(self._end) / 1e3 / (inner - 1)
 
     def now(self) -> float:
         return time.perf_counter()
@@ -144,11 +195,16 @@ class Samples:
     budget_exhausted: bool = False
 
 
+def _batch_size(clock: Clock, fn: Thunk, spec: TimingSpec) -> int:
+    """Calls per batch so one batch lasts about ``spec.target_sample_s``."""
+    one = max(min(clock.sample(fn, 1) for _ in range(3)), 1e-9)
+    return int(min(spec.max_inner, max(1, math.ceil(spec.target_sample_s / one))))
+
+
 def _calls_per_sample(clock: Clock, fn: Thunk, spec: TimingSpec) -> int:
     if is_cuda(clock.device) and getattr(clock, "mode", "isolated") == "isolated":
         return 1
-    one = max(min(clock.sample(fn, 1) for _ in range(3)), 1e-9)
-    return int(min(spec.max_inner, max(1, math.ceil(spec.target_sample_s / one))))
+    return _batch_size(clock, fn, spec)
 
 
 def measure(thunks: Mapping[str, Thunk], clock: Clock, spec: TimingSpec = TimingSpec()) -> Samples:
@@ -170,6 +226,65 @@ def measure(thunks: Mapping[str, Thunk], clock: Clock, spec: TimingSpec = Timing
         if out.rounds >= MIN_ROUNDS and clock.now() - start > spec.budget_s:
             out.budget_exhausted = out.rounds < spec.rounds
             break
+    return out
+
+
+@dataclass
+class RegimeSamples:
+    """Raw samples of one :func:`measure_regimes` run: per regime, per callable, seconds per call (one per round);
+    the reference kernel's seconds, one per round, when one was given."""
+
+    by_regime: dict[str, Samples]
+    reference: list[float] = field(default_factory=list)
+    rounds: int = 0
+    budget_exhausted: bool = False
+    seconds: float = 0.0  # wall time the rounds took
+
+
+def _sample_regimes(clock: Clock, fn: Thunk, inner: int) -> tuple[float, float]:
+    both = getattr(clock, "sample_regimes", None)
+    if both is not None:
+        return both(fn, inner)
+    # A clock that times one way only (a test's fake clock): one sample of one call, one of the batch.
+    return clock.sample(fn, 1), clock.sample(fn, inner)
+
+
+def measure_regimes(thunks: Mapping[str, Thunk], clock: Clock, spec: TimingSpec = TimingSpec(),
+                    reference: Thunk | None = None) -> RegimeSamples:
+    """:func:`measure` in both regimes at once (see the module doc): each round times ``reference`` once (a fixed
+    kernel whose spread shows contention), then one batch of every callable in a shuffled order."""
+    regimes = {r: Samples() for r in REGIMES}
+    batch = {}
+    for name, fn in thunks.items():
+        for _ in range(spec.warmup):
+            fn()
+        batch[name] = _batch_size(clock, fn, spec)
+        # calls behind each sample: 1 isolated; the batch less its first call pipelined (1 when they share it)
+        regimes[ISOLATED].inner[name], regimes[PIPELINED].inner[name] = 1, max(1, batch[name] - 1)
+        for r in REGIMES:
+            regimes[r].seconds[name] = []
+    out = RegimeSamples(regimes)
+    if reference is not None:
+        for _ in range(spec.warmup):
+            reference()
+    rng = random.Random(spec.seed)
+    order = list(thunks)
+    start = clock.now()
+    for r in range(spec.rounds):
+        if reference is not None:
+            out.reference.append(clock.sample(reference, 1))
+        rng.shuffle(order)
+        for name in order:
+            isolated, pipelined = _sample_regimes(clock, thunks[name], batch[name])
+            regimes[ISOLATED].seconds[name].append(isolated)
+            regimes[PIPELINED].seconds[name].append(pipelined)
+        out.rounds = r + 1
+        if out.rounds >= MIN_ROUNDS and clock.now() - start > spec.budget_s:
+            out.budget_exhausted = out.rounds < spec.rounds
+            break
+    out.seconds = clock.now() - start
+    for s in regimes.values():
+        s.rounds, s.budget_exhausted = out.rounds, out.budget_exhausted
     return out
 
 

@@ -23,7 +23,7 @@ from fxfusion.fusions.registry import REGISTRY
 from fxfusion.profiles.profile import Decision, decision_to_dict
 from fxfusion.graph.sites import CapturedModel, Site
 from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, summarize
-from fxfusion.measure.timing import QUICK_SPEC, Clock, TimingSpec, clock_for, measure
+from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, Clock, TimingSpec, clock_for, measure
 from fxfusion.profiles.schema import SCHEMA_VERSION, validate
 from fxfusion.graph.capture import capture
 from fxfusion.fusions.match import find_sites
@@ -160,7 +160,10 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command or " ".join(["fxfusion"] + sys.argv[1:]), "host": socket.gethostname(),
         "timing": asdict(source.spec) if isinstance(source, LiveSource) else None,
+        "profile_rule": getattr(source, "rule", None),
     }
+    if source is not None:
+        metadata["regime"] = getattr(source, "regime", PIPELINED)  # a caller's own source decides pipelined
     if source is None:
         warnings.append("matched only (--match-only): no decisions")
     covered = None

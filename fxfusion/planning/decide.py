@@ -1,7 +1,9 @@
 """Deciding one site at its own shape and dtype: the one rule the analysis report and the plan share.
 
-For each fusible site (:func:`decide_site`, given a :class:`Lookup` from a source):
-  1. find a measurement of the site's pattern: the nearest entry of a profile (``ProfileSource``), or a live
+For each fusible site (:func:`decide_site`, given a :class:`Lookup` from a source), in one timing regime
+(pipelined by default: the regime of a forward pass; isolated on request):
+  1. find a measurement of the site's pattern: the nearest entry of a profile (``ProfileSource``; a profile of another
+     device is refused unless allowed, :mod:`fxfusion.profiles.machine`), or a live
      :func:`fxfusion.calibration.calibrate.measure_entry` of eager / manual / compile variants at the site's exact shape
      (``LiveSource``; one measurement per distinct pattern, shape and dtype, shared by identical sites);
   2. the *baseline* is the variant that runs like the user's code: ``eager``, except for a linear whose bias is
@@ -10,7 +12,7 @@ For each fusible site (:func:`decide_site`, given a :class:`Lookup` from a sourc
   3. estimated time saved per forward pass = baseline median - best median, for ``fuse`` verdicts only; a profile
      entry measured at another shape is scaled by the roofline time ratio of the two shapes, with a warning;
   4. bytes saved = the pattern's cost model, unfused - fused, at the site's shape.
-Illegal and already-fused sites are reported, never decided.
+Illegal and already-fused sites are reported, never decided; a decision the calibration found noisy stays neutral.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from dataclasses import dataclass, field
 from fxfusion.errors import FxFusionError
 from fxfusion.fusions.registry import REGISTRY, Pattern
 from fxfusion.graph.sites import ALREADY_FUSED, ILLEGAL, Site
-from fxfusion.measure.hardware import HardwareSpec, detect, device_name
+from fxfusion.measure.hardware import HardwareSpec, detect
 from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, speedup
-from fxfusion.measure.timing import QUICK_SPEC, Clock, TimingSpec, clock_for
-from fxfusion.profiles.profile import Decision, Entry, Profile
+from fxfusion.measure.noise import MEDIAN, NoiseGuard, entry_speedup
+from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, Clock, TimingSpec, check_regime, clock_for
+from fxfusion.profiles.machine import check_profile
+from fxfusion.profiles.profile import Decision, Entry, Profile, Timing
 from fxfusion.measure.stats import Speedup
 from fxfusion.calibration.calibrate import measure_entry
 from fxfusion.measure.devices import kind as device_kind
@@ -40,38 +44,39 @@ class Lookup:
     decision: Decision | None
     warnings: list[str] = field(default_factory=list)
     scale: float = 1.0  # site time / measured time, from the roofline model (1 for an exact shape)
+    regime: str = PIPELINED  # the regime whose timings decide_site reads off the entry
 
 
 class ProfileSource:
-    """Decisions from a calibration profile: the nearest entry of the same pattern, dtype and device kind."""
+    """Decisions from a calibration profile: the nearest entry of the same pattern, dtype and device kind.
+
+    A profile of another device is an FxFusionError naming both, unless ``allow_foreign`` (then its entries are
+    looked up on the device it was measured on, and every report warns)."""
 
     mode = "profile"
 
-    def __init__(self, profile: Profile, device: str, path: str = ""):
-        self.profile, self.device, self.path = profile, as_device(device), path
+    def __init__(self, profile: Profile, device: str, path: str = "", regime: str = PIPELINED,
+                 allow_foreign: bool = False):
+        self.profile, self.device, self.path, self.regime = profile, as_device(device), path, check_regime(regime)
+        self._warnings = check_profile(profile, self.device, allow_foreign, path or "the profile")
+        there = profile.metadata.get("device", "cpu")
+        self.lookup_device = self.device if device_kind(there) == device_kind(self.device) else as_device(
+            device_kind(there))
+        self.rule: str | None = None  # why this profile (set by whoever chose it)
 
     def warnings(self) -> list[str]:
-        meta = self.profile.metadata
-        here_kind, there_kind = device_kind(self.device), device_kind(meta.get("device", "cpu"))
-        if here_kind != there_kind:
-            return [f"the profile was measured on {there_kind} ({meta.get('device_name')}) but the model runs on "
-                    f"{self.device}: its decisions may not transfer"]
-        here = device_name(self.device)
-        if meta.get("device_name") and meta["device_name"] != here:
-            return [f"the profile was measured on other hardware ({meta['device_name']}, {meta.get('hardware')}); "
-                    f"this is {here}: its decisions may not transfer"]
-        return []
+        return list(self._warnings)
 
     def lookup(self, pattern: Pattern, shape: dict[str, int], dtype: str) -> Lookup:
         try:
-            decision = self.profile.decide(pattern.name, shape, dtype, self.device)
+            decision = self.profile.decide(pattern.name, shape, dtype, self.lookup_device, self.regime)
         except FxFusionError as exc:
-            return Lookup(None, None, [str(exc)])
-        kind = device_kind(self.device)
+            return Lookup(None, None, [str(exc)], regime=self.regime)
+        kind = device_kind(self.lookup_device)
         entries = [e for e in self.profile.entries if e.pattern == pattern.name and e.shape == decision.measured_shape
                    and device_kind(e.device) == kind]
         entry = next((e for e in entries if e.dtype == dtype), entries[0] if entries else None)
-        lookup = Lookup(entry, decision, list(decision.warnings))
+        lookup = Lookup(entry, decision, list(decision.warnings), regime=decision.regime or self.regime)
         if entry is not None and not decision.exact:
             lookup.scale = _roofline_ms(pattern, shape, entry) / _roofline_ms(pattern, entry.shape, entry)
             lookup.warnings.append(f"times scaled from the measured shape {_fmt_shape(entry.shape)} by the roofline "
@@ -86,10 +91,15 @@ class LiveSource:
 
     def __init__(self, device: str, spec: TimingSpec = QUICK_SPEC, clock: Clock | None = None,
                  compile_modes: tuple[str, ...] = ("compile", "compile_reduce_overhead"),
-                 hw: HardwareSpec | None = None, seed: int = 0):
+                 hw: HardwareSpec | None = None, seed: int = 0, regime: str = PIPELINED,
+                 guard: NoiseGuard | None = None):
         self.device, self.spec, self.compile_modes, self.seed = as_device(device), spec, compile_modes, seed
+        self.regime = check_regime(regime)
+        # the real machine is watched for noise; a caller's (fake) clock times no reference kernel
+        self.guard = guard or (NoiseGuard.for_device(self.device) if clock is None else NoiseGuard())
         self.clock = clock or clock_for(device)
         self.hw = hw or detect(device)
+        self.rule: str | None = None
 
     def warnings(self) -> list[str]:
         return []
@@ -97,10 +107,10 @@ class LiveSource:
     def lookup(self, pattern: Pattern, shape: dict[str, int], dtype: str) -> Lookup:
         try:
             entry = measure_entry(pattern, shape, dtype, self.device, self.hw, self.spec, self.clock,
-                                  seed=self.seed, compile_modes=self.compile_modes)
+                                  seed=self.seed, compile_modes=self.compile_modes, guard=self.guard)
         except FxFusionError as exc:
-            return Lookup(None, None, [f"measuring {pattern.name} failed: {exc}"])
-        return Lookup(entry, entry.decision)
+            return Lookup(None, None, [f"measuring {pattern.name} failed: {exc}"], regime=self.regime)
+        return Lookup(entry, entry.decision_for(self.regime), regime=self.regime)
 
 
 def _fmt_shape(shape: dict) -> str:
@@ -139,20 +149,25 @@ class SiteOutcome:
     not_applied: str | None = None
 
 
-def _ok(entry: Entry, name: str):
-    v = entry.variant(name)
-    return v if v is not None and v.status == "ok" and v.samples_ms and v.median_ms is not None else None
+def _ok(entry: Entry, name: str, regime: str = PIPELINED) -> Timing | None:
+    """Variant ``name``'s timing in ``regime`` when it ran correctly and was timed in it."""
+    v, t = entry.variant(name), entry.timing(name, regime)
+    return t if v is not None and v.status == "ok" and t and t.samples_ms and t.median_ms is not None else None
 
 
-def _against(entry: Entry, baseline: str) -> tuple[str, str, Speedup | None]:
+def _against(entry: Entry, baseline: str, regime: str = PIPELINED) -> tuple[str, str, Speedup | None]:
     """(verdict, best variant, speedup) of the best correct variant against ``baseline``, as calibrate decides."""
-    base = _ok(entry, baseline)
-    rivals = [v for v in entry.variants if v.name not in ("eager", baseline) and _ok(entry, v.name)]
+    base = _ok(entry, baseline, regime)
+    rivals = [v for v in entry.variants if v.name not in ("eager", baseline) and _ok(entry, v.name, regime)]
     if base is None or not rivals:
         return "undecided", baseline, None
     scored = []
     for v in rivals:
-        s = speedup(base.samples_ms, v.samples_ms)
+        other = _ok(entry, v.name, regime).samples_ms
+        # samples of one entry were taken in the same rounds: read as calibrate read them (paired, or floors when
+        # the measurement saw contention)
+        s = (entry_speedup(base.samples_ms, other, entry.noise.get("statistic", MEDIAN))
+             if len(other) == len(base.samples_ms) else speedup(base.samples_ms, other))
         scored.append((v, s, s.verdict()))
     fuse = [t for t in scored if t[2] == FUSE]
     if fuse:
@@ -183,8 +198,11 @@ def decide_site(site: Site, lookup: Lookup | None) -> SiteOutcome:
     out = SiteOutcome(site, "undecided", warnings=list(lookup.warnings) if lookup else [])
     baseline = "eager"
     entry = lookup.entry if lookup else None
+    regime = lookup.regime if lookup else PIPELINED
+    if entry is not None and regime not in entry.regimes():  # one regime only (a 1.0 profile): its decision used it
+        regime = entry.regimes()[0]
     if entry is not None and uses_addmm:
-        if _ok(entry, "addmm"):
+        if _ok(entry, "addmm", regime):
             baseline = "addmm"
         else:
             out.warnings.append("the addmm variant (how this site already runs) was not measured: compared "
@@ -204,19 +222,36 @@ def decide_site(site: Site, lookup: Lookup | None) -> SiteOutcome:
         d = lookup.decision
         out.verdict, out.best_variant, out.speedup = d.display_verdict, d.best_variant, d.speedup
     else:
-        out.verdict, out.best_variant, out.speedup = _against(entry, baseline)
+        out.verdict, out.best_variant, out.speedup = _against(entry, baseline, regime)
         if out.verdict == "undecided":
             out.warnings.append(f"no correct variant other than {baseline} (how this site already runs) was "
                                 "measured, so nothing to compare against (live: drop --no-compile)")
-    base, best = _ok(entry, baseline), _ok(entry, out.best_variant) if out.best_variant else None
+        elif lookup.decision.noisy and out.verdict != NEUTRAL:  # the measurement was unstable: never act on it
+            out.warnings.append(f"{out.verdict} against {baseline} made neutral: the measurement was noisy")
+            out.verdict = NEUTRAL
+    base = _ok(entry, baseline, regime)
+    best = _ok(entry, out.best_variant, regime) if out.best_variant else None
     out.baseline_ms = base.median_ms * lookup.scale if base else None
     out.best_ms = best.median_ms * lookup.scale if best else out.baseline_ms
     if out.verdict == FUSE and out.baseline_ms is not None and out.best_ms is not None:
         out.saved_ms = max(0.0, out.baseline_ms - out.best_ms)
     if out.verdict != FUSE and site.roles.get("act_written") == "true":
-        rivals = [v for v in entry.variants if v.name not in ("eager", baseline) and _ok(entry, v.name)]
+        rivals = [v for v in entry.variants if v.name not in ("eager", baseline) and _ok(entry, v.name, regime)]
         if rivals:
-            out.in_model_candidate = min(rivals, key=lambda v: v.median_ms).name
+            out.in_model_candidate = min(rivals, key=lambda v: _ok(entry, v.name, regime).median_ms).name
     return out
 
 
+def lookup_for_decision(profile: Profile | None, site: Site, decision: Decision, device: str):
+    """The profile entry behind ``decision`` (via the analysis's ProfileSource), or the decision alone."""
+    regime = decision.regime or PIPELINED
+    if profile is None or site.pattern not in REGISTRY:
+        return Lookup(None, decision, regime=regime)
+    # whoever made the decisions chose the profile (plan() and analyze refuse a foreign one unless allowed)
+    source = ProfileSource(profile, device, regime=regime, allow_foreign=True)
+    lookup = source.lookup(REGISTRY[site.pattern], dict(site.shape), site.dtype)
+    if lookup.decision is None or lookup.decision.measured_shape != decision.measured_shape:
+        return Lookup(None, decision, ["the decision is not the profile's: its entry's timings are not used"],
+                      regime=regime)
+    lookup.decision = decision
+    return lookup

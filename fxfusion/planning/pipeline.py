@@ -17,12 +17,15 @@ from fxfusion.fusions.registry import REGISTRY
 from fxfusion.graph.capture import capture, signature_names
 from fxfusion.graph.sites import CapturedModel, Site
 from fxfusion.measure.devices import as_device, is_cuda
+from fxfusion.measure.devices import kind as device_kind
 from fxfusion.measure.hardware import detect, resolve
-from fxfusion.measure.timing import QUICK_SPEC, clock_for
+from fxfusion.measure.noise import NoiseGuard
+from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, REGIMES, check_regime, clock_for
 from fxfusion.planning.analyze import Analysis
 from fxfusion.planning.insitu import INSITU_BUDGET_S, measure_overhead
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.verify import VerificationResult, verify_plan
+from fxfusion.profiles.machine import check_profile
 from fxfusion.profiles.profile import Profile
 
 
@@ -60,6 +63,7 @@ def measure_sites(sites: list[Site], device: str = "cpu", spec=None, hardware: s
                   compile_modes: tuple[str, ...] = ("compile",), clock=None) -> Profile:
     """A profile measured live at exactly the shapes and dtypes of the legal sites (one entry per distinct one)."""
     hw = resolve(hardware, device=device) if hardware else detect(device)
+    guard = NoiseGuard.for_device(device) if clock is None else NoiseGuard()  # a caller's clock: no reference kernel
     clock = clock or clock_for(device)
     entries, seen = [], set()
     for site in sites:
@@ -68,15 +72,20 @@ def measure_sites(sites: list[Site], device: str = "cpu", spec=None, hardware: s
             continue
         seen.add(key)
         entries.append(measure_entry(REGISTRY[site.pattern], dict(site.shape), site.dtype, device, hw,
-                                     spec or QUICK_SPEC, clock, compile_modes=compile_modes))
-    return Profile(metadata={"device": str(device), "hardware": hw.name, "mode": "measure"},
+                                     spec or QUICK_SPEC, clock, compile_modes=compile_modes, guard=guard))
+    return Profile(metadata={"device": str(device), "hardware": hw.name, "mode": "measure",
+                             "timing": {"regimes": list(REGIMES)}},
                    hardware={"name": hw.name, "device": hw.device}, ceilings={}, entries=entries)
 
 
 def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tuple, device: str | None = None,
          spec=None, compile_modes: tuple[str, ...] = ("compile",), check_overhead: bool = True,
-         clock=None, in_model: bool = True) -> FusionPlan:
+         clock=None, in_model: bool = True, regime: str = PIPELINED, allow_foreign: bool = False) -> FusionPlan:
     """Capture, find the sites, decide each from ``profile`` (or measure them live when it is None), and plan.
+
+    The model runs on ``device`` (default: where its example inputs are), never on the profile's device: a profile
+    measured on another device is an FxFusionError naming both unless ``allow_foreign`` (then the plan warns).  Each
+    site is decided in ``regime``: pipelined (the default: as a forward pass runs its ops) or isolated.
 
     ``spec`` sets the timing knobs of the live measurements (sites and in-model regions), ``clock`` times the live
     site measurements (default: the library's, isolated calls on CUDA).  With an nn.Module
@@ -87,12 +96,19 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
     if not isinstance(example_inputs, tuple):
         raise FxFusionError(f"example_inputs must be a tuple of the model's positional arguments, "
                             f"got {type(example_inputs).__name__}")
+    check_regime(regime)
+    source = "the profile"
     if isinstance(profile, str) or hasattr(profile, "__fspath__"):
-        profile = Profile.load(profile)
+        source, profile = str(profile), Profile.load(profile)
+    device = as_device(device or _device_of(example_inputs))
+    warnings, lookup_device = [], device
+    if profile is not None:  # before capturing: a foreign profile fails fast
+        warnings = check_profile(profile, device, allow_foreign, source)
+        there = profile.metadata.get("device", "cpu")
+        if device_kind(there) != device_kind(device):  # allowed foreign: its entries are looked up where measured
+            lookup_device = as_device(device_kind(there))
     captured = _as_captured(model_or_graph, example_inputs)
     sites = find_sites(captured)
-    device = as_device(device or (profile.metadata.get("device") if profile is not None else None)
-                       or _device_of(example_inputs))
     if profile is None:
         profile = measure_sites(sites, device, spec, compile_modes=compile_modes, clock=clock)
     decisions, undecided = {}, {}
@@ -100,11 +116,13 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
         if not site.legal:
             continue
         try:
-            decisions[site.id] = profile.decide(site.pattern, site.shape, site.dtype, device)
+            decisions[site.id] = profile.decide(site.pattern, site.shape, site.dtype, lookup_device, regime)
         except FxFusionError as exc:
             undecided[site.id] = str(exc)
     result = FusionPlan.from_decisions(captured, sites, decisions, profile=profile, device=device,
                                        undecided=undecided)
+    result.regime = regime
+    result.warnings = warnings + result.warnings
     module = isinstance(model_or_graph, torch.nn.Module)
     overhead = (measure_overhead(model_or_graph, captured, example_inputs, device)
                 if check_overhead and module and (result.groups or result.pending) else None)

@@ -28,11 +28,12 @@ from typing import Any, Mapping
 import torch
 
 from fxfusion.errors import FxFusionError
-from fxfusion.fusions.registry import REGISTRY, rewrite_for
+from fxfusion.fusions.registry import rewrite_for
 from fxfusion.graph.partition import captured_graph, contracted_cycle, convexity_problems, plan_graph
 from fxfusion.measure.devices import as_device
 from fxfusion.measure.stats import FUSE
-from fxfusion.planning.decide import Lookup, ProfileSource, decide_site
+from fxfusion.measure.timing import PIPELINED
+from fxfusion.planning.decide import decide_site, lookup_for_decision
 from fxfusion.planning.insitu import INSITU_BUDGET_S, InModel, Overhead, measure_in_model
 from fxfusion.planning.insitu import measure_overhead  # noqa: F401  (part of this module's API)
 from fxfusion.profiles.profile import Decision, Profile, decision_to_dict
@@ -93,17 +94,6 @@ class RefusedSite:
         return asdict(self)
 
 
-def _lookup(profile: Profile | None, site: Site, decision: Decision, device: str):
-    """The profile entry behind ``decision`` (via the analysis's ProfileSource), or the decision alone."""
-    if profile is None or site.pattern not in REGISTRY:
-        return Lookup(None, decision)
-    lookup = ProfileSource(profile, device).lookup(REGISTRY[site.pattern], dict(site.shape), site.dtype)
-    if lookup.decision is None or lookup.decision.measured_shape != decision.measured_shape:
-        return Lookup(None, decision, ["the decision is not the profile's: its entry's timings are not used"])
-    lookup.decision = decision
-    return lookup
-
-
 @dataclass
 class FusionPlan:
     captured: CapturedModel
@@ -125,6 +115,8 @@ class FusionPlan:
     # The candidates measured end to end and the one chosen (fxfusion.planning.candidates.Choice as a dict); apply()
     # hands back the chosen one.  None until apply_and_verify measured them.
     choice: dict[str, Any] | None = None
+    # The timing regime the sites were decided in (pipelined: as a forward pass runs them).
+    regime: str = PIPELINED
 
     @property
     def groups_saving_ms(self) -> float | None:
@@ -174,9 +166,11 @@ class FusionPlan:
         baseline from the entry's raw samples; without it, the decisions' verdicts are taken as they are.
         """
         device = as_device(device or next((d.device for d in decisions.values()), "cpu"))
-        outcomes = [decide_site(s, _lookup(profile, s, decisions[s.id], device) if s.legal and s.id in decisions
+        outcomes = [decide_site(s, lookup_for_decision(profile, s, decisions[s.id], device) if s.legal and s.id in decisions
                                 else None) for s in sites]
-        return cls._from_outcomes(captured, list(sites), outcomes, device, undecided)
+        plan = cls._from_outcomes(captured, list(sites), outcomes, device, undecided)
+        plan.regime = next((d.regime for d in decisions.values() if d.regime), PIPELINED)
+        return plan
 
     @classmethod
     def from_analysis(cls, analysis, device: str | None = None, convex: bool = True) -> "FusionPlan":
@@ -184,8 +178,10 @@ class FusionPlan:
         ``convex=False`` admits every candidate group without the convexity check (step 3), for callers that only ask
         which groups a rewrite would take (it costs a cycle search of the whole graph per group)."""
         device = as_device(device or analysis.metadata.get("device", "cpu"))
-        return cls._from_outcomes(analysis.captured, list(analysis.sites), list(analysis.outcomes), device,
+        plan = cls._from_outcomes(analysis.captured, list(analysis.sites), list(analysis.outcomes), device,
                                   analysis.undecided(), convex)
+        plan.regime = analysis.metadata.get("regime") or PIPELINED
+        return plan
 
     @classmethod
     def _from_outcomes(cls, captured: CapturedModel, sites: list[Site], outcomes: list, device: str,
@@ -379,6 +375,7 @@ class FusionPlan:
         c = self.captured
         return {
             "device": str(self.device),
+            "regime": self.regime,
             "capture": {"method": c.method, "graphs": len(c.graphs), "graph_breaks": list(c.graph_breaks)},
             "groups": [g.to_dict() for g in self.groups],
             "refused": [r.to_dict() for r in self.refused],

@@ -16,7 +16,9 @@ from typing import Any
 
 from fxfusion.errors import FxFusionError
 
-SCHEMA_VERSION = "1.0"
+# 1.1: profiles hold two timing regimes (isolated, pipelined) and noise records; analyses name their regime.  Every
+# schema accepts 1.0 files too: older profiles load (with a note that they hold one regime), older reports validate.
+SCHEMA_VERSION = "1.1"
 SCHEMAS = {"profile": "profile.schema.json", "analysis": "analysis.schema.json",
            "comparison": "comparison.schema.json"}
 

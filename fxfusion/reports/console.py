@@ -176,7 +176,8 @@ def summary_table(profile: Profile, width: int = WIDE):
         best = e.variant(d.best_variant)
         verdict = d.display_verdict
         cells = [e.pattern, fmt_shape(e.shape), e.dtype, d.best_variant, _ci(d.speedup),
-                 f"[{VERDICT_STYLE[verdict]}]{verdict}[/]", f"{e.memory_reduction:.0%}",
+                 f"[{VERDICT_STYLE[verdict]}]{verdict}[/]" + (" [bold](noisy)[/]" if d.noisy else ""),
+                 f"{e.memory_reduction:.0%}",
                  _num(best.gflops if best else None), _num(best.gbs if best else None),
                  _num(best.pct_of_roofline if best else None)]
         rows.append(cells[:len(columns)])
@@ -187,10 +188,31 @@ def summary_table(profile: Profile, width: int = WIDE):
     return Group(table, Text(LEGEND + "." + (" " + "; ".join(notes) + "." if notes else ""), style="dim"))
 
 
+def regime_lines(profile: Profile) -> list[str]:
+    """Below the table (whose verdicts are the isolated regime's): the pipelined verdicts where they differ, and what
+    the noise watch found; noisy entries are flagged in the table and listed in the warnings."""
+    both = [e for e in profile.entries if e.pipelined_decision is not None]
+    if not both:
+        return [f"one timing regime only: {profile.regimes[0]}"]
+    differ = [f"{e.key()} ({e.decision.verdict} -> {e.pipelined_decision.verdict}"
+              f"{', noisy' if e.pipelined_decision.noisy else ''})" for e in both
+              if e.pipelined_decision.verdict != e.decision.verdict]
+    lines = ["verdicts above: isolated regime (one synchronised call); pipelined (calls back to back) differs at "
+             + (", ".join(differ) if differ else "no entry")]
+    noise = profile.metadata.get("noise") or {}
+    if noise:
+        lines.append(f"noise: {noise.get('contended_entries', 0)} of {len(profile.entries)} entries measured under "
+                     f"contention, {noise.get('remeasured_entries', 0)} measured again, {len(noise.get('noisy', []))} "
+                     "verdict(s) left noisy and made neutral")
+    return lines
+
+
 def print_summary(profile: Profile, stream: TextIO | None = None) -> None:
     """The summary table and the profile's warnings, on ``stream`` (stdout) at its width."""
     stream = stream or sys.stdout
     out = Console(file=stream, width=output_width(stream), highlight=False)
     out.print(summary_table(profile, output_width(stream)))
+    for line in regime_lines(profile):
+        out.print(line)
     for w in profile.metadata.get("warnings", []):
         out.print(f"[yellow]warning:[/] {w}")

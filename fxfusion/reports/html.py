@@ -135,7 +135,18 @@ def _decision_row(e: Entry, roofline: bool = True) -> list[str]:
 
 def _decision_why(e: Entry) -> str:
     refused = "; ".join(f"{v.name}: {v.status}" for v in e.variants if v.status != "ok")
-    return f"<b>why:</b> {_e(e.decision.reason)}" + (f" &middot; <b>not timed:</b> {_e(refused)}" if refused else "")
+    return (f"<b>why:</b> {_e(e.decision.reason)}" + (f" &middot; <b>not timed:</b> {_e(refused)}" if refused else "")
+            + (f" &middot; <b>verdict per regime:</b> {_regimes_cell(e)}" if len(e.regimes()) > 1 or
+               any(e.decision_for(r).noisy for r in e.regimes()) else ""))
+
+
+def _regimes_cell(e: Entry) -> str:
+    """The pipelined verdict beside the isolated one, and a flag on a noisy verdict."""
+    cells = []
+    for regime in e.regimes():
+        d = e.decision_for(regime)
+        cells.append(f"{_e(regime)}: {_verdict(d.verdict)}" + (' <b class="warn">noisy</b>' if d.noisy else ""))
+    return ", ".join(cells)
 
 
 DECISION_HEADERS = ("pattern", "shape", "dtype", "FLOPs", "verdict", "best variant", "speedup [95% CI]", "eager ms",
@@ -149,8 +160,13 @@ def decision_table(profile: Profile) -> str:
     headers = DECISION_HEADERS if roofline else DECISION_HEADERS[:-1]
     return _table(headers, (_decision_row(e, roofline) for e in profile.entries), cls="decisions",
                   row_attrs=(f'data-key="{_e(e.key())}" data-verdict="{_e(e.decision.display_verdict)}"'
+                             + (f' data-noisy="{_e(_noisy_regimes(e))}"' if _noisy_regimes(e) else "")
                              for e in profile.entries), numeric=(3, 7, 8, 10, 11),
                   why=((f'data-why="{_e(e.key())}"', _decision_why(e)) for e in profile.entries))
+
+
+def _noisy_regimes(e: Entry) -> str:
+    return ",".join(r for r in e.regimes() if e.decision_for(r).noisy)
 
 
 def _ceilings_html(profile: Profile) -> str:
@@ -287,10 +303,13 @@ def _site_nodes(sites: list[dict]) -> str:
 
 def _decided_by(meta: dict) -> str:
     mode = meta.get("mode")
+    regime = f", {_e(meta['regime'])} regime" if meta.get("regime") else ""
+    rule = f" ({_e(meta['profile_rule'])})" if meta.get("profile_rule") else ""
     if mode == "profile":
-        return f'decisions from profile <code>{_e(meta.get("profile"))}</code> ({_e(meta.get("hardware"))})'
+        return (f'decisions from profile <code>{_e(meta.get("profile"))}</code> ({_e(meta.get("hardware"))})'
+                f"{regime}{rule}")
     if mode == "measure":
-        return f"decisions measured live ({_e(meta.get('hardware'))})"
+        return f"decisions measured live ({_e(meta.get('hardware'))}){regime}{rule}"
     return "matched only: no decisions" if mode == "match_only" else f"mode {_e(mode)}"
 
 

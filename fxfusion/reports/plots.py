@@ -160,7 +160,8 @@ def speedup_plot(entries: list[Entry], min_effect: float) -> Plot:
     ax.set_title(f"{entries[0].title}, {dtype}: speedup over eager")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    sizes = "; ".join(f"{_shape_text(e.shape)} = {e.flops:.3g} FLOPs ({e.decision.verdict})" for e in entries)
+    sizes = "; ".join(f"{_shape_text(e.shape)} = {e.flops:.3g} FLOPs ({e.decision.verdict}"
+                      f"{', noisy' if e.decision.noisy else ''})" for e in entries)
     caption = (f"Median speedup over eager per fused variant (log scale; solid: manual fusion, dashed: "
                f"torch.compile), 95% bootstrap interval as band and error bar, grey strip: neutral zone. "
                f"Sizes: {sizes}.")

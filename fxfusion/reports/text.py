@@ -58,6 +58,8 @@ def _notes(report: dict) -> list[str]:
             lines.append(f"{s['id']} refused: {r}")
         for w in s["warnings"]:
             lines.append(f"{s['id']}: {w}")
+    if report["metadata"].get("profile_rule"):
+        lines.insert(0, f"decided from {report['metadata']['profile_rule']}")
     cap = report["capture"]
     lines += [f"graph break: {b}" for b in cap["graph_breaks"]] + [f"capture: {n}" for n in cap["notes"]]
     lines += [f"warning: {w}" for w in report["warnings"]]
@@ -69,8 +71,9 @@ def _notes(report: dict) -> list[str]:
 
 
 def _decided_by(meta: dict) -> str:
-    return {"profile": f"profile {meta['profile']}", "measure": "live measurement"}.get(meta["mode"], "nothing "
-                                                                                           "(match only)")
+    source = {"profile": f"profile {meta['profile']}", "measure": "live measurement"}.get(meta["mode"], "nothing "
+                                                                                             "(match only)")
+    return source + (f", {meta['regime']} regime" if meta.get("regime") else "")
 
 
 # The terminal table: the markdown's columns, fitted to the width (fxfusion.reports.console.fitted_table).

@@ -1,0 +1,272 @@
+"""Noise made visible: contention on the machine, and verdicts a run cannot reproduce within itself.
+
+Contention during one measurement (:class:`Contention`), from three signals, each with its limit:
+  * load: the 1-minute load average (``os.getloadavg``) less the threads this process keeps busy, per CPU;
+  * steal: the share of CPU time the hypervisor gave to other guests (``/proc/stat``, where readable);
+  * a reference kernel (:func:`reference_kernel`, a fixed matmul) timed once per round between the variants: its
+    spread (IQR / median) within the measurement, and its slowdown against the quietest measurement this process
+    has taken (the lowest median);
+    on a CPU timed with several threads, also its median over its fastest time on one thread (a thread pool whose
+    threads are descheduled makes every parallel region wait: several threads become slower than one).
+
+Stability of one verdict (:func:`instability`), from the raw samples alone:
+  1. split the rounds in two: first and second half (drift), and -- with a reference kernel -- quiet and loud rounds
+     (those whose reference time is at most / above its median: contention);
+  2. the speedup (median of per-round ratios) of each half must not lie on opposite sides of the neutral zone, and a
+     ``fuse`` (``avoid``) verdict needs both halves faster (slower) than eager;
+  3. contention only ever adds time, so the fastest tenth of each side's samples is the least disturbed: a ``fuse``
+     (``avoid``) verdict needs their ratio on the same side of 1 (on a machine whose threads are descheduled, one
+     variant can stall in most samples and the medians say 1000x where the floors say 1.2x);
+  4. a ``neutral`` verdict whose interval spans more than a factor INCONCLUSIVE_SPAN is no measurement at all
+     (it cannot tell a 30% gain from a 30% loss): it is measured again like an unstable one;
+  5. under contention the neutral zone widens from MIN_EFFECT to CONTENDED_MIN_EFFECT: contention slows ops unequally
+     (an op with more parallel regions waits on more descheduled threads), a bias no split of the rounds can see.
+A verdict that fails is unstable: the caller measures again (:class:`NoiseGuard` says how often), and one still
+unstable becomes ``neutral`` with a reason that starts with ``noisy`` -- never a flip between ``fuse`` and ``avoid``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from fxfusion.measure.devices import as_device, is_cuda
+from fxfusion.measure.stats import (AVOID, FUSE, MIN_EFFECT, NEUTRAL, Speedup, floor_speedup, paired_speedup,
+                                    summarize)
+
+Thunk = Callable[[], object]
+
+# Others' runnable threads per CPU above which the timed threads must wait for a core now and then.
+LOAD_LIMIT = 0.5
+# Stolen CPU time above 5%: the hypervisor is running other guests on this machine's cores.
+STEAL_LIMIT = 0.05
+# The reference kernel does the same work every round, but one call of it is short (about 0.3 ms on a 2-core VM): on
+# that VM with nothing else running its spread (IQR / median) was 3-24% (bench_noise, 2026-11-30); above 25% it is
+# the machine.
+REFERENCE_SPREAD_LIMIT = 0.25
+# A measurement's median reference time over the lowest median of any measurement this process has taken: the same
+# VM, idle, drifted up to about 1.3x between entries (caches and memory left by other patterns); 1.5x is contention.
+REFERENCE_SLOWDOWN_LIMIT = 1.5
+# Reference time on the timing's threads over its time on one thread: more threads must not be 50% slower than one.
+THREAD_STALL_LIMIT = 1.5
+# Under contention a verdict needs a 10% effect: smaller ones are within what unequal slowdowns can fake.
+CONTENDED_MIN_EFFECT = 0.10
+# At most this many measurements of one entry (the first and two more) before an unstable verdict becomes noisy.
+MAX_BATCHES = 3
+# The reference kernel: a 256 x 256 float32 matmul (33.5 MFLOP): tens of microseconds on a CPU core, one launch on a GPU.
+REFERENCE_N = 256
+REFERENCE_TEXT = f"torch.mm of two {REFERENCE_N}x{REFERENCE_N} float32 matrices, timed once per round"
+# Halves of fewer rounds than this are not compared: their medians say too little.
+MIN_HALF = 3
+# An interval wider than a factor 2 (ci_high / ci_low) tells neither a 30% gain nor a 30% loss apart.
+INCONCLUSIVE_SPAN = 2.0
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """What the host says at one moment: the 1-minute load average and the CPU time counters (None: unreadable)."""
+
+    load1: float | None
+    steal_ticks: int | None = None
+    total_ticks: int | None = None
+
+
+def read_cpu_ticks(path: str = "/proc/stat") -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from ``/proc/stat``; None where it cannot be read (not Linux, no steal)."""
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    return ticks[7], sum(ticks[:8])  # user nice system idle iowait irq softirq steal (guest time is inside user)
+
+
+def host_snapshot() -> HostSnapshot:
+    try:
+        load1 = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load1 = None
+    ticks = read_cpu_ticks()
+    return HostSnapshot(load1, *(ticks or (None, None)))
+
+
+def reference_kernel(device: str | torch.device) -> Thunk:
+    """A fixed amount of work on ``device``: the same matmul every call, seeded inputs."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(REFERENCE_N, REFERENCE_N, generator=gen).to(as_device(device))
+    b = torch.randn(REFERENCE_N, REFERENCE_N, generator=gen).to(as_device(device))
+    return lambda: torch.mm(a, b)
+
+
+@dataclass
+class Contention:
+    """Contention during one measurement; None where a signal was not available."""
+
+    load_per_cpu: float | None = None
+    steal: float | None = None
+    reference_spread: float | None = None
+    reference_slowdown: float | None = None
+    thread_stall: float | None = None
+
+    def reasons(self) -> list[str]:
+        out = []
+        if self.load_per_cpu is not None and self.load_per_cpu > LOAD_LIMIT:
+            out.append(f"load {self.load_per_cpu:.2f} other runnable threads per CPU (limit {LOAD_LIMIT})")
+        if self.steal is not None and self.steal > STEAL_LIMIT:
+            out.append(f"{self.steal:.0%} of CPU time stolen by the hypervisor (limit {STEAL_LIMIT:.0%})")
+        if self.reference_spread is not None and self.reference_spread > REFERENCE_SPREAD_LIMIT:
+            out.append(f"reference kernel spread {self.reference_spread:.0%} (limit {REFERENCE_SPREAD_LIMIT:.0%})")
+        if self.reference_slowdown is not None and self.reference_slowdown > REFERENCE_SLOWDOWN_LIMIT:
+            out.append(f"reference kernel {self.reference_slowdown:.2f}x its quietest median "
+                       f"(limit {REFERENCE_SLOWDOWN_LIMIT}x)")
+        if self.thread_stall is not None and self.thread_stall > THREAD_STALL_LIMIT:
+            out.append(f"reference kernel {self.thread_stall:.1f}x slower on the thread pool than on one thread: "
+                       f"parallel regions wait for descheduled threads (limit {THREAD_STALL_LIMIT}x)")
+        return out
+
+    @property
+    def contended(self) -> bool:
+        return bool(self.reasons())
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "reasons": self.reasons()}
+
+
+@dataclass
+class NoiseGuard:
+    """How a measurement watches for noise and how often it may measure again.
+
+    The default guard reads nothing from the host and times no reference kernel (deterministic under a fake clock):
+    only the stability of the samples themselves is checked.  :meth:`for_device` watches the real machine.
+    """
+
+    reference: Thunk | None = None
+    probe: Callable[[], HostSnapshot] | None = None
+    own_threads: int = 1  # threads this process keeps busy while timing (they are in the load average too)
+    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_batches: int = MAX_BATCHES
+    budget_s: float | None = None  # time for measuring again, per entry; None: the timing spec's budget
+    quiet_reference_s: float | None = None  # the lowest median reference time of a measurement so far
+    single_thread: bool = False  # also time the reference on one thread (a CPU timed with several threads)
+
+    @classmethod
+    def for_device(cls, device: str | torch.device, **kw) -> "NoiseGuard":
+        own = 1 if is_cuda(device) else torch.get_num_threads()
+        return cls(reference=reference_kernel(device), probe=host_snapshot, own_threads=own,
+                   single_thread=not is_cuda(device) and own > 1, **kw)
+
+    def _one_thread_s(self) -> float:
+        """The reference kernel's fastest of three calls on one thread (the thread count is restored)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                self.reference()
+                best = min(best, time.perf_counter() - start)
+            return best
+        finally:
+            torch.set_num_threads(threads)
+
+    def snapshot(self) -> HostSnapshot | None:
+        return self.probe() if self.probe is not None else None
+
+    def assess(self, before: HostSnapshot | None, after: HostSnapshot | None, reference_s: list[float]) -> Contention:
+        """Contention over one measurement, from host snapshots taken before and after it and its reference times."""
+        c = Contention()
+        if after is not None and after.load1 is not None:
+            c.load_per_cpu = max(0.0, after.load1 - self.own_threads) / self.cpus
+        if before is not None and after is not None and None not in (before.steal_ticks, after.steal_ticks):
+            total = after.total_ticks - before.total_ticks
+            if total > 0:
+                c.steal = (after.steal_ticks - before.steal_ticks) / total
+        if reference_s:
+            s = summarize(reference_s)
+            c.reference_spread = s.iqr / s.median if s.median > 0 else None
+            self.quiet_reference_s = min(s.median, self.quiet_reference_s or s.median)
+            c.reference_slowdown = s.median / self.quiet_reference_s if self.quiet_reference_s > 0 else None
+            if self.single_thread and self.reference is not None:
+                c.thread_stall = s.median / max(self._one_thread_s(), 1e-9)
+        return c
+
+
+def _side(x: float, min_effect: float) -> int:
+    return 1 if x > 1 + min_effect else -1 if x < 1 - min_effect else 0
+
+
+def _ratio(eager: list[float], cand: list[float], rounds: list[int], statistic: str = "median") -> float:
+    """The speedup over some rounds: the median of their per-round ratios (as :func:`paired_speedup`), or the ratio of
+    their floors (as :func:`floor_speedup`)."""
+    if statistic == "floor":
+        return _floor([eager[i] for i in rounds]) / _floor([cand[i] for i in rounds])
+    return summarize([eager[i] / cand[i] for i in rounds if cand[i] > 0]).median
+
+
+def _floor(samples: list[float]) -> float:
+    return summarize(samples).floor
+
+
+def _splits(n: int, reference: list[float] | None) -> list[tuple[str, list[int], list[int]]]:
+    out = []
+    if n >= 2 * MIN_HALF:
+        out.append(("first half", list(range(n // 2)), list(range(n // 2, n))))
+    if reference and len(reference) == n and n >= 2 * MIN_HALF:
+        cut = summarize(reference).median
+        quiet = [i for i in range(n) if reference[i] <= cut]
+        loud = [i for i in range(n) if reference[i] > cut]
+        if len(quiet) >= MIN_HALF and len(loud) >= MIN_HALF:
+            out.append(("quiet rounds", quiet, loud))
+    return out
+
+
+MEDIAN, FLOOR = "median", "floor"
+
+
+def statistic_for(contention: Contention | None) -> str:
+    """Which statistic a verdict is read from: the paired median, or -- when the measurement saw contention -- the
+    floors (:func:`fxfusion.measure.stats.floor_speedup`), which contention disturbs least."""
+    return FLOOR if contention is not None and contention.contended else MEDIAN
+
+
+def entry_speedup(eager: list[float], cand: list[float], statistic: str = MEDIAN, seed: int = 0) -> Speedup:
+    """The speedup of ``cand`` over ``eager`` (samples of the same rounds) by ``statistic``."""
+    n = min(len(eager), len(cand))
+    return (floor_speedup if statistic == FLOOR else paired_speedup)(eager[:n], cand[:n], seed=seed)
+
+
+def instability(eager: list[float], cand: list[float], reference: list[float] | None = None,
+                contention: Contention | None = None, min_effect: float = MIN_EFFECT) -> list[str]:
+    """Why the verdict of ``cand`` against ``eager`` (per-round samples) is not stable; empty when it is."""
+    n = min(len(eager), len(cand))
+    if n == 0:
+        return []
+    statistic = statistic_for(contention)
+    s = entry_speedup(eager, cand, statistic)
+    verdict = s.verdict(min_effect)
+    reasons = []
+    for label, a, b in _splits(n, reference):
+        ra, rb = _ratio(eager, cand, a, statistic), _ratio(eager, cand, b, statistic)
+        other = "second half" if label == "first half" else "loud rounds"
+        if _side(ra, min_effect) * _side(rb, min_effect) < 0 \
+                or (verdict == FUSE and min(ra, rb) < 1.0) or (verdict == AVOID and max(ra, rb) > 1.0):
+            reasons.append(f"{verdict} at {s.median:.2f}x, but the {label} say {ra:.2f}x and the {other} "
+                           f"{rb:.2f}x")
+    if verdict == NEUTRAL and s.ci_low > 0 and s.ci_high / s.ci_low > INCONCLUSIVE_SPAN:
+        reasons.append(f"inconclusive: {s.text()} spans more than a factor {INCONCLUSIVE_SPAN:g}")
+    if statistic == MEDIAN and n >= 2 * MIN_HALF and verdict != NEUTRAL:
+        floors = _floor(eager[:n]) / _floor(cand[:n])
+        if (verdict == FUSE and floors < 1.0) or (verdict == AVOID and floors > 1.0):
+            reasons.append(f"{verdict} at {s.median:.2f}x, but the fastest tenth of each side's samples say "
+                           f"{floors:.2f}x: contention, which only adds time, made the difference")
+    if statistic == FLOOR and verdict != NEUTRAL and s.verdict(CONTENDED_MIN_EFFECT) == NEUTRAL:
+        reasons.append(f"{verdict} at {s.text()} (floors) is inside the \u00b1{CONTENDED_MIN_EFFECT:.0%} zone a "
+                       f"verdict needs under contention ({'; '.join(contention.reasons())})")
+    return reasons

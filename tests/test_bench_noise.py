@@ -1,0 +1,41 @@
+"""benchmarks/bench_noise.py's pure logic: which verdicts it compares and how agreement and flips are counted."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_noise", ROOT / "benchmarks" / "bench_noise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_agreement_counts_equal_verdicts_and_flips_only_fuse_against_avoid(bench):
+    idle = {"a": {"verdict": "fuse", "noisy": False}, "b": {"verdict": "neutral", "noisy": True},
+            "c": {"verdict": "avoid", "noisy": False}, "d": {"verdict": "fuse", "noisy": False},
+            "only idle": {"verdict": "fuse", "noisy": False}}
+    loaded = {"a": {"verdict": "fuse", "noisy": False}, "b": {"verdict": "neutral", "noisy": False},
+              "c": {"verdict": "fuse", "noisy": False}, "d": {"verdict": "neutral", "noisy": True}}
+    r = bench.compare(idle, loaded)
+    assert (r["n"], r["agree"], r["flips"]) == (4, 2, 1) and r["agreement"] == 0.5
+    assert [row[3] for row in r["rows"]] == ["agree", "agree", "FLIP", "differ"]
+    assert r["rows"][1][1] == "neutral (noisy)" and r["only_one_run"] == ["only idle"]
+
+
+def test_verdicts_cover_both_regimes_of_each_entry_and_the_decided_sites(bench, tiny_profile):
+    from fxfusion.profiles.profile import Profile
+
+    profile = Profile.load(tiny_profile)
+    analysis = {"metadata": {"regime": "pipelined"},
+                "sites": [{"id": "g0.s0", "pattern": "conv2d_bn", "verdict": "fuse", "decision": {"noisy": False}},
+                          {"id": "g0.s1", "pattern": "conv2d_bn", "verdict": "illegal", "decision": None}]}
+    v = bench.verdicts(profile, analysis)
+    assert len(v) == 2 * len(profile.entries) + 1 and v["analyze g0.s0 conv2d_bn [pipelined]"]["verdict"] == "fuse"

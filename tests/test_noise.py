@@ -1,0 +1,250 @@
+"""Noise handled, not hidden: contention is detected, unstable verdicts are measured again and, when still unstable,
+made neutral with a reason that says noisy -- never a fuse <-> avoid flip.  Fake clocks make every case exact."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fxfusion.measure.noise import (CONTENDED_MIN_EFFECT, Contention, HostSnapshot, NoiseGuard, instability,
+                                    read_cpu_ticks)
+from fxfusion.profiles.profile import Profile
+from tests.helpers import HtmlDoc, RegimeClock, fake_entry
+
+
+def _samples(cost, n=20, noise=0.02, seed=0):
+    rng = random.Random(seed)
+    return [cost * rng.lognormvariate(0.0, noise) for _ in range(n)]
+
+
+# -- stability of one verdict ----------------------------------------------------------------------------------------
+
+def test_a_clear_effect_is_stable():
+    assert instability(_samples(2.0, seed=1), _samples(1.0, seed=2), _samples(1.0, seed=3)) == []
+
+
+def test_halves_pointing_opposite_ways_are_unstable():
+    eager = _samples(1.0, seed=1)
+    cand = _samples(0.8, n=10, seed=2) + _samples(1.25, n=10, seed=3)  # faster, then slower: drift
+    [why] = instability(eager, cand)
+    assert "first half say 1.2" in why and "second half 0.8" in why
+
+
+def test_a_fuse_that_holds_only_in_loud_rounds_is_unstable():
+    """Contention that slows eager more than the fusion (more ops, more waits) fakes a gain in the loud rounds."""
+    loud = [i % 2 == 1 for i in range(20)]
+    reference = [3.0 if x else 1.0 for x in loud]
+    eager = [c * (1.6 if x else 1.0) for c, x in zip(_samples(1.0, seed=1), loud)]
+    cand = _samples(1.03, seed=2)
+    reasons = instability(eager, cand, reference)
+    assert any("quiet rounds say 0.9" in r and "loud rounds 1.5" in r for r in reasons)
+
+
+def test_under_contention_a_small_effect_is_not_enough():
+    eager, cand = _samples(1.05, noise=0.005, seed=1), _samples(1.0, noise=0.005, seed=2)
+    assert instability(eager, cand) == []  # 5%, tight: fuse on a quiet machine
+    busy = Contention(load_per_cpu=3.0)
+    [why] = instability(eager, cand, contention=busy)
+    assert f"\u00b1{CONTENDED_MIN_EFFECT:.0%} zone" in why and "load 3.00" in why
+    assert instability(_samples(1.5, seed=1), _samples(1.0, seed=2), contention=busy) == []
+
+
+# -- contention signals -----------------------------------------------------------------------------------------------
+
+def test_contention_from_load_steal_and_the_reference_kernel():
+    guard = NoiseGuard(own_threads=2, cpus=2)
+    quiet = guard.assess(HostSnapshot(2.5, 0, 1000), HostSnapshot(2.8, 10, 2000), [1.0, 1.01, 1.0, 1.02])
+    assert quiet.load_per_cpu == pytest.approx(0.4) and quiet.steal == pytest.approx(0.01)
+    assert quiet.reference_slowdown == pytest.approx(1.0) and not quiet.contended  # the quietest measurement so far
+    busy = guard.assess(HostSnapshot(2.0, 0, 1000), HostSnapshot(7.0, 200, 2000), [1.0, 2.0, 3.0, 2.5])
+    reasons = busy.reasons()
+    assert busy.contended and len(reasons) == 4
+    assert reasons[0].startswith("load 2.50") and reasons[1].startswith("20% of CPU time stolen")
+    assert "reference kernel spread 39%" in reasons[2] and "2.24x its quietest median" in reasons[3]
+    assert NoiseGuard().assess(None, None, []).reasons() == []  # nothing read: nothing claimed
+
+
+def test_steal_is_read_from_proc_stat(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3\n")
+    assert read_cpu_ticks(str(stat)) == (35, 1000)
+    assert read_cpu_ticks(str(tmp_path / "missing")) is None
+
+
+# -- measuring again, and what stays noisy ---------------------------------------------------------------------------
+
+COSTS = {"eager": (1.0e-5, 1.0e-5), "compile": (0.9e-5, 0.9e-5), "reference": (1.0e-5, 1.0e-5)}
+ROUNDS = 20
+# RegimeClock ticks once per sample: a measurement of eager + compile is 3 + 3 single calls (the batch sizes), then
+# per round one sample of each in both regimes (4 ticks), plus the reference kernel when the guard has one.
+TICKS = 6 + 4 * ROUNDS
+TICKS_REF = 6 + 5 * ROUNDS
+
+
+def _position(t: int, ticks: int = TICKS) -> tuple[int, float]:
+    """(which measurement, how far into its rounds: 0..1) of tick ``t``."""
+    k, within = divmod(t - 1, ticks)
+    return k, (within - 6) / (ticks - 6)
+
+
+def test_a_burst_of_drift_is_measured_again_and_the_quiet_measurement_decides(monkeypatch):
+    # in the second half of the first measurement the fusion looks 50% slower; then the machine is quiet
+    def load(t, name):
+        k, x = _position(t)
+        return 1.5 if name == "compile" and k == 0 and x >= 0.5 else 1.0
+
+    e = fake_entry(monkeypatch, COSTS, RegimeClock(COSTS, load=load), rounds=ROUNDS)
+    assert e.noise["batches"] == 2 and e.noise["unstable"] == {"isolated": [], "pipelined": []}
+    assert e.decision.verdict == e.pipelined_decision.verdict == "fuse" and not e.decision.noisy
+
+
+def _drifting(t, name):  # slower in the first half of every measurement, faster in the second: never settles
+    return 1.5 if name == "compile" and _position(t)[1] < 0.5 else 1.0
+
+
+def test_a_verdict_unstable_in_every_measurement_is_neutral_and_says_noisy(monkeypatch):
+    e = fake_entry(monkeypatch, COSTS, RegimeClock(COSTS, load=_drifting), rounds=ROUNDS)
+    assert e.noise["batches"] == 3
+    for d in (e.decision, e.pipelined_decision):
+        assert d.verdict == "neutral" and d.noisy and d.reason.startswith("noisy after 3 measurement(s)")
+        assert "first half say 0.7" in d.reason and "the measurement alone said" in d.reason
+
+
+def test_re_measuring_stops_at_the_budget(monkeypatch):
+    """The budget is for measuring again; the measurement that overruns it is the last (the clock ticks 1 us)."""
+    for budget, batches in ((0.0, 1), (1e-6, 2)):
+        e = fake_entry(monkeypatch, COSTS, RegimeClock(COSTS, load=_drifting), rounds=ROUNDS,
+                       guard=NoiseGuard(budget_s=budget))
+        assert e.noise["batches"] == batches and e.decision.noisy
+
+
+def test_measurements_that_point_opposite_ways_leave_the_entry_neutral(monkeypatch):
+    """Under contention the fusion looks 6% faster (a fuse, but inside the widened zone: measured again); on the
+    quiet machine it is 20% slower: one run must not say fuse, another avoid -- the entry is neutral, noisy."""
+    costs = {"eager": (1.0e-5, 1.0e-5), "compile": (1.25e-5, 1.25e-5), "reference": (1.0e-5, 1.0e-5)}
+
+    def load(t, name):
+        k, _ = _position(t, TICKS_REF)
+        if k > 0:
+            return 1.0
+        return {"compile": 0.755, "reference": 1.0 + 2.0 * (t % 2), "eager": 1.0}[name]
+
+    clock = RegimeClock(costs, noise=0.005, load=load)
+    e = fake_entry(monkeypatch, costs, clock, rounds=ROUNDS, guard=NoiseGuard(reference=lambda: None))
+    assert e.noise["batches"] == 2 and e.noise["disagreement"]["isolated"] == "the 2 measurements said fuse, avoid"
+    assert e.decision.verdict == "neutral" and e.decision.noisy and "said fuse, avoid" in e.decision.reason
+
+
+SCENARIOS = [0.5, 0.8, 0.94, 0.97, 1.0, 1.03, 1.06, 1.25, 2.0]  # speedup of the fusion on a quiet machine
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_idle_and_loaded_never_flip_fuse_and_avoid(monkeypatch, seed):
+    """The same entries on a quiet machine and on a loaded one -- contention in bursts (half the time, 2x slower)
+    that slow eager (more ops) 8% more than the fusion, seen by the reference kernel: marginal verdicts may go
+    neutral, none goes the other way, clear ones agree."""
+    flips, agree = [], []
+    for i, gain in enumerate(SCENARIOS):
+        costs = {"eager": (gain * 1e-5, gain * 1e-5), "compile": (1e-5, 1e-5), "reference": (1e-5, 1e-5)}
+        idle = fake_entry(monkeypatch, costs, RegimeClock(costs, seed=seed * 100 + i),
+                          guard=NoiseGuard(reference=lambda: None))
+        burst, busy = random.Random(seed * 100 + i), {}
+
+        def load(t, name, busy=busy, burst=burst):
+            if t // 8 not in busy:
+                busy[t // 8] = burst.random() < 0.5
+            return {"eager": 2.16, "compile": 2.0, "reference": 2.0}[name] if busy[t // 8] else 1.0
+
+        loaded = fake_entry(monkeypatch, costs, RegimeClock(costs, seed=seed * 100 + i, noise=0.05, load=load),
+                            guard=NoiseGuard(reference=lambda: None))
+        for regime in ("isolated", "pipelined"):
+            a, b = idle.decision_for(regime).verdict, loaded.decision_for(regime).verdict
+            if a == b:
+                agree.append(gain)
+            if {a, b} == {"fuse", "avoid"}:
+                flips.append((gain, regime, a, b))
+    assert flips == []
+    assert {0.5, 0.8, 1.25, 2.0} <= set(agree) and len(agree) >= 0.6 * 2 * len(SCENARIOS)
+
+
+# -- shown, not hidden -----------------------------------------------------------------------------------------------
+
+def _noisy_profile(monkeypatch) -> Profile:
+    from fxfusion.calibration.regimes import noise_summary, noise_warnings
+    from fxfusion.measure.hardware import device_name
+
+    entries = [fake_entry(monkeypatch, COSTS, RegimeClock(COSTS, load=_drifting), rounds=ROUNDS)]
+    meta = {"hardware": "generic-cpu", "device": "cpu", "device_name": device_name("cpu"), "threads": 2,
+            "timing": {"regimes": ["isolated", "pipelined"], "min_effect": 0.02},
+            "noise": noise_summary(entries, NoiseGuard()), "warnings": noise_warnings(entries)}
+    hardware = {"name": "generic-cpu", "device": "cpu", "peak_gflops": {"float32": 100.0}, "peak_bandwidth_gbs": 20.0,
+                "source": "test"}
+    return Profile(metadata=meta, hardware=hardware, ceilings={"matmul": [], "bandwidth": []}, entries=entries)
+
+
+def test_noisy_verdicts_are_flagged_in_the_metadata_the_terminal_and_the_html(monkeypatch):
+    from rich.console import Console
+
+    from fxfusion.reports.console import regime_lines, summary_table
+
+    profile = _noisy_profile(monkeypatch)
+    key = profile.entries[0].key()
+    assert profile.metadata["noise"]["noisy"] == [f"{key} [isolated]", f"{key} [pipelined]"]
+    assert [w.split(" is neutral: ")[0] for w in profile.metadata["warnings"]] == [f"{key} [isolated]",
+                                                                                  f"{key} [pipelined]"]
+    console = Console(width=250, record=True, color_system=None)
+    console.print(summary_table(profile))
+    assert "neutral (noisy)" in console.export_text()
+    assert any("2 verdict(s) left noisy" in line for line in regime_lines(profile))
+
+    pytest.importorskip("matplotlib")
+    from fxfusion.reports.html import render_profile_html
+
+    doc = HtmlDoc(render_profile_html(profile))
+    [row] = [r for r in doc.rows if "data-key" in r["attrs"]]
+    assert row["attrs"]["data-noisy"] == "isolated,pipelined" and row["cells"][4] == "neutral"
+    [why] = [r for r in doc.rows if "data-why" in r["attrs"]]  # the full-width row under the entry (issue 14)
+    assert "why: noisy after" in why["cells"][0] and "verdict per regime" in why["cells"][0]
+    assert why["cells"][0].count("noisy") >= 3  # the reason, and each regime's flag
+
+
+def test_a_variant_that_stalls_in_most_samples_is_not_called_slower():
+    """Descheduled threads stall one variant in most of its samples: the medians say it is 1000x slower, the
+    floors (the fastest tenth, least disturbed) that it is faster -- unstable, never an avoid."""
+    eager = _samples(1.0, seed=1)
+    stalled = [c * (1000.0 if i % 5 else 1.0) for i, c in enumerate(_samples(0.8, seed=2))]  # 4 in 5 stall
+    [why] = instability(eager, stalled)
+    assert why.startswith("avoid at 0.00x") and "fastest tenth of each side's samples say 1.19x" in why
+    assert instability(eager, _samples(0.8, seed=2)) == []  # the same variant unstalled: a clear fuse
+
+
+def test_under_contention_the_verdict_is_read_from_the_floors():
+    """On a contended machine the medians follow the scheduler; the floors (each side's fastest tenth) the work."""
+    from fxfusion.measure.noise import entry_speedup, statistic_for
+
+    busy = Contention(load_per_cpu=3.0)
+    assert statistic_for(busy) == "floor" and statistic_for(Contention()) == "median"
+    eager = [c * (1000.0 if i % 5 else 1.0) for i, c in enumerate(_samples(1.0, seed=1))]  # eager stalls too
+    stalled = [c * (1000.0 if i % 5 == 1 else 1.0) for i, c in enumerate(_samples(0.5, seed=2))]
+    s = entry_speedup(eager, stalled, "floor")
+    assert s.median == pytest.approx(2.0, rel=0.05) and s.verdict() == "fuse"
+    assert instability(eager, stalled, contention=busy) == []
+
+
+def test_a_thread_pool_slower_than_one_thread_is_contention():
+    """A busy host deschedules the pool's threads and every parallel region waits: the reference kernel on the
+    timing's threads against its time on one thread."""
+    guard = NoiseGuard(reference=lambda: None, single_thread=True)
+    guard._one_thread_s = lambda: 0.001  # what one thread takes
+    c = guard.assess(None, None, [0.09, 0.092, 0.091, 0.09])
+    assert c.thread_stall == pytest.approx(90.5) and "parallel regions wait" in c.reasons()[0]
+    assert guard.assess(None, None, [0.0006] * 4).thread_stall == pytest.approx(0.6)
+    assert NoiseGuard.for_device("cpu").single_thread == (__import__("torch").get_num_threads() > 1)
+
+
+def test_an_interval_too_wide_to_tell_a_gain_from_a_loss_is_inconclusive():
+    eager = [c * (50.0 if i % 2 else 1.0) for i, c in enumerate(_samples(1.0, seed=1))]  # every other sample stalls
+    cand = [c * (50.0 if i % 3 == 0 else 1.0) for i, c in enumerate(_samples(1.0, seed=2))]
+    [why] = instability(eager, cand)
+    assert why.startswith("inconclusive: ") and "spans more than a factor 2" in why
