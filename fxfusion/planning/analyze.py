@@ -153,4 +153,6 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
         metadata["regime"] = source.regime
     if source is None:
         warnings.append("matched only (--match-only): no decisions")
+    warnings += [f"{o.site.id} {o.site.pattern} left neutral, its measurement noisy: {o.decision.reason}"
+                 for o in outcomes if o.decision is not None and o.decision.noisy]
     return Analysis(captured, sites, outcomes, metadata, warnings, capture_seconds, forward_ms)
