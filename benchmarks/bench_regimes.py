@@ -223,12 +223,18 @@ def run() -> int:
 
     def on_thunks(key, thunks):
         probes[key] = {name: probe(fn, timer) * 1e3 for name, fn in thunks.items()}
+        (args.out / "probes.json").write_text(json.dumps(probes, indent=1) + "\n")  # kept if the run is cut short
+
+    def on_entry(done, total, entry, message):
+        if entry is not None:  # progress on stdout, so a cut-short run shows how far it got
+            print(f"[{done}/{total}, {time.perf_counter() - start:.0f} s] {entry.key()}: isolated "
+                  f"{entry.decision.verdict}, pipelined {entry.pipelined_decision.verdict}", flush=True)
 
     start = time.perf_counter()
     profile = calibrate(hardware=args.hardware, device=str(device), patterns=args.patterns, dtypes=args.dtypes,
                         sizes="gpu", compile_modes=modes, output=args.out / "profile_regimes.json",
                         command="fxfusion calibrate (benchmarks/bench_regimes.py " + " ".join(sys.argv[1:]) + ")",
-                        on_thunks=on_thunks, max_shapes=args.sizes)
+                        on_thunks=on_thunks, on_entry=on_entry, max_shapes=args.sizes)
     say(f"calibrated {len(profile.entries)} entries and probed them in {time.perf_counter() - start:.0f} s; "
         f"noise: {profile.metadata['noise']['contended_entries']} contended, "
         f"{profile.metadata['noise']['remeasured_entries']} measured again, "

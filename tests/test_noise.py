@@ -248,3 +248,25 @@ def test_an_interval_too_wide_to_tell_a_gain_from_a_loss_is_inconclusive():
     cand = [c * (50.0 if i % 3 == 0 else 1.0) for i, c in enumerate(_samples(1.0, seed=2))]
     [why] = instability(eager, cand)
     assert why.startswith("inconclusive: ") and "spans more than a factor 2" in why
+
+
+def test_a_noisy_site_is_named_in_the_analysis_warnings(monkeypatch):
+    import torch
+
+    from fxfusion.planning.analyze import ProfileSource, analyze
+
+    profile = _noisy_profile(monkeypatch)
+
+    class WrittenLinear(torch.nn.Module):  # x @ W.T + b: the linear_bias site of the noisy entry's shape
+        def __init__(self):
+            super().__init__()
+            self.W, self.b = torch.nn.Parameter(torch.randn(8, 16)), torch.nn.Parameter(torch.zeros(8))
+
+        def forward(self, x):
+            return x @ self.W.T + self.b
+
+    a = analyze(WrittenLinear().eval(), (torch.randn(8, 16),), ProfileSource(profile, "cpu"), time_forward=False)
+    [o] = a.outcomes
+    assert o.verdict == "neutral" and o.decision.noisy
+    assert any(w.startswith("g0.s0 linear_bias left neutral, its measurement noisy: noisy after")
+               for w in a.to_dict()["warnings"])

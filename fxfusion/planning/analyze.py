@@ -166,6 +166,8 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
         metadata["regime"] = getattr(source, "regime", PIPELINED)  # a caller's own source decides pipelined
     if source is None:
         warnings.append("matched only (--match-only): no decisions")
+    warnings += [f"{o.site.id} {o.site.pattern} left neutral, its measurement noisy: {o.decision.reason}"
+                 for o in outcomes if o.decision is not None and o.decision.noisy]
     covered = None
     if coverage:
         try:

@@ -30,7 +30,10 @@ FOREIGN_FLAG = "allow_foreign=True (CLI: --allow-foreign-profile)"
 
 
 def _here(device: str | torch.device) -> str:
-    return f"{device_kind(device)} ({device_name(device)})"
+    try:
+        return f"{device_kind(device)} ({device_name(device)})"
+    except (AssertionError, RuntimeError):  # a CUDA device on a machine without one: its kind is all there is
+        return device_kind(device)
 
 
 def foreign_reason(profile: Profile, device: str | torch.device, source: str = "the profile") -> str | None:
@@ -39,7 +42,7 @@ def foreign_reason(profile: Profile, device: str | torch.device, source: str = "
     there_kind = device_kind(meta.get("device", "cpu"))
     there = f"{there_kind} ({meta.get('device_name') or 'unnamed device'}, host {meta.get('host') or 'unknown'})"
     if there_kind != device_kind(device):
-        return f"{source} was measured on {there} but the model runs on {device_kind(device)} here"
+        return f"{source} was measured on {there} but the model runs on {_here(device)}"
     if meta.get("device_name") and meta["device_name"] != device_name(device):
         return f"{source} was measured on {there} but the model runs on {_here(device)}"
     return None
