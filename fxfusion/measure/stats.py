@@ -52,9 +52,10 @@ class Speedup:
     ci_low: float
     ci_high: float
 
-    def text(self, unit: str = "x", digits: int = 2) -> str:
-        """``1.23x [1.10, 1.35]``: the one way a median and its interval are written for humans."""
-        return f"{self.median:.{digits}f}{unit} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
+    def text(self, unit: str = "x", digits: int = 2, sep: str = ", ") -> str:
+        """``1.23x [1.10, 1.35]``: the one way a median and its interval are written for humans (``sep=","`` keeps
+        a narrow table column from wrapping inside the interval)."""
+        return f"{self.median:.{digits}f}{unit} [{self.ci_low:.{digits}f}{sep}{self.ci_high:.{digits}f}]"
 
     def verdict(self, min_effect: float = MIN_EFFECT) -> str:
         if self.ci_low > 1.0 + min_effect:
@@ -64,11 +65,14 @@ class Speedup:
         return NEUTRAL
 
 
-def interval_text(s: "Speedup | dict | None", unit: str = "x", digits: int = 2) -> str:
+def interval_text(s: "Speedup | dict | None", unit: str = "x", digits: int = 2, sep: str = ", ") -> str:
     """:meth:`Speedup.text` of an interval or of its dict form (as reports hold it); ``-`` when there is none."""
     if not s:
         return "-"
-    return (s if isinstance(s, Speedup) else Speedup(s["median"], s["ci_low"], s["ci_high"])).text(unit, digits)
+    if not isinstance(s, Speedup):
+        s = Speedup(s["median"], s["ci_low"], s["ci_high"]) if isinstance(s, dict) else Speedup(s.median, s.ci_low,
+                                                                                               s.ci_high)
+    return s.text(unit, digits, sep)
 
 
 def summarize(samples: list[float]) -> Summary:

@@ -22,6 +22,7 @@ from rich.text import Text
 from fxfusion.measure.hardware import nominal_peaks
 from fxfusion.profiles.profile import Entry, Profile
 from fxfusion.reports.progress import StepProgress
+from fxfusion.measure.stats import interval_text
 
 # Off a terminal with no $COLUMNS: wide enough for every column of every table here.
 WIDE = 200
@@ -145,7 +146,7 @@ class CalibrationProgress:
 
 def _ci(s) -> str:
     """``1.08x [1.02,1.13]``: no space inside the interval, so a narrow column wraps before it, not inside."""
-    return f"{s.median:.2f}x [{s.ci_low:.2f},{s.ci_high:.2f}]" if s else "-"
+    return interval_text(s, sep=",")
 
 
 VERDICT_STYLE = {"fuse": "green", "neutral": "yellow", "avoid": "red", "undecided": "dim"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fxfusion.planning.coverage import coverage_line
 from fxfusion.reports.verification import render_markdown as verification_markdown
+from fxfusion.measure.stats import interval_text
 
 
 def _fmt_shape(shape: dict) -> str:
@@ -11,7 +12,7 @@ def _fmt_shape(shape: dict) -> str:
 
 
 def _ci(s: dict | None) -> str:
-    return f"{s['median']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if s else "-"
+    return interval_text(s)
 
 
 def _ms(v: float | None) -> str:
