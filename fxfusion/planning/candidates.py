@@ -165,8 +165,7 @@ class Choice:
         return asdict(self)
 
 
-def _row(name: str, timing, base_samples: list[float] | None, verified: bool | None, built: Built | None,
-         eager_ms: float | None) -> dict[str, Any]:
+def _row(name: str, timing, verified: bool | None, built: Built | None, eager_ms: float | None) -> dict[str, Any]:
     row = {"name": name, "status": timing.status if timing else (built.status if built else "skipped"),
            "reason": (timing.reason if timing else None) or (built.reason if built else None),
            "verified": verified, "median_ms": timing.median_ms if timing else None,
@@ -182,8 +181,7 @@ def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) ->
     """The candidate to hand back (module doc).  ``timings``: name -> verify.Timing with raw samples."""
     eager = timings.get("eager")
     eager_ms = eager.median_ms if eager else None
-    rows = [_row(name, t, eager.samples_ms if eager else None, verified.get(name), built.get(name), eager_ms)
-            for name, t in timings.items()]
+    rows = [_row(name, t, verified.get(name), built.get(name), eager_ms) for name, t in timings.items()]
     ok = {n: t for n, t in timings.items() if t.status == "ok" and t.samples_ms and verified.get(n, False)}
     if not ok:
         return Choice("eager", "no candidate could be timed with verified outputs: the original model is kept", rows)

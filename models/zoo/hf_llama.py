@@ -40,15 +40,21 @@ PRESETS["decode"] = replace(PRESETS["bench"], batch=8, seq=1)
 REALISTIC_ENTRIES = ("bench", "decode")  # the entry functions of the realistic presets
 
 
-def get_model(cfg: LlamaShape = PRESETS["tiny"]) -> torch.nn.Module:
+def decoder(cfg: LlamaShape, family: str = "Llama") -> torch.nn.Module:
+    """``transformers.<family>Model`` from its ``<family>Config`` at ``cfg``: Llama, and the models that share its
+    config fields (Qwen2, Mistral)."""
     transformers = import_library("transformers")
-    config = transformers.LlamaConfig(
+    config = getattr(transformers, f"{family}Config")(
         hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
         num_key_value_heads=cfg.kv_heads, intermediate_size=cfg.mlp, vocab_size=cfg.vocab,
         max_position_embeddings=cfg.positions, bos_token_id=0, eos_token_id=1, pad_token_id=None, use_cache=False,
         attn_implementation=cfg.attn_implementation)
     torch.manual_seed(0)
-    return LastHiddenState(transformers.LlamaModel(config)).eval()  # (B, T) ids -> (B, T, hidden)
+    return LastHiddenState(getattr(transformers, f"{family}Model")(config)).eval()  # (B, T) ids -> (B, T, hidden)
+
+
+def get_model(cfg: LlamaShape = PRESETS["tiny"]) -> torch.nn.Module:
+    return decoder(cfg, "Llama")
 
 
 def get_inputs(cfg: LlamaShape = PRESETS["tiny"]):

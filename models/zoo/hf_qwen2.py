@@ -10,25 +10,13 @@ The model returns ``last_hidden_state``, with no KV cache.
   models/zoo/hf_qwen2.py:decode    the same model on 8 x 1 token
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
-from _zoolib import LastHiddenState, import_library, token_ids
+from _zoolib import token_ids
+from hf_llama import LlamaShape, decoder  # Qwen2's config has Llama's fields (and biases on q/k/v by itself)
 
-
-@dataclass(frozen=True)
-class Qwen2Shape:
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 4
-    kv_heads: int = 2
-    mlp: int = 128
-    vocab: int = 256
-    positions: int = 64
-    batch: int = 2
-    seq: int = 16
-    attn_implementation: str = "sdpa"  # or "eager"
-
+Qwen2Shape = LlamaShape
 
 PRESETS = {
     "tiny": Qwen2Shape(),
@@ -40,14 +28,7 @@ REALISTIC_ENTRIES = ("bench", "decode")  # the entry functions of the realistic 
 
 
 def get_model(cfg: Qwen2Shape = PRESETS["tiny"]) -> torch.nn.Module:
-    transformers = import_library("transformers")
-    config = transformers.Qwen2Config(
-        hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-        num_key_value_heads=cfg.kv_heads, intermediate_size=cfg.mlp, vocab_size=cfg.vocab,
-        max_position_embeddings=cfg.positions, bos_token_id=0, eos_token_id=1, pad_token_id=None, use_cache=False,
-        attn_implementation=cfg.attn_implementation)
-    torch.manual_seed(0)
-    return LastHiddenState(transformers.Qwen2Model(config)).eval()  # (B, T) ids -> (B, T, hidden)
+    return decoder(cfg, "Qwen2")
 
 
 def get_inputs(cfg: Qwen2Shape = PRESETS["tiny"]):
