@@ -85,7 +85,8 @@ def fxfusion_figure(spec: str, device: str, dtype: str | None) -> dict:
                 "chosen": None}
     return {"analyze_s": analyze_s, "eager_ms": t["eager"].median_ms,
             "compile_ms": t["compile"].median_ms if t["compile"].status == "ok" else None,
-            "compile_status": t["compile"].status, "chosen": (verification.candidates or {}).get("chosen")}
+            "compile_status": t["compile"].status, "chosen": (verification.candidates or {}).get("chosen"),
+            "cupti": [w for w in verification.warnings if "CUPTI" in w]}
 
 
 def main() -> None:
@@ -116,6 +117,8 @@ def main() -> None:
         print(f"| {spec} | {oc if oc is None else f'{oc:.4f}'} | {ic:.4f} | "
               f"{'-' if ratio is None else f'{ratio:.3f}'} | {'yes' if ok else 'NO'} | {ours['eager_ms'] or float('nan'):.4f} | "
               f"{ie:.4f} |", flush=True)
+        for w in ours.get("cupti", []):
+            print(f"  note ({spec}): {w}", flush=True)
 
 
 if __name__ == "__main__":

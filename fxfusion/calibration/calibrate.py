@@ -31,6 +31,7 @@ from fxfusion.measure.correctness import relative_error, to_reference, tolerance
 from fxfusion.errors import FxFusionError
 from fxfusion.measure.hardware import HardwareSpec, device_name, mismatch_warning, resolve
 from fxfusion.measure.kernelcount import count_launches, sdpa_backend
+from fxfusion.measure.profiling import cupti_warning
 from fxfusion.measure.threads import set_threads
 from fxfusion.fusions.registry import Pattern, select_patterns
 from fxfusion.profiles.profile import (Decision, Entry, Profile, Timing, VariantResult, entry_from_dict, entry_key,
@@ -377,7 +378,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
                    "rounds": spec.rounds, "confidence": CONFIDENCE, "min_effect": MIN_EFFECT,
                    "size_set": sizes, "regimes": list(REGIMES)},
         "noise": noise_summary(entries, guard),
-        "warnings": warnings + noise_warnings(entries),
+        "warnings": warnings + noise_warnings(entries) + [w for w in [cupti_warning()] if w],
     }
     hardware_d = {"name": hw.name, "device": hw.device, "peak_gflops": hw.peak_gflops,
                   "peak_bandwidth_gbs": hw.peak_bandwidth_gbs, "source": hw.source}

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import os
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from fxfusion.measure.devices import is_cuda
-from torch.profiler import ProfilerActivity, profile
+from fxfusion.measure.profiling import profiled
 
 # Ops that launch no compute: views, allocation and dtype/metadata queries.
 NON_KERNEL_OPS = frozenset({
@@ -65,28 +62,12 @@ def _cpu_kernel_ops(events) -> list[str]:
     return counted
 
 
-@contextmanager
-def _quiet_native_stderr():
-    """Silence file descriptor 2 while the profiler starts and stops: some torch builds log two lines there per
-    profiler session from C++ (kineto), which no setting turns off and which would bury the CLI's own output."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def count_launches(fn: Callable[[], object], device: str, calls: int = CALLS) -> LaunchCount:
     cuda = is_cuda(device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     fn()
     if cuda:
         torch.cuda.synchronize()
-    with _quiet_native_stderr(), profile(activities=activities) as prof:
+    with profiled(cuda) as prof:
         for _ in range(calls):
             fn()
         if cuda:

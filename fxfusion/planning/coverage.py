@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 from torch import fx
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 from fxfusion.graph.runnable import runnable_graph
 from fxfusion.graph.sites import CapturedModel, Site
 from fxfusion.measure.devices import is_cuda, synchronize
+from fxfusion.measure.profiling import profiled
 
 PROFILED_PASSES = 3
 _TAG = "fxnode::"
@@ -106,8 +107,7 @@ def measure_coverage(captured: CapturedModel, sites: list[Site], model: torch.nn
             timing = _PerNode(gm, count_flops=False)
             timing.run(*inputs)  # warm
             synchronize(device)
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_device else [])
-            with profile(activities=activities) as prof:
+            with profiled(on_device) as prof:
                 for _ in range(PROFILED_PASSES):
                     timing.run(*inputs)
                 synchronize(device)

@@ -37,6 +37,7 @@ from fxfusion.planning.candidates import (COMPILE_MODES, PLANNED, PLANNED_COMPIL
                                          compile_name, reset_compiled_state)
 from fxfusion.planning.insitu import model_clock
 from fxfusion.planning.rewrite import captured_module
+from fxfusion.measure.profiling import cupti_warning
 from fxfusion.measure.stats import paired_fraction, speedup, summarize
 from fxfusion.measure.timing import Clock, TimingSpec, measure
 from fxfusion.calibration.variants import compile_limits, first_call, one_line
@@ -261,6 +262,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
 
     with torch.no_grad(), compile_limits():  # a guard that fails while timing recompiles instead of running eager
         samples = measure(thunks, clock, spec)
+    result_warnings += [w for w in [cupti_warning()] if w]
     eager_s = samples.seconds["eager"]
     for name, secs in samples.seconds.items():
         t = timings[name]
