@@ -1,24 +1,34 @@
 """Is fxfusion's whole-model torch.compile figure what a user gets?  Checked against a plain, independent timing loop.
 
-For each model spec (``FILE.py`` or ``FILE.py:NAME``, the model-file convention), in this order:
+For each model spec (``FILE.py`` or ``FILE.py:NAME``, the model-file convention):
   1. fxfusion's figure: the model analysed and verified as ``analyze --apply`` does (sites measured live without
      compile variants, then :func:`fxfusion.planning.pipeline.apply_and_verify` with the whole-model compile
-     candidate), and the compile candidate's median per forward read from the verification;
-  2. the user's figure, in a fresh Python process (nothing compiled before it): ``torch.compile(model)``, ten warm-up
-     calls, then CUDA events (or perf_counter on the CPU) around 5 x 50 back-to-back calls; the median per call.
-It prints both, their ratio, and whether it is within +-5% (issue 12's target).
+     candidate); the eager and compile candidates' medians per forward, read from the verification;
+  2. the user's figure, in a fresh Python process started after step 1 (``--serve``): ``torch.compile(model)``,
+     warmed for at least two seconds of calls, then on request one block of CUDA events (perf_counter on the CPU)
+     around 50 back-to-back calls, three samples each of eager and compile;
+  3. ``ROUNDS`` rounds, in a shuffled order per round, of: one block of the fresh process; one block of fxfusion's own
+     timing (:func:`fxfusion.measure.timing.measure` with the verification's clock and sample length) in the process
+     that ran step 1, on the same model and its ``torch.compile``; one block of step 2's plain loop in that process.
+     Interleaving is what makes the comparison hold on a shared host, whose speed moves by tens of percent over
+     minutes (seen on the lent H200: the same fresh-process loop read 3.71 and 5.18 ms five minutes apart), while
+     a host-bound forward pass runs exactly as fast as the host lets it.
+It prints the medians, fxfusion's timing over the fresh process's, and whether that is within +-5% (issue 12's
+target); the verification's figure from step 1 is printed beside them (not interleaved: it was taken earlier).
 
-    python benchmarks/bench_baseline.py models/zoo/tv_resnet50.py:realistic --device cuda --dtype bfloat16
-    python benchmarks/bench_baseline.py --independent SPEC --device cuda --dtype bfloat16   # step 2 alone (JSON)
+    python benchmarks/bench_baseline.py models/zoo/hf_llama.py:decode --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,40 +42,58 @@ from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.measure.devices import synchronize  # noqa: E402
 
 TARGET = 0.05
-CALLS, REPEATS, WARMUP = 50, 5, 10
+CALLS, WARM_S, ROUNDS = 50, 2.0, 10
 
 
-def independent(spec: str, device: str, dtype: str | None) -> dict:
-    """What a user writing it themselves measures: compile, warm, time back-to-back calls."""
-    loaded = load_model(spec, device=device, dtype=dtype_record(dtype).torch if dtype else None)
-    model, inputs = loaded.model, loaded.example_inputs
-    out = {}
-    for name, fn in (("eager", model), ("compile", torch.compile(model))):
-        with torch.no_grad():
+def plain_loop(fns: dict, device: str, repeats: int = 3, warm_s: float = WARM_S) -> dict:
+    """Per callable: the median ms per call over ``repeats`` samples of ``CALLS`` back-to-back calls, the callables
+    alternating sample by sample, after ``warm_s`` seconds of warm-up calls each."""
+    cuda = device.startswith("cuda")
+    per_call = {name: [] for name in fns}
+    with torch.no_grad():
+        for fn in fns.values():
             start = time.perf_counter()
-            fn(*inputs)
-            synchronize(device)
-            first = time.perf_counter() - start
-            for _ in range(WARMUP):
-                fn(*inputs)
-            per_call = []
-            for _ in range(REPEATS):
+            while time.perf_counter() - start < warm_s:
+                fn()
                 synchronize(device)
-                if device.startswith("cuda"):
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                synchronize(device)
+                if cuda:
                     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     a.record()
                     for _ in range(CALLS):
-                        fn(*inputs)
+                        fn()
                     b.record()
                     b.synchronize()
-                    per_call.append(a.elapsed_time(b) / CALLS)
+                    per_call[name].append(a.elapsed_time(b) / CALLS)
                 else:
                     t0 = time.perf_counter()
                     for _ in range(CALLS):
-                        fn(*inputs)
-                    per_call.append((time.perf_counter() - t0) * 1e3 / CALLS)
-        out[name] = {"median_ms": statistics.median(per_call), "samples_ms": per_call, "first_call_s": first}
-    return out
+                        fn()
+                    per_call[name].append((time.perf_counter() - t0) * 1e3 / CALLS)
+    return {name: {"median_ms": statistics.median(v), "samples_ms": v} for name, v in per_call.items()}
+
+
+def serve(spec: str, device: str, dtype: str | None) -> None:
+    """Step 2 (module doc): a fresh process that compiles and warms the user's model, then times one block per line
+    read from stdin, printing each as a JSON line."""
+    loaded = load_model(spec, device=device, dtype=dtype_record(dtype).torch if dtype else None)
+    model, inputs = loaded.model, loaded.example_inputs
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        start = time.perf_counter()
+        compiled(*inputs)
+        synchronize(device)
+        first = time.perf_counter() - start
+    fns = {"eager": lambda: model(*inputs), "compile": lambda: compiled(*inputs)}
+    plain_loop(fns, device, repeats=1)  # the warm-up
+    print(json.dumps({"ready": True, "first_call_s": first}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "block":
+            break
+        print(json.dumps({k: v["samples_ms"] for k, v in plain_loop(fns, device, repeats=3, warm_s=0).items()}),
+              flush=True)
 
 
 def fxfusion_figure(spec: str, device: str, dtype: str | None) -> dict:
@@ -82,11 +110,64 @@ def fxfusion_figure(spec: str, device: str, dtype: str | None) -> dict:
     t = verification.timings
     if "eager" not in t or "compile" not in t:  # the plan did not verify before anything was timed
         return {"analyze_s": analyze_s, "eager_ms": None, "compile_ms": None, "compile_status": verification.reason,
-                "chosen": None}
+                "chosen": None, "loaded": loaded}
     return {"analyze_s": analyze_s, "eager_ms": t["eager"].median_ms,
             "compile_ms": t["compile"].median_ms if t["compile"].status == "ok" else None,
             "compile_status": t["compile"].status, "chosen": (verification.candidates or {}).get("chosen"),
-            "cupti": [w for w in verification.warnings if "CUPTI" in w]}
+            "cupti": [w for w in verification.warnings if "CUPTI" in w], "loaded": loaded}
+
+
+def interleaved(spec: str, loaded, device: str, dtype: str | None, rounds: int = ROUNDS) -> dict[str, dict]:
+    """Step 3 (module doc): per source (fresh process, fxfusion's timing, plain loop here), per callable, the ms
+    samples of ``rounds`` interleaved rounds."""
+    from fxfusion.measure.timing import measure
+    from fxfusion.planning.insitu import model_clock
+    from fxfusion.planning.verify import VERIFY_SPEC
+
+    cmd = [sys.executable, __file__, "--serve", spec, "--device", device] + (["--dtype", dtype] if dtype else [])
+    log = tempfile.TemporaryFile("w+")
+    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        ready = json.loads(_last_json(child, log))
+        model, inputs = loaded.model, loaded.example_inputs
+        compiled = torch.compile(model)
+        fns = {"eager": lambda: model(*inputs), "compile": lambda: compiled(*inputs)}
+        plain_loop(fns, device, repeats=1)  # compile (cached) and warm
+        clock, spec_ = model_clock(device), dataclasses.replace(VERIFY_SPEC, rounds=3, warmup=1, budget_s=5.0)
+        out = {src: {"eager": [], "compile": []} for src in ("fresh process", "fxfusion timing", "plain loop here")}
+        rng = random.Random(0)
+        for r in range(rounds):
+            order = list(out)
+            rng.shuffle(order)
+            for src in order:
+                if src == "fresh process":
+                    child.stdin.write("block\n")
+                    child.stdin.flush()
+                    got = json.loads(_last_json(child, log))
+                elif src == "fxfusion timing":
+                    with torch.no_grad():
+                        got = {k: [x * 1e3 for x in v] for k, v in measure(fns, clock, spec_).seconds.items()}
+                else:
+                    got = {k: v["samples_ms"] for k, v in plain_loop(fns, device, repeats=3, warm_s=0).items()}
+                for k in out[src]:
+                    out[src][k] += got[k]
+        out["first_call_s"] = ready["first_call_s"]
+        return out
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(timeout=60)
+
+
+def _last_json(child, log) -> str:
+    while True:
+        line = child.stdout.readline()
+        if not line:
+            log.seek(0)
+            last = (log.read().strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"the fresh process ended before answering: {last}")
+        if line.startswith("{"):
+            return line
 
 
 def main() -> None:
@@ -94,32 +175,35 @@ def main() -> None:
     ap.add_argument("models", nargs="*")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)
-    ap.add_argument("--independent", default=None, help="time SPEC the plain way and print JSON (a subprocess)")
+    ap.add_argument("--serve", default=None, help="step 2 of the module doc for SPEC (a subprocess)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
     args = ap.parse_args()
-    if args.independent:
-        print(json.dumps(independent(args.independent, args.device, args.dtype)))
+    if args.serve:
+        serve(args.serve, args.device, args.dtype)
         return
     print(f"# bench_baseline, torch {torch.__version__}, {args.device} "
           f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), dtype {args.dtype}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print("| model | fxfusion compile ms | independent compile ms | ratio | within 5% | fxfusion eager ms | "
-          "independent eager ms |")
-    print("|---|---|---|---|---|---|---|")
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.rounds} interleaved rounds")
+    print("| model | candidate | verification ms (earlier) | fxfusion timing ms | plain loop here ms | fresh process ms | "
+          "fxfusion / fresh | within 5% | fresh process, first half / second half |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for spec in args.models:
         ours = fxfusion_figure(spec, args.device, args.dtype)
-        cmd = [sys.executable, __file__, "--independent", spec, "--device", args.device]
-        cmd += ["--dtype", args.dtype] if args.dtype else []
-        theirs = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-        ic, ie = theirs["compile"]["median_ms"], theirs["eager"]["median_ms"]
-        oc = ours["compile_ms"]
-        ratio = oc / ic if oc else None
-        ok = ratio is not None and abs(ratio - 1) <= TARGET
-        print(f"| {spec} | {oc if oc is None else f'{oc:.4f}'} | {ic:.4f} | "
-              f"{'-' if ratio is None else f'{ratio:.3f}'} | {'yes' if ok else 'NO'} | {ours['eager_ms'] or float('nan'):.4f} | "
-              f"{ie:.4f} |", flush=True)
+        rounds = interleaved(spec, ours["loaded"], args.device, args.dtype, args.rounds)
+        for kind in ("compile", "eager"):
+            med = {src: statistics.median(rounds[src][kind]) for src in ("fresh process", "fxfusion timing",
+                                                                       "plain loop here")}
+            fresh = rounds["fresh process"][kind]
+            half = len(fresh) // 2
+            ratio = med["fxfusion timing"] / med["fresh process"]
+            ok = abs(ratio - 1) <= TARGET
+            verify_ms = ours[f"{kind}_ms"]
+            print(f"| {spec} | {kind} | {'-' if verify_ms is None else f'{verify_ms:.4f}'} | "
+                  f"{med['fxfusion timing']:.4f} | {med['plain loop here']:.4f} | {med['fresh process']:.4f} | "
+                  f"{ratio:.3f} | {'yes' if ok else 'NO'} | {statistics.median(fresh[:half]):.4f} / "
+                  f"{statistics.median(fresh[half:]):.4f} |", flush=True)
         for w in ours.get("cupti", []):
             print(f"  note ({spec}): {w}", flush=True)
-
 
 if __name__ == "__main__":
     main()
