@@ -7,7 +7,14 @@ Contention during one measurement (:class:`Contention`), from three signals, eac
     spread (IQR / median) within the measurement, and its slowdown against the quietest measurement this process
     has taken (the lowest median);
     on a CPU timed with several threads, also its median over its fastest time on one thread (a thread pool whose
-    threads are descheduled makes every parallel region wait: several threads become slower than one).
+    threads are descheduled makes every parallel region wait: several threads become slower than one);
+  * the samples themselves (``unstable_medians``, set by :func:`fxfusion.calibration.regimes.time_variants`): when
+    none of the signals above fired and a verdict read from the paired medians is still unstable (below), the
+    measurement counts as contended.  Stalls shorter than a round (a descheduled thread in a 0.1 ms sample) hit one
+    side of a pair and not the other, so pairing cannot cancel them: the per-round ratios turn bimodal (the quiet
+    pairs at 1.3x, the pairs with one stalled side at 0.4x or 3x), the median lands in whichever mode holds more
+    rounds and the halves disagree.  Such a measurement is read again like any contended one: from the floors, with
+    the wider zone of step 5 -- the same rule for every verdict of the measurement, not a second try per verdict.
 
 Stability of one verdict (:func:`instability`), from the raw samples alone:
   1. split the rounds in two: first and second half (drift), and -- with a reference kernel -- quiet and loud rounds
@@ -20,7 +27,10 @@ Stability of one verdict (:func:`instability`), from the raw samples alone:
   4. a ``neutral`` verdict whose interval spans more than a factor INCONCLUSIVE_SPAN is no measurement at all
      (it cannot tell a 30% gain from a 30% loss): it is measured again like an unstable one;
   5. under contention the neutral zone widens from MIN_EFFECT to CONTENDED_MIN_EFFECT: contention slows ops unequally
-     (an op with more parallel regions waits on more descheduled threads), a bias no split of the rounds can see.
+     (an op with more parallel regions waits on more descheduled threads), a bias no split of the rounds can see;
+     and step 4 is held to that zone: a ``neutral`` whose interval spans more than CONTENDED_INCONCLUSIVE_SPAN cannot
+     tell a gain of the zone's size from a loss of it, and is measured again (the floors of 30 samples are imprecise:
+     :func:`fxfusion.calibration.regimes.time_variants` pools the rounds of contended measurements).
 A verdict that fails is unstable: the caller measures again (:class:`NoiseGuard` says how often), and one still
 unstable becomes ``neutral`` with a reason that starts with ``noisy`` -- never a flip between ``fuse`` and ``avoid``.
 """
@@ -64,6 +74,9 @@ REFERENCE_TEXT = f"torch.mm of two {REFERENCE_N}x{REFERENCE_N} float32 matrices,
 MIN_HALF = 3
 # An interval wider than a factor 2 (ci_high / ci_low) tells neither a 30% gain nor a 30% loss apart.
 INCONCLUSIVE_SPAN = 2.0
+# Under contention the same rule at the widened zone: wider than 1.1 / 0.9, an interval cannot tell a 10% gain (the
+# least a contended fuse needs) from a 10% loss.
+CONTENDED_INCONCLUSIVE_SPAN = (1 + CONTENDED_MIN_EFFECT) / (1 - CONTENDED_MIN_EFFECT)
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,7 @@ class Contention:
     reference_spread: float | None = None
     reference_slowdown: float | None = None
     thread_stall: float | None = None
+    unstable_medians: str | None = None  # why a verdict read from the paired medians was unstable (module doc)
 
     def reasons(self) -> list[str]:
         out = []
@@ -129,6 +143,8 @@ class Contention:
         if self.thread_stall is not None and self.thread_stall > THREAD_STALL_LIMIT:
             out.append(f"reference kernel {self.thread_stall:.1f}x slower on the thread pool than on one thread: "
                        f"parallel regions wait for descheduled threads (limit {THREAD_STALL_LIMIT}x)")
+        if self.unstable_medians:
+            out.append(f"the samples themselves: {self.unstable_medians}")
         return out
 
     @property
@@ -259,8 +275,10 @@ def instability(eager: list[float], cand: list[float], reference: list[float] | 
                 or (verdict == FUSE and min(ra, rb) < 1.0) or (verdict == AVOID and max(ra, rb) > 1.0):
             reasons.append(f"{verdict} at {s.median:.2f}x, but the {label} say {ra:.2f}x and the {other} "
                            f"{rb:.2f}x")
-    if verdict == NEUTRAL and s.ci_low > 0 and s.ci_high / s.ci_low > INCONCLUSIVE_SPAN:
-        reasons.append(f"inconclusive: {s.text()} spans more than a factor {INCONCLUSIVE_SPAN:g}")
+    span = INCONCLUSIVE_SPAN if statistic == MEDIAN else CONTENDED_INCONCLUSIVE_SPAN
+    if verdict == NEUTRAL and s.ci_low > 0 and s.ci_high / s.ci_low > span:
+        reasons.append(f"inconclusive: {s.text()}{' (floors)' if statistic == FLOOR else ''} spans more than a "
+                       f"factor {span:.3g}")
     if statistic == MEDIAN and n >= 2 * MIN_HALF and verdict != NEUTRAL:
         floors = _floor(eager[:n]) / _floor(cand[:n])
         if (verdict == FUSE and floors < 1.0) or (verdict == AVOID and floors > 1.0):
