@@ -384,3 +384,21 @@ def test_contended_measurements_are_pooled_until_the_floors_can_decide(monkeypat
     assert len(pooled.variant("eager").samples_ms) == 3 * ROUNDS
     assert pooled.decision.verdict == "fuse" and not pooled.decision.noisy
     assert pooled.decision.speedup.median == pytest.approx(1.3, rel=0.05)
+
+
+def test_when_even_the_floors_stalled_no_verdict_stands(monkeypatch):
+    """Every parallel region waits for a scheduler tick: the reference kernel's fastest tenth is 20x its one-thread
+    time, and a sample counts parallel regions, not work.  A clear-looking 1.5x is unstable and ends neutral, noisy;
+    the same samples with the reference's floor at its one-thread time keep their fuse."""
+    costs = {"eager": (1.5e-5, 1.5e-5), "compile": (1.0e-5, 1.0e-5), "reference": (1.0e-5, 1.0e-5)}
+    for one_thread, verdict in ((1.0e-5 / 20, "neutral"), (1.0e-5, "fuse")):
+        guard = NoiseGuard(reference=lambda: None, single_thread=True)
+        guard._one_thread_s = lambda one_thread=one_thread: one_thread
+        e = fake_entry(monkeypatch, costs, RegimeClock(costs), rounds=ROUNDS, guard=guard)
+        c = e.noise["contention"]
+        assert (c["floor_stall"] > 15) == (verdict == "neutral")
+        for d in (e.decision, e.pipelined_decision):
+            assert d.verdict == verdict and d.noisy == (verdict == "neutral")
+        if verdict == "neutral":
+            assert e.noise["batches"] == 3 and "no statistic of these samples measures the work" in e.decision.reason
+            assert any(r.startswith("even the reference kernel's fastest tenth is ") and "no sample was undisturbed" in r for r in c["reasons"])
