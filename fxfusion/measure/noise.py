@@ -11,12 +11,12 @@ Contention during one measurement (:class:`Contention`), from three signals, eac
     (fastest tenth) over that time: above the same limit, *no* sample was undisturbed (``floors_disturbed``) --
     every parallel region waited for a scheduler tick, a sample's time counts its parallel regions, not its work, and
     not even the floors measure the work (a 2-core VM with two busy loops: the 0.3 ms reference took 8 ms in every
-    round, eager conv2d_bn_relu 48 ms and its fused variant 32 ms, 6 and 4 ticks: "1.50x", where idle said 1.03x);
+    round, eager conv2d_bn_relu 48 ms and its fused variant 32 ms, 6 and 4 ticks: "1.50x", where idle said 1.04x);
   * the samples themselves (``unstable_medians``, set by :func:`fxfusion.calibration.regimes.time_variants`): when
     none of the signals above fired and a verdict read from the paired medians is still unstable (below), the
     measurement counts as contended.  Stalls shorter than a round (a descheduled thread in a 0.1 ms sample) hit one
-    side of a pair and not the other, so pairing cannot cancel them: the per-round ratios turn bimodal (the quiet
-    pairs at 1.3x, the pairs with one stalled side at 0.4x or 3x), the median lands in whichever mode holds more
+    side of a pair and not the other, so pairing cannot cancel them: the per-round ratios turn bimodal (one side
+    stalled: 0.55x or 5x, where unstalled pairs say 1.7x), the median lands in whichever mode holds more
     rounds and the halves disagree.  Such a measurement is read again like any contended one: from the floors, with
     the wider zone of step 6 -- the same rule for every verdict of the measurement, not a second try per verdict.
 
