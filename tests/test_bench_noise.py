@@ -28,6 +28,14 @@ def test_agreement_counts_equal_verdicts_and_flips_only_fuse_against_avoid(bench
     assert (r["n"], r["agree"], r["flips"]) == (4, 2, 1) and r["agreement"] == 0.5
     assert [row[3] for row in r["rows"]] == ["agree", "agree", "FLIP", "differ"]
     assert r["rows"][1][1] == "neutral (noisy)" and r["only_one_run"] == ["only idle"]
+    assert r["within_zone"] == 0  # no speedups given: none counted
+
+
+def test_disagreements_within_the_contended_zone_are_counted_not_subtracted(bench):
+    idle = {k: {"verdict": "fuse", "noisy": False, "speedup": x} for k, x in (("a", 1.04), ("b", 1.3), ("c", 1.09))}
+    loaded = {k: {"verdict": "neutral", "noisy": False, "speedup": 1.0} for k in idle}
+    r = bench.compare(idle, loaded)
+    assert (r["agree"], r["within_zone"], r["agreement"]) == (0, 2, 0.0)
 
 
 def test_verdicts_cover_both_regimes_of_each_entry_and_the_decided_sites(bench, tiny_profile):

@@ -270,3 +270,135 @@ def test_a_noisy_site_is_named_in_the_analysis_warnings(monkeypatch):
     assert o.verdict == "neutral" and o.decision.noisy
     assert any(w.startswith("g0.s0 linear_bias left neutral, its measurement noisy: noisy after")
                for w in a.to_dict()["warnings"])
+
+
+# -- stalls shorter than a round: the samples themselves are the contention signal ----------------------------------
+
+STALL_S = 3.0e-5  # a stalled sample takes about this long whatever its variant (it waits for a descheduled thread)
+
+
+def _stalls(costs, ticks=TICKS, p=(("eager", 0.3), ("compile", 0.7))):
+    """In the second half of every measurement single samples stall -- the fusion's more often -- and no host signal
+    or reference kernel sees it: one side of a round's pair stalls, the other not, and pairing cannot cancel it."""
+    chance = dict(p)
+
+    def load(t, name):
+        x = _position(t, ticks)[1]
+        stalled = x >= 0.5 and random.Random(t).random() < chance.get(name, 0.0)
+        return STALL_S / costs[name][0] if stalled else 1.0
+    return load
+
+
+def test_stalls_that_wreck_the_paired_medians_are_read_from_the_floors(monkeypatch):
+    """Quiet rounds say 1.3x, rounds with a stalled fusion 0.4x: the medians' halves point opposite ways in every
+    measurement (the old rule left it neutral, noisy).  That instability is the contention signal: read from the
+    floors (each side's fastest tenth, clean in both halves) the fusion is a stable 1.3x."""
+    costs = {"eager": (1.3e-5, 1.3e-5), "compile": (1.0e-5, 1.0e-5)}
+    e = fake_entry(monkeypatch, costs, RegimeClock(costs, load=_stalls(costs)), rounds=ROUNDS)
+    c = e.noise["contention"]
+    assert e.noise["statistic"] == "floor" and "second half" in c["unstable_medians"]
+    assert c["reasons"] == [f"the samples themselves: {c['unstable_medians']}"]
+    for d in (e.decision, e.pipelined_decision):
+        assert d.verdict == "fuse" and not d.noisy and d.speedup.median == pytest.approx(1.3, rel=0.05)
+    quiet = fake_entry(monkeypatch, costs, RegimeClock(costs), rounds=ROUNDS)  # no stalls: the medians, untouched
+    assert quiet.noise["statistic"] == "median" and quiet.noise["contention"]["unstable_medians"] is None
+    assert quiet.decision.verdict == "fuse"
+
+
+def test_a_sustained_slowdown_stays_noisy_when_read_from_the_floors(monkeypatch):
+    """Drift slows every sample of a half, the fastest ones too: the floors' halves disagree as the medians' did."""
+    e = fake_entry(monkeypatch, COSTS, RegimeClock(COSTS, load=_drifting), rounds=ROUNDS)
+    assert e.noise["statistic"] == "floor" and "first half" in e.noise["contention"]["unstable_medians"]
+    assert e.noise["batches"] == 3
+    for d in (e.decision, e.pipelined_decision):
+        assert d.verdict == "neutral" and d.noisy and "first half say 0.7" in d.reason
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stalls_never_flip_fuse_and_avoid(monkeypatch, seed):
+    """The scenarios of the quiet machine against stalls of single samples in half of every measurement, stalling
+    either side more often: no flip; clear gains keep their verdict.  (A clear loss whose eager stalls more may read
+    neutral: the stalls widen the medians' interval over 1 -- the safe direction.)"""
+    flips, agree = [], []
+    for i, gain in enumerate(SCENARIOS):
+        costs = {"eager": (gain * 1e-5, gain * 1e-5), "compile": (1e-5, 1e-5)}
+        idle = fake_entry(monkeypatch, costs, RegimeClock(costs, seed=seed * 100 + i), rounds=ROUNDS)
+        for p in ((("eager", 0.3), ("compile", 0.7)), (("eager", 0.7), ("compile", 0.3))):
+            loaded = fake_entry(monkeypatch, costs, RegimeClock(costs, seed=seed * 100 + i, load=_stalls(costs, p=p)),
+                                rounds=ROUNDS)
+            for regime in ("isolated", "pipelined"):
+                a, b = idle.decision_for(regime).verdict, loaded.decision_for(regime).verdict
+                if {a, b} == {"fuse", "avoid"}:
+                    flips.append((gain, p, regime, a, b))
+                if gain in (1.25, 2.0):
+                    agree.append(a == b == "fuse")
+                if gain in (0.5, 0.8):
+                    agree.append(a == "avoid" and b in ("avoid", "neutral"))
+    assert flips == [] and all(agree) and len(agree) == 16
+
+
+def test_an_unstable_sibling_does_not_undo_a_stable_fuse():
+    """A fuse rests on its best variant: an unstable sibling could change which fusion is best, never whether one
+    beats eager.  It is named in the reason and the fuse stands.  A neutral or an avoid, an unstable best variant,
+    or measurements that pointed opposite ways still make the regime neutral and noisy."""
+    from fxfusion.calibration.regimes import Timed, settle
+    from fxfusion.profiles.profile import Decision
+
+    def decision(verdict, best):
+        return Decision(pattern="linear_bias", shape={"M": 8}, dtype="float32", device="cpu", verdict=verdict,
+                        best_variant=best, speedup=None, reason="as measured", regime="pipelined")
+
+    timed = Timed(samples=None, contention=Contention(), batches=3,
+                  unstable={"pipelined": {"compile2": ["inconclusive: 1.00x [0.60, 1.70] spans more than a factor 2"]}})
+    kept = settle(decision("fuse", "compile"), timed, "pipelined")
+    assert kept.verdict == "fuse" and not kept.noisy
+    assert kept.reason == "as measured; compile2 unstable, not deciding: compile is a stable fuse"
+    for verdict, best in (("fuse", "compile2"), ("neutral", "compile"), ("avoid", "eager")):
+        d = settle(decision(verdict, best), timed, "pipelined")
+        assert d.verdict == "neutral" and d.noisy and "compile2: inconclusive" in d.reason
+    timed.unstable, timed.disagreement = {}, {"pipelined": "the 2 measurements said fuse, avoid"}
+    assert settle(decision("fuse", "compile"), timed, "pipelined").noisy
+
+
+def test_contended_measurements_are_pooled_until_the_floors_can_decide(monkeypatch):
+    """Under contention (here the load average) a fusion 1.3x faster, half of each side's samples stalled 3x: the
+    floor of 20 samples is too imprecise to tell a 10% gain from a 10% loss (inconclusive, spanning more than
+    1.1 / 0.9); the floors of the pooled rounds of three measurements can."""
+    from fxfusion.measure.noise import CONTENDED_INCONCLUSIVE_SPAN
+
+    costs = {"eager": (1.3e-5, 1.3e-5), "compile": (1.0e-5, 1.0e-5)}
+
+    def stalls(t, name):
+        return 3.0 if random.Random(t).random() < 0.5 else 1.0
+
+    def entry(max_batches):
+        guard = NoiseGuard(probe=lambda: HostSnapshot(9.0), cpus=2, max_batches=max_batches)
+        return fake_entry(monkeypatch, costs, RegimeClock(costs, noise=0.1, load=stalls), rounds=ROUNDS, guard=guard)
+
+    one = entry(1)
+    assert one.noise["statistic"] == "floor" and one.noise["pooled"] == 1
+    assert one.decision.noisy and f"(floors) spans more than a factor {CONTENDED_INCONCLUSIVE_SPAN:.3g}" in \
+        one.decision.reason
+    pooled = entry(3)
+    assert pooled.noise["batches"] == pooled.noise["pooled"] == 3
+    assert len(pooled.variant("eager").samples_ms) == 3 * ROUNDS
+    assert pooled.decision.verdict == "fuse" and not pooled.decision.noisy
+    assert pooled.decision.speedup.median == pytest.approx(1.3, rel=0.05)
+
+
+def test_when_even_the_floors_stalled_no_verdict_stands(monkeypatch):
+    """Every parallel region waits for a scheduler tick: the reference kernel's fastest tenth is 20x its one-thread
+    time, and a sample counts parallel regions, not work.  A clear-looking 1.5x is unstable and ends neutral, noisy;
+    the same samples with the reference's floor at its one-thread time keep their fuse."""
+    costs = {"eager": (1.5e-5, 1.5e-5), "compile": (1.0e-5, 1.0e-5), "reference": (1.0e-5, 1.0e-5)}
+    for one_thread, verdict in ((1.0e-5 / 20, "neutral"), (1.0e-5, "fuse")):
+        guard = NoiseGuard(reference=lambda: None, single_thread=True)
+        guard._one_thread_s = lambda one_thread=one_thread: one_thread
+        e = fake_entry(monkeypatch, costs, RegimeClock(costs), rounds=ROUNDS, guard=guard)
+        c = e.noise["contention"]
+        assert (c["floor_stall"] > 15) == (verdict == "neutral")
+        for d in (e.decision, e.pipelined_decision):
+            assert d.verdict == verdict and d.noisy == (verdict == "neutral")
+        if verdict == "neutral":
+            assert e.noise["batches"] == 3 and "no statistic of these samples measures the work" in e.decision.reason
+            assert any(r.startswith("even the reference kernel's fastest tenth is ") and "no sample was undisturbed" in r for r in c["reasons"])

@@ -4,11 +4,21 @@
   1. time them in both regimes at once (:func:`fxfusion.measure.timing.measure_regimes`), the reference kernel of
      the :class:`~fxfusion.measure.noise.NoiseGuard` once per round, the host read before and after;
   2. per regime, check every fused variant's verdict for stability (:func:`fxfusion.measure.noise.instability`);
+     when a verdict read from the paired medians is unstable and no other signal saw contention, the samples
+     themselves are the signal (``Contention.unstable_medians``): every verdict of the measurement is checked again,
+     read from the floors with the wider zone, as under any contention;
   3. while a verdict is unstable, measure again (a fresh shuffle), at most ``guard.max_batches`` times in all and
-     within ``guard.budget_s`` of extra timing; the last measurement is the one kept.
+     within ``guard.budget_s`` of extra timing; the last measurement is the one kept -- pooled with the earlier ones
+     when they too were read from the floors (contended): the floor, each side's fastest tenth, of more rounds is
+     more precise, and a burst that slowed one measurement does not move it, where a median of pooled rounds would
+     mix a burst into a quiet measurement.  The stability checks run on the pooled rounds (their halves are then
+     roughly the measurements: drift between them is seen).
 :func:`decide` reads one regime's decision off the kept samples; :func:`settle` makes it ``neutral`` with a reason
 starting ``noisy`` when that regime stayed unstable, or when two measurements pointed opposite ways (fuse in one, avoid
-in another): a verdict that flips within one run is not one to act on.
+in another): a verdict that flips within one run is not one to act on.  Only the variants that can change the verdict
+count: a ``fuse`` whose best variant is stable stays ``fuse`` whatever its siblings do (another variant's instability
+could change which fusion is best, never whether one beats eager); a ``neutral`` or ``avoid`` needs every variant
+stable, since any unstable one might be a fuse.
 """
 
 from __future__ import annotations
@@ -18,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from fxfusion.measure import noise
-from fxfusion.measure.noise import Contention, NoiseGuard, entry_speedup, instability, statistic_for
+from fxfusion.measure.noise import FLOOR, Contention, NoiseGuard, entry_speedup, instability, statistic_for
 from fxfusion.measure.stats import AVOID, FUSE, MIN_EFFECT, NEUTRAL
-from fxfusion.measure.timing import REGIMES, Clock, RegimeSamples, Thunk, TimingSpec, measure_regimes
+from fxfusion.measure.timing import REGIMES, Clock, RegimeSamples, Samples, Thunk, TimingSpec, measure_regimes
 from fxfusion.profiles.profile import Decision, Entry, VariantResult
 
 
@@ -32,8 +42,9 @@ class Timed:
     contention: Contention
     batches: int = 1
     seconds: float = 0.0
-    unstable: dict[str, list[str]] = field(default_factory=dict)  # regime -> reasons, last measurement
+    unstable: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # regime -> variant -> reasons (last)
     disagreement: dict[str, str] = field(default_factory=dict)  # regime -> measurements that pointed opposite ways
+    pooled: int = 1  # measurements whose rounds ``samples`` holds (contended ones are pooled: module doc)
 
     @property
     def statistic(self) -> str:
@@ -41,20 +52,49 @@ class Timed:
         return statistic_for(self.contention)
 
     def noise_record(self) -> dict:
-        return {"batches": self.batches, "seconds": round(self.seconds, 4), "statistic": self.statistic,
+        return {"batches": self.batches, "pooled": self.pooled, "seconds": round(self.seconds, 4),
+                "statistic": self.statistic,
                 "contention": self.contention.to_dict(),
                 "reference_ms": [s * 1e3 for s in self.samples.reference],
-                "unstable": {r: list(self.unstable.get(r, [])) for r in REGIMES},
+                "unstable": {r: _lines(self.unstable.get(r, {})) for r in REGIMES},
                 "disagreement": dict(self.disagreement)}
 
 
-def _check(samples: RegimeSamples, contention: Contention) -> dict[str, list[str]]:
+def _lines(unstable: dict[str, list[str]]) -> list[str]:
+    return [f"{name}: {why}" for name, reasons in unstable.items() for why in reasons]
+
+
+def _unstable(samples: RegimeSamples, contention: Contention) -> dict[str, dict[str, list[str]]]:
     out = {}
     for regime in REGIMES:
         seconds = samples.by_regime[regime].seconds
-        out[regime] = [f"{name}: {why}" for name in seconds if name != "eager"
-                       for why in instability(seconds["eager"], seconds[name], samples.reference or None, contention)]
+        out[regime] = {name: why for name in seconds if name != "eager"
+                       if (why := instability(seconds["eager"], seconds[name], samples.reference or None, contention))}
     return out
+
+
+def _check(samples: RegimeSamples, contention: Contention) -> dict[str, dict[str, list[str]]]:
+    """Step 2 of the module doc: the unstable verdicts, regime -> variant -> reasons.  A median verdict unstable
+    while no other signal saw contention sets ``contention.unstable_medians``, and every verdict is read again (from
+    the floors)."""
+    out = _unstable(samples, contention)
+    if not contention.contended:
+        first = next((f"{name} [{r}] {why[0]}" for r in REGIMES for name, why in out[r].items()), None)
+        if first is not None:
+            contention.unstable_medians = first
+            out = _unstable(samples, contention)
+    return out
+
+
+def _pool(parts: list[RegimeSamples]) -> RegimeSamples:
+    """The rounds of several measurements of the same callables as one (calls per sample: the last one's)."""
+    last = parts[-1]
+    by_regime = {r: Samples(seconds={n: [x for p in parts for x in p.by_regime[r].seconds[n]]
+                                     for n in last.by_regime[r].seconds},
+                            inner=dict(last.by_regime[r].inner), rounds=sum(p.by_regime[r].rounds for p in parts),
+                            budget_exhausted=any(p.by_regime[r].budget_exhausted for p in parts)) for r in REGIMES}
+    return RegimeSamples(by_regime, [x for p in parts for x in p.reference], sum(p.rounds for p in parts),
+                         any(p.budget_exhausted for p in parts), sum(p.seconds for p in parts))
 
 
 def _direction(samples: RegimeSamples, regime: str, statistic: str) -> str:
@@ -71,7 +111,7 @@ def time_variants(thunks: Mapping[str, Thunk], clock: Clock, spec: TimingSpec, g
     """Measure ``thunks`` (eager among them) in both regimes, again while a verdict is unstable (module doc)."""
     budget = spec.budget_s if guard.budget_s is None else guard.budget_s
     directions: dict[str, list[str]] = {r: [] for r in REGIMES}
-    spent, extra, timed = 0.0, 0.0, None
+    spent, extra, timed, contended = 0.0, 0.0, None, []
     for batch in range(1, max(1, guard.max_batches) + 1):
         before = guard.snapshot()
         samples = measure_regimes(thunks, clock, dataclasses.replace(spec, seed=spec.seed + batch - 1),
@@ -81,8 +121,13 @@ def time_variants(thunks: Mapping[str, Thunk], clock: Clock, spec: TimingSpec, g
         if batch > 1:
             extra += samples.seconds
         timed = Timed(samples, contention, batch, spent, _check(samples, contention))
-        for r in REGIMES:
+        for r in REGIMES:  # each measurement's own direction: pooled ones would hide a flip between them
             directions[r].append(_direction(samples, r, timed.statistic))
+        if timed.statistic == FLOOR:
+            contended.append(samples)
+            if len(contended) > 1:
+                timed.samples, timed.pooled = _pool(contended), len(contended)
+                timed.unstable = _check(timed.samples, contention)
         if not any(timed.unstable.values()) or extra >= budget:
             break
     for r in REGIMES:
@@ -134,10 +179,15 @@ def settle(decision: Decision, timed: Timed | None, regime: str) -> Decision:
     """``decision`` as it stands, or ``neutral`` with a reason starting ``noisy`` when ``regime`` stayed unstable."""
     if timed is None:
         return decision
-    why = list(timed.unstable.get(regime, []))
+    unstable = timed.unstable.get(regime, {})
+    deciding = {n: w for n, w in unstable.items() if decision.verdict != FUSE or n == decision.best_variant}
+    why = _lines(deciding)
     if regime in timed.disagreement:
         why.insert(0, timed.disagreement[regime])
     if not why:
+        if unstable:  # siblings of a stable fuse variant: shown, not acted on (module doc)
+            return dataclasses.replace(decision, reason=f"{decision.reason}; {', '.join(unstable)} unstable, not "
+                                                        f"deciding: {decision.best_variant} is a stable fuse")
         return decision
     was = f"{decision.verdict} ({decision.reason})"
     return dataclasses.replace(decision, verdict=NEUTRAL, noisy=True,

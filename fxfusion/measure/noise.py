@@ -7,7 +7,18 @@ Contention during one measurement (:class:`Contention`), from three signals, eac
     spread (IQR / median) within the measurement, and its slowdown against the quietest measurement this process
     has taken (the lowest median);
     on a CPU timed with several threads, also its median over its fastest time on one thread (a thread pool whose
-    threads are descheduled makes every parallel region wait: several threads become slower than one).
+    threads are descheduled makes every parallel region wait: several threads become slower than one), and its floor
+    (fastest tenth) over that time: above the same limit, *no* sample was undisturbed (``floors_disturbed``) --
+    every parallel region waited for a scheduler tick, a sample's time counts its parallel regions, not its work, and
+    not even the floors measure the work (a 2-core VM with two busy loops: the 0.3 ms reference took 8 ms in every
+    round, eager conv2d_bn_relu 48 ms and its fused variant 32 ms, 6 and 4 ticks: "1.50x", where idle said 1.04x);
+  * the samples themselves (``unstable_medians``, set by :func:`fxfusion.calibration.regimes.time_variants`): when
+    none of the signals above fired and a verdict read from the paired medians is still unstable (below), the
+    measurement counts as contended.  Stalls shorter than a round (a descheduled thread in a 0.1 ms sample) hit one
+    side of a pair and not the other, so pairing cannot cancel them: the per-round ratios turn bimodal (one side
+    stalled: 0.55x or 5x, where unstalled pairs say 1.7x), the median lands in whichever mode holds more
+    rounds and the halves disagree.  Such a measurement is read again like any contended one: from the floors, with
+    the wider zone of step 6 -- the same rule for every verdict of the measurement, not a second try per verdict.
 
 Stability of one verdict (:func:`instability`), from the raw samples alone:
   1. split the rounds in two: first and second half (drift), and -- with a reference kernel -- quiet and loud rounds
@@ -19,8 +30,12 @@ Stability of one verdict (:func:`instability`), from the raw samples alone:
      variant can stall in most samples and the medians say 1000x where the floors say 1.2x);
   4. a ``neutral`` verdict whose interval spans more than a factor INCONCLUSIVE_SPAN is no measurement at all
      (it cannot tell a 30% gain from a 30% loss): it is measured again like an unstable one;
-  5. under contention the neutral zone widens from MIN_EFFECT to CONTENDED_MIN_EFFECT: contention slows ops unequally
-     (an op with more parallel regions waits on more descheduled threads), a bias no split of the rounds can see.
+  5. with ``floors_disturbed`` every verdict of the measurement is unstable, whatever it says;
+  6. under contention the neutral zone widens from MIN_EFFECT to CONTENDED_MIN_EFFECT: contention slows ops unequally
+     (an op with more parallel regions waits on more descheduled threads), a bias no split of the rounds can see;
+     and step 4 is held to that zone: a ``neutral`` whose interval spans more than CONTENDED_INCONCLUSIVE_SPAN cannot
+     tell a gain of the zone's size from a loss of it, and is measured again (the floors of 30 samples are imprecise:
+     :func:`fxfusion.calibration.regimes.time_variants` pools the rounds of contended measurements).
 A verdict that fails is unstable: the caller measures again (:class:`NoiseGuard` says how often), and one still
 unstable becomes ``neutral`` with a reason that starts with ``noisy`` -- never a flip between ``fuse`` and ``avoid``.
 """
@@ -64,6 +79,9 @@ REFERENCE_TEXT = f"torch.mm of two {REFERENCE_N}x{REFERENCE_N} float32 matrices,
 MIN_HALF = 3
 # An interval wider than a factor 2 (ci_high / ci_low) tells neither a 30% gain nor a 30% loss apart.
 INCONCLUSIVE_SPAN = 2.0
+# Under contention the same rule at the widened zone: wider than 1.1 / 0.9, an interval cannot tell a 10% gain (the
+# least a contended fuse needs) from a 10% loss.
+CONTENDED_INCONCLUSIVE_SPAN = (1 + CONTENDED_MIN_EFFECT) / (1 - CONTENDED_MIN_EFFECT)
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,8 @@ class Contention:
     reference_spread: float | None = None
     reference_slowdown: float | None = None
     thread_stall: float | None = None
+    floor_stall: float | None = None  # the reference kernel's floor on the thread pool over its one-thread time
+    unstable_medians: str | None = None  # why a verdict read from the paired medians was unstable (module doc)
 
     def reasons(self) -> list[str]:
         out = []
@@ -129,11 +149,21 @@ class Contention:
         if self.thread_stall is not None and self.thread_stall > THREAD_STALL_LIMIT:
             out.append(f"reference kernel {self.thread_stall:.1f}x slower on the thread pool than on one thread: "
                        f"parallel regions wait for descheduled threads (limit {THREAD_STALL_LIMIT}x)")
+        if self.floors_disturbed:
+            out.append(f"even the reference kernel's fastest tenth is {self.floor_stall:.1f}x its one-thread time: "
+                       f"no sample was undisturbed (limit {THREAD_STALL_LIMIT}x)")
+        if self.unstable_medians:
+            out.append(f"the samples themselves: {self.unstable_medians}")
         return out
 
     @property
     def contended(self) -> bool:
         return bool(self.reasons())
+
+    @property
+    def floors_disturbed(self) -> bool:
+        """Every sample waited for descheduled threads: no statistic of the samples measures the work (module doc)."""
+        return self.floor_stall is not None and self.floor_stall > THREAD_STALL_LIMIT
 
     def to_dict(self) -> dict:
         return {**asdict(self), "reasons": self.reasons()}
@@ -194,7 +224,8 @@ class NoiseGuard:
             self.quiet_reference_s = min(s.median, self.quiet_reference_s or s.median)
             c.reference_slowdown = s.median / self.quiet_reference_s if self.quiet_reference_s > 0 else None
             if self.single_thread and self.reference is not None:
-                c.thread_stall = s.median / max(self._one_thread_s(), 1e-9)
+                one = max(self._one_thread_s(), 1e-9)
+                c.thread_stall, c.floor_stall = s.median / one, s.floor / one
         return c
 
 
@@ -252,6 +283,10 @@ def instability(eager: list[float], cand: list[float], reference: list[float] | 
     s = entry_speedup(eager, cand, statistic)
     verdict = s.verdict(min_effect)
     reasons = []
+    if contention is not None and contention.floors_disturbed:
+        reasons.append(f"{verdict} at {s.text()}, but every sample waited for descheduled threads (the reference "
+                       f"kernel's fastest tenth {contention.floor_stall:.1f}x its one-thread time): no statistic of "
+                       f"these samples measures the work")
     for label, a, b in _splits(n, reference):
         ra, rb = _ratio(eager, cand, a, statistic), _ratio(eager, cand, b, statistic)
         other = "second half" if label == "first half" else "loud rounds"
@@ -259,8 +294,10 @@ def instability(eager: list[float], cand: list[float], reference: list[float] | 
                 or (verdict == FUSE and min(ra, rb) < 1.0) or (verdict == AVOID and max(ra, rb) > 1.0):
             reasons.append(f"{verdict} at {s.median:.2f}x, but the {label} say {ra:.2f}x and the {other} "
                            f"{rb:.2f}x")
-    if verdict == NEUTRAL and s.ci_low > 0 and s.ci_high / s.ci_low > INCONCLUSIVE_SPAN:
-        reasons.append(f"inconclusive: {s.text()} spans more than a factor {INCONCLUSIVE_SPAN:g}")
+    span = INCONCLUSIVE_SPAN if statistic == MEDIAN else CONTENDED_INCONCLUSIVE_SPAN
+    if verdict == NEUTRAL and s.ci_low > 0 and s.ci_high / s.ci_low > span:
+        reasons.append(f"inconclusive: {s.text()}{' (floors)' if statistic == FLOOR else ''} spans more than a "
+                       f"factor {span:.3g}")
     if statistic == MEDIAN and n >= 2 * MIN_HALF and verdict != NEUTRAL:
         floors = _floor(eager[:n]) / _floor(cand[:n])
         if (verdict == FUSE and floors < 1.0) or (verdict == AVOID and floors > 1.0):
