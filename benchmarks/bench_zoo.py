@@ -33,8 +33,9 @@ from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.planning.analyze import analyze  # noqa: E402
 from fxfusion.planning.decide import LiveSource  # noqa: E402
 from fxfusion.planning.pipeline import apply_and_verify  # noqa: E402
+from fxfusion.reports.verification import prediction_cell  # noqa: E402
 
-ANALYZE_TARGET_S, CHOSEN_TARGET, GEOMEAN_TARGET = 60.0, 0.98, 1.10
+ANALYZE_TARGET_S, CHOSEN_TARGET, GEOMEAN_TARGET, PREDICTION_TARGET_PCT = 60.0, 0.98, 1.10, 20.0
 
 
 def _specs(args) -> list[str]:
@@ -84,6 +85,7 @@ def run_one(spec: str, args) -> dict:
     rows = {r["name"]: r for r in c.get("candidates", [])}
     row["candidates_ms"] = {n: r.get("median_ms") for n, r in rows.items()}
     row["chosen"] = c.get("chosen")
+    row["chosen_prediction"] = (rows.get(row["chosen"]) or {}).get("prediction")
     ok = {n: r["median_ms"] for n, r in rows.items() if r.get("verified") and r.get("median_ms")}
     if ok:
         best = min(ok.values())
@@ -120,8 +122,8 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads {torch.get_num_threads()}", flush=True)
     print("| model | graphs | sites | legal | fuse | applied | verified | FLOPs in sites | time in sites | analyze s | "
           "eager ms | compile ms | planned ms | planned+compile ms | chosen | chosen/best | vs better baseline | "
-          "left on the table |")
-    print("|" + "---|" * 18)
+          "chosen's saving ms, predicted / measured | left on the table |")
+    print("|" + "---|" * 19)
     rows, t0 = [], time.perf_counter()
     for spec in _specs(args):
         if time.perf_counter() - t0 > args.budget_s:
@@ -142,8 +144,10 @@ def main() -> None:
               f"{r['analyze_s']:.1f} | {_f(ms.get('eager'), '.4f')} | {_f(ms.get('compile'), '.4f')} | "
               f"{_f(ms.get('planned'), '.4f')} | {_f(ms.get('planned+compile'), '.4f')} | {r.get('chosen', '-')} | "
               f"{_f(r.get('chosen_vs_best'), '.3f')} | {_f(r.get('chosen_vs_baseline'), '.3f')}x | "
-              f"{', '.join(r['left'])} |", flush=True)
+              f"{prediction_cell(r.get('chosen_prediction'))} | {', '.join(r['left'])} |", flush=True)
     done = [r for r in rows if not r.get("crash")]
+    errors = [abs(r["chosen_prediction"]["error_pct"]) for r in done
+              if (r.get("chosen_prediction") or {}).get("error_pct") is not None]
     crashes = [r["model"] for r in rows if r.get("crash")]
     print(f"\ncrashes: {len(crashes)} {crashes}")
     slow = [r["model"] for r in done if r["analyze_s"] > ANALYZE_TARGET_S]
@@ -155,6 +159,11 @@ def main() -> None:
         print(f"geometric mean of the chosen candidate over the better of eager and whole-model compile: {geo:.3f}x "
               f"(target {GEOMEAN_TARGET:.2f}x) over {len(gains)} models; chosen below {CHOSEN_TARGET}x of the best: "
               f"{below or 'none'}")
+    without = [r["model"] for r in done if r.get("chosen") in ("planned", "planned+compile")
+               and (r.get("chosen_prediction") or {}).get("error_pct") is None]
+    print(f"chosen candidate's predicted saving within {PREDICTION_TARGET_PCT:.0f}%: "
+          f"{sum(e <= PREDICTION_TARGET_PCT for e in errors)} of {len(errors)} with a prediction; "
+          f"chosen rewritten candidates without one: {without or 'none'}")
 
 
 if __name__ == "__main__":

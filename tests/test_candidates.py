@@ -10,8 +10,9 @@ import torch
 
 import fxfusion
 from fxfusion.errors import FxFusionError
-from fxfusion.planning.candidates import choose, parse_compile_modes
+from fxfusion.planning.candidates import attach_predictions, choose, parse_compile_modes
 from fxfusion.planning.verify import Timing, verify_plan
+from fxfusion.reports.verification import prediction_cell
 from tests.helpers import MODELS, TINY_SPEC, typical_plan
 
 
@@ -81,6 +82,8 @@ def test_candidates_are_verified_timed_and_chosen_end_to_end():
     torch.manual_seed(0)
     loaded = load_model(MODELS / "resnet_basic.py")
     plan = typical_plan("resnet_basic")
+    for i, g in enumerate(plan.groups):  # as if timed compiled: planned + compile's prediction is their sum
+        g.in_compiled_model = {"ci_high_ms": 0.01 * (i + 1), "saving_ms": 0.001 * (i + 1)}
     r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=TINY_SPEC)
     assert r.ok, r.reason
     c = r.candidates
@@ -92,6 +95,11 @@ def test_candidates_are_verified_timed_and_chosen_end_to_end():
     assert c["chosen"] in names and c["why"]
     fastest = min((row for row in c["candidates"] if row["verified"]), key=lambda row: row["median_ms"])
     assert rows[c["chosen"]]["median_ms"] <= fastest["median_ms"] / 0.98
+    pc, pl = rows["planned+compile"]["prediction"], rows["planned"]["prediction"]
+    assert pc["over"] == "compile" and pc["predicted_saving_ms"] == pytest.approx(
+        sum(0.001 * (i + 1) for i in range(len(plan.groups))))
+    assert pc["measured_saving_ms"] == pytest.approx(rows["compile"]["median_ms"] - rows["planned+compile"]["median_ms"])
+    assert pl["over"] == "eager" and pl["predicted_saving_ms"] == pytest.approx(r.predicted_saving_ms)
 
 
 def test_groups_slower_when_compiled_are_left_out_of_planned_compile():
@@ -118,3 +126,16 @@ def test_a_region_is_timed_compiled():
                              compiled=True)
     im = found[plan.groups[0].id]
     assert isinstance(im, InModel) and im.regime == "compiled" and im.captured_ms > 0 and im.rewritten_ms > 0
+
+
+def test_each_rewritten_candidate_carries_its_prediction_against_its_own_base():
+    c = _choose({"eager": 1.0, "compile": 0.6, "planned": 0.8, "planned+compile": 0.5})
+    attach_predictions(c, planned_ms=0.25, planned_compile_ms=None)
+    rows = {r["name"]: r for r in c.candidates}
+    planned, pc = rows["planned"]["prediction"], rows["planned+compile"]["prediction"]
+    measured = rows["eager"]["median_ms"] - rows["planned"]["median_ms"]
+    assert planned["over"] == "eager" and planned["error_pct"] == pytest.approx(100 * (0.25 - measured) / measured)
+    assert pc["over"] == "compile" and pc["predicted_saving_ms"] is None and pc["error_pct"] is None
+    assert "prediction" not in rows["compile"] and "prediction" not in rows["eager"]
+    assert prediction_cell(pc).startswith("- / ") and "over compile" in prediction_cell(pc)
+    assert prediction_cell(planned).endswith("%)") and prediction_cell(None) == "-"

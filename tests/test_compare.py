@@ -67,23 +67,39 @@ def test_real_profiles_match_by_pattern_shape_and_dtype(tiny, second_profile):
     assert any(":float64" in k for k in c.only_in_b) and any(k.startswith("rmsnorm[") for k in c.only_in_b)
 
 
-def test_real_pairs_flags_agree_with_both_decisions(tiny, second_profile):
+@pytest.mark.parametrize("regime", ["pipelined", "isolated"])
+def test_real_pairs_flags_agree_with_both_decisions(tiny, second_profile, regime):
     second = Profile.load(second_profile)
-    c = compare_profiles(tiny, second)
+    c = compare_profiles(tiny, second, regime=regime)
+    assert c.regime == regime and c.to_dict()["regime"] == regime and c.summary_line().startswith(regime)
     for p in c.pairs:
         ea = tiny.find(p.pattern, p.shape, p.dtype)[0]
         eb = second.find(p.pattern, p.shape, p.dtype)[0]
-        assert p.verdict_flip == (ea.decision.verdict != eb.decision.verdict)
-        assert p.best_flip == (ea.decision.best_variant != eb.decision.best_variant)
-        if ea.decision.speedup and eb.decision.speedup:
-            assert p.speedup_ratio == pytest.approx(eb.decision.speedup.median / ea.decision.speedup.median)
-        assert p.eager_time_ratio == pytest.approx(ea.variant("eager").median_ms / eb.variant("eager").median_ms)
+        da, db = ea.decision_for(regime), eb.decision_for(regime)
+        assert p.verdict_flip == (da.verdict != db.verdict)
+        assert p.best_flip == (da.best_variant != db.best_variant)
+        if da.speedup and db.speedup:
+            assert p.speedup_ratio == pytest.approx(db.speedup.median / da.speedup.median)
+        assert p.eager_time_ratio == pytest.approx(ea.timing("eager", regime).median_ms
+                                                   / eb.timing("eager", regime).median_ms)
     assert c.flips == [p for p in c.pairs if p.verdict_flip or p.best_flip]
+
+
+def test_regimes_are_compared_apart(tiny):
+    """The same profile against itself flips nothing in either regime, and a profile's two regimes really differ
+    where its verdicts do (so the option is not a no-op)."""
+    for regime in ("pipelined", "isolated"):
+        assert not compare_profiles(tiny, tiny, regime=regime).flips
+    differ = [e for e in tiny.entries if e.decision_for("pipelined").verdict != e.decision_for("isolated").verdict]
+    pipelined = {(p.pattern, tuple(p.shape.items()), p.dtype): p.a.verdict
+                 for p in compare_profiles(tiny, tiny, regime="pipelined").pairs}
+    for e in differ:
+        assert pipelined[(e.pattern, tuple(e.shape.items()), e.dtype)] == e.decision_for("pipelined").verdict
 
 
 def test_real_boundaries_are_where_consecutive_verdicts_differ(second_profile):
     second = Profile.load(second_profile)
-    found = {(b.pattern, b.dtype, b.below_flops, b.above_flops) for b in decision_boundaries(second, "b")}
+    found = {(b.pattern, b.dtype, b.below_flops, b.above_flops) for b in decision_boundaries(second, "b", "isolated")}
     expected = set()
     for pattern, dtype in {(e.pattern, e.dtype) for e in second.entries}:
         entries = sorted((e for e in second.entries if (e.pattern, e.dtype) == (pattern, dtype)), key=lambda e: e.flops)
@@ -102,7 +118,7 @@ def test_identical_profiles_have_no_flips(tiny):
 
 def test_verdict_and_best_variant_flip_are_flagged(flipped):
     a, b, *_ = flipped
-    c = compare_profiles(a, b)
+    c = compare_profiles(a, b, regime="isolated")
     small = attention(a)[0]
     flip = next(p for p in c.flips if p.pattern == "full_attention" and p.shape == small.shape)
     assert (flip.a.verdict, flip.b.verdict) == ("fuse", "avoid")
@@ -119,7 +135,7 @@ def test_verdict_and_best_variant_flip_are_flagged(flipped):
 def test_boundary_lies_between_the_two_attention_sizes_in_b(flipped):
     a, b, *_ = flipped
     small, large = attention(b)
-    mine = [x for x in compare_profiles(a, b).boundaries if x.profile == "b" and x.pattern == "full_attention"]
+    mine = [x for x in compare_profiles(a, b, regime="isolated").boundaries if x.profile == "b" and x.pattern == "full_attention"]
     assert len(mine) == 1
     x = mine[0]
     assert (x.below_shape, x.below_verdict, x.above_shape, x.above_verdict) == \
@@ -129,7 +145,7 @@ def test_boundary_lies_between_the_two_attention_sizes_in_b(flipped):
 
 def test_markdown_lists_the_flip_and_the_boundary(flipped):
     a, b, *_ = flipped
-    md = compare_profiles(a, b).to_markdown()
+    md = compare_profiles(a, b, regime="isolated").to_markdown()
     flips = md.split("## Flips", 1)[1].split("##", 1)[0]
     small = ",".join(f"{k}={v}" for k, v in attention(a)[0].shape.items())
     assert f"| full_attention | {small} | float32 |" in flips
@@ -199,7 +215,7 @@ def test_real_comparison_matches_its_schema(tiny, second_profile):
 
 def test_comparison_with_flips_and_boundaries_matches_its_schema(flipped):
     a, b, *_ = flipped
-    data = json.loads(compare_profiles(a, b).to_json())
+    data = json.loads(compare_profiles(a, b, regime="isolated").to_json())
     assert schema_errors(data, "comparison") == []
     assert data["summary"]["verdict_flips"] >= 1 and any(x["profile"] == "b" for x in data["boundaries"])
     assert any(p["variant_ratios"] for p in data["pairs"]) and any(p["a"]["speedup"] for p in data["pairs"])
@@ -235,7 +251,7 @@ def test_a_comparison_that_breaks_its_schema_is_never_written(flipped, tmp_path,
     printed = runner.invoke(app, ["compare", str(pa), str(pb), "--format", "json"])
     assert printed.exit_code == 1 and "$.pairs[0].a.verdict" in printed.output and "{" not in printed.output
     with pytest.raises(FxFusionError, match="maybe"):
-        compare_profiles(*flipped[:2]).to_json()
+        compare_profiles(*flipped[:2], regime="isolated").to_json()
 
 
 def test_report_refuses_a_comparison_in_one_line(flipped, tmp_path):

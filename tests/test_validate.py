@@ -37,7 +37,7 @@ def comparison_data(tiny_profile) -> dict:
     """The real profile against an edited copy in which sdpa loses 10x at the small attention size: one verdict flip
     and one decision boundary."""
     a = Profile.load(tiny_profile)
-    return json.loads(compare_profiles(a, edited(a, {("full_attention", 0): ("sdpa", 0.1)})).to_json())
+    return json.loads(compare_profiles(a, edited(a, {("full_attention", 0): ("sdpa", 0.1)}), regime="isolated").to_json())
 
 
 def test_real_profile_is_valid(tiny_profile):

@@ -20,6 +20,7 @@ from fxfusion.profiles.schema import validate as validate_against_schema
 from fxfusion.profiles.validation import load_profile, read_json, schema_kind
 from fxfusion.reports.plots import require_matplotlib
 from fxfusion.profiles.compare import compare_profiles
+from fxfusion.measure.timing import check_regime
 from fxfusion.reports.console import console as wide_console  # does not fold wide tables into a pipe
 from fxfusion.profiles.validation import validate_file
 from fxfusion.reports.progress import StepProgress
@@ -66,6 +67,8 @@ def compare(
     b: Annotated[Path, typer.Argument(help="Profile B (e.g. the GPU one).")],
     format: Annotated[str, typer.Option("--format", "-f", help="table, markdown or json.")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    regime: Annotated[str, typer.Option("--regime", help="Compare the decisions of this timing regime: pipelined "
+                                                         "(back to back, as in a model) or isolated.")] = "pipelined",
 ) -> None:
     """Compare two profiles: verdict and best-variant flips, speedup ratios, and where each decision boundary lies."""
     if format not in FORMATS:
@@ -73,7 +76,8 @@ def compare(
     if output is not None:
         _check_output(output, a, b)
         check_writable(output)
-    comparison = compare_profiles(load_profile(a), load_profile(b))
+    check_regime(regime)
+    comparison = compare_profiles(load_profile(a), load_profile(b), regime=regime)
     if format == "json":
         text = comparison.to_json()  # validated against schemas/comparison.schema.json
     elif format == "markdown":

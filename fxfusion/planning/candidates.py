@@ -210,3 +210,20 @@ def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) ->
     if chosen != fastest and against:
         why += f" ({fastest} is less than {MIN_EFFECT:.0%} faster, so the simpler one is kept)"
     return Choice(chosen, why, rows, best_baseline)
+
+
+def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile_ms: float | None) -> None:
+    """Each rewritten candidate's predicted saving beside the one measured, on its row (``row["prediction"]``):
+    planned over eager (the applied groups' savings less the captured graph's overhead, as the plan predicted them);
+    planned + compile over whole-model compile (the kept groups' savings timed with both forms of their region
+    compiled, :meth:`FusionPlan.measure_in_compiled_model`; None when they were not timed so)."""
+    by = {r["name"]: r for r in choice.candidates}
+    for name, over, predicted in ((PLANNED, "eager", planned_ms), (PLANNED_COMPILE, "compile", planned_compile_ms)):
+        row, base = by.get(name), by.get(over)
+        if row is None or base is None or row.get("median_ms") is None or base.get("median_ms") is None:
+            continue
+        measured = base["median_ms"] - row["median_ms"]
+        error = None if predicted is None or measured == 0 else 100.0 * (predicted - measured) / abs(measured)
+        row["prediction"] = {"over": over, "predicted_saving_ms": predicted, "measured_saving_ms": measured,
+                             "error_pct": error}
+

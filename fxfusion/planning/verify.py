@@ -33,8 +33,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.apply import apply
-from fxfusion.planning.candidates import (COMPILE_MODES, PLANNED, PLANNED_COMPILE, Built, choose, compile_model,
-                                         compile_name, reset_compiled_state)
+from fxfusion.planning.candidates import (COMPILE_MODES, PLANNED, PLANNED_COMPILE, Built, attach_predictions, choose,
+                                         compile_model, compile_name, reset_compiled_state)
 from fxfusion.planning.insitu import model_clock
 from fxfusion.planning.rewrite import captured_module
 from fxfusion.measure.profiling import cupti_warning
@@ -231,6 +231,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         except Exception as exc:
             timings["captured"] = Timing("captured", "failed", one_line(exc))
     built: dict[str, Built] = {}
+    applied_ids, planned_compile_pred = {r["site_id"] for r in rewrites if r["applied"]}, None
     verified = {"eager": True, PLANNED: not failure}
     if include_compile:
         for mode in compile_modes:
@@ -244,6 +245,9 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                                        "are slower rewritten than as captured")
             base = planned if len(kept) == len(plan.groups) else apply(model, dataclasses.replace(plan, groups=kept),
                                                                        candidate=PLANNED)
+            compiled_savings = [getattr(g, "in_compiled_model", None) for g in kept if g.id in applied_ids]
+            if compiled_savings and all(compiled_savings):
+                planned_compile_pred = sum(c["saving_ms"] for c in compiled_savings)
             built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
                                                    record_post_grad=True)
         for name, b in built.items():
@@ -306,6 +310,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     if predicted_f is not None and measured_f.median != 0:
         fraction_error = 100.0 * (predicted_f - measured_f.median) / abs(measured_f.median)
     choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, built)
+    attach_predictions(choice, predicted if applied else None, planned_compile_pred)
     ok = not failure
     reason = failure or (f"outputs match the {ref_name} reference; planned model "
                          f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fxfusion.measure.stats import Speedup, interval_text
+from fxfusion.measure.timing import PIPELINED, check_regime
 from fxfusion.profiles.profile import Entry, Profile
 from fxfusion.profiles.schema import SCHEMA_VERSION, json_text, validate
 
@@ -43,10 +44,20 @@ class Side:
     best_ms: float | None
 
     @classmethod
-    def of(cls, e: Entry) -> "Side":
-        eager, best = e.variant("eager"), e.variant(e.decision.best_variant)
-        return cls(verdict=e.decision.verdict, best_variant=e.decision.best_variant, speedup=e.decision.speedup,
+    def of(cls, e: Entry, regime: str = PIPELINED) -> "Side":
+        d = _decision(e, regime)
+        eager, best = _timing(e, "eager", regime), _timing(e, d.best_variant, regime)
+        return cls(verdict=d.verdict, best_variant=d.best_variant, speedup=d.speedup,
                    eager_ms=eager.median_ms if eager else None, best_ms=best.median_ms if best else None)
+
+
+def _decision(e: Entry, regime: str):
+    """``e``'s decision in ``regime``, or its only one (a schema-1.0 entry measured in one regime)."""
+    return e.decision_for(regime) or e.decision
+
+
+def _timing(e: Entry, name: str, regime: str):
+    return e.timing(name, regime) or e.timing(name, e.regimes()[0])
 
 
 @dataclass
@@ -98,19 +109,20 @@ def _ratio(b: Speedup | None, a: Speedup | None) -> float | None:
     return b.median / a.median if a and b else None
 
 
-def _pair(ea: Entry, eb: Entry) -> EntryPair:
+def _pair(ea: Entry, eb: Entry, regime: str = PIPELINED) -> EntryPair:
     ratios = {}
     for va in ea.variants:
         vb = eb.variant(va.name)
-        if va.kind != "eager" and vb and va.status == vb.status == "ok" and va.speedup and vb.speedup:
-            ratios[va.name] = vb.speedup.median / va.speedup.median
-    a, b = Side.of(ea), Side.of(eb)
+        ta, tb = _timing(ea, va.name, regime), _timing(eb, va.name, regime) if vb else None
+        if va.kind != "eager" and vb and va.status == vb.status == "ok" and ta and tb and ta.speedup and tb.speedup:
+            ratios[va.name] = tb.speedup.median / ta.speedup.median
+    a, b = Side.of(ea, regime), Side.of(eb, regime)
     eager_ratio = a.eager_ms / b.eager_ms if a.eager_ms and b.eager_ms else None
     return EntryPair(pattern=ea.pattern, shape=dict(ea.shape), dtype=ea.dtype, flops=ea.flops, a=a, b=b,
                      speedup_ratio=_ratio(b.speedup, a.speedup), variant_ratios=ratios, eager_time_ratio=eager_ratio)
 
 
-def decision_boundaries(profile: Profile, name: str) -> list[Boundary]:
+def decision_boundaries(profile: Profile, name: str, regime: str = PIPELINED) -> list[Boundary]:
     groups: dict[tuple[str, str], list[Entry]] = {}
     for e in profile.entries:
         groups.setdefault((e.pattern, e.dtype), []).append(e)
@@ -118,9 +130,10 @@ def decision_boundaries(profile: Profile, name: str) -> list[Boundary]:
     for (pattern, dtype), entries in groups.items():
         entries.sort(key=lambda e: (e.flops, tuple(e.shape.values())))
         for lo, hi in zip(entries, entries[1:]):
-            if lo.decision.verdict != hi.decision.verdict:
-                out.append(Boundary(name, pattern, dtype, dict(lo.shape), lo.flops, lo.decision.verdict,
-                                    dict(hi.shape), hi.flops, hi.decision.verdict))
+            vlo, vhi = _decision(lo, regime).verdict, _decision(hi, regime).verdict
+            if vlo != vhi:
+                out.append(Boundary(name, pattern, dtype, dict(lo.shape), lo.flops, vlo, dict(hi.shape), hi.flops,
+                                    vhi))
     return out
 
 
@@ -140,6 +153,7 @@ class Comparison:
     only_in_a: list[str]
     only_in_b: list[str]
     notes: list[str] = field(default_factory=list)
+    regime: str = PIPELINED  # the regime whose decisions are compared
 
     @property
     def flips(self) -> list[EntryPair]:
@@ -148,7 +162,7 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         keep = ("hardware", "device", "device_name", "torch_version", "threads", "date", "command")
         return {
-            "schema_version": SCHEMA_VERSION, "kind": "fxfusion.comparison",
+            "schema_version": SCHEMA_VERSION, "kind": "fxfusion.comparison", "regime": self.regime,
             "a": {"label": self.a_label, **{k: self.a_metadata.get(k) for k in keep}},
             "b": {"label": self.b_label, **{k: self.b_metadata.get(k) for k in keep}},
             "summary": {"matched": len(self.pairs), "verdict_flips": sum(p.verdict_flip for p in self.pairs),
@@ -169,8 +183,8 @@ class Comparison:
     # -- rendering -----------------------------------------------------------------------------------------------
     def summary_line(self) -> str:
         s = self.to_dict()["summary"]
-        return (f"{s['matched']} entries in both, {s['verdict_flips']} verdict flips, {s['best_variant_flips']} "
-                f"best-variant flips; {s['only_in_a']} only in A, {s['only_in_b']} only in B")
+        return (f"{self.regime} regime: {s['matched']} entries in both, {s['verdict_flips']} verdict flips, "
+                f"{s['best_variant_flips']} best-variant flips; {s['only_in_a']} only in A, {s['only_in_b']} only in B")
 
     def rows(self, pairs: list[EntryPair]) -> list[list[str]]:
         return [[p.pattern, _shape_text(p.shape), p.dtype, f"{p.flops:.3g}", p.a.verdict, p.b.verdict,
@@ -305,10 +319,18 @@ def inconsistencies(data: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def compare_profiles(a: Profile, b: Profile, a_label: str | None = None, b_label: str | None = None) -> Comparison:
+def compare_profiles(a: Profile, b: Profile, a_label: str | None = None, b_label: str | None = None,
+                     regime: str = PIPELINED) -> Comparison:
+    """The two profiles' decisions in ``regime`` (pipelined by default: the regime a model is planned in); a profile
+    measured in one regime only (schema 1.0) gives its own, with a note."""
     notes: list[str] = []
+    check_regime(regime)
+    for name, p in (("A", a), ("B", b)):
+        if regime not in p.regimes:
+            notes.append(f"profile {name} was measured in the {'/'.join(p.regimes)} regime only: its decisions in "
+                         f"that regime are compared")
     ia, ib = _index(a, "A", notes), _index(b, "B", notes)
-    pairs = [_pair(ea, ib[k]) for k, ea in ia.items() if k in ib]
+    pairs = [_pair(ea, ib[k], regime) for k, ea in ia.items() if k in ib]
 
     def key_text(e: Entry) -> str:
         return f"{e.pattern}[{_shape_text(e.shape)}]:{e.dtype}"
@@ -317,6 +339,6 @@ def compare_profiles(a: Profile, b: Profile, a_label: str | None = None, b_label
     if la == lb:  # same machine, e.g. before and after an upgrade: the dates tell them apart
         la, lb = f"{la}, measured {a.metadata.get('date')}", f"{lb}, measured {b.metadata.get('date')}"
     return Comparison(a_label=la, b_label=lb, a_metadata=dict(a.metadata), b_metadata=dict(b.metadata), pairs=pairs,
-                      boundaries=decision_boundaries(a, "a") + decision_boundaries(b, "b"),
+                      boundaries=decision_boundaries(a, "a", regime) + decision_boundaries(b, "b", regime),
                       only_in_a=[key_text(e) for k, e in ia.items() if k not in ib],
-                      only_in_b=[key_text(e) for k, e in ib.items() if k not in ia], notes=notes)
+                      only_in_b=[key_text(e) for k, e in ib.items() if k not in ia], notes=notes, regime=regime)

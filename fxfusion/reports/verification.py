@@ -65,7 +65,7 @@ def render_verification(r: VerificationResult):
 MODEL_LABELS = {"eager": "original (eager)", "captured": "captured graph, unrewritten", "planned": "planned",
                 "compile": "torch.compile (whole model)", "planned+compile": "planned, then torch.compile"}
 CANDIDATE_COLUMNS = ("candidate", "median ms", "speedup over eager [95% CI]", "verified", "compile + 1st call s",
-                     "break-even calls")
+                     "break-even calls", "saving ms: predicted / measured")
 
 
 def candidate_choice_line(v: dict[str, Any]) -> str:
@@ -81,14 +81,24 @@ def candidate_rows(v: dict[str, Any]) -> list[tuple[str, ...]]:
     for r in c.get("candidates") or []:
         mark = " (chosen)" if r["name"] == c.get("chosen") else ""
         if r.get("median_ms") is None:
-            rows.append((r["name"] + mark, "-", f"{r.get('status')}: {r.get('reason') or ''}"[:60], "-", "-", "-"))
+            rows.append((r["name"] + mark, "-", f"{r.get('status')}: {r.get('reason') or ''}"[:60], "-", "-", "-", "-"))
             continue
         verified = {True: "yes", False: "no", None: "-"}[r.get("verified")]
         setup = "-" if r.get("setup_s") is None else f"{r['setup_s']:.1f}"
         even = "-" if r.get("break_even_calls") is None else f"{r['break_even_calls']:.0f}"
         rows.append((r["name"] + mark, f"{r['median_ms']:.4f}", _fmt_ci(r.get("speedup")) if r["name"] != "eager"
-                     else "1.00x", verified, setup, even))
+                     else "1.00x", verified, setup, even, prediction_cell(r.get("prediction"))))
     return rows
+
+
+def prediction_cell(p: dict[str, Any] | None) -> str:
+    """A rewritten candidate's saving over its base (planned: eager; planned + compile: whole-model compile),
+    predicted / measured, and the prediction's error."""
+    if not p:
+        return "-"
+    pred = "-" if p.get("predicted_saving_ms") is None else f"{p['predicted_saving_ms']:.4f}"
+    return (f"{pred} / {p['measured_saving_ms']:.4f} over {p['over']}"
+            + ("" if p.get("error_pct") is None else f" ({p['error_pct']:+.0f}%)"))
 # Which prediction a number is: the report's summary has the per-site library estimate, the verification an
 # in-model one; each sentence names its own, so two different "predicted" figures on one page are never confused.
 _SOURCES = {"in_model": " in the model (each group's region timed inside the model)",
