@@ -208,3 +208,32 @@ def emit_traced(g: fx.Graph, fn: Callable[..., torch.Tensor], args: Sequence[fx.
             if n.op == "call_function" and n in needed:
                 env[n] = g.node_copy(n, lambda a: env[a])
     return env[out]
+
+
+def drop_unused_attributes(gm: fx.GraphModule) -> list[str]:
+    """Delete the parameters, buffers and tensor attributes of ``gm`` that no ``get_attr`` node reads any more (a
+    folded convolution's original weight and its BatchNorm's statistics, the separate weights of merged sibling GEMMs),
+    then the submodules left empty; returns the names deleted.  A planned model then holds the tensors it runs with,
+    not those beside the ones it replaced; ``gm`` must be the only module holding its attribute tree (a copy)."""
+    read = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    used_modules = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+
+    def needed(name: str) -> bool:
+        return name in read or any(name.startswith(m + ".") for m in used_modules)
+
+    names = [n for n, _ in gm.named_parameters(remove_duplicate=False)]
+    names += [n for n, _ in gm.named_buffers(remove_duplicate=False)]
+    names += [f"{p}.{k}" if p else k for p, sub in gm.named_modules() for k, v in vars(sub).items()
+              if isinstance(v, torch.Tensor) and not k.startswith("_")]
+    dropped = []
+    for name in dict.fromkeys(names):
+        if needed(name):
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = gm.get_submodule(owner_name) if owner_name else gm
+        if hasattr(owner, attr):
+            delattr(owner, attr)
+            dropped.append(name)
+    if dropped:
+        gm.delete_all_unused_submodules()
+    return dropped

@@ -46,7 +46,7 @@ from torch import fx, nn
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.lean import lean
 from fxfusion.fusions.registry import rewrite_for
-from fxfusion.graph.edit import NotApplicable, is_pure
+from fxfusion.graph.edit import NotApplicable, drop_unused_attributes, is_pure
 from fxfusion.graph.runnable import runnable_graph
 
 
@@ -130,6 +130,7 @@ def planned_module(model: nn.Module, captured, groups) -> nn.Module:
             raise FxFusionError("the captured graph has its parameters lifted to inputs and no exported program to "
                                 "run it with; capture the model with fxfusion.graph.capture.capture")
         gm.fxfusion_rewrites = records
+        drop_unused_attributes(gm)  # the tensors the rewrites replaced (a copy's: the model keeps its own)
         return lean(gm)  # rewrites match aten overloads: make the calls lean only once they are done
     return _planned_dynamo(model, captured, groups)
 
