@@ -16,7 +16,7 @@ For each model spec (``FILE.py`` or ``FILE.py:NAME``, the model-file convention)
 It prints the medians, fxfusion's timing over the fresh process's, and whether that is within +-5% (issue 12's
 target); the verification's figure from step 1 is printed beside them (not interleaved: it was taken earlier).
 
-    python benchmarks/bench_baseline.py models/zoo/hf_llama.py:decode --device cuda --dtype bfloat16
+    python benchmarks/bench_baseline.py models/zoo/hf_llama.py:decode --device cuda --dtype bfloat16 --json raw.json
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def interleaved(spec: str, loaded, device: str, dtype: str | None, rounds: int =
         plain_loop(fns, device, repeats=1)  # compile (cached) and warm
         clock, spec_ = model_clock(device), dataclasses.replace(VERIFY_SPEC, rounds=3, warmup=1, budget_s=5.0)
         out = {src: {"eager": [], "compile": []} for src in ("fresh process", "fxfusion timing", "plain loop here")}
-        rng = random.Random(0)
+        rng, blocks = random.Random(0), []
         for r in range(rounds):
             order = list(out)
             rng.shuffle(order)
@@ -151,7 +151,8 @@ def interleaved(spec: str, loaded, device: str, dtype: str | None, rounds: int =
                     got = {k: v["samples_ms"] for k, v in plain_loop(fns, device, repeats=3, warm_s=0).items()}
                 for k in out[src]:
                     out[src][k] += got[k]
-        out["first_call_s"] = ready["first_call_s"]
+                blocks.append({"round": r, "source": src, "unix_s": time.time(), "samples_ms": got})
+        out["first_call_s"], out["blocks"] = ready["first_call_s"], blocks
         return out
     finally:
         if child.stdin:
@@ -177,6 +178,7 @@ def main() -> None:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--serve", default=None, help="step 2 of the module doc for SPEC (a subprocess)")
     ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--json", default=None, help="write every block's raw samples, in the order taken, here")
     args = ap.parse_args()
     if args.serve:
         serve(args.serve, args.device, args.dtype)
@@ -187,9 +189,13 @@ def main() -> None:
     print("| model | candidate | verification ms (earlier) | fxfusion timing ms | plain loop here ms | fresh process ms | "
           "fxfusion / fresh | within 5% | fresh process, first half / second half |")
     print("|---|---|---|---|---|---|---|---|---|")
+    raw = {}
     for spec in args.models:
         ours = fxfusion_figure(spec, args.device, args.dtype)
         rounds = interleaved(spec, ours["loaded"], args.device, args.dtype, args.rounds)
+        raw[spec] = {"verification_ms": {k: ours[f"{k}_ms"] for k in ("eager", "compile")}, "blocks": rounds["blocks"]}
+        if args.json:
+            Path(args.json).write_text(json.dumps(raw, indent=1))
         for kind in ("compile", "eager"):
             med = {src: statistics.median(rounds[src][kind]) for src in ("fresh process", "fxfusion timing",
                                                                        "plain loop here")}

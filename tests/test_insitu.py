@@ -257,3 +257,37 @@ def test_saving_in_ms_is_the_paired_fraction_times_one_reference_time():
     plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock(), reference_ms=2.0)
     for g in plan.groups:
         assert g.predicted_saving_ms == pytest.approx(g.in_model["fraction"] * 2.0)
+
+
+def _unstable_tightest(thunks, clock, spec):
+    """Region timings that say 'slower rewritten' from their medians while the fastest samples say the opposite:
+    rewritten 3x slower in ten rounds, 2x faster in two (a timing contention cannot fake: it only adds time)."""
+    from fxfusion.measure.stats import paired_fraction
+    from fxfusion.measure.timing import Samples
+
+    s = Samples(seconds={"captured": [1e-3] * 12, "rewritten": [0.5e-3] * 2 + [3e-3] * 10, "model": [1e-2] * 12},
+                inner={"captured": 1, "rewritten": 1, "model": 1}, rounds=12)
+    return s, paired_fraction(s.seconds["captured"], s.seconds["rewritten"], s.seconds["model"]), 3
+
+
+def test_a_region_whose_timing_is_unstable_is_noisy_neutral_and_decides_nothing(monkeypatch):
+    monkeypatch.setattr("fxfusion.planning.insitu._tightest", _unstable_tightest)
+    loaded = _model("resnet_bottleneck")
+    plan = typical_plan("resnet_bottleneck")
+    groups = [g.id for g in plan.groups]
+    found = measure_in_model(plan, loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
+    im = found[groups[0]]
+    assert im.verdict == "neutral" and "fastest tenth" in im.noisy
+    assert im.ci_high_ms < 0  # what would refuse the group, were the timing stable
+    # in the plan: kept on the library's verdict with a warning, never refused on a timing that flips
+    plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
+    assert [g.id for g in plan.groups] == groups and not [r for r in plan.refused if r.why == SLOWER_IN_MODEL]
+    assert all(any(w.startswith(f"{g}: its in-model timing is noisy") for w in plan.warnings) for g in groups)
+
+
+def test_a_stable_region_is_not_noisy():
+    loaded = _model("resnet_bottleneck")
+    plan = typical_plan("resnet_bottleneck")
+    spec = TimingSpec(rounds=12, warmup=1, target_sample_s=0.0, max_inner=1, budget_s=5.0)
+    found = measure_in_model(plan, loaded.model, loaded.example_inputs, spec=spec, clock=OpCountClock())
+    assert all(im.noisy is None and im.verdict == "fuse" for im in found.values())

@@ -13,9 +13,9 @@ from torch import nn
 
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.runnable import InputGuard
-from fxfusion.planning.candidates import COMPILE_MODES, PLANNED, PLANNED_COMPILE, compile_name
+from fxfusion.planning.candidates import CAPTURED_COMPILE, COMPILE_MODES, PLANNED, PLANNED_COMPILE, compile_name
 from fxfusion.planning.plan import FusionPlan
-from fxfusion.planning.rewrite import copy_model, planned_module
+from fxfusion.planning.rewrite import captured_module, copy_model, planned_module
 
 
 def _check_model(model, plan) -> None:
@@ -66,7 +66,8 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
     :class:`ShapeDispatch` runs a copy of the original model for them, unfused, with a warning once per signature).
 
     ``candidate`` asks for one of the candidates of :mod:`fxfusion.planning.candidates`: ``"planned"`` (the
-    rewritten graph, the rest eager), ``"planned+compile"`` (that graph through torch.compile), ``"compile"`` or
+    rewritten graph, the rest eager), ``"planned+compile"`` (that graph through torch.compile),
+    ``"captured+compile"`` (the captured graph through torch.compile, not rewritten), ``"compile"`` or
     ``"compile:<mode>"`` (the original module through torch.compile) or ``"eager"`` (a copy of the original).  By
     default it is the candidate the plan chose when its candidates were measured end to end (``plan.choice``, set by
     :func:`fxfusion.planning.pipeline.apply_and_verify` and ``analyze --apply``), else ``"planned"``.  The returned
@@ -87,6 +88,10 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
         compiled = torch.compile(model, mode=COMPILE_MODES[mode], dynamic=False)
         compiled.fxfusion_rewrites, compiled.fxfusion_candidate = [], name
         return compiled
+    if name == CAPTURED_COMPILE:
+        compiled = torch.compile(captured_module(model, plan.captured), dynamic=False)
+        compiled.fxfusion_rewrites, compiled.fxfusion_candidate = [], name
+        return compiled
     if name not in (PLANNED, PLANNED_COMPILE):
         raise FxFusionError(f"unknown candidate {name!r}; choose from {', '.join(_candidate_names())}")
     planned = _planned(model, plan, other_shapes)
@@ -99,7 +104,7 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
 
 
 def _candidate_names() -> list[str]:
-    return ["eager", PLANNED, PLANNED_COMPILE] + [compile_name(m) for m in COMPILE_MODES]
+    return ["eager", PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE] + [compile_name(m) for m in COMPILE_MODES]
 
 
 def _planned(model: nn.Module, plan: FusionPlan, other_shapes: str) -> nn.Module:

@@ -4,6 +4,9 @@
   compile            ``torch.compile(model)`` of the user's original module (``compile:<mode>`` for other modes,
                      asked for with ``--compile-modes``)
   planned            the plan's rewrites, the rest eager (:func:`fxfusion.planning.apply.apply`)
+  captured+compile   the captured graph, not rewritten, compiled by Inductor: what capturing alone gives (an exported,
+                     lean graph carries fewer of Dynamo's guards than a library's module); the control that says how
+                     much of planned+compile's gain over compile the rewrites make
   planned+compile    the rewritten graph compiled by Inductor, the rewrites kept: Inductor fuses what the plan left,
                      the plan does what Inductor does not (attention from eager idioms, sibling GEMMs, folded BN)
 
@@ -14,7 +17,7 @@ earlier capture or compile of the same code takes no cache entry or recompile sl
 run the model eager, silently); warmed until a call compiles nothing new; the Inductor cache state recorded.
 
 The choice (:func:`choose`): among the candidates whose outputs verify, the fastest median; a candidate gives way to a
-simpler one (eager < compile < planned < planned+compile) when it is less than ``MIN_EFFECT`` faster than it, so the
+simpler one (eager < compile < planned < captured+compile < planned+compile) when it is less than ``MIN_EFFECT`` faster than it, so the
 chosen one is never slower than 0.98x the fastest, and never slower than the better of eager and whole-model compile
 beyond the noise.  Each compiled candidate carries its break-even: compile seconds / saving per call.
 """
@@ -34,9 +37,9 @@ from fxfusion.measure.stats import MIN_EFFECT, Speedup, speedup
 # --compile-modes words -> torch.compile's mode argument
 COMPILE_MODES = {"default": None, "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs",
                  "reduce-overhead": "reduce-overhead"}
-PLANNED, PLANNED_COMPILE = "planned", "planned+compile"
+PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE = "planned", "captured+compile", "planned+compile"
 # Simpler first: the order in which a candidate that is not faster beyond MIN_EFFECT gives way.
-SIMPLICITY = ("eager", "compile", PLANNED, PLANNED_COMPILE)
+SIMPLICITY = ("eager", "compile", PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE)
 # Calls after the first before a compiled candidate is timed: guards settle, lazy recompiles happen now, not while
 # timing (a recompile inside the timed rounds would be charged to the candidate).
 WARM_CALLS = 3
@@ -215,10 +218,13 @@ def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) ->
 def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile_ms: float | None) -> None:
     """Each rewritten candidate's predicted saving beside the one measured, on its row (``row["prediction"]``):
     planned over eager (the applied groups' savings less the captured graph's overhead, as the plan predicted them);
-    planned + compile over whole-model compile (the kept groups' savings timed with both forms of their region
-    compiled, :meth:`FusionPlan.measure_in_compiled_model`; None when they were not timed so)."""
+    planned + compile over captured + compile where that was timed, else over whole-model compile (the kept groups'
+    savings timed with both forms of their region compiled, :meth:`FusionPlan.measure_in_compiled_model`; None when
+    they were not timed so).  Over captured + compile the measured saving is the rewrites' alone: what compiling the
+    captured graph instead of the module gives is that candidate's own gain, which no group predicts."""
     by = {r["name"]: r for r in choice.candidates}
-    for name, over, predicted in ((PLANNED, "eager", planned_ms), (PLANNED_COMPILE, "compile", planned_compile_ms)):
+    compiled_base = CAPTURED_COMPILE if (by.get(CAPTURED_COMPILE) or {}).get("median_ms") is not None else "compile"
+    for name, over, predicted in ((PLANNED, "eager", planned_ms), (PLANNED_COMPILE, compiled_base, planned_compile_ms)):
         row, base = by.get(name), by.get(over)
         if row is None or base is None or row.get("median_ms") is None or base.get("median_ms") is None:
             continue

@@ -22,7 +22,9 @@ Method (:func:`measure_in_model`), per group, largest library saving first, with
      ``CudaClock("pipelined")``), again while the saving's interval is too wide (``measure_tight``);
   4. the result (:class:`InModel`): the saving in ms (difference of medians, bootstrap interval), the saving as a
      fraction of the model's time paired per round (robust to a host whose speed drifts), and the region's speedup
-     with the verdict the usual rule gives it.
+     with the verdict the usual rule gives it -- ``neutral`` with the reason in ``noisy`` when that verdict is not
+     stable (:func:`fxfusion.measure.noise.instability`: the halves of the rounds disagree, or the fastest samples
+     contradict the medians), so a plan neither admits nor refuses a group on a timing that would flip.
 
 The plan's prediction is the sum over groups less the captured graph's own overhead (:func:`measure_overhead`, also
 here), and ``analyze --apply`` checks it against the whole model.  Cost: one trial rewrite of a neighbourhood of at
@@ -47,7 +49,8 @@ from fxfusion.graph.lean import lean
 from fxfusion.measure.devices import as_device
 from fxfusion.graph.runnable import runnable_graph
 from fxfusion.planning.rewrite import captured_module, rewrite_group
-from fxfusion.measure.stats import difference, paired_fraction, speedup, summarize
+from fxfusion.measure.noise import instability
+from fxfusion.measure.stats import NEUTRAL, difference, paired_fraction, speedup, summarize
 from fxfusion.measure.timing import Clock, TimingSpec, clock_for, measure_tight
 
 # Per group: enough rounds for a few-microsecond difference, little enough to keep planning quick.
@@ -90,6 +93,9 @@ class InModel:
     speedup_ci_high: float | None = None
     verdict: str | None = None
     regime: str = "eager"  # "compiled": both forms of the region ran through torch.compile
+    # Why the region's verdict is not stable (measure.noise.instability: the halves of the rounds disagree, ...),
+    # after every batch; the verdict is then neutral and nothing is decided on it -- never a flip.
+    noisy: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -262,14 +268,16 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
             samples, f, batches = _tightest(thunks, clock, spec)
             base, cand = samples.seconds["captured"], samples.seconds["rewritten"]
             d, sp = difference(base, cand), speedup(base, cand)
+            unstable = "; ".join(instability(base, cand))
             out[gid] = InModel(captured_ms=summarize(base).median * 1e3, rewritten_ms=summarize(cand).median * 1e3,
                                saving_ms=d.median * 1e3, ci_low_ms=d.ci_low * 1e3, ci_high_ms=d.ci_high * 1e3,
                                nodes=list(g.nodes), released=released, clock=getattr(clock, "mode", str(clock.device)),
                                batches=batches, fraction=f.median, fraction_ci_low=f.ci_low,
                                fraction_ci_high=f.ci_high,
                                model_ms=summarize(samples.seconds["model"]).median * 1e3, speedup=sp.median,
-                               speedup_ci_low=sp.ci_low, speedup_ci_high=sp.ci_high, verdict=sp.verdict(),
-                               regime="compiled" if compiled else "eager")
+                               speedup_ci_low=sp.ci_low, speedup_ci_high=sp.ci_high,
+                               verdict=NEUTRAL if unstable else sp.verdict(),
+                               regime="compiled" if compiled else "eager", noisy=unstable or None)
     return out
 
 

@@ -285,7 +285,10 @@ class FusionPlan:
             g.in_model = im.to_dict()
             g.predicted_saving_ms = (im.fraction * reference_ms if reference_ms and im.fraction is not None
                                      else im.saving_ms)
-            if im.ci_high_ms < 0:
+            if im.noisy:
+                self.warnings.append(f"{g.id}: its in-model timing is noisy ({im.noisy}); the group stays on the "
+                                     "library's verdict")
+            if im.ci_high_ms < 0 and not im.noisy:
                 self.refused.append(RefusedSite(g.id, g.pattern, g.graph_index, g.nodes, SLOWER_IN_MODEL, [
                     f"inside the model its region takes {im.rewritten_ms:.4f} ms rewritten against "
                     f"{im.captured_ms:.4f} ms captured (saving {im.saving_ms:+.4f} ms, 95% CI "
@@ -315,7 +318,8 @@ class FusionPlan:
     def groups_for_compile(self) -> list[FusionGroup]:
         """The groups the planned + compile candidate applies: all but those whose region, compiled, is slower
         rewritten than captured beyond the noise (Inductor does better with the ops as they were)."""
-        return [g for g in self.groups if not (g.in_compiled_model and g.in_compiled_model["ci_high_ms"] < 0)]
+        return [g for g in self.groups if not (g.in_compiled_model and g.in_compiled_model["ci_high_ms"] < 0
+                                               and not g.in_compiled_model.get("noisy"))]
 
     def _decide_pending(self, found: dict) -> None:
         """Admit each pending site whose region is faster rewritten beyond the noise (the fuse rule, applied to the
@@ -328,7 +332,7 @@ class FusionPlan:
                 refusal.reasons.append(f"inside the model it could not be timed ({im})")
                 continue
             said = (f"inside the model its region runs {im.speedup:.2f}x rewritten (95% CI [{im.speedup_ci_low:.2f}, "
-                    f"{im.speedup_ci_high:.2f}]): {im.verdict}")
+                    f"{im.speedup_ci_high:.2f}]): {im.verdict}" + (f", noisy: {im.noisy}" if im.noisy else ""))
             if im.verdict != FUSE:
                 refusal.reasons.append(said)
                 continue

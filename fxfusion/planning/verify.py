@@ -33,8 +33,9 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.apply import apply
-from fxfusion.planning.candidates import (COMPILE_MODES, PLANNED, PLANNED_COMPILE, Built, attach_predictions, choose,
-                                         compile_model, compile_name, reset_compiled_state)
+from fxfusion.planning.candidates import (CAPTURED_COMPILE, COMPILE_MODES, PLANNED, PLANNED_COMPILE, Built,
+                                         attach_predictions, choose, compile_model, compile_name,
+                                         reset_compiled_state)
 from fxfusion.planning.insitu import model_clock
 from fxfusion.planning.rewrite import captured_module
 from fxfusion.measure.profiling import cupti_warning
@@ -250,6 +251,9 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                 planned_compile_pred = sum(c["saving_ms"] for c in compiled_savings)
             built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
                                                    record_post_grad=True)
+            if "captured" in thunks:  # the control: the same graph compiled without its rewrites (a copy of it)
+                built[CAPTURED_COMPILE] = compile_model(CAPTURED_COMPILE, captured_module(model, plan.captured),
+                                                        inputs, device, None)
         for name, b in built.items():
             if b.status != "ok":
                 timings[name] = Timing(name, b.status, b.reason)
