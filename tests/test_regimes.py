@@ -36,6 +36,31 @@ def test_measure_regimes_takes_both_from_the_same_rounds_and_the_reference_once_
     assert out.by_regime["pipelined"].seconds == {"a": [1.0] * 7, "b": [3.0] * 7}
 
 
+def test_the_reference_kernel_is_timed_warm():
+    """Each round runs the reference once untimed before its timed call, so what the previous round's variants
+    evicted from the caches does not read as contention (idle, a 256x256 matmul after a 512x1024x1024 GEMM read up
+    to 1.8x its quietest time: five of eight idle entries were flagged contended, bench_noise run 16)."""
+    calls, before_timed = [], []
+
+    def ref():
+        calls.append(1)
+
+    class Clock:
+        device = "cpu"
+
+        def sample(self, fn, inner):
+            if fn is ref:
+                before_timed.append(len(calls))  # reference calls already run when this one is timed
+            fn()
+            return 1.0
+
+        def now(self):
+            return 0.0
+
+    measure_regimes({"a": lambda: None}, Clock(), TimingSpec(rounds=4, warmup=0, budget_s=1e9), reference=ref)
+    assert before_timed == [1, 3, 5, 7] and len(calls) == 8  # every timed call follows an untimed one
+
+
 def test_cpu_clock_times_the_first_call_alone_and_the_rest_back_to_back(monkeypatch):
     """The isolated sample is the batch's first call, the pipelined one the other calls: no call is added, so the
     second regime costs no extra time (the rounds of a 1.0 calibration made exactly as many calls)."""

@@ -64,7 +64,8 @@ STEAL_LIMIT = 0.05
 # the machine.
 REFERENCE_SPREAD_LIMIT = 0.25
 # A measurement's median reference time over the lowest median of any measurement this process has taken: the same
-# VM, idle, drifted up to about 1.3x between entries (caches and memory left by other patterns); 1.5x is contention.
+# VM, idle, drifted up to about 1.3x between entries with the reference timed warm (it runs once untimed before each
+# timed call; timed cold after a large GEMM it read up to 1.8x, bench_noise run 16); 1.5x is contention.
 REFERENCE_SLOWDOWN_LIMIT = 1.5
 # Reference time on the timing's threads over its time on one thread: more threads must not be 50% slower than one.
 THREAD_STALL_LIMIT = 1.5
