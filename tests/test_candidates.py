@@ -73,6 +73,23 @@ def test_apply_hands_back_the_candidate_asked_for():
         fxfusion.apply(loaded.model, plan, candidate="fastest")
     control = fxfusion.apply(loaded.model, plan, candidate="captured+compile")  # compiled lazily: nothing runs here
     assert control.fxfusion_candidate == "captured+compile" and control.fxfusion_rewrites == []
+    nhwc = fxfusion.apply(loaded.model, plan, candidate="channels_last+compile")
+    assert nhwc.fxfusion_candidate == "channels_last+compile"
+    assert all(p.is_contiguous() for p in loaded.model.parameters())  # the user's model keeps its layout
+
+
+def test_the_layout_candidate_converts_a_copy_and_its_inputs():
+    from fxfusion.graph.loader import load_model
+    from fxfusion.planning.candidates import ChannelsLast, has_conv2d
+
+    loaded = load_model(MODELS / "resnet_basic.py")
+    nhwc = ChannelsLast(loaded.model)
+    weights = [p for p in nhwc.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert all(p.is_contiguous() for p in loaded.model.parameters())  # the user's model keeps its layout
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(*loaded.example_inputs), loaded.model(*loaded.example_inputs))
+    assert has_conv2d(loaded.model) and not has_conv2d(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.slow
@@ -90,9 +107,10 @@ def test_candidates_are_verified_timed_and_chosen_end_to_end():
     assert r.ok, r.reason
     c = r.candidates
     names = [row["name"] for row in c["candidates"]]
-    assert set(names) >= {"eager", "planned", "compile", "captured+compile", "planned+compile"}
+    assert set(names) >= {"eager", "planned", "compile", "captured+compile", "planned+compile",
+                          "channels_last+compile"}  # resnet_basic has 2-D convolutions: the layout is a candidate
     rows = {row["name"]: row for row in c["candidates"]}
-    assert rows["compile"]["verified"] and rows["planned+compile"]["verified"] and rows["captured+compile"]["verified"]
+    assert all(rows[n]["verified"] for n in ("compile", "planned+compile", "captured+compile", "channels_last+compile"))
     assert rows["compile"]["setup_s"] > 0 and rows["compile"]["inductor"]["frames_ok"] >= 1
     assert c["chosen"] in names and c["why"]
     fastest = min((row for row in c["candidates"] if row["verified"]), key=lambda row: row["median_ms"])

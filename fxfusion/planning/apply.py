@@ -13,7 +13,8 @@ from torch import nn
 
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.runnable import InputGuard
-from fxfusion.planning.candidates import CAPTURED_COMPILE, COMPILE_MODES, PLANNED, PLANNED_COMPILE, compile_name
+from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, PLANNED,
+                                         PLANNED_COMPILE, ChannelsLast, compile_name)
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.rewrite import captured_module, copy_model, planned_module
 
@@ -67,7 +68,8 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
 
     ``candidate`` asks for one of the candidates of :mod:`fxfusion.planning.candidates`: ``"planned"`` (the
     rewritten graph, the rest eager), ``"planned+compile"`` (that graph through torch.compile),
-    ``"captured+compile"`` (the captured graph through torch.compile, not rewritten), ``"compile"`` or
+    ``"captured+compile"`` (the captured graph through torch.compile, not rewritten), ``"channels_last+compile"``
+    (a copy of the model in channels-last layout through torch.compile), ``"compile"`` or
     ``"compile:<mode>"`` (the original module through torch.compile) or ``"eager"`` (a copy of the original).  By
     default it is the candidate the plan chose when its candidates were measured end to end (``plan.choice``, set by
     :func:`fxfusion.planning.pipeline.apply_and_verify` and ``analyze --apply``), else ``"planned"``.  The returned
@@ -88,8 +90,9 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
         compiled = torch.compile(model, mode=COMPILE_MODES[mode], dynamic=False)
         compiled.fxfusion_rewrites, compiled.fxfusion_candidate = [], name
         return compiled
-    if name == CAPTURED_COMPILE:
-        compiled = torch.compile(captured_module(model, plan.captured), dynamic=False)
+    if name in (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE):
+        base = captured_module(model, plan.captured) if name == CAPTURED_COMPILE else ChannelsLast(model)
+        compiled = torch.compile(base, dynamic=False)
         compiled.fxfusion_rewrites, compiled.fxfusion_candidate = [], name
         return compiled
     if name not in (PLANNED, PLANNED_COMPILE):
@@ -104,7 +107,8 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
 
 
 def _candidate_names() -> list[str]:
-    return ["eager", PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE] + [compile_name(m) for m in COMPILE_MODES]
+    return (["eager", PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE, CHANNELS_LAST_COMPILE]
+            + [compile_name(m) for m in COMPILE_MODES])
 
 
 def _planned(model: nn.Module, plan: FusionPlan, other_shapes: str) -> nn.Module:

@@ -3,6 +3,9 @@
   eager              the user's module as it is
   compile            ``torch.compile(model)`` of the user's original module (``compile:<mode>`` for other modes,
                      asked for with ``--compile-modes``)
+  channels_last+compile
+                     a model with 2-D convolutions, its weights and 4-D inputs in channels-last (NHWC) layout, through
+                     ``torch.compile``: the layout decision for the whole model (:class:`ChannelsLast`)
   planned            the plan's rewrites, the rest eager (:func:`fxfusion.planning.apply.apply`)
   captured+compile   the captured graph, not rewritten, compiled by Inductor: what capturing alone gives (an exported,
                      lean graph carries fewer of Dynamo's guards than a library's module); the control that says how
@@ -17,13 +20,15 @@ earlier capture or compile of the same code takes no cache entry or recompile sl
 run the model eager, silently); warmed until a call compiles nothing new; the Inductor cache state recorded.
 
 The choice (:func:`choose`): among the candidates whose outputs verify, the fastest median; a candidate gives way to a
-simpler one (eager < compile < planned < captured+compile < planned+compile) when it is less than ``MIN_EFFECT`` faster than it, so the
+simpler one (eager < compile < channels_last+compile < planned < captured+compile < planned+compile) when it is less than ``MIN_EFFECT`` faster than it, so the
 chosen one is never slower than 0.98x the fastest, and never slower than the better of eager and whole-model compile
 beyond the noise.  Each compiled candidate carries its break-even: compile seconds / saving per call.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -38,8 +43,9 @@ from fxfusion.measure.stats import MIN_EFFECT, Speedup, speedup
 COMPILE_MODES = {"default": None, "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs",
                  "reduce-overhead": "reduce-overhead"}
 PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE = "planned", "captured+compile", "planned+compile"
+CHANNELS_LAST_COMPILE = "channels_last+compile"
 # Simpler first: the order in which a candidate that is not faster beyond MIN_EFFECT gives way.
-SIMPLICITY = ("eager", "compile", PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE)
+SIMPLICITY = ("eager", "compile", CHANNELS_LAST_COMPILE, PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE)
 # Calls after the first before a compiled candidate is timed: guards settle, lazy recompiles happen now, not while
 # timing (a recompile inside the timed rounds would be charged to the candidate).
 WARM_CALLS = 3
@@ -57,6 +63,27 @@ def parse_compile_modes(spec: str | None) -> tuple[str, ...]:
         raise FxFusionError(f"unknown --compile-modes {', '.join(unknown) or '(none)'}; choose from "
                             f"{', '.join(COMPILE_MODES)}")
     return words
+
+
+class ChannelsLast(nn.Module):
+    """A copy of ``model`` with its 4-D weights in channels-last (NHWC) layout, converting its 4-D tensor inputs on
+    every call (so the conversion's cost is in the timing): the layout cuDNN's and Inductor's convolutions prefer.
+    The user's model is not touched."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.inner = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def forward(self, *args):
+        return self.inner(*(a.contiguous(memory_format=torch.channels_last)
+                            if isinstance(a, torch.Tensor) and a.dim() == 4 else a for a in args))
+
+
+def has_conv2d(model: nn.Module) -> bool:
+    """Whether a layout decision applies: the model has a 2-D convolution."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def simplicity(name: str) -> int:

@@ -33,9 +33,9 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.apply import apply
-from fxfusion.planning.candidates import (CAPTURED_COMPILE, COMPILE_MODES, PLANNED, PLANNED_COMPILE, Built,
-                                         attach_predictions, choose, compile_model, compile_name,
-                                         reset_compiled_state)
+from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, PLANNED,
+                                         PLANNED_COMPILE, Built, ChannelsLast, attach_predictions, choose,
+                                         compile_model, compile_name, has_conv2d, reset_compiled_state)
 from fxfusion.planning.insitu import model_clock
 from fxfusion.planning.rewrite import captured_module
 from fxfusion.measure.profiling import cupti_warning
@@ -238,6 +238,9 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         for mode in compile_modes:
             built[compile_name(mode)] = compile_model(compile_name(mode), model, inputs, device, COMPILE_MODES[mode],
                                                       record_post_grad=mode == "default")
+        if has_conv2d(model):  # the layout decision for the whole model
+            built[CHANNELS_LAST_COMPILE] = compile_model(CHANNELS_LAST_COMPILE, ChannelsLast(model), inputs, device,
+                                                         None)
         if planned_compile and any(r["applied"] for r in rewrites):
             kept = plan.groups_for_compile() if hasattr(plan, "groups_for_compile") else plan.groups
             if len(kept) < len(plan.groups):
