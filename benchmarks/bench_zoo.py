@@ -121,9 +121,9 @@ def main() -> None:
     print(f"# bench_zoo: torch {torch.__version__}, {args.device} ({name}), dtype {args.dtype}, preset {args.preset}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads {torch.get_num_threads()}", flush=True)
     print("| model | graphs | sites | legal | fuse | applied | verified | FLOPs in sites | time in sites | analyze s | "
-          "eager ms | compile ms | planned ms | captured+compile ms | planned+compile ms | chosen | chosen/best | "
-          "vs better baseline | chosen's saving ms, predicted / measured | left on the table |")
-    print("|" + "---|" * 20)
+          "eager ms | compile ms | channels_last+compile ms | planned ms | captured+compile ms | planned+compile ms | "
+          "chosen | chosen/best | vs better baseline | chosen's saving ms, predicted / measured | left on the table |")
+    print("|" + "---|" * 21)
     rows, t0 = [], time.perf_counter()
     for spec in _specs(args):
         if time.perf_counter() - t0 > args.budget_s:
@@ -142,6 +142,7 @@ def main() -> None:
         print(f"| {spec} | {r['graphs']} | {r['sites']} | {r['legal']} | {r['fuse']} | {r.get('applied', '-')} | "
               f"{r.get('verified', '-')} | {_f(r['flops_share'], '.0%')} | {_f(r['time_share'], '.0%')} | "
               f"{r['analyze_s']:.1f} | {_f(ms.get('eager'), '.4f')} | {_f(ms.get('compile'), '.4f')} | "
+              f"{_f(ms.get('channels_last+compile'), '.4f')} | "
               f"{_f(ms.get('planned'), '.4f')} | {_f(ms.get('captured+compile'), '.4f')} | "
               f"{_f(ms.get('planned+compile'), '.4f')} | {r.get('chosen', '-')} | "
               f"{_f(r.get('chosen_vs_best'), '.3f')} | {_f(r.get('chosen_vs_baseline'), '.3f')}x | "
