@@ -75,6 +75,11 @@ def test_apply_hands_back_the_candidate_asked_for():
     assert control.fxfusion_candidate == "captured+compile" and control.fxfusion_rewrites == []
     nhwc = fxfusion.apply(loaded.model, plan, candidate="channels_last+compile")
     assert nhwc.fxfusion_candidate == "channels_last+compile"
+    both = fxfusion.apply(loaded.model, plan, candidate="planned+channels_last+compile")
+    assert both.fxfusion_candidate == "planned+channels_last+compile" and all(r.applied for r in both.fxfusion_rewrites)
+    with torch.no_grad():
+        torch.testing.assert_close(both(*loaded.example_inputs), loaded.model(*loaded.example_inputs),
+                                   rtol=1e-4, atol=1e-4)
     assert all(p.is_contiguous() for p in loaded.model.parameters())  # the user's model keeps its layout
 
 
@@ -108,9 +113,11 @@ def test_candidates_are_verified_timed_and_chosen_end_to_end():
     c = r.candidates
     names = [row["name"] for row in c["candidates"]]
     assert set(names) >= {"eager", "planned", "compile", "captured+compile", "planned+compile",
-                          "channels_last+compile"}  # resnet_basic has 2-D convolutions: the layout is a candidate
+                          "channels_last+compile", "planned+channels_last+compile"}  # 2-D convs: layout candidates
     rows = {row["name"]: row for row in c["candidates"]}
-    assert all(rows[n]["verified"] for n in ("compile", "planned+compile", "captured+compile", "channels_last+compile"))
+    assert all(rows[n]["verified"] for n in ("compile", "planned+compile", "captured+compile", "channels_last+compile",
+                                             "planned+channels_last+compile"))
+    assert rows["planned+channels_last+compile"]["prediction"]["over"] == "channels_last+compile"
     assert rows["compile"]["setup_s"] > 0 and rows["compile"]["inductor"]["frames_ok"] >= 1
     assert c["chosen"] in names and c["why"]
     fastest = min((row for row in c["candidates"] if row["verified"]), key=lambda row: row["median_ms"])

@@ -14,7 +14,8 @@ from torch import nn
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.runnable import InputGuard
 from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, PLANNED,
-                                         PLANNED_COMPILE, ChannelsLast, compile_name)
+                                         PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, ChannelsLast,
+                                         compile_name)
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.rewrite import captured_module, copy_model, planned_module
 
@@ -69,7 +70,8 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
     ``candidate`` asks for one of the candidates of :mod:`fxfusion.planning.candidates`: ``"planned"`` (the
     rewritten graph, the rest eager), ``"planned+compile"`` (that graph through torch.compile),
     ``"captured+compile"`` (the captured graph through torch.compile, not rewritten), ``"channels_last+compile"``
-    (a copy of the model in channels-last layout through torch.compile), ``"compile"`` or
+    (a copy of the model in channels-last layout through torch.compile), ``"planned+channels_last+compile"`` (the
+    rewritten graph so), ``"compile"`` or
     ``"compile:<mode>"`` (the original module through torch.compile) or ``"eager"`` (a copy of the original).  By
     default it is the candidate the plan chose when its candidates were measured end to end (``plan.choice``, set by
     :func:`fxfusion.planning.pipeline.apply_and_verify` and ``analyze --apply``), else ``"planned"``.  The returned
@@ -95,19 +97,19 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
         compiled = torch.compile(base, dynamic=False)
         compiled.fxfusion_rewrites, compiled.fxfusion_candidate = [], name
         return compiled
-    if name not in (PLANNED, PLANNED_COMPILE):
+    if name not in (PLANNED, PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE):
         raise FxFusionError(f"unknown candidate {name!r}; choose from {', '.join(_candidate_names())}")
     planned = _planned(model, plan, other_shapes)
-    if name == PLANNED_COMPILE:
+    if name in (PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE):
         records = planned.fxfusion_rewrites
-        planned = torch.compile(planned, dynamic=False)
+        planned = torch.compile(planned if name == PLANNED_COMPILE else ChannelsLast(planned), dynamic=False)
         planned.fxfusion_rewrites = records
     planned.fxfusion_candidate = name
     return planned
 
 
 def _candidate_names() -> list[str]:
-    return (["eager", PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE, CHANNELS_LAST_COMPILE]
+    return (["eager", PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE, CHANNELS_LAST_COMPILE, PLANNED_CHANNELS_LAST_COMPILE]
             + [compile_name(m) for m in COMPILE_MODES])
 
 

@@ -12,6 +12,9 @@
                      much of planned+compile's gain over compile the rewrites make
   planned+compile    the rewritten graph compiled by Inductor, the rewrites kept: Inductor fuses what the plan left,
                      the plan does what Inductor does not (attention from eager idioms, sibling GEMMs, folded BN)
+  planned+channels_last+compile
+                     a model with 2-D convolutions: the rewritten graph in channels-last layout, compiled (the
+                     rewrites and the layout decision together)
 
 :func:`fxfusion.planning.verify.verify_plan` builds them, checks every one's outputs against the float64 reference and
 times them end to end in one interleaved run (pipelined on CUDA).  The baseline is what a user would get by writing it
@@ -20,7 +23,8 @@ earlier capture or compile of the same code takes no cache entry or recompile sl
 run the model eager, silently); warmed until a call compiles nothing new; the Inductor cache state recorded.
 
 The choice (:func:`choose`): among the candidates whose outputs verify, the fastest median; a candidate gives way to a
-simpler one (eager < compile < channels_last+compile < planned < captured+compile < planned+compile) when it is less than ``MIN_EFFECT`` faster than it, so the
+simpler one (eager < compile < channels_last+compile < planned < captured+compile < planned+compile <
+planned+channels_last+compile) when it is less than ``MIN_EFFECT`` faster than it, so the
 chosen one is never slower than 0.98x the fastest, and never slower than the better of eager and whole-model compile
 beyond the noise.  Each compiled candidate carries its break-even: compile seconds / saving per call.
 """
@@ -43,9 +47,10 @@ from fxfusion.measure.stats import MIN_EFFECT, Speedup, speedup
 COMPILE_MODES = {"default": None, "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs",
                  "reduce-overhead": "reduce-overhead"}
 PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE = "planned", "captured+compile", "planned+compile"
-CHANNELS_LAST_COMPILE = "channels_last+compile"
+CHANNELS_LAST_COMPILE, PLANNED_CHANNELS_LAST_COMPILE = "channels_last+compile", "planned+channels_last+compile"
 # Simpler first: the order in which a candidate that is not faster beyond MIN_EFFECT gives way.
-SIMPLICITY = ("eager", "compile", CHANNELS_LAST_COMPILE, PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE)
+SIMPLICITY = ("eager", "compile", CHANNELS_LAST_COMPILE, PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE,
+              PLANNED_CHANNELS_LAST_COMPILE)
 # Calls after the first before a compiled candidate is timed: guards settle, lazy recompiles happen now, not while
 # timing (a recompile inside the timed rounds would be charged to the candidate).
 WARM_CALLS = 3
@@ -248,10 +253,13 @@ def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile
     planned + compile over captured + compile where that was timed, else over whole-model compile (the kept groups'
     savings timed with both forms of their region compiled, :meth:`FusionPlan.measure_in_compiled_model`; None when
     they were not timed so).  Over captured + compile the measured saving is the rewrites' alone: what compiling the
-    captured graph instead of the module gives is that candidate's own gain, which no group predicts."""
+    captured graph instead of the module gives is that candidate's own gain, which no group predicts.
+    planned + channels-last + compile over channels-last + compile, from the same compiled-region savings (timed in
+    the model's own layout: an approximation the row's base names)."""
     by = {r["name"]: r for r in choice.candidates}
     compiled_base = CAPTURED_COMPILE if (by.get(CAPTURED_COMPILE) or {}).get("median_ms") is not None else "compile"
-    for name, over, predicted in ((PLANNED, "eager", planned_ms), (PLANNED_COMPILE, compiled_base, planned_compile_ms)):
+    for name, over, predicted in ((PLANNED, "eager", planned_ms), (PLANNED_COMPILE, compiled_base, planned_compile_ms),
+                                  (PLANNED_CHANNELS_LAST_COMPILE, CHANNELS_LAST_COMPILE, planned_compile_ms)):
         row, base = by.get(name), by.get(over)
         if row is None or base is None or row.get("median_ms") is None or base.get("median_ms") is None:
             continue

@@ -34,8 +34,9 @@ from torch.utils._pytree import tree_flatten, tree_map
 from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.apply import apply
 from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, PLANNED,
-                                         PLANNED_COMPILE, Built, ChannelsLast, attach_predictions, choose,
-                                         compile_model, compile_name, has_conv2d, reset_compiled_state)
+                                         PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, Built, ChannelsLast,
+                                         attach_predictions, choose, compile_model, compile_name, has_conv2d,
+                                         reset_compiled_state)
 from fxfusion.planning.insitu import model_clock
 from fxfusion.planning.rewrite import captured_module
 from fxfusion.measure.profiling import cupti_warning
@@ -254,6 +255,9 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                 planned_compile_pred = sum(c["saving_ms"] for c in compiled_savings)
             built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
                                                    record_post_grad=True)
+            if has_conv2d(model):  # the rewrites and the layout decision together
+                built[PLANNED_CHANNELS_LAST_COMPILE] = compile_model(PLANNED_CHANNELS_LAST_COMPILE, ChannelsLast(base),
+                                                                     inputs, device, None, record_post_grad=True)
             if "captured" in thunks:  # the control: the same graph compiled without its rewrites (a copy of it)
                 built[CAPTURED_COMPILE] = compile_model(CAPTURED_COMPILE, captured_module(model, plan.captured),
                                                         inputs, device, None)

@@ -65,7 +65,8 @@ def render_verification(r: VerificationResult):
 MODEL_LABELS = {"eager": "original (eager)", "captured": "captured graph, unrewritten", "planned": "planned",
                 "compile": "torch.compile (whole model)", "channels_last+compile": "channels-last, then torch.compile",
                 "captured+compile": "captured graph, then torch.compile",
-                "planned+compile": "planned, then torch.compile"}
+                "planned+compile": "planned, then torch.compile",
+                "planned+channels_last+compile": "planned, channels-last, then torch.compile"}
 CANDIDATE_COLUMNS = ("candidate", "median ms", "speedup over eager [95% CI]", "verified", "compile + 1st call s",
                      "break-even calls", "saving ms: predicted / measured")
 
