@@ -258,9 +258,10 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             if has_conv2d(model):  # the rewrites and the layout decision together
                 built[PLANNED_CHANNELS_LAST_COMPILE] = compile_model(PLANNED_CHANNELS_LAST_COMPILE, ChannelsLast(base),
                                                                      inputs, device, None, record_post_grad=True)
-            if "captured" in thunks:  # the control: the same graph compiled without its rewrites (a copy of it)
-                built[CAPTURED_COMPILE] = compile_model(CAPTURED_COMPILE, captured_module(model, plan.captured),
-                                                        inputs, device, None)
+        if planned_compile and "captured" in thunks:  # the captured graph compiled without rewrites (a copy of it):
+            # planned + compile's control, and a candidate of its own where nothing is applied
+            built[CAPTURED_COMPILE] = compile_model(CAPTURED_COMPILE, captured_module(model, plan.captured), inputs,
+                                                    device, None)
         for name, b in built.items():
             if b.status != "ok":
                 timings[name] = Timing(name, b.status, b.reason)
