@@ -32,6 +32,7 @@ from fxfusion.graph.loader import load_model  # noqa: E402
 from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.planning.analyze import analyze  # noqa: E402
 from fxfusion.planning.decide import LiveSource  # noqa: E402
+from fxfusion.planning.candidates import parse_candidates  # noqa: E402
 from fxfusion.planning.pipeline import apply_and_verify  # noqa: E402
 from fxfusion.reports.verification import prediction_cell  # noqa: E402
 
@@ -77,7 +78,7 @@ def run_one(spec: str, args) -> dict:
         return row
     plan, v = apply_and_verify(result, loaded.model, loaded.example_inputs, args.device,
                                include_compile=not args.no_compile, compiled_regime=args.compiled_regime,
-                               insitu_budget_s=args.insitu_budget_s)
+                               insitu_budget_s=args.insitu_budget_s, extra=parse_candidates(args.candidates))
     rewrites = v.rewrites
     row.update(applied=sum(r["applied"] for r in rewrites), groups=len(plan.groups), verified=v.ok,
                reason=v.reason, prediction_error_pct=v.prediction_error_pct, fraction_error_pct=v.fraction_error_pct)
@@ -113,9 +114,12 @@ def main() -> None:
     ap.add_argument("--site-compile", action="store_true", help="measure sites with their compile variants too")
     ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting models after this many seconds")
     ap.add_argument("--insitu-budget-s", type=float, default=120.0, help="in-model timing budget per model")
+    ap.add_argument("--candidates", default="all", help="optional candidates: all, none or a comma list (see "
+                    "fxfusion.planning.candidates.OPTIONAL)")
     ap.add_argument("--compiled-regime", action=argparse.BooleanOptionalAction, default=None,
                     help="time each group's region compiled too (default: on CUDA)")
     args = ap.parse_args()
+    parse_candidates(args.candidates)  # a bad list fails here, not as a crash of every model
     Path(args.out).mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"# bench_zoo: torch {torch.__version__}, {args.device} ({name}), dtype {args.dtype}, preset {args.preset}, "

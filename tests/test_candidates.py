@@ -10,7 +10,7 @@ import torch
 
 import fxfusion
 from fxfusion.errors import FxFusionError
-from fxfusion.planning.candidates import attach_predictions, choose, parse_compile_modes
+from fxfusion.planning.candidates import OPTIONAL, attach_predictions, choose, parse_candidates, parse_compile_modes
 from fxfusion.planning.verify import Timing, verify_plan
 from fxfusion.reports.verification import prediction_cell
 from tests.helpers import MODELS, TINY_SPEC, typical_plan
@@ -168,3 +168,18 @@ def test_each_rewritten_candidate_carries_its_prediction_against_its_own_base():
     assert "prediction" not in rows["compile"] and "prediction" not in rows["eager"]
     assert prediction_cell(pc).startswith("- / ") and "over compile" in prediction_cell(pc)
     assert prediction_cell(planned).endswith("%)") and prediction_cell(None) == "-"
+
+
+def test_the_optional_candidates_are_chosen_by_name():
+    assert parse_candidates(None) == parse_candidates("all") == OPTIONAL and parse_candidates("none") == ()
+    assert parse_candidates("planned+compile, captured+compile") == ("planned+compile", "captured+compile")
+    with pytest.raises(FxFusionError, match="unknown --candidates fastest; choose all, none or from"):
+        parse_candidates("planned+compile,fastest")
+
+
+def test_without_optional_candidates_only_eager_compile_and_planned_are_timed():
+    from fxfusion.graph.loader import load_model
+
+    loaded = load_model(MODELS / "resnet_basic.py")
+    r = verify_plan(loaded.model, loaded.example_inputs, typical_plan("resnet_basic"), spec=TINY_SPEC, extra=())
+    assert r.ok and {row["name"] for row in r.candidates["candidates"]} == {"eager", "planned", "compile"}

@@ -19,7 +19,7 @@ from fxfusion.errors import FxFusionError
 from fxfusion.graph.loader import load_model
 from fxfusion.planning.analyze import analyze
 from fxfusion.planning.decide import LiveSource, ProfileSource
-from fxfusion.planning.candidates import parse_compile_modes
+from fxfusion.planning.candidates import parse_candidates, parse_compile_modes
 from fxfusion.planning.pipeline import apply_and_verify
 from fxfusion.profiles.machine import find_machine_profile
 from fxfusion.profiles.profile import Profile
@@ -86,6 +86,11 @@ def analyze_command(
                                                                        "candidates, a comma list of default, "
                                                                        "max-autotune-no-cudagraphs, reduce-overhead."
                                                )] = "default",
+    candidates: Annotated[str, typer.Option("--candidates", help="With --apply: the optional candidates to time "
+                                                                 "beside eager, compile and planned: all, none, or a "
+                                                                 "comma list of channels_last+compile, "
+                                                                 "captured+compile, planned+compile, "
+                                                                 "planned+channels_last+compile.")] = "all",
 ) -> None:
     """Find the fusible sites of a model, decide each at its own shape and dtype, and report them."""
     if fmt not in FORMATS:
@@ -102,7 +107,7 @@ def analyze_command(
     dtype_name = parse_dtypes(dtype)[0] if dtype is not None else None
     if output is not None:
         check_writable(output)
-    modes = parse_compile_modes(compile_modes)
+    modes, extra = parse_compile_modes(compile_modes), parse_candidates(candidates)
     source, loaded_profile = None, None
     if not match_only:  # before loading the model: a foreign profile fails fast
         source, loaded_profile = _source(device, profile, measure, regime, allow_foreign_profile, no_compile)
@@ -124,7 +129,7 @@ def analyze_command(
                 progress.note("applying the plan and verifying the fused model (outputs, then end-to-end time)")
                 _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device,
                                                    profile=loaded_profile, include_compile=not no_compile,
-                                                   compile_modes=modes)
+                                                   compile_modes=modes, extra=extra)
     report = result.to_dict()
     width = output_width(sys.stdout if output is None else None)  # a terminal's own width; files: $COLUMNS or wide
     text = _text(report, fmt, result.captured.graphs,

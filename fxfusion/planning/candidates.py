@@ -56,6 +56,25 @@ SIMPLICITY = ("eager", "compile", CHANNELS_LAST_COMPILE, PLANNED, CAPTURED_COMPI
 WARM_CALLS = 3
 
 
+# The candidates beyond eager, whole-model compile and planned, which `--candidates` may leave out (each is one more
+# compile per model: on a large conv model on a GPU, about half a minute).
+OPTIONAL = (CHANNELS_LAST_COMPILE, CAPTURED_COMPILE, PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE)
+
+
+def parse_candidates(spec: str | None) -> tuple[str, ...]:
+    """``--candidates``: 'all' (the default), 'none', or a comma list of :data:`OPTIONAL`; one clear error else."""
+    words = tuple(w.strip() for w in (spec or "all").split(",") if w.strip())
+    if words in (("all",), ()):
+        return OPTIONAL
+    if words == ("none",):
+        return ()
+    unknown = [w for w in words if w not in OPTIONAL]
+    if unknown:
+        raise FxFusionError(f"unknown --candidates {', '.join(unknown)}; choose all, none or from {', '.join(OPTIONAL)} "
+                            "(eager, compile and planned are always timed)")
+    return words
+
+
 def compile_name(mode: str) -> str:
     return "compile" if mode == "default" else f"compile:{mode}"
 

@@ -22,6 +22,7 @@ from fxfusion.measure.hardware import detect, resolve
 from fxfusion.measure.noise import NoiseGuard
 from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, REGIMES, check_regime, clock_for
 from fxfusion.planning.analyze import Analysis
+from fxfusion.planning.candidates import OPTIONAL
 from fxfusion.planning.insitu import INSITU_BUDGET_S, measure_overhead
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.verify import VerificationResult, verify_plan
@@ -137,11 +138,13 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
 def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs: tuple, device: str,
                      profile: Profile | None = None, include_compile: bool = True,
                      compile_modes: tuple[str, ...] = ("default",), compiled_regime: bool | None = None,
-                     insitu_budget_s: float = INSITU_BUDGET_S) -> tuple[FusionPlan, VerificationResult]:
+                     insitu_budget_s: float = INSITU_BUDGET_S,
+                     extra: tuple[str, ...] = OPTIONAL) -> tuple[FusionPlan, VerificationResult]:
     """``analyze --apply``: the analysis's ``fuse`` sites planned (from its live timings, or from ``profile``), each
     group's saving predicted inside the model, the captured graph's overhead charged, the plan applied and verified
     against float64 and timed end to end beside the candidates (whole-model compile in ``compile_modes``, the plan
-    compiled), the best one chosen.  The verification (with the plan) is put on ``analysis.verification``.
+    compiled, and the ``extra`` ones of :data:`fxfusion.planning.candidates.OPTIONAL`), the best one chosen.  The
+    verification (with the plan) is put on ``analysis.verification``.
 
     ``compiled_regime`` (default: on CUDA when compiling) times each group's region compiled, as it runs in the
     planned + compile candidate, which then leaves out the groups Inductor does better without (2 compiles a group,
@@ -163,7 +166,7 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
         # the planned + compile candidate: each group against Inductor's fusion of the same region
         fusion_plan.measure_in_compiled_model(model, example_inputs, device, budget_s=insitu_budget_s)
     verification = verify_plan(model, example_inputs, fusion_plan, device=device, include_compile=include_compile,
-                               compile_modes=compile_modes)
+                               compile_modes=compile_modes, extra=extra)
     fusion_plan.choice = verification.candidates  # apply(model, plan) now hands back the chosen candidate
     # The plan travels with the verification: which groups were applied, which refused and why.
     analysis.verification = {**verification.to_dict(), "plan": fusion_plan.to_dict()}

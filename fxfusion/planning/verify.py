@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.apply import apply
-from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, PLANNED,
+from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, OPTIONAL, PLANNED,
                                          PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, Built, ChannelsLast,
                                          attach_predictions, choose, compile_model, compile_name, has_conv2d,
                                          reset_compiled_state)
@@ -176,10 +176,12 @@ def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: s
 def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
                 spec: TimingSpec | None = None, clock: Clock | None = None, include_compile: bool = True,
                 include_captured: bool = True, seed: int = 0, compile_modes: tuple[str, ...] = ("default",),
-                planned_compile: bool = True, fresh_compile: bool = True) -> VerificationResult:
+                planned_compile: bool = True, fresh_compile: bool = True,
+                extra: tuple[str, ...] = OPTIONAL) -> VerificationResult:
     """Apply ``plan`` to ``model`` and verify the planned model's outputs and end-to-end time, against eager and the
     candidates of :mod:`fxfusion.planning.candidates` (whole-model compile in ``compile_modes``; with
     ``planned_compile`` the planned model compiled by Inductor), all timed in one interleaved run.
+    ``extra`` names the optional candidates to build (:data:`fxfusion.planning.candidates.OPTIONAL`, all by default).
     ``fresh_compile`` resets Dynamo's compiled state first (as a new process would start), so earlier compiles of
     the same code cannot fill its cache and make a compiled candidate silently run eager."""
     device = as_device(device)
@@ -239,10 +241,11 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         for mode in compile_modes:
             built[compile_name(mode)] = compile_model(compile_name(mode), model, inputs, device, COMPILE_MODES[mode],
                                                       record_post_grad=mode == "default")
-        if has_conv2d(model):  # the layout decision for the whole model
+        if CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # the layout decision for the whole model
             built[CHANNELS_LAST_COMPILE] = compile_model(CHANNELS_LAST_COMPILE, ChannelsLast(model), inputs, device,
                                                          None)
-        if planned_compile and any(r["applied"] for r in rewrites):
+        if planned_compile and {PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE} & set(extra) \
+                and any(r["applied"] for r in rewrites):
             kept = plan.groups_for_compile() if hasattr(plan, "groups_for_compile") else plan.groups
             if len(kept) < len(plan.groups):
                 dropped = sorted({g.id for g in plan.groups} - {g.id for g in kept})
@@ -253,13 +256,15 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             compiled_savings = [getattr(g, "in_compiled_model", None) for g in kept if g.id in applied_ids]
             if compiled_savings and all(compiled_savings):
                 planned_compile_pred = sum(c["saving_ms"] for c in compiled_savings)
-            built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
-                                                   record_post_grad=True)
-            if has_conv2d(model):  # the rewrites and the layout decision together
+            if PLANNED_COMPILE in extra:
+                built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
+                                                       record_post_grad=True)
+            if PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # the rewrites and the layout together
                 built[PLANNED_CHANNELS_LAST_COMPILE] = compile_model(PLANNED_CHANNELS_LAST_COMPILE, ChannelsLast(base),
                                                                      inputs, device, None, record_post_grad=True)
-        if planned_compile and "captured" in thunks:  # the captured graph compiled without rewrites (a copy of it):
-            # planned + compile's control, and a candidate of its own where nothing is applied
+        if CAPTURED_COMPILE in extra and planned_compile and "captured" in thunks:
+            # the captured graph compiled without rewrites (a copy of it): planned + compile's control, and a
+            # candidate of its own where nothing is applied
             built[CAPTURED_COMPILE] = compile_model(CAPTURED_COMPILE, captured_module(model, plan.captured), inputs,
                                                     device, None)
         for name, b in built.items():
