@@ -283,6 +283,9 @@ def test_a_region_whose_timing_is_unstable_is_noisy_neutral_and_decides_nothing(
     plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
     assert [g.id for g in plan.groups] == groups and not [r for r in plan.refused if r.why == SLOWER_IN_MODEL]
     assert all(any(w.startswith(f"{g}: its in-model timing is noisy") for w in plan.warnings) for g in groups)
+    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=SPEC, clock=OpCountClock(), include_compile=False,
+                    include_captured=False)  # and the verification, which every renderer prints, says it too
+    assert [w for w in r.warnings if "in-model timing is noisy" in w] == [w for w in plan.warnings if "noisy" in w]
 
 
 def test_a_stable_region_is_not_noisy():

@@ -203,6 +203,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     except Exception as exc:
         return failed(f"applying the plan failed: {one_line(exc)}")
     rewrites = [r.to_dict() for r in getattr(planned, "fxfusion_rewrites", [])]
+    result_warnings += [w for w in getattr(plan, "warnings", []) if "noisy" in w]  # where the user looks, too
     result_warnings += [f"group {r['site_id']} not applied: {r['detail']}" for r in rewrites if not r["applied"]]
 
     with torch.no_grad():
