@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -28,32 +27,17 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_baseline import plain_loop  # noqa: E402  (the same plain loop the baseline check uses)
+
 CONDITIONS = ("control", "raw", "fxfusion", "analyze")
-CALLS, SAMPLES, WARMUP = 50, 7, 10
+SAMPLES, WARMUP = 7, 10  # samples of bench_baseline.CALLS calls
 
 
 def _loop(fn, device) -> float:
-    from fxfusion.measure.devices import synchronize
     with torch.no_grad():
         for _ in range(WARMUP):
             fn()
-        per_call = []
-        for _ in range(SAMPLES):
-            synchronize(device)
-            if device.startswith("cuda"):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                for _ in range(CALLS):
-                    fn()
-                b.record()
-                b.synchronize()
-                per_call.append(a.elapsed_time(b) / CALLS)
-            else:
-                t0 = time.perf_counter()
-                for _ in range(CALLS):
-                    fn()
-                per_call.append((time.perf_counter() - t0) * 1e3 / CALLS)
-    return statistics.median(per_call)
+    return plain_loop({"fn": fn}, device, repeats=SAMPLES, warm_s=0)["fn"]["median_ms"]
 
 
 def one(spec: str, condition: str, device: str, dtype: str | None) -> dict:

@@ -27,24 +27,12 @@ from fxfusion.planning.apply import apply
 from fxfusion.planning.decide import Lookup
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.profiles.profile import Decision, Entry, VariantResult
+from tests.helpers import with_statistics
 
 aten = torch.ops.aten
 ONEDNN_CONV = torch.ops.mkldnn._convolution_pointwise.default
 FLOAT32_TOL = 1e-4  # relative L2 against float64: BN folded in float32, conv accumulations reassociated
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (mkldnn) on CPU")
-
-
-def with_statistics(model: nn.Module) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so that a wrong fold shows in the output."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
 
 
 def sites_of(model, *inputs):

@@ -28,6 +28,7 @@ from fxfusion.planning.plan import FusionGroup, FusionPlan
 from fxfusion.profiles.profile import Decision
 from fxfusion.planning.rewrite import captured_module, rewrite_group
 from fxfusion.planning.apply import apply
+from tests.helpers import with_statistics
 from fxfusion.fusions.compiled import CompiledRegion
 from fxfusion.fusions.registry import rewrite_for
 
@@ -125,23 +126,10 @@ def test_linear_with_bias_in_gemm_is_no_gain_for_addmm():
 
 # -- conv + BatchNorm ----------------------------------------------------------------------------------------------
 
-def _with_statistics(model):
-    """Non-trivial BatchNorm statistics, so a wrong fold shows in the output."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
-
-
 @pytest.mark.parametrize("model_file", ["resnet_bottleneck", "mobilenet_block", "resnet_basic"])
 def test_batchnorm_folded_into_every_conv(model_file):
     loaded = load_model(MODELS / f"{model_file}.py")
-    model, inputs = _with_statistics(loaded.model), loaded.example_inputs
+    model, inputs = with_statistics(loaded.model), loaded.example_inputs
     plan = plan_for(model, inputs, lambda s: "bn_folded")
     planned = apply(model, plan)
     assert len(plan.groups) == len(applied(planned)) >= 2
@@ -153,7 +141,7 @@ def test_batchnorm_folded_into_every_conv(model_file):
 
 
 def test_conv1d_batchnorm_folded():
-    model = _with_statistics(nn.Sequential(nn.Conv1d(4, 6, 3, padding=1, bias=False), nn.BatchNorm1d(6), nn.ReLU()))
+    model = with_statistics(nn.Sequential(nn.Conv1d(4, 6, 3, padding=1, bias=False), nn.BatchNorm1d(6), nn.ReLU()))
     x = torch.randn(2, 4, 10)
     planned = apply(model, plan_for(model, (x,), lambda s: "bn_folded"))
     assert applied(planned) == ["bn_folded"] and aten.batch_norm.default not in targets(planned)
@@ -163,7 +151,7 @@ def test_conv1d_batchnorm_folded():
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN for the fused conv+ReLU on CPU")
 def test_conv_bn_relu_becomes_one_onednn_call():
     loaded = load_model(MODELS / "mobilenet_block.py")
-    model, inputs = _with_statistics(loaded.model), loaded.example_inputs
+    model, inputs = with_statistics(loaded.model), loaded.example_inputs
     planned = apply(model, plan_for(model, inputs, lambda s: "conv_relu_fused"))
     assert applied(planned) == ["conv_relu_fused", "conv_relu_fused"]
     ops = targets(planned)
@@ -173,7 +161,7 @@ def test_conv_bn_relu_becomes_one_onednn_call():
 
 
 def test_channels_last_chain_converts_its_input_once():
-    model = _with_statistics(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+    model = with_statistics(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
                                            nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)))
     x = torch.randn(2, 3, 8, 8)
     planned = apply(model, plan_for(model, (x,), lambda s: "channels_last"))
@@ -453,7 +441,7 @@ def test_dynamo_capture_applies_each_subgraph_by_replay():
 
 def test_original_model_and_plan_are_not_modified():
     loaded = load_model(MODELS / "resnet_bottleneck.py")
-    model, inputs = _with_statistics(loaded.model), loaded.example_inputs
+    model, inputs = with_statistics(loaded.model), loaded.example_inputs
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plan = plan_for(model, inputs, lambda s: "bn_folded")
     code = plan.captured.graphs[0].code

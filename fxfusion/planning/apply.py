@@ -85,16 +85,15 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
         kept = copy_model(model)
         kept.fxfusion_rewrites, kept.fxfusion_candidate = [], name
         return kept
-    if name.startswith("compile"):
-        mode = name.partition(":")[2] or "default"
-        if mode not in COMPILE_MODES:
+    if name.startswith("compile") or name in (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE):  # no rewrite, compiled
+        base, mode = model, name.partition(":")[2] or "default"
+        if name == CAPTURED_COMPILE:
+            base = captured_module(model, plan.captured)
+        elif name == CHANNELS_LAST_COMPILE:
+            base = ChannelsLast(model)
+        elif mode not in COMPILE_MODES:
             raise FxFusionError(f"unknown candidate {name!r}; choose from {', '.join(_candidate_names())}")
-        compiled = torch.compile(model, mode=COMPILE_MODES[mode], dynamic=False)
-        compiled.fxfusion_rewrites, compiled.fxfusion_candidate = [], name
-        return compiled
-    if name in (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE):
-        base = captured_module(model, plan.captured) if name == CAPTURED_COMPILE else ChannelsLast(model)
-        compiled = torch.compile(base, dynamic=False)
+        compiled = torch.compile(base, mode=COMPILE_MODES[mode], dynamic=False)
         compiled.fxfusion_rewrites, compiled.fxfusion_candidate = [], name
         return compiled
     if name not in (PLANNED, PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE):

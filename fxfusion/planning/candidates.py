@@ -31,8 +31,6 @@ beyond the noise.  Each compiled candidate carries its break-even: compile secon
 
 from __future__ import annotations
 
-import copy
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -42,6 +40,7 @@ from torch import nn
 from fxfusion.calibration.variants import compile_limits, first_call, one_line
 from fxfusion.errors import FxFusionError
 from fxfusion.measure.stats import MIN_EFFECT, Speedup, speedup
+from fxfusion.planning.rewrite import copy_model
 
 # --compile-modes words -> torch.compile's mode argument
 COMPILE_MODES = {"default": None, "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs",
@@ -57,7 +56,7 @@ WARM_CALLS = 3
 
 
 # The candidates beyond eager, whole-model compile and planned, which `--candidates` may leave out (each is one more
-# compile per model: on a large conv model on a GPU, about half a minute).
+# compile of the whole model).
 OPTIONAL = (CHANNELS_LAST_COMPILE, CAPTURED_COMPILE, PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE)
 
 
@@ -96,9 +95,7 @@ class ChannelsLast(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            self.inner = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        self.inner = copy_model(model).to(memory_format=torch.channels_last)
 
     def forward(self, *args):
         return self.inner(*(a.contiguous(memory_format=torch.channels_last)

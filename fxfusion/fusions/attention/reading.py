@@ -217,6 +217,14 @@ def _full_slice(n: Node) -> bool:
     return kind(n) == "slice" and src is not None and shape(n) == src
 
 
+def _past_full_slices(x: Node, ops: list[Node]) -> Node:
+    """``x``, or what the full slices above it read (each appended to ``ops``)."""
+    while kind(x) == "slice" and _full_slice(x):
+        ops.append(x)
+        x = x.args[0]
+    return x
+
+
 def repeat_source(n: Node) -> tuple[Node, int, list[Node]] | None:
     """GQA's repeat_kv: (K with its own heads, the repeat count, the ops) for
     ``k[:, :, None].expand(B, Hkv, n, S, D).reshape(B, Hkv * n, S, D)`` or ``repeat_interleave(k, n, dim=1)``."""
@@ -229,17 +237,11 @@ def repeat_source(n: Node) -> tuple[Node, int, list[Node]] | None:
     if kind(x) != "expand" or len(shape(x) or ()) != 5:
         return None
     ops.append(x)
-    x = x.args[0]
-    while kind(x) == "slice" and _full_slice(x):
-        ops.append(x)
-        x = x.args[0]
+    x = _past_full_slices(x.args[0], ops)
     if kind(x) != "unsqueeze" or arg(x, 1, "dim") not in (2, -3):
         return None
     ops.append(x)
-    src = x.args[0]
-    while kind(src) == "slice" and _full_slice(src):
-        ops.append(src)
-        src = src.args[0]
+    src = _past_full_slices(x.args[0], ops)
     B, Hkv, reps, S, D = shape(n.args[0])
     return (src, reps, ops) if shape(src) == (B, Hkv, S, D) and shape(n) == (B, Hkv * reps, S, D) else None
 
