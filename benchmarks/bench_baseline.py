@@ -9,7 +9,8 @@ For each model spec (``FILE.py`` or ``FILE.py:NAME``, the model-file convention)
      around 50 back-to-back calls, three samples each of eager and compile;
   3. ``ROUNDS`` rounds, in a shuffled order per round, of: one block of the fresh process; one block of fxfusion's own
      timing (:func:`fxfusion.measure.timing.measure` with the verification's clock and sample length) in the process
-     that ran step 1, on the same model and its ``torch.compile``; one block of step 2's plain loop in that process.
+     that ran step 1, on the same model and its ``torch.compile``; one block of fxfusion's clock around the plain
+     loop's blocks (``SOURCES``); one block of step 2's plain loop in that process.
      Interleaving is what makes the comparison hold on a shared host, whose speed moves by tens of percent over
      minutes (seen on the lent H200: the same fresh-process loop read 3.71 and 5.18 ms five minutes apart), while
      a host-bound forward pass runs exactly as fast as the host lets it.
@@ -43,6 +44,10 @@ from fxfusion.measure.devices import synchronize  # noqa: E402
 
 TARGET = 0.05
 CALLS, WARM_S, ROUNDS = 50, 2.0, 10
+# "fxfusion clock, plain blocks" is fxfusion's pipelined clock (CudaClock.sample) around the plain loop's blocks of
+# CALLS calls, three per callable, alternating: where fxfusion's timing and the plain loop disagree, it tells the
+# clock from measure()'s schedule (batch size, warm-up, shuffled order).
+SOURCES = ("fresh process", "fxfusion timing", "fxfusion clock, plain blocks", "plain loop here")
 
 
 def plain_loop(fns: dict, device: str, repeats: int = 3, warm_s: float = WARM_S) -> dict:
@@ -134,24 +139,33 @@ def interleaved(spec: str, loaded, device: str, dtype: str | None, rounds: int =
         fns = {"eager": lambda: model(*inputs), "compile": lambda: compiled(*inputs)}
         plain_loop(fns, device, repeats=1)  # compile (cached) and warm
         clock, spec_ = model_clock(device), dataclasses.replace(VERIFY_SPEC, rounds=3, warmup=1, budget_s=5.0)
-        out = {src: {"eager": [], "compile": []} for src in ("fresh process", "fxfusion timing", "plain loop here")}
+        out = {src: {"eager": [], "compile": []} for src in SOURCES}
         rng, blocks = random.Random(0), []
         for r in range(rounds):
             order = list(out)
             rng.shuffle(order)
             for src in order:
+                extra = {}
                 if src == "fresh process":
                     child.stdin.write("block\n")
                     child.stdin.flush()
                     got = json.loads(_last_json(child, log))
                 elif src == "fxfusion timing":
                     with torch.no_grad():
-                        got = {k: [x * 1e3 for x in v] for k, v in measure(fns, clock, spec_).seconds.items()}
+                        samples = measure(fns, clock, spec_)
+                    got = {k: [x * 1e3 for x in v] for k, v in samples.seconds.items()}
+                    extra = {"inner": samples.inner}
+                elif src == "fxfusion clock, plain blocks":
+                    got = {k: [] for k in fns}
+                    with torch.no_grad():
+                        for _ in range(3):
+                            for k, fn in fns.items():
+                                got[k].append(clock.sample(fn, CALLS) * 1e3)
                 else:
                     got = {k: v["samples_ms"] for k, v in plain_loop(fns, device, repeats=3, warm_s=0).items()}
                 for k in out[src]:
                     out[src][k] += got[k]
-                blocks.append({"round": r, "source": src, "unix_s": time.time(), "samples_ms": got})
+                blocks.append({"round": r, "source": src, "unix_s": time.time(), "samples_ms": got, **extra})
         out["first_call_s"], out["blocks"] = ready["first_call_s"], blocks
         return out
     finally:
@@ -186,9 +200,10 @@ def main() -> None:
     print(f"# bench_baseline, torch {torch.__version__}, {args.device} "
           f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), dtype {args.dtype}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.rounds} interleaved rounds")
-    print("| model | candidate | verification ms (earlier) | fxfusion timing ms | plain loop here ms | fresh process ms | "
-          "fxfusion / fresh | within 5% | fresh process, first half / second half |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | candidate | verification ms (earlier) | fxfusion timing ms | fxfusion clock, plain blocks ms | "
+          "plain loop here ms | fresh process ms | fxfusion / fresh | within 5% | "
+          "fresh process, first half / second half |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     raw = {}
     for spec in args.models:
         ours = fxfusion_figure(spec, args.device, args.dtype)
@@ -197,15 +212,15 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(raw, indent=1))
         for kind in ("compile", "eager"):
-            med = {src: statistics.median(rounds[src][kind]) for src in ("fresh process", "fxfusion timing",
-                                                                       "plain loop here")}
+            med = {src: statistics.median(rounds[src][kind]) for src in SOURCES}
             fresh = rounds["fresh process"][kind]
             half = len(fresh) // 2
             ratio = med["fxfusion timing"] / med["fresh process"]
             ok = abs(ratio - 1) <= TARGET
             verify_ms = ours[f"{kind}_ms"]
             print(f"| {spec} | {kind} | {'-' if verify_ms is None else f'{verify_ms:.4f}'} | "
-                  f"{med['fxfusion timing']:.4f} | {med['plain loop here']:.4f} | {med['fresh process']:.4f} | "
+                  f"{med['fxfusion timing']:.4f} | {med['fxfusion clock, plain blocks']:.4f} | "
+                  f"{med['plain loop here']:.4f} | {med['fresh process']:.4f} | "
                   f"{ratio:.3f} | {'yes' if ok else 'NO'} | {statistics.median(fresh[:half]):.4f} / "
                   f"{statistics.median(fresh[half:]):.4f} |", flush=True)
         for w in ours.get("cupti", []):

@@ -1,12 +1,16 @@
 """The pipelined regime against an independent probe: a CUDA recalibration in both regimes, and the same callables
 timed by a plain do_bench-style loop.
 
-    python3 benchmarks/bench_regimes.py --out DIR [--device cuda] [--patterns P,..] [--sizes 3] [--dtypes bfloat16]
-                                        [--no-compile]
+    python3 benchmarks/bench_regimes.py --out DIR [--device cuda] [--patterns P,..] [--sizes 3|all]
+                                        [--dtypes bfloat16] [--no-compile | --compile-modes M,..] [--resume]
 
 1. Calibrate a chosen subset of the pattern library on the GPU (``fxfusion.calibrate``: both regimes, noise guard
    on); the choice -- patterns, the first ``--sizes`` shapes of each one's ``gpu`` size set, dtypes, compile mode --
-   is printed first.  It is sized to take about 6 minutes on one H200.
+   is printed first.  The default subset took 61 s on one H200 (2026-12-01).  With ``--patterns all --sizes all
+   --dtypes float32,bfloat16 --compile-modes compile,compile_reduce_overhead`` it is the calibration
+   ``fxfusion calibrate --sizes gpu`` makes, probed: the run that wrote the shipped ``profiles/h200.json``.  That takes
+   longer than one device call allows; cut short (SIGINT, e.g. ``timeout -s INT``), the entries finished so far stay
+   in the journal, and ``--resume`` continues with them and their probes.
 2. While each entry's variants are still alive (``calibrate(on_thunks=...)``), time each of them with the probe:
    a plain loop of back-to-back calls between two CUDA events around a batch, batches sized to about
    ``PROBE_BATCH_S``, the median of ``PROBE_REPS`` batches per call (what ``triton.testing.do_bench`` does without
@@ -188,10 +192,17 @@ def run() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--hardware", default="h200")
     ap.add_argument("--patterns", default=PATTERNS)
-    ap.add_argument("--sizes", type=int, default=SIZES, help="the first N shapes of each pattern's gpu size set")
+    ap.add_argument("--sizes", default=str(SIZES),
+                    help="the first N shapes of each pattern's gpu size set, or 'all' (the whole set)")
     ap.add_argument("--dtypes", default=DTYPES)
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--compile-modes", default="compile",
+                    help="torch.compile variants to calibrate: compile, or compile,compile_reduce_overhead (what "
+                         "`fxfusion calibrate` measures)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a run cut short: the journal in --out and the probes.json beside it are kept")
     args = ap.parse_args()
+    max_shapes = None if args.sizes == "all" else int(args.sizes)
     args.out.mkdir(parents=True, exist_ok=True)
 
     import torch
@@ -208,18 +219,22 @@ def run() -> int:
         lines.append(text)
 
     chosen = select_patterns(args.patterns)
-    modes = () if args.no_compile else ("compile",)
+    modes = () if args.no_compile else tuple(m.strip() for m in args.compile_modes.split(",") if m.strip())
     say(f"bench_regimes: {datetime.now(timezone.utc).isoformat(timespec='seconds')}, {device_name(device)} "
         f"({device}), torch {torch.__version__}")
     say(f"command: python3 {' '.join(sys.argv)}")
-    say(f"chose: patterns {', '.join(p.name for p in chosen)}; the first {args.sizes} shapes of each one's gpu size "
-        f"set; dtypes {args.dtypes}; variants eager, manual{', torch.compile (default mode)' if modes else ''}")
+    say(f"chose: patterns {', '.join(p.name for p in chosen)}; "
+        f"{'all' if max_shapes is None else f'the first {max_shapes}'} shapes of each one's gpu size set; dtypes "
+        f"{args.dtypes}; variants eager, manual{', ' + ', '.join(modes) if modes else ''}"
+        f"{'; resumed from the journal in ' + str(args.out) if args.resume else ''}")
     for p in chosen:
-        say(f"  {p.name}: " + "; ".join(",".join(f"{k}={v}" for k, v in s.items()) for s in p.shapes["gpu"][:args.sizes]))
+        say(f"  {p.name}: " + "; ".join(",".join(f"{k}={v}" for k, v in s.items()) for s in p.shapes["gpu"][:max_shapes]))
     say(f"probe: back-to-back calls between two {'CUDA events' if device.type == 'cuda' else 'perf_counter reads'}, batches of ~{PROBE_BATCH_S * 1e3:g} ms, median of "
         f"{PROBE_REPS} batches")
     timer = CudaBatchTimer(device) if device.type == "cuda" else CpuBatchTimer()
     probes: dict[str, dict[str, float]] = {}
+    if args.resume and (args.out / "probes.json").exists():  # the probes of the entries the journal holds
+        probes = json.loads((args.out / "probes.json").read_text())
 
     def on_thunks(key, thunks):
         probes[key] = {name: probe(fn, timer) * 1e3 for name, fn in thunks.items()}
@@ -231,10 +246,16 @@ def run() -> int:
                   f"{entry.decision.verdict}, pipelined {entry.pipelined_decision.verdict}", flush=True)
 
     start = time.perf_counter()
-    profile = calibrate(hardware=args.hardware, device=str(device), patterns=args.patterns, dtypes=args.dtypes,
-                        sizes="gpu", compile_modes=modes, output=args.out / "profile_regimes.json",
-                        command="fxfusion calibrate (benchmarks/bench_regimes.py " + " ".join(sys.argv[1:]) + ")",
-                        on_thunks=on_thunks, on_entry=on_entry, max_shapes=args.sizes)
+    try:
+        profile = calibrate(hardware=args.hardware, device=str(device), patterns=args.patterns, dtypes=args.dtypes,
+                            sizes="gpu", compile_modes=modes, output=args.out / "profile_regimes.json",
+                            command="fxfusion calibrate (benchmarks/bench_regimes.py " + " ".join(sys.argv[1:]) + ")",
+                            on_thunks=on_thunks, on_entry=on_entry, max_shapes=max_shapes, resume=args.resume)
+    except KeyboardInterrupt:
+        say(f"interrupted after {time.perf_counter() - start:.0f} s: the finished entries are in the journal in "
+            f"{args.out}; run again with --resume")
+        (args.out / "bench_regimes.interrupted.txt").write_text("\n".join(lines) + "\n")
+        return 3
     say(f"calibrated {len(profile.entries)} entries and probed them in {time.perf_counter() - start:.0f} s; "
         f"noise: {profile.metadata['noise']['contended_entries']} contended, "
         f"{profile.metadata['noise']['remeasured_entries']} measured again, "
