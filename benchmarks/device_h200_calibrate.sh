@@ -2,8 +2,11 @@
 # regimes and probed against a plain back-to-back loop (bench_regimes over the whole library, with the compile modes
 # `fxfusion calibrate` measures), in as many calls as it takes.  A call cut short leaves the journal and the probes
 # in $OUT/cal; carried back as .runs/cal, the next call resumes from them.  Time left in the call after the
-# calibration finishes goes to the commands in $THEN (one per line), each under the time still left.
+# calibration finishes goes to the commands in $THEN (one per line), each under the time still left; they write
+# under $OUT/then.  Everything comes back as one archive, $OUT/results.tgz: the device tool returns at most 8 files a
+# call (on 2026-12-01 a finished profile was lost that way).
 set -u
+mkdir -p $OUT/then
 END=$(( $(date +%s) + ${CALL_S:-560} ))
 R=$OUT/cal; mkdir -p $R
 RESUME=
@@ -26,3 +29,4 @@ if [ -f $R/bench_regimes.txt ] && [ -n "${THEN:-}" ]; then
     timeout -k 10 $left bash -c "$cmd"; echo "rc=$?"
   done <<< "$THEN"
 fi
+tar -C $OUT -czf $OUT/results.tgz cal then && rm -rf $OUT/cal $OUT/then
