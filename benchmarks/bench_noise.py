@@ -1,11 +1,11 @@
 """Verdicts that hold up under load: a quick calibration and a model's analysis, idle and under a synthetic CPU load.
 
     python3 benchmarks/bench_noise.py [--patterns P,..] [--model models/resnet_basic.py] [--rounds 30] [--threads N]
-                                      [--out DIR]
+                                      [--load-processes N] [--out DIR]
 
 Each of two runs -- *idle* (this script adds no load; other tenants of a shared machine are not stopped, their load
-average is printed) and *loaded* (one busy-loop process per CPU, started before and stopped after the run, by this
-script) -- does:
+average is printed) and *loaded* (one busy-loop process per CPU, or ``--load-processes``, started before and stopped after
+the run, by this script) -- does:
   1. a calibration of a few patterns at the quick sizes, without torch.compile (``calibrate(quick=True)`` with
      ``--rounds`` rounds per measurement; the noise guard on: load, steal, reference kernel, re-measurement),
      verdicts in both regimes;
@@ -146,6 +146,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="rounds per measurement")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="folder for the log, profiles and analyses")
+    ap.add_argument("--load-processes", type=int, default=None,
+                    help="busy-loop processes of the loaded run (default: one per CPU, every core taken)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,7 +169,7 @@ def main() -> int:
     say(f"patterns {args.patterns} at the quick sizes, no compile, {args.rounds} rounds per measurement; model "
         f"{args.model} measured live (pipelined)")
     idle, idle_info = one_run("idle", args.patterns, args.model, args.rounds, out)
-    with SyntheticLoad() as load:
+    with SyntheticLoad(args.load_processes) as load:
         say(f"synthetic load: {load.n} busy-loop processes")
         loaded, loaded_info = one_run("loaded", args.patterns, args.model, args.rounds, out)
     for info in (idle_info, loaded_info):
