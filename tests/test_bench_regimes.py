@@ -4,6 +4,7 @@ the +-20% share and the direction agreement are counted (the CUDA run itself is 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -71,3 +72,59 @@ def test_cells_compare_the_pipelined_median_with_the_probe_and_the_verdict_with_
     assert bench.compare_cells(profile, {key: {"eager": 0.0105, "compile": 0.010}})[1].direction is None
     assert bench.compare_cells(profile, {}) == []
     assert any("target >= 90%" in line for line in bench.summary_lines(s)) and len(bench.rows(cells)) == 3
+
+
+def _run(bench, monkeypatch, out, *extra):
+    monkeypatch.setattr(sys, "argv", ["bench_regimes.py", "--out", str(out), "--device", "cpu", "--hardware",
+                                      "generic-cpu", "--patterns", "linear_bias", "--sizes", "1", *extra])
+    return bench.run()
+
+
+def test_a_run_cut_short_says_so_and_a_resumed_one_keeps_the_probes_already_taken(bench, monkeypatch, tmp_path):
+    import fxfusion.calibration.calibrate as cal
+
+    calls = []
+
+    def interrupted(**kwargs):
+        calls.append(kwargs)
+        kwargs["on_thunks"]("first-entry", {"eager": lambda: None})  # one entry probed, then the signal
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cal, "calibrate", interrupted)
+    assert _run(bench, monkeypatch, tmp_path, "--compile-modes", "compile,compile_reduce_overhead") == 3
+    assert calls[0]["resume"] is False and calls[0]["max_shapes"] == 1
+    assert calls[0]["compile_modes"] == ("compile", "compile_reduce_overhead")
+    assert "run again with --resume" in (tmp_path / "bench_regimes.interrupted.txt").read_text()
+    assert set(json.loads((tmp_path / "probes.json").read_text())) == {"first-entry"}
+
+    profile = Profile(metadata={"device": "cpu"}, hardware={}, ceilings={},
+                      entries=[fake_entry(monkeypatch, {"eager": (3e-5, 1e-5), "compile": (2e-5, 5e-6)},
+                                          RegimeClock({"eager": (3e-5, 1e-5), "compile": (2e-5, 5e-6)},
+                                                      noise=0.001))])
+    profile.metadata["noise"] = {"contended_entries": 0, "remeasured_entries": 0, "noisy": []}
+
+    def resumed(**kwargs):
+        calls.append(kwargs)
+        kwargs["on_thunks"]("second-entry", {"eager": lambda: None})
+        return profile
+
+    monkeypatch.setattr(cal, "calibrate", resumed)
+    assert _run(bench, monkeypatch, tmp_path, "--resume", "--no-compile") == 0
+    assert calls[1]["resume"] is True and calls[1]["compile_modes"] == ()
+    assert set(json.loads((tmp_path / "probes.json").read_text())) == {"first-entry", "second-entry"}
+    assert "resumed from the journal" in (tmp_path / "bench_regimes.txt").read_text()
+
+
+def test_sizes_all_keeps_every_shape(bench, monkeypatch, tmp_path):
+    import fxfusion.calibration.calibrate as cal
+
+    seen = {}
+
+    def stop(**kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cal, "calibrate", stop)
+    monkeypatch.setattr(sys, "argv", ["bench_regimes.py", "--out", str(tmp_path), "--device", "cpu", "--hardware",
+                                      "generic-cpu", "--patterns", "linear_bias", "--sizes", "all"])
+    assert bench.run() == 3 and seen["max_shapes"] is None
