@@ -1,7 +1,7 @@
 """Verdicts that hold up under load: a quick calibration and a model's analysis, idle and under a synthetic CPU load.
 
     python3 benchmarks/bench_noise.py [--patterns P,..] [--model models/resnet_basic.py] [--rounds 30] [--threads N]
-                                      [--load-processes N] [--out DIR]
+                                      [--load-processes N] [--idle-again] [--out DIR]
 
 Each of two runs -- *idle* (this script adds no load; other tenants of a shared machine are not stopped, their load
 average is printed) and *loaded* (one busy-loop process per CPU, or ``--load-processes``, started before and stopped after
@@ -11,7 +11,9 @@ the run, by this script) -- does:
      verdicts in both regimes;
   2. an analysis of a small reference model, each site measured live (same timing spec) in the pipelined regime,
      without compile.
-Then every verdict side by side, and: agreement (the same verdict in both runs) and fuse<->avoid flips.
+Then every verdict side by side, and: agreement (the same verdict in both runs) and fuse<->avoid flips.  With
+``--idle-again`` a third run, idle again, is compared with the first: how far two runs on the idle machine agree, a
+reference for the target below (on the 2-core CPU they agreed in 74-95% of the verdicts, runs 17-20).
 Targets (issue 13): 0 flips, >= 90% agreement.  With --out, the log and both runs' profiles and analyses go there.
 Disagreements are also counted by the idle speedup: one within +-CONTENDED_MIN_EFFECT (10%) of 1 is an effect no
 contended measurement may call fuse or avoid (docs/decisions.md, "Noise"); the count is shown, not subtracted.
@@ -146,6 +148,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="rounds per measurement")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="folder for the log, profiles and analyses")
+    ap.add_argument("--idle-again", action="store_true",
+                    help="a third run, idle again after the loaded one: how far two idle runs agree (a reference)")
     ap.add_argument("--load-processes", type=int, default=None,
                     help="busy-loop processes of the loaded run (default: one per CPU, every core taken)")
     args = ap.parse_args()
@@ -172,7 +176,9 @@ def main() -> int:
     with SyntheticLoad(args.load_processes) as load:
         say(f"synthetic load: {load.n} busy-loop processes")
         loaded, loaded_info = one_run("loaded", args.patterns, args.model, args.rounds, out)
-    for info in (idle_info, loaded_info):
+    again, again_info = one_run("idle_again", args.patterns, args.model, args.rounds, out) if args.idle_again \
+        else (None, None)
+    for info in [i for i in (idle_info, loaded_info, again_info) if i]:
         say(f"{info['label']:>6}: load average {info['load_before']:.2f} -> {info['load_after']:.2f}; calibrate "
             f"{info['calibrate_s']:.0f} s ({info['entries']} entries: {info['contended']} contended, "
             f"{info['remeasured']} measured again, {info['noisy']} regime verdicts noisy); analyze "
@@ -192,6 +198,13 @@ def main() -> int:
     if result["n"] > result["agree"]:
         say(f"of the {result['n'] - result['agree']} disagreement(s), {result['within_zone']} where the idle run "
             f"measured an effect within the +-10% zone a verdict needs under contention")
+    if again is not None:  # what two runs on the idle machine reproduce: the ceiling for the agreement above
+        ref = compare(idle, again)
+        say(f"idle against idle again: agreement {ref['agree']}/{ref['n']} = {ref['agreement']:.0%}, fuse<->avoid "
+            f"flips {ref['flips']} (a reference, not a target)")
+        for key, a, b, outcome in ref["rows"]:
+            if outcome != "agree":
+                say(f"  {key}: {a} / {b}")
     if out:
         (out / "bench_noise.txt").write_text("\n".join(lines) + "\n")
     return 0
