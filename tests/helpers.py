@@ -63,7 +63,12 @@ def typical_variant(site: Site) -> str:
 
 def typical_plan(name: str) -> FusionPlan:
     loaded = load_model(MODELS / f"{name}.py")
-    captured = capture(loaded.model, loaded.example_inputs)
+    return typical_plan_of(loaded.model, loaded.example_inputs)
+
+
+def typical_plan_of(model: torch.nn.Module, inputs: tuple) -> FusionPlan:
+    """Every legal site of ``model`` decided ``fuse`` with its typical variant."""
+    captured = capture(model, inputs)
     sites = find_sites(captured)
     decisions = {s.id: Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", typical_variant(s), None, "typical")
                  for s in sites if s.legal}

@@ -12,7 +12,7 @@ from fxfusion.measure.hardware import device_name
 from fxfusion.measure.stats import difference
 from fxfusion.measure.timing import TimingSpec
 from fxfusion.planning.verify import verify_plan
-from tests.helpers import MODELS, OpCountClock, typical_plan
+from tests.helpers import MODELS, OpCountClock, typical_plan, typical_plan_of
 
 SPEC = TimingSpec(rounds=5, warmup=1, target_sample_s=0.0, max_inner=1, budget_s=5.0)
 
@@ -294,3 +294,76 @@ def test_a_stable_region_is_not_noisy():
     spec = TimingSpec(rounds=12, warmup=1, target_sample_s=0.0, max_inner=1, budget_s=5.0)
     found = measure_in_model(plan, loaded.model, loaded.example_inputs, spec=spec, clock=OpCountClock())
     assert all(im.noisy is None and im.verdict == "fuse" for im in found.values())
+
+
+class _RepeatedBlocks(torch.nn.Module):
+    """Three conv+BN+ReLU blocks alike (8 channels, 3x3) and one that differs (16 channels out): the first three
+    regions are the same work, the last is not."""
+
+    def __init__(self):
+        super().__init__()
+        self.same = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1, bias=False),
+                                                            torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+                                        for _ in range(3))
+        self.other = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16),
+                                         torch.nn.ReLU())
+
+    def forward(self, x):
+        for block in self.same:
+            x = block(x)
+        return self.other(x)
+
+
+def _repeated_plan():
+    model, inputs = _RepeatedBlocks().eval(), (torch.randn(2, 8, 12, 12),)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so folding changes the weights
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    return model, inputs, typical_plan_of(model, inputs)
+
+
+class _CountingClock(OpCountClock):
+    def __init__(self):
+        super().__init__()
+        self.timed = []
+
+    def sample(self, fn, inner):
+        self.timed.append(fn)
+        return super().sample(fn, inner)
+
+
+def test_a_repeated_block_is_timed_once_and_its_twins_share_that_timing():
+    model, inputs, plan = _repeated_plan()
+    assert len(plan.groups) == 4
+    clock = _CountingClock()
+    found = measure_in_model(plan, model, inputs, spec=SPEC, clock=clock)
+    ims = [found[g.id] for g in plan.groups]
+    assert all(isinstance(im, InModel) for im in ims), ims
+    by_nodes = {tuple(im.nodes): im for im in ims}
+    assert len(by_nodes) == 4  # each group keeps its own nodes
+    shared = [im for im in ims if im.same_as is not None]
+    assert len(shared) == 2 and {im.same_as for im in shared} <= {g.id for g in plan.groups}
+    first = found[shared[0].same_as]
+    assert first.same_as is None and all(im.saving_ms == first.saving_ms for im in shared)
+    own = [g.id for g, im in zip(plan.groups, ims) if im.same_as is None]
+    assert len(own) == 2 and shared[0].same_as in own  # the 16-channel block has its own timing
+    # two regions timed (captured, rewritten and the model per round), not four
+    assert len({id(fn) for fn in clock.timed}) == 2 * 3
+
+
+def test_regions_alike_but_for_a_shape_or_a_stride_do_not_share_a_key():
+    from fxfusion.planning.insitu import region_key
+
+    model, inputs, plan = _repeated_plan()
+    gm = runnable_graph(plan.captured, 0, model)
+    nodes, _ = region_nodes(gm, plan.groups[0])
+    region, names = cut_region(gm, nodes)
+    x = torch.randn(2, 8, 12, 12)
+    key = region_key(region, region, (x,))
+    assert key is not None and region_key(region, region, (torch.randn(2, 8, 12, 12),)) == key  # values do not count
+    assert region_key(region, region, (torch.randn(2, 8, 10, 10),)) != key
+    assert region_key(region, region, (x.to(memory_format=torch.channels_last),)) != key
+    assert region_key(region, region, (x.double(),)) != key
+    assert region_key(region, region, (object(),)) is None  # a value it cannot describe: no sharing

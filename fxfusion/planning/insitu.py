@@ -20,7 +20,11 @@ Method (:func:`measure_in_model`), per group, largest library saving first, with
      model is (:func:`fxfusion.graph.lean.lean`);
   3. captured region, rewritten region and the whole original model are timed interleaved (on CUDA back to back,
      ``CudaClock("pipelined")``), again while the saving's interval is too wide (``measure_tight``);
-  4. the result (:class:`InModel`): the saving in ms (difference of medians, bootstrap interval), the saving as a
+  4. a region that is the same work as one already timed -- a repeated block: the same ops on inputs and constants
+     of the same shapes, strides and dtypes, rewritten to the same ops (:func:`region_key`) -- takes that timing
+     instead of its own, saying whose (``same_as``), and costs no budget: a ResNet's or a transformer's repeated
+     layers are timed once;
+  5. the result (:class:`InModel`): the saving in ms (difference of medians, bootstrap interval), the saving as a
      fraction of the model's time paired per round (robust to a host whose speed drifts), and the region's speedup
      with the verdict the usual rule gives it -- ``neutral`` with the reason in ``noisy`` when that verdict is not
      stable (:func:`fxfusion.measure.noise.instability`: the halves of the rounds disagree, or the fastest samples
@@ -37,6 +41,7 @@ regions (caches, overlap across them); with a deterministic clock the prediction
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -96,6 +101,9 @@ class InModel:
     # Why the region's verdict is not stable (measure.noise.instability: the halves of the rounds disagree, ...),
     # after every batch; the verdict is then neutral and nothing is decided on it -- never a flip.
     noisy: str | None = None
+    # The group whose region was timed for this one: both regions run the same ops on values of the same shapes,
+    # strides and dtypes, rewritten alike (region_key), so one timing serves both (a model's repeated blocks).
+    same_as: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -225,6 +233,7 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
     everything = sorted(list(plan.groups) + list(getattr(plan, "pending", [])),
                         key=lambda g: -(g.predicted_saving_ms or 0.0))
     start = clock.now()
+    timed: dict[str, InModel] = {}  # region_key -> the InModel of the first group timed with it
     for index in sorted({g.graph_index for g in everything}):
         groups = [g for g in everything if g.graph_index == index]
         gm = runnable_graph(plan.captured, index, model)
@@ -246,10 +255,6 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
         with torch.no_grad():
             recorder.run(*plan.captured.graph_inputs[index])
         for gid, (g, nodes, released, region, names) in regions.items():
-            if clock.now() - start > budget_s:
-                out[gid] = (f"the in-model timing budget ({budget_s:.0f} s, fxfusion.planning.insitu.INSITU_BUDGET_S) was "
-                            "spent on groups with larger savings")
-                continue
             rewritten = copy.deepcopy(region)
             record = rewrite_group(rewritten, g)
             if not record.applied:
@@ -257,6 +262,16 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
                 continue
             region, rewritten = lean(region), lean(rewritten)  # as the planned model calls them
             args = tuple(recorder.values[n] for n in names)
+            key = region_key(region, rewritten, args)
+            if key is not None and key in timed:  # a repeated block: its twin's timing is this region's
+                twin = timed[key]
+                out[gid] = dataclasses.replace(twin, nodes=list(g.nodes), released=released,
+                                               same_as=twin.same_as or next(k for k, v in out.items() if v is twin))
+                continue
+            if clock.now() - start > budget_s:
+                out[gid] = (f"the in-model timing budget ({budget_s:.0f} s, fxfusion.planning.insitu.INSITU_BUDGET_S) was "
+                            "spent on groups with larger savings")
+                continue
             if compiled:
                 try:
                     region, rewritten = _compiled(region, args), _compiled(rewritten, args)
@@ -278,7 +293,67 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
                                speedup_ci_low=sp.ci_low, speedup_ci_high=sp.ci_high,
                                verdict=NEUTRAL if unstable else sp.verdict(),
                                regime="compiled" if compiled else "eager", noisy=unstable or None)
+            if key is not None:
+                timed[key] = out[gid]
     return out
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+def _describe(value: Any) -> str:
+    """A value as far as its cost goes: a tensor by shape, strides, dtype and device (not its contents)."""
+    if isinstance(value, torch.Tensor):
+        return f"T{tuple(value.shape)}{value.stride()}{value.dtype}{value.device}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(_describe(v) for v in value) + ")"
+    if value is None or isinstance(value, (bool, int, float, str, slice, torch.dtype, torch.device, torch.layout,
+                                           torch.memory_format)):
+        return repr(value)
+    raise _Unkeyable(type(value).__name__)
+
+
+def _graph_key(gm: fx.GraphModule, args: tuple) -> str:
+    number: dict[fx.Node, int] = {}
+    values = iter(args)  # one per placeholder, in order: the region is called with them
+
+    def ref(a: Any) -> str:
+        if isinstance(a, fx.Node):
+            return f"%{number[a]}"
+        if isinstance(a, (list, tuple)):
+            return "(" + ",".join(ref(x) for x in a) + ")"
+        if isinstance(a, dict):
+            return "{" + ",".join(f"{k}={ref(v)}" for k, v in sorted(a.items())) + "}"
+        return _describe(a)
+
+    parts = []
+    for i, n in enumerate(gm.graph.nodes):
+        number[n] = i
+        if n.op == "placeholder":
+            parts.append("in " + _describe(next(values)))
+        elif n.op == "get_attr":
+            value = gm
+            for attr in n.target.split("."):
+                value = getattr(value, attr)
+            parts.append("const " + _describe(value))
+        elif n.op in ("call_function", "call_method"):
+            parts.append(f"{n.op} {n.target} {ref(n.args)} {ref(n.kwargs)}")
+        elif n.op == "output":
+            parts.append("out " + ref(n.args))
+        else:  # a submodule: its code is not in the graph
+            raise _Unkeyable(n.op)
+    return "\n".join(parts)
+
+
+def region_key(region: fx.GraphModule, rewritten: fx.GraphModule, args: tuple) -> str | None:
+    """A key two groups share exactly when their regions would time alike: the same ops, in the same order, on
+    inputs and constants of the same shapes, strides, dtypes and devices, and rewritten to the same ops (the values
+    themselves do not enter: timing does not depend on them).  None where a value cannot be so described."""
+    try:
+        return _graph_key(region, args) + "\n=>\n" + _graph_key(rewritten, args)
+    except (_Unkeyable, StopIteration, AttributeError, KeyError):
+        return None
 
 
 def _compiled(region: fx.GraphModule, args: tuple):
