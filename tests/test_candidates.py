@@ -183,3 +183,50 @@ def test_without_optional_candidates_only_eager_compile_and_planned_are_timed():
     loaded = load_model(MODELS / "resnet_basic.py")
     r = verify_plan(loaded.model, loaded.example_inputs, typical_plan("resnet_basic"), spec=TINY_SPEC, extra=())
     assert r.ok and {row["name"] for row in r.candidates["candidates"]} == {"eager", "planned", "compile"}
+
+
+def test_the_layout_candidate_is_predicted_from_regions_timed_in_its_layout_and_says_so():
+    c = _choose({"eager": 1.0, "compile": 0.6, "channels_last+compile": 0.5, "planned+channels_last+compile": 0.4})
+    attach_predictions(c, planned_ms=None, planned_compile_ms=0.3, planned_layout=(0.09, "channels_last"))
+    rows = {r["name"]: r for r in c.candidates}
+    p = rows["planned+channels_last+compile"]["prediction"]
+    measured = rows["channels_last+compile"]["median_ms"] - rows["planned+channels_last+compile"]["median_ms"]
+    assert p["over"] == "channels_last+compile" and p["layout"] == "channels_last"
+    assert p["predicted_saving_ms"] == 0.09 and p["error_pct"] == pytest.approx(100 * (0.09 - measured) / measured)
+    attach_predictions(c, planned_ms=None, planned_compile_ms=0.3, planned_layout=None)  # nothing timed that way
+    p = {r["name"]: r for r in c.candidates}["planned+channels_last+compile"]["prediction"]
+    assert p["predicted_saving_ms"] is None and "layout" not in p
+
+
+def test_regions_timed_in_channels_last_run_their_inputs_and_weights_in_that_layout(monkeypatch):
+    from fxfusion.graph.loader import load_model
+    from fxfusion.planning import insitu
+
+    seen = []
+
+    def not_compiled(region, args):  # the compile itself is the other test's; here: what the region is fed
+        seen.append([a.is_contiguous(memory_format=torch.channels_last) for a in args if a.dim() == 4])
+        consts = [getattr(region, n.target) for n in region.graph.nodes if n.op == "get_attr"]
+        seen.append([t.is_contiguous(memory_format=torch.channels_last) for t in consts if t.dim() == 4])
+        return region
+
+    monkeypatch.setattr(insitu, "_compiled", not_compiled)
+    loaded = load_model(MODELS / "mobilenet_block.py")
+    plan = typical_plan("mobilenet_block")
+    weights = {n: p.clone() for n, p in loaded.model.state_dict().items()}
+    plan.measure_in_compiled_model(loaded.model, loaded.example_inputs, "cpu", channels_last=True,
+                                   spec=TINY_SPEC)
+    assert seen and all(all(flags) and flags for flags in seen)
+    assert all(g.in_compiled_channels_last is not None and g.in_compiled_model is None for g in plan.groups)
+    assert all(g.in_compiled_channels_last["regime"] == "compiled" for g in plan.groups)
+    for n, p in loaded.model.state_dict().items():  # the model's own tensors are not converted
+        assert p.is_contiguous() and torch.equal(p, weights[n])
+
+
+def test_a_layout_prediction_from_the_models_own_layout_says_so_where_it_is_shown():
+    c = _choose({"eager": 1.0, "compile": 0.6, "channels_last+compile": 0.5, "planned+channels_last+compile": 0.4})
+    attach_predictions(c, planned_ms=None, planned_compile_ms=0.3, planned_layout=(0.3, "model layout"))
+    p = {r["name"]: r for r in c.candidates}["planned+channels_last+compile"]["prediction"]
+    assert prediction_cell(p).endswith(", regions timed in the model's layout")
+    p["layout"] = "channels_last"
+    assert prediction_cell(p).endswith("%)")

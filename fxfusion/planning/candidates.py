@@ -263,19 +263,23 @@ def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) ->
     return Choice(chosen, why, rows, best_baseline)
 
 
-def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile_ms: float | None) -> None:
+def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile_ms: float | None,
+                       planned_layout: tuple[float, str] | None = None) -> None:
     """Each rewritten candidate's predicted saving beside the one measured, on its row (``row["prediction"]``):
     planned over eager (the applied groups' savings less the captured graph's overhead, as the plan predicted them);
     planned + compile over captured + compile where that was timed, else over whole-model compile (the kept groups'
     savings timed with both forms of their region compiled, :meth:`FusionPlan.measure_in_compiled_model`; None when
     they were not timed so).  Over captured + compile the measured saving is the rewrites' alone: what compiling the
     captured graph instead of the module gives is that candidate's own gain, which no group predicts.
-    planned + channels-last + compile over channels-last + compile, from the same compiled-region savings (timed in
-    the model's own layout: an approximation the row's base names)."""
+    planned + channels-last + compile over channels-last + compile, from ``planned_layout``: (saving ms, the layout
+    its regions were timed in) -- "channels_last" when every applied group was timed compiled in that layout
+    (``FusionGroup.in_compiled_channels_last``), else "model layout" (the planned + compile savings, an
+    approximation); the row's prediction says which (``layout``)."""
     by = {r["name"]: r for r in choice.candidates}
     compiled_base = CAPTURED_COMPILE if (by.get(CAPTURED_COMPILE) or {}).get("median_ms") is not None else "compile"
+    layout_ms, layout = planned_layout if planned_layout is not None else (None, None)
     for name, over, predicted in ((PLANNED, "eager", planned_ms), (PLANNED_COMPILE, compiled_base, planned_compile_ms),
-                                  (PLANNED_CHANNELS_LAST_COMPILE, CHANNELS_LAST_COMPILE, planned_compile_ms)):
+                                  (PLANNED_CHANNELS_LAST_COMPILE, CHANNELS_LAST_COMPILE, layout_ms)):
         row, base = by.get(name), by.get(over)
         if row is None or base is None or row.get("median_ms") is None or base.get("median_ms") is None:
             continue
@@ -283,4 +287,6 @@ def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile
         error = None if predicted is None or measured == 0 else 100.0 * (predicted - measured) / abs(measured)
         row["prediction"] = {"over": over, "predicted_saving_ms": predicted, "measured_saving_ms": measured,
                              "error_pct": error}
+        if name == PLANNED_CHANNELS_LAST_COMPILE and layout is not None:
+            row["prediction"]["layout"] = layout
 

@@ -219,13 +219,16 @@ class _Recorder(fx.Interpreter):
 
 def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device: str = "cpu",
                      spec: TimingSpec | None = None, clock: Clock | None = None,
-                     budget_s: float = INSITU_BUDGET_S, compiled: bool = False) -> dict[str, InModel | str]:
+                     budget_s: float = INSITU_BUDGET_S, compiled: bool = False,
+                     channels_last: bool = False) -> dict[str, InModel | str]:
     """Time every group's region captured vs rewritten; returns group id -> :class:`InModel`, or the reason (str)
     the region could not be timed on its own.  Regions are timed largest library saving first, until ``budget_s``
     (compiling included) is spent; the rest keep the library's prediction (their reason says so).
 
     ``compiled``: both forms of the region run through torch.compile (Inductor), the regime of the planned + compile
-    candidate, where a rewrite competes with Inductor's own fusion of the same ops rather than with eager."""
+    candidate, where a rewrite competes with Inductor's own fusion of the same ops rather than with eager.
+    ``channels_last`` (with ``compiled``): the regions' 4-D inputs and constants in channels-last layout, as they run
+    in the planned + channels-last + compile candidate (:class:`fxfusion.planning.candidates.ChannelsLast`)."""
     device = as_device(device)
 
     spec, clock = spec or INSITU_SPEC, clock or model_clock(device)
@@ -272,6 +275,9 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
                 out[gid] = (f"the in-model timing budget ({budget_s:.0f} s, fxfusion.planning.insitu.INSITU_BUDGET_S) was "
                             "spent on groups with larger savings")
                 continue
+            if compiled and channels_last:
+                region, rewritten = _channels_last(region), _channels_last(rewritten)
+                args = tuple(_channels_last_value(a) for a in args)
             if compiled:
                 try:
                     region, rewritten = _compiled(region, args), _compiled(rewritten, args)
@@ -354,6 +360,25 @@ def region_key(region: fx.GraphModule, rewritten: fx.GraphModule, args: tuple) -
         return _graph_key(region, args) + "\n=>\n" + _graph_key(rewritten, args)
     except (_Unkeyable, StopIteration, AttributeError, KeyError):
         return None
+
+
+def _channels_last_value(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.dim() == 4 and value.is_floating_point():
+        return value.contiguous(memory_format=torch.channels_last)
+    return value
+
+
+def _channels_last(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm``'s graph over copies of its 4-D floating constants in channels-last layout (as ``model.to(memory_format=
+    torch.channels_last)`` makes a model's weights); ``gm`` and the model's tensors are left as they are."""
+    values: dict[str, Any] = {}
+    for n in gm.graph.nodes:
+        if n.op == "get_attr":
+            value: Any = gm
+            for part in n.target.split("."):
+                value = getattr(value, part)
+            values[n.target] = _channels_last_value(value)
+    return fx.GraphModule(values, gm.graph)
 
 
 def _compiled(region: fx.GraphModule, args: tuple):

@@ -22,7 +22,7 @@ from fxfusion.measure.hardware import detect, resolve
 from fxfusion.measure.noise import NoiseGuard
 from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, REGIMES, check_regime, clock_for
 from fxfusion.planning.analyze import Analysis
-from fxfusion.planning.candidates import OPTIONAL
+from fxfusion.planning.candidates import OPTIONAL, PLANNED_CHANNELS_LAST_COMPILE, has_conv2d
 from fxfusion.planning.insitu import INSITU_BUDGET_S, measure_overhead
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.verify import VerificationResult, verify_plan
@@ -165,6 +165,9 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
     if include_compile and regime_compiled:
         # the planned + compile candidate: each group against Inductor's fusion of the same region
         fusion_plan.measure_in_compiled_model(model, example_inputs, device, budget_s=insitu_budget_s)
+        if PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # and in the layout that candidate runs in
+            fusion_plan.measure_in_compiled_model(model, example_inputs, device, budget_s=insitu_budget_s,
+                                                  channels_last=True)
     verification = verify_plan(model, example_inputs, fusion_plan, device=device, include_compile=include_compile,
                                compile_modes=compile_modes, extra=extra)
     fusion_plan.choice = verification.candidates  # apply(model, plan) now hands back the chosen candidate

@@ -69,6 +69,8 @@ class FusionGroup:
     decided_in_model: bool = False
     # The region timed with both forms compiled (the planned + compile candidate's regime), when it was.
     in_compiled_model: dict[str, Any] | None = None
+    # The same in channels-last layout (the planned + channels-last + compile candidate's regime), when it was.
+    in_compiled_channels_last: dict[str, Any] | None = None
 
     @property
     def site_id(self) -> str:
@@ -300,20 +302,26 @@ class FusionPlan:
         self.prediction = ("in_model" if all(measured) else "mixed" if any(measured) else "library")
 
     def measure_in_compiled_model(self, model: torch.nn.Module, example_inputs: tuple, device=None, spec=None,
-                                  clock=None, budget_s: float = INSITU_BUDGET_S) -> None:
+                                  clock=None, budget_s: float = INSITU_BUDGET_S, channels_last: bool = False) -> None:
         """Time each group's region with both forms compiled by Inductor (``measure_in_model(compiled=True)``): in the
         planned + compile candidate a rewrite competes with Inductor's own fusion of the same ops, not with eager.
-        The result goes to ``in_compiled_model``; :meth:`groups_for_compile` drops the groups it shows slower."""
+        The result goes to ``in_compiled_model``; :meth:`groups_for_compile` drops the groups it shows slower.
+        With ``channels_last`` the regions run in channels-last layout, as in the planned + channels-last + compile
+        candidate, and the result goes to ``in_compiled_channels_last`` (it predicts that candidate only)."""
         if not self.groups:
             return
         found = measure_in_model(self, model, example_inputs, device or self.device, spec=spec, clock=clock,
-                                 budget_s=budget_s, compiled=True)
+                                 budget_s=budget_s, compiled=True, channels_last=channels_last)
         for g in self.groups:
             im = found.get(g.id)
             if isinstance(im, InModel):
-                g.in_compiled_model = im.to_dict()
+                if channels_last:
+                    g.in_compiled_channels_last = im.to_dict()
+                else:
+                    g.in_compiled_model = im.to_dict()
             else:
-                self.warnings.append(f"{g.id}: not timed compiled ({im}); kept for planned + compile")
+                self.warnings.append(f"{g.id}: not timed compiled{' in channels-last' if channels_last else ''} "
+                                     f"({im}); kept for planned + compile")
 
     def groups_for_compile(self) -> list[FusionGroup]:
         """The groups the planned + compile candidate applies: all but those whose region, compiled, is slower

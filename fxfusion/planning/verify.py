@@ -237,6 +237,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             timings["captured"] = Timing("captured", "failed", one_line(exc))
     built: dict[str, Built] = {}
     applied_ids, planned_compile_pred = {r["site_id"] for r in rewrites if r["applied"]}, None
+    planned_layout_pred: tuple[float, str] | None = None  # (saving ms, layout its regions were timed in)
     verified = {"eager": True, PLANNED: not failure}
     if include_compile:
         for mode in compile_modes:
@@ -257,6 +258,11 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             compiled_savings = [getattr(g, "in_compiled_model", None) for g in kept if g.id in applied_ids]
             if compiled_savings and all(compiled_savings):
                 planned_compile_pred = sum(c["saving_ms"] for c in compiled_savings)
+            layout_savings = [getattr(g, "in_compiled_channels_last", None) for g in kept if g.id in applied_ids]
+            if layout_savings and all(layout_savings):  # timed in the layout that candidate runs in
+                planned_layout_pred = (sum(c["saving_ms"] for c in layout_savings), "channels_last")
+            elif planned_compile_pred is not None:  # else the model's own layout's, an approximation it says
+                planned_layout_pred = (planned_compile_pred, "model layout")
             if PLANNED_COMPILE in extra:
                 built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
                                                        record_post_grad=True)
@@ -328,7 +334,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     if predicted_f is not None and measured_f.median != 0:
         fraction_error = 100.0 * (predicted_f - measured_f.median) / abs(measured_f.median)
     choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, built)
-    attach_predictions(choice, predicted if applied else None, planned_compile_pred)
+    attach_predictions(choice, predicted if applied else None, planned_compile_pred, planned_layout_pred)
     ok = not failure
     reason = failure or (f"outputs match the {ref_name} reference; planned model "
                          f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
