@@ -315,10 +315,7 @@ class FusionPlan:
         for g in self.groups:
             im = found.get(g.id)
             if isinstance(im, InModel):
-                if channels_last:
-                    g.in_compiled_channels_last = im.to_dict()
-                else:
-                    g.in_compiled_model = im.to_dict()
+                setattr(g, "in_compiled_channels_last" if channels_last else "in_compiled_model", im.to_dict())
             else:
                 self.warnings.append(f"{g.id}: not timed compiled{' in channels-last' if channels_last else ''} "
                                      f"({im}); kept for planned + compile")
