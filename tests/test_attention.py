@@ -24,7 +24,7 @@ from fxfusion.graph.nodes import arg
 from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.apply import apply
 from fxfusion.graph.runnable import runnable_graph
-from fxfusion.planning.insitu import cut_region
+from fxfusion.planning.regions import cut_region
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.rewrite import rewrite_group
 from fxfusion.profiles.profile import Decision

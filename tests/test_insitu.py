@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fxfusion.planning.insitu import InModel, cut_region, measure_in_model, region_nodes
+from fxfusion.planning.insitu import InModel, measure_in_model
+from fxfusion.planning.regions import cut_region, region_nodes, region_key
 from fxfusion.planning.plan import SLOWER_IN_MODEL
 from fxfusion.graph.runnable import runnable_graph
 from fxfusion.measure.hardware import device_name
@@ -354,7 +355,6 @@ def test_a_repeated_block_is_timed_once_and_its_twins_share_that_timing():
 
 
 def test_regions_alike_but_for_a_shape_or_a_stride_do_not_share_a_key():
-    from fxfusion.planning.insitu import region_key
 
     model, inputs, plan = _repeated_plan()
     gm = runnable_graph(plan.captured, 0, model)
