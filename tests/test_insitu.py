@@ -367,3 +367,16 @@ def test_regions_alike_but_for_a_shape_or_a_stride_do_not_share_a_key():
     assert region_key(region, region, (x.to(memory_format=torch.channels_last),)) != key
     assert region_key(region, region, (x.double(),)) != key
     assert region_key(region, region, (object(),)) is None  # a value it cannot describe: no sharing
+
+
+def test_the_report_says_which_group_a_shared_timing_was_taken_on():
+    from fxfusion.reports.verification import group_rows
+
+    model, inputs, plan = _repeated_plan()
+    plan.measure_in_model(model, inputs, spec=SPEC, clock=OpCountClock())
+    rows = {r[0]: r for r in group_rows({"plan": plan.to_dict()})}
+    shared = [g for g in plan.groups if g.in_model["same_as"]]
+    assert len(shared) == 2
+    for g in shared:
+        assert rows[g.id][3].endswith(f"(timed as {g.in_model['same_as']}: the same work)")
+    assert sum("timed as" in r[3] for r in rows.values()) == 2

@@ -164,6 +164,7 @@ def group_rows(v: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     for g in (v.get("plan") or {}).get("groups") or []:
         im, lib = g.get("in_model") or {}, g.get("library_saving_ms")
         saving = (f"{im['saving_ms']:.4f} [{im['ci_low_ms']:.4f}, {im['ci_high_ms']:.4f}]"
+                  + (f" (timed as {im['same_as']}: the same work)" if im.get("same_as") else "")
                   if im.get("saving_ms") is not None else "-")
         how = " (decided in the model)" if g.get("decided_in_model") else ""
         rows.append((g["id"], g["pattern"], g["variant"] + how, saving, "-" if lib is None else f"{lib:.4f}"))
