@@ -294,3 +294,13 @@ def _conv_profile():
                 "basis": "test"}
     e = Entry("conv2d_bn_relu", "conv", "Conv2d+BN+ReLU", shape, "float32", "cpu", 1, 1, 1, 0.5, roofline, variants, d)
     return Profile(metadata={"device": "cpu", "device_name": device_name("cpu")}, hardware={}, ceilings={}, entries=[e])
+
+
+def test_plan_decides_each_site_once(monkeypatch):
+    profile = _profile(eager=1.0, addmm=0.8, compile_=0.5)
+    calls = []
+    decide = Profile.decide
+    monkeypatch.setattr(Profile, "decide", lambda self, *a, **k: calls.append(a[0]) or decide(self, *a, **k))
+    plan = _plan(WrittenOut(), torch.randn(64, 256), profile)
+    assert len(plan.groups) == 1 and calls == ["linear_bias_relu"]  # not once more when the plan is built
+    assert plan.groups[0].decision.exact and plan.groups[0].predicted_saving_ms == pytest.approx(0.5)

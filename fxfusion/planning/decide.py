@@ -72,6 +72,10 @@ class ProfileSource:
             decision = self.profile.decide(pattern.name, shape, dtype, self.lookup_device, self.regime)
         except FxFusionError as exc:
             return Lookup(None, None, [str(exc)], regime=self.regime)
+        return self.lookup_for(pattern, shape, dtype, decision)
+
+    def lookup_for(self, pattern: Pattern, shape: dict[str, int], dtype: str, decision: Decision) -> Lookup:
+        """The Lookup behind a decision already made (the entry at its measured shape), without deciding again."""
         kind = device_kind(self.lookup_device)
         entries = [e for e in self.profile.entries if e.pattern == pattern.name and e.shape == decision.measured_shape
                    and device_kind(e.device) == kind]
@@ -249,9 +253,8 @@ def lookup_for_decision(profile: Profile | None, site: Site, decision: Decision,
         return Lookup(None, decision, regime=regime)
     # whoever made the decisions chose the profile (plan() and analyze refuse a foreign one unless allowed)
     source = ProfileSource(profile, device, regime=regime, allow_foreign=True)
-    lookup = source.lookup(REGISTRY[site.pattern], dict(site.shape), site.dtype)
-    if lookup.decision is None or lookup.decision.measured_shape != decision.measured_shape:
+    lookup = source.lookup_for(REGISTRY[site.pattern], dict(site.shape), site.dtype, decision)
+    if lookup.entry is None or decision.measured_shape is None:
         return Lookup(None, decision, ["the decision is not the profile's: its entry's timings are not used"],
                       regime=regime)
-    lookup.decision = decision
     return lookup
