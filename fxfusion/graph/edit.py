@@ -64,6 +64,14 @@ def bound_names(gm: fx.GraphModule) -> dict[str, str]:
     return gm.__dict__.get(_NAMES, {})
 
 
+def attribute(gm: fx.GraphModule, target: str) -> Any:
+    """What a ``get_attr`` of ``target`` reads from ``gm`` (a dotted path through its submodules)."""
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def constant(gm: fx.GraphModule, node: Any, what: str) -> torch.Tensor | None:
     """The constant tensor behind a get_attr node, or a placeholder bound by :func:`bind_constants` (None for a None
     argument)."""
@@ -75,10 +83,7 @@ def constant(gm: fx.GraphModule, node: Any, what: str) -> torch.Tensor | None:
     if not isinstance(node, fx.Node) or node.op != "get_attr":
         raise NotApplicable(f"the {what} is not a constant of the module (it is {getattr(node, 'op', node)!r}), "
                             "so it cannot be folded at load time")
-    obj: Any = gm
-    for part in node.target.split("."):
-        obj = getattr(obj, part)
-    return obj.detach()
+    return attribute(gm, node.target).detach()
 
 
 def parameter_name(gm: fx.GraphModule, node: Any) -> str | None:

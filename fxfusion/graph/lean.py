@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import fx
 
+from fxfusion.graph.edit import attribute
+
 # A lean node keeps what it stood for (the aten overload, or the constant's dotted name) in its meta, under this key.
 ORIGINAL = "fxfusion_original_target"
 _BUILTIN = type(torch.relu)  # builtin_function_or_method
@@ -91,9 +93,7 @@ def _direct_constants(gm: fx.GraphModule) -> None:
             continue
         if "." not in n.target:
             continue
-        value: Any = gm
-        for part in n.target.split("."):
-            value = getattr(value, part)
+        value = attribute(gm, n.target)
         if not isinstance(value, torch.Tensor):
             continue
         flat = "_lean_" + n.target.replace(".", "_")

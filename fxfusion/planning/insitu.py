@@ -144,7 +144,7 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
     everything = sorted(list(plan.groups) + list(getattr(plan, "pending", [])),
                         key=lambda g: -(g.predicted_saving_ms or 0.0))
     start = clock.now()
-    timed: dict[str, InModel] = {}  # region_key -> the InModel of the first group timed with it
+    timed: dict[str, str] = {}  # region_key -> the group whose region was timed with it
     for index in sorted({g.graph_index for g in everything}):
         groups = [g for g in everything if g.graph_index == index]
         gm = runnable_graph(plan.captured, index, model)
@@ -175,9 +175,8 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
             args = tuple(recorder.values[n] for n in names)
             key = region_key(region, rewritten, args)
             if key is not None and key in timed:  # a repeated block: its twin's timing is this region's
-                twin = timed[key]
-                out[gid] = dataclasses.replace(twin, nodes=list(g.nodes), released=released,
-                                               same_as=twin.same_as or next(k for k, v in out.items() if v is twin))
+                out[gid] = dataclasses.replace(out[timed[key]], nodes=list(g.nodes), released=released,
+                                               same_as=timed[key])
                 continue
             if clock.now() - start > budget_s:
                 out[gid] = (f"the in-model timing budget ({budget_s:.0f} s, fxfusion.planning.insitu.INSITU_BUDGET_S) was "
@@ -208,7 +207,7 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
                                verdict=NEUTRAL if unstable else sp.verdict(),
                                regime="compiled" if compiled else "eager", noisy=unstable or None)
             if key is not None:
-                timed[key] = out[gid]
+                timed[key] = gid
     return out
 
 

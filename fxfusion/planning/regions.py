@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from fxfusion.graph.edit import bind_constants, bound_constants, bound_names, is_pure
+from fxfusion.graph.edit import attribute, bind_constants, bound_constants, bound_names, is_pure
 from fxfusion.planning.rewrite import rewrite_group
 
 
@@ -143,10 +143,7 @@ def _graph_key(gm: fx.GraphModule, args: tuple) -> str:
         if n.op == "placeholder":
             parts.append("in " + _describe(next(values)))
         elif n.op == "get_attr":
-            value = gm
-            for attr in n.target.split("."):
-                value = getattr(value, attr)
-            parts.append("const " + _describe(value))
+            parts.append("const " + _describe(attribute(gm, n.target)))
         elif n.op in ("call_function", "call_method"):
             parts.append(f"{n.op} {n.target} {ref(n.args)} {ref(n.kwargs)}")
         elif n.op == "output":
@@ -175,11 +172,5 @@ def channels_last_value(value: Any) -> Any:
 def channels_last_copy(gm: fx.GraphModule) -> fx.GraphModule:
     """``gm``'s graph over copies of its 4-D floating constants in channels-last layout (as ``model.to(memory_format=
     torch.channels_last)`` makes a model's weights); ``gm`` and the model's tensors are left as they are."""
-    values: dict[str, Any] = {}
-    for n in gm.graph.nodes:
-        if n.op == "get_attr":
-            value: Any = gm
-            for part in n.target.split("."):
-                value = getattr(value, part)
-            values[n.target] = channels_last_value(value)
+    values = {n.target: channels_last_value(attribute(gm, n.target)) for n in gm.graph.nodes if n.op == "get_attr"}
     return fx.GraphModule(values, gm.graph)

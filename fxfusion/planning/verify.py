@@ -173,6 +173,13 @@ def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: s
     return checks, "; ".join(failures)
 
 
+def _compiled_saving(groups: list, attr: str) -> float | None:
+    """The sum of the groups' region savings timed compiled (``attr``: ``in_compiled_model`` or
+    ``in_compiled_channels_last``); None unless every group has one."""
+    savings = [getattr(g, attr, None) for g in groups]
+    return sum(s["saving_ms"] for s in savings) if savings and all(savings) else None
+
+
 def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
                 spec: TimingSpec | None = None, clock: Clock | None = None, include_compile: bool = True,
                 include_captured: bool = True, seed: int = 0, compile_modes: tuple[str, ...] = ("default",),
@@ -236,7 +243,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         except Exception as exc:
             timings["captured"] = Timing("captured", "failed", one_line(exc))
     built: dict[str, Built] = {}
-    applied_ids, planned_compile_pred = {r["site_id"] for r in rewrites if r["applied"]}, None
+    applied, planned_compile_pred = {r["site_id"] for r in rewrites if r["applied"]}, None
     planned_layout_pred: tuple[float, str] | None = None  # (saving ms, layout its regions were timed in)
     verified = {"eager": True, PLANNED: not failure}
     if include_compile:
@@ -246,8 +253,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         if CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # the layout decision for the whole model
             built[CHANNELS_LAST_COMPILE] = compile_model(CHANNELS_LAST_COMPILE, ChannelsLast(model), inputs, device,
                                                          None)
-        if planned_compile and {PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE} & set(extra) \
-                and any(r["applied"] for r in rewrites):
+        if planned_compile and applied and {PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE} & set(extra):
             kept = plan.groups_for_compile() if hasattr(plan, "groups_for_compile") else plan.groups
             if len(kept) < len(plan.groups):
                 dropped = sorted({g.id for g in plan.groups} - {g.id for g in kept})
@@ -255,12 +261,11 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                                        "are slower rewritten than as captured")
             base = planned if len(kept) == len(plan.groups) else apply(model, dataclasses.replace(plan, groups=kept),
                                                                        candidate=PLANNED)
-            compiled_savings = [getattr(g, "in_compiled_model", None) for g in kept if g.id in applied_ids]
-            if compiled_savings and all(compiled_savings):
-                planned_compile_pred = sum(c["saving_ms"] for c in compiled_savings)
-            layout_savings = [getattr(g, "in_compiled_channels_last", None) for g in kept if g.id in applied_ids]
-            if layout_savings and all(layout_savings):  # timed in the layout that candidate runs in
-                planned_layout_pred = (sum(c["saving_ms"] for c in layout_savings), "channels_last")
+            kept_applied = [g for g in kept if g.id in applied]
+            planned_compile_pred = _compiled_saving(kept_applied, "in_compiled_model")
+            layout_ms = _compiled_saving(kept_applied, "in_compiled_channels_last")  # timed in that candidate's layout
+            if layout_ms is not None:
+                planned_layout_pred = (layout_ms, "channels_last")
             elif planned_compile_pred is not None:  # else the model's own layout's, an approximation it says
                 planned_layout_pred = (planned_compile_pred, "model layout")
             if PLANNED_COMPILE in extra:
@@ -309,7 +314,6 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     measured = eager_ms - planned_t.median_ms
     sp = planned_t.speedup
     ci = (eager_ms * (1 - 1 / sp["ci_low"]), eager_ms * (1 - 1 / sp["ci_high"]))
-    applied = {r["site_id"] for r in rewrites if r["applied"]}
     known = [g.predicted_saving_ms for g in plan.groups if g.id in applied and g.predicted_saving_ms is not None]
     predicted = None
     if not applied:
