@@ -84,6 +84,44 @@ def plain_loop(fns: dict, device: str, repeats: int = 3, warm_s: float = WARM_S)
     return {name: {"median_ms": statistics.median(v), "samples_ms": v} for name, v in per_call.items()}
 
 
+def user_fns(model, inputs, device: str) -> dict:
+    """The user's two figures' callables: the model, and ``torch.compile(model)`` compiled and warmed."""
+    compiled = torch.compile(model)
+    fns = {"eager": lambda: model(*inputs), "compile": lambda: compiled(*inputs)}
+    plain_loop(fns, device, repeats=1)  # compile and warm
+    return fns
+
+
+def fxfusion_block(fns: dict, clock, calls: int | None = None) -> tuple[dict, dict]:
+    """One block of fxfusion's timing: :func:`fxfusion.measure.timing.measure` with the verification's clock and
+    sample length, three rounds (``calls`` fixes the calls per sample, else measure chooses); ms samples per callable
+    and measure's calls per sample."""
+    from fxfusion.measure.timing import measure
+    from fxfusion.planning.verify import VERIFY_SPEC
+
+    spec = dataclasses.replace(VERIFY_SPEC, rounds=3, warmup=1, budget_s=5.0)
+    if calls:
+        spec = dataclasses.replace(spec, target_sample_s=1e9, max_inner=calls)
+    with torch.no_grad():
+        samples = measure(fns, clock, spec)
+    return {k: [x * 1e3 for x in v] for k, v in samples.seconds.items()}, {"inner": samples.inner}
+
+
+def clock_block(fns: dict, clock) -> dict:
+    """One block of fxfusion's clock around the plain loop's blocks: ``CALLS`` calls per sample, three per callable,
+    alternating; ms per call."""
+    got = {k: [] for k in fns}
+    with torch.no_grad():
+        for _ in range(3):
+            for k, fn in fns.items():
+                got[k].append(clock.sample(fn, CALLS) * 1e3)
+    return got
+
+
+def plain_block(fns: dict, device: str) -> dict:
+    return {k: v["samples_ms"] for k, v in plain_loop(fns, device, repeats=3, warm_s=0).items()}
+
+
 def serve(spec: str, device: str, dtype: str | None) -> None:
     """Step 2 (module doc): a fresh process that compiles and warms the user's model, then times one block per line
     read from stdin, printing each as a JSON line."""
@@ -129,20 +167,14 @@ def fxfusion_figure(spec: str, device: str, dtype: str | None) -> dict:
 def interleaved(spec: str, loaded, device: str, dtype: str | None, rounds: int = ROUNDS) -> dict[str, dict]:
     """Step 3 (module doc): per source (fresh process, fxfusion's timing, plain loop here), per callable, the ms
     samples of ``rounds`` interleaved rounds."""
-    from fxfusion.measure.timing import measure
     from fxfusion.planning.insitu import model_clock
-    from fxfusion.planning.verify import VERIFY_SPEC
 
     cmd = [sys.executable, __file__, "--serve", spec, "--device", device] + (["--dtype", dtype] if dtype else [])
     log = tempfile.TemporaryFile("w+")
     child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         ready = json.loads(_last_json(child, log))
-        model, inputs = loaded.model, loaded.example_inputs
-        compiled = torch.compile(model)
-        fns = {"eager": lambda: model(*inputs), "compile": lambda: compiled(*inputs)}
-        plain_loop(fns, device, repeats=1)  # compile (cached) and warm
-        clock, spec_ = model_clock(device), dataclasses.replace(VERIFY_SPEC, rounds=3, warmup=1, budget_s=5.0)
+        fns, clock = user_fns(loaded.model, loaded.example_inputs, device), model_clock(device)
         out = {src: {"eager": [], "compile": []} for src in SOURCES}
         rng, blocks = random.Random(0), []
         for r in range(rounds):
@@ -155,18 +187,11 @@ def interleaved(spec: str, loaded, device: str, dtype: str | None, rounds: int =
                     child.stdin.flush()
                     got = json.loads(_last_json(child, log))
                 elif src == "fxfusion timing":
-                    with torch.no_grad():
-                        samples = measure(fns, clock, spec_)
-                    got = {k: [x * 1e3 for x in v] for k, v in samples.seconds.items()}
-                    extra = {"inner": samples.inner}
+                    got, extra = fxfusion_block(fns, clock)
                 elif src == "fxfusion clock, plain blocks":
-                    got = {k: [] for k in fns}
-                    with torch.no_grad():
-                        for _ in range(3):
-                            for k, fn in fns.items():
-                                got[k].append(clock.sample(fn, CALLS) * 1e3)
+                    got = clock_block(fns, clock)
                 else:
-                    got = {k: v["samples_ms"] for k, v in plain_loop(fns, device, repeats=3, warm_s=0).items()}
+                    got = plain_block(fns, device)
                 for k in out[src]:
                     out[src][k] += got[k]
                 blocks.append({"round": r, "source": src, "unix_s": time.time(), "samples_ms": got, **extra})

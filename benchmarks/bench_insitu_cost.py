@@ -50,14 +50,11 @@ def main() -> None:
         plan.measure_in_model(model, inputs)
         print(f"{n} blocks: {sum(len(g.graph.nodes) for g in captured.graphs)} nodes, {len(plan.groups)} groups; "
               f"capture+match {captured_s:.1f} s, measure_in_model {time.perf_counter() - start:.1f} s "
-              f"(prediction: {plan.prediction}; {_shared(g.in_model for g in plan.groups)} sharing a twin's timing)",
+              f"(prediction: {plan.prediction}; "
+              f"{sum(1 for g in plan.groups if (g.in_model or {}).get('same_as'))} sharing a twin's timing)",
               flush=True)
     for spec in filter(None, args.models.split(",")):
         zoo(spec)
-
-
-def _shared(in_models) -> int:
-    return sum(1 for im in in_models if im and im.get("same_as"))
 
 
 def zoo(spec: str) -> None:
@@ -75,7 +72,7 @@ def zoo(spec: str) -> None:
     found = measure_in_model(plan, loaded.model, loaded.example_inputs, "cpu", budget_s=600)
     timed = [im for im in found.values() if isinstance(im, InModel)]
     print(f"{spec}: {len(plan.groups) + len(plan.pending)} groups, {len(timed)} timed in the model, "
-          f"{_shared(getattr(im, '__dict__', {}) for im in timed)} of them sharing a twin's timing; measure_in_model "
+          f"{sum(1 for im in timed if im.same_as)} of them sharing a twin's timing; measure_in_model "
           f"{time.perf_counter() - start:.1f} s (1 thread)", flush=True)
 
 

@@ -16,7 +16,6 @@ shuffled order per round:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import statistics
@@ -30,13 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from bench_baseline import CALLS, fxfusion_figure, plain_loop  # noqa: E402
+from bench_baseline import CALLS, clock_block, fxfusion_block, fxfusion_figure, plain_block, user_fns  # noqa: E402
 
 from fxfusion.graph.loader import load_model  # noqa: E402
 from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
-from fxfusion.measure.timing import measure  # noqa: E402
 from fxfusion.planning.insitu import model_clock  # noqa: E402
-from fxfusion.planning.verify import VERIFY_SPEC  # noqa: E402
 
 SOURCES = ("measure", "measure, 50 per sample", "clock, 50 per sample", "plain loop")
 
@@ -56,38 +53,27 @@ def main() -> None:
     else:
         loaded = load_model(args.model, device=args.device,
                             dtype=dtype_record(args.dtype).torch if args.dtype else None)
-    model, inputs = loaded.model, loaded.example_inputs
-    compiled = torch.compile(model)
-    fns = {"eager": lambda: model(*inputs), "compile": lambda: compiled(*inputs)}
-    plain_loop(fns, args.device, repeats=1)  # compile and warm
-    clock = model_clock(args.device)
-    spec = dataclasses.replace(VERIFY_SPEC, rounds=3, warmup=1, budget_s=5.0)
-    fixed = dataclasses.replace(spec, target_sample_s=1e9, max_inner=CALLS)
+    fns, clock = user_fns(loaded.model, loaded.example_inputs, args.device), model_clock(args.device)
     out = {src: {k: [] for k in fns} for src in SOURCES}
     blocks, rng = [], random.Random(0)
     print(f"# probe_timing_gap, {args.model}, torch {torch.__version__}, {args.device} "
           f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), dtype {args.dtype}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.rounds} interleaved rounds"
           f"{', after analysing and verifying it in this process' if args.analyze_first else ''}", flush=True)
-    with torch.no_grad():
-        for r in range(args.rounds):
-            order = list(SOURCES)
-            rng.shuffle(order)
-            for src in order:
-                extra = {}
-                if src.startswith("measure"):
-                    s = measure(fns, clock, spec if src == "measure" else fixed)
-                    got, extra = {k: [x * 1e3 for x in v] for k, v in s.seconds.items()}, {"inner": s.inner}
-                elif src.startswith("clock"):
-                    got = {k: [] for k in fns}
-                    for _ in range(3):
-                        for k, fn in fns.items():
-                            got[k].append(clock.sample(fn, CALLS) * 1e3)
-                else:
-                    got = {k: v["samples_ms"] for k, v in plain_loop(fns, args.device, repeats=3, warm_s=0).items()}
-                for k in fns:
-                    out[src][k] += got[k]
-                blocks.append({"round": r, "source": src, "samples_ms": got, **extra})
+    for r in range(args.rounds):
+        order = list(SOURCES)
+        rng.shuffle(order)
+        for src in order:
+            extra = {}
+            if src.startswith("measure"):
+                got, extra = fxfusion_block(fns, clock, None if src == "measure" else CALLS)
+            elif src.startswith("clock"):
+                got = clock_block(fns, clock)
+            else:
+                got = plain_block(fns, args.device)
+            for k in fns:
+                out[src][k] += got[k]
+            blocks.append({"round": r, "source": src, "samples_ms": got, **extra})
     print("| candidate | " + " | ".join(f"{s} ms" for s in SOURCES) + " | measure / plain loop |")
     print("|---|" + "---|" * (len(SOURCES) + 1))
     for k in fns:
