@@ -1,7 +1,8 @@
 """Markdown tables of a profile's decisions, with the host/device split and kernel counts that explain them.
 
     python benchmarks/profile_tables.py profiles/h200.json > /tmp/tables.md
-Used to write docs/results.md; every number printed comes from the profile file named on the command line.
+Used to write docs/results.md and docs/results/h200-profile-tables.md (the columns before "pipelined" are the
+isolated regime's: one synchronised call; the last is the back-to-back regime's own decision, schema 1.1); every number printed comes from the profile file named on the command line.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ def _us(ms):
     return f"{ms * 1e3:.0f}" if ms is not None else "-"
 
 
+def _speedup(d) -> str:
+    return f"{d.speedup.median:.2f}× [{d.speedup.ci_low:.2f}, {d.speedup.ci_high:.2f}]" if d.speedup else "-"
+
+
 def tables(profile: Profile) -> str:
     meta = profile.metadata
     lines = [f"Profile: {meta['hardware']} ({meta['device_name']}), torch {meta['torch_version']}, triton "
@@ -26,11 +31,14 @@ def tables(profile: Profile) -> str:
             current = e.pattern
             lines += ["", f"### {e.title} (`{e.pattern}`)", "",
                       "| shape | dtype | verdict | best | speedup [95% CI] | eager µs (device) | best µs (device) "
-                      "| kernels eager→best | compile ×eager | reduce-overhead ×eager |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+                      "| kernels eager→best | compile ×eager | reduce-overhead ×eager | pipelined: verdict, best, "
+                      "speedup [95% CI] |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
         d, eager = e.decision, e.variant("eager")
         best = e.variant(d.best_variant)
-        sp = f"{d.speedup.median:.2f}× [{d.speedup.ci_low:.2f}, {d.speedup.ci_high:.2f}]" if d.speedup else "-"
+        sp = _speedup(d)
+        p = e.pipelined_decision  # schema 1.1: the back-to-back regime's own decision
+        piped = f"{p.verdict}, {p.best_variant}, {_speedup(p)}" if p else "-"
 
         def vs(name):
             v = e.variant(name)
@@ -41,7 +49,7 @@ def tables(profile: Profile) -> str:
         lines.append(
             f"| {'×'.join(map(str, e.shape.values()))} | {e.dtype} | {d.verdict} | {d.best_variant} | {sp} "
             f"| {_us(eager.median_ms)} ({_us(eager.device_ms)}) | {_us(best.median_ms)} ({_us(best.device_ms)}) "
-            f"| {eager.kernels_per_call:g}→{best.kernels_per_call:g} | {vs('compile')} | {vs('compile_reduce_overhead')} |")
+            f"| {eager.kernels_per_call:g}→{best.kernels_per_call:g} | {vs('compile')} | {vs('compile_reduce_overhead')} | {piped} |")
     return "\n".join(lines) + "\n"
 
 

@@ -53,7 +53,7 @@ def test_allowed_foreign_profile_plans_with_its_entries_and_says_so():
                          check_overhead=False, in_model=False)
     assert plan.device.type == "cpu"  # the model runs where its inputs are, never on the profile's device
     assert any("NVIDIA H200" in w and "used anyway" in w for w in plan.warnings)
-    assert any("holds the isolated regime only" in w for w in plan.warnings)  # a schema 1.0 profile
+    assert not any("regime only" in w for w in plan.warnings)  # schema 1.1: the pipelined regime planning asks for
     assert sum(1 for r in plan.refused if r.why == "undecided") == 0  # decided from the H200 entries
 
 
