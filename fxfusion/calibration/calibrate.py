@@ -173,7 +173,7 @@ def measure_entry(pattern: Pattern, shape: dict, dtype_name: str, device: str, h
             try:
                 launches[b.name] = count_launches(b.thunk, device)
             except Exception as exc:  # the profiler is diagnostic; its failure must not lose the measurement
-                b.details = {"profiler_error": one_line(exc)}
+                b.details = {**(b.details or {}), "profiler_error": one_line(exc)}
     for b in built:
         why = _not_a_fusion(b, launches.get(b.name), launches.get("eager"))
         if why:
