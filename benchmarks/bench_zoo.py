@@ -78,7 +78,9 @@ def run_one(spec: str, args) -> dict:
         return row
     plan, v = apply_and_verify(result, loaded.model, loaded.example_inputs, args.device,
                                include_compile=not args.no_compile, compiled_regime=args.compiled_regime,
-                               insitu_budget_s=args.insitu_budget_s, extra=parse_candidates(args.candidates))
+                               insitu_budget_s=args.insitu_budget_s, extra=parse_candidates(args.candidates),
+                               compiled_context=args.compiled_context)
+    report = result.to_dict()  # now with the verification and the plan (every group's timings, the warnings)
     rewrites = v.rewrites
     row.update(applied=sum(r["applied"] for r in rewrites), groups=len(plan.groups), verified=v.ok,
                reason=v.reason, prediction_error_pct=v.prediction_error_pct, fraction_error_pct=v.fraction_error_pct)
@@ -118,6 +120,9 @@ def main() -> None:
                     "fxfusion.planning.candidates.OPTIONAL)")
     ap.add_argument("--compiled-regime", action=argparse.BooleanOptionalAction, default=None,
                     help="time each group's region compiled too (default: on CUDA)")
+    ap.add_argument("--compiled-context", action=argparse.BooleanOptionalAction, default=None,
+                    help="measure each class of rewrites with the whole model compiled (default: with the compiled "
+                         "regime; fxfusion.planning.incontext)")
     args = ap.parse_args()
     parse_candidates(args.candidates)  # a bad list fails here, not as a crash of every model
     Path(args.out).mkdir(parents=True, exist_ok=True)

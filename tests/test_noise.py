@@ -402,3 +402,16 @@ def test_when_even_the_floors_stalled_no_verdict_stands(monkeypatch):
         if verdict == "neutral":
             assert e.noise["batches"] == 3 and "no statistic of these samples measures the work" in e.decision.reason
             assert any(r.startswith("even the reference kernel's fastest tenth is ") and "no sample was undisturbed" in r for r in c["reasons"])
+
+
+def test_the_reference_kernel_is_device_work_on_a_gpu_and_the_profile_says_which():
+    from fxfusion.calibration.regimes import noise_summary
+    from fxfusion.measure.noise import reference_size, reference_text
+
+    assert reference_size("cpu") == 256 and reference_size("cuda:1") == 2048  # a launch vs ~0.35 ms on an H200
+    assert "2048x2048" in reference_text("cuda") and "256x256" in reference_text("cpu")
+    guard = NoiseGuard.for_device("cpu")
+    assert guard.reference_text == reference_text("cpu") and guard.reference().shape == (256, 256)
+    assert noise_summary([], guard)["reference"] == reference_text("cpu")
+    assert noise_summary([], NoiseGuard(reference=lambda: None, reference_text="x"))["reference"] == "x"
+    assert noise_summary([], NoiseGuard())["reference"] == "none"

@@ -197,7 +197,7 @@ def settle(decision: Decision, timed: Timed | None, regime: str) -> Decision:
 
 def noise_summary(entries: list[Entry], guard: NoiseGuard) -> dict:
     """The profile's ``metadata.noise``: how noise was watched and which entries it touched."""
-    return {"reference": noise.REFERENCE_TEXT if guard.reference is not None else "none",
+    return {"reference": guard.reference_text if guard.reference is not None else "none",
             "limits": {"load_per_cpu": noise.LOAD_LIMIT, "steal": noise.STEAL_LIMIT,
                        "reference_spread": noise.REFERENCE_SPREAD_LIMIT,
                        "reference_slowdown": noise.REFERENCE_SLOWDOWN_LIMIT,

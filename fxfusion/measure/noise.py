@@ -73,9 +73,26 @@ THREAD_STALL_LIMIT = 1.5
 CONTENDED_MIN_EFFECT = 0.10
 # At most this many measurements of one entry (the first and two more) before an unstable verdict becomes noisy.
 MAX_BATCHES = 3
-# The reference kernel: a 256 x 256 float32 matmul (33.5 MFLOP): tens of microseconds on a CPU core, one launch on a GPU.
+# The reference kernel: a 256 x 256 float32 matmul (33.5 MFLOP): tens of microseconds on a CPU core.
 REFERENCE_N = 256
-REFERENCE_TEXT = f"torch.mm of two {REFERENCE_N}x{REFERENCE_N} float32 matrices, timed once per round"
+# On a GPU that matmul is one launch of about 35 us, host jitter more than device work: on an idle H200 (2026-12-01,
+# entries 1-209 of the whole library) its spread was 10-48% (10th-90th percentile) and its slowdown up to 1.86x, so
+# 78 of 209 entries counted as contended at a load of 0.01-0.30 per CPU.  There the reference is device work instead:
+# a 2048 x 2048 float32 matmul (17 GFLOP, about 0.35 ms on an H200 without TF32), which a busy or throttled card
+# slows and a host's launch jitter does not.  (Host contention has its own signals: load and steal.)
+REFERENCE_N_CUDA = 2048
+
+
+def reference_size(device: str | torch.device) -> int:
+    return REFERENCE_N_CUDA if is_cuda(device) else REFERENCE_N
+
+
+def reference_text(device: str | torch.device) -> str:
+    n = reference_size(device)
+    return f"torch.mm of two {n}x{n} float32 matrices, timed once per round"
+
+
+REFERENCE_TEXT = reference_text("cpu")
 # Halves of fewer rounds than this are not compared: their medians say too little.
 MIN_HALF = 3
 # An interval wider than a factor 2 (ci_high / ci_low) tells neither a 30% gain nor a 30% loss apart.
@@ -118,9 +135,9 @@ def host_snapshot() -> HostSnapshot:
 
 def reference_kernel(device: str | torch.device) -> Thunk:
     """A fixed amount of work on ``device``: the same matmul every call, seeded inputs."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(REFERENCE_N, REFERENCE_N, generator=gen).to(as_device(device))
-    b = torch.randn(REFERENCE_N, REFERENCE_N, generator=gen).to(as_device(device))
+    gen, n = torch.Generator().manual_seed(0), reference_size(device)
+    a = torch.randn(n, n, generator=gen).to(as_device(device))
+    b = torch.randn(n, n, generator=gen).to(as_device(device))
     return lambda: torch.mm(a, b)
 
 
@@ -180,6 +197,7 @@ class NoiseGuard:
 
     reference: Thunk | None = None
     probe: Callable[[], HostSnapshot] | None = None
+    reference_text: str = REFERENCE_TEXT  # what the reference kernel is (the profile's metadata.noise says it)
     own_threads: int = 1  # threads this process keeps busy while timing (they are in the load average too)
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_batches: int = MAX_BATCHES
@@ -191,6 +209,7 @@ class NoiseGuard:
     def for_device(cls, device: str | torch.device, **kw) -> "NoiseGuard":
         own = 1 if is_cuda(device) else torch.get_num_threads()
         return cls(reference=reference_kernel(device), probe=host_snapshot, own_threads=own,
+                   reference_text=reference_text(device),
                    single_thread=not is_cuda(device) and own > 1, **kw)
 
     def _one_thread_s(self) -> float:

@@ -264,7 +264,7 @@ def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) ->
 
 
 def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile_ms: float | None,
-                       planned_layout: tuple[float, str] | None = None) -> None:
+                       planned_layout: tuple[float, str] | None = None, basis: dict[str, str] | None = None) -> None:
     """Each rewritten candidate's predicted saving beside the one measured, on its row (``row["prediction"]``):
     planned over eager (the applied groups' savings less the captured graph's overhead, as the plan predicted them);
     planned + compile over captured + compile where that was timed, else over whole-model compile (the kept groups'
@@ -274,7 +274,9 @@ def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile
     planned + channels-last + compile over channels-last + compile, from ``planned_layout``: (saving ms, the layout
     its regions were timed in) -- "channels_last" when every applied group was timed compiled in that layout
     (``FusionGroup.in_compiled_channels_last``), else "model layout" (the planned + compile savings, an
-    approximation); the row's prediction says which (``layout``)."""
+    approximation); the row's prediction says which (``layout``).  ``basis``: per compiled candidate, what its
+    prediction rests on ("whole model": each class of rewrites measured with the whole model compiled, "regions":
+    regions compiled alone, or "mixed"; :func:`fxfusion.planning.verify.compiled_prediction`), put on the row too."""
     by = {r["name"]: r for r in choice.candidates}
     compiled_base = CAPTURED_COMPILE if (by.get(CAPTURED_COMPILE) or {}).get("median_ms") is not None else "compile"
     layout_ms, layout = planned_layout if planned_layout is not None else (None, None)
@@ -289,4 +291,6 @@ def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile
                              "error_pct": error}
         if name == PLANNED_CHANNELS_LAST_COMPILE and layout is not None:
             row["prediction"]["layout"] = layout
+        if predicted is not None and (basis or {}).get(name):
+            row["prediction"]["basis"] = basis[name]
 

@@ -22,7 +22,8 @@ from fxfusion.measure.hardware import detect, resolve
 from fxfusion.measure.noise import NoiseGuard
 from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, REGIMES, check_regime, clock_for
 from fxfusion.planning.analyze import Analysis
-from fxfusion.planning.candidates import OPTIONAL, PLANNED_CHANNELS_LAST_COMPILE, has_conv2d
+from fxfusion.planning.candidates import OPTIONAL, PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, has_conv2d
+from fxfusion.planning.incontext import measure_in_compiled_context
 from fxfusion.planning.insitu import INSITU_BUDGET_S, measure_overhead
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.verify import VerificationResult, verify_plan
@@ -138,8 +139,8 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
 def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs: tuple, device: str,
                      profile: Profile | None = None, include_compile: bool = True,
                      compile_modes: tuple[str, ...] = ("default",), compiled_regime: bool | None = None,
-                     insitu_budget_s: float = INSITU_BUDGET_S,
-                     extra: tuple[str, ...] = OPTIONAL) -> tuple[FusionPlan, VerificationResult]:
+                     insitu_budget_s: float = INSITU_BUDGET_S, extra: tuple[str, ...] = OPTIONAL,
+                     compiled_context: bool | None = None) -> tuple[FusionPlan, VerificationResult]:
     """``analyze --apply``: the analysis's ``fuse`` sites planned (from its live timings, or from ``profile``), each
     group's saving predicted inside the model, the captured graph's overhead charged, the plan applied and verified
     against float64 and timed end to end beside the candidates (whole-model compile in ``compile_modes``, the plan
@@ -148,7 +149,10 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
 
     ``compiled_regime`` (default: on CUDA when compiling) times each group's region compiled, as it runs in the
     planned + compile candidate, which then leaves out the groups Inductor does better without (2 compiles a group,
-    within the in-model budget: too slow for a CPU by default)."""
+    within the in-model budget: too slow for a CPU by default).  ``compiled_context`` (default: with the compiled
+    regime) then measures each class of those groups with the whole model compiled around it
+    (:mod:`fxfusion.planning.incontext`: one whole-model compile a class, within the same budget again), which
+    predicts the planned + compile candidates and leaves out a class that makes the compiled model slower."""
     if profile is None:  # live timings: the plan keeps each site's measured baseline and saving
         fusion_plan = FusionPlan.from_analysis(analysis, device=device)
     else:
@@ -168,6 +172,13 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
         if PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # and in the layout that candidate runs in
             fusion_plan.measure_in_compiled_model(model, example_inputs, device, budget_s=insitu_budget_s,
                                                   channels_last=True)
+        if (regime_compiled if compiled_context is None else compiled_context) and fusion_plan.groups:
+            layouts = [False] * (PLANNED_COMPILE in extra) + [True] * (PLANNED_CHANNELS_LAST_COMPILE in extra
+                                                                       and has_conv2d(model))
+            for channels_last in layouts:
+                fusion_plan.warnings += measure_in_compiled_context(fusion_plan, model, example_inputs, device,
+                                                                    budget_s=insitu_budget_s,
+                                                                    channels_last=channels_last)
     verification = verify_plan(model, example_inputs, fusion_plan, device=device, include_compile=include_compile,
                                compile_modes=compile_modes, extra=extra)
     fusion_plan.choice = verification.candidates  # apply(model, plan) now hands back the chosen candidate

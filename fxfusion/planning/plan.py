@@ -12,12 +12,10 @@ analysis (:meth:`FusionPlan.from_analysis`), in five steps:
      whose winner is how it already runs (no gain), or whose winner has no rewrite rule;
   3. groups are admitted by predicted saving, largest first, while the graph with every admitted group contracted
      to one node stays acyclic (networkx): fusing them all creates no cycle.  Cost O(groups x (V + E));
-  4. with the model at hand (:meth:`FusionPlan.measure_in_model`, done by :func:`plan` and ``analyze --apply``),
-     each group's region of the captured graph is timed captured vs rewritten inside the model
-     (:mod:`fxfusion.planning.insitu`); that in-model saving replaces the library's as the group's prediction, and a group
-     whose region is slower rewritten, beyond the noise, is refused;
-  5. where the cost of running the captured graph instead of the model is known (:func:`measure_overhead`), the
-     groups are kept only if their predicted saving exceeds it -- a plan must not make the model slower.
+  4. with the model at hand (:meth:`FusionPlan.measure_in_model`, by :func:`plan` and ``analyze --apply``), each
+     group's region is timed captured vs rewritten inside the model (:mod:`fxfusion.planning.insitu`): that saving
+     becomes the group's prediction, and a group whose region is slower rewritten beyond the noise is refused;
+  5. the groups are kept only if their saving exceeds the captured graph's cost over the model (where measured).
 """
 
 from __future__ import annotations
@@ -34,8 +32,8 @@ from fxfusion.measure.devices import as_device
 from fxfusion.measure.stats import FUSE
 from fxfusion.measure.timing import PIPELINED
 from fxfusion.planning.decide import decide_site, lookup_for_decision
-from fxfusion.planning.insitu import INSITU_BUDGET_S, InModel, Overhead, measure_in_model
-from fxfusion.planning.insitu import measure_overhead  # noqa: F401  (part of this module's API)
+from fxfusion.planning.insitu import (INSITU_BUDGET_S, InModel, Overhead, measure_in_model,  # noqa: F401
+                                      measure_overhead)  # measure_overhead: part of this module's API
 from fxfusion.profiles.profile import Decision, Profile, decision_to_dict
 from fxfusion.measure.stats import Speedup
 from fxfusion.graph.sites import ALREADY_FUSED, CapturedModel, Site
@@ -67,10 +65,13 @@ class FusionGroup:
     in_model: dict[str, Any] | None = None
     # True when the library could not decide the site (its activation is written out) and the model did.
     decided_in_model: bool = False
-    # The region timed with both forms compiled (the planned + compile candidate's regime), when it was.
+    # The region timed with both forms compiled (the planned + compile candidate's regime), when it was; the same in
+    # channels-last layout (the planned + channels-last + compile candidate's regime).
     in_compiled_model: dict[str, Any] | None = None
-    # The same in channels-last layout (the planned + channels-last + compile candidate's regime), when it was.
     in_compiled_channels_last: dict[str, Any] | None = None
+    # Its share of its class's saving measured with the whole model compiled, per layout ("model", "channels_last";
+    # fxfusion.planning.incontext), when it was.
+    in_context: dict[str, dict[str, Any]] | None = None
 
     @property
     def site_id(self) -> str:
@@ -104,21 +105,18 @@ class FusionPlan:
     refused: list[RefusedSite]
     device: torch.device = torch.device("cpu")  # where the model runs and its groups are timed
     warnings: list[str] = field(default_factory=list)
-    # Median time the captured graph (no rewrite) takes over the original model per forward; None: not measured.
-    overhead_ms: float | None = None
-    # Where the groups' predicted savings come from: "library" (the pattern measurements), "in_model" (each
-    # group's region timed inside the captured graph, fxfusion.planning.insitu) or "mixed" (some regions could not be timed).
+    overhead_ms: float | None = None  # what the captured graph (no rewrite) takes over the model per forward (median)
+    # Where the groups' predicted savings come from: "library" (the pattern measurements), "in_model" (regions timed
+    # inside the captured graph, fxfusion.planning.insitu) or "mixed" (some regions could not be timed).
     prediction: str = "library"
     # Sites refused as not_fuse by the library although their activation is written out (the library measured it as
     # one op): measure_in_model decides them in the model, and admits those whose region is faster rewritten.
     pending: list[FusionGroup] = field(default_factory=list)
     # The same overhead as a fraction of the original model's time, paired per round; None: not measured.
     overhead_fraction: float | None = None
-    # The candidates measured end to end and the one chosen (fxfusion.planning.candidates.Choice as a dict); apply()
-    # hands back the chosen one.  None until apply_and_verify measured them.
+    # The candidates measured end to end and the one chosen (candidates.Choice as a dict; None until measured).
     choice: dict[str, Any] | None = None
-    # The timing regime the sites were decided in (pipelined: as a forward pass runs them).
-    regime: str = PIPELINED
+    regime: str = PIPELINED  # the timing regime the sites were decided in (pipelined: as a forward pass runs them)
 
     @property
     def groups_saving_ms(self) -> float | None:
@@ -321,10 +319,12 @@ class FusionPlan:
                                      f"({im}); kept for planned + compile")
 
     def groups_for_compile(self) -> list[FusionGroup]:
-        """The groups the planned + compile candidate applies: all but those whose region, compiled, is slower
-        rewritten than captured beyond the noise (Inductor does better with the ops as they were)."""
-        return [g for g in self.groups if not (g.in_compiled_model and g.in_compiled_model["ci_high_ms"] < 0
-                                               and not g.in_compiled_model.get("noisy"))]
+        """The groups planned + compile applies: all but those whose class makes the whole compiled model slower
+        beyond the noise (``in_context``) or, not measured so, whose region compiled is slower rewritten."""
+        def slower(g: FusionGroup) -> bool:
+            c, r = (g.in_context or {}).get("model"), g.in_compiled_model
+            return c["class_ci_high_ms"] < 0 if c else bool(r) and r["ci_high_ms"] < 0 and not r.get("noisy")
+        return [g for g in self.groups if not slower(g)]
 
     def _decide_pending(self, found: dict) -> None:
         """Admit each pending site whose region is faster rewritten beyond the noise (the fuse rule, applied to the

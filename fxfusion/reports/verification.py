@@ -102,7 +102,9 @@ def prediction_cell(p: dict[str, Any] | None) -> str:
     pred = "-" if p.get("predicted_saving_ms") is None else f"{p['predicted_saving_ms']:.4f}"
     return (f"{pred} / {p['measured_saving_ms']:.4f} over {p['over']}"
             + ("" if p.get("error_pct") is None else f" ({p['error_pct']:+.0f}%)")
-            + (", regions timed in the model's layout" if p.get("layout") == "model layout" else ""))
+            + (", regions timed in the model's layout" if p.get("layout") == "model layout" else "")
+            + {"whole model": ", measured with the whole model compiled", "regions": ", from regions compiled alone",
+               "mixed": ", partly from regions compiled alone"}.get(p.get("basis"), ""))
 # Which prediction a number is: the report's summary has the per-site library estimate, the verification an
 # in-model one; each sentence names its own, so two different "predicted" figures on one page are never confused.
 _SOURCES = {"in_model": " in the model (each group's region timed inside the model)",

@@ -1,0 +1,126 @@
+"""Savings measured with the whole model compiled around them: the regime of the planned + compile candidates.
+
+A group's region timed compiled on its own (:func:`fxfusion.planning.insitu.measure_in_model` with ``compiled``)
+says whether Inductor does better with the rewrite or without it, but as a prediction of what the rewrites save in
+the compiled model it leaves out everything Inductor does across the region's edges: the ops it fuses into the
+region's inputs and outputs, the launches and the wrapper code of a separate compiled graph.  On the H200 (bench_zoo,
+realistic presets in bf16, 2026-12-01 05:27 UTC, docs/results/h200-2026-12-01c) the sum of those region savings
+predicted planned + compile's measured saving 23% high on GPT-2 and 72% high on Llama decode.
+
+So (:func:`measure_in_compiled_context`) each *class* of groups -- the groups planned + compile applies with the same
+pattern and variant: all of a model's q/k/v merges, all its BN folds -- is applied alone to the model, the whole model
+is compiled by Inductor as the candidates are (:func:`fxfusion.planning.candidates.compile_model`), and all of these,
+with the captured graph compiled without rewrites (the control, as ``captured+compile``), are timed in one interleaved
+run (pipelined on CUDA), again while a class's interval is wide (as the regions are: insitu's ``WIDE``, ``BATCHES``).
+A class's saving is the control's median times the saving as a fraction of the control paired per round (robust to a
+host whose speed drifts), with a bootstrap interval; each of its groups carries an equal share
+(``FusionGroup.in_context``), and the planned + compile prediction sums them
+(:func:`fxfusion.planning.verify.compiled_prediction`). With ``channels_last`` the models run in channels-last
+layout, as in the planned + channels-last + compile candidate; that candidate is compared with the user's module
+compiled in that layout (``channels_last+compile``), not with a captured graph, so the user's module is timed in the
+same run and what the captured graph saves over it (``capture_ms``, on every class) is part of that prediction.
+Classes are compiled largest region saving first while the budget lasts; a class left out keeps its region timings,
+and the prediction says it is mixed.
+
+Cost: one whole-model compile per class, plus the control's (and the module's in channels-last layout).  What stays
+unmodelled: interaction between classes (one class's rewrites changing what Inductor fuses around another's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+from fxfusion.measure.devices import as_device
+from fxfusion.measure.stats import MIN_EFFECT, paired_fraction, summarize
+from fxfusion.measure.timing import Clock, TimingSpec, measure_tight
+from fxfusion.planning.apply import apply
+from fxfusion.planning.candidates import PLANNED, ChannelsLast, compile_model
+from fxfusion.planning.insitu import BATCHES, INSITU_BUDGET_S, WIDE, model_clock
+from fxfusion.planning.rewrite import captured_module
+
+MODEL, CHANNELS_LAST = "model", "channels_last"  # the layouts, as keys of FusionGroup.in_context
+# All classes' models and the control, interleaved: enough rounds for a 2% difference of a forward pass.
+CONTEXT_SPEC = TimingSpec(rounds=20, warmup=2, target_sample_s=0.02, budget_s=20.0)
+
+
+def classes(groups: list) -> list[list]:
+    """The groups in classes of one pattern and variant, the class with the largest region saving first (the compiled
+    region's when it was timed, else the plan's prediction)."""
+    by: dict[tuple[str, str], list] = {}
+    for g in groups:
+        by.setdefault((g.pattern, g.variant), []).append(g)
+
+    def saving(g) -> float:
+        return (g.in_compiled_model or {}).get("saving_ms") or g.predicted_saving_ms or 0.0
+
+    return sorted(by.values(), key=lambda members: -sum(saving(g) for g in members))
+
+
+def measure_in_compiled_context(plan, model: torch.nn.Module, example_inputs: tuple, device=None,
+                                spec: TimingSpec | None = None, clock: Clock | None = None,
+                                budget_s: float = INSITU_BUDGET_S, channels_last: bool = False) -> list[str]:
+    """Measure each class of the groups planned + compile applies (``plan.groups_for_compile()``) with the whole model
+    compiled (module doc); the result goes on each group's ``in_context[layout]``.  Returns warnings (one line each):
+    the classes that did not compile, or were left out by the budget."""
+    device = as_device(device or plan.device)
+    spec, clock = spec or CONTEXT_SPEC, clock or model_clock(device)
+    layout = CHANNELS_LAST if channels_last else MODEL
+    wrap = ChannelsLast if channels_last else (lambda m: m)
+    inputs, said = tuple(example_inputs), []
+    start = time.perf_counter()
+    control = compile_model("control", wrap(captured_module(model, plan.captured)), inputs, device, None)
+    if control.status != "ok":
+        return [f"the captured graph does not compile ({control.reason}): no saving measured with the whole model "
+                "compiled"]
+    thunks, built = {"control": control.run}, {}
+    if channels_last:  # that candidate's base is the user's module in this layout, compiled (channels_last+compile)
+        module = compile_model("module", wrap(model), inputs, device, None)
+        if module.status == "ok":
+            thunks["module"] = module.run
+    for i, members in enumerate(classes(plan.groups_for_compile())):
+        name = f"{members[0].pattern}:{members[0].variant}"
+        if time.perf_counter() - start > budget_s:
+            said.append(f"{name} ({len(members)} group(s)): not measured with the whole model compiled, the budget "
+                        f"({budget_s:.0f} s) was spent; planned + compile's prediction takes its regions' timings")
+            continue
+        b = compile_model(name, wrap(apply(model, dataclasses.replace(plan, groups=members), candidate=PLANNED)),
+                          inputs, device, None)
+        if b.status != "ok":
+            said.append(f"{name}: the model with these rewrites alone does not compile ({b.reason})")
+            continue
+        thunks[f"class{i}"], built[f"class{i}"] = b.run, (members, b.setup_s)
+    if not built:
+        return said
+
+    def fractions(samples) -> dict:  # each class's saving as a fraction of the control's time, paired per round
+        s = samples.seconds
+        return {k: paired_fraction(s["control"], s[k], s["control"]) for k in built}
+
+    def widest(samples):
+        return max(fractions(samples).values(), key=lambda f: f.ci_high - f.ci_low)
+
+    with torch.no_grad():  # measured again while some class's interval is wider than WIDE x its saving and MIN_EFFECT
+        samples, _, batches = measure_tight(thunks, clock, spec, widest, lambda f: f.ci_high - f.ci_low > max(
+            WIDE * abs(f.median), MIN_EFFECT), BATCHES)
+    control_ms = summarize(samples.seconds["control"]).median * 1e3
+    capture = (paired_fraction(samples.seconds["module"], samples.seconds["control"], samples.seconds["control"])
+               if "module" in thunks else None)
+    for key, f in fractions(samples).items():
+        members, setup_s = built[key]
+        share: dict[str, Any] = {
+            "saving_ms": f.median * control_ms / len(members), "class_saving_ms": f.median * control_ms,
+            "class_ci_low_ms": f.ci_low * control_ms, "class_ci_high_ms": f.ci_high * control_ms,
+            "class_groups": [g.id for g in members], "control_ms": control_ms,
+            "applied_ms": summarize(samples.seconds[key]).median * 1e3, "compile_s": setup_s,
+            "clock": getattr(clock, "mode", str(clock.device)), "rounds": len(samples.seconds["control"]),
+            "batches": batches}
+        if capture is not None:  # what the captured graph saves over the module, both compiled in this layout
+            share.update(capture_ms=capture.median * control_ms, capture_ci_low_ms=capture.ci_low * control_ms,
+                         capture_ci_high_ms=capture.ci_high * control_ms)
+        for g in members:
+            g.in_context = {**(g.in_context or {}), layout: share}
+    return said

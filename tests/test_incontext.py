@@ -1,0 +1,111 @@
+"""Savings measured with the whole model compiled around each class of rewrites (fxfusion.planning.incontext)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fxfusion.graph.loader import load_model
+from fxfusion.measure.timing import measure
+from fxfusion.planning import incontext
+from fxfusion.planning.apply import apply
+from fxfusion.planning.candidates import Built, attach_predictions
+from fxfusion.planning.incontext import classes, measure_in_compiled_context
+from fxfusion.planning.rewrite import captured_module
+from fxfusion.planning.verify import compiled_prediction
+from fxfusion.reports.verification import prediction_cell
+from tests.helpers import MODELS, TINY_SPEC, OpCountClock, typical_plan
+from tests.test_candidates import _choose
+
+
+def _not_compiled(monkeypatch):
+    """compile_model without Inductor: the module as it is, so a deterministic clock sees the rewrites' ops."""
+    def fake(name, module, inputs, device, mode, record_post_grad=False):
+        return Built(name, lambda: module(*inputs), setup_s=0.0)
+
+    monkeypatch.setattr(incontext, "compile_model", fake)
+
+
+def test_classes_are_one_pattern_and_variant_largest_region_saving_first():
+    plan = typical_plan("resnet_basic")  # conv2d_bn_relu g0.s0; conv2d_bn g0.s1, g0.s2; all bn_folded
+    plan.groups[0].in_compiled_model = {"saving_ms": 0.01}
+    plan.groups[1].in_compiled_model = {"saving_ms": 0.02}
+    assert [[g.id for g in c] for c in classes(plan.groups)] == [["g0.s1", "g0.s2"], ["g0.s0"]]
+
+
+def test_each_class_carries_its_whole_model_saving_and_their_sum_predicts_the_plan(monkeypatch):
+    _not_compiled(monkeypatch)
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    said = measure_in_compiled_context(plan, loaded.model, loaded.example_inputs, "cpu", spec=TINY_SPEC,
+                                       clock=OpCountClock())
+    assert said == []
+    by = {g.id: g.in_context["model"] for g in plan.groups}
+    assert by["g0.s1"] is by["g0.s2"] and by["g0.s1"]["class_groups"] == ["g0.s1", "g0.s2"]
+    assert by["g0.s1"]["saving_ms"] * 2 == pytest.approx(by["g0.s1"]["class_saving_ms"])
+    assert all(c["class_saving_ms"] > 0 and c["class_ci_low_ms"] > 0 for c in by.values())  # the BN ops are gone
+    predicted, basis = compiled_prediction(plan.groups)
+    assert basis == "whole model"
+    # with a clock that counts ops the classes do not interact, and the prediction is the whole plan's saving
+    clock, control = OpCountClock(), captured_module(loaded.model, plan.captured)
+    planned = apply(loaded.model, plan, candidate="planned")
+    with torch.no_grad():
+        s = measure({"control": lambda: control(*loaded.example_inputs),
+                     "planned": lambda: planned(*loaded.example_inputs)}, clock, TINY_SPEC).seconds
+    assert predicted == pytest.approx((min(s["control"]) - min(s["planned"])) * 1e3)
+
+
+def test_a_class_that_slows_the_compiled_model_is_left_out_and_overrides_its_regions():
+    plan = typical_plan("resnet_basic")
+    first, rest = plan.groups[0], plan.groups[1:]
+    first.in_compiled_model = {"ci_high_ms": 0.01, "saving_ms": 0.005}  # its region alone looked faster ...
+    first.in_context = {"model": {"class_ci_high_ms": -0.002, "saving_ms": -0.004}}  # ... the whole model is slower
+    for g in rest:
+        g.in_compiled_model = {"ci_high_ms": -0.01, "saving_ms": -0.02}  # the region alone looked slower ...
+        g.in_context = {"model": {"class_ci_high_ms": 0.003, "saving_ms": 0.001}}  # ... within the noise in the model
+    assert [g.id for g in plan.groups_for_compile()] == [g.id for g in rest]
+
+
+def test_a_class_the_budget_left_out_keeps_its_regions_and_the_prediction_says_mixed(monkeypatch):
+    _not_compiled(monkeypatch)
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    for g in plan.groups:
+        g.in_compiled_model = {"saving_ms": 0.001, "ci_high_ms": 0.002}
+    said = measure_in_compiled_context(plan, loaded.model, loaded.example_inputs, "cpu", spec=TINY_SPEC,
+                                       clock=OpCountClock(), budget_s=0.0)
+    assert len(said) == 2 and all("the budget (0 s) was spent" in w and "\n" not in w for w in said)
+    assert all(g.in_context is None for g in plan.groups) and compiled_prediction(plan.groups) == (0.003, "regions")
+    plan.groups[0].in_context = {"model": {"saving_ms": 0.01}}
+    assert compiled_prediction(plan.groups) == (pytest.approx(0.012), "mixed")
+    plan.groups[1].in_compiled_model = None  # a group with neither: no prediction
+    assert compiled_prediction(plan.groups) is None
+    c = _choose({"eager": 1.0, "compile": 0.6, "captured+compile": 0.55, "planned+compile": 0.5})
+    attach_predictions(c, planned_ms=None, planned_compile_ms=0.04, basis={"planned+compile": "whole model"})
+    p = {r["name"]: r for r in c.candidates}["planned+compile"]["prediction"]
+    assert p["basis"] == "whole model" and prediction_cell(p).endswith(", measured with the whole model compiled")
+
+
+def test_a_class_is_measured_with_the_whole_model_compiled_by_inductor():
+    loaded = load_model(MODELS / "mobilenet_block.py")
+    plan = typical_plan("mobilenet_block")  # two conv2d_bn_relu groups, bn_folded: one class
+    said = measure_in_compiled_context(plan, loaded.model, loaded.example_inputs, "cpu", spec=TINY_SPEC)
+    assert said == []
+    [c] = {id(g.in_context["model"]): g.in_context["model"] for g in plan.groups}.values()
+    assert c["class_groups"] == [g.id for g in plan.groups] and c["compile_s"] > 0
+    assert c["control_ms"] > 0 and c["applied_ms"] > 0 and c["class_ci_low_ms"] <= c["class_saving_ms"]
+
+
+def test_in_channels_last_the_module_is_timed_too_and_what_capturing_saves_is_in_that_prediction(monkeypatch):
+    _not_compiled(monkeypatch)
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    said = measure_in_compiled_context(plan, loaded.model, loaded.example_inputs, "cpu", spec=TINY_SPEC,
+                                       clock=OpCountClock(), channels_last=True)
+    assert said == [] and all(set(g.in_context) == {"channels_last"} for g in plan.groups)
+    c = plan.groups[0].in_context["channels_last"]
+    assert c["capture_ci_low_ms"] <= c["capture_ms"] <= c["capture_ci_high_ms"]
+    shares = sum({id(g.in_context["channels_last"]): g.in_context["channels_last"]["class_saving_ms"]
+                  for g in plan.groups}.values())
+    assert compiled_prediction(plan.groups, "channels_last") == (pytest.approx(shares + c["capture_ms"]), "whole model")
+    assert compiled_prediction(plan.groups) is None  # nothing measured in the model's own layout
