@@ -9,7 +9,7 @@ from fxfusion.graph.loader import load_model
 from fxfusion.measure.timing import measure
 from fxfusion.planning import incontext
 from fxfusion.planning.apply import apply
-from fxfusion.planning.candidates import Built, attach_predictions
+from fxfusion.planning.candidates import Built, CompiledPrediction, attach_predictions
 from fxfusion.planning.incontext import classes, measure_in_compiled_context
 from fxfusion.planning.rewrite import captured_module
 from fxfusion.planning.verify import compiled_prediction
@@ -44,8 +44,9 @@ def test_each_class_carries_its_whole_model_saving_and_their_sum_predicts_the_pl
     assert by["g0.s1"] is by["g0.s2"] and by["g0.s1"]["class_groups"] == ["g0.s1", "g0.s2"]
     assert by["g0.s1"]["saving_ms"] * 2 == pytest.approx(by["g0.s1"]["class_saving_ms"])
     assert all(c["class_saving_ms"] > 0 and c["class_ci_low_ms"] > 0 for c in by.values())  # the BN ops are gone
-    predicted, basis = compiled_prediction(plan.groups)
-    assert basis == "whole model"
+    p = compiled_prediction(plan.groups)
+    predicted = p.saving_ms
+    assert p.basis == "whole model" and p.fraction == pytest.approx(predicted / by["g0.s0"]["control_ms"])
     # with a clock that counts ops the classes do not interact, and the prediction is the whole plan's saving
     clock, control = OpCountClock(), captured_module(loaded.model, plan.captured)
     planned = apply(loaded.model, plan, candidate="planned")
@@ -75,15 +76,27 @@ def test_a_class_the_budget_left_out_keeps_its_regions_and_the_prediction_says_m
     said = measure_in_compiled_context(plan, loaded.model, loaded.example_inputs, "cpu", spec=TINY_SPEC,
                                        clock=OpCountClock(), budget_s=0.0)
     assert len(said) == 2 and all("the budget (0 s) was spent" in w and "\n" not in w for w in said)
-    assert all(g.in_context is None for g in plan.groups) and compiled_prediction(plan.groups) == (0.003, "regions")
-    plan.groups[0].in_context = {"model": {"saving_ms": 0.01}}
-    assert compiled_prediction(plan.groups) == (pytest.approx(0.012), "mixed")
+    assert all(g.in_context is None for g in plan.groups)
+    assert compiled_prediction(plan.groups) == CompiledPrediction(pytest.approx(0.003), "regions")
+    plan.groups[0].in_context = {"model": {"saving_ms": 0.01, "fraction": 0.02}}
+    assert compiled_prediction(plan.groups) == CompiledPrediction(pytest.approx(0.012), "mixed")  # no fraction
     plan.groups[1].in_compiled_model = None  # a group with neither: no prediction
     assert compiled_prediction(plan.groups) is None
+
+
+def test_a_whole_model_prediction_is_a_fraction_of_the_base_as_the_candidates_run_timed_it():
     c = _choose({"eager": 1.0, "compile": 0.6, "captured+compile": 0.55, "planned+compile": 0.5})
-    attach_predictions(c, planned_ms=None, planned_compile_ms=0.04, basis={"planned+compile": "whole model"})
+    base = {r["name"]: r for r in c.candidates}["captured+compile"]["median_ms"]
+    attach_predictions(c, planned_ms=None, planned_compile_ms=CompiledPrediction(0.08, "whole model", 0.1))
     p = {r["name"]: r for r in c.candidates}["planned+compile"]["prediction"]
-    assert p["basis"] == "whole model" and prediction_cell(p).endswith(", measured with the whole model compiled")
+    assert p["basis"] == "whole model" and p["predicted_fraction"] == 0.1
+    assert p["predicted_saving_ms"] == pytest.approx(0.1 * base)  # not the 0.08 ms of the slower or faster run
+    assert p["measured_fraction"] == pytest.approx(p["measured_saving_ms"] / base)
+    assert prediction_cell(p).endswith(", measured with the whole model compiled")
+    attach_predictions(c, planned_ms=None, planned_compile_ms=CompiledPrediction(0.08, "mixed"))
+    p = {r["name"]: r for r in c.candidates}["planned+compile"]["prediction"]
+    assert p["predicted_saving_ms"] == 0.08 and p["predicted_fraction"] is None
+    assert prediction_cell(p).endswith(", partly from regions compiled alone")
 
 
 def test_a_class_is_measured_with_the_whole_model_compiled_by_inductor():
@@ -107,5 +120,8 @@ def test_in_channels_last_the_module_is_timed_too_and_what_capturing_saves_is_in
     assert c["capture_ci_low_ms"] <= c["capture_ms"] <= c["capture_ci_high_ms"]
     shares = sum({id(g.in_context["channels_last"]): g.in_context["channels_last"]["class_saving_ms"]
                   for g in plan.groups}.values())
-    assert compiled_prediction(plan.groups, "channels_last") == (pytest.approx(shares + c["capture_ms"]), "whole model")
+    p = compiled_prediction(plan.groups, "channels_last")
+    assert p.basis == "whole model" and p.saving_ms == pytest.approx(shares + c["capture_ms"])
+    f = sum(g.in_context["channels_last"]["fraction"] for g in plan.groups)  # of the control; the base is the module
+    assert p.fraction == pytest.approx((f + c["capture_fraction"]) / (1 + c["capture_fraction"]))
     assert compiled_prediction(plan.groups) is None  # nothing measured in the model's own layout

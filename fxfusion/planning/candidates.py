@@ -263,8 +263,26 @@ def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) ->
     return Choice(chosen, why, rows, best_baseline)
 
 
-def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile_ms: float | None,
-                       planned_layout: tuple[float, str] | None = None, basis: dict[str, str] | None = None) -> None:
+@dataclass(frozen=True)
+class CompiledPrediction:
+    """A compiled candidate's predicted saving over its base, and what it rests on ("whole model": every class of
+    rewrites measured with the whole model compiled, "regions": regions compiled alone, "mixed"; see
+    :func:`fxfusion.planning.verify.compiled_prediction`).  Measured with the whole model, it is also a ``fraction`` of
+    the base's time, paired per round, which the candidates' run turns into ms with its own median of the base: a
+    host-bound model's time follows the host's speed, which drifts between runs (the lent H200's host switched
+    between two speeds every few seconds, 2026-12-01), and a fraction does not."""
+
+    saving_ms: float
+    basis: str
+    fraction: float | None = None
+
+    def ms(self, base_ms: float) -> float:
+        return self.fraction * base_ms if self.fraction is not None else self.saving_ms
+
+
+def attach_predictions(choice: Choice, planned_ms: float | None,
+                       planned_compile_ms: "float | CompiledPrediction | None",
+                       planned_layout: "tuple[float | CompiledPrediction, str] | None" = None) -> None:
     """Each rewritten candidate's predicted saving beside the one measured, on its row (``row["prediction"]``):
     planned over eager (the applied groups' savings less the captured graph's overhead, as the plan predicted them);
     planned + compile over captured + compile where that was timed, else over whole-model compile (the kept groups'
@@ -274,9 +292,8 @@ def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile
     planned + channels-last + compile over channels-last + compile, from ``planned_layout``: (saving ms, the layout
     its regions were timed in) -- "channels_last" when every applied group was timed compiled in that layout
     (``FusionGroup.in_compiled_channels_last``), else "model layout" (the planned + compile savings, an
-    approximation); the row's prediction says which (``layout``).  ``basis``: per compiled candidate, what its
-    prediction rests on ("whole model": each class of rewrites measured with the whole model compiled, "regions":
-    regions compiled alone, or "mixed"; :func:`fxfusion.planning.verify.compiled_prediction`), put on the row too."""
+    approximation); the row's prediction says which (``layout``).  A :class:`CompiledPrediction` puts its basis on
+    the row, and its fraction where it has one (``predicted_fraction``, of the base's median in this run)."""
     by = {r["name"]: r for r in choice.candidates}
     compiled_base = CAPTURED_COMPILE if (by.get(CAPTURED_COMPILE) or {}).get("median_ms") is not None else "compile"
     layout_ms, layout = planned_layout if planned_layout is not None else (None, None)
@@ -285,12 +302,15 @@ def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile
         row, base = by.get(name), by.get(over)
         if row is None or base is None or row.get("median_ms") is None or base.get("median_ms") is None:
             continue
-        measured = base["median_ms"] - row["median_ms"]
+        measured, how = base["median_ms"] - row["median_ms"], None
+        if isinstance(predicted, CompiledPrediction):
+            how, predicted = predicted, predicted.ms(base["median_ms"])
         error = None if predicted is None or measured == 0 else 100.0 * (predicted - measured) / abs(measured)
         row["prediction"] = {"over": over, "predicted_saving_ms": predicted, "measured_saving_ms": measured,
                              "error_pct": error}
         if name == PLANNED_CHANNELS_LAST_COMPILE and layout is not None:
             row["prediction"]["layout"] = layout
-        if predicted is not None and (basis or {}).get(name):
-            row["prediction"]["basis"] = basis[name]
+        if how is not None:
+            row["prediction"].update(basis=how.basis, predicted_fraction=how.fraction,
+                                     measured_fraction=measured / base["median_ms"])
 

@@ -113,6 +113,7 @@ def measure_in_compiled_context(plan, model: torch.nn.Module, example_inputs: tu
         members, setup_s = built[key]
         share: dict[str, Any] = {
             "saving_ms": f.median * control_ms / len(members), "class_saving_ms": f.median * control_ms,
+            "fraction": f.median / len(members), "class_fraction": f.median,
             "class_ci_low_ms": f.ci_low * control_ms, "class_ci_high_ms": f.ci_high * control_ms,
             "class_groups": [g.id for g in members], "control_ms": control_ms,
             "applied_ms": summarize(samples.seconds[key]).median * 1e3, "compile_s": setup_s,
@@ -120,7 +121,7 @@ def measure_in_compiled_context(plan, model: torch.nn.Module, example_inputs: tu
             "batches": batches}
         if capture is not None:  # what the captured graph saves over the module, both compiled in this layout
             share.update(capture_ms=capture.median * control_ms, capture_ci_low_ms=capture.ci_low * control_ms,
-                         capture_ci_high_ms=capture.ci_high * control_ms)
+                         capture_ci_high_ms=capture.ci_high * control_ms, capture_fraction=capture.median)
         for g in members:
             g.in_context = {**(g.in_context or {}), layout: share}
     return said

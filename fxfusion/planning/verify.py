@@ -35,8 +35,8 @@ from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.apply import apply
 from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, OPTIONAL, PLANNED,
                                          PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, Built, ChannelsLast,
-                                         attach_predictions, choose, compile_model, compile_name, has_conv2d,
-                                         reset_compiled_state)
+                                         CompiledPrediction, attach_predictions, choose, compile_model, compile_name,
+                                         has_conv2d, reset_compiled_state)
 from fxfusion.planning.incontext import CHANNELS_LAST, MODEL
 from fxfusion.planning.insitu import model_clock
 from fxfusion.planning.rewrite import captured_module
@@ -174,25 +174,25 @@ def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: s
     return checks, "; ".join(failures)
 
 
-def compiled_prediction(groups: list, layout: str = MODEL) -> tuple[float, str] | None:
+def compiled_prediction(groups: list, layout: str = MODEL) -> CompiledPrediction | None:
     """A planned + compile candidate's predicted saving over its compiled control, and what it rests on: per group,
     its share of its class's saving measured with the whole model compiled (``in_context[layout]``,
     :mod:`fxfusion.planning.incontext`), else its region's saving timed compiled (``in_compiled_model``, or
     ``in_compiled_channels_last`` in that layout), plus, in channels-last layout, what the captured graph saves over
     the user's module (``capture_ms``: that candidate's base is the module).  The basis is "whole model" when every
-    group had the first, "regions" when none did, else "mixed"; None unless every group has one or the other."""
+    group had the first (then the fraction of the base's time too), "regions" when none did, else "mixed"; None
+    unless every group has one or the other."""
     attr = "in_compiled_channels_last" if layout == CHANNELS_LAST else "in_compiled_model"
-    values, whole, capture = [], 0, None
-    for g in groups:
-        c, r = (getattr(g, "in_context", None) or {}).get(layout), getattr(g, attr, None)
-        if not (c or r):
-            return None
-        values.append((c or r)["saving_ms"])
-        whole += bool(c)
-        capture = capture if capture is not None else (c or {}).get("capture_ms")
-    if not values:
+    contexts = [(getattr(g, "in_context", None) or {}).get(layout) for g in groups]
+    regions = [getattr(g, attr, None) for g in groups]
+    if not groups or not all(c or r for c, r in zip(contexts, regions)):
         return None
-    return sum(values) + (capture or 0.0), "whole model" if whole == len(values) else "regions" if not whole else "mixed"
+    first = next((c for c in contexts if c), {})
+    ms = sum((c or r)["saving_ms"] for c, r in zip(contexts, regions)) + first.get("capture_ms", 0.0)
+    if all(contexts):  # fractions of the control's time; in channels-last the base is the module, capture x slower
+        capture = first.get("capture_fraction", 0.0)
+        return CompiledPrediction(ms, "whole model", (sum(c["fraction"] for c in contexts) + capture) / (1 + capture))
+    return CompiledPrediction(ms, "mixed" if any(contexts) else "regions")
 
 
 def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
@@ -259,8 +259,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             timings["captured"] = Timing("captured", "failed", one_line(exc))
     built: dict[str, Built] = {}
     applied, planned_compile_pred = {r["site_id"] for r in rewrites if r["applied"]}, None
-    planned_layout_pred: tuple[float, str] | None = None  # (saving ms, layout its regions were timed in)
-    basis: dict[str, str] = {}  # candidate -> what its prediction rests on (compiled_prediction)
+    planned_layout_pred: tuple[CompiledPrediction, str] | None = None  # (saving, layout it was measured in)
     verified = {"eager": True, PLANNED: not failure}
     if include_compile:
         for mode in compile_modes:
@@ -280,14 +279,11 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             kept_applied = [g for g in kept if g.id in applied]
             model_pred = compiled_prediction(kept_applied, MODEL)
             layout_pred = compiled_prediction(kept_applied, CHANNELS_LAST)  # measured in that candidate's layout
-            if model_pred is not None:
-                planned_compile_pred, basis[PLANNED_COMPILE] = model_pred
+            planned_compile_pred = model_pred
             if layout_pred is not None:
-                planned_layout_pred = (layout_pred[0], "channels_last")
-                basis[PLANNED_CHANNELS_LAST_COMPILE] = layout_pred[1]
+                planned_layout_pred = (layout_pred, "channels_last")
             elif model_pred is not None:  # else the model's own layout's, an approximation it says
-                planned_layout_pred = (model_pred[0], "model layout")
-                basis[PLANNED_CHANNELS_LAST_COMPILE] = model_pred[1]
+                planned_layout_pred = (model_pred, "model layout")
             if PLANNED_COMPILE in extra:
                 built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
                                                        record_post_grad=True)
@@ -358,7 +354,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     if predicted_f is not None and measured_f.median != 0:
         fraction_error = 100.0 * (predicted_f - measured_f.median) / abs(measured_f.median)
     choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, built)
-    attach_predictions(choice, predicted if applied else None, planned_compile_pred, planned_layout_pred, basis)
+    attach_predictions(choice, predicted if applied else None, planned_compile_pred, planned_layout_pred)
     ok = not failure
     reason = failure or (f"outputs match the {ref_name} reference; planned model "
                          f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
