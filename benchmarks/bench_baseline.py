@@ -19,7 +19,10 @@ target); the verification's figure from step 1 is printed beside them (not inter
 second table gives whole-model compile's gain over eager per source, and fxfusion's over the fresh process's: the
 figure a speedup claim rests on, which holds even where the two processes run at different absolute speeds (on the
 2-core CPU the fresh process read 6-18% slower than both sources in the parent, while the gains agreed within 2%).
-``--from-json FILE`` reprints both tables from a run's raw blocks.
+``--from-json FILE`` reprints both tables from a run's raw blocks.  ``--candidates none --no-compiled-regime`` makes
+step 1 cheaper (eager, compile and planned only): on the H200 (2026-12-01 05:21 UTC) the full step 1 and the fresh
+process's start took 100 s for Llama decode, and resnet50's had not finished 205 s later, so three models did not fit
+a device call.
 
     python benchmarks/bench_baseline.py models/zoo/hf_llama.py:decode --device cuda --dtype bfloat16 --json raw.json
 """
@@ -143,8 +146,10 @@ def serve(spec: str, device: str, dtype: str | None) -> None:
               flush=True)
 
 
-def fxfusion_figure(spec: str, device: str, dtype: str | None) -> dict:
+def fxfusion_figure(spec: str, device: str, dtype: str | None, candidates: str = "all",
+                    compiled_regime: bool | None = None) -> dict:
     from fxfusion.planning.analyze import analyze
+    from fxfusion.planning.candidates import parse_candidates
     from fxfusion.planning.decide import LiveSource
     from fxfusion.planning.pipeline import apply_and_verify
 
@@ -153,7 +158,8 @@ def fxfusion_figure(spec: str, device: str, dtype: str | None) -> dict:
     result = analyze(loaded.model, loaded.example_inputs, LiveSource(device, compile_modes=()), device=device,
                      model_label=spec, dtype=dtype, coverage=False)
     analyze_s = time.perf_counter() - start
-    _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device, include_compile=True)
+    _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device, include_compile=True,
+                                       extra=parse_candidates(candidates), compiled_regime=compiled_regime)
     t = verification.timings
     if "eager" not in t or "compile" not in t:  # the plan did not verify before anything was timed
         return {"analyze_s": analyze_s, "eager_ms": None, "compile_ms": None, "compile_status": verification.reason,
@@ -264,6 +270,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--json", default=None, help="write every block's raw samples, in the order taken, here")
     ap.add_argument("--from-json", default=None, help="print the tables of an earlier run's --json file, time nothing")
+    ap.add_argument("--candidates", default="all", help="step 1's optional candidates, as analyze --apply takes them "
+                    "(none: eager, compile and planned only, the quickest step 1 on a GPU)")
+    ap.add_argument("--compiled-regime", action=argparse.BooleanOptionalAction, default=None,
+                    help="step 1 times each group's region compiled too (default: on CUDA, as analyze --apply does)")
     args = ap.parse_args()
     if args.serve:
         serve(args.serve, args.device, args.dtype)
@@ -281,11 +291,13 @@ def main() -> None:
         return
     print(f"# bench_baseline, torch {torch.__version__}, {args.device} "
           f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), dtype {args.dtype}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.rounds} interleaved rounds")
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.rounds} interleaved rounds, step 1 with "
+          f"--candidates {args.candidates}"
+          f"{'' if args.compiled_regime is None else ', compiled regime ' + ('on' if args.compiled_regime else 'off')}")
     print(HEADER)
     raw, speedups = {}, []
     for spec in args.models:
-        ours = fxfusion_figure(spec, args.device, args.dtype)
+        ours = fxfusion_figure(spec, args.device, args.dtype, args.candidates, args.compiled_regime)
         rounds = interleaved(spec, ours["loaded"], args.device, args.dtype, args.rounds)
         raw[spec] = {"verification_ms": {k: ours[f"{k}_ms"] for k in ("eager", "compile")}, "blocks": rounds["blocks"]}
         if args.json:
