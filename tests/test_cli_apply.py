@@ -144,3 +144,19 @@ def test_apply_markdown_report_carries_the_verification(folding_profile, tmp_pat
     assert "## Verification" in text and "**VERIFIED**" in text
     assert "| planned |" in text and "Saving per forward: predicted" in text
     assert "| g0.s0 | conv2d_bn_relu | bn_folded |" in text
+
+
+@pytest.mark.parametrize("flag,passed", [([], None), (["--compiled-regime"], True), (["--no-compiled-regime"], False)])
+def test_the_compiled_regime_is_asked_for_on_the_command_line(folding_profile, monkeypatch, flag, passed):
+    import fxfusion.cli.analyze as cli_analyze
+
+    seen = []
+
+    def spy(*args, compiled_regime=None, **kw):  # what the CLI asked; run without it (no compile in this test)
+        seen.append(compiled_regime)
+        return pipeline_module.apply_and_verify(*args, compiled_regime=False, **kw)
+
+    monkeypatch.setattr(cli_analyze, "apply_and_verify", spy)
+    result, err = _run(MODELS / "mobilenet_block.py", "--profile", folding_profile, "--apply", *flag)
+    assert result.exit_code == 0, err
+    assert seen == [passed]

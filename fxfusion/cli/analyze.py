@@ -91,6 +91,11 @@ def analyze_command(
                                                                  "comma list of channels_last+compile, "
                                                                  "captured+compile, planned+compile, "
                                                                  "planned+channels_last+compile.")] = "all",
+    compiled_regime: Annotated[Optional[bool], typer.Option(
+        "--compiled-regime/--no-compiled-regime",
+        help="With --apply: time each group's region compiled, then each class of rewrites with the whole model "
+             "compiled, so the compiled candidates get a prediction and planned + compile leaves out what Inductor "
+             "does better.  Default: on with CUDA; on a CPU it costs several compiles of the model.")] = None,
 ) -> None:
     """Find the fusible sites of a model, decide each at its own shape and dtype, and report them."""
     if fmt not in FORMATS:
@@ -129,7 +134,8 @@ def analyze_command(
                 progress.note("applying the plan and verifying the fused model (outputs, then end-to-end time)")
                 _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device,
                                                    profile=loaded_profile, include_compile=not no_compile,
-                                                   compile_modes=modes, extra=extra)
+                                                   compile_modes=modes, extra=extra,
+                                                   compiled_regime=compiled_regime)
     report = result.to_dict()
     width = output_width(sys.stdout if output is None else None)  # a terminal's own width; files: $COLUMNS or wide
     text = _text(report, fmt, result.captured.graphs,
