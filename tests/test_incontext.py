@@ -125,3 +125,44 @@ def test_in_channels_last_the_module_is_timed_too_and_what_capturing_saves_is_in
     f = sum(g.in_context["channels_last"]["fraction"] for g in plan.groups)  # of the control; the base is the module
     assert p.fraction == pytest.approx((f + c["capture_fraction"]) / (1 + c["capture_fraction"]))
     assert compiled_prediction(plan.groups) is None  # nothing measured in the model's own layout
+
+
+def _regions_not_compiled(monkeypatch):
+    from fxfusion.planning import insitu
+
+    monkeypatch.setattr(insitu, "_compiled", lambda region, args: region)
+    monkeypatch.setattr(insitu, "model_clock", lambda device: OpCountClock())
+
+
+@pytest.mark.parametrize("context", [True, False])
+def test_the_compiled_regime_measures_classes_first_and_regions_only_where_they_were_not(monkeypatch, context):
+    from fxfusion.planning.pipeline import compiled_regime_timings
+
+    _not_compiled(monkeypatch)
+    _regions_not_compiled(monkeypatch)
+    monkeypatch.setattr(incontext, "model_clock", lambda device: OpCountClock())
+    monkeypatch.setattr(incontext, "CONTEXT_SPEC", TINY_SPEC)
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    compiled_regime_timings(plan, loaded.model, loaded.example_inputs, "cpu",
+                            ("planned+compile", "planned+channels_last+compile"), budget_s=60.0, context=context)
+    for g in plan.groups:
+        if context:  # both layouts measured in context: no region compiled on its own
+            assert set(g.in_context) == {"model", "channels_last"}
+            assert g.in_compiled_model is None and g.in_compiled_channels_last is None
+        else:
+            assert g.in_context is None and g.in_compiled_model and g.in_compiled_channels_last
+    assert compiled_prediction(plan.groups).basis == ("whole model" if context else "regions")
+
+
+def test_without_a_planned_compile_candidate_the_compiled_regime_measures_nothing(monkeypatch):
+    from fxfusion.planning.pipeline import compiled_regime_timings
+
+    def no_compile(*a, **k):
+        raise AssertionError("nothing should be compiled")
+
+    monkeypatch.setattr(incontext, "compile_model", no_compile)
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    compiled_regime_timings(plan, loaded.model, loaded.example_inputs, "cpu", ("channels_last+compile",), 60.0)
+    assert all(g.in_context is None and g.in_compiled_model is None for g in plan.groups)

@@ -19,8 +19,8 @@ host whose speed drifts), with a bootstrap interval; each of its groups carries 
 layout, as in the planned + channels-last + compile candidate; that candidate is compared with the user's module
 compiled in that layout (``channels_last+compile``), not with a captured graph, so the user's module is timed in the
 same run and what the captured graph saves over it (``capture_ms``, on every class) is part of that prediction.
-Classes are compiled largest region saving first while the budget lasts; a class left out keeps its region timings,
-and the prediction says it is mixed.
+Classes are compiled largest saving first while the budget lasts; the groups of a class left out are timed as regions
+compiled alone (:func:`fxfusion.planning.pipeline.compiled_regime_timings`), and the prediction says it is mixed.
 
 Cost: one whole-model compile per class, plus the control's (and the module's in channels-last layout).  What stays
 unmodelled: interaction between classes (one class's rewrites changing what Inductor fuses around another's).

@@ -5,6 +5,7 @@ inside the model, charged its overhead, applied and verified end to end).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from fxfusion.measure.noise import NoiseGuard
 from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, REGIMES, check_regime, clock_for
 from fxfusion.planning.analyze import Analysis
 from fxfusion.planning.candidates import OPTIONAL, PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, has_conv2d
-from fxfusion.planning.incontext import measure_in_compiled_context
+from fxfusion.planning.incontext import CHANNELS_LAST, MODEL, measure_in_compiled_context
 from fxfusion.planning.insitu import INSITU_BUDGET_S, measure_overhead
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.verify import VerificationResult, verify_plan
@@ -147,12 +148,12 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
     compiled, and the ``extra`` ones of :data:`fxfusion.planning.candidates.OPTIONAL`), the best one chosen.  The
     verification (with the plan) is put on ``analysis.verification``.
 
-    ``compiled_regime`` (default: on CUDA when compiling) times each group's region compiled, as it runs in the
-    planned + compile candidate, which then leaves out the groups Inductor does better without (2 compiles a group,
-    within the in-model budget: too slow for a CPU by default).  ``compiled_context`` (default: with the compiled
-    regime) then measures each class of those groups with the whole model compiled around it
-    (:mod:`fxfusion.planning.incontext`: one whole-model compile a class, within the same budget again), which
-    predicts the planned + compile candidates and leaves out a class that makes the compiled model slower."""
+    ``compiled_regime`` (default: on CUDA when compiling) measures the groups as they run in the planned + compile
+    candidates, which then leave out what Inductor does better without (:func:`compiled_regime_timings`; several
+    compiles of the model: too slow for a CPU by default): each class of groups with the whole model compiled around
+    it (``compiled_context``, default on with the compiled regime; one whole-model compile a class, within
+    ``insitu_budget_s``), and each group's region compiled on its own where its class was not (2 compiles a group,
+    within the same budget again)."""
     if profile is None:  # live timings: the plan keeps each site's measured baseline and saving
         fusion_plan = FusionPlan.from_analysis(analysis, device=device)
     else:
@@ -166,25 +167,37 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
     note_in_model(analysis, fusion_plan)
     fusion_plan.require_saving_over(overhead)
     regime_compiled = is_cuda(device) if compiled_regime is None else compiled_regime
-    if include_compile and regime_compiled:
-        # the planned + compile candidate: each group against Inductor's fusion of the same region
-        fusion_plan.measure_in_compiled_model(model, example_inputs, device, budget_s=insitu_budget_s)
-        if PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # and in the layout that candidate runs in
-            fusion_plan.measure_in_compiled_model(model, example_inputs, device, budget_s=insitu_budget_s,
-                                                  channels_last=True)
-        if (regime_compiled if compiled_context is None else compiled_context) and fusion_plan.groups:
-            layouts = [False] * (PLANNED_COMPILE in extra) + [True] * (PLANNED_CHANNELS_LAST_COMPILE in extra
-                                                                       and has_conv2d(model))
-            for channels_last in layouts:
-                fusion_plan.warnings += measure_in_compiled_context(fusion_plan, model, example_inputs, device,
-                                                                    budget_s=insitu_budget_s,
-                                                                    channels_last=channels_last)
+    if include_compile and regime_compiled and fusion_plan.groups:
+        compiled_regime_timings(fusion_plan, model, example_inputs, device, extra, insitu_budget_s,
+                                regime_compiled if compiled_context is None else compiled_context)
     verification = verify_plan(model, example_inputs, fusion_plan, device=device, include_compile=include_compile,
                                compile_modes=compile_modes, extra=extra)
     fusion_plan.choice = verification.candidates  # apply(model, plan) now hands back the chosen candidate
     # The plan travels with the verification: which groups were applied, which refused and why.
     analysis.verification = {**verification.to_dict(), "plan": fusion_plan.to_dict()}
     return fusion_plan, verification
+
+
+def compiled_regime_timings(plan: FusionPlan, model: torch.nn.Module, example_inputs: tuple, device, extra: tuple,
+                            budget_s: float, context: bool = True) -> None:
+    """The regime of the planned + compile candidates, for :func:`apply_and_verify`.  With ``context``, each class of
+    rewrites is measured with the whole model compiled first (:mod:`fxfusion.planning.incontext`): in the model's
+    layout whenever a planned compile candidate is asked for (it decides what they leave out), in channels-last too
+    for that candidate on a conv model.  Then each group's region is timed compiled on its own
+    (:meth:`FusionPlan.measure_in_compiled_model`) only where its class was not measured so -- the budget ran out, or
+    without ``context`` every group -- as the fallback prediction and filter."""
+    if not {PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE} & set(extra):
+        return
+    layouts = [False] + [True] * (PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model))
+    for channels_last in layouts if context else []:
+        plan.warnings += measure_in_compiled_context(plan, model, example_inputs, device, budget_s=budget_s,
+                                                     channels_last=channels_last)
+    for channels_last in layouts:
+        layout = CHANNELS_LAST if channels_last else MODEL
+        left = [g for g in plan.groups if not (g.in_context or {}).get(layout)]
+        if left:  # the same group objects: their timings land on this plan's groups
+            dataclasses.replace(plan, groups=left, pending=[]).measure_in_compiled_model(
+                model, example_inputs, device, budget_s=budget_s, channels_last=channels_last)
 
 
 def note_in_model(result: Analysis, plan: FusionPlan) -> None:
