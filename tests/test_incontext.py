@@ -166,3 +166,23 @@ def test_without_a_planned_compile_candidate_the_compiled_regime_measures_nothin
     plan = typical_plan("resnet_basic")
     compiled_regime_timings(plan, loaded.model, loaded.example_inputs, "cpu", ("channels_last+compile",), 60.0)
     assert all(g.in_context is None and g.in_compiled_model is None for g in plan.groups)
+
+
+def test_each_layout_leaves_out_what_is_slower_in_that_layout():
+    from fxfusion.planning.verify import _kept_for_compile
+
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    g0, g1, g2 = plan.groups
+    g0.in_context = {"model": {"class_ci_high_ms": 0.01}, "channels_last": {"class_ci_high_ms": -0.01}}
+    g1.in_compiled_channels_last = {"ci_high_ms": -0.02, "saving_ms": -0.03}  # no class measured: its region decides
+    assert plan.groups_for_compile() == plan.groups
+    assert plan.groups_for_compile("channels_last") == [g2]
+    planned, said = object(), []
+    kept, module = _kept_for_compile(loaded.model, plan, planned, "model", said)
+    assert kept == plan.groups and module is planned and said == []
+    kept, module = _kept_for_compile(loaded.model, plan, planned, "channels_last", said)
+    assert kept == [g2] and module is not planned
+    assert said == [f"planned+channels_last+compile leaves out {g0.id}, {g1.id}: compiled in channels-last, the model "
+                    "or their regions run faster without those rewrites, beyond the noise"]
+    assert [r.site_id for r in module.fxfusion_rewrites if r.applied] == [g2.id]  # only the group kept

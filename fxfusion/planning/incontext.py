@@ -63,7 +63,8 @@ def classes(groups: list) -> list[list]:
 def measure_in_compiled_context(plan, model: torch.nn.Module, example_inputs: tuple, device=None,
                                 spec: TimingSpec | None = None, clock: Clock | None = None,
                                 budget_s: float = INSITU_BUDGET_S, channels_last: bool = False) -> list[str]:
-    """Measure each class of the groups planned + compile applies (``plan.groups_for_compile()``) with the whole model
+    """Measure each class of the groups a planned compile candidate applies (``plan.groups_for_compile(layout)``,
+    before this measurement: those its regions in this layout, where timed, do not rule out) with the whole model
     compiled (module doc); the result goes on each group's ``in_context[layout]``.  Returns warnings (one line each):
     the classes that did not compile, or were left out by the budget."""
     device = as_device(device or plan.device)
@@ -81,7 +82,7 @@ def measure_in_compiled_context(plan, model: torch.nn.Module, example_inputs: tu
         module = compile_model("module", wrap(model), inputs, device, None)
         if module.status == "ok":
             thunks["module"] = module.run
-    for i, members in enumerate(classes(plan.groups_for_compile())):
+    for i, members in enumerate(classes(plan.groups_for_compile(layout))):
         name = f"{members[0].pattern}:{members[0].variant}"
         if time.perf_counter() - start > budget_s:
             said.append(f"{name} ({len(members)} group(s)): not measured with the whole model compiled, the budget "

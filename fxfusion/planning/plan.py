@@ -63,8 +63,7 @@ class FusionGroup:
     # saving once FusionPlan.measure_in_model has timed the group's region (fxfusion.planning.insitu), kept here as well.
     library_saving_ms: float | None = None
     in_model: dict[str, Any] | None = None
-    # True when the library could not decide the site (its activation is written out) and the model did.
-    decided_in_model: bool = False
+    decided_in_model: bool = False  # the library could not decide the site (activation written out); the model did
     # The region timed with both forms compiled (the planned + compile candidate's regime), when it was; the same in
     # channels-last layout (the planned + channels-last + compile candidate's regime).
     in_compiled_model: dict[str, Any] | None = None
@@ -150,9 +149,8 @@ class FusionPlan:
         return sum(parts) - self.overhead_fraction
 
     def group(self, group_id: str) -> FusionGroup:
-        for g in self.groups:
-            if g.id == group_id:
-                return g
+        if (found := next((g for g in self.groups if g.id == group_id), None)) is not None:
+            return found
         raise FxFusionError(f"plan has no group {group_id!r}; groups: {', '.join(g.id for g in self.groups)}")
 
     # -- construction ---------------------------------------------------------------------------------------------
@@ -318,11 +316,13 @@ class FusionPlan:
                 self.warnings.append(f"{g.id}: not timed compiled{' in channels-last' if channels_last else ''} "
                                      f"({im}); kept for planned + compile")
 
-    def groups_for_compile(self) -> list[FusionGroup]:
-        """The groups planned + compile applies: all but those whose class makes the whole compiled model slower
-        beyond the noise (``in_context``) or, not measured so, whose region compiled is slower rewritten."""
+    def groups_for_compile(self, layout: str = "model") -> list[FusionGroup]:
+        """The groups a planned compile candidate applies in ``layout`` ("model" or "channels_last"): all but those
+        whose class makes the whole compiled model slower there beyond the noise (``in_context``) or, not measured so,
+        whose region compiled in that layout is slower rewritten."""
         def slower(g: FusionGroup) -> bool:
-            c, r = (g.in_context or {}).get("model"), g.in_compiled_model
+            c = (g.in_context or {}).get(layout)
+            r = g.in_compiled_channels_last if layout == "channels_last" else g.in_compiled_model
             return c["class_ci_high_ms"] < 0 if c else bool(r) and r["ci_high_ms"] < 0 and not r.get("noisy")
         return [g for g in self.groups if not slower(g)]
 

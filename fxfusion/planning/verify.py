@@ -195,6 +195,19 @@ def compiled_prediction(groups: list, layout: str = MODEL) -> CompiledPrediction
     return CompiledPrediction(ms, "mixed" if any(contexts) else "regions")
 
 
+def _kept_for_compile(model, plan, planned, layout: str, said: list[str]):
+    """The groups a planned compile candidate applies in ``layout`` (``FusionPlan.groups_for_compile``) and the
+    planned model with only those (``planned`` itself when that is all of them); the groups left out go to ``said``."""
+    kept = plan.groups_for_compile(layout) if hasattr(plan, "groups_for_compile") else plan.groups
+    if len(kept) == len(plan.groups):
+        return kept, planned
+    dropped = ", ".join(sorted({g.id for g in plan.groups} - {g.id for g in kept}))
+    name = PLANNED_CHANNELS_LAST_COMPILE if layout == CHANNELS_LAST else PLANNED_COMPILE
+    said.append(f"{name} leaves out {dropped}: compiled{' in channels-last' if layout == CHANNELS_LAST else ''}, "
+                "the model or their regions run faster without those rewrites, beyond the noise")
+    return kept, apply(model, dataclasses.replace(plan, groups=kept), candidate=PLANNED)
+
+
 def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
                 spec: TimingSpec | None = None, clock: Clock | None = None, include_compile: bool = True,
                 include_captured: bool = True, seed: int = 0, compile_modes: tuple[str, ...] = ("default",),
@@ -269,16 +282,13 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             built[CHANNELS_LAST_COMPILE] = compile_model(CHANNELS_LAST_COMPILE, ChannelsLast(model), inputs, device,
                                                          None)
         if planned_compile and applied and {PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE} & set(extra):
-            kept = plan.groups_for_compile() if hasattr(plan, "groups_for_compile") else plan.groups
-            if len(kept) < len(plan.groups):
-                dropped = sorted({g.id for g in plan.groups} - {g.id for g in kept})
-                result_warnings.append(f"planned + compile leaves out {', '.join(dropped)}: compiled, their regions "
-                                       "are slower rewritten than as captured")
-            base = planned if len(kept) == len(plan.groups) else apply(model, dataclasses.replace(plan, groups=kept),
-                                                                       candidate=PLANNED)
+            kept, base = _kept_for_compile(model, plan, planned, MODEL, result_warnings)
             kept_applied = [g for g in kept if g.id in applied]
             model_pred = compiled_prediction(kept_applied, MODEL)
-            layout_pred = compiled_prediction(kept_applied, CHANNELS_LAST)  # measured in that candidate's layout
+            layout_pred, layout_base = None, base
+            if PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # its groups as measured in its layout
+                kept_cl, layout_base = _kept_for_compile(model, plan, planned, CHANNELS_LAST, result_warnings)
+                layout_pred = compiled_prediction([g for g in kept_cl if g.id in applied], CHANNELS_LAST)
             planned_compile_pred = model_pred
             if layout_pred is not None:
                 planned_layout_pred = (layout_pred, "channels_last")
@@ -288,8 +298,9 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                 built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
                                                        record_post_grad=True)
             if PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # the rewrites and the layout together
-                built[PLANNED_CHANNELS_LAST_COMPILE] = compile_model(PLANNED_CHANNELS_LAST_COMPILE, ChannelsLast(base),
-                                                                     inputs, device, None, record_post_grad=True)
+                built[PLANNED_CHANNELS_LAST_COMPILE] = compile_model(PLANNED_CHANNELS_LAST_COMPILE,
+                                                                     ChannelsLast(layout_base), inputs, device, None,
+                                                                     record_post_grad=True)
         if CAPTURED_COMPILE in extra and planned_compile and "captured" in thunks:
             # the captured graph compiled without rewrites (a copy of it): planned + compile's control, and a
             # candidate of its own where nothing is applied
