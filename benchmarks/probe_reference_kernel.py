@@ -24,12 +24,6 @@ from fxfusion.measure.stats import summarize
 from fxfusion.measure.timing import clock_for
 
 
-def matmul(n: int, device: str):
-    gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
-    return lambda: torch.mm(a, b)
-
-
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -43,8 +37,9 @@ def main() -> None:
     args = ap.parse_args()
     sizes = sorted({noise.REFERENCE_N, noise.reference_size(args.device)})
     clock = clock_for(args.device, "isolated")
-    refs = {n: matmul(n, args.device) for n in sizes}
-    fillers = [matmul(n, args.device) for n in (64, 512, 1024)]  # other work between rounds, as variants run
+    refs = {n: noise.reference_kernel(args.device, n) for n in sizes}
+    # other work between rounds, as variants run
+    fillers = [noise.reference_kernel(args.device, n) for n in (64, 512, 1024)]
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     print(f"# probe_reference_kernel: {args.device} ({name}), torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.measurements} measurements x {args.rounds} "

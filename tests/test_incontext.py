@@ -169,7 +169,7 @@ def test_without_a_planned_compile_candidate_the_compiled_regime_measures_nothin
 
 
 def test_each_layout_leaves_out_what_is_slower_in_that_layout():
-    from fxfusion.planning.verify import _kept_for_compile
+    from fxfusion.planning.verify import _kept, _planned_with
 
     loaded = load_model(MODELS / "resnet_basic.py")
     plan = typical_plan("resnet_basic")
@@ -179,9 +179,11 @@ def test_each_layout_leaves_out_what_is_slower_in_that_layout():
     assert plan.groups_for_compile() == plan.groups
     assert plan.groups_for_compile("channels_last") == [g2]
     planned, said = object(), []
-    kept, module = _kept_for_compile(loaded.model, plan, planned, "model", said)
+    kept = _kept(plan, "model")
+    module = _planned_with(loaded.model, plan, planned, kept, "planned+compile", said)
     assert kept == plan.groups and module is planned and said == []
-    kept, module = _kept_for_compile(loaded.model, plan, planned, "channels_last", said)
+    kept = _kept(plan, "channels_last")
+    module = _planned_with(loaded.model, plan, planned, kept, "planned+channels_last+compile", said)
     assert kept == [g2] and module is not planned
     assert said == [f"planned+channels_last+compile leaves out {g0.id}, {g1.id}: compiled in channels-last, the model "
                     "or their regions run faster without those rewrites, beyond the noise"]

@@ -133,9 +133,10 @@ def host_snapshot() -> HostSnapshot:
     return HostSnapshot(load1, *(ticks or (None, None)))
 
 
-def reference_kernel(device: str | torch.device) -> Thunk:
-    """A fixed amount of work on ``device``: the same matmul every call, seeded inputs."""
-    gen, n = torch.Generator().manual_seed(0), reference_size(device)
+def reference_kernel(device: str | torch.device, n: int | None = None) -> Thunk:
+    """A fixed amount of work on ``device``: the same matmul every call, seeded inputs (``n`` x ``n``; by default
+    the device's :func:`reference_size`)."""
+    gen, n = torch.Generator().manual_seed(0), n or reference_size(device)
     a = torch.randn(n, n, generator=gen).to(as_device(device))
     b = torch.randn(n, n, generator=gen).to(as_device(device))
     return lambda: torch.mm(a, b)

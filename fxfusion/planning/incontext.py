@@ -39,10 +39,9 @@ from fxfusion.measure.stats import MIN_EFFECT, paired_fraction, summarize
 from fxfusion.measure.timing import Clock, TimingSpec, measure_tight
 from fxfusion.planning.apply import apply
 from fxfusion.planning.candidates import PLANNED, ChannelsLast, compile_model
-from fxfusion.planning.insitu import BATCHES, INSITU_BUDGET_S, WIDE, model_clock
+from fxfusion.planning.insitu import BATCHES, CHANNELS_LAST, INSITU_BUDGET_S, MODEL, WIDE, model_clock
 from fxfusion.planning.rewrite import captured_module
 
-MODEL, CHANNELS_LAST = "model", "channels_last"  # the layouts, as keys of FusionGroup.in_context
 # All classes' models and the control, interleaved: enough rounds for a 2% difference of a forward pass.
 CONTEXT_SPEC = TimingSpec(rounds=20, warmup=2, target_sample_s=0.02, budget_s=20.0)
 
@@ -82,6 +81,9 @@ def measure_in_compiled_context(plan, model: torch.nn.Module, example_inputs: tu
         module = compile_model("module", wrap(model), inputs, device, None)
         if module.status == "ok":
             thunks["module"] = module.run
+        else:  # the prediction then leaves out what capturing saves over the module: say so
+            said.append(f"the model in channels-last does not compile ({module.reason}): the channels-last "
+                        "prediction leaves out what the captured graph saves over it")
     for i, members in enumerate(classes(plan.groups_for_compile(layout))):
         name = f"{members[0].pattern}:{members[0].variant}"
         if time.perf_counter() - start > budget_s:

@@ -24,8 +24,8 @@ from fxfusion.measure.noise import NoiseGuard
 from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, REGIMES, check_regime, clock_for
 from fxfusion.planning.analyze import Analysis
 from fxfusion.planning.candidates import OPTIONAL, PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, has_conv2d
-from fxfusion.planning.incontext import CHANNELS_LAST, MODEL, measure_in_compiled_context
-from fxfusion.planning.insitu import INSITU_BUDGET_S, measure_overhead
+from fxfusion.planning.incontext import measure_in_compiled_context
+from fxfusion.planning.insitu import CHANNELS_LAST, INSITU_BUDGET_S, MODEL, measure_overhead
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.verify import VerificationResult, verify_plan
 from fxfusion.profiles.machine import check_profile

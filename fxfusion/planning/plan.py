@@ -32,8 +32,8 @@ from fxfusion.measure.devices import as_device
 from fxfusion.measure.stats import FUSE
 from fxfusion.measure.timing import PIPELINED
 from fxfusion.planning.decide import decide_site, lookup_for_decision
-from fxfusion.planning.insitu import (INSITU_BUDGET_S, InModel, Overhead, measure_in_model,  # noqa: F401
-                                      measure_overhead)  # measure_overhead: part of this module's API
+from fxfusion.planning.insitu import (CHANNELS_LAST, COMPILED_REGION, INSITU_BUDGET_S, MODEL, InModel, Overhead,
+                                      measure_in_model, measure_overhead)  # noqa: F401  (measure_overhead: this API)
 from fxfusion.profiles.profile import Decision, Profile, decision_to_dict
 from fxfusion.measure.stats import Speedup
 from fxfusion.graph.sites import ALREADY_FUSED, CapturedModel, Site
@@ -311,18 +311,17 @@ class FusionPlan:
         for g in self.groups:
             im = found.get(g.id)
             if isinstance(im, InModel):
-                setattr(g, "in_compiled_channels_last" if channels_last else "in_compiled_model", im.to_dict())
+                setattr(g, COMPILED_REGION[CHANNELS_LAST if channels_last else MODEL], im.to_dict())
             else:
                 self.warnings.append(f"{g.id}: not timed compiled{' in channels-last' if channels_last else ''} "
                                      f"({im}); kept for planned + compile")
 
-    def groups_for_compile(self, layout: str = "model") -> list[FusionGroup]:
-        """The groups a planned compile candidate applies in ``layout`` ("model" or "channels_last"): all but those
+    def groups_for_compile(self, layout: str = MODEL) -> list[FusionGroup]:
+        """The groups a planned compile candidate applies in ``layout`` (MODEL or CHANNELS_LAST): all but those
         whose class makes the whole compiled model slower there beyond the noise (``in_context``) or, not measured so,
         whose region compiled in that layout is slower rewritten."""
         def slower(g: FusionGroup) -> bool:
-            c = (g.in_context or {}).get(layout)
-            r = g.in_compiled_channels_last if layout == "channels_last" else g.in_compiled_model
+            c, r = (g.in_context or {}).get(layout), getattr(g, COMPILED_REGION[layout])
             return c["class_ci_high_ms"] < 0 if c else bool(r) and r["ci_high_ms"] < 0 and not r.get("noisy")
         return [g for g in self.groups if not slower(g)]
 

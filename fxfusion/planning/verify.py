@@ -37,8 +37,7 @@ from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPIL
                                          PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, Built, ChannelsLast,
                                          CompiledPrediction, attach_predictions, choose, compile_model, compile_name,
                                          has_conv2d, reset_compiled_state)
-from fxfusion.planning.incontext import CHANNELS_LAST, MODEL
-from fxfusion.planning.insitu import model_clock
+from fxfusion.planning.insitu import CHANNELS_LAST, COMPILED_REGION, MODEL, model_clock
 from fxfusion.planning.rewrite import captured_module
 from fxfusion.measure.profiling import cupti_warning
 from fxfusion.measure.stats import paired_fraction, speedup, summarize
@@ -182,9 +181,8 @@ def compiled_prediction(groups: list, layout: str = MODEL) -> CompiledPrediction
     the user's module (``capture_ms``: that candidate's base is the module).  The basis is "whole model" when every
     group had the first (then the fraction of the base's time too), "regions" when none did, else "mixed"; None
     unless every group has one or the other."""
-    attr = "in_compiled_channels_last" if layout == CHANNELS_LAST else "in_compiled_model"
     contexts = [(getattr(g, "in_context", None) or {}).get(layout) for g in groups]
-    regions = [getattr(g, attr, None) for g in groups]
+    regions = [getattr(g, COMPILED_REGION[layout], None) for g in groups]
     if not groups or not all(c or r for c, r in zip(contexts, regions)):
         return None
     first = next((c for c in contexts if c), {})
@@ -195,17 +193,21 @@ def compiled_prediction(groups: list, layout: str = MODEL) -> CompiledPrediction
     return CompiledPrediction(ms, "mixed" if any(contexts) else "regions")
 
 
-def _kept_for_compile(model, plan, planned, layout: str, said: list[str]):
-    """The groups a planned compile candidate applies in ``layout`` (``FusionPlan.groups_for_compile``) and the
-    planned model with only those (``planned`` itself when that is all of them); the groups left out go to ``said``."""
-    kept = plan.groups_for_compile(layout) if hasattr(plan, "groups_for_compile") else plan.groups
+def _kept(plan, layout: str) -> list:
+    """The groups a planned compile candidate applies in ``layout`` (``FusionPlan.groups_for_compile``)."""
+    return plan.groups_for_compile(layout) if hasattr(plan, "groups_for_compile") else plan.groups
+
+
+def _planned_with(model, plan, planned, kept: list, name: str, said: list[str]):
+    """The planned model with only the ``kept`` groups (``planned`` itself when that is all of them); the groups left
+    out of candidate ``name`` go to ``said``."""
     if len(kept) == len(plan.groups):
-        return kept, planned
+        return planned
     dropped = ", ".join(sorted({g.id for g in plan.groups} - {g.id for g in kept}))
-    name = PLANNED_CHANNELS_LAST_COMPILE if layout == CHANNELS_LAST else PLANNED_COMPILE
-    said.append(f"{name} leaves out {dropped}: compiled{' in channels-last' if layout == CHANNELS_LAST else ''}, "
-                "the model or their regions run faster without those rewrites, beyond the noise")
-    return kept, apply(model, dataclasses.replace(plan, groups=kept), candidate=PLANNED)
+    where = " in channels-last" if name == PLANNED_CHANNELS_LAST_COMPILE else ""
+    said.append(f"{name} leaves out {dropped}: compiled{where}, the model or their regions run faster without those "
+                "rewrites, beyond the noise")
+    return apply(model, dataclasses.replace(plan, groups=kept), candidate=PLANNED)
 
 
 def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
@@ -282,25 +284,23 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             built[CHANNELS_LAST_COMPILE] = compile_model(CHANNELS_LAST_COMPILE, ChannelsLast(model), inputs, device,
                                                          None)
         if planned_compile and applied and {PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE} & set(extra):
-            kept, base = _kept_for_compile(model, plan, planned, MODEL, result_warnings)
-            kept_applied = [g for g in kept if g.id in applied]
-            model_pred = compiled_prediction(kept_applied, MODEL)
-            layout_pred, layout_base = None, base
+            kept = _kept(plan, MODEL)
+            planned_compile_pred = compiled_prediction([g for g in kept if g.id in applied], MODEL)
+            layout_pred = None
+            if PLANNED_COMPILE in extra:
+                built[PLANNED_COMPILE] = compile_model(
+                    PLANNED_COMPILE, _planned_with(model, plan, planned, kept, PLANNED_COMPILE, result_warnings),
+                    inputs, device, None, record_post_grad=True)
             if PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # its groups as measured in its layout
-                kept_cl, layout_base = _kept_for_compile(model, plan, planned, CHANNELS_LAST, result_warnings)
+                kept_cl = _kept(plan, CHANNELS_LAST)
                 layout_pred = compiled_prediction([g for g in kept_cl if g.id in applied], CHANNELS_LAST)
-            planned_compile_pred = model_pred
+                base = _planned_with(model, plan, planned, kept_cl, PLANNED_CHANNELS_LAST_COMPILE, result_warnings)
+                built[PLANNED_CHANNELS_LAST_COMPILE] = compile_model(PLANNED_CHANNELS_LAST_COMPILE, ChannelsLast(base),
+                                                                     inputs, device, None, record_post_grad=True)
             if layout_pred is not None:
                 planned_layout_pred = (layout_pred, "channels_last")
-            elif model_pred is not None:  # else the model's own layout's, an approximation it says
-                planned_layout_pred = (model_pred, "model layout")
-            if PLANNED_COMPILE in extra:
-                built[PLANNED_COMPILE] = compile_model(PLANNED_COMPILE, base, inputs, device, None,
-                                                       record_post_grad=True)
-            if PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # the rewrites and the layout together
-                built[PLANNED_CHANNELS_LAST_COMPILE] = compile_model(PLANNED_CHANNELS_LAST_COMPILE,
-                                                                     ChannelsLast(layout_base), inputs, device, None,
-                                                                     record_post_grad=True)
+            elif planned_compile_pred is not None:  # else the model's own layout's, an approximation it says
+                planned_layout_pred = (planned_compile_pred, "model layout")
         if CAPTURED_COMPILE in extra and planned_compile and "captured" in thunks:
             # the captured graph compiled without rewrites (a copy of it): planned + compile's control, and a
             # candidate of its own where nothing is applied
