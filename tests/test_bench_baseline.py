@@ -32,7 +32,7 @@ def test_a_fresh_process_slower_in_absolute_terms_can_still_agree_on_compiles_ga
                              "fxfusion clock, plain blocks": (2.0, 1.0), "plain loop here": (2.0, 1.0)})
     main_rows, speedup = bench.rows("m.py", {"eager": 2.0, "compile": 1.0}, blocks)
     compile_row, eager_row = main_rows
-    assert "| 0.833 | NO |" in compile_row and "| 0.833 | NO |" in eager_row
+    assert "| 0.833 | 0.833 [0.833, 0.833] | NO |" in compile_row and "| 0.833 | 0.833" in eager_row
     assert speedup == "| m.py | 2.000 | 2.000 | 2.000 | 1.000 | yes |"
 
 
@@ -41,5 +41,40 @@ def test_a_handicapped_compile_figure_fails_both_checks(bench):
     blocks = _blocks(bench, {"fresh process": (2.0, 1.0), "fxfusion timing": (2.0, 1.3),
                              "fxfusion clock, plain blocks": (2.0, 1.0), "plain loop here": (2.0, 1.0)})
     main_rows, speedup = bench.rows("m.py", {"eager": None, "compile": None}, blocks)
-    assert "| 1.300 | NO |" in main_rows[0] and "| 1.000 | yes |" in main_rows[1] and main_rows[0].count("| - |") == 1
+    assert "| 1.300 | 1.300 [1.300, 1.300] | NO |" in main_rows[0] and "| 1.000 [1.000, 1.000] | yes |" in main_rows[1]
+    assert main_rows[0].count("| - |") == 1
     assert speedup.endswith("| 0.769 | NO |")
+
+
+def test_a_host_that_switches_speed_between_rounds_moves_the_pooled_ratio_not_the_paired_one(bench):
+    # the host runs at 1x or 1.8x; in rounds 0 and 3 it switched between fxfusion's block and the fresh one
+    speeds = [1.0, 1.0, 1.8, 1.0, 1.8]
+    fresh_speeds = [1.8, 1.0, 1.8, 1.8, 1.8]
+    blocks = []
+    for r, (s, f) in enumerate(zip(speeds, fresh_speeds)):
+        blocks.append({"round": r, "source": "fxfusion timing", "samples_ms": {"eager": [3.0 * s] * 3,
+                                                                                "compile": [1.0 * s] * 3}})
+        blocks.append({"round": r, "source": "fresh process", "samples_ms": {"eager": [3.0 * f] * 3,
+                                                                              "compile": [1.0 * f] * 3}})
+        for src in ("fxfusion clock, plain blocks", "plain loop here"):
+            blocks.append({"round": r, "source": src, "samples_ms": {"eager": [3.0 * s] * 3, "compile": [1.0 * s] * 3}})
+    paired = bench.paired_ratio(blocks, "eager")
+    assert paired.median == pytest.approx(1.0) and paired.ci_low < 1.0  # two rounds of five straddled a switch
+    main_rows, _ = bench.rows("m.py", {}, blocks)
+    assert "| 0.556 | 1.000 [0.556, 1.000] | yes |" in main_rows[1]  # pooled medians: 1.0x against 1.8x
+    assert bench.paired_ratio([b for b in blocks if b["source"] == "fresh process"], "eager") is None
+
+
+def test_each_round_takes_the_compared_pair_next_to_each_other(bench):
+    import random
+
+    rng = random.Random(1)
+    for _ in range(50):
+        order = bench.adjacent_pair_order(rng)
+        assert sorted(order) == sorted(bench.SOURCES)
+        i, j = order.index("fresh process"), order.index("fxfusion timing")
+        assert abs(i - j) == 1
+
+
+def test_pin_reads_a_cpu_list(bench):
+    assert bench.cpulist("3") == {3} and bench.cpulist("2-4,7") == {2, 3, 4, 7}

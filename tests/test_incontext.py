@@ -168,6 +168,23 @@ def test_without_a_planned_compile_candidate_the_compiled_regime_measures_nothin
     assert all(g.in_context is None and g.in_compiled_model is None for g in plan.groups)
 
 
+def test_the_channels_last_candidate_alone_measures_only_its_own_layout(monkeypatch):
+    from fxfusion.planning.pipeline import compiled_regime_timings
+
+    _not_compiled(monkeypatch)
+    _regions_not_compiled(monkeypatch)
+    monkeypatch.setattr(incontext, "model_clock", lambda device: OpCountClock())
+    monkeypatch.setattr(incontext, "CONTEXT_SPEC", TINY_SPEC)
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    compiled_regime_timings(plan, loaded.model, loaded.example_inputs, "cpu", ("planned+channels_last+compile",),
+                            budget_s=60.0)
+    for g in plan.groups:
+        assert set(g.in_context) == {"channels_last"} and g.in_compiled_model is None
+    assert compiled_prediction(plan.groups, "channels_last").basis == "whole model"
+    assert compiled_prediction(plan.groups) is None  # nothing measured in the model's layout
+
+
 def test_each_layout_leaves_out_what_is_slower_in_that_layout():
     from fxfusion.planning.verify import _kept, _planned_with
 

@@ -182,13 +182,15 @@ def compiled_regime_timings(plan: FusionPlan, model: torch.nn.Module, example_in
                             budget_s: float, context: bool = True) -> None:
     """The regime of the planned + compile candidates, for :func:`apply_and_verify`.  With ``context``, each class of
     rewrites is measured with the whole model compiled first (:mod:`fxfusion.planning.incontext`): in the model's
-    layout whenever a planned compile candidate is asked for (it decides what they leave out), in channels-last too
-    for that candidate on a conv model.  Then each group's region is timed compiled on its own
+    layout for planned + compile, in channels-last for planned + channels-last + compile on a conv model (each
+    layout decides what its candidate leaves out).  Then each group's region is timed compiled on its own
     (:meth:`FusionPlan.measure_in_compiled_model`) only where its class was not measured so -- the budget ran out, or
     without ``context`` every group -- as the fallback prediction and filter."""
     if not {PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE} & set(extra):
         return
-    layouts = [False] + [True] * (PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model))
+    # each layout only for a candidate that runs in it: planned + channels-last + compile reads its own layout's
+    layouts = [False] * (PLANNED_COMPILE in extra) + [True] * (PLANNED_CHANNELS_LAST_COMPILE in extra
+                                                               and has_conv2d(model))
     for channels_last in layouts if context else []:
         plan.warnings += measure_in_compiled_context(plan, model, example_inputs, device, budget_s=budget_s,
                                                      channels_last=channels_last)
