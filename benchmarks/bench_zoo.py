@@ -34,6 +34,7 @@ from fxfusion.planning.analyze import analyze  # noqa: E402
 from fxfusion.planning.decide import LiveSource  # noqa: E402
 from fxfusion.planning.candidates import parse_candidates  # noqa: E402
 from fxfusion.planning.pipeline import apply_and_verify  # noqa: E402
+from fxfusion.planning.candidates import HOST_MOVED  # noqa: E402
 from fxfusion.reports.verification import prediction_cell  # noqa: E402
 
 ANALYZE_TARGET_S, CHOSEN_TARGET, GEOMEAN_TARGET, PREDICTION_TARGET_PCT = 60.0, 0.98, 1.10, 20.0
@@ -159,8 +160,10 @@ def main() -> None:
               f"{_f(r.get('chosen_vs_best'), '.3f')} | {_f(r.get('chosen_vs_baseline'), '.3f')}x | "
               f"{prediction_cell(r.get('chosen_prediction'))} | {', '.join(r['left'])} |", flush=True)
     done = [r for r in rows if not r.get("crash")]
-    errors = [abs(r["chosen_prediction"]["error_pct"]) for r in done
-              if (r.get("chosen_prediction") or {}).get("error_pct") is not None]
+    with_error = [r for r in done if (r.get("chosen_prediction") or {}).get("error_pct") is not None]
+    errors = [abs(r["chosen_prediction"]["error_pct"]) for r in with_error
+              if r["chosen_prediction"].get("comparable", True)]
+    moved = [r["model"] for r in with_error if not r["chosen_prediction"].get("comparable", True)]
     crashes = [r["model"] for r in rows if r.get("crash")]
     print(f"\ncrashes: {len(crashes)} {crashes}")
     slow = [r["model"] for r in done if r["analyze_s"] > ANALYZE_TARGET_S]
@@ -176,7 +179,8 @@ def main() -> None:
                                                                  "planned+channels_last+compile")
                and (r.get("chosen_prediction") or {}).get("error_pct") is None]
     print(f"chosen candidate's predicted saving within {PREDICTION_TARGET_PCT:.0f}%: "
-          f"{sum(e <= PREDICTION_TARGET_PCT for e in errors)} of {len(errors)} with a prediction; "
+          f"{sum(e <= PREDICTION_TARGET_PCT for e in errors)} of {len(errors)} with a comparable prediction; "
+          f"not comparable (the base's speed moved over {HOST_MOVED}x between the runs): {moved or 'none'}; "
           f"chosen rewritten candidates without one: {without or 'none'}")
 
 

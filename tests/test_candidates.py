@@ -230,3 +230,32 @@ def test_a_layout_prediction_from_the_models_own_layout_says_so_where_it_is_show
     assert prediction_cell(p).endswith(", regions timed in the model's layout")
     p["layout"] = "channels_last"
     assert prediction_cell(p).endswith("%)")
+
+
+def test_a_fraction_measured_at_another_host_speed_is_shown_but_not_scored():
+    from fxfusion.planning.candidates import CompiledPrediction
+
+    c = _choose({"eager": 5.0, "compile": 1.9, "captured+compile": 1.68, "planned+compile": 1.56})
+    # measured when the base ran 1.14 ms; here it runs 1.68 ms (1.47x slower): a slow host hides the saving
+    attach_predictions(c, planned_ms=None, planned_compile_ms=CompiledPrediction(0.33, "whole model", 0.29, 1.14))
+    p = {r["name"]: r for r in c.candidates}["planned+compile"]["prediction"]
+    assert p["comparable"] is False and p["base_ms_predicted"] == 1.14 and p["base_ms"] == pytest.approx(1.68)
+    assert p["predicted_saving_ms"] == pytest.approx(0.29 * 1.68)
+    assert prediction_cell(p).endswith("; not comparable: its base ran 1.1400 ms when predicted and 1.6800 ms here "
+                                       "(the host's speed moved)")
+    c = _choose({"eager": 5.0, "compile": 1.9, "captured+compile": 1.30, "planned+compile": 1.0})
+    attach_predictions(c, planned_ms=None, planned_compile_ms=CompiledPrediction(0.33, "whole model", 0.25, 1.14))
+    p = {r["name"]: r for r in c.candidates}["planned+compile"]["prediction"]
+    assert p["comparable"] is True and "not comparable" not in prediction_cell(p)  # 1.30 / 1.14 = 1.14x: within 1.25x
+
+
+def test_a_whole_model_prediction_remembers_its_base_time_the_module_in_channels_last():
+    from fxfusion.planning.verify import compiled_prediction
+
+    plan = typical_plan("resnet_basic")
+    for g in plan.groups:
+        g.in_context = {"channels_last": {"saving_ms": 0.01, "fraction": 0.02, "control_ms": 2.0,
+                                          "capture_ms": 0.2, "capture_fraction": 0.1},
+                        "model": {"saving_ms": 0.01, "fraction": 0.02, "control_ms": 2.0}}
+    assert compiled_prediction(plan.groups).base_ms == pytest.approx(2.0)
+    assert compiled_prediction(plan.groups, "channels_last").base_ms == pytest.approx(2.2)  # module = control x 1.1

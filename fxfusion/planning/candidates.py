@@ -275,9 +275,20 @@ class CompiledPrediction:
     saving_ms: float
     basis: str
     fraction: float | None = None
+    base_ms: float | None = None  # the base's median in the run that measured the fraction
+
+    def comparable(self, base_ms: float) -> bool:
+        """Whether the candidates' run saw the base at about the speed the fraction was measured at: a fraction holds
+        across a host's drift only while the model stays as host- or device-bound as it was (GPT-2 on the H200,
+        2026-12-01 08:18 UTC: the same compiled graph read 1.14 ms when predicted and 1.68 ms in the candidates' run,
+        where the attention rewrite's 24% saving had shrunk to 7% behind the slow host)."""
+        return self.base_ms is None or 1 / HOST_MOVED <= base_ms / self.base_ms <= HOST_MOVED
 
     def ms(self, base_ms: float) -> float:
         return self.fraction * base_ms if self.fraction is not None else self.saving_ms
+
+
+HOST_MOVED = 1.25  # a base this many times faster or slower than when predicted: the prediction is not comparable
 
 
 def attach_predictions(choice: Choice, planned_ms: float | None,
@@ -312,5 +323,6 @@ def attach_predictions(choice: Choice, planned_ms: float | None,
             row["prediction"]["layout"] = layout
         if how is not None:
             row["prediction"].update(basis=how.basis, predicted_fraction=how.fraction,
-                                     measured_fraction=measured / base["median_ms"])
+                                     measured_fraction=measured / base["median_ms"], base_ms_predicted=how.base_ms,
+                                     comparable=how.comparable(base["median_ms"]), base_ms=base["median_ms"])
 

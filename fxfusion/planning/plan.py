@@ -317,13 +317,13 @@ class FusionPlan:
                                      f"({im}); kept for planned + compile")
 
     def groups_for_compile(self, layout: str = MODEL) -> list[FusionGroup]:
-        """The groups a planned compile candidate applies in ``layout`` (MODEL or CHANNELS_LAST): all but those
-        whose class makes the whole compiled model slower there beyond the noise (``in_context``) or, not measured so,
-        whose region compiled in that layout is slower rewritten."""
-        def slower(g: FusionGroup) -> bool:
+        """The groups a planned compile candidate applies in ``layout`` (MODEL or CHANNELS_LAST): those whose class
+        makes the whole compiled model faster there beyond the noise (``in_context``: the fuse rule) and, where no
+        class was measured, those whose region compiled in that layout is not slower rewritten beyond the noise."""
+        def left_out(g: FusionGroup) -> bool:
             c, r = (g.in_context or {}).get(layout), getattr(g, COMPILED_REGION[layout])
-            return c["class_ci_high_ms"] < 0 if c else bool(r) and r["ci_high_ms"] < 0 and not r.get("noisy")
-        return [g for g in self.groups if not slower(g)]
+            return c["class_ci_low_ms"] <= 0 if c else bool(r) and r["ci_high_ms"] < 0 and not r.get("noisy")
+        return [g for g in self.groups if not left_out(g)]
 
     def _decide_pending(self, found: dict) -> None:
         """Admit each pending site whose region is faster rewritten beyond the noise (the fuse rule, applied to the

@@ -189,7 +189,8 @@ def compiled_prediction(groups: list, layout: str = MODEL) -> CompiledPrediction
     ms = sum((c or r)["saving_ms"] for c, r in zip(contexts, regions)) + first.get("capture_ms", 0.0)
     if all(contexts):  # fractions of the control's time; in channels-last the base is the module, capture x slower
         capture = first.get("capture_fraction", 0.0)
-        return CompiledPrediction(ms, "whole model", (sum(c["fraction"] for c in contexts) + capture) / (1 + capture))
+        return CompiledPrediction(ms, "whole model", (sum(c["fraction"] for c in contexts) + capture) / (1 + capture),
+                                  first["control_ms"] * (1 + capture) if first.get("control_ms") else None)
     return CompiledPrediction(ms, "mixed" if any(contexts) else "regions")
 
 
@@ -205,8 +206,8 @@ def _planned_with(model, plan, planned, kept: list, name: str, said: list[str]):
         return planned
     dropped = ", ".join(sorted({g.id for g in plan.groups} - {g.id for g in kept}))
     where = " in channels-last" if name == PLANNED_CHANNELS_LAST_COMPILE else ""
-    said.append(f"{name} leaves out {dropped}: compiled{where}, the model or their regions run faster without those "
-                "rewrites, beyond the noise")
+    said.append(f"{name} leaves out {dropped}: compiled{where}, the model is not faster with those rewrites beyond "
+                "the noise (or, where not measured so, their regions are slower)")
     return apply(model, dataclasses.replace(plan, groups=kept), candidate=PLANNED)
 
 
