@@ -238,14 +238,17 @@ def adjacent_pair_order(rng: random.Random) -> list[str]:
     return rest[:at] + pair + rest[at:]
 
 
-def paired_ratio(blocks: list[dict], kind: str) -> Speedup | None:
+def paired_ratio(blocks: list[dict], kind: str | None) -> Speedup | None:
     """Per round, fxfusion timing's block median over the fresh process's (taken next to each other); their median
-    with a bootstrap interval.  A host that switches speed every few seconds (the lent H200) moves both blocks of a
+    with a bootstrap interval.  ``kind`` None: the same for compile's gain over eager (eager's block median over
+    compile's, each block's eager and compile samples alternating).  A host that switches speed every few seconds (the lent H200) moves both blocks of a
     round alike, where it makes each source's pooled samples bimodal and their medians' ratio wander."""
     per_round: dict[int, dict[str, float]] = {}
     for b in blocks:
-        if b["source"] in PAIR and b["samples_ms"].get(kind):
-            per_round.setdefault(b["round"], {})[b["source"]] = statistics.median(b["samples_ms"][kind])
+        got = b["samples_ms"]
+        if b["source"] in PAIR and (got.get(kind) if kind else got.get("eager") and got.get("compile")):
+            per_round.setdefault(b["round"], {})[b["source"]] = (
+                statistics.median(got[kind]) if kind else statistics.median(got["eager"]) / statistics.median(got["compile"]))
     ratios = [r[PAIR[1]] / r[PAIR[0]] for r in per_round.values() if len(r) == 2]
     return median_interval(ratios) if ratios else None
 
@@ -265,8 +268,9 @@ HEADER = ("| model | candidate | verification ms (earlier) | fxfusion timing ms 
           "plain loop here ms | fresh process ms | fxfusion / fresh, medians | fxfusion / fresh, paired per round "
           "[95% CI] | within 5% (paired) | fresh process, first half / second half |"
           "\n|---|---|---|---|---|---|---|---|---|---|---|")
-SPEEDUP_HEADER = ("| model | compile over eager: fxfusion timing | plain loop here | fresh process | fxfusion / fresh | "
-                  "within 5% |\n|---|---|---|---|---|---|")
+SPEEDUP_HEADER = ("| model | compile over eager: fxfusion timing | plain loop here | fresh process | fxfusion / fresh, "
+                  "medians | fxfusion / fresh, paired per round [95% CI] | within 5% (paired) |"
+                  "\n|---|---|---|---|---|---|---|")
 
 
 def by_source(blocks: list[dict]) -> dict[str, dict[str, list[float]]]:
@@ -299,9 +303,10 @@ def rows(spec: str, verification_ms: dict, blocks: list[dict]) -> tuple[list[str
                    f"{statistics.median(fresh[:half]):.4f} / {statistics.median(fresh[half:]):.4f} |")
     gain = {src: med[src]["eager"] / med[src]["compile"] for src in ("fxfusion timing", "plain loop here",
                                                                         "fresh process")}
-    q = gain["fxfusion timing"] / gain["fresh process"]
+    q, pq = gain["fxfusion timing"] / gain["fresh process"], paired_ratio(blocks, None)
     speedup = (f"| {spec} | {gain['fxfusion timing']:.3f} | {gain['plain loop here']:.3f} | "
-               f"{gain['fresh process']:.3f} | {q:.3f} | {'yes' if abs(q - 1) <= TARGET else 'NO'} |")
+               f"{gain['fresh process']:.3f} | {q:.3f} | {_paired_text(pq)} | "
+               f"{'-' if pq is None else 'yes' if abs(pq.median - 1) <= TARGET else 'NO'} |")
     return out, speedup
 
 
