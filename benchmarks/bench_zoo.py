@@ -164,6 +164,8 @@ def main() -> None:
     errors = [abs(r["chosen_prediction"]["error_pct"]) for r in with_error
               if r["chosen_prediction"].get("comparable", True)]
     moved = [r["model"] for r in with_error if not r["chosen_prediction"].get("comparable", True)]
+    floors = [abs(r["chosen_prediction"]["floor_error_pct"]) for r in with_error
+              if r["chosen_prediction"].get("floor_error_pct") is not None]
     crashes = [r["model"] for r in rows if r.get("crash")]
     print(f"\ncrashes: {len(crashes)} {crashes}")
     slow = [r["model"] for r in done if r["analyze_s"] > ANALYZE_TARGET_S]
@@ -182,6 +184,9 @@ def main() -> None:
           f"{sum(e <= PREDICTION_TARGET_PCT for e in errors)} of {len(errors)} with a comparable prediction; "
           f"not comparable (the base's speed moved over {HOST_MOVED}x between the runs): {moved or 'none'}; "
           f"chosen rewritten candidates without one: {without or 'none'}")
+    if floors:
+        print(f"the same from each side's fastest rounds (10th percentiles): "
+              f"{sum(e <= PREDICTION_TARGET_PCT for e in floors)} of {len(floors)} within {PREDICTION_TARGET_PCT:.0f}%")
 
 
 if __name__ == "__main__":

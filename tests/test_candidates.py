@@ -259,3 +259,22 @@ def test_a_whole_model_prediction_remembers_its_base_time_the_module_in_channels
                         "model": {"saving_ms": 0.01, "fraction": 0.02, "control_ms": 2.0}}
     assert compiled_prediction(plan.groups).base_ms == pytest.approx(2.0)
     assert compiled_prediction(plan.groups, "channels_last").base_ms == pytest.approx(2.2)  # module = control x 1.1
+
+
+def test_the_fastest_rounds_compare_a_candidate_that_turns_host_bound_in_the_slow_phase():
+    from fxfusion.planning.candidates import CompiledPrediction
+    from fxfusion.planning.verify import Timing
+
+    def timing(name, samples):
+        return Timing(name, "ok", median_ms=sorted(samples)[len(samples) // 2], samples_ms=samples)
+
+    base = [1.10] * 20 + [1.12] * 10  # device-bound: the host's phase does not move it
+    cand = [0.74] * 10 + [0.8, 0.85, 0.9, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5] * 2  # host-bound once fast: slow phases
+    c = choose({"eager": timing("eager", [3.0] * 30), "captured+compile": timing("captured+compile", base),
+                "planned+compile": timing("planned+compile", cand)}, {"eager": True, "captured+compile": True,
+                                                                      "planned+compile": True}, {})
+    attach_predictions(c, planned_ms=None, planned_compile_ms=CompiledPrediction(0.36, "whole model", 0.33, 1.10, 0.33))
+    p = {r["name"]: r for r in c.candidates}["planned+compile"]["prediction"]
+    assert p["error_pct"] > 20  # the medians mix the phases: 0.90 against 1.10 ms over all rounds reads low ...
+    assert p["measured_floor_fraction"] == pytest.approx((1.10 - 0.74) / 1.10)  # ... the fast phase does not
+    assert abs(p["floor_error_pct"]) < 2 and prediction_cell(p).endswith("fastest rounds: 33.0% / 32.7% of the base (+1%)")

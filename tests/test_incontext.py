@@ -126,6 +126,9 @@ def test_in_channels_last_the_module_is_timed_too_and_what_capturing_saves_is_in
     assert p.basis == "whole model" and p.saving_ms == pytest.approx(shares + c["capture_ms"])
     f = sum(g.in_context["channels_last"]["fraction"] for g in plan.groups)  # of the control; the base is the module
     assert p.fraction == pytest.approx((f + c["capture_fraction"]) / (1 + c["capture_fraction"]))
+    # the op-count clock gives every round the same time: the fastest rounds' fractions are the paired ones
+    assert p.floor_fraction == pytest.approx(p.fraction) and c["capture_floor_fraction"] == pytest.approx(
+        c["capture_fraction"])
     assert compiled_prediction(plan.groups) is None  # nothing measured in the model's own layout
 
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from fxfusion.calibration.variants import compile_limits, first_call, one_line
 from fxfusion.errors import FxFusionError
-from fxfusion.measure.stats import MIN_EFFECT, Speedup, speedup
+from fxfusion.measure.stats import MIN_EFFECT, Speedup, speedup, summarize
 from fxfusion.planning.rewrite import copy_model
 
 # --compile-modes words -> torch.compile's mode argument
@@ -221,7 +221,8 @@ def _row(name: str, timing, verified: bool | None, built: Built | None, eager_ms
            "reason": (timing.reason if timing else None) or (built.reason if built else None),
            "verified": verified, "median_ms": timing.median_ms if timing else None,
            "speedup": timing.speedup if timing else None, "setup_s": built.setup_s if built else None,
-           "break_even_calls": None, "inductor": built.cache if built else {}, "kept": built.kept if built else None}
+           "break_even_calls": None, "inductor": built.cache if built else {}, "kept": built.kept if built else None,
+           "floor_ms": summarize(timing.samples_ms).floor if timing and timing.samples_ms else None}
     if built and built.setup_s is not None and eager_ms and row["median_ms"] is not None:
         saving = eager_ms - row["median_ms"]
         row["break_even_calls"] = (built.setup_s * 1e3 / saving) if saving > 0 else None
@@ -276,6 +277,7 @@ class CompiledPrediction:
     basis: str
     fraction: float | None = None
     base_ms: float | None = None  # the base's median in the run that measured the fraction
+    floor_fraction: float | None = None  # the same from each side's fastest rounds (10th percentiles), unpaired
 
     def comparable(self, base_ms: float) -> bool:
         """Whether the candidates' run saw the base at about the speed the fraction was measured at: a fraction holds
@@ -304,7 +306,12 @@ def attach_predictions(choice: Choice, planned_ms: float | None,
     its regions were timed in) -- "channels_last" when every applied group was timed compiled in that layout
     (``FusionGroup.in_compiled_channels_last``), else "model layout" (the planned + compile savings, an
     approximation); the row's prediction says which (``layout``).  A :class:`CompiledPrediction` puts its basis on
-    the row, and its fraction where it has one (``predicted_fraction``, of the base's median in this run)."""
+    the row, and its fraction where it has one (``predicted_fraction``, of the base's median in this run), whether
+    the base ran at the speed it was predicted at (``comparable``), and the same fractions from each side's fastest
+    rounds (``predicted_floor_fraction``, ``measured_floor_fraction``, ``floor_error_pct``): on a host that switches
+    between two speeds, a model made fast enough to be host-bound reads bimodal while its base does not (GPT-2 on the
+    H200, 2026-12-01 08:43 UTC: the candidate 0.73-0.78 ms in most rounds, 1.0-1.5 ms in 9 of 30, the base 1.10-1.15
+    ms throughout), and the medians then mix the phases; the 10th percentiles compare the fast phase on both sides."""
     by = {r["name"]: r for r in choice.candidates}
     compiled_base = CAPTURED_COMPILE if (by.get(CAPTURED_COMPILE) or {}).get("median_ms") is not None else "compile"
     layout_ms, layout = planned_layout if planned_layout is not None else (None, None)
@@ -325,4 +332,9 @@ def attach_predictions(choice: Choice, planned_ms: float | None,
             row["prediction"].update(basis=how.basis, predicted_fraction=how.fraction,
                                      measured_fraction=measured / base["median_ms"], base_ms_predicted=how.base_ms,
                                      comparable=how.comparable(base["median_ms"]), base_ms=base["median_ms"])
+            if how.floor_fraction is not None and row.get("floor_ms") and base.get("floor_ms"):
+                floor = (base["floor_ms"] - row["floor_ms"]) / base["floor_ms"]
+                row["prediction"].update(predicted_floor_fraction=how.floor_fraction, measured_floor_fraction=floor,
+                                         floor_error_pct=None if floor == 0 else
+                                         100.0 * (how.floor_fraction - floor) / abs(floor))
 

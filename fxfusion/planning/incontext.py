@@ -112,6 +112,7 @@ def measure_in_compiled_context(plan, model: torch.nn.Module, example_inputs: tu
     control_ms = summarize(samples.seconds["control"]).median * 1e3
     capture = (paired_fraction(samples.seconds["module"], samples.seconds["control"], samples.seconds["control"])
                if "module" in thunks else None)
+    floor = {k: summarize(v).floor for k, v in samples.seconds.items()}  # each side's fastest rounds (10th percentile)
     for key, f in fractions(samples).items():
         members, setup_s = built[key]
         share: dict[str, Any] = {
@@ -121,10 +122,11 @@ def measure_in_compiled_context(plan, model: torch.nn.Module, example_inputs: tu
             "class_groups": [g.id for g in members], "control_ms": control_ms,
             "applied_ms": summarize(samples.seconds[key]).median * 1e3, "compile_s": setup_s,
             "clock": getattr(clock, "mode", str(clock.device)), "rounds": len(samples.seconds["control"]),
-            "batches": batches}
+            "batches": batches, "floor_fraction": (floor["control"] - floor[key]) / floor["control"] / len(members)}
         if capture is not None:  # what the captured graph saves over the module, both compiled in this layout
             share.update(capture_ms=capture.median * control_ms, capture_ci_low_ms=capture.ci_low * control_ms,
-                         capture_ci_high_ms=capture.ci_high * control_ms, capture_fraction=capture.median)
+                         capture_ci_high_ms=capture.ci_high * control_ms, capture_fraction=capture.median,
+                         capture_floor_fraction=(floor["module"] - floor["control"]) / floor["control"])
         for g in members:
             g.in_context = {**(g.in_context or {}), layout: share}
     return said

@@ -188,9 +188,11 @@ def compiled_prediction(groups: list, layout: str = MODEL) -> CompiledPrediction
     first = next((c for c in contexts if c), {})
     ms = sum((c or r)["saving_ms"] for c, r in zip(contexts, regions)) + first.get("capture_ms", 0.0)
     if all(contexts):  # fractions of the control's time; in channels-last the base is the module, capture x slower
-        capture = first.get("capture_fraction", 0.0)
+        capture, cap_floor = first.get("capture_fraction", 0.0), first.get("capture_floor_fraction", 0.0)
+        floor = (None if not all("floor_fraction" in c for c in contexts)
+                 else (sum(c["floor_fraction"] for c in contexts) + cap_floor) / (1 + cap_floor))
         return CompiledPrediction(ms, "whole model", (sum(c["fraction"] for c in contexts) + capture) / (1 + capture),
-                                  first["control_ms"] * (1 + capture) if first.get("control_ms") else None)
+                                  first["control_ms"] * (1 + capture) if first.get("control_ms") else None, floor)
     return CompiledPrediction(ms, "mixed" if any(contexts) else "regions")
 
 

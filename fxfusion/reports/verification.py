@@ -106,7 +106,10 @@ def prediction_cell(p: dict[str, Any] | None) -> str:
             + {"whole model": ", measured with the whole model compiled", "regions": ", from regions compiled alone",
                "mixed": ", partly from regions compiled alone"}.get(p.get("basis"), "")
             + ("" if p.get("comparable", True) else f"; not comparable: its base ran {p['base_ms_predicted']:.4f} ms "
-               f"when predicted and {p['base_ms']:.4f} ms here (the host's speed moved)"))
+               f"when predicted and {p['base_ms']:.4f} ms here (the host's speed moved)")
+            + ("" if p.get("floor_error_pct") is None else
+               f"; fastest rounds: {p['predicted_floor_fraction']:.1%} / {p['measured_floor_fraction']:.1%} of the base "
+               f"({p['floor_error_pct']:+.0f}%)"))
 # Which prediction a number is: the report's summary has the per-site library estimate, the verification an
 # in-model one; each sentence names its own, so two different "predicted" figures on one page are never confused.
 _SOURCES = {"in_model": " in the model (each group's region timed inside the model)",
