@@ -8,6 +8,10 @@ both ways: the sum of the classes' savings in ms as that run measured them (what
 was in ms), and the sum of their fractions of the control times the base's median in the candidates' run (the rule
 of ``fxfusion.planning.candidates.CompiledPrediction``), each against the measured saving.  It recomputes from the
 recorded numbers only; it times nothing.
+
+Historical: it applies the rules as they were when call 4 of 2026-12-01 ran (a group left out only where its region
+compiled was slower; no fastest-rounds figures), for that call's JSON, which predates the fractions the verification
+now stores (``predicted_fraction`` and the rest on the candidate's row).  For a newer run read those fields instead.
 """
 
 from __future__ import annotations

@@ -360,3 +360,18 @@ def test_roofline_colours_by_family_and_says_when_tf32_lifts_float32_points(prof
     caption = plots.roofline_plot(Profile.from_dict(data), "float32").caption
     assert "TF32 was on for cuDNN (metadata.tf32.cudnn = true): the float32 conv points ran on TF32" in caption
     assert "dotted: the datasheet TF32 peak, 1000 GFLOP/s" in caption
+
+
+def test_a_roofline_of_every_pattern_keeps_its_axes_beside_a_legend_in_columns():
+    # the shipped H200 profile has 41 patterns: in one legend column they collapsed the axes (matplotlib warned)
+    import warnings
+    from pathlib import Path
+
+    from fxfusion.reports.plots import LEGEND_ROWS, roofline_plot
+
+    profile = Profile.load(Path(__file__).resolve().parent.parent / "profiles" / "h200.json")
+    assert len({e.pattern for e in profile.entries}) > LEGEND_ROWS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
+        plot = roofline_plot(profile, "float32")
+    assert plot.data_uri.startswith("data:image/png;base64,")

@@ -212,6 +212,9 @@ def _points(entries: Iterable[Entry]) -> tuple[list[dict[str, Any]], list[str]]:
     return points, skipped
 
 
+LEGEND_ROWS = 26
+
+
 def roofline_plot(profile: Profile, dtype: str) -> Plot:
     """Every measured variant of one dtype against the measured ceilings and the datasheet peaks."""
     entries = [e for e in profile.entries if e.dtype == dtype]
@@ -229,7 +232,13 @@ def roofline_plot(profile: Profile, dtype: str) -> Plot:
     lo, hi = min(ais + ridges) / 4, max(ais + ridges) * 4
     grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
 
-    fig = _new_figure((8.5, 4.6))
+    families = {p["pattern"]: p["family"] for p in sorted(points, key=lambda p: p["family"])}
+    colors = family_colors(families)
+    # the legend beside the axes, one line per pattern and marker kind: in columns of at most LEGEND_ROWS, the figure
+    # tall enough for them (one column of 41 patterns collapsed the axes of the H200 profile's plot to nothing)
+    lines = len(colors) + len({p["kind"] for p in points}) + 3
+    ncol = -(-lines // LEGEND_ROWS)
+    fig = _new_figure((8.5 + 2.6 * (ncol - 1), max(4.6, 0.16 * -(-lines // ncol) + 1.0)))
     ax = fig.add_subplot()
     if peak_gflops and peak_gbs:
         ax.plot(grid, [min(peak_gflops, peak_gbs * x) for x in grid], color="0.5", ls="--", lw=1,
@@ -240,8 +249,6 @@ def roofline_plot(profile: Profile, dtype: str) -> Plot:
     if best_gflops and best_gbs:
         ax.plot(grid, [min(best_gflops, best_gbs * x) for x in grid], color="black", lw=1.8,
                 label=f"measured: {best_gflops:.4g} GFLOP/s (matmul), {best_gbs:.4g} GB/s (copy)")
-    families = {p["pattern"]: p["family"] for p in sorted(points, key=lambda p: p["family"])}
-    colors = family_colors(families)
     for pattern, color in colors.items():
         label = f"{families[pattern]}: {pattern}"  # one legend line per pattern (colour); markers: variant kind
         for kind, marker in KIND_MARKERS.items():
@@ -259,7 +266,7 @@ def roofline_plot(profile: Profile, dtype: str) -> Plot:
     ax.set_ylabel("achieved GFLOP/s (log)")
     ax.set_title(f"Roofline, {dtype}: {profile.metadata.get('hardware', '')}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=ncol)
     caption = (f"{len(points)} measured variants of {len(entries)} {dtype} entries. Eager moves the unfused bytes, "
                f"fused variants the fused bytes (the profile's byte model). Solid: measured ceilings; dashed: "
                f"datasheet peaks ({hw.get('source', 'no source given')}).")
