@@ -139,8 +139,8 @@ def _regions_not_compiled(monkeypatch):
     monkeypatch.setattr(insitu, "model_clock", lambda device: OpCountClock())
 
 
-@pytest.mark.parametrize("context", [True, False])
-def test_the_compiled_regime_measures_classes_first_and_regions_only_where_they_were_not(monkeypatch, context):
+def _compiled_regime(monkeypatch, extra: tuple, context: bool = True):
+    """compiled_regime_timings on resnet_basic's typical plan, nothing compiled, the op-count clock: the plan."""
     from fxfusion.planning.pipeline import compiled_regime_timings
 
     _not_compiled(monkeypatch)
@@ -149,8 +149,13 @@ def test_the_compiled_regime_measures_classes_first_and_regions_only_where_they_
     monkeypatch.setattr(incontext, "CONTEXT_SPEC", TINY_SPEC)
     loaded = load_model(MODELS / "resnet_basic.py")
     plan = typical_plan("resnet_basic")
-    compiled_regime_timings(plan, loaded.model, loaded.example_inputs, "cpu",
-                            ("planned+compile", "planned+channels_last+compile"), budget_s=60.0, context=context)
+    compiled_regime_timings(plan, loaded.model, loaded.example_inputs, "cpu", extra, budget_s=60.0, context=context)
+    return plan
+
+
+@pytest.mark.parametrize("context", [True, False])
+def test_the_compiled_regime_measures_classes_first_and_regions_only_where_they_were_not(monkeypatch, context):
+    plan = _compiled_regime(monkeypatch, ("planned+compile", "planned+channels_last+compile"), context)
     for g in plan.groups:
         if context:  # both layouts measured in context: no region compiled on its own
             assert set(g.in_context) == {"model", "channels_last"}
@@ -158,6 +163,14 @@ def test_the_compiled_regime_measures_classes_first_and_regions_only_where_they_
         else:
             assert g.in_context is None and g.in_compiled_model and g.in_compiled_channels_last
     assert compiled_prediction(plan.groups).basis == ("whole model" if context else "regions")
+
+
+def test_the_channels_last_candidate_alone_measures_only_its_own_layout(monkeypatch):
+    plan = _compiled_regime(monkeypatch, ("planned+channels_last+compile",))
+    for g in plan.groups:
+        assert set(g.in_context) == {"channels_last"} and g.in_compiled_model is None
+    assert compiled_prediction(plan.groups, "channels_last").basis == "whole model"
+    assert compiled_prediction(plan.groups) is None  # nothing measured in the model's layout
 
 
 def test_without_a_planned_compile_candidate_the_compiled_regime_measures_nothing(monkeypatch):
@@ -171,23 +184,6 @@ def test_without_a_planned_compile_candidate_the_compiled_regime_measures_nothin
     plan = typical_plan("resnet_basic")
     compiled_regime_timings(plan, loaded.model, loaded.example_inputs, "cpu", ("channels_last+compile",), 60.0)
     assert all(g.in_context is None and g.in_compiled_model is None for g in plan.groups)
-
-
-def test_the_channels_last_candidate_alone_measures_only_its_own_layout(monkeypatch):
-    from fxfusion.planning.pipeline import compiled_regime_timings
-
-    _not_compiled(monkeypatch)
-    _regions_not_compiled(monkeypatch)
-    monkeypatch.setattr(incontext, "model_clock", lambda device: OpCountClock())
-    monkeypatch.setattr(incontext, "CONTEXT_SPEC", TINY_SPEC)
-    loaded = load_model(MODELS / "resnet_basic.py")
-    plan = typical_plan("resnet_basic")
-    compiled_regime_timings(plan, loaded.model, loaded.example_inputs, "cpu", ("planned+channels_last+compile",),
-                            budget_s=60.0)
-    for g in plan.groups:
-        assert set(g.in_context) == {"channels_last"} and g.in_compiled_model is None
-    assert compiled_prediction(plan.groups, "channels_last").basis == "whole model"
-    assert compiled_prediction(plan.groups) is None  # nothing measured in the model's layout
 
 
 def test_each_layout_leaves_out_what_is_slower_in_that_layout():
