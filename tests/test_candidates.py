@@ -21,6 +21,13 @@ def _timing(name: str, ms: float, spread: float = 0.01, n: int = 20, seed: int =
     return Timing(name, "ok", median_ms=ms, samples_ms=[ms * (1 + rng.uniform(-spread, spread)) for _ in range(n)])
 
 
+def REGIONS(ms: float):
+    """A compiled candidate's prediction from regions compiled alone (verify.compiled_prediction's "regions")."""
+    from fxfusion.planning.candidates import CompiledPrediction
+
+    return CompiledPrediction(ms, "regions")
+
+
 def _choose(medians: dict[str, float], verified: dict[str, bool] | None = None):
     timings = {name: _timing(name, ms, seed=i) for i, (name, ms) in enumerate(medians.items())}
     return choose(timings, verified or {n: True for n in medians}, {})
@@ -187,13 +194,13 @@ def test_without_optional_candidates_only_eager_compile_and_planned_are_timed():
 
 def test_the_layout_candidate_is_predicted_from_regions_timed_in_its_layout_and_says_so():
     c = _choose({"eager": 1.0, "compile": 0.6, "channels_last+compile": 0.5, "planned+channels_last+compile": 0.4})
-    attach_predictions(c, planned_ms=None, planned_compile_ms=0.3, planned_layout=(0.09, "channels_last"))
+    attach_predictions(c, planned_ms=None, planned_compile_ms=REGIONS(0.3), planned_layout=(REGIONS(0.09), "channels_last"))
     rows = {r["name"]: r for r in c.candidates}
     p = rows["planned+channels_last+compile"]["prediction"]
     measured = rows["channels_last+compile"]["median_ms"] - rows["planned+channels_last+compile"]["median_ms"]
     assert p["over"] == "channels_last+compile" and p["layout"] == "channels_last"
     assert p["predicted_saving_ms"] == 0.09 and p["error_pct"] == pytest.approx(100 * (0.09 - measured) / measured)
-    attach_predictions(c, planned_ms=None, planned_compile_ms=0.3, planned_layout=None)  # nothing timed that way
+    attach_predictions(c, planned_ms=None, planned_compile_ms=REGIONS(0.3), planned_layout=None)  # nothing timed that way
     p = {r["name"]: r for r in c.candidates}["planned+channels_last+compile"]["prediction"]
     assert p["predicted_saving_ms"] is None and "layout" not in p
 
@@ -225,11 +232,11 @@ def test_regions_timed_in_channels_last_run_their_inputs_and_weights_in_that_lay
 
 def test_a_layout_prediction_from_the_models_own_layout_says_so_where_it_is_shown():
     c = _choose({"eager": 1.0, "compile": 0.6, "channels_last+compile": 0.5, "planned+channels_last+compile": 0.4})
-    attach_predictions(c, planned_ms=None, planned_compile_ms=0.3, planned_layout=(0.3, "model layout"))
+    attach_predictions(c, planned_ms=None, planned_compile_ms=REGIONS(0.3), planned_layout=(REGIONS(0.3), "model layout"))
     p = {r["name"]: r for r in c.candidates}["planned+channels_last+compile"]["prediction"]
-    assert prediction_cell(p).endswith(", regions timed in the model's layout")
+    assert prediction_cell(p).endswith(", regions timed in the model's layout, from regions compiled alone")
     p["layout"] = "channels_last"
-    assert prediction_cell(p).endswith("%)")
+    assert prediction_cell(p).endswith("%), from regions compiled alone")
 
 
 def test_a_fraction_measured_at_another_host_speed_is_shown_but_not_scored():

@@ -293,17 +293,16 @@ class CompiledPrediction:
 HOST_MOVED = 1.25  # a base this many times faster or slower than when predicted: the prediction is not comparable
 
 
-def attach_predictions(choice: Choice, planned_ms: float | None,
-                       planned_compile_ms: "float | CompiledPrediction | None",
-                       planned_layout: "tuple[float | CompiledPrediction, str] | None" = None) -> None:
+def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile_ms: "CompiledPrediction | None",
+                       planned_layout: "tuple[CompiledPrediction, str] | None" = None) -> None:
     """Each rewritten candidate's predicted saving beside the one measured, on its row (``row["prediction"]``):
     planned over eager (the applied groups' savings less the captured graph's overhead, as the plan predicted them);
     planned + compile over captured + compile where that was timed, else over whole-model compile (the kept groups'
     savings timed with both forms of their region compiled, :meth:`FusionPlan.measure_in_compiled_model`; None when
     they were not timed so).  Over captured + compile the measured saving is the rewrites' alone: what compiling the
     captured graph instead of the module gives is that candidate's own gain, which no group predicts.
-    planned + channels-last + compile over channels-last + compile, from ``planned_layout``: (saving ms, the layout
-    its regions were timed in) -- "channels_last" when every applied group was timed compiled in that layout
+    planned + channels-last + compile over channels-last + compile, from ``planned_layout``: (its prediction, the
+    layout its regions were timed in) -- "channels_last" when every applied group was timed compiled in that layout
     (``FusionGroup.in_compiled_channels_last``), else "model layout" (the planned + compile savings, an
     approximation); the row's prediction says which (``layout``).  A :class:`CompiledPrediction` puts its basis on
     the row, and its fraction where it has one (``predicted_fraction``, of the base's median in this run), whether
