@@ -165,7 +165,7 @@ def serve(spec: str, device: str, dtype: str | None) -> None:
 
 
 def fxfusion_figure(spec: str, device: str, dtype: str | None, candidates: str = "all",
-                    compiled_regime: bool | None = None) -> dict:
+                    compiled_regime: bool | None = None, insitu_budget_s: float | None = None) -> dict:
     from fxfusion.planning.analyze import analyze
     from fxfusion.planning.candidates import parse_candidates
     from fxfusion.planning.decide import LiveSource
@@ -176,8 +176,9 @@ def fxfusion_figure(spec: str, device: str, dtype: str | None, candidates: str =
     result = analyze(loaded.model, loaded.example_inputs, LiveSource(device, compile_modes=()), device=device,
                      model_label=spec, dtype=dtype, coverage=False)
     analyze_s = time.perf_counter() - start
+    budget = {} if insitu_budget_s is None else {"insitu_budget_s": insitu_budget_s}
     _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device, include_compile=True,
-                                       extra=parse_candidates(candidates), compiled_regime=compiled_regime)
+                                       extra=parse_candidates(candidates), compiled_regime=compiled_regime, **budget)
     t = verification.timings
     if "eager" not in t or "compile" not in t:  # the plan did not verify before anything was timed
         return {"analyze_s": analyze_s, "eager_ms": None, "compile_ms": None, "compile_status": verification.reason,
@@ -321,6 +322,8 @@ def main() -> None:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--serve", default=None, help="step 2 of the module doc for SPEC (a subprocess)")
     ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--insitu-budget-s", type=float, default=None, help="step 1's in-model timing budget "
+                    "(analyze --apply's default if not given); less makes step 1 of a large model fit a device call")
     ap.add_argument("--pin", default=None, help="run this process and the fresh one on these CPUs only (os."
                     "sched_setaffinity, e.g. 3 or 2-5): both sources on the same cores, where the lent H200's host "
                     "switches speed less often (docs/results.md)")
@@ -357,7 +360,8 @@ def main() -> None:
     print(HEADER)
     raw, speedups = {}, []
     for spec in args.models:
-        ours = fxfusion_figure(spec, args.device, args.dtype, args.candidates, args.compiled_regime)
+        ours = fxfusion_figure(spec, args.device, args.dtype, args.candidates, args.compiled_regime,
+                               args.insitu_budget_s)
         rounds = interleaved(spec, ours["loaded"], args.device, args.dtype, args.rounds, args.pin)
         raw[spec] = {"verification_ms": {k: ours[f"{k}_ms"] for k in ("eager", "compile")}, "blocks": rounds["blocks"]}
         if args.json:
