@@ -93,9 +93,10 @@ def analyze_command(
                                                                  "planned+channels_last+compile.")] = "all",
     compiled_regime: Annotated[Optional[bool], typer.Option(
         "--compiled-regime/--no-compiled-regime",
-        help="With --apply: time each group's region compiled, then each class of rewrites with the whole model "
-             "compiled, so the compiled candidates get a prediction and planned + compile leaves out what Inductor "
-             "does better.  Default: on with CUDA; on a CPU it costs several compiles of the model.")] = None,
+        help="With --apply: time each class of rewrites with the whole model compiled (regions compiled alone "
+             "where the budget left a class out), so the compiled candidates get a prediction and apply only the "
+             "rewrites that make the compiled model faster beyond the noise.  Default: on with CUDA; on a CPU it "
+             "costs several compiles of the model.")] = None,
 ) -> None:
     """Find the fusible sites of a model, decide each at its own shape and dtype, and report them."""
     if fmt not in FORMATS:
