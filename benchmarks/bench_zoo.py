@@ -32,9 +32,8 @@ from fxfusion.graph.loader import load_model  # noqa: E402
 from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.planning.analyze import analyze  # noqa: E402
 from fxfusion.planning.decide import LiveSource  # noqa: E402
-from fxfusion.planning.candidates import parse_candidates  # noqa: E402
+from fxfusion.planning.candidates import HOST_MOVED, parse_candidates  # noqa: E402
 from fxfusion.planning.pipeline import apply_and_verify  # noqa: E402
-from fxfusion.planning.candidates import HOST_MOVED  # noqa: E402
 from fxfusion.reports.verification import prediction_cell  # noqa: E402
 
 ANALYZE_TARGET_S, CHOSEN_TARGET, GEOMEAN_TARGET, PREDICTION_TARGET_PCT = 60.0, 0.98, 1.10, 20.0

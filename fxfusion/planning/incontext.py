@@ -109,10 +109,10 @@ def measure_in_compiled_context(plan, model: torch.nn.Module, example_inputs: tu
     with torch.no_grad():  # measured again while some class's interval is wider than WIDE x its saving and MIN_EFFECT
         samples, _, batches = measure_tight(thunks, clock, spec, widest, lambda f: f.ci_high - f.ci_low > max(
             WIDE * abs(f.median), MIN_EFFECT), BATCHES)
-    control_ms = summarize(samples.seconds["control"]).median * 1e3
+    summary = {k: summarize(v) for k, v in samples.seconds.items()}  # medians; floors: each side's fastest rounds
+    control_ms, control_floor = summary["control"].median * 1e3, summary["control"].floor
     capture = (paired_fraction(samples.seconds["module"], samples.seconds["control"], samples.seconds["control"])
                if "module" in thunks else None)
-    floor = {k: summarize(v).floor for k, v in samples.seconds.items()}  # each side's fastest rounds (10th percentile)
     for key, f in fractions(samples).items():
         members, setup_s = built[key]
         share: dict[str, Any] = {
@@ -120,13 +120,13 @@ def measure_in_compiled_context(plan, model: torch.nn.Module, example_inputs: tu
             "fraction": f.median / len(members), "class_fraction": f.median,
             "class_ci_low_ms": f.ci_low * control_ms, "class_ci_high_ms": f.ci_high * control_ms,
             "class_groups": [g.id for g in members], "control_ms": control_ms,
-            "applied_ms": summarize(samples.seconds[key]).median * 1e3, "compile_s": setup_s,
+            "applied_ms": summary[key].median * 1e3, "compile_s": setup_s,
             "clock": getattr(clock, "mode", str(clock.device)), "rounds": len(samples.seconds["control"]),
-            "batches": batches, "floor_fraction": (floor["control"] - floor[key]) / floor["control"] / len(members)}
+            "batches": batches, "floor_fraction": (control_floor - summary[key].floor) / control_floor / len(members)}
         if capture is not None:  # what the captured graph saves over the module, both compiled in this layout
             share.update(capture_ms=capture.median * control_ms, capture_ci_low_ms=capture.ci_low * control_ms,
                          capture_ci_high_ms=capture.ci_high * control_ms, capture_fraction=capture.median,
-                         capture_floor_fraction=(floor["module"] - floor["control"]) / floor["control"])
+                         capture_floor_fraction=(summary["module"].floor - control_floor) / control_floor)
         for g in members:
             g.in_context = {**(g.in_context or {}), layout: share}
     return said

@@ -188,11 +188,14 @@ def compiled_prediction(groups: list, layout: str = MODEL) -> CompiledPrediction
     first = next((c for c in contexts if c), {})
     ms = sum((c or r)["saving_ms"] for c, r in zip(contexts, regions)) + first.get("capture_ms", 0.0)
     if all(contexts):  # fractions of the control's time; in channels-last the base is the module, capture x slower
-        capture, cap_floor = first.get("capture_fraction", 0.0), first.get("capture_floor_fraction", 0.0)
-        floor = (None if not all("floor_fraction" in c for c in contexts)
-                 else (sum(c["floor_fraction"] for c in contexts) + cap_floor) / (1 + cap_floor))
-        return CompiledPrediction(ms, "whole model", (sum(c["fraction"] for c in contexts) + capture) / (1 + capture),
-                                  first["control_ms"] * (1 + capture) if first.get("control_ms") else None, floor)
+        def of_base(key: str, capture_key: str) -> float:
+            capture = first.get(capture_key, 0.0)
+            return (sum(c[key] for c in contexts) + capture) / (1 + capture)
+
+        floor = of_base("floor_fraction", "capture_floor_fraction") if all("floor_fraction" in c for c in contexts) \
+            else None
+        base_ms = first["control_ms"] * (1 + first.get("capture_fraction", 0.0)) if first.get("control_ms") else None
+        return CompiledPrediction(ms, "whole model", of_base("fraction", "capture_fraction"), base_ms, floor)
     return CompiledPrediction(ms, "mixed" if any(contexts) else "regions")
 
 
