@@ -22,7 +22,7 @@ def _timing(name: str, ms: float, spread: float = 0.01, n: int = 20, seed: int =
 
 
 def REGIONS(ms: float):
-    """A compiled candidate's prediction from regions compiled alone (verify.compiled_prediction's "regions")."""
+    """A compiled candidate's prediction from regions compiled alone (incontext.compiled_prediction's "regions")."""
     from fxfusion.planning.candidates import CompiledPrediction
 
     return CompiledPrediction(ms, "regions")
@@ -257,7 +257,7 @@ def test_a_fraction_measured_at_another_host_speed_is_shown_but_not_scored():
 
 
 def test_a_whole_model_prediction_remembers_its_base_time_the_module_in_channels_last():
-    from fxfusion.planning.verify import compiled_prediction
+    from fxfusion.planning.incontext import compiled_prediction
 
     plan = typical_plan("resnet_basic")
     for g in plan.groups:

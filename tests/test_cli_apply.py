@@ -80,9 +80,13 @@ def test_apply_folds_and_verifies(folding_profile, tmp_path):
     assert all(o["ok"] and o["error"] < 1e-4 for o in v["outputs"])
     assert v["timings"]["eager"]["median_ms"] > 0 and v["timings"]["planned"]["median_ms"] > 0
     assert v["predicted_saving_ms"] is not None and v["measured_saving_ms"] is not None
-    # predicted from the groups' regions timed inside the model; the library's own prediction is kept beside it
-    assert v["prediction"] == "in_model" and v["plan"]["prediction"] == "in_model"
+    # predicted from the class of rewrites applied alone to the model, the rest eager; the groups' regions timed
+    # inside the model and the library's own prediction are kept beside it
+    assert v["prediction"] == "in_context" and v["plan"]["prediction"] == "in_model"
     assert all(g["in_model"]["saving_ms"] == g["predicted_saving_ms"] > 0 for g in v["plan"]["groups"])
+    assert all(g["in_context"]["eager"]["class_groups"] == ["g0.s0", "g0.s1"] for g in v["plan"]["groups"])
+    assert v["regions_predicted_saving_ms"] == pytest.approx(
+        sum(g["predicted_saving_ms"] for g in v["plan"]["groups"]) - v["plan"]["overhead_ms"])
     assert v["library_predicted_saving_ms"] is not None
 
 

@@ -1,4 +1,4 @@
-"""Savings measured with the whole model compiled around each class of rewrites (fxfusion.planning.incontext)."""
+"""Savings measured with the whole model around each class of rewrites, compiled or eager (fxfusion.planning.incontext)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from fxfusion.measure.timing import measure
 from fxfusion.planning import incontext
 from fxfusion.planning.apply import apply
 from fxfusion.planning.candidates import Built, CompiledPrediction, attach_predictions
-from fxfusion.planning.incontext import classes, measure_in_compiled_context
+from fxfusion.planning.incontext import (classes, compiled_prediction, measure_in_compiled_context,
+                                         measure_in_eager_context)
 from fxfusion.planning.rewrite import captured_module
-from fxfusion.planning.verify import compiled_prediction
 from fxfusion.reports.verification import prediction_cell
 from tests.helpers import MODELS, TINY_SPEC, OpCountClock, typical_plan
 from tests.test_candidates import _choose
@@ -130,6 +130,55 @@ def test_in_channels_last_the_module_is_timed_too_and_what_capturing_saves_is_in
     assert p.floor_fraction == pytest.approx(p.fraction) and c["capture_floor_fraction"] == pytest.approx(
         c["capture_fraction"])
     assert compiled_prediction(plan.groups) is None  # nothing measured in the model's own layout
+
+
+def test_the_planned_candidate_is_predicted_from_each_class_applied_alone_with_the_rest_eager():
+    from fxfusion.planning.verify import verify_plan
+
+    loaded = load_model(MODELS / "resnet_basic.py")
+    model, inputs = loaded.model, tuple(loaded.example_inputs)
+    plan = typical_plan("resnet_basic")
+    said = measure_in_eager_context(plan, model, inputs, "cpu", spec=TINY_SPEC, clock=OpCountClock())
+    assert said == [] and all(set(g.in_context) == {"eager"} for g in plan.groups)
+    c = plan.groups[1].in_context["eager"]
+    assert c["class_groups"] == ["g0.s1", "g0.s2"] and c["first_call_s"] > 0 and "compile_s" not in c
+    assert c["capture_ci_low_ms"] <= c["capture_ms"] <= c["capture_ci_high_ms"]
+    p = compiled_prediction(plan.groups, "eager")
+    # with a clock that counts ops the classes do not interact: shares + capture = module - planned, exactly
+    planned = apply(model, plan, candidate="planned")
+    with torch.no_grad():
+        s = measure({"module": lambda: model(*inputs), "planned": lambda: planned(*inputs)}, OpCountClock(),
+                    TINY_SPEC).seconds
+    assert p.basis == "whole model" and p.saving_ms == pytest.approx((min(s["module"]) - min(s["planned"])) * 1e3)
+    assert p.fraction == pytest.approx(p.saving_ms / (min(s["module"]) * 1e3))
+    # verify_plan predicts the planned candidate from it, and keeps the regions' prediction beside it
+    for g in plan.groups:
+        g.predicted_saving_ms = 0.001
+    v = verify_plan(model, inputs, plan, spec=TINY_SPEC, clock=OpCountClock(), include_compile=False)
+    assert v.prediction == "in_context" and v.prediction_comparable is True
+    assert v.predicted_fraction == pytest.approx(p.fraction) and v.fraction_error_pct == pytest.approx(0, abs=1e-6)
+    assert v.predicted_saving_ms == pytest.approx(v.measured_saving_ms) and v.prediction_error_pct == pytest.approx(
+        0, abs=1e-6)
+    assert v.regions_predicted_saving_ms == pytest.approx(0.003)
+    row = {r["name"]: r for r in v.candidates["candidates"]}["planned"]["prediction"]
+    assert row["basis"] == "whole model" and row["predicted_fraction"] == pytest.approx(p.fraction)
+    assert ", measured with the whole model run eagerly; fastest rounds: 50.0% / 50.0%" in prediction_cell(row)
+
+
+def test_without_every_applied_class_measured_eager_the_planned_prediction_is_the_regions():
+    from fxfusion.planning.verify import verify_plan
+
+    loaded = load_model(MODELS / "resnet_basic.py")
+    model, inputs = loaded.model, tuple(loaded.example_inputs)
+    plan = typical_plan("resnet_basic")
+    said = measure_in_eager_context(plan, model, inputs, "cpu", spec=TINY_SPEC, clock=OpCountClock(), budget_s=0.0)
+    assert len(said) == 2 and all("the budget (0 s) was spent; the planned prediction" in w for w in said)
+    plan.groups[0].in_context = {"eager": {"saving_ms": 1.0, "fraction": 0.5}}  # one class of two: not used
+    for g in plan.groups:
+        g.predicted_saving_ms = 0.001
+    v = verify_plan(model, inputs, plan, spec=TINY_SPEC, clock=OpCountClock(), include_compile=False)
+    assert v.prediction == plan.prediction and v.regions_predicted_saving_ms is None
+    assert v.predicted_saving_ms == pytest.approx(0.003)
 
 
 def _regions_not_compiled(monkeypatch):

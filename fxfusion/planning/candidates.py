@@ -268,7 +268,7 @@ def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) ->
 class CompiledPrediction:
     """A compiled candidate's predicted saving over its base, and what it rests on ("whole model": every class of
     rewrites measured with the whole model compiled, "regions": regions compiled alone, "mixed"; see
-    :func:`fxfusion.planning.verify.compiled_prediction`).  Measured with the whole model, it is also a ``fraction`` of
+    :func:`fxfusion.planning.incontext.compiled_prediction`).  Measured with the whole model, it is also a ``fraction`` of
     the base's time, paired per round, which the candidates' run turns into ms with its own median of the base: a
     host-bound model's time follows the host's speed, which drifts between runs (the lent H200's host switched
     between two speeds every few seconds, 2026-12-01), and a fraction does not."""

@@ -63,6 +63,8 @@ from fxfusion.measure.timing import Clock, TimingSpec, clock_for, measure_tight
 # The layouts a group is measured compiled in (the keys of FusionGroup.in_context), and the FusionGroup attribute
 # that keeps its region timed compiled in each.
 MODEL, CHANNELS_LAST = "model", "channels_last"
+# The key of FusionGroup.in_context for the planned candidate's regime: the rest of the model runs eagerly.
+EAGER = "eager"
 COMPILED_REGION = {MODEL: "in_compiled_model", CHANNELS_LAST: "in_compiled_channels_last"}
 # Per group: enough rounds for a few-microsecond difference, little enough to keep planning quick.
 INSITU_SPEC = TimingSpec(rounds=40, warmup=3, target_sample_s=0.002, budget_s=2.0)

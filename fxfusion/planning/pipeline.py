@@ -24,7 +24,7 @@ from fxfusion.measure.noise import NoiseGuard
 from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, REGIMES, check_regime, clock_for
 from fxfusion.planning.analyze import Analysis
 from fxfusion.planning.candidates import OPTIONAL, PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, has_conv2d
-from fxfusion.planning.incontext import measure_in_compiled_context
+from fxfusion.planning.incontext import measure_in_compiled_context, measure_in_eager_context
 from fxfusion.planning.insitu import CHANNELS_LAST, INSITU_BUDGET_S, MODEL, measure_overhead
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.verify import VerificationResult, verify_plan
@@ -141,7 +141,8 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
                      profile: Profile | None = None, include_compile: bool = True,
                      compile_modes: tuple[str, ...] = ("default",), compiled_regime: bool | None = None,
                      insitu_budget_s: float = INSITU_BUDGET_S, extra: tuple[str, ...] = OPTIONAL,
-                     compiled_context: bool | None = None) -> tuple[FusionPlan, VerificationResult]:
+                     compiled_context: bool | None = None,
+                     eager_context: bool = True) -> tuple[FusionPlan, VerificationResult]:
     """``analyze --apply``: the analysis's ``fuse`` sites planned (from its live timings, or from ``profile``), each
     group's saving predicted inside the model, the captured graph's overhead charged, the plan applied and verified
     against float64 and timed end to end beside the candidates (whole-model compile in ``compile_modes``, the plan
@@ -153,7 +154,9 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
     compiles of the model: too slow for a CPU by default): each class of groups with the whole model compiled around
     it (``compiled_context``, default on with the compiled regime; one whole-model compile a class, within
     ``insitu_budget_s``), and each group's region compiled on its own where its class was not (2 compiles a group,
-    within the same budget again)."""
+    within the same budget again).  ``eager_context`` measures each class of groups applied alone to the model run
+    eagerly (:func:`fxfusion.planning.incontext.measure_in_eager_context`, one timing run, no compiles), from which
+    the planned candidate is predicted; without it, from the regions."""
     if profile is None:  # live timings: the plan keeps each site's measured baseline and saving
         fusion_plan = FusionPlan.from_analysis(analysis, device=device)
     else:
@@ -166,6 +169,9 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
                                  budget_s=insitu_budget_s)
     note_in_model(analysis, fusion_plan)
     fusion_plan.require_saving_over(overhead)
+    if eager_context and fusion_plan.groups:
+        fusion_plan.warnings += measure_in_eager_context(fusion_plan, model, example_inputs, device,
+                                                         budget_s=insitu_budget_s)
     regime_compiled = is_cuda(device) if compiled_regime is None else compiled_regime
     if include_compile and regime_compiled and fusion_plan.groups:
         compiled_regime_timings(fusion_plan, model, example_inputs, device, extra, insitu_budget_s,

@@ -37,7 +37,8 @@ from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPIL
                                          PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, Built, ChannelsLast,
                                          CompiledPrediction, attach_predictions, choose, compile_model, compile_name,
                                          has_conv2d, reset_compiled_state)
-from fxfusion.planning.insitu import CHANNELS_LAST, COMPILED_REGION, MODEL, model_clock
+from fxfusion.planning.incontext import compiled_prediction
+from fxfusion.planning.insitu import CHANNELS_LAST, EAGER, MODEL, model_clock
 from fxfusion.planning.rewrite import captured_module
 from fxfusion.measure.profiling import cupti_warning
 from fxfusion.measure.stats import paired_fraction, speedup, summarize
@@ -94,10 +95,15 @@ class VerificationResult:
     planned_verdict: str | None  # fuse (faster) | neutral | avoid (slower), from the planned speedup's interval
     warnings: list[str] = field(default_factory=list)
     timing: str = ""  # the clock's regime: cpu, or on CUDA pipelined / isolated
-    prediction: str = ""  # where the groups' savings came from: in_model | library (FusionPlan.prediction)
+    prediction: str = ""  # where the savings came from: in_context | in_model | mixed | library (FusionPlan.prediction)
     # The same prediction from the pattern library's standalone timings, when the plan also has in-model ones.
     library_predicted_saving_ms: float | None = None
     library_prediction_error_pct: float | None = None
+    # With prediction "in_context" (each class of rewrites applied alone to the model, the rest eager): whether eager
+    # ran at the speed it was predicted at (candidates.HOST_MOVED), and the regions' own prediction beside it.
+    prediction_comparable: bool | None = None
+    regions_predicted_saving_ms: float | None = None
+    regions_prediction_error_pct: float | None = None
     # The same comparison in fractions of the original model's time, each measured paired per round with the model
     # (stats.paired_fraction), so a host whose speed drifts between the plan and this run does not bias it:
     # predicted = the groups' in-model fractions less the overhead's; measured = (original - planned) / original.
@@ -171,32 +177,6 @@ def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: s
             failures.append(f"output {i} ({dtype_name(g.dtype)}) has relative error {err:.3g}, "
                             f"over the {limit:.1e} limit")
     return checks, "; ".join(failures)
-
-
-def compiled_prediction(groups: list, layout: str = MODEL) -> CompiledPrediction | None:
-    """A planned + compile candidate's predicted saving over its compiled control, and what it rests on: per group,
-    its share of its class's saving measured with the whole model compiled (``in_context[layout]``,
-    :mod:`fxfusion.planning.incontext`), else its region's saving timed compiled (``in_compiled_model``, or
-    ``in_compiled_channels_last`` in that layout), plus, in channels-last layout, what the captured graph saves over
-    the user's module (``capture_ms``: that candidate's base is the module).  The basis is "whole model" when every
-    group had the first (then the fraction of the base's time too), "regions" when none did, else "mixed"; None
-    unless every group has one or the other."""
-    contexts = [(getattr(g, "in_context", None) or {}).get(layout) for g in groups]
-    regions = [getattr(g, COMPILED_REGION[layout], None) for g in groups]
-    if not groups or not all(c or r for c, r in zip(contexts, regions)):
-        return None
-    first = next((c for c in contexts if c), {})
-    ms = sum((c or r)["saving_ms"] for c, r in zip(contexts, regions)) + first.get("capture_ms", 0.0)
-    if all(contexts):  # fractions of the control's time; in channels-last the base is the module, capture x slower
-        def of_base(key: str, capture_key: str) -> float:
-            capture = first.get(capture_key, 0.0)
-            return (sum(c[key] for c in contexts) + capture) / (1 + capture)
-
-        floor = of_base("floor_fraction", "capture_floor_fraction") if all("floor_fraction" in c for c in contexts) \
-            else None
-        base_ms = first["control_ms"] * (1 + first.get("capture_fraction", 0.0)) if first.get("control_ms") else None
-        return CompiledPrediction(ms, "whole model", of_base("fraction", "capture_fraction"), base_ms, floor)
-    return CompiledPrediction(ms, "mixed" if any(contexts) else "regions")
 
 
 def _kept(plan, layout: str) -> list:
@@ -348,6 +328,9 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     sp = planned_t.speedup
     ci = (eager_ms * (1 - 1 / sp["ci_low"]), eager_ms * (1 - 1 / sp["ci_high"]))
     known = [g.predicted_saving_ms for g in plan.groups if g.id in applied and g.predicted_saving_ms is not None]
+    applied_groups = [g for g in plan.groups if g.id in applied]
+    in_context = (compiled_prediction(applied_groups, EAGER) if applied_groups
+                  and all((getattr(g, "in_context", None) or {}).get(EAGER) for g in applied_groups) else None)
     predicted = None
     if not applied:
         predicted = 0.0  # the planned model is a copy of the original
@@ -357,28 +340,38 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         result_warnings.append(f"{len(applied) - len(known)} applied group(s) have no predicted saving")
     if applied and plan.overhead_ms is None:
         result_warnings.append("the plan did not measure the captured graph's overhead; the prediction omits it")
+    source, regions, regions_error, comparable = getattr(plan, "prediction", "library"), None, None, None
+    if in_context is not None:  # each class applied alone with the rest eager: the regions' sum is shown beside it
+        regions, predicted, source = predicted, in_context.ms(eager_ms), "in_context"
+        comparable = in_context.comparable(eager_ms)
+        if regions is not None and measured != 0:
+            regions_error = 100.0 * (regions - measured) / abs(measured)
     error_pct = error_of_eager = library = library_error = None
     if predicted is not None and applied:  # with nothing applied there is no prediction to check
         error_of_eager = 100.0 * (predicted - measured) / eager_ms
         error_pct = 100.0 * (predicted - measured) / abs(measured) if measured != 0 else None
         lib = [g.library_saving_ms for g in plan.groups if g.id in applied and g.library_saving_ms is not None]
-        if getattr(plan, "prediction", "library") == "in_model" and len(lib) == len(applied):
+        if source in ("in_model", "in_context") and len(lib) == len(applied):
             library = sum(lib) - (plan.overhead_ms or 0.0)
             library_error = 100.0 * (library - measured) / abs(measured) if measured != 0 else None
     measured_f = paired_fraction(eager_s, samples.seconds["planned"], eager_s)
     predicted_f = plan.fraction_of(applied) if applied and hasattr(plan, "fraction_of") else None
+    if in_context is not None:
+        predicted_f = in_context.fraction
     fraction_error = None
     if predicted_f is not None and measured_f.median != 0:
         fraction_error = 100.0 * (predicted_f - measured_f.median) / abs(measured_f.median)
     choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, built)
-    attach_predictions(choice, predicted if applied else None, planned_compile_pred, planned_layout_pred)
+    attach_predictions(choice, (in_context or predicted) if applied else None, planned_compile_pred,
+                       planned_layout_pred)
     ok = not failure
     reason = failure or (f"outputs match the {ref_name} reference; planned model "
                          f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
     return VerificationResult(ok, reason, str(device), ref_name, checks, rewrites, timings, predicted, measured, ci,
                               error_pct, error_of_eager, planned_t.verdict, result_warnings,
                               timing=getattr(clock, "mode", str(clock.device)),
-                              prediction=getattr(plan, "prediction", "library"),
+                              prediction=source, prediction_comparable=comparable,
+                              regions_predicted_saving_ms=regions, regions_prediction_error_pct=regions_error,
                               library_predicted_saving_ms=library, library_prediction_error_pct=library_error,
                               predicted_fraction=predicted_f, measured_fraction=measured_f.median,
                               measured_fraction_ci=(measured_f.ci_low, measured_f.ci_high),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fxfusion.measure.stats import interval_text
+from fxfusion.planning.candidates import HOST_MOVED
 from fxfusion.planning.verify import VerificationResult
 
 
@@ -103,8 +104,10 @@ def prediction_cell(p: dict[str, Any] | None) -> str:
     return (f"{pred} / {p['measured_saving_ms']:.4f} over {p['over']}"
             + ("" if p.get("error_pct") is None else f" ({p['error_pct']:+.0f}%)")
             + (", regions timed in the model's layout" if p.get("layout") == "model layout" else "")
-            + {"whole model": ", measured with the whole model compiled", "regions": ", from regions compiled alone",
-               "mixed": ", partly from regions compiled alone"}.get(p.get("basis"), "")
+            + {"whole model": ", measured with the whole model" + (" run eagerly" if p.get("over") == "eager"
+                                                                      else " compiled"),
+               "regions": ", from regions compiled alone", "mixed": ", partly from regions compiled alone"}.get(
+                p.get("basis"), "")
             + ("" if p.get("comparable", True) else f"; not comparable: its base ran {p['base_ms_predicted']:.4f} ms "
                f"when predicted and {p['base_ms']:.4f} ms here (the host's speed moved)")
             + ("" if p.get("floor_error_pct") is None else
@@ -112,7 +115,8 @@ def prediction_cell(p: dict[str, Any] | None) -> str:
                f"({p['floor_error_pct']:+.0f}%)"))
 # Which prediction a number is: the report's summary has the per-site library estimate, the verification an
 # in-model one; each sentence names its own, so two different "predicted" figures on one page are never confused.
-_SOURCES = {"in_model": " in the model (each group's region timed inside the model)",
+_SOURCES = {"in_context": " with the whole model (each class of rewrites applied alone to the model, run eagerly)",
+            "in_model": " in the model (each group's region timed inside the model)",
             "library": " from the pattern library (each group's standalone timings)",
             "mixed": " in the model (groups timed inside the model; the library's timings for the others)"}
 
@@ -141,6 +145,12 @@ def prediction_lines(v: dict[str, Any], digits: int = 4) -> list[str]:
         lines.append(f"as fractions of the original's time, paired per round: predicted {v['predicted_fraction']:.1%}, "
                      f"measured {v['measured_fraction']:.1%} [{flo:.1%}, {fhi:.1%}]; "
                      f"error {_pct(v.get('fraction_error_pct'))}")
+    if v.get("prediction_comparable") is False:
+        lines.append(f"not comparable: the original ran over {HOST_MOVED}x faster or slower here than when the "
+                     "prediction was measured (the host's speed moved)")
+    if v.get("regions_predicted_saving_ms") is not None:
+        lines.append(f"the groups' regions timed inside the model predicted {v['regions_predicted_saving_ms']:{ms}} ms "
+                     f"(error {_pct(v.get('regions_prediction_error_pct'))})")
     if v.get("library_predicted_saving_ms") is not None:
         lines.append(f"the pattern library alone (the groups' standalone timings) predicted "
                      f"{v['library_predicted_saving_ms']:{ms}} ms "
