@@ -8,7 +8,9 @@ shuffled order per round:
     rounds; the batch size per sample chosen by ``measure``: recorded);
   - ``measure, 50 per sample``: the same with the batch size fixed at the plain loop's 50 calls;
   - ``clock, 50 per sample``: the pipelined clock's ``sample(fn, 50)``, three per callable, alternating;
-  - ``plain loop``: bench_baseline's plain loop (two CUDA events around 50 calls, three per callable).
+  - ``plain loop``: bench_baseline's plain loop (two CUDA events around 50 calls, three per callable);
+  - ``plain loop, gc off``: the same with Python's garbage collector off for the block (``timeit``'s default): after
+    an analysis the process holds far more tracked objects than a fresh one, and each full collection walks them all.
 
     python benchmarks/probe_timing_gap.py models/zoo/hf_llama.py:decode --device cuda --dtype bfloat16 --json raw.json
 """
@@ -16,6 +18,7 @@ shuffled order per round:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import statistics
@@ -35,7 +38,7 @@ from fxfusion.graph.loader import load_model  # noqa: E402
 from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.planning.insitu import model_clock  # noqa: E402
 
-SOURCES = ("measure", "measure, 50 per sample", "clock, 50 per sample", "plain loop")
+SOURCES = ("measure", "measure, 50 per sample", "clock, 50 per sample", "plain loop", "plain loop, gc off")
 
 
 def main() -> None:
@@ -47,9 +50,12 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--analyze-first", action="store_true",
                     help="first analyse and verify the model in this process, as bench_baseline's step 1 does")
+    ap.add_argument("--candidates", default="none", help="with --analyze-first: the extra candidates verified")
+    ap.add_argument("--insitu-budget-s", type=float, default=20.0, help="with --analyze-first: the in-model budget")
     args = ap.parse_args()
     if args.analyze_first:
-        loaded = fxfusion_figure(args.model, args.device, args.dtype)["loaded"]
+        loaded = fxfusion_figure(args.model, args.device, args.dtype, candidates=args.candidates,
+                                 compiled_regime=False, insitu_budget_s=args.insitu_budget_s)["loaded"]
     else:
         loaded = load_model(args.model, device=args.device,
                             dtype=dtype_record(args.dtype).torch if args.dtype else None)
@@ -59,7 +65,8 @@ def main() -> None:
     print(f"# probe_timing_gap, {args.model}, torch {torch.__version__}, {args.device} "
           f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), dtype {args.dtype}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.rounds} interleaved rounds"
-          f"{', after analysing and verifying it in this process' if args.analyze_first else ''}", flush=True)
+          f"{', after analysing and verifying it in this process' if args.analyze_first else ''}, "
+          f"{len(gc.get_objects())} objects tracked by the garbage collector", flush=True)
     for r in range(args.rounds):
         order = list(SOURCES)
         rng.shuffle(order)
@@ -69,8 +76,14 @@ def main() -> None:
                 got, extra = fxfusion_block(fns, clock, None if src == "measure" else CALLS)
             elif src.startswith("clock"):
                 got = clock_block(fns, clock)
-            else:
+            elif src == "plain loop":
                 got = plain_block(fns, args.device)
+            else:
+                gc.disable()
+                try:
+                    got = plain_block(fns, args.device)
+                finally:
+                    gc.enable()
             for k in fns:
                 out[src][k] += got[k]
             blocks.append({"round": r, "source": src, "samples_ms": got, **extra})
