@@ -13,7 +13,10 @@ the planned model, and each class of the plan's groups (one pattern and variant)
 prints the planned saving as a fraction of eager's time three ways: measured (paired per round), predicted from the
 regions (the plan's ``predicted_fraction``), and predicted from the classes (what capturing saves plus each class's
 saving over the captured graph, each paired per round), with each side's fastest rounds (10th percentiles) too.
-It only measures; it changes nothing in the plan.
+It only measures; it changes nothing in the plan.  Its first run (H200, 2026-12-01 11:24 UTC,
+docs/results/h200-2026-12-01e: regions +17% / +47%, classes -3% / -20%) led to the classes becoming the product's
+prediction of the planned candidate (:func:`fxfusion.planning.incontext.measure_in_eager_context`, fc2e3df); the
+probe stays as the check that compares the two from one run.
 
     python3 benchmarks/probe_eager_context.py models/zoo/hf_gpt2.py:bench --device cuda --dtype bfloat16
 """
