@@ -103,6 +103,7 @@ def prediction_cell(p: dict[str, Any] | None) -> str:
     pred = "-" if p.get("predicted_saving_ms") is None else f"{p['predicted_saving_ms']:.4f}"
     return (f"{pred} / {p['measured_saving_ms']:.4f} over {p['over']}"
             + ("" if p.get("error_pct") is None else f" ({p['error_pct']:+.0f}%)")
+            + (UNPREDICTED if pred == "-" and p["over"] != "eager" else "")
             + (", regions timed in the model's layout" if p.get("layout") == "model layout" else "")
             + {"whole model": ", measured with the whole model" + (" run eagerly" if p.get("over") == "eager"
                                                                       else " compiled"),
@@ -113,6 +114,11 @@ def prediction_cell(p: dict[str, Any] | None) -> str:
             + ("" if p.get("floor_error_pct") is None else
                f"; fastest rounds: {p['predicted_floor_fraction']:.1%} / {p['measured_floor_fraction']:.1%} of the base "
                f"({p['floor_error_pct']:+.0f}%)"))
+# A compiled candidate without a prediction: some applied group was timed neither in its class with the whole model
+# compiled nor as a region compiled alone -- the compiled regime was off (the CPU's default), or the in-model budget
+# ran out first (resnet50 on the H200 with a 30 s budget, 2026-12-02 00:03 UTC).
+UNPREDICTED = (", not predicted: its groups were not all timed compiled (the compiled regime off, --compiled-regime; "
+               "or the in-model budget spent, --insitu-budget-s: the warnings name the groups)")
 # Which prediction a number is: the report's summary has the per-site library estimate, the verification an
 # in-model one; each sentence names its own, so two different "predicted" figures on one page are never confused.
 _SOURCES = {"in_context": " with the whole model (each class of rewrites applied alone to the model, run eagerly)",
