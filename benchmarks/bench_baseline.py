@@ -189,6 +189,16 @@ def fxfusion_figure(spec: str, device: str, dtype: str | None, candidates: str =
             "cupti": [w for w in verification.warnings if "CUPTI" in w], "loaded": loaded}
 
 
+def probe_model(spec: str, device: str, dtype: str | None, analyze_first: bool = False, candidates: str = "none",
+                insitu_budget_s: float = 20.0):
+    """The probes' model (probe_timing_gap, probe_gc): loaded, or with ``analyze_first`` analysed and verified in this
+    process first, as step 1 is (module doc), without the compiled regime."""
+    if analyze_first:
+        return fxfusion_figure(spec, device, dtype, candidates=candidates, compiled_regime=False,
+                               insitu_budget_s=insitu_budget_s)["loaded"]
+    return load_model(spec, device=device, dtype=dtype_record(dtype).torch if dtype else None)
+
+
 def interleaved(spec: str, loaded, device: str, dtype: str | None, rounds: int = ROUNDS,
                 pin: str | None = None) -> dict[str, dict]:
     """Step 3 (module doc): per source (fresh process, fxfusion's timing, plain loop here), per callable, the ms

@@ -23,10 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from bench_baseline import fxfusion_figure  # noqa: E402
+from bench_baseline import probe_model, user_fns  # noqa: E402
 
-from fxfusion.graph.loader import load_model  # noqa: E402
-from fxfusion.measure.devices import dtype as dtype_record, synchronize  # noqa: E402
+from fxfusion.measure.devices import synchronize  # noqa: E402
 
 
 def main() -> None:
@@ -37,20 +36,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--analyze-first", action="store_true")
     args = ap.parse_args()
-    if args.analyze_first:
-        loaded = fxfusion_figure(args.model, args.device, args.dtype, candidates="none", compiled_regime=False,
-                                 insitu_budget_s=20.0)["loaded"]
-    else:
-        loaded = load_model(args.model, device=args.device,
-                            dtype=dtype_record(args.dtype).torch if args.dtype else None)
-    model, inputs = loaded.model, loaded.example_inputs
-    compiled = torch.compile(model)
-    fns = {"eager": lambda: model(*inputs), "compile": lambda: compiled(*inputs)}
-    with torch.no_grad():
-        for fn in fns.values():
-            for _ in range(5):
-                fn()
-    synchronize(args.device)
+    loaded = probe_model(args.model, args.device, args.dtype, args.analyze_first)
+    fns = user_fns(loaded.model, loaded.example_inputs, args.device)  # the model and its compile, warmed
     stats: dict[int, list] = {}
     started = [0.0]
 

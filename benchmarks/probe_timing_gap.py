@@ -32,10 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from bench_baseline import CALLS, clock_block, fxfusion_block, fxfusion_figure, plain_block, user_fns  # noqa: E402
+from bench_baseline import CALLS, clock_block, fxfusion_block, plain_block, probe_model, user_fns  # noqa: E402
 
-from fxfusion.graph.loader import load_model  # noqa: E402
-from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.planning.insitu import model_clock  # noqa: E402
 
 SOURCES = ("measure", "measure, 50 per sample", "clock, 50 per sample", "plain loop", "plain loop, gc off")
@@ -53,12 +51,7 @@ def main() -> None:
     ap.add_argument("--candidates", default="none", help="with --analyze-first: the extra candidates verified")
     ap.add_argument("--insitu-budget-s", type=float, default=20.0, help="with --analyze-first: the in-model budget")
     args = ap.parse_args()
-    if args.analyze_first:
-        loaded = fxfusion_figure(args.model, args.device, args.dtype, candidates=args.candidates,
-                                 compiled_regime=False, insitu_budget_s=args.insitu_budget_s)["loaded"]
-    else:
-        loaded = load_model(args.model, device=args.device,
-                            dtype=dtype_record(args.dtype).torch if args.dtype else None)
+    loaded = probe_model(args.model, args.device, args.dtype, args.analyze_first, args.candidates, args.insitu_budget_s)
     fns, clock = user_fns(loaded.model, loaded.example_inputs, args.device), model_clock(args.device)
     out = {src: {k: [] for k in fns} for src in SOURCES}
     blocks, rng = [], random.Random(0)
