@@ -25,7 +25,8 @@ those CPUs (the host switches speed less often on one pinned core, docs/results.
 second table gives whole-model compile's gain over eager per source, and fxfusion's over the fresh process's: the
 figure a speedup claim rests on, which holds even where the two processes run at different absolute speeds (on the
 2-core CPU the fresh process read 6-18% slower than both sources in the parent, while the gains agreed within 2%).
-``--from-json FILE`` reprints both tables from a run's raw blocks.  ``--candidates none --no-compiled-regime`` makes
+``--from-json FILE`` reprints both tables from a run's raw blocks (the statistics: :mod:`fxfusion.measure.fidelity`;
+the tables: :mod:`fxfusion.reports.fidelity`).  ``--candidates none --no-compiled-regime`` makes
 step 1 cheaper (eager, compile and planned only): on the H200 (2026-12-01 05:21 UTC) the full step 1 and the fresh
 process's start took 100 s for Llama decode, and resnet50's had not finished 205 s later, so three models did not fit
 a device call.
@@ -55,24 +56,10 @@ sys.path.insert(0, str(ROOT))
 from fxfusion.graph.loader import load_model  # noqa: E402
 from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.measure.devices import synchronize  # noqa: E402
-from fxfusion.measure.stats import Speedup, median_interval  # noqa: E402
+from fxfusion.measure.fidelity import SOURCES, adjacent_pair_order, cpulist  # noqa: E402
+from fxfusion.reports.fidelity import HEADER, SPEEDUP_HEADER, rows  # noqa: E402
 
-TARGET = 0.05
 CALLS, WARM_S, ROUNDS = 50, 2.0, 10
-# "fxfusion clock, plain blocks" is fxfusion's pipelined clock (CudaClock.sample) around the plain loop's blocks of
-# CALLS calls, three per callable, alternating: where fxfusion's timing and the plain loop disagree, it tells the
-# clock from measure()'s schedule (batch size, warm-up, shuffled order).
-SOURCES = ("fresh process", "fxfusion timing", "fxfusion clock, plain blocks", "plain loop here")
-PAIR = ("fresh process", "fxfusion timing")  # taken next to each other in every round (adjacent_pair_order)
-
-
-def cpulist(text: str) -> set[int]:
-    """'3' or '2-5,8' -> the CPUs it names."""
-    out = set()
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 def plain_loop(fns: dict, device: str, repeats: int = 3, warm_s: float = WARM_S) -> dict:
@@ -189,16 +176,6 @@ def fxfusion_figure(spec: str, device: str, dtype: str | None, candidates: str =
             "cupti": [w for w in verification.warnings if "CUPTI" in w], "loaded": loaded}
 
 
-def probe_model(spec: str, device: str, dtype: str | None, analyze_first: bool = False, candidates: str = "none",
-                insitu_budget_s: float = 20.0):
-    """The probes' model (probe_timing_gap, probe_gc): loaded, or with ``analyze_first`` analysed and verified in this
-    process first, as step 1 is (module doc), without the compiled regime."""
-    if analyze_first:
-        return fxfusion_figure(spec, device, dtype, candidates=candidates, compiled_regime=False,
-                               insitu_budget_s=insitu_budget_s)["loaded"]
-    return load_model(spec, device=device, dtype=dtype_record(dtype).torch if dtype else None)
-
-
 def interleaved(spec: str, loaded, device: str, dtype: str | None, rounds: int = ROUNDS,
                 pin: str | None = None) -> dict[str, dict]:
     """Step 3 (module doc): per source (fresh process, fxfusion's timing, plain loop here), per callable, the ms
@@ -239,31 +216,6 @@ def interleaved(spec: str, loaded, device: str, dtype: str | None, rounds: int =
         child.wait(timeout=60)
 
 
-def adjacent_pair_order(rng: random.Random) -> list[str]:
-    """One round's order of the sources: shuffled, with the two a ratio compares (fresh process, fxfusion timing)
-    next to each other, in a shuffled order, so a per-round ratio compares blocks taken within a second."""
-    pair, rest = list(PAIR), [s for s in SOURCES if s not in PAIR]
-    rng.shuffle(pair)
-    rng.shuffle(rest)
-    at = rng.randrange(len(rest) + 1)
-    return rest[:at] + pair + rest[at:]
-
-
-def paired_ratio(blocks: list[dict], kind: str | None) -> Speedup | None:
-    """Per round, fxfusion timing's block median over the fresh process's (taken next to each other); their median
-    with a bootstrap interval.  ``kind`` None: the same for compile's gain over eager (eager's block median over
-    compile's, each block's eager and compile samples alternating).  A host that switches speed every few seconds (the lent H200) moves both blocks of a
-    round alike, where it makes each source's pooled samples bimodal and their medians' ratio wander."""
-    per_round: dict[int, dict[str, float]] = {}
-    for b in blocks:
-        got = b["samples_ms"]
-        if b["source"] in PAIR and (got.get(kind) if kind else got.get("eager") and got.get("compile")):
-            per_round.setdefault(b["round"], {})[b["source"]] = (
-                statistics.median(got[kind]) if kind else statistics.median(got["eager"]) / statistics.median(got["compile"]))
-    ratios = [r[PAIR[1]] / r[PAIR[0]] for r in per_round.values() if len(r) == 2]
-    return median_interval(ratios) if ratios else None
-
-
 def _last_json(child, log) -> str:
     while True:
         line = child.stdout.readline()
@@ -273,56 +225,6 @@ def _last_json(child, log) -> str:
             raise RuntimeError(f"the fresh process ended before answering: {last}")
         if line.startswith("{"):
             return line
-
-
-HEADER = ("| model | candidate | verification ms (earlier) | fxfusion timing ms | fxfusion clock, plain blocks ms | "
-          "plain loop here ms | fresh process ms | fxfusion / fresh, medians | fxfusion / fresh, paired per round "
-          "[95% CI] | within 5% (paired) | fresh process, first half / second half |"
-          "\n|---|---|---|---|---|---|---|---|---|---|---|")
-SPEEDUP_HEADER = ("| model | compile over eager: fxfusion timing | plain loop here | fresh process | fxfusion / fresh, "
-                  "medians | fxfusion / fresh, paired per round [95% CI] | within 5% (paired) |"
-                  "\n|---|---|---|---|---|---|---|")
-
-
-def by_source(blocks: list[dict]) -> dict[str, dict[str, list[float]]]:
-    """Source -> callable -> every ms sample of ``blocks`` (the raw blocks, as ``--json`` keeps them)."""
-    out = {src: {"eager": [], "compile": []} for src in SOURCES}
-    for b in blocks:
-        for k, v in b["samples_ms"].items():
-            out.setdefault(b["source"], {}).setdefault(k, []).extend(v)
-    return out
-
-
-def rows(spec: str, verification_ms: dict, blocks: list[dict]) -> tuple[list[str], str]:
-    """The main table's two rows for ``spec`` and its row of the speedup table.  The second asks the question a
-    speedup claim rests on: is whole-model compile's gain over eager the same in fxfusion's timing as in a fresh
-    process -- whether or not the fresh process runs at the same absolute speed."""
-    samples = by_source(blocks)
-    med = {src: {k: statistics.median(v) for k, v in samples[src].items() if v} for src in SOURCES}
-    out = []
-    for kind in ("compile", "eager"):
-        fresh = samples["fresh process"][kind]
-        half = len(fresh) // 2
-        ratio = med["fxfusion timing"][kind] / med["fresh process"][kind]
-        paired = paired_ratio(blocks, kind)
-        verify_ms = verification_ms.get(kind)
-        out.append(f"| {spec} | {kind} | {'-' if verify_ms is None else f'{verify_ms:.4f}'} | "
-                   f"{med['fxfusion timing'][kind]:.4f} | {med['fxfusion clock, plain blocks'][kind]:.4f} | "
-                   f"{med['plain loop here'][kind]:.4f} | {med['fresh process'][kind]:.4f} | "
-                   f"{ratio:.3f} | {_paired_text(paired)} | "
-                   f"{'-' if paired is None else 'yes' if abs(paired.median - 1) <= TARGET else 'NO'} | "
-                   f"{statistics.median(fresh[:half]):.4f} / {statistics.median(fresh[half:]):.4f} |")
-    gain = {src: med[src]["eager"] / med[src]["compile"] for src in ("fxfusion timing", "plain loop here",
-                                                                        "fresh process")}
-    q, pq = gain["fxfusion timing"] / gain["fresh process"], paired_ratio(blocks, None)
-    speedup = (f"| {spec} | {gain['fxfusion timing']:.3f} | {gain['plain loop here']:.3f} | "
-               f"{gain['fresh process']:.3f} | {q:.3f} | {_paired_text(pq)} | "
-               f"{'-' if pq is None else 'yes' if abs(pq.median - 1) <= TARGET else 'NO'} |")
-    return out, speedup
-
-
-def _paired_text(p: Speedup | None) -> str:
-    return "-" if p is None else f"{p.median:.3f} [{p.ci_low:.3f}, {p.ci_high:.3f}]"
 
 
 def main() -> None:

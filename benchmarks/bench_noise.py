@@ -17,6 +17,7 @@ reference for the target below (on the 2-core CPU they agreed in 74-95% of the v
 Targets (issue 13): 0 flips, >= 90% agreement.  With --out, the log and both runs' profiles and analyses go there.
 Disagreements are also counted by the idle speedup: one within +-CONTENDED_MIN_EFFECT (10%) of 1 is an effect no
 contended measurement may call fuse or avoid (docs/decisions.md, "Noise"); the count is shown, not subtracted.
+The comparison itself: :mod:`fxfusion.reports.stability`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fxfusion.reports.stability import compare, verdicts  # noqa: E402
 
 # Patterns whose fused variants run on a CPU without torch.compile (rmsnorm's does not: a verdict without a measurement)
 PATTERNS = "linear_bias_relu,conv2d_bn_relu,conv1d_bn,causal_attention"
@@ -68,43 +73,6 @@ class SyntheticLoad:
             if p.is_alive():
                 p.terminate()
         return None
-
-
-def verdicts(profile, analysis: dict) -> dict[str, dict]:
-    """key -> {"verdict", "noisy"}: every calibration entry in both regimes, every decided site of the analysis."""
-    out = {}
-    for e in profile.entries:
-        for regime in e.regimes():
-            d = e.decision_for(regime)
-            out[f"calibrate {e.key()} [{regime}]"] = {"verdict": d.verdict, "noisy": d.noisy,
-                                                      "speedup": d.speedup.median if d.speedup else None}
-    for s in analysis["sites"]:
-        if s["verdict"] in ("fuse", "neutral", "avoid"):
-            noisy = bool((s.get("decision") or {}).get("noisy"))
-            out[f"analyze {s['id']} {s['pattern']} [{analysis['metadata'].get('regime')}]"] = {
-                "verdict": s["verdict"], "noisy": noisy, "speedup": (s.get("speedup") or {}).get("median")}
-    return out
-
-
-def compare(idle: dict[str, dict], loaded: dict[str, dict]) -> dict:
-    """Rows (key, idle, loaded, outcome) for the keys both runs decided, with agreement, flips, and how many
-    disagreements the idle run measured within the contended zone (``within_zone``)."""
-    from fxfusion.measure.noise import CONTENDED_MIN_EFFECT
-
-    rows, agree, flips, within_zone = [], 0, 0, 0
-    for key in [k for k in idle if k in loaded]:
-        a, b = idle[key]["verdict"], loaded[key]["verdict"]
-        outcome = "agree" if a == b else "FLIP" if {a, b} == {"fuse", "avoid"} else "differ"
-        agree += outcome == "agree"
-        flips += outcome == "FLIP"
-        x = idle[key].get("speedup")
-        within_zone += outcome == "differ" and x is not None and abs(x - 1.0) <= CONTENDED_MIN_EFFECT
-        rows.append((key, a + (" (noisy)" if idle[key]["noisy"] else ""),
-                     b + (" (noisy)" if loaded[key]["noisy"] else ""), outcome))
-    n = len(rows)
-    return {"rows": rows, "n": n, "agree": agree, "flips": flips, "agreement": agree / n if n else 0.0,
-            "within_zone": within_zone,
-            "only_one_run": sorted(set(idle) ^ set(loaded))}
 
 
 def one_run(label: str, patterns: str, model: str, rounds: int, out: Path | None) -> tuple[dict, dict]:

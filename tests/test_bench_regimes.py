@@ -1,28 +1,18 @@
-"""benchmarks/bench_regimes.py's pure logic on the CPU: the do_bench-style probe under a fake timer, and how cells,
-the +-20% share and the direction agreement are counted (the CUDA run itself is prepared for the GPU machine)."""
+"""The regimes check on the CPU (fxfusion.reports.regimes_check, run by benchmarks/bench_regimes.py): the
+do_bench-style probe (fxfusion.measure.probe) under a fake timer, how cells, the +-20% share and the direction
+agreement are counted, and a run cut short and resumed (the CUDA run itself is prepared for the GPU machine)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
+from fxfusion.measure import probe as probe_module
 from fxfusion.profiles.profile import Profile
+from fxfusion.reports import regimes_check as check
 from tests.helpers import RegimeClock, fake_entry
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_regimes", ROOT / "benchmarks" / "bench_regimes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 class FakeTimer:
@@ -38,13 +28,13 @@ class FakeTimer:
         return self.per_call + self.launch / n
 
 
-def test_probe_sizes_batches_to_the_target_and_takes_the_median(bench):
+def test_probe_sizes_batches_to_the_target_and_takes_the_median():
     timer = FakeTimer(per_call=1e-5, launch=1e-5)
     calls = []
-    per_call = bench.probe(lambda: calls.append(1), timer, reps=5, batch_s=0.002, warmup=2)
+    per_call = probe_module.probe(lambda: calls.append(1), timer, reps=5, batch_s=0.002, warmup=2)
     assert timer.batches[:3] == [1, 1, 1] and timer.batches[3:] == [100] * 5  # 2 ms / (10 + 10 us)
     assert per_call == pytest.approx(1e-5 + 1e-7) and len(calls) == 2 + 3 * 1 + 5 * 3
-    assert "triton" not in bench.__dict__  # the probe needs no Triton
+    assert "triton" not in probe_module.__dict__  # the probe needs no Triton
 
 
 def _profile(monkeypatch, costs):
@@ -52,35 +42,35 @@ def _profile(monkeypatch, costs):
                    entries=[fake_entry(monkeypatch, costs, RegimeClock(costs, noise=0.001))])
 
 
-def test_cells_compare_the_pipelined_median_with_the_probe_and_the_verdict_with_its_direction(bench, monkeypatch):
+def test_cells_compare_the_pipelined_median_with_the_probe_and_the_verdict_with_its_direction(monkeypatch):
     # pipelined: eager 10 us, compile 5 us (fuse); isolated 30 us / 20 us
     profile = _profile(monkeypatch, {"eager": (3e-5, 1e-5), "compile": (2e-5, 5e-6)})
     key = profile.entries[0].key()
-    cells = bench.compare_cells(profile, {key: {"eager": 0.0105, "compile": 0.0062}})
+    cells = check.compare_cells(profile, {key: {"eager": 0.0105, "compile": 0.0062}})
     eager, comp = cells
     assert (eager.variant, eager.within, eager.isolated_within, eager.direction) == ("eager", True, False, None)
     assert comp.within and comp.pipelined_verdict == "fuse" and comp.probe_speedup == pytest.approx(0.0105 / 0.0062)
     assert comp.direction == "agree"
-    s = bench.summary(cells)
+    s = check.summary(cells)
     assert (s["cells"], s["within_share"], s["directed_cells"], s["direction_agreement"], s["ok"]) == \
         (2, 1.0, 1, 1.0, True)
     # a probe that says the fusion is slower: the pipelined fuse disagrees; one 40% off is outside +-20%
-    cells = bench.compare_cells(profile, {key: {"eager": 0.0105, "compile": 0.014}})
+    cells = check.compare_cells(profile, {key: {"eager": 0.0105, "compile": 0.014}})
     assert cells[1].direction == "disagree" and not cells[1].within
-    assert not bench.summary(cells)["ok"]
+    assert not check.summary(cells)["ok"]
     # inside 0.9-1.1 a probe has no direction; entries without probes are left out
-    assert bench.compare_cells(profile, {key: {"eager": 0.0105, "compile": 0.010}})[1].direction is None
-    assert bench.compare_cells(profile, {}) == []
-    assert any("target >= 90%" in line for line in bench.summary_lines(s)) and len(bench.rows(cells)) == 3
+    assert check.compare_cells(profile, {key: {"eager": 0.0105, "compile": 0.010}})[1].direction is None
+    assert check.compare_cells(profile, {}) == []
+    assert any("target >= 90%" in line for line in check.summary_lines(s)) and len(check.rows(cells)) == 3
 
 
-def _run(bench, monkeypatch, out, *extra):
+def _run(monkeypatch, out, *extra):
     monkeypatch.setattr(sys, "argv", ["bench_regimes.py", "--out", str(out), "--device", "cpu", "--hardware",
                                       "generic-cpu", "--patterns", "linear_bias", "--sizes", "1", *extra])
-    return bench.run()
+    return check.run()
 
 
-def test_a_run_cut_short_says_so_and_a_resumed_one_keeps_the_probes_already_taken(bench, monkeypatch, tmp_path):
+def test_a_run_cut_short_says_so_and_a_resumed_one_keeps_the_probes_already_taken(monkeypatch, tmp_path):
     import fxfusion.calibration.calibrate as cal
 
     calls = []
@@ -91,7 +81,7 @@ def test_a_run_cut_short_says_so_and_a_resumed_one_keeps_the_probes_already_take
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cal, "calibrate", interrupted)
-    assert _run(bench, monkeypatch, tmp_path, "--compile-modes", "compile,compile_reduce_overhead") == 3
+    assert _run(monkeypatch, tmp_path, "--compile-modes", "compile,compile_reduce_overhead") == 3
     assert calls[0]["resume"] is False and calls[0]["max_shapes"] == 1
     assert calls[0]["compile_modes"] == ("compile", "compile_reduce_overhead")
     assert "run again with --resume" in (tmp_path / "bench_regimes.interrupted.txt").read_text()
@@ -109,13 +99,13 @@ def test_a_run_cut_short_says_so_and_a_resumed_one_keeps_the_probes_already_take
         return profile
 
     monkeypatch.setattr(cal, "calibrate", resumed)
-    assert _run(bench, monkeypatch, tmp_path, "--resume", "--no-compile") == 0
+    assert _run(monkeypatch, tmp_path, "--resume", "--no-compile") == 0
     assert calls[1]["resume"] is True and calls[1]["compile_modes"] == ()
     assert set(json.loads((tmp_path / "probes.json").read_text())) == {"first-entry", "second-entry"}
     assert "resumed from the journal" in (tmp_path / "bench_regimes.txt").read_text()
 
 
-def test_sizes_all_keeps_every_shape(bench, monkeypatch, tmp_path):
+def test_sizes_all_keeps_every_shape(monkeypatch, tmp_path):
     import fxfusion.calibration.calibrate as cal
 
     seen = {}
@@ -127,4 +117,4 @@ def test_sizes_all_keeps_every_shape(bench, monkeypatch, tmp_path):
     monkeypatch.setattr(cal, "calibrate", stop)
     monkeypatch.setattr(sys, "argv", ["bench_regimes.py", "--out", str(tmp_path), "--device", "cpu", "--hardware",
                                       "generic-cpu", "--patterns", "linear_bias", "--sizes", "all"])
-    assert bench.run() == 3 and seen["max_shapes"] is None
+    assert check.run() == 3 and seen["max_shapes"] is None
