@@ -154,18 +154,20 @@ def serve(spec: str, device: str, dtype: str | None) -> None:
 def fxfusion_figure(spec: str, device: str, dtype: str | None, candidates: str = "all",
                     compiled_regime: bool | None = None, insitu_budget_s: float | None = None) -> dict:
     from fxfusion.planning.analyze import analyze
-    from fxfusion.planning.candidates import parse_candidates
+    from fxfusion.measure.devices import as_device
+    from fxfusion.planning.candidates import CandidateSet, parse_candidates
     from fxfusion.planning.decide import LiveSource
-    from fxfusion.planning.pipeline import apply_and_verify
+    from fxfusion.planning.pipeline import Planner, apply_and_verify
 
     loaded = load_model(spec, device=device, dtype=dtype_record(dtype).torch if dtype else None)
     start = time.perf_counter()
     result = analyze(loaded.model, loaded.example_inputs, LiveSource(device, compile_modes=()), device=device,
                      model_label=spec, dtype=dtype, coverage=False)
     analyze_s = time.perf_counter() - start
-    budget = {} if insitu_budget_s is None else {"insitu_budget_s": insitu_budget_s}
-    _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device, include_compile=True,
-                                       extra=parse_candidates(candidates), compiled_regime=compiled_regime, **budget)
+    budget = {} if insitu_budget_s is None else {"budget_s": insitu_budget_s}
+    planner = Planner(as_device(device), candidates=CandidateSet(optional=parse_candidates(candidates)),
+                      compiled_regime=compiled_regime, **budget)
+    _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
     t = verification.timings
     if "eager" not in t or "compile" not in t:  # the plan did not verify before anything was timed
         return {"analyze_s": analyze_s, "eager_ms": None, "compile_ms": None, "compile_status": verification.reason,

@@ -25,6 +25,7 @@ import transformer_block as tb  # noqa: E402
 from fxfusion.graph.capture import capture  # noqa: E402
 from fxfusion.fusions.match import find_sites  # noqa: E402
 from fxfusion.planning.plan import FusionPlan  # noqa: E402
+from fxfusion.planning.prediction import Context  # noqa: E402
 from fxfusion.profiles.profile import Decision  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def main() -> None:
         print(f"{n} blocks: {sum(len(g.graph.nodes) for g in captured.graphs)} nodes, {len(plan.groups)} groups; "
               f"capture+match {captured_s:.1f} s, measure_in_model {time.perf_counter() - start:.1f} s "
               f"(prediction: {plan.prediction}; "
-              f"{sum(1 for g in plan.groups if (g.in_model or {}).get('same_as'))} sharing a twin's timing)",
+              f"{sum(1 for g in plan.groups if (r := g.regions.get(Context.EAGER)) is not None and r.same_as)} sharing a twin's timing)",
               flush=True)
     for spec in filter(None, args.models.split(",")):
         zoo(spec)

@@ -29,11 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fxfusion.graph.loader import load_model  # noqa: E402
+from fxfusion.measure.devices import as_device  # noqa: E402
 from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.planning.analyze import analyze  # noqa: E402
 from fxfusion.planning.decide import LiveSource  # noqa: E402
-from fxfusion.planning.candidates import HOST_MOVED, parse_candidates  # noqa: E402
-from fxfusion.planning.pipeline import apply_and_verify  # noqa: E402
+from fxfusion.planning.candidates import CandidateSet, parse_candidates  # noqa: E402
+from fxfusion.planning.pipeline import Planner, apply_and_verify  # noqa: E402
+from fxfusion.planning.prediction import HOST_MOVED  # noqa: E402
 from fxfusion.reports.verification import prediction_cell  # noqa: E402
 
 ANALYZE_TARGET_S, CHOSEN_TARGET, GEOMEAN_TARGET, PREDICTION_TARGET_PCT = 60.0, 0.98, 1.10, 20.0
@@ -76,10 +78,11 @@ def run_one(spec: str, args) -> dict:
                left=[u["op"] for u in (cov.get("unmatched") or [])[:3]])
     if args.no_apply:
         return row
-    plan, v = apply_and_verify(result, loaded.model, loaded.example_inputs, args.device,
-                               include_compile=not args.no_compile, compiled_regime=args.compiled_regime,
-                               insitu_budget_s=args.insitu_budget_s, extra=parse_candidates(args.candidates),
-                               compiled_context=args.compiled_context)
+    candidates = CandidateSet.uncompiled() if args.no_compile else CandidateSet(
+        optional=parse_candidates(args.candidates))
+    planner = Planner(as_device(args.device), budget_s=args.insitu_budget_s, candidates=candidates,
+                      compiled_regime=args.compiled_regime, compiled_classes=args.compiled_context is not False)
+    plan, v = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
     report = result.to_dict()  # now with the verification and the plan (every group's timings, the warnings)
     rewrites = v.rewrites
     row.update(applied=sum(r["applied"] for r in rewrites), groups=len(plan.groups), verified=v.ok,

@@ -24,6 +24,7 @@ from fxfusion.graph.sites import Site
 from fxfusion.measure.stats import speedup
 from fxfusion.measure.timing import TimingSpec
 from fxfusion.planning.plan import FusionPlan
+from fxfusion.planning.prediction import Capture, ClassTiming, Context, Prediction, RegionTiming, Source
 from fxfusion.profiles.profile import Decision, Entry, Profile, Timing, decision_to_dict
 from fxfusion.profiles.schema import SCHEMA_VERSION
 from fxfusion.measure.stats import Speedup
@@ -323,3 +324,46 @@ def with_statistics(model: torch.nn.Module) -> torch.nn.Module:
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
     return model.eval()
+
+
+def region(saving_ms: float, ci_high_ms: float | None = None, **figures) -> RegionTiming:
+    """A region's timing with the figures a test names: the saving, its interval's upper end (default: the saving),
+    any other field of RegionTiming; the rest neutral."""
+    ci_high_ms = saving_ms if ci_high_ms is None else ci_high_ms
+    return RegionTiming(**{"captured_ms": 1.0, "rewritten_ms": 1.0 - saving_ms, "saving_ms": saving_ms,
+                           "ci_low_ms": min(saving_ms, ci_high_ms), "ci_high_ms": ci_high_ms, "nodes": [],
+                           **figures})
+
+
+def class_timing(groups, saving_ms: float, ci_low_ms: float | None = None, fraction: float = 0.0,
+                 control_ms: float = 1.0, floor_fraction: float = 0.0, capture: Capture | None = None) -> ClassTiming:
+    """A class of rewrites timed in the whole model: its total saving over ``groups`` (ids), the interval's lower end
+    (default: the saving), its fraction of the control; the rest neutral."""
+    ids = tuple(g if isinstance(g, str) else g.id for g in groups)
+    return ClassTiming(ids, saving_ms, fraction, saving_ms if ci_low_ms is None else ci_low_ms, saving_ms,
+                       floor_fraction, control_ms, control_ms - saving_ms, None, "cpu", 1, 1, capture)
+
+
+def compiled_prediction(ms: float, sources=(Source.REGION,), fraction=None, base_ms=None, floor_fraction=None,
+                        context: Context = Context.COMPILED) -> Prediction:
+    """A compiled candidate's prediction as predict() makes it: from regions (default) or classes (Source.CLASS)."""
+    return Prediction(context, ms, frozenset(sources), fraction, base_ms, floor_fraction)
+
+
+def quick_apply(monkeypatch, **changes):
+    """``analyze --apply`` (the CLI's call of fxfusion.planning.pipeline.apply_and_verify) with the planner's knobs a
+    test does not test made quick -- the verification and the eager-context run timed briefly (TINY_SPEC), nothing
+    compiled -- and ``changes`` to the Planner on top; returns the quick function (a spy can wrap it)."""
+    import fxfusion.cli.analyze as cli
+    from fxfusion.planning import pipeline
+    from fxfusion.planning.candidates import CandidateSet
+
+    real = pipeline.apply_and_verify
+
+    def quick(analysis, model, inputs, planner):
+        specs = dataclasses.replace(planner.specs, verify=TINY_SPEC, context=TINY_SPEC)
+        return real(analysis, model, inputs, dataclasses.replace(planner, specs=specs,
+                                                                 candidates=CandidateSet.uncompiled(), **changes))
+
+    monkeypatch.setattr(cli, "apply_and_verify", quick)
+    return quick

@@ -112,6 +112,20 @@ def test_modules_stay_readable():
     assert long == {}
 
 
+def test_every_module_is_named_in_the_architecture_page():
+    """docs/architecture.md's layer map names every module (by file name) and every family folder: a new module is
+    placed in the map when it is added, and the map never describes a module that is gone."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    layers = page[page.index("```\n  cli/"):page.index("## Planning in twelve terms")]
+    missing = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                     if p.parent != PACKAGE and p.name != "__init__.py" and p.name not in layers)
+    folders = sorted({p.parent.name + "/" for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE})
+    assert missing == [] and [f for f in folders if f not in layers] == []
+    named = {w for w in layers.replace(",", " ").replace("(", " ").split() if w.endswith(".py")}
+    gone = sorted(n for n in named if not list(PACKAGE.rglob(n)))
+    assert gone == []
+
+
 def test_the_cli_imports_its_commands_plainly():
     for path in (PACKAGE / "cli").glob("*.py"):
         assert "importlib" not in path.read_text(), path

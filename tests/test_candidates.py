@@ -10,10 +10,12 @@ import torch
 
 import fxfusion
 from fxfusion.errors import FxFusionError
-from fxfusion.planning.candidates import OPTIONAL, attach_predictions, choose, parse_candidates, parse_compile_modes
+from fxfusion.planning.candidates import (OPTIONAL, CandidateSet, attach_predictions, choose, parse_candidates,
+                                         parse_compile_modes)
+from fxfusion.planning.prediction import Capture, Context, RegionTiming, Source
 from fxfusion.planning.verify import Timing, verify_plan
 from fxfusion.reports.verification import UNPREDICTED, prediction_cell
-from tests.helpers import MODELS, TINY_SPEC, typical_plan
+from tests.helpers import MODELS, TINY_SPEC, class_timing, compiled_prediction, region, typical_plan
 
 
 def _timing(name: str, ms: float, spread: float = 0.01, n: int = 20, seed: int = 0) -> Timing:
@@ -22,10 +24,8 @@ def _timing(name: str, ms: float, spread: float = 0.01, n: int = 20, seed: int =
 
 
 def REGIONS(ms: float):
-    """A compiled candidate's prediction from regions compiled alone (incontext.compiled_prediction's "regions")."""
-    from fxfusion.planning.candidates import CompiledPrediction
-
-    return CompiledPrediction(ms, "regions")
+    """A compiled candidate's prediction from regions compiled alone (prediction.predict's "regions" basis)."""
+    return compiled_prediction(ms)
 
 
 def _choose(medians: dict[str, float], verified: dict[str, bool] | None = None):
@@ -114,7 +114,7 @@ def test_candidates_are_verified_timed_and_chosen_end_to_end():
     loaded = load_model(MODELS / "resnet_basic.py")
     plan = typical_plan("resnet_basic")
     for i, g in enumerate(plan.groups):  # as if timed compiled: planned + compile's prediction is their sum
-        g.in_compiled_model = {"ci_high_ms": 0.01 * (i + 1), "saving_ms": 0.001 * (i + 1)}
+        g.regions[Context.COMPILED] = region(0.001 * (i + 1), ci_high_ms=0.01 * (i + 1))
     r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=TINY_SPEC)
     assert r.ok, r.reason
     c = r.candidates
@@ -141,32 +141,33 @@ def test_candidates_are_verified_timed_and_chosen_end_to_end():
 def test_groups_slower_when_compiled_are_left_out_of_planned_compile():
     plan = typical_plan("resnet_basic")
     first, rest = plan.groups[0], plan.groups[1:]
-    first.in_compiled_model = {"ci_high_ms": -0.01, "saving_ms": -0.02}  # compiled, its region is slower rewritten
+    first.regions[Context.COMPILED] = region(-0.02, ci_high_ms=-0.01)  # compiled, its region is slower rewritten
     for g in rest:
-        g.in_compiled_model = {"ci_high_ms": 0.01, "saving_ms": 0.0}  # within the noise: kept
-    assert [g.id for g in plan.groups_for_compile()] == [g.id for g in rest]
+        g.regions[Context.COMPILED] = region(0.0, ci_high_ms=0.01)  # within the noise: kept
+    assert [g.id for g in plan.groups_for(Context.COMPILED)] == [g.id for g in rest]
+    assert plan.groups_for(Context.EAGER) == plan.groups  # planned applies every group
 
 
 @pytest.mark.slow
 def test_a_region_is_timed_compiled():
     """The compiled regime on one group of mobilenet_block: both forms of its region through Inductor."""
     from fxfusion.graph.loader import load_model
-    from fxfusion.planning.insitu import InModel, measure_in_model
+    from fxfusion.planning.insitu import measure_in_model
     from fxfusion.measure.timing import TimingSpec
 
     loaded = load_model(MODELS / "mobilenet_block.py")
     plan = typical_plan("mobilenet_block")
     plan.groups = plan.groups[:1]
-    found = measure_in_model(plan, loaded.model, loaded.example_inputs, "cpu",
+    found = measure_in_model(plan.groups, plan.captured, loaded.model, loaded.example_inputs, "cpu",
                              spec=TimingSpec(rounds=5, warmup=1, target_sample_s=0.0, max_inner=1, budget_s=5.0),
-                             compiled=True)
+                             context=Context.COMPILED)
     im = found[plan.groups[0].id]
-    assert isinstance(im, InModel) and im.regime == "compiled" and im.captured_ms > 0 and im.rewritten_ms > 0
+    assert isinstance(im, RegionTiming) and im.regime == "compiled" and im.captured_ms > 0 and im.rewritten_ms > 0
 
 
 def test_each_rewritten_candidate_carries_its_prediction_against_its_own_base():
     c = _choose({"eager": 1.0, "compile": 0.6, "planned": 0.8, "planned+compile": 0.5})
-    attach_predictions(c, planned_ms=0.25, planned_compile_ms=None)
+    attach_predictions(c, {"planned": compiled_prediction(0.25, context=Context.EAGER)})
     rows = {r["name"]: r for r in c.candidates}
     planned, pc = rows["planned"]["prediction"], rows["planned+compile"]["prediction"]
     measured = rows["eager"]["median_ms"] - rows["planned"]["median_ms"]
@@ -188,19 +189,20 @@ def test_without_optional_candidates_only_eager_compile_and_planned_are_timed():
     from fxfusion.graph.loader import load_model
 
     loaded = load_model(MODELS / "resnet_basic.py")
-    r = verify_plan(loaded.model, loaded.example_inputs, typical_plan("resnet_basic"), spec=TINY_SPEC, extra=())
+    r = verify_plan(loaded.model, loaded.example_inputs, typical_plan("resnet_basic"), spec=TINY_SPEC,
+                    candidates=CandidateSet(optional=()))
     assert r.ok and {row["name"] for row in r.candidates["candidates"]} == {"eager", "planned", "compile"}
 
 
 def test_the_layout_candidate_is_predicted_from_regions_timed_in_its_layout_and_says_so():
     c = _choose({"eager": 1.0, "compile": 0.6, "channels_last+compile": 0.5, "planned+channels_last+compile": 0.4})
-    attach_predictions(c, planned_ms=None, planned_compile_ms=REGIONS(0.3), planned_layout=(REGIONS(0.09), "channels_last"))
+    attach_predictions(c, {"planned+compile": REGIONS(0.3), "planned+channels_last+compile": REGIONS(0.09)})
     rows = {r["name"]: r for r in c.candidates}
     p = rows["planned+channels_last+compile"]["prediction"]
     measured = rows["channels_last+compile"]["median_ms"] - rows["planned+channels_last+compile"]["median_ms"]
     assert p["over"] == "channels_last+compile" and p["layout"] == "channels_last"
     assert p["predicted_saving_ms"] == 0.09 and p["error_pct"] == pytest.approx(100 * (0.09 - measured) / measured)
-    attach_predictions(c, planned_ms=None, planned_compile_ms=REGIONS(0.3), planned_layout=None)  # nothing timed that way
+    attach_predictions(c, {"planned+compile": REGIONS(0.3)})  # nothing timed that way
     p = {r["name"]: r for r in c.candidates}["planned+channels_last+compile"]["prediction"]
     assert p["predicted_saving_ms"] is None and "layout" not in p
 
@@ -221,18 +223,19 @@ def test_regions_timed_in_channels_last_run_their_inputs_and_weights_in_that_lay
     loaded = load_model(MODELS / "mobilenet_block.py")
     plan = typical_plan("mobilenet_block")
     weights = {n: p.clone() for n, p in loaded.model.state_dict().items()}
-    plan.measure_in_compiled_model(loaded.model, loaded.example_inputs, "cpu", channels_last=True,
+    plan.measure_in_compiled_model(loaded.model, loaded.example_inputs, Context.COMPILED_CHANNELS_LAST, "cpu",
                                    spec=TINY_SPEC)
     assert seen and all(all(flags) and flags for flags in seen)
-    assert all(g.in_compiled_channels_last is not None and g.in_compiled_model is None for g in plan.groups)
-    assert all(g.in_compiled_channels_last["regime"] == "compiled" for g in plan.groups)
+    assert all(set(g.regions) == {Context.COMPILED_CHANNELS_LAST} for g in plan.groups)
+    assert all(g.regions[Context.COMPILED_CHANNELS_LAST].regime == "compiled" for g in plan.groups)
     for n, p in loaded.model.state_dict().items():  # the model's own tensors are not converted
         assert p.is_contiguous() and torch.equal(p, weights[n])
 
 
 def test_a_layout_prediction_from_the_models_own_layout_says_so_where_it_is_shown():
     c = _choose({"eager": 1.0, "compile": 0.6, "channels_last+compile": 0.5, "planned+channels_last+compile": 0.4})
-    attach_predictions(c, planned_ms=None, planned_compile_ms=REGIONS(0.3), planned_layout=(REGIONS(0.3), "model layout"))
+    attach_predictions(c, {"planned+compile": REGIONS(0.3), "planned+channels_last+compile": REGIONS(0.3)},
+                       fallback={"planned+channels_last+compile"})
     p = {r["name"]: r for r in c.candidates}["planned+channels_last+compile"]["prediction"]
     assert prediction_cell(p).endswith(", regions timed in the model's layout, from regions compiled alone")
     p["layout"] = "channels_last"
@@ -240,36 +243,32 @@ def test_a_layout_prediction_from_the_models_own_layout_says_so_where_it_is_show
 
 
 def test_a_fraction_measured_at_another_host_speed_is_shown_but_not_scored():
-    from fxfusion.planning.candidates import CompiledPrediction
-
     c = _choose({"eager": 5.0, "compile": 1.9, "captured+compile": 1.68, "planned+compile": 1.56})
     # measured when the base ran 1.14 ms; here it runs 1.68 ms (1.47x slower): a slow host hides the saving
-    attach_predictions(c, planned_ms=None, planned_compile_ms=CompiledPrediction(0.33, "whole model", 0.29, 1.14))
+    attach_predictions(c, {"planned+compile": compiled_prediction(0.33, (Source.CLASS,), 0.29, 1.14)})
     p = {r["name"]: r for r in c.candidates}["planned+compile"]["prediction"]
     assert p["comparable"] is False and p["base_ms_predicted"] == 1.14 and p["base_ms"] == pytest.approx(1.68)
     assert p["predicted_saving_ms"] == pytest.approx(0.29 * 1.68)
     assert prediction_cell(p).endswith("; not comparable: its base ran 1.1400 ms when predicted and 1.6800 ms here "
                                        "(the host's speed moved)")
     c = _choose({"eager": 5.0, "compile": 1.9, "captured+compile": 1.30, "planned+compile": 1.0})
-    attach_predictions(c, planned_ms=None, planned_compile_ms=CompiledPrediction(0.33, "whole model", 0.25, 1.14))
+    attach_predictions(c, {"planned+compile": compiled_prediction(0.33, (Source.CLASS,), 0.25, 1.14)})
     p = {r["name"]: r for r in c.candidates}["planned+compile"]["prediction"]
     assert p["comparable"] is True and "not comparable" not in prediction_cell(p)  # 1.30 / 1.14 = 1.14x: within 1.25x
 
 
 def test_a_whole_model_prediction_remembers_its_base_time_the_module_in_channels_last():
-    from fxfusion.planning.incontext import compiled_prediction
-
     plan = typical_plan("resnet_basic")
+    capture = Capture(0.2, 0.2, 0.2, 0.1, 0.1)
     for g in plan.groups:
-        g.in_context = {"channels_last": {"saving_ms": 0.01, "fraction": 0.02, "control_ms": 2.0,
-                                          "capture_ms": 0.2, "capture_fraction": 0.1},
-                        "model": {"saving_ms": 0.01, "fraction": 0.02, "control_ms": 2.0}}
-    assert compiled_prediction(plan.groups).base_ms == pytest.approx(2.0)
-    assert compiled_prediction(plan.groups, "channels_last").base_ms == pytest.approx(2.2)  # module = control x 1.1
+        g.classes[Context.COMPILED_CHANNELS_LAST] = class_timing([g], 0.01, fraction=0.02, control_ms=2.0,
+                                                                 capture=capture)
+        g.classes[Context.COMPILED] = class_timing([g], 0.01, fraction=0.02, control_ms=2.0)
+    assert plan.predict(Context.COMPILED).base_ms == pytest.approx(2.0)
+    assert plan.predict(Context.COMPILED_CHANNELS_LAST).base_ms == pytest.approx(2.2)  # module = control x 1.1
 
 
 def test_the_fastest_rounds_compare_a_candidate_that_turns_host_bound_in_the_slow_phase():
-    from fxfusion.planning.candidates import CompiledPrediction
     from fxfusion.planning.verify import Timing
 
     def timing(name, samples):
@@ -280,7 +279,7 @@ def test_the_fastest_rounds_compare_a_candidate_that_turns_host_bound_in_the_slo
     c = choose({"eager": timing("eager", [3.0] * 30), "captured+compile": timing("captured+compile", base),
                 "planned+compile": timing("planned+compile", cand)}, {"eager": True, "captured+compile": True,
                                                                       "planned+compile": True}, {})
-    attach_predictions(c, planned_ms=None, planned_compile_ms=CompiledPrediction(0.36, "whole model", 0.33, 1.10, 0.33))
+    attach_predictions(c, {"planned+compile": compiled_prediction(0.36, (Source.CLASS,), 0.33, 1.10, 0.33)})
     p = {r["name"]: r for r in c.candidates}["planned+compile"]["prediction"]
     assert p["error_pct"] > 20  # the medians mix the phases: 0.90 against 1.10 ms over all rounds reads low ...
     assert p["measured_floor_fraction"] == pytest.approx((1.10 - 0.74) / 1.10)  # ... the fast phase does not

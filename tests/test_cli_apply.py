@@ -7,7 +7,6 @@ torch.compile (tests/test_verify.py compiles once; the CLI wiring is what is tes
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 from pathlib import Path
@@ -16,12 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 import fxfusion.planning.insitu as insitu_module
-import fxfusion.planning.verify as verify_module
 from fxfusion.cli.commands import app
 from fxfusion.profiles.profile import Profile
 from fxfusion.profiles.schema import schema_errors
 from fxfusion.planning.insitu import Overhead
-from tests.helpers import TINY_SPEC, OpCountClock, replace_rewrite
+from tests.helpers import OpCountClock, quick_apply, replace_rewrite
 
 # The --apply pipeline looks these up in its own module: the fixtures below replace them there.
 pipeline_module = importlib.import_module("fxfusion.planning.pipeline")
@@ -41,8 +39,7 @@ def folding_profile(tiny_profile, tmp_path):
 
 @pytest.fixture(autouse=True)
 def quick_verification(monkeypatch):
-    monkeypatch.setattr(pipeline_module, "verify_plan",
-                        functools.partial(verify_module.verify_plan, spec=TINY_SPEC, include_compile=False))
+    return quick_apply(monkeypatch)
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +81,7 @@ def test_apply_folds_and_verifies(folding_profile, tmp_path):
     # inside the model and the library's own prediction are kept beside it
     assert v["prediction"] == "in_context" and v["plan"]["prediction"] == "in_model"
     assert all(g["in_model"]["saving_ms"] == g["predicted_saving_ms"] > 0 for g in v["plan"]["groups"])
-    assert all(g["in_context"]["eager"]["class_groups"] == ["g0.s0", "g0.s1"] for g in v["plan"]["groups"])
+    assert all(g["classes"]["eager"]["groups"] == ["g0.s0", "g0.s1"] for g in v["plan"]["groups"])
     assert v["regions_predicted_saving_ms"] == pytest.approx(
         sum(g["predicted_saving_ms"] for g in v["plan"]["groups"]) - v["plan"]["overhead_ms"])
     assert v["library_predicted_saving_ms"] is not None
@@ -151,14 +148,17 @@ def test_apply_markdown_report_carries_the_verification(folding_profile, tmp_pat
 
 
 @pytest.mark.parametrize("flag,passed", [([], None), (["--compiled-regime"], True), (["--no-compiled-regime"], False)])
-def test_the_compiled_regime_is_asked_for_on_the_command_line(folding_profile, monkeypatch, flag, passed):
+def test_the_compiled_regime_is_asked_for_on_the_command_line(folding_profile, monkeypatch, flag, passed,
+                                                               quick_verification):
+    import dataclasses
+
     import fxfusion.cli.analyze as cli_analyze
 
     seen = []
 
-    def spy(*args, compiled_regime=None, **kw):  # what the CLI asked; run without it (no compile in this test)
-        seen.append(compiled_regime)
-        return pipeline_module.apply_and_verify(*args, compiled_regime=False, **kw)
+    def spy(analysis, model, inputs, planner):  # what the CLI asked; run without it (no compile in this test)
+        seen.append(planner.compiled_regime)
+        return quick_verification(analysis, model, inputs, dataclasses.replace(planner, compiled_regime=False))
 
     monkeypatch.setattr(cli_analyze, "apply_and_verify", spy)
     result, err = _run(MODELS / "mobilenet_block.py", "--profile", folding_profile, "--apply", *flag)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fxfusion.planning.insitu import InModel, measure_in_model
+from fxfusion.planning.candidates import CandidateSet
+from fxfusion.planning.insitu import measure_in_model
+from fxfusion.planning.prediction import Context, RegionTiming
 from fxfusion.planning.regions import cut_region, region_nodes, region_key
 from fxfusion.planning.plan import SLOWER_IN_MODEL
 from fxfusion.graph.runnable import runnable_graph
@@ -59,9 +61,9 @@ def test_in_model_saving_is_the_measured_difference_of_the_region():
     loaded = _model("transformer_block")
     plan = typical_plan("transformer_block")
     plan.groups = [plan.group("g0.s1")]  # the SDPA group only: no compile in this test
-    found = measure_in_model(plan, loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
+    found = measure_in_model(plan.groups + plan.pending, plan.captured, loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
     im = found["g0.s1"]
-    assert isinstance(im, InModel), im
+    assert isinstance(im, RegionTiming), im
     assert im.captured_ms > im.rewritten_ms > 0
     assert im.saving_ms == pytest.approx(im.captured_ms - im.rewritten_ms)
     assert im.ci_low_ms == pytest.approx(im.saving_ms) and im.ci_high_ms == pytest.approx(im.saving_ms)
@@ -76,7 +78,7 @@ def test_plan_predicts_from_the_model_and_refuses_a_region_slower_rewritten(monk
     # cost falls with the op count: every rewrite (fewer ops) looks slower inside the model
     plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC,
                           clock=OpCountClock(per_op_us=-1.0, base_us=100.0))
-    assert plan.groups == [] and plan.prediction == "in_model"
+    assert plan.groups == []
     refused = {r.site_id: r for r in plan.refused if r.why == SLOWER_IN_MODEL}
     assert set(refused) == set(library)
     assert all("rewritten against" in r.reasons[0] for r in refused.values())
@@ -87,9 +89,9 @@ def test_verification_reports_both_predictions():
     plan = typical_plan("resnet_bottleneck")
     plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
     assert plan.prediction == "in_model"
-    assert all(g.in_model and g.in_model["saving_ms"] == g.predicted_saving_ms for g in plan.groups)
+    assert all(Context.EAGER in g.regions and g.regions[Context.EAGER].saving_ms == g.predicted_saving_ms for g in plan.groups)
     r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=SPEC, clock=OpCountClock(),
-                    include_compile=False, include_captured=False)
+                    candidates=CandidateSet.uncompiled(captured=False))
     assert r.ok and r.prediction == "in_model" and r.timing == "cpu"
     # with no library timings (decisions without a profile) there is no library prediction to compare
     assert r.library_predicted_saving_ms is None
@@ -121,14 +123,14 @@ def test_fractions_paired_per_round_predict_exactly_under_a_deterministic_clock(
     plan = typical_plan("resnet_bottleneck")
     plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
     for g in plan.groups:  # each region's saved ops over the whole model's ops
-        im = g.in_model
-        assert 0 < im["fraction"] < 1 and im["fraction_ci_low"] == im["fraction_ci_high"] == im["fraction"]
+        im = g.regions[Context.EAGER]
+        assert 0 < im.fraction < 1 and im.fraction_ci_low == im.fraction_ci_high == im.fraction
     assert plan.predicted_fraction is None  # the overhead was not measured
     plan.require_saving_over(Overhead(0.0, 0.0, 0.0, None, 0.0))
     predicted = plan.predicted_fraction
-    assert predicted == pytest.approx(sum(g.in_model["fraction"] for g in plan.groups))
+    assert predicted == pytest.approx(sum(g.regions[Context.EAGER].fraction for g in plan.groups))
     r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=SPEC, clock=OpCountClock(),
-                    include_compile=False, include_captured=False)
+                    candidates=CandidateSet.uncompiled(captured=False))
     # op counts are additive and the captured graph runs the eager model's ops: the prediction is exact
     assert r.predicted_fraction == pytest.approx(predicted)
     assert r.measured_fraction == pytest.approx(predicted) and r.fraction_error_pct == pytest.approx(0.0, abs=1e-6)
@@ -194,7 +196,7 @@ def test_written_out_activation_is_decided_inside_the_model():
     # inside the model the rewrite removes ops (matmul + add -> addmm): under a clock that counts ops it is faster
     plan.measure_in_model(model, inputs, spec=SPEC, clock=OpCountClock())
     [g] = plan.groups
-    assert g.decided_in_model and g.in_model["verdict"] == "fuse" and g.predicted_saving_ms > 0
+    assert g.decided_in_model and g.regions[Context.EAGER].verdict == "fuse" and g.predicted_saving_ms > 0
     assert plan.refused == [] and plan.pending == []
     assert any("decided inside the model" in w for w in plan.warnings)
 
@@ -236,7 +238,7 @@ def test_in_model_timing_stops_at_its_budget_and_keeps_the_library_prediction():
     loaded = _model("resnet_bottleneck")
     plan = typical_plan("resnet_bottleneck")
     plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock(), budget_s=0.0)
-    assert len(plan.groups) == 3 and all(g.in_model is None for g in plan.groups)
+    assert len(plan.groups) == 3 and all(not g.regions for g in plan.groups)
     assert plan.prediction == "library"
     assert all("timing budget" in w for w in plan.warnings if "no in-model timing" in w)
     assert sum("no in-model timing" in w for w in plan.warnings) == 3
@@ -257,7 +259,7 @@ def test_saving_in_ms_is_the_paired_fraction_times_one_reference_time():
     plan = typical_plan("resnet_bottleneck")
     plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock(), reference_ms=2.0)
     for g in plan.groups:
-        assert g.predicted_saving_ms == pytest.approx(g.in_model["fraction"] * 2.0)
+        assert g.predicted_saving_ms == pytest.approx(g.regions[Context.EAGER].fraction * 2.0)
 
 
 def _unstable_tightest(thunks, clock, spec):
@@ -276,7 +278,7 @@ def test_a_region_whose_timing_is_unstable_is_noisy_neutral_and_decides_nothing(
     loaded = _model("resnet_bottleneck")
     plan = typical_plan("resnet_bottleneck")
     groups = [g.id for g in plan.groups]
-    found = measure_in_model(plan, loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
+    found = measure_in_model(plan.groups + plan.pending, plan.captured, loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
     im = found[groups[0]]
     assert im.verdict == "neutral" and "fastest tenth" in im.noisy
     assert im.ci_high_ms < 0  # what would refuse the group, were the timing stable
@@ -284,8 +286,7 @@ def test_a_region_whose_timing_is_unstable_is_noisy_neutral_and_decides_nothing(
     plan.measure_in_model(loaded.model, loaded.example_inputs, spec=SPEC, clock=OpCountClock())
     assert [g.id for g in plan.groups] == groups and not [r for r in plan.refused if r.why == SLOWER_IN_MODEL]
     assert all(any(w.startswith(f"{g}: its in-model timing is noisy") for w in plan.warnings) for g in groups)
-    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=SPEC, clock=OpCountClock(), include_compile=False,
-                    include_captured=False)  # and the verification, which every renderer prints, says it too
+    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=SPEC, clock=OpCountClock(), candidates=CandidateSet.uncompiled(captured=False))  # and the verification, which every renderer prints, says it too
     assert [w for w in r.warnings if "in-model timing is noisy" in w] == [w for w in plan.warnings if "noisy" in w]
 
 
@@ -293,7 +294,7 @@ def test_a_stable_region_is_not_noisy():
     loaded = _model("resnet_bottleneck")
     plan = typical_plan("resnet_bottleneck")
     spec = TimingSpec(rounds=12, warmup=1, target_sample_s=0.0, max_inner=1, budget_s=5.0)
-    found = measure_in_model(plan, loaded.model, loaded.example_inputs, spec=spec, clock=OpCountClock())
+    found = measure_in_model(plan.groups + plan.pending, plan.captured, loaded.model, loaded.example_inputs, spec=spec, clock=OpCountClock())
     assert all(im.noisy is None and im.verdict == "fuse" for im in found.values())
 
 
@@ -339,9 +340,9 @@ def test_a_repeated_block_is_timed_once_and_its_twins_share_that_timing():
     model, inputs, plan = _repeated_plan()
     assert len(plan.groups) == 4
     clock = _CountingClock()
-    found = measure_in_model(plan, model, inputs, spec=SPEC, clock=clock)
+    found = measure_in_model(plan.groups + plan.pending, plan.captured, model, inputs, spec=SPEC, clock=clock)
     ims = [found[g.id] for g in plan.groups]
-    assert all(isinstance(im, InModel) for im in ims), ims
+    assert all(isinstance(im, RegionTiming) for im in ims), ims
     by_nodes = {tuple(im.nodes): im for im in ims}
     assert len(by_nodes) == 4  # each group keeps its own nodes
     shared = [im for im in ims if im.same_as is not None]
@@ -375,8 +376,8 @@ def test_the_report_says_which_group_a_shared_timing_was_taken_on():
     model, inputs, plan = _repeated_plan()
     plan.measure_in_model(model, inputs, spec=SPEC, clock=OpCountClock())
     rows = {r[0]: r for r in group_rows({"plan": plan.to_dict()})}
-    shared = [g for g in plan.groups if g.in_model["same_as"]]
+    shared = [g for g in plan.groups if g.regions[Context.EAGER].same_as]
     assert len(shared) == 2
     for g in shared:
-        assert rows[g.id][3].endswith(f"(timed as {g.in_model['same_as']}: the same work)")
+        assert rows[g.id][3].endswith(f"(timed as {g.regions[Context.EAGER].same_as}: the same work)")
     assert sum("timed as" in r[3] for r in rows.values()) == 2

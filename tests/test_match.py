@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxfusion.graph.sites import Flag
 from fxfusion.graph.capture import capture
 from fxfusion.graph.loader import load_model
 from fxfusion.fusions.match import MATCHERS, find_sites
@@ -71,7 +72,7 @@ def test_linear_bias_activation_found_however_written(way, act):
     site = sites[0]
     assert site.shape == {"M": 10, "K": 8, "N": 16} and site.dtype == "float32"
     assert site.written_as.startswith(written)
-    assert site.roles["act"] == act_name and site.roles["bias_in_gemm"] == str(bias_in_gemm).lower()
+    assert site.roles["act"] == act_name and site.baseline_variant == ("addmm" if bias_in_gemm else "eager")
     assert site.roles["weight_param"] in ("W", "lin.weight") and site.roles["bias_param"] in ("b", "lin.bias")
     assert site.roles["output"] == site.roles["activation"] == site.nodes[-1]
 
@@ -544,6 +545,6 @@ def test_activation_written_out_is_recognised_by_value(form, pattern, n_act):
     assert site.pattern == pattern
     assert len(site.nodes) == 1 + n_act
     if n_act:
-        assert site.roles["act_written"] == "true" and "written out" in site.written_as
+        assert Flag.ACT_WRITTEN in site.flags and "written out" in site.written_as
         output = next(n for n in captured.graphs[0].graph.nodes if n.name == site.roles["activation"])
         assert all(u.name not in site.nodes for u in output.users)  # the activation's output leaves the site

@@ -151,7 +151,7 @@ def test_real_profile_plan_partitions_the_sites(tiny_profile):
         base, best = entry.timing(g.baseline_variant, "pipelined"), entry.timing(g.variant, "pipelined")
         # the library's saving is kept; the prediction is the group's region timed inside the model
         assert g.library_saving_ms == pytest.approx(base.median_ms - best.median_ms)
-        assert g.in_model is not None and g.predicted_saving_ms == g.in_model["saving_ms"]
+        assert Context.EAGER in g.regions and g.predicted_saving_ms == g.regions[Context.EAGER].saving_ms
     assert plan.prediction == "in_model" or not plan.groups
     assert all(r.reasons for r in plan.refused)
     json.dumps(plan.to_dict(), allow_nan=False)

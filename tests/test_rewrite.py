@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxfusion
+from fxfusion.graph.sites import Flag
 from fxfusion.graph.capture import capture
 from fxfusion.measure.correctness import relative_error
 from fxfusion.errors import FxFusionError
@@ -547,7 +548,7 @@ def test_written_out_gelu_site_is_rewritten_and_verified():
     model, inputs = _NewGELULinear().eval(), (torch.randn(2, 4, 16),)
     plan = plan_for(model, inputs, lambda s: "addmm")
     [group] = plan.groups
-    assert group.pattern == "linear_bias_gelu_tanh" and group.roles["act_written"] == "true"
+    assert group.pattern == "linear_bias_gelu_tanh" and Flag.ACT_WRITTEN in group.flags
     planned = fxfusion.apply(model, plan)
     assert applied(planned) == ["addmm"]
     ops = targets(planned)

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from rich.console import Console
 
+from fxfusion.planning.candidates import CandidateSet
 from fxfusion.graph.capture import capture
 from fxfusion.graph.loader import load_model
 from fxfusion.fusions.match import find_sites
@@ -47,7 +48,7 @@ def rendered(result) -> str:
 def test_folded_batchnorm_verifies_against_float64():
     loaded = load_model(MODELS / "mobilenet_block.py")
     plan = plan_for(loaded.model, loaded.example_inputs, saving_ms=0.002)
-    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=TINY_SPEC, include_compile=False)
+    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=TINY_SPEC, candidates=CandidateSet.uncompiled())
     assert r.ok and r.reference == "float64"
     [check] = r.outputs
     assert check.ok and check.dtype == "float32" and check.error < FLOAT32_TOL and check.limit == FLOAT32_TOL
@@ -84,7 +85,7 @@ def test_a_wrong_rewrite_is_reported_not_verified(monkeypatch):
     replace_rewrite(monkeypatch, "bn_folded", forgetful_fold)
     loaded = load_model(MODELS / "resnet_bottleneck.py")
     plan = plan_for(loaded.model, loaded.example_inputs)
-    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=TINY_SPEC, include_compile=False)
+    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=TINY_SPEC, candidates=CandidateSet.uncompiled())
     assert not r.ok and "relative error" in r.reason
     assert not r.outputs[0].ok and r.outputs[0].error > 10 * FLOAT32_TOL
     assert "NOT VERIFIED" in rendered(r) and r.to_dict()["ok"] is False
@@ -97,7 +98,7 @@ def test_a_plan_that_crashes_is_not_verified(monkeypatch):
     replace_rewrite(monkeypatch, "bn_folded", lambda correct: crashing)
     loaded = load_model(MODELS / "mobilenet_block.py")
     r = verify_plan(loaded.model, loaded.example_inputs, plan_for(loaded.model, loaded.example_inputs),
-                    spec=TINY_SPEC, include_compile=False)
+                    spec=TINY_SPEC, candidates=CandidateSet.uncompiled())
     assert not r.ok and "applying the plan failed: RuntimeError: boom" in r.reason
     assert "NOT VERIFIED" in rendered(r)
 
@@ -109,7 +110,7 @@ def test_groups_the_rules_refuse_are_warned_about(monkeypatch):
     replace_rewrite(monkeypatch, "bn_folded", lambda correct: refusing)
     loaded = load_model(MODELS / "mobilenet_block.py")
     r = verify_plan(loaded.model, loaded.example_inputs, plan_for(loaded.model, loaded.example_inputs, saving_ms=1.0),
-                    spec=TINY_SPEC, include_compile=False)
+                    spec=TINY_SPEC, candidates=CandidateSet.uncompiled())
     assert r.ok and r.predicted_saving_ms == 0.0 and r.prediction_error_pct is None  # nothing applied, nothing claimed
     assert sum("not applied: not today" in w for w in r.warnings) == 2
 
@@ -130,7 +131,7 @@ class Float32Only(nn.Module):
 def test_model_without_float64_is_checked_against_itself():
     model = Float32Only().eval()
     x = torch.randn(2, 3, 8, 8)
-    r = verify_plan(model, (x,), plan_for(model, (x,)), spec=TINY_SPEC, include_compile=False)
+    r = verify_plan(model, (x,), plan_for(model, (x,)), spec=TINY_SPEC, candidates=CandidateSet.uncompiled())
     assert r.ok and r.reference == "original"
     assert any("does not run in float64" in w and "float32 inputs only" in w for w in r.warnings)
     assert r.outputs[0].error < FLOAT32_TOL
@@ -144,7 +145,7 @@ def test_whole_model_compile_is_timed_and_the_original_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plan = plan_for(model, inputs, variant="compile")
     spec = TimingSpec(rounds=5, warmup=1, target_sample_s=0.0005, budget_s=0.5)
-    r = verify_plan(model, inputs, plan, spec=spec, include_compile=True, include_captured=False)
+    r = verify_plan(model, inputs, plan, spec=spec, candidates=CandidateSet(captured=False))
     assert r.ok, r.reason
     compiled = r.timings["compile"]
     assert compiled.status == "ok" and compiled.first_call_s > 0 and compiled.median_ms > 0

@@ -13,7 +13,6 @@ makes a tiny CNN's forward pass 10-100x slower.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import os
 from pathlib import Path
@@ -25,13 +24,12 @@ from typer.testing import CliRunner
 import fxfusion.planning.decide as decide_module
 import fxfusion.planning.insitu as insitu_module
 import fxfusion.planning.pipeline as pipeline_module
-import fxfusion.planning.verify as verify_module
 from fxfusion.cli import app
 from fxfusion.graph.loader import import_file, load_model
 from fxfusion.measure.timing import TimingSpec
 from fxfusion.planning.insitu import Overhead
 from fxfusion.profiles.schema import schema_errors
-from tests.helpers import TINY_SPEC, OpCountClock
+from tests.helpers import OpCountClock, quick_apply
 from tests.zoo_entries import ENTRIES, require
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched: the models are built from config objects
@@ -104,8 +102,7 @@ def priced_by_op_count(monkeypatch):
     monkeypatch.setattr(insitu_module, "model_clock", lambda device: PricedOnce())
     monkeypatch.setattr(insitu_module, "INSITU_SPEC", PRICED_SPEC)
     monkeypatch.setattr(pipeline_module, "measure_overhead", lambda *a, **k: Overhead(0.0, 0.0, 0.0))
-    monkeypatch.setattr(pipeline_module, "verify_plan",
-                        functools.partial(verify_module.verify_plan, spec=TINY_SPEC, include_compile=False))
+    quick_apply(monkeypatch)
 
 
 # What --apply rewrites on the CPU without torch.compile, priced by op count: every conv+BN(+ReLU) site of the CNNs,

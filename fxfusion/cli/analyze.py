@@ -19,8 +19,9 @@ from fxfusion.errors import FxFusionError
 from fxfusion.graph.loader import load_model
 from fxfusion.planning.analyze import analyze
 from fxfusion.planning.decide import LiveSource, ProfileSource
-from fxfusion.planning.candidates import parse_candidates, parse_compile_modes
-from fxfusion.planning.pipeline import apply_and_verify
+from fxfusion.measure.devices import as_device
+from fxfusion.planning.candidates import CandidateSet, parse_candidates, parse_compile_modes
+from fxfusion.planning.pipeline import Planner, apply_and_verify
 from fxfusion.profiles.machine import find_machine_profile
 from fxfusion.profiles.profile import Profile
 from fxfusion.measure.threads import set_threads
@@ -114,9 +115,9 @@ def analyze_command(
     if output is not None:
         check_writable(output)
     modes, extra = parse_compile_modes(compile_modes), parse_candidates(candidates)
-    source, loaded_profile = None, None
+    source = None
     if not match_only:  # before loading the model: a foreign profile fails fast
-        source, loaded_profile = _source(device, profile, measure, regime, allow_foreign_profile, no_compile)
+        source, _ = _source(device, profile, measure, regime, allow_foreign_profile, no_compile)
         typer.echo(f"deciding in the {regime} regime from {source.rule}", err=True)
     progress = StepProgress("analyzing")
 
@@ -133,10 +134,10 @@ def analyze_command(
             verification = None
             if apply:
                 progress.note("applying the plan and verifying the fused model (outputs, then end-to-end time)")
-                _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, device,
-                                                   profile=loaded_profile, include_compile=not no_compile,
-                                                   compile_modes=modes, extra=extra,
-                                                   compiled_regime=compiled_regime)
+                candidates = (CandidateSet(compile_modes=modes, optional=extra) if not no_compile
+                              else CandidateSet.uncompiled())
+                planner = Planner(as_device(device), candidates=candidates, compiled_regime=compiled_regime)
+                _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
     report = result.to_dict()
     width = output_width(sys.stdout if output is None else None)  # a terminal's own width; files: $COLUMNS or wide
     text = _text(report, fmt, result.captured.graphs,

@@ -29,7 +29,7 @@ from torch.fx import Node
 
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.capture import module_path
-from fxfusion.graph.sites import FUSIBLE
+from fxfusion.graph.sites import FUSIBLE, Flag, SiteStatus
 
 Shape = Mapping[str, int]
 Inputs = dict[str, torch.Tensor]
@@ -67,6 +67,14 @@ class Pattern:
     # Inputs whose first dimension is the first shape key (rows, batch); the output's first dimension is too.  The
     # float64 reference of a large problem is computed on a slice of these rows (rows are independent).
     batch_inputs: tuple[str, ...] = ("x",)
+    # Bytes a site moves when it already runs as one of the pattern's variants (Site.baseline_variant: a linear whose
+    # bias is in the GEMM runs as addmm), by variant name; a baseline not named here moves eager's, ``bytes(.., False)``.
+    baseline_bytes: Mapping[str, Callable[[Shape, int], int]] = field(default_factory=dict)
+
+    def bytes_as(self, shape: Shape, itemsize: int, baseline: str) -> int:
+        """Bytes moved per call by the site as it runs now, as ``baseline``."""
+        own = self.baseline_bytes.get(baseline)
+        return own(shape, itemsize) if own is not None else self.bytes(shape, itemsize, False)
 
     def check_shape(self, shape: Shape) -> dict[str, int]:
         missing = [k for k in self.shape_keys if k not in shape]
@@ -138,7 +146,9 @@ class Candidate:
     dtype: str
     roles: dict[str, str]
     written_as: str
-    status: str = FUSIBLE
+    status: SiteStatus = FUSIBLE
+    flags: frozenset[Flag] = frozenset()  # how it is written, for the rewrite (graph.sites.Flag)
+    baseline_variant: str = "eager"  # the variant that runs like the user's code (graph.sites.Site)
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     boundary: list[Node] = field(default_factory=list)  # inputs and parameters whose dtype must match the output

@@ -95,8 +95,8 @@ def _site(g: Graph, c: Candidate) -> Site:
     where = source_line(anchor)
     source = " ".join(p for p in (f"{path} ({cls})" if path else "", f"at {where}" if where else "") if p)
     return Site(id="", pattern=c.pattern, graph_index=g.index, nodes=[n.name for n in nodes], shape=dict(c.shape),
-                dtype=c.dtype, status=status, reasons=reasons, roles=dict(c.roles), written_as=c.written_as,
-                source=source, notes=list(c.notes))
+                dtype=c.dtype, status=status, reasons=reasons, roles=dict(c.roles), flags=frozenset(c.flags),
+                baseline_variant=c.baseline_variant, written_as=c.written_as, source=source, notes=list(c.notes))
 
 
 def find_sites(captured: CapturedModel) -> list[Site]:

@@ -8,11 +8,27 @@ in ``CapturedModel.unmatched``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import torch
 
-FUSIBLE, ILLEGAL, ALREADY_FUSED = "fusible", "illegal", "already_fused"
+
+class SiteStatus(StrEnum):
+    FUSIBLE = "fusible"
+    ILLEGAL = "illegal"  # a legality rule refused it (reasons say which)
+    ALREADY_FUSED = "already_fused"  # the model already runs it fused (SDPA, addmm with its activation, ...)
+
+
+FUSIBLE, ILLEGAL, ALREADY_FUSED = SiteStatus.FUSIBLE, SiteStatus.ILLEGAL, SiteStatus.ALREADY_FUSED
+
+
+class Flag(StrEnum):
+    """Facts a matcher records about how a site is written, which a rewrite reads (``Site.flags``)."""
+
+    # The activation is written out in elementwise ops (GPT-2's tanh GELU), recognised by value: the matcher names its
+    # output node in ``roles["activation"]`` and its name in ``roles["act"]``.
+    ACT_WRITTEN = "act_written"
 
 
 @dataclass
@@ -23,11 +39,15 @@ class Site:
     nodes: list[str]  # names of the fx nodes of this site, in topological order
     shape: dict[str, int]  # the pattern's shape keys (see the pattern's shape_keys), at this site
     dtype: str  # "float32" | "bfloat16" | "float16" | "float64"
-    status: str = FUSIBLE  # FUSIBLE | ILLEGAL | ALREADY_FUSED
+    status: SiteStatus = FUSIBLE
     reasons: list[str] = field(default_factory=list)  # why ILLEGAL (one sentence each)
     # Pattern-specific facts a rewrite needs, by role: e.g. {"weight": "p_fc1_weight", "bias": ..., "input": ...}
     # for linear; {"conv": node, "bn_weight": ..., "running_mean": ...} for conv+BN; module paths where known.
     roles: dict[str, str] = field(default_factory=dict)
+    flags: frozenset[Flag] = frozenset()
+    # The variant that runs like the user's code, which a decision is made against: "eager", except where the family
+    # says the site already runs as one of its variants (a linear whose bias is in the GEMM runs like "addmm").
+    baseline_variant: str = "eager"
     written_as: str = ""  # how the user wrote it, e.g. "nn.Linear", "x @ W.T + b", "F.linear"
     source: str = ""  # the module path / stack trace line, where the graph records one
     notes: list[str] = field(default_factory=list)  # what the match approximated or left out (one sentence each)

@@ -14,6 +14,7 @@ same interval.  A verdict is decided by the interval, never by the point estimat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
@@ -27,7 +28,18 @@ NOISY_IQR = 0.10
 # The floor of a sample set: its 10th percentile, the samples contention disturbed least (contention only adds time).
 FLOOR_QUANTILE = 0.10
 
-FUSE, NEUTRAL, AVOID = "fuse", "neutral", "avoid"
+
+
+class Verdict(StrEnum):
+    """A decision from an interval (module doc); ``undecided`` where nothing was timed against the baseline."""
+
+    FUSE = "fuse"
+    NEUTRAL = "neutral"
+    AVOID = "avoid"
+    UNDECIDED = "undecided"
+
+
+FUSE, NEUTRAL, AVOID, UNDECIDED = Verdict.FUSE, Verdict.NEUTRAL, Verdict.AVOID, Verdict.UNDECIDED
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from fxfusion.measure.hardware import device_name
 from fxfusion.fusions.registry import REGISTRY
 from fxfusion.profiles.profile import Decision, decision_to_dict
 from fxfusion.graph.sites import CapturedModel, Site
-from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, summarize
+from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, UNDECIDED, summarize
 from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, Clock, TimingSpec, clock_for, measure
 from fxfusion.profiles.schema import SCHEMA_VERSION, validate
 from fxfusion.graph.capture import capture
@@ -66,7 +66,7 @@ class Analysis:
     def undecided(self) -> dict[str, str]:
         """site id -> why a legal site has no decision."""
         return {o.site.id: "; ".join(o.warnings) or "not decided (--match-only)"
-                for o in self.outcomes if o.verdict == "undecided"}
+                for o in self.outcomes if o.verdict == UNDECIDED}
 
     def to_dict(self) -> dict[str, Any]:
         data = {"schema_version": SCHEMA_VERSION, "kind": "fxfusion.analysis", "metadata": self.metadata,
@@ -94,7 +94,7 @@ class Analysis:
         return {"sites": len(self.sites), "fusible": count(status="fusible"), "illegal": count(status="illegal"),
                 "already_fused": count(status="already_fused"), "fuse": count(verdict=FUSE),
                 "neutral": count(verdict=NEUTRAL), "avoid": count(verdict=AVOID),
-                "undecided": count(verdict="undecided"),
+                "undecided": count(verdict=UNDECIDED),
                 "saved_ms_per_forward": sum(o.saved_ms or 0.0 for o in fused),
                 "bytes_saved_per_forward": sum(o.bytes_saved or 0 for o in fused),
                 "matched_nodes": matched, "unmatched_nodes": sum(self.captured.unmatched.values()),
@@ -105,7 +105,8 @@ def _outcome_dict(o: SiteOutcome) -> dict[str, Any]:
     s = o.site
     return {"id": s.id, "pattern": s.pattern, "title": REGISTRY[s.pattern].title if s.pattern in REGISTRY else "SDPA",
             "graph_index": s.graph_index, "nodes": list(s.nodes), "shape": dict(s.shape), "dtype": s.dtype,
-            "status": s.status, "reasons": list(s.reasons), "roles": dict(s.roles), "written_as": s.written_as,
+            "status": s.status, "reasons": list(s.reasons), "roles": dict(s.roles), "flags": sorted(s.flags),
+            "written_as": s.written_as,
             "source": s.source, "verdict": o.verdict, "best_variant": o.best_variant,
             "baseline_variant": o.baseline_variant, "speedup": asdict(o.speedup) if o.speedup else None,
             "decision": decision_to_dict(o.decision) if o.decision else None, "baseline_ms": o.baseline_ms,
@@ -127,24 +128,13 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
     note("capturing the model's graph and matching fusion sites")
     start = time.perf_counter()
     captured = capture(model, example_inputs)
-    sites = find_sites(captured)
+    decided = decide_sites(captured, source, device, on_site)
+    sites, outcomes = decided.sites, decided.outcomes
     capture_seconds = time.perf_counter() - start
     warnings = list(source.warnings()) if source else []
     if model.training:
         warnings.append("the model is in training mode: BatchNorm cannot be folded and dropout stays active; "
                         "return model.eval() from the model file (or pass --eval) to analyse inference")
-    cache: dict[tuple, Lookup] = {}
-    outcomes = []
-    for i, site in enumerate(sites):
-        lookup = None
-        if source is not None and site.legal and site.pattern in REGISTRY:
-            key = (site.pattern, tuple(site.shape.items()), site.dtype)
-            if key not in cache:
-                if on_site:
-                    on_site(i, len(sites), site)
-                cache[key] = source.lookup(REGISTRY[site.pattern], dict(site.shape), site.dtype)
-            lookup = cache[key]
-        outcomes.append(decide_site(site, lookup))
     forward_ms = None
     if time_forward:
         note("timing the whole forward pass")
@@ -177,6 +167,28 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
     result = Analysis(captured, sites, outcomes, metadata, warnings, capture_seconds, forward_ms, coverage=covered)
     check_rewrites(result, model)
     return result
+
+
+def decide_sites(captured: CapturedModel, source: ProfileSource | LiveSource | None, device,
+                 on_site: Callable[[int, int, Site], None] | None = None) -> Analysis:
+    """Match the captured graphs and decide every legal site from ``source`` (one lookup per distinct pattern, shape
+    and dtype, shared by identical sites); the analysis of the pipeline's first stages, without the report's extras
+    (forward time, coverage, metadata beyond device and regime)."""
+    sites = find_sites(captured)
+    cache: dict[tuple, Lookup] = {}
+    outcomes = []
+    for i, site in enumerate(sites):
+        lookup = None
+        if source is not None and site.legal and site.pattern in REGISTRY:
+            key = (site.pattern, tuple(site.shape.items()), site.dtype)
+            if key not in cache:
+                if on_site:
+                    on_site(i, len(sites), site)
+                cache[key] = source.lookup(REGISTRY[site.pattern], dict(site.shape), site.dtype)
+            lookup = cache[key]
+        outcomes.append(decide_site(site, lookup))
+    metadata = {"device": str(as_device(device)), "regime": getattr(source, "regime", PIPELINED)}
+    return Analysis(captured, sites, outcomes, metadata, [], 0.0)
 
 
 def check_rewrites(result: Analysis, model: torch.nn.Module) -> None:

@@ -40,6 +40,7 @@ from torch import nn
 from fxfusion.calibration.variants import compile_limits, first_call, one_line
 from fxfusion.errors import FxFusionError
 from fxfusion.measure.stats import MIN_EFFECT, Speedup, speedup, summarize
+from fxfusion.planning.prediction import Context, Prediction, Source
 from fxfusion.planning.rewrite import copy_model
 
 # --compile-modes words -> torch.compile's mode argument
@@ -58,6 +59,38 @@ WARM_CALLS = 3
 # The candidates beyond eager, whole-model compile and planned, which `--candidates` may leave out (each is one more
 # compile of the whole model).
 OPTIONAL = (CHANNELS_LAST_COMPILE, CAPTURED_COMPILE, PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE)
+
+
+# The context each rewritten candidate runs its rewrites in (fxfusion.planning.prediction.Context).
+CONTEXT = {PLANNED: Context.EAGER, PLANNED_COMPILE: Context.COMPILED,
+           PLANNED_CHANNELS_LAST_COMPILE: Context.COMPILED_CHANNELS_LAST}
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """The candidates to build and time beside eager and planned (always): whole-model ``torch.compile`` in each of
+    ``compile_modes`` (COMPILE_MODES words; empty: none), and the ``optional`` ones of :data:`OPTIONAL`.  ``captured``
+    also times the captured graph unrewritten (not a candidate: it shows what capturing costs); ``fresh`` resets
+    Dynamo's compiled state first, as a new process would start, so earlier compiles of the same code cannot fill its
+    cache and make a compiled candidate silently run eager."""
+
+    compile_modes: tuple[str, ...] = ("default",)
+    optional: tuple[str, ...] = OPTIONAL
+    captured: bool = True
+    fresh: bool = True
+
+    @classmethod
+    def uncompiled(cls, captured: bool = True) -> "CandidateSet":
+        """Eager and planned only (and the captured graph): nothing compiles."""
+        return cls(compile_modes=(), optional=(), captured=captured)
+
+    @property
+    def compiles(self) -> bool:
+        return bool(self.compile_modes or self.optional)
+
+    def planned_compiled(self) -> tuple[str, ...]:
+        """The planned candidates asked for that compile (they need the compiled regime's timings)."""
+        return tuple(n for n in (PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE) if n in self.optional)
 
 
 def parse_candidates(spec: str | None) -> tuple[str, ...]:
@@ -264,76 +297,43 @@ def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) ->
     return Choice(chosen, why, rows, best_baseline)
 
 
-@dataclass(frozen=True)
-class CompiledPrediction:
-    """A compiled candidate's predicted saving over its base, and what it rests on ("whole model": every class of
-    rewrites measured with the whole model compiled, "regions": regions compiled alone, "mixed"; see
-    :func:`fxfusion.planning.incontext.compiled_prediction`).  Measured with the whole model, it is also a ``fraction`` of
-    the base's time, paired per round, which the candidates' run turns into ms with its own median of the base: a
-    host-bound model's time follows the host's speed, which drifts between runs (the lent H200's host switched
-    between two speeds every few seconds, 2026-12-01), and a fraction does not."""
-
-    saving_ms: float
-    basis: str
-    fraction: float | None = None
-    base_ms: float | None = None  # the base's median in the run that measured the fraction
-    floor_fraction: float | None = None  # the same from each side's fastest rounds (10th percentiles), unpaired
-
-    def comparable(self, base_ms: float) -> bool:
-        """Whether the candidates' run saw the base at about the speed the fraction was measured at: a fraction holds
-        across a host's drift only while the model stays as host- or device-bound as it was (GPT-2 on the H200,
-        2026-12-01 08:18 UTC: the same compiled graph read 1.14 ms when predicted and 1.68 ms in the candidates' run,
-        where the attention rewrite's 24% saving had shrunk to 7% behind the slow host)."""
-        return self.base_ms is None or 1 / HOST_MOVED <= base_ms / self.base_ms <= HOST_MOVED
-
-    def ms(self, base_ms: float) -> float:
-        return self.fraction * base_ms if self.fraction is not None else self.saving_ms
-
-
-HOST_MOVED = 1.25  # a base this many times faster or slower than when predicted: the prediction is not comparable
-
-
-def attach_predictions(choice: Choice, planned_ms: float | None, planned_compile_ms: "CompiledPrediction | None",
-                       planned_layout: "tuple[CompiledPrediction, str] | None" = None) -> None:
-    """Each rewritten candidate's predicted saving beside the one measured, on its row (``row["prediction"]``):
-    planned over eager (the applied groups' savings less the captured graph's overhead, as the plan predicted them);
-    planned + compile over captured + compile where that was timed, else over whole-model compile (the kept groups'
-    savings timed with both forms of their region compiled, :meth:`FusionPlan.measure_in_compiled_model`; None when
-    they were not timed so).  Over captured + compile the measured saving is the rewrites' alone: what compiling the
-    captured graph instead of the module gives is that candidate's own gain, which no group predicts.
-    planned + channels-last + compile over channels-last + compile, from ``planned_layout``: (its prediction, the
-    layout its regions were timed in) -- "channels_last" when every applied group was timed compiled in that layout
-    (``FusionGroup.in_compiled_channels_last``), else "model layout" (the planned + compile savings, an
-    approximation); the row's prediction says which (``layout``).  A :class:`CompiledPrediction` puts its basis on
-    the row, and its fraction where it has one (``predicted_fraction``, of the base's median in this run), whether
-    the base ran at the speed it was predicted at (``comparable``), and the same fractions from each side's fastest
-    rounds (``predicted_floor_fraction``, ``measured_floor_fraction``, ``floor_error_pct``): on a host that switches
-    between two speeds, a model made fast enough to be host-bound reads bimodal while its base does not (GPT-2 on the
-    H200, 2026-12-01 08:43 UTC: the candidate 0.73-0.78 ms in most rounds, 1.0-1.5 ms in 9 of 30, the base 1.10-1.15
-    ms throughout), and the medians then mix the phases; the 10th percentiles compare the fast phase on both sides."""
+def attach_predictions(choice: Choice, predictions: dict[str, Prediction | None], fallback: set[str] = frozenset()) \
+        -> None:
+    """Each rewritten candidate's predicted saving beside the one measured, on its row (``row["prediction"]``), from
+    ``predictions`` (candidate name -> :class:`~fxfusion.planning.prediction.Prediction`, made by
+    :func:`fxfusion.planning.prediction.predict`): planned over eager; planned + compile over captured + compile where
+    that was timed, else over whole-model compile (over captured + compile the measured saving is the rewrites' alone:
+    what compiling the captured graph instead of the module gives is that candidate's own gain, which no group
+    predicts); planned + channels-last + compile over channels-last + compile.  A candidate in ``fallback`` is
+    predicted from another context's timings (channels-last from the model's own layout, an approximation the row
+    says: ``layout``).  The row carries the prediction's basis, its fraction where it has one (of the base's median in
+    this run), whether the base ran at the speed it was predicted at (``comparable``), and the same fractions from each
+    side's fastest rounds (``predicted_floor_fraction``, ``measured_floor_fraction``, ``floor_error_pct``): on a host
+    that switches between two speeds, a model made fast enough to be host-bound reads bimodal while its base does not
+    (GPT-2 on the H200, 2026-12-01 08:43 UTC: the candidate 0.73-0.78 ms in most rounds, 1.0-1.5 ms in 9 of 30, the
+    base 1.10-1.15 ms throughout), and the medians then mix the phases; the 10th percentiles compare the fast phase
+    on both sides."""
     by = {r["name"]: r for r in choice.candidates}
     compiled_base = CAPTURED_COMPILE if (by.get(CAPTURED_COMPILE) or {}).get("median_ms") is not None else "compile"
-    layout_ms, layout = planned_layout if planned_layout is not None else (None, None)
-    for name, over, predicted in ((PLANNED, "eager", planned_ms), (PLANNED_COMPILE, compiled_base, planned_compile_ms),
-                                  (PLANNED_CHANNELS_LAST_COMPILE, CHANNELS_LAST_COMPILE, layout_ms)):
-        row, base = by.get(name), by.get(over)
+    for name, over in ((PLANNED, "eager"), (PLANNED_COMPILE, compiled_base),
+                       (PLANNED_CHANNELS_LAST_COMPILE, CHANNELS_LAST_COMPILE)):
+        row, base, how = by.get(name), by.get(over), predictions.get(name)
         if row is None or base is None or row.get("median_ms") is None or base.get("median_ms") is None:
             continue
-        measured, how = base["median_ms"] - row["median_ms"], None
-        if isinstance(predicted, CompiledPrediction):
-            how, predicted = predicted, predicted.ms(base["median_ms"])
+        measured = base["median_ms"] - row["median_ms"]
+        predicted = how.ms(base["median_ms"]) if how is not None else None
         error = None if predicted is None or measured == 0 else 100.0 * (predicted - measured) / abs(measured)
         row["prediction"] = {"over": over, "predicted_saving_ms": predicted, "measured_saving_ms": measured,
                              "error_pct": error}
-        if name == PLANNED_CHANNELS_LAST_COMPILE and layout is not None:
-            row["prediction"]["layout"] = layout
-        if how is not None:
-            row["prediction"].update(basis=how.basis, predicted_fraction=how.fraction,
-                                     measured_fraction=measured / base["median_ms"], base_ms_predicted=how.base_ms,
-                                     comparable=how.comparable(base["median_ms"]), base_ms=base["median_ms"])
-            if how.floor_fraction is not None and row.get("floor_ms") and base.get("floor_ms"):
-                floor = (base["floor_ms"] - row["floor_ms"]) / base["floor_ms"]
-                row["prediction"].update(predicted_floor_fraction=how.floor_fraction, measured_floor_fraction=floor,
-                                         floor_error_pct=None if floor == 0 else
-                                         100.0 * (how.floor_fraction - floor) / abs(floor))
-
+        if name == PLANNED_CHANNELS_LAST_COMPILE and how is not None:
+            row["prediction"]["layout"] = "model layout" if name in fallback else "channels_last"
+        if how is None or (name == PLANNED and how.sources != {Source.CLASS}):
+            continue  # planned from regions or the library: the verification's own lines say how
+        row["prediction"].update(basis=how.basis, predicted_fraction=how.fraction,
+                                 measured_fraction=measured / base["median_ms"], base_ms_predicted=how.base_ms,
+                                 comparable=how.comparable(base["median_ms"]), base_ms=base["median_ms"])
+        if how.floor_fraction is not None and row.get("floor_ms") and base.get("floor_ms"):
+            floor = (base["floor_ms"] - row["floor_ms"]) / base["floor_ms"]
+            row["prediction"].update(predicted_floor_fraction=how.floor_fraction, measured_floor_fraction=floor,
+                                     floor_error_pct=None if floor == 0 else
+                                     100.0 * (how.floor_fraction - floor) / abs(floor))

@@ -6,8 +6,9 @@ For each fusible site (:func:`decide_site`, given a :class:`Lookup` from a sourc
      device is refused unless allowed, :mod:`fxfusion.profiles.machine`), or a live
      :func:`fxfusion.calibration.calibrate.measure_entry` of eager / manual / compile variants at the site's exact shape
      (``LiveSource``; one measurement per distinct pattern, shape and dtype, shared by identical sites);
-  2. the *baseline* is the variant that runs like the user's code: ``eager``, except for a linear whose bias is
-     already in the GEMM (nn.Linear, F.linear, torch.addmm), which runs like the ``addmm`` variant; the verdict and
+  2. the *baseline* is the variant that runs like the user's code, as the family's matcher recorded it
+     (``Site.baseline_variant``): ``eager``, or e.g. for a linear whose bias is already in the GEMM (nn.Linear,
+     F.linear, torch.addmm) the ``addmm`` variant; the verdict and
      interval are those of the best variant against that baseline (the decision's own, when the baseline is eager);
   3. estimated time saved per forward pass = baseline median - best median, for ``fuse`` verdicts only; a profile
      entry measured at another shape is scaled by the roofline time ratio of the two shapes, with a warning;
@@ -21,9 +22,9 @@ from dataclasses import dataclass, field
 
 from fxfusion.errors import FxFusionError
 from fxfusion.fusions.registry import REGISTRY, Pattern
-from fxfusion.graph.sites import ALREADY_FUSED, ILLEGAL, Site
+from fxfusion.graph.sites import ALREADY_FUSED, ILLEGAL, Flag, Site
 from fxfusion.measure.hardware import HardwareSpec, detect
-from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, speedup
+from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, UNDECIDED, speedup
 from fxfusion.measure.noise import MEDIAN, NoiseGuard, entry_speedup
 from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, Clock, TimingSpec, check_regime, clock_for
 from fxfusion.profiles.machine import check_profile
@@ -164,7 +165,7 @@ def _against(entry: Entry, baseline: str, regime: str = PIPELINED) -> tuple[str,
     base = _ok(entry, baseline, regime)
     rivals = [v for v in entry.variants if v.name not in ("eager", baseline) and _ok(entry, v.name, regime)]
     if base is None or not rivals:
-        return "undecided", baseline, None
+        return UNDECIDED, baseline, None
     scored = []
     for v in rivals:
         other = _ok(entry, v.name, regime).samples_ms
@@ -185,32 +186,27 @@ def _against(entry: Entry, baseline: str, regime: str = PIPELINED) -> tuple[str,
 
 def _bytes(site: Site, pattern: Pattern, baseline: str) -> tuple[int, int]:
     itemsize = dtype_record(site.dtype).itemsize
-    fused = pattern.bytes(site.shape, itemsize, True)
-    if baseline == "addmm":  # bias already in the GEMM: what is left unfused is the activation's read and write
-        return REGISTRY["linear_bias"].bytes(site.shape, itemsize, True) + 2 * itemsize * site.shape["M"] * \
-            site.shape["N"], fused
-    return pattern.bytes(site.shape, itemsize, False), fused
+    return pattern.bytes_as(site.shape, itemsize, baseline), pattern.bytes(site.shape, itemsize, True)
 
 
 def decide_site(site: Site, lookup: Lookup | None) -> SiteOutcome:
     if site.status == ILLEGAL:
-        return SiteOutcome(site, "illegal")
+        return SiteOutcome(site, ILLEGAL)
     if site.status == ALREADY_FUSED or site.pattern not in REGISTRY:
-        return SiteOutcome(site, "already_fused")
+        return SiteOutcome(site, ALREADY_FUSED)
     pattern = REGISTRY[site.pattern]
-    uses_addmm = site.roles.get("bias_in_gemm") == "true"
-    out = SiteOutcome(site, "undecided", warnings=list(lookup.warnings) if lookup else [])
+    out = SiteOutcome(site, UNDECIDED, warnings=list(lookup.warnings) if lookup else [])
     baseline = "eager"
     entry = lookup.entry if lookup else None
     regime = lookup.regime if lookup else PIPELINED
     if entry is not None and regime not in entry.regimes():  # one regime only (a 1.0 profile): its decision used it
         regime = entry.regimes()[0]
-    if entry is not None and uses_addmm:
-        if _ok(entry, "addmm", regime):
-            baseline = "addmm"
+    if entry is not None and site.baseline_variant != "eager":  # the family says how the site already runs
+        if _ok(entry, site.baseline_variant, regime):
+            baseline = site.baseline_variant
         else:
-            out.warnings.append("the addmm variant (how this site already runs) was not measured: compared "
-                                "against eager, which overstates the gain")
+            out.warnings.append(f"the {site.baseline_variant} variant (how this site already runs) was not measured: "
+                                "compared against eager, which overstates the gain")
     out.bytes_unfused, out.bytes_fused = _bytes(site, pattern, baseline)
     out.bytes_saved = max(0, out.bytes_unfused - out.bytes_fused)
     if lookup is None or lookup.decision is None:
@@ -227,7 +223,7 @@ def decide_site(site: Site, lookup: Lookup | None) -> SiteOutcome:
         out.verdict, out.best_variant, out.speedup = d.display_verdict, d.best_variant, d.speedup
     else:
         out.verdict, out.best_variant, out.speedup = _against(entry, baseline, regime)
-        if out.verdict == "undecided":
+        if out.verdict == UNDECIDED:
             out.warnings.append(f"no correct variant other than {baseline} (how this site already runs) was "
                                 "measured, so nothing to compare against (live: drop --no-compile)")
         elif lookup.decision.noisy and out.verdict != NEUTRAL:  # the measurement was unstable: never act on it
@@ -239,7 +235,7 @@ def decide_site(site: Site, lookup: Lookup | None) -> SiteOutcome:
     out.best_ms = best.median_ms * lookup.scale if best else out.baseline_ms
     if out.verdict == FUSE and out.baseline_ms is not None and out.best_ms is not None:
         out.saved_ms = max(0.0, out.baseline_ms - out.best_ms)
-    if out.verdict != FUSE and site.roles.get("act_written") == "true":
+    if out.verdict != FUSE and Flag.ACT_WRITTEN in site.flags:
         rivals = [v for v in entry.variants if v.name not in ("eager", baseline) and _ok(entry, v.name, regime)]
         if rivals:
             out.in_model_candidate = min(rivals, key=lambda v: _ok(entry, v.name, regime).median_ms).name

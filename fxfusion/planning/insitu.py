@@ -25,7 +25,7 @@ region functions named below live in :mod:`fxfusion.planning.regions`):
      of the same shapes, strides and dtypes, rewritten to the same ops (:func:`region_key`) -- takes that timing
      instead of its own, saying whose (``same_as``), and costs no budget: a ResNet's or a transformer's repeated
      layers are timed once;
-  5. the result (:class:`InModel`): the saving in ms (difference of medians, bootstrap interval), the saving as a
+  5. the result (:class:`~fxfusion.planning.prediction.RegionTiming`): the saving in ms (difference of medians, bootstrap interval), the saving as a
      fraction of the model's time paired per round (robust to a host whose speed drifts), and the region's speedup
      with the verdict the usual rule gives it -- ``neutral`` with the reason in ``noisy`` when that verdict is not
      stable (:func:`fxfusion.measure.noise.instability`: the halves of the rounds disagree, or the fastest samples
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,17 +55,12 @@ from fxfusion.measure.devices import as_device
 from fxfusion.graph.runnable import runnable_graph
 from fxfusion.planning.regions import (RegionError, channels_last_copy, channels_last_value, cut_region, region_key,
                                        region_nodes)
+from fxfusion.planning.prediction import Context, RegionTiming
 from fxfusion.planning.rewrite import captured_module, rewrite_group
 from fxfusion.measure.noise import instability
 from fxfusion.measure.stats import NEUTRAL, difference, paired_fraction, speedup, summarize
 from fxfusion.measure.timing import Clock, TimingSpec, clock_for, measure_tight
 
-# The layouts a group is measured compiled in (the keys of FusionGroup.in_context), and the FusionGroup attribute
-# that keeps its region timed compiled in each.
-MODEL, CHANNELS_LAST = "model", "channels_last"
-# The key of FusionGroup.in_context for the planned candidate's regime: the rest of the model runs eagerly.
-EAGER = "eager"
-COMPILED_REGION = {MODEL: "in_compiled_model", CHANNELS_LAST: "in_compiled_channels_last"}
 # Per group: enough rounds for a few-microsecond difference, little enough to keep planning quick.
 INSITU_SPEC = TimingSpec(rounds=40, warmup=3, target_sample_s=0.002, budget_s=2.0)
 # All regions of one plan together: past this, the remaining (smaller) groups keep the library's prediction.
@@ -80,41 +75,9 @@ def model_clock(device: str) -> Clock:
     return clock_for(device, "pipelined")
 
 
-@dataclass
-class InModel:
-    """One group's region timed inside the model: captured vs rewritten, per forward pass (ms)."""
-
-    captured_ms: float
-    rewritten_ms: float
-    saving_ms: float  # captured - rewritten (medians)
-    ci_low_ms: float  # 95% bootstrap interval of the saving
-    ci_high_ms: float
-    nodes: list[str]  # the region: the group's nodes ...
-    released: list[str] = field(default_factory=list)  # ... and the ops outside the site that the rewrite frees
-    clock: str = "cpu"
-    batches: int = 1  # batches measured (the narrowest interval's is kept)
-    # The saving as a fraction of the whole original model's time, paired per round (stats.paired_fraction): the
-    # model is timed in the same rounds as the region, so a drift of the host's speed cancels out.
-    fraction: float | None = None
-    fraction_ci_low: float | None = None
-    fraction_ci_high: float | None = None
-    model_ms: float | None = None  # the original model's median in the same batch
-    # The region's speedup rewritten over captured (ratio of medians, 95% interval) and its verdict, by the same rule
-    # as every decision (stats.Speedup.verdict): what decides a site the library cannot (a written-out activation).
-    speedup: float | None = None
-    speedup_ci_low: float | None = None
-    speedup_ci_high: float | None = None
-    verdict: str | None = None
-    regime: str = "eager"  # "compiled": both forms of the region ran through torch.compile
-    # Why the region's verdict is not stable (measure.noise.instability: the halves of the rounds disagree, ...),
-    # after every batch; the verdict is then neutral and nothing is decided on it -- never a flip.
-    noisy: str | None = None
-    # The group whose region was timed for this one: both regions run the same ops on values of the same shapes,
-    # strides and dtypes, rewritten alike (region_key), so one timing serves both (a model's repeated blocks).
-    same_as: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def clock_name(clock: Clock) -> str:
+    """How a timing says which clock took it: its regime on CUDA, else its device."""
+    return getattr(clock, "mode", str(clock.device))
 
 
 class _Recorder(fx.Interpreter):
@@ -131,36 +94,36 @@ class _Recorder(fx.Interpreter):
         return out
 
 
-def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device: str = "cpu",
+def measure_in_model(groups: list, captured, model: torch.nn.Module, example_inputs: tuple, device: str = "cpu",
                      spec: TimingSpec | None = None, clock: Clock | None = None,
-                     budget_s: float = INSITU_BUDGET_S, compiled: bool = False,
-                     channels_last: bool = False) -> dict[str, InModel | str]:
-    """Time every group's region captured vs rewritten; returns group id -> :class:`InModel`, or the reason (str)
-    the region could not be timed on its own.  Regions are timed largest library saving first, until ``budget_s``
-    (compiling included) is spent; the rest keep the library's prediction (their reason says so).
+                     budget_s: float = INSITU_BUDGET_S,
+                     context: Context = Context.EAGER) -> dict[str, RegionTiming | str]:
+    """Time the region of each of ``groups`` (FusionGroups of the ``captured`` model) captured vs rewritten; returns
+    group id -> :class:`RegionTiming`, or the reason (str) the region could not be timed on its own.  Regions are timed
+    largest library saving first, until ``budget_s`` (compiling included) is spent; the rest keep the library's
+    prediction (their reason says so).
 
-    ``compiled``: both forms of the region run through torch.compile (Inductor), the regime of the planned + compile
-    candidate, where a rewrite competes with Inductor's own fusion of the same ops rather than with eager.
-    ``channels_last`` (with ``compiled``): the regions' 4-D inputs and constants in channels-last layout, as they run
-    in the planned + channels-last + compile candidate (:class:`fxfusion.planning.candidates.ChannelsLast`)."""
+    ``context``: eager, or compiled -- both forms of the region run through torch.compile (Inductor), the regime of the
+    planned + compile candidate, where a rewrite competes with Inductor's own fusion of the same ops rather than with
+    eager -- and in channels-last the regions' 4-D inputs and constants in that layout, as they run in the planned +
+    channels-last + compile candidate (:class:`fxfusion.planning.candidates.ChannelsLast`)."""
     device = as_device(device)
-
+    compiled, channels_last = context.compiled, context is Context.COMPILED_CHANNELS_LAST
     spec, clock = spec or INSITU_SPEC, clock or model_clock(device)
-    out: dict[str, InModel | str] = {}
-    everything = sorted(list(plan.groups) + list(getattr(plan, "pending", [])),
-                        key=lambda g: -(g.predicted_saving_ms or 0.0))
+    out: dict[str, RegionTiming | str] = {}
+    everything = sorted(groups, key=lambda g: -(g.predicted_saving_ms or 0.0))
     start = clock.now()
     timed: dict[str, str] = {}  # region_key -> the group whose region was timed with it
     for index in sorted({g.graph_index for g in everything}):
-        groups = [g for g in everything if g.graph_index == index]
-        gm = runnable_graph(plan.captured, index, model)
-        if gm is None or index >= len(plan.captured.graph_inputs):
-            out.update({g.id: f"subgraph {index} cannot be run on its own" for g in groups})
+        in_graph = [g for g in everything if g.graph_index == index]
+        gm = runnable_graph(captured, index, model)
+        if gm is None or index >= len(captured.graph_inputs):
+            out.update({g.id: f"subgraph {index} cannot be run on its own" for g in in_graph})
             continue
         regions = {}
         position = {n: i for i, n in enumerate(gm.graph.nodes)}
         by_name = {n.name: n for n in position}
-        for g in groups:
+        for g in in_graph:
             try:
                 nodes, released = region_nodes(gm, g, position, by_name)
                 regions[g.id] = (g, nodes, released, *cut_region(gm, nodes))
@@ -170,7 +133,7 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
             continue
         recorder = _Recorder(gm, {name for *_, names in regions.values() for name in names})
         with torch.no_grad():
-            recorder.run(*plan.captured.graph_inputs[index])
+            recorder.run(*captured.graph_inputs[index])
         for gid, (g, nodes, released, region, names) in regions.items():
             rewritten = copy.deepcopy(region)
             record = rewrite_group(rewritten, g)
@@ -203,15 +166,16 @@ def measure_in_model(plan, model: torch.nn.Module, example_inputs: tuple, device
             base, cand = samples.seconds["captured"], samples.seconds["rewritten"]
             d, sp = difference(base, cand), speedup(base, cand)
             unstable = "; ".join(instability(base, cand))
-            out[gid] = InModel(captured_ms=summarize(base).median * 1e3, rewritten_ms=summarize(cand).median * 1e3,
-                               saving_ms=d.median * 1e3, ci_low_ms=d.ci_low * 1e3, ci_high_ms=d.ci_high * 1e3,
-                               nodes=list(g.nodes), released=released, clock=getattr(clock, "mode", str(clock.device)),
-                               batches=batches, fraction=f.median, fraction_ci_low=f.ci_low,
-                               fraction_ci_high=f.ci_high,
-                               model_ms=summarize(samples.seconds["model"]).median * 1e3, speedup=sp.median,
-                               speedup_ci_low=sp.ci_low, speedup_ci_high=sp.ci_high,
-                               verdict=NEUTRAL if unstable else sp.verdict(),
-                               regime="compiled" if compiled else "eager", noisy=unstable or None)
+            out[gid] = RegionTiming(captured_ms=summarize(base).median * 1e3,
+                                    rewritten_ms=summarize(cand).median * 1e3, saving_ms=d.median * 1e3,
+                                    ci_low_ms=d.ci_low * 1e3, ci_high_ms=d.ci_high * 1e3,
+                                    nodes=list(g.nodes), released=released, clock=clock_name(clock),
+                                    batches=batches, fraction=f.median, fraction_ci_low=f.ci_low,
+                                    fraction_ci_high=f.ci_high,
+                                    model_ms=summarize(samples.seconds["model"]).median * 1e3, speedup=sp.median,
+                                    speedup_ci_low=sp.ci_low, speedup_ci_high=sp.ci_high,
+                                    verdict=NEUTRAL if unstable else sp.verdict(),
+                                    regime="compiled" if compiled else "eager", noisy=unstable or None)
             if key is not None:
                 timed[key] = gid
     return out

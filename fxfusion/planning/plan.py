@@ -20,7 +20,8 @@ analysis (:meth:`FusionPlan.from_analysis`), in five steps:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -29,71 +30,17 @@ from fxfusion.errors import FxFusionError
 from fxfusion.fusions.registry import rewrite_for
 from fxfusion.graph.partition import captured_graph, contracted_cycle, convexity_problems, plan_graph
 from fxfusion.measure.devices import as_device
-from fxfusion.measure.stats import FUSE
+from fxfusion.measure.stats import FUSE, Verdict
 from fxfusion.measure.timing import PIPELINED
 from fxfusion.planning.decide import decide_site, lookup_for_decision
-from fxfusion.planning.insitu import (CHANNELS_LAST, COMPILED_REGION, INSITU_BUDGET_S, MODEL, InModel, Overhead,
-                                      measure_in_model, measure_overhead)  # noqa: F401  (measure_overhead: this API)
-from fxfusion.profiles.profile import Decision, Profile, decision_to_dict
-from fxfusion.measure.stats import Speedup
+from fxfusion.planning.insitu import (INSITU_BUDGET_S, Overhead, measure_in_model,
+                                      measure_overhead)  # noqa: F401  (measure_overhead: this API)
+from fxfusion.planning.prediction import Context, Prediction, RegionTiming, predict
+from fxfusion.profiles.profile import Decision, Profile
 from fxfusion.graph.sites import ALREADY_FUSED, CapturedModel, Site
+from fxfusion.planning.groups import (BELOW_OVERHEAD, ILLEGAL, NO_GAIN, NO_REWRITE, NOT_CONVEX, NOT_FUSE,  # noqa: F401
+                                      SLOWER_IN_MODEL, UNDECIDED, FusionGroup, Refusal, RefusedSite)  # noqa: F401
 
-ILLEGAL, UNDECIDED, NOT_FUSE, NO_GAIN, NO_REWRITE, NOT_CONVEX, BELOW_OVERHEAD, SLOWER_IN_MODEL = (
-    "illegal", "undecided", "not_fuse", "no_gain", "no_rewrite", "not_convex", "below_overhead", "slower_in_model")
-
-
-@dataclass
-class FusionGroup:
-    id: str  # the site id ("g0.s3"): one group per site
-    pattern: str
-    graph_index: int
-    nodes: list[str]
-    variant: str  # the winning variant, applied by fxfusion.planning.rewrite
-    baseline_variant: str  # the variant that runs like the user's code
-    speedup: Speedup | None  # variant over baseline, 95% interval
-    predicted_saving_ms: float | None  # per forward pass; None without timings
-    baseline_ms: float | None
-    variant_ms: float | None
-    decision: Decision
-    shape: dict[str, int]
-    dtype: str
-    roles: dict[str, str] = field(default_factory=dict)
-    extrapolated: bool = False  # the entry was measured at another shape
-    # The saving the pattern library measured (standalone calls); predicted_saving_ms is replaced by the in-model
-    # saving once FusionPlan.measure_in_model has timed the group's region (fxfusion.planning.insitu), kept here as well.
-    library_saving_ms: float | None = None
-    in_model: dict[str, Any] | None = None
-    decided_in_model: bool = False  # the library could not decide the site (activation written out); the model did
-    # The region timed with both forms compiled (the planned + compile candidate's regime), when it was; the same in
-    # channels-last layout (the planned + channels-last + compile candidate's regime).
-    in_compiled_model: dict[str, Any] | None = None
-    in_compiled_channels_last: dict[str, Any] | None = None
-    # Its share of its class's saving measured with the whole model compiled, per layout ("model", "channels_last";
-    # fxfusion.planning.incontext), when it was.
-    in_context: dict[str, dict[str, Any]] | None = None
-
-    @property
-    def site_id(self) -> str:
-        return self.id
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["decision"] = decision_to_dict(self.decision) if self.decision is not None else None
-        return d
-
-
-@dataclass
-class RefusedSite:
-    site_id: str
-    pattern: str
-    graph_index: int
-    nodes: list[str]
-    why: str  # ILLEGAL | already_fused | UNDECIDED | NOT_FUSE | NO_GAIN | NO_REWRITE | NOT_CONVEX | BELOW_OVERHEAD
-    #         | SLOWER_IN_MODEL
-    reasons: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -105,9 +52,6 @@ class FusionPlan:
     device: torch.device = torch.device("cpu")  # where the model runs and its groups are timed
     warnings: list[str] = field(default_factory=list)
     overhead_ms: float | None = None  # what the captured graph (no rewrite) takes over the model per forward (median)
-    # Where the groups' predicted savings come from: "library" (the pattern measurements), "in_model" (regions timed
-    # inside the captured graph, fxfusion.planning.insitu) or "mixed" (some regions could not be timed).
-    prediction: str = "library"
     # Sites refused as not_fuse by the library although their activation is written out (the library measured it as
     # one op): measure_in_model decides them in the model, and admits those whose region is faster rewritten.
     pending: list[FusionGroup] = field(default_factory=list)
@@ -132,21 +76,28 @@ class FusionPlan:
         return None if saving is None else saving - (self.overhead_ms or 0.0)
 
     @property
+    def prediction(self) -> str:
+        """Where the groups' predicted savings come from: "library" (the pattern measurements), "in_model" (regions
+        timed inside the captured graph, fxfusion.planning.insitu) or "mixed" (some regions could not be timed)."""
+        timed = [Context.EAGER in g.regions for g in self.groups]
+        return "in_model" if timed and all(timed) else "mixed" if any(timed) else "library"
+
+    @property
     def predicted_fraction(self) -> float | None:
         """The predicted saving as a fraction of the original model's time: the groups' in-model fractions less the
         overhead's, each paired per round with the model (robust to the host's speed drifting between measurements);
         None unless every group has one and the overhead was measured."""
-        return self.fraction_of([g.id for g in self.groups])
-
-    def fraction_of(self, group_ids) -> float | None:
-        """:attr:`predicted_fraction` over the named groups only (those that were applied)."""
-        chosen = [g for g in self.groups if g.id in set(group_ids)]
-        if not chosen:
+        if not self.groups:
             return 0.0
-        parts = [(g.in_model or {}).get("fraction") for g in chosen]
-        if any(f is None for f in parts) or self.overhead_fraction is None:
-            return None
-        return sum(parts) - self.overhead_fraction
+        p = predict([dataclasses.replace(g, classes={}) for g in self.groups], Context.EAGER, self.overhead_ms,
+                    self.overhead_fraction)  # the regions' own, whatever classes were measured
+        return p.fraction if p is not None else None
+
+    def predict(self, context: Context, groups: list["FusionGroup"] | None = None) -> Prediction | None:
+        """The prediction of the candidate of ``context`` over ``groups`` (default: those it applies),
+        :func:`fxfusion.planning.prediction.predict`'s rule, with this plan's overhead."""
+        return predict(self.groups_for(context) if groups is None else groups, context, self.overhead_ms,
+                       self.overhead_fraction)
 
     def group(self, group_id: str) -> FusionGroup:
         if (found := next((g for g in self.groups if g.id == group_id), None)) is not None:
@@ -200,7 +151,8 @@ class FusionPlan:
                 id=site.id, pattern=site.pattern, graph_index=site.graph_index, nodes=list(site.nodes),
                 variant=variant, baseline_variant=o.baseline_variant or "eager", speedup=o.speedup,
                 predicted_saving_ms=saving_ms, baseline_ms=o.baseline_ms, variant_ms=variant_ms, decision=d,
-                shape=dict(site.shape), dtype=site.dtype, roles=dict(site.roles), extrapolated=not d.exact)
+                shape=dict(site.shape), dtype=site.dtype, roles=dict(site.roles), flags=site.flags,
+                extrapolated=not d.exact)
 
         for o in outcomes:
             site, d = o.site, o.decision
@@ -208,7 +160,7 @@ class FusionPlan:
                 refuse(site, ALREADY_FUSED, site.reasons or [f"already runs fused ({site.written_as or site.pattern})"])
             elif o.verdict == ILLEGAL:
                 refuse(site, ILLEGAL, site.reasons or ["the matcher marked the site illegal"])
-            elif d is None or o.verdict == "undecided":
+            elif d is None or o.verdict == Verdict.UNDECIDED:
                 refuse(site, UNDECIDED, [undecided.get(site.id, "")] + o.warnings or ["no decision for this site"])
             elif o.verdict != FUSE:
                 sp = o.speedup
@@ -226,8 +178,7 @@ class FusionPlan:
                                    f"as one op: {candidate} is decided inside the model instead (measure_in_model)")
                     pending.append(group(o, candidate, None, None))
                 refuse(site, NOT_FUSE, reasons)
-            elif o.best_variant == o.baseline_variant or (site.roles.get("bias_in_gemm") == "true"
-                                                          and o.best_variant == "addmm"):
+            elif o.best_variant in (o.baseline_variant, site.baseline_variant):
                 refuse(site, NO_GAIN, [f"the winner, {o.best_variant}, is how the site already runs"])
             elif not rewritable(site, o.best_variant):
                 refuse(site, NO_REWRITE, [f"fxfusion has no rewrite of a {site.pattern} site into {o.best_variant!r}"])
@@ -269,24 +220,24 @@ class FusionPlan:
         inflating the prediction.  Without it the saving is the difference of the region's medians."""
         if not self.groups and not self.pending:
             return
-        found = measure_in_model(self, model, example_inputs, device or self.device, spec=spec, clock=clock,
-                                 budget_s=budget_s)
+        found = measure_in_model(self.groups + self.pending, self.captured, model, example_inputs,
+                                 device or self.device, spec=spec, clock=clock, budget_s=budget_s)
         self._decide_pending(found)
         kept = []
         for g in self.groups:
             im = found.get(g.id, "not measured")
             g.library_saving_ms = g.predicted_saving_ms if g.library_saving_ms is None else g.library_saving_ms
-            if not isinstance(im, InModel):
+            if not isinstance(im, RegionTiming):
                 self.warnings.append(f"{g.id}: no in-model timing ({im}); its prediction is the library's")
                 kept.append(g)
                 continue
-            g.in_model = im.to_dict()
+            g.regions[Context.EAGER] = im
             g.predicted_saving_ms = (im.fraction * reference_ms if reference_ms and im.fraction is not None
                                      else im.saving_ms)
             if im.noisy:
                 self.warnings.append(f"{g.id}: its in-model timing is noisy ({im.noisy}); the group stays on the "
                                      "library's verdict")
-            if im.ci_high_ms < 0 and not im.noisy:
+            if im.slower:
                 self.refused.append(RefusedSite(g.id, g.pattern, g.graph_index, g.nodes, SLOWER_IN_MODEL, [
                     f"inside the model its region takes {im.rewritten_ms:.4f} ms rewritten against "
                     f"{im.captured_ms:.4f} ms captured (saving {im.saving_ms:+.4f} ms, 95% CI "
@@ -294,36 +245,35 @@ class FusionPlan:
             else:
                 kept.append(g)
         self.groups = kept
-        measured = [g.in_model is not None for g in self.groups]
-        self.prediction = ("in_model" if all(measured) else "mixed" if any(measured) else "library")
 
-    def measure_in_compiled_model(self, model: torch.nn.Module, example_inputs: tuple, device=None, spec=None,
-                                  clock=None, budget_s: float = INSITU_BUDGET_S, channels_last: bool = False) -> None:
-        """Time each group's region with both forms compiled by Inductor (``measure_in_model(compiled=True)``): in the
-        planned + compile candidate a rewrite competes with Inductor's own fusion of the same ops, not with eager.
-        The result goes to ``in_compiled_model``; :meth:`groups_for_compile` drops the groups it shows slower.
-        With ``channels_last`` the regions run in channels-last layout, as in the planned + channels-last + compile
-        candidate, and the result goes to ``in_compiled_channels_last`` (it predicts that candidate only)."""
-        if not self.groups:
+    def measure_in_compiled_model(self, model: torch.nn.Module, example_inputs: tuple, context: Context,
+                                  device=None, spec=None, clock=None, budget_s: float = INSITU_BUDGET_S,
+                                  groups: list[FusionGroup] | None = None) -> None:
+        """Time each of ``groups``' (default: all) region with both forms compiled by Inductor, in a compiled
+        ``context``: in the planned + compile candidate a rewrite competes with Inductor's own fusion of the same ops,
+        not with eager.  The result goes to ``regions[context]``; :meth:`groups_for` drops the groups it shows
+        slower."""
+        groups = self.groups if groups is None else groups
+        if not groups:
             return
-        found = measure_in_model(self, model, example_inputs, device or self.device, spec=spec, clock=clock,
-                                 budget_s=budget_s, compiled=True, channels_last=channels_last)
-        for g in self.groups:
+        found = measure_in_model(groups, self.captured, model, example_inputs, device or self.device, spec=spec,
+                                 clock=clock, budget_s=budget_s, context=context)
+        for g in groups:
             im = found.get(g.id)
-            if isinstance(im, InModel):
-                setattr(g, COMPILED_REGION[CHANNELS_LAST if channels_last else MODEL], im.to_dict())
+            if isinstance(im, RegionTiming):
+                g.regions[context] = im
             else:
-                self.warnings.append(f"{g.id}: not timed compiled{' in channels-last' if channels_last else ''} "
-                                     f"({im}); kept for planned + compile")
+                where = " in channels-last" if context is Context.COMPILED_CHANNELS_LAST else ""
+                self.warnings.append(f"{g.id}: not timed compiled{where} ({im}); kept for planned + compile")
 
-    def groups_for_compile(self, layout: str = MODEL) -> list[FusionGroup]:
-        """The groups a planned compile candidate applies in ``layout`` (MODEL or CHANNELS_LAST): those whose class
-        makes the whole compiled model faster there beyond the noise (``in_context``: the fuse rule) and, where no
-        class was measured, those whose region compiled in that layout is not slower rewritten beyond the noise."""
+    def groups_for(self, context: Context) -> list[FusionGroup]:
+        """The groups the candidate of ``context`` applies.  Eager: all of them.  Compiled: those whose class makes
+        the whole compiled model faster there beyond the noise (the fuse rule) and, where no class was measured,
+        those whose region compiled in that context is not slower rewritten beyond the noise."""
         def left_out(g: FusionGroup) -> bool:
-            c, r = (g.in_context or {}).get(layout), getattr(g, COMPILED_REGION[layout])
-            return c["class_ci_low_ms"] <= 0 if c else bool(r) and r["ci_high_ms"] < 0 and not r.get("noisy")
-        return [g for g in self.groups if not left_out(g)]
+            c, r = g.classes.get(context), g.regions.get(context)
+            return not c.faster if c else r is not None and r.slower
+        return list(self.groups) if context is Context.EAGER else [g for g in self.groups if not left_out(g)]
 
     def _decide_pending(self, found: dict) -> None:
         """Admit each pending site whose region is faster rewritten beyond the noise (the fuse rule, applied to the
@@ -332,7 +282,7 @@ class FusionPlan:
         for g in self.pending:
             im = found.get(g.id)
             refusal = next(r for r in self.refused if r.site_id == g.id)
-            if not isinstance(im, InModel):
+            if not isinstance(im, RegionTiming):
                 refusal.reasons.append(f"inside the model it could not be timed ({im})")
                 continue
             said = (f"inside the model its region runs {im.speedup:.2f}x rewritten (95% CI [{im.speedup_ci_low:.2f}, "

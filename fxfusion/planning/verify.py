@@ -5,15 +5,15 @@ Method (:func:`verify_plan`):
   2. run the original and the planned model at the example inputs (no grad); the reference is the original model
      run in float64 on the CPU where the model allows it, else the original model itself;
   3. every output of the planned model must be within the dtype's tolerance of the reference
-     (:mod:`fxfusion.measure.correctness`), or within ``ORIGINAL_ERROR_SLACK`` x the original model's own error where the
-     model itself is further than that from float64: a rewrite may not be measurably less accurate than the model;
-  4. time the original, the captured graph before rewriting, the planned model and torch.compile of the whole model,
-     interleaved (:func:`fxfusion.measure.timing.measure`); speedups over the original with bootstrap intervals.  On CUDA
+     (:mod:`fxfusion.planning.outputs`), and so must every other candidate's, or it cannot be chosen;
+  4. build the candidates of a :class:`~fxfusion.planning.candidates.CandidateSet` and time them with the original and
+     the captured graph before rewriting, interleaved (:func:`fxfusion.measure.timing.measure`); speedups over the original with bootstrap intervals.  On CUDA
      the forward passes are timed pipelined (back to back, ``CudaClock("pipelined")``): the steady-state time per
      forward that a serving or training loop sees, and the regime the in-model predictions are measured in;
   5. measured saving = median(original) - median(planned), with the interval implied by the speedup's interval;
-     prediction error = (predicted - measured) / measured, where the prediction sums the applied groups only, less
-     the captured graph's overhead the plan measured.
+     prediction error = (predicted - measured) / measured, each rewritten candidate predicted over the groups it
+     applies by :meth:`FusionPlan.predict` (:mod:`fxfusion.planning.prediction`);
+  6. the fastest verified candidate is chosen (:func:`fxfusion.planning.candidates.choose`).
 
 A plan whose outputs do not verify has ``ok == False`` and is rendered as NOT VERIFIED; nothing reports it as a
 success.  Slower-than-original beyond the noise interval is reported (``planned_verdict == "avoid"``) separately.
@@ -21,47 +21,33 @@ success.  Slower-than-original beyond the noise interval is reported (``planned_
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
-from fxfusion.measure.correctness import relative_error, tolerance
-from fxfusion.planning.apply import apply
-from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, OPTIONAL, PLANNED,
-                                         PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, Built, ChannelsLast,
-                                         CompiledPrediction, attach_predictions, choose, compile_model, compile_name,
-                                         has_conv2d, reset_compiled_state)
-from fxfusion.planning.incontext import compiled_prediction
-from fxfusion.planning.insitu import CHANNELS_LAST, EAGER, MODEL, model_clock
-from fxfusion.planning.rewrite import captured_module
+from fxfusion.calibration.variants import compile_limits, first_call, one_line
+from fxfusion.measure.devices import as_device
 from fxfusion.measure.profiling import cupti_warning
 from fxfusion.measure.stats import paired_fraction, speedup, summarize
 from fxfusion.measure.timing import Clock, TimingSpec, measure
-from fxfusion.calibration.variants import compile_limits, first_call, one_line
-from fxfusion.measure.devices import as_device, dtype_name, is_cuda
+from fxfusion.planning import candidates as candidates_module
+from fxfusion.planning.apply import apply
+from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, CONTEXT, PLANNED,
+                                         PLANNED_CHANNELS_LAST_COMPILE, Built, CandidateSet,
+                                         ChannelsLast, attach_predictions, choose, compile_name,
+                                         has_conv2d, reset_compiled_state)
+from fxfusion.planning.insitu import clock_name, model_clock
+from fxfusion.planning.outputs import OutputCheck, check_outputs, float64_reference, to_reference
+from fxfusion.planning.prediction import Context, Prediction, Source, label
+from fxfusion.planning.rewrite import captured_module
 
 # End-to-end timing of whole models: longer samples than a pattern's, so Python overhead averages out.
 # Samples of about 50 ms: a pipelined sample's edges (one sync, one primed call) are then a small share of it.
 VERIFY_SPEC = TimingSpec(rounds=30, warmup=3, target_sample_s=0.05, budget_s=30.0)
-# A planned model may be up to this many times further from float64 than the original model is, where the original
-# itself misses the dtype tolerance (deep bfloat16 models): a rewrite must not be measurably less accurate.
-ORIGINAL_ERROR_SLACK = 2.0
-
-
-@dataclass
-class OutputCheck:
-    index: int
-    dtype: str
-    error: float | None  # relative L2 error of the planned output against the reference
-    original_error: float | None  # the original model's own error against the reference
-    limit: float
-    ok: bool
 
 
 @dataclass
@@ -134,56 +120,6 @@ class VerificationResult:
         return clean(d)
 
 
-def _to_reference(x: Any) -> Any:
-    return x.detach().to("cpu", torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-
-
-def _float64_reference(model: torch.nn.Module, inputs: tuple) -> tuple[Any, str | None]:
-    """The original model's outputs in float64 on the CPU, or (None, why not)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ref_model = copy.deepcopy(model).to("cpu", torch.float64)
-            with torch.no_grad():
-                return tree_map(_to_reference, ref_model(*tree_map(_to_reference, inputs))), None
-    except Exception as exc:  # a model that does not run in float64 (dtype-specific ops, device-only kernels)
-        return None, one_line(exc)
-
-
-def _tf32(device: str) -> bool:
-    return is_cuda(device) and bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
-
-
-def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: str) -> tuple[list[OutputCheck], str]:
-    got, spec_got = tree_flatten(planned_out)
-    orig, spec_orig = tree_flatten(original_out)
-    ref, _ = tree_flatten(reference)
-    if spec_got != spec_orig or len(got) != len(ref):
-        return [], f"the planned model returns {len(got)} outputs in another structure than the original's {len(orig)}"
-    checks, failures = [], []
-    for i, (g, o, r) in enumerate(zip(got, orig, ref)):
-        if not isinstance(g, torch.Tensor) or not g.is_floating_point():
-            same = torch.equal(g, o) if isinstance(g, torch.Tensor) and isinstance(o, torch.Tensor) else g == o
-            checks.append(OutputCheck(i, str(getattr(g, "dtype", type(g).__name__)), None, None, 0.0, bool(same)))
-            if not same:
-                failures.append(f"output {i} differs from the original")
-            continue
-        tol = tolerance(g.dtype, _tf32(device))
-        err, orig_err = relative_error(g, r), relative_error(o, r)
-        limit = max(tol, ORIGINAL_ERROR_SLACK * orig_err) if math.isfinite(orig_err) else tol
-        ok = err <= limit
-        checks.append(OutputCheck(i, dtype_name(g.dtype), err, orig_err, limit, ok))
-        if not ok:
-            failures.append(f"output {i} ({dtype_name(g.dtype)}) has relative error {err:.3g}, "
-                            f"over the {limit:.1e} limit")
-    return checks, "; ".join(failures)
-
-
-def _kept(plan, layout: str) -> list:
-    """The groups a planned compile candidate applies in ``layout`` (``FusionPlan.groups_for_compile``)."""
-    return plan.groups_for_compile(layout) if hasattr(plan, "groups_for_compile") else plan.groups
-
-
 def _planned_with(model, plan, planned, kept: list, name: str, said: list[str]):
     """The planned model with only the ``kept`` groups (``planned`` itself when that is all of them); the groups left
     out of candidate ``name`` go to ``said``."""
@@ -196,119 +132,55 @@ def _planned_with(model, plan, planned, kept: list, name: str, said: list[str]):
     return apply(model, dataclasses.replace(plan, groups=kept), candidate=PLANNED)
 
 
-def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
-                spec: TimingSpec | None = None, clock: Clock | None = None, include_compile: bool = True,
-                include_captured: bool = True, seed: int = 0, compile_modes: tuple[str, ...] = ("default",),
-                planned_compile: bool = True, fresh_compile: bool = True,
-                extra: tuple[str, ...] = OPTIONAL) -> VerificationResult:
-    """Apply ``plan`` to ``model`` and verify the planned model's outputs and end-to-end time, against eager and the
-    candidates of :mod:`fxfusion.planning.candidates` (whole-model compile in ``compile_modes``; with
-    ``planned_compile`` the planned model compiled by Inductor), all timed in one interleaved run.
-    ``extra`` names the optional candidates to build (:data:`fxfusion.planning.candidates.OPTIONAL`, all by default).
-    ``fresh_compile`` resets Dynamo's compiled state first (as a new process would start), so earlier compiles of
-    the same code cannot fill its cache and make a compiled candidate silently run eager."""
-    device = as_device(device)
-    if fresh_compile and include_compile:
-        reset_compiled_state()
-
-    inputs = tuple(example_inputs)
-    spec = spec or VERIFY_SPEC
-    clock = clock or model_clock(device)
-    timings: dict[str, Timing] = {}
-    result_warnings: list[str] = []
-
-    def failed(reason, rewrites=(), outputs=(), reference="original"):
-        return VerificationResult(False, reason, str(device), reference, list(outputs), list(rewrites), timings, None,
-                                  None, None, None, None, None, result_warnings)
-
-    try:
-        planned = apply(model, plan, candidate=PLANNED)
-    except Exception as exc:
-        return failed(f"applying the plan failed: {one_line(exc)}")
-    rewrites = [r.to_dict() for r in getattr(planned, "fxfusion_rewrites", [])]
-    result_warnings += [w for w in getattr(plan, "warnings", []) if "noisy" in w]  # where the user looks, too
-    result_warnings += [f"group {r['site_id']} not applied: {r['detail']}" for r in rewrites if not r["applied"]]
-
-    with torch.no_grad():
-        original_out = model(*inputs)
-        try:
-            with compile_limits():
-                planned_first = first_call(lambda: planned(*inputs), device)
-            planned_out = planned(*inputs)
-        except Exception as exc:
-            return failed(f"the planned model failed to run: {one_line(exc)}", rewrites)
-    reference, why_not = _float64_reference(model, inputs)
-    ref_name = "float64"
-    if reference is None:
-        reference, ref_name = tree_map(_to_reference, original_out), "original"
-        result_warnings.append(f"the model does not run in float64 ({why_not}); checked against the original")
-    checks, failure = check_outputs(planned_out, original_out, reference, device)
-    if failure:
-        result_warnings.append("outputs do not match: timings are reported for diagnosis only")
-
-    thunks = {"eager": lambda: model(*inputs), "planned": lambda: planned(*inputs)}
-    timings["eager"] = Timing("eager", "ok")
-    timings["planned"] = Timing("planned", "ok", first_call_s=planned_first)
-    if include_captured:
-        try:
-            captured = captured_module(model, plan.captured)
-            with torch.no_grad():
-                first = first_call(lambda: captured(*inputs), device)
-            thunks["captured"] = lambda: captured(*inputs)
-            timings["captured"] = Timing("captured", "ok", first_call_s=first)
-        except Exception as exc:
-            timings["captured"] = Timing("captured", "failed", one_line(exc))
+def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], candidates: CandidateSet, device,
+                     captured_ok: bool, said: list[str], compile_fn: Callable | None = None) \
+        -> tuple[dict[str, Built], dict[str, list]]:
+    """Compile the candidates of ``candidates`` with ``compile_fn`` (default: candidates.compile_model; failures are
+    data); returns them by name, and the groups each rewritten one applies (planned + compile leaves out what its
+    context measured slower, FusionPlan.groups_for)."""
+    compile_model = compile_fn or candidates_module.compile_model
     built: dict[str, Built] = {}
-    applied, planned_compile_pred = {r["site_id"] for r in rewrites if r["applied"]}, None
-    planned_layout_pred: tuple[CompiledPrediction, str] | None = None  # (saving, layout it was measured in)
-    verified = {"eager": True, PLANNED: not failure}
-    if include_compile:
-        for mode in compile_modes:
-            built[compile_name(mode)] = compile_model(compile_name(mode), model, inputs, device, COMPILE_MODES[mode],
-                                                      record_post_grad=mode == "default")
-        if CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # the layout decision for the whole model
-            built[CHANNELS_LAST_COMPILE] = compile_model(CHANNELS_LAST_COMPILE, ChannelsLast(model), inputs, device,
-                                                         None)
-        if planned_compile and applied and {PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE} & set(extra):
-            kept = _kept(plan, MODEL)
-            planned_compile_pred = compiled_prediction([g for g in kept if g.id in applied], MODEL)
-            layout_pred = None
-            if PLANNED_COMPILE in extra:
-                built[PLANNED_COMPILE] = compile_model(
-                    PLANNED_COMPILE, _planned_with(model, plan, planned, kept, PLANNED_COMPILE, result_warnings),
-                    inputs, device, None, record_post_grad=True)
-            if PLANNED_CHANNELS_LAST_COMPILE in extra and has_conv2d(model):  # its groups as measured in its layout
-                kept_cl = _kept(plan, CHANNELS_LAST)
-                layout_pred = compiled_prediction([g for g in kept_cl if g.id in applied], CHANNELS_LAST)
-                base = _planned_with(model, plan, planned, kept_cl, PLANNED_CHANNELS_LAST_COMPILE, result_warnings)
-                built[PLANNED_CHANNELS_LAST_COMPILE] = compile_model(PLANNED_CHANNELS_LAST_COMPILE, ChannelsLast(base),
-                                                                     inputs, device, None, record_post_grad=True)
-            if layout_pred is not None:
-                planned_layout_pred = (layout_pred, "channels_last")
-            elif planned_compile_pred is not None:  # else the model's own layout's, an approximation it says
-                planned_layout_pred = (planned_compile_pred, "model layout")
-        if CAPTURED_COMPILE in extra and planned_compile and "captured" in thunks:
-            # the captured graph compiled without rewrites (a copy of it): planned + compile's control, and a
-            # candidate of its own where nothing is applied
-            built[CAPTURED_COMPILE] = compile_model(CAPTURED_COMPILE, captured_module(model, plan.captured), inputs,
-                                                    device, None)
-        for name, b in built.items():
-            if b.status != "ok":
-                timings[name] = Timing(name, b.status, b.reason)
-                continue
-            with torch.no_grad():
-                out = b.run()
-            cand_checks, cand_failure = check_outputs(out, original_out, reference, device)
-            verified[name] = not cand_failure
-            if cand_failure:
-                result_warnings.append(f"{name}: outputs do not match ({cand_failure}); it cannot be chosen")
-            thunks[name], timings[name] = b.run, Timing(name, "ok", first_call_s=b.setup_s)
-    else:
-        timings["compile"] = Timing("compile", "skipped", "include_compile=False")
+    kept: dict[str, list] = {PLANNED: [g for g in plan.groups if g.id in applied]}
+    for mode in candidates.compile_modes:
+        built[compile_name(mode)] = compile_model(compile_name(mode), model, inputs, device, COMPILE_MODES[mode],
+                                                  record_post_grad=mode == "default")
+    conv = has_conv2d(model)
+    if CHANNELS_LAST_COMPILE in candidates.optional and conv:  # the layout decision for the whole model
+        built[CHANNELS_LAST_COMPILE] = compile_model(CHANNELS_LAST_COMPILE, ChannelsLast(model), inputs, device, None)
+    for name in candidates.planned_compiled() if applied else ():
+        if name == PLANNED_CHANNELS_LAST_COMPILE and not conv:
+            continue
+        groups = plan.groups_for(CONTEXT[name])
+        kept[name] = [g for g in groups if g.id in applied]
+        base = _planned_with(model, plan, planned, groups, name, said)
+        built[name] = compile_model(name, ChannelsLast(base) if name == PLANNED_CHANNELS_LAST_COMPILE else base,
+                                    inputs, device, None, record_post_grad=True)
+    if CAPTURED_COMPILE in candidates.optional and captured_ok:
+        # the captured graph compiled without rewrites (a copy of it): planned + compile's control, and a candidate
+        # of its own where nothing is applied
+        built[CAPTURED_COMPILE] = compile_model(CAPTURED_COMPILE, captured_module(model, plan.captured), inputs,
+                                                device, None)
+    return built, kept
 
+
+def _predictions(plan, kept: dict[str, list]) -> tuple[dict[str, Prediction | None], set[str]]:
+    """Each rewritten candidate's prediction over the groups it applies; planned + channels-last + compile falls back
+    to the model layout's compiled timings where its own layout's are missing (returned as the second value)."""
+    out = {name: plan.predict(CONTEXT[name], groups) for name, groups in kept.items()}
+    fallback = set()
+    if out.get(PLANNED_CHANNELS_LAST_COMPILE) is None and PLANNED_CHANNELS_LAST_COMPILE in kept:
+        applied = {g.id for g in kept[PLANNED]}
+        out[PLANNED_CHANNELS_LAST_COMPILE] = plan.predict(
+            Context.COMPILED, [g for g in plan.groups_for(Context.COMPILED) if g.id in applied])
+        fallback.add(PLANNED_CHANNELS_LAST_COMPILE)
+    return out, fallback
+
+
+def _time(thunks: dict, timings: dict[str, Timing], clock: Clock, spec: TimingSpec, seed: int, said: list[str]):
+    """All candidates interleaved in one run; medians, samples and speedups over eager onto ``timings``."""
     with torch.no_grad(), compile_limits():  # a guard that fails while timing recompiles instead of running eager
         samples = measure(thunks, clock, spec)
-    result_warnings += [w for w in [cupti_warning()] if w]
+    said += [w for w in [cupti_warning()] if w]
     eager_s = samples.seconds["eager"]
     for name, secs in samples.seconds.items():
         t = timings[name]
@@ -319,60 +191,141 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             sp = speedup(eager_s, secs, seed=seed)
             t.speedup, t.verdict = {"median": sp.median, "ci_low": sp.ci_low, "ci_high": sp.ci_high}, sp.verdict()
         if s.noisy:
-            result_warnings.append(f"{name} timing is noisy (IQR {s.iqr / s.median:.0%} of the median)")
+            said.append(f"{name} timing is noisy (IQR {s.iqr / s.median:.0%} of the median)")
     if samples.budget_exhausted:
-        result_warnings.append(f"timing stopped after {samples.rounds} rounds (budget {spec.budget_s:.0f} s)")
+        said.append(f"timing stopped after {samples.rounds} rounds (budget {spec.budget_s:.0f} s)")
+    return samples
 
-    eager_ms, planned_t = timings["eager"].median_ms, timings["planned"]
+
+def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
+                spec: TimingSpec | None = None, clock: Clock | None = None,
+                candidates: CandidateSet = CandidateSet(), seed: int = 0,
+                compile_fn: Callable | None = None) -> VerificationResult:
+    """Apply ``plan`` (a :class:`~fxfusion.planning.plan.FusionPlan`) to ``model`` and verify the planned model's
+    outputs and end-to-end time against eager and the ``candidates`` (compiled by ``compile_fn``, default
+    :func:`fxfusion.planning.candidates.compile_model`), all timed in one interleaved run (module doc)."""
+    device = as_device(device)
+    if candidates.fresh and candidates.compiles:
+        reset_compiled_state()
+    inputs = tuple(example_inputs)
+    spec, clock = spec or VERIFY_SPEC, clock or model_clock(device)
+    timings: dict[str, Timing] = {}
+    said: list[str] = []
+
+    def failed(reason, rewrites=(), outputs=(), reference="original"):
+        return VerificationResult(False, reason, str(device), reference, list(outputs), list(rewrites), timings, None,
+                                  None, None, None, None, None, said)
+
+    try:
+        planned = apply(model, plan, candidate=PLANNED)
+    except Exception as exc:
+        return failed(f"applying the plan failed: {one_line(exc)}")
+    rewrites = [r.to_dict() for r in getattr(planned, "fxfusion_rewrites", [])]
+    said += [w for w in plan.warnings if "noisy" in w]  # where the user looks, too
+    said += [f"group {r['site_id']} not applied: {r['detail']}" for r in rewrites if not r["applied"]]
+    with torch.no_grad():
+        original_out = model(*inputs)
+        try:
+            with compile_limits():
+                planned_first = first_call(lambda: planned(*inputs), device)
+            planned_out = planned(*inputs)
+        except Exception as exc:
+            return failed(f"the planned model failed to run: {one_line(exc)}", rewrites)
+    reference, why_not = float64_reference(model, inputs)
+    ref_name = "float64"
+    if reference is None:
+        reference, ref_name = tree_map(to_reference, original_out), "original"
+        said.append(f"the model does not run in float64 ({why_not}); checked against the original")
+    checks, failure = check_outputs(planned_out, original_out, reference, device)
+    if failure:
+        said.append("outputs do not match: timings are reported for diagnosis only")
+
+    thunks = {"eager": lambda: model(*inputs), "planned": lambda: planned(*inputs)}
+    timings["eager"] = Timing("eager", "ok")
+    timings["planned"] = Timing("planned", "ok", first_call_s=planned_first)
+    if candidates.captured:
+        try:
+            captured = captured_module(model, plan.captured)
+            with torch.no_grad():
+                first = first_call(lambda: captured(*inputs), device)
+            thunks["captured"] = lambda: captured(*inputs)
+            timings["captured"] = Timing("captured", "ok", first_call_s=first)
+        except Exception as exc:
+            timings["captured"] = Timing("captured", "failed", one_line(exc))
+    applied = {r["site_id"] for r in rewrites if r["applied"]}
+    verified = {"eager": True, PLANNED: not failure}
+    built, kept = build_candidates(model, inputs, plan, planned, applied, candidates, device, "captured" in thunks,
+                                   said, compile_fn)
+    if not candidates.compile_modes:
+        timings["compile"] = Timing("compile", "skipped", "no whole-model compile asked for")
+    for name, b in built.items():
+        if b.status != "ok":
+            timings[name] = Timing(name, b.status, b.reason)
+            continue
+        with torch.no_grad():
+            out = b.run()
+        _, cand_failure = check_outputs(out, original_out, reference, device)
+        verified[name] = not cand_failure
+        if cand_failure:
+            said.append(f"{name}: outputs do not match ({cand_failure}); it cannot be chosen")
+        thunks[name], timings[name] = b.run, Timing(name, "ok", first_call_s=b.setup_s)
+    samples = _time(thunks, timings, clock, spec, seed, said)
+
+    predictions, fallback = _predictions(plan, kept)
+    choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, built)
+    attach_predictions(choice, predictions if applied else {}, fallback)
+    result = VerificationResult(not failure, failure, str(device), ref_name, checks, rewrites, timings, None, None,
+                                None, None, None, timings["planned"].verdict, said, timing=clock_name(clock),
+                                candidates=choice.to_dict())
+    _planned_prediction(result, plan, predictions.get(PLANNED), applied, samples)
+    if not failure:
+        sp = timings["planned"].speedup
+        result.reason = (f"outputs match the {ref_name} reference; planned model {sp['median']:.2f}x the original, "
+                         f"95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
+    return result
+
+
+def _planned_prediction(r: VerificationResult, plan, predicted: Prediction | None, applied: set[str], samples) -> None:
+    """The planned candidate's measured saving against its prediction, in ms and as fractions of eager, with the
+    regions' and the library's own predictions beside a better one."""
+    eager_ms, planned_t = r.timings["eager"].median_ms, r.timings["planned"]
+    eager_s = samples.seconds["eager"]
     measured = eager_ms - planned_t.median_ms
     sp = planned_t.speedup
-    ci = (eager_ms * (1 - 1 / sp["ci_low"]), eager_ms * (1 - 1 / sp["ci_high"]))
-    known = [g.predicted_saving_ms for g in plan.groups if g.id in applied and g.predicted_saving_ms is not None]
-    applied_groups = [g for g in plan.groups if g.id in applied]
-    in_context = (compiled_prediction(applied_groups, EAGER) if applied_groups
-                  and all((getattr(g, "in_context", None) or {}).get(EAGER) for g in applied_groups) else None)
-    predicted = None
+    r.measured_saving_ms = measured
+    r.measured_saving_ci_ms = (eager_ms * (1 - 1 / sp["ci_low"]), eager_ms * (1 - 1 / sp["ci_high"]))
+    f = paired_fraction(eager_s, samples.seconds["planned"], eager_s)
+    r.measured_fraction, r.measured_fraction_ci = f.median, (f.ci_low, f.ci_high)
+    r.prediction = label(predicted, bool(applied))
     if not applied:
-        predicted = 0.0  # the planned model is a copy of the original
-    elif len(known) == len(applied):
-        predicted = sum(known) - (plan.overhead_ms or 0.0)
-    else:
-        result_warnings.append(f"{len(applied) - len(known)} applied group(s) have no predicted saving")
-    if applied and plan.overhead_ms is None:
-        result_warnings.append("the plan did not measure the captured graph's overhead; the prediction omits it")
-    source, regions, regions_error, comparable = getattr(plan, "prediction", "library"), None, None, None
-    if in_context is not None:  # each class applied alone with the rest eager: the regions' sum is shown beside it
-        regions, predicted, source = predicted, in_context.ms(eager_ms), "in_context"
-        comparable = in_context.comparable(eager_ms)
-        if regions is not None and measured != 0:
-            regions_error = 100.0 * (regions - measured) / abs(measured)
-    error_pct = error_of_eager = library = library_error = None
-    if predicted is not None and applied:  # with nothing applied there is no prediction to check
-        error_of_eager = 100.0 * (predicted - measured) / eager_ms
-        error_pct = 100.0 * (predicted - measured) / abs(measured) if measured != 0 else None
-        lib = [g.library_saving_ms for g in plan.groups if g.id in applied and g.library_saving_ms is not None]
-        if source in ("in_model", "in_context") and len(lib) == len(applied):
-            library = sum(lib) - (plan.overhead_ms or 0.0)
-            library_error = 100.0 * (library - measured) / abs(measured) if measured != 0 else None
-    measured_f = paired_fraction(eager_s, samples.seconds["planned"], eager_s)
-    predicted_f = plan.fraction_of(applied) if applied and hasattr(plan, "fraction_of") else None
-    if in_context is not None:
-        predicted_f = in_context.fraction
-    fraction_error = None
-    if predicted_f is not None and measured_f.median != 0:
-        fraction_error = 100.0 * (predicted_f - measured_f.median) / abs(measured_f.median)
-    choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, built)
-    attach_predictions(choice, (in_context or predicted) if applied else None, planned_compile_pred,
-                       planned_layout_pred)
-    ok = not failure
-    reason = failure or (f"outputs match the {ref_name} reference; planned model "
-                         f"{sp['median']:.2f}x the original, 95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
-    return VerificationResult(ok, reason, str(device), ref_name, checks, rewrites, timings, predicted, measured, ci,
-                              error_pct, error_of_eager, planned_t.verdict, result_warnings,
-                              timing=getattr(clock, "mode", str(clock.device)),
-                              prediction=source, prediction_comparable=comparable,
-                              regions_predicted_saving_ms=regions, regions_prediction_error_pct=regions_error,
-                              library_predicted_saving_ms=library, library_prediction_error_pct=library_error,
-                              predicted_fraction=predicted_f, measured_fraction=measured_f.median,
-                              measured_fraction_ci=(measured_f.ci_low, measured_f.ci_high),
-                              fraction_error_pct=fraction_error, candidates=choice.to_dict())
+        r.predicted_saving_ms = 0.0  # the planned model is a copy of the original
+        return
+    groups = [g for g in plan.groups if g.id in applied]
+    if predicted is None:
+        r.warnings.append(f"{sum(g.predicted_saving_ms is None for g in groups)} applied group(s) have no predicted "
+                          "saving")
+    if plan.overhead_ms is None:
+        r.warnings.append("the plan did not measure the captured graph's overhead; the prediction omits it")
+    regions = plan.predict(Context.EAGER, [dataclasses.replace(g, classes={}) for g in groups])
+    if predicted is not None and predicted.sources == {Source.CLASS}:
+        # each class applied alone with the rest eager: the regions' sum is shown beside it
+        r.prediction_comparable = predicted.comparable(eager_ms)
+        if regions is not None:
+            r.regions_predicted_saving_ms = regions.saving_ms
+            r.regions_prediction_error_pct = _error(regions.saving_ms, measured)
+    if predicted is None:
+        return
+    r.predicted_saving_ms = predicted.ms(eager_ms)
+    r.prediction_error_pct_of_eager = 100.0 * (r.predicted_saving_ms - measured) / eager_ms
+    r.prediction_error_pct = _error(r.predicted_saving_ms, measured)
+    library = [g.library_saving_ms for g in groups if g.library_saving_ms is not None]
+    if r.prediction in ("in_model", "in_context") and len(library) == len(groups):
+        r.library_predicted_saving_ms = sum(library) - (plan.overhead_ms or 0.0)
+        r.library_prediction_error_pct = _error(r.library_predicted_saving_ms, measured)
+    r.predicted_fraction = predicted.fraction
+    if r.predicted_fraction is not None and r.measured_fraction != 0:
+        r.fraction_error_pct = 100.0 * (r.predicted_fraction - r.measured_fraction) / abs(r.measured_fraction)
+
+
+def _error(predicted: float, measured: float) -> float | None:
+    return 100.0 * (predicted - measured) / abs(measured) if measured != 0 else None

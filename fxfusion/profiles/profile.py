@@ -20,7 +20,7 @@ from warnings import warn
 import torch
 
 from fxfusion.errors import FxFusionError, FxFusionWarning
-from fxfusion.measure.stats import Speedup
+from fxfusion.measure.stats import UNDECIDED, Speedup
 from fxfusion.measure.timing import ISOLATED, PIPELINED, REGIMES, check_regime
 from fxfusion.profiles.schema import SCHEMA_VERSION, atomic_write_json, validate
 from fxfusion.measure.devices import kind as device_kind
@@ -111,7 +111,7 @@ class Decision:
     @property
     def display_verdict(self) -> str:
         """The verdict as tables show it: ``undecided`` for :attr:`undecided`, else the verdict."""
-        return "undecided" if self.undecided else self.verdict
+        return UNDECIDED if self.undecided else self.verdict
 
 
 @dataclass

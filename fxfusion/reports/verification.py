@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fxfusion.measure.stats import interval_text
-from fxfusion.planning.candidates import HOST_MOVED
+from fxfusion.planning.prediction import HOST_MOVED
 from fxfusion.planning.verify import VerificationResult
 
 

@@ -10,7 +10,7 @@ from fxfusion.fusions.activations import title, activation, written_activation
 from fxfusion.fusions.base import Candidate, Context, Graph
 from fxfusion.fusions.linear.pattern import PATTERNS
 from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, only_user, shape, swaps_last_two, val
-from fxfusion.graph.sites import ALREADY_FUSED, FUSIBLE
+from fxfusion.graph.sites import ALREADY_FUSED, FUSIBLE, Flag
 
 # The activations this family has a linear_bias_<act> (and bias-free linear_<act>) pattern for; any other one after
 # a linear stays a separate op.
@@ -52,7 +52,7 @@ def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
     GEMM without a bias is a site only when an activation follows it (its epilogue can take the activation)."""
     g = ctx.graph
     k = kind(gemm)
-    nodes, roles, notes = [gemm], {"gemm": gemm.name}, []
+    nodes, roles, notes, flags = [gemm], {"gemm": gemm.name}, [], set()
     bias, bias_add, bias_in_gemm = None, None, False
     if k == "linear":
         x, weight, tnode, bias = gemm.args[0], gemm.args[1], None, arg(gemm, 2, "bias")
@@ -123,15 +123,15 @@ def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
     elif written is not None:  # e.g. GPT-2's NewGELU: 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
         name, act_nodes, act = written
         nodes.extend(act_nodes)
-        roles["activation"], roles["act"], roles["act_written"] = act.name, name, "true"
+        roles["activation"], roles["act"] = act.name, name
+        flags.add(Flag.ACT_WRITTEN)
         how += f" + {title(name)} written out ({len(act_nodes)} ops)"
     if bias is None and act is None:
         return None  # a GEMM alone: nothing to fuse into it (its input may still merge with siblings')
     if bias is not None and not isinstance(bias, Node):
         return None
     out = act or cur
-    roles.update({"input": node_name(x), "weight": weight.name, "output": out.name,
-                  "bias_in_gemm": "true" if bias_in_gemm else "false"})
+    roles.update({"input": node_name(x), "weight": weight.name, "output": out.name})
     if bias is not None:
         roles["bias"] = bias.name
     if g.param(weight):
@@ -150,4 +150,7 @@ def match_linear(ctx: Context, gemm: Node) -> Candidate | None:
     if bias_in_gemm and act is not None:
         notes.append("the bias is already in the GEMM; the gain left is the activation in its epilogue")
     return Candidate(pattern, nodes, out, {"M": M, "K": K, "N": n_out}, dtype_name(out) or "float32", roles, how,
-                     status=status, notes=notes, boundary=[n for n in (x, weight, bias) if n is not None])
+                     status=status, notes=notes, boundary=[n for n in (x, weight, bias) if n is not None],
+                     flags=frozenset(flags),
+                     # with its bias already in the GEMM (nn.Linear, F.linear, torch.addmm) it runs like addmm
+                     baseline_variant="addmm" if bias_in_gemm else "eager")

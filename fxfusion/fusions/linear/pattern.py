@@ -61,6 +61,11 @@ def _bytes(act: str | None):
     return nbytes
 
 
+def _addmm_bytes(s, itemsize):
+    """A site that already runs as addmm (bias in the GEMM): the fused GEMM, then the activation's read and write."""
+    return _bytes(None)(s, itemsize, True) + 2 * itemsize * s["M"] * s["N"]
+
+
 def _pattern(act: str | None) -> Pattern:
     fn = ACTIVATIONS[act].fn if act else None
 
@@ -109,6 +114,7 @@ def _pattern(act: str | None) -> Pattern:
         flops=_flops(act),
         bytes=_bytes(act),
         shapes={"quick": QUICK, "full": FULL, "gpu": GPU},
+        baseline_bytes={"addmm": _addmm_bytes},
     )
 
 

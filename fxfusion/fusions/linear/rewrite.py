@@ -17,6 +17,7 @@ import torch
 from torch import fx
 
 from fxfusion.fusions.activations import ACTIVATIONS, activation
+from fxfusion.graph.sites import Flag
 from fxfusion.graph.edit import (NotApplicable, add_constant, arg, aten, device_of, emit_traced, is_call, scalar,
                                  shape_of, value_of)
 
@@ -43,7 +44,7 @@ class _Linear:
     act: fx.Node | None  # the activation applied to head, when it is in the site
 
 
-def _parse_linear(nodes: list[fx.Node], roles: dict | None = None) -> _Linear:
+def _parse_linear(nodes: list[fx.Node], roles: dict | None = None, flags: frozenset = frozenset()) -> _Linear:
     gemm = next((n for n in nodes if is_call(n, *LINEAR_GEMMS)), None)
     if gemm is None:
         raise NotApplicable("no linear/matmul/addmm node in the site")
@@ -81,8 +82,8 @@ def _parse_linear(nodes: list[fx.Node], roles: dict | None = None) -> _Linear:
         cur = next(iter(cur.users))  # addmm (2-d) -> view back to 3-d -> activation
     users = [u for u in cur.users if u in inside]
     act = users[0] if len(users) == 1 else None
-    if (roles or {}).get("act_written") == "true":  # an activation written out: the matcher named its output
-        act = next((n for n in nodes if n.name == roles.get("activation")), None)
+    if Flag.ACT_WRITTEN in flags:  # an activation written out: the matcher named its output
+        act = next((n for n in nodes if n.name == (roles or {}).get("activation")), None)
         if act is None:
             raise NotApplicable("the written-out activation's output is not in the site")
     return _Linear(x, weight, rhs, bias, head, act)
@@ -135,16 +136,21 @@ def _emit(g: fx.Graph, lin: _Linear, like: fx.Node, use_gelu: bool | None = None
 
 
 def rewrite_addmm(gm, nodes, group):
-    lin = _parse_linear(nodes, getattr(group, "roles", None))
+    lin = _parse_linear(nodes, *_read(group))
     if lin.bias is None:
         raise NotApplicable("the GEMM has no bias for addmm to take")
     return lin.head, _emit(gm.graph, lin, lin.head)
 
 
+def _read(group) -> tuple[dict, frozenset]:
+    """What the matcher recorded on a site (a Site or a plan's FusionGroup; a bare rewrite call may pass None)."""
+    return getattr(group, "roles", None) or {}, getattr(group, "flags", frozenset())
+
+
 # torch._addmm_activation's GELU is the tanh approximation: only that GELU (and ReLU) may use the epilogue.
-def _epilogue_gelu(act: fx.Node | None, roles: dict | None = None) -> bool:
-    written = (roles or {}).get("act_written") == "true"  # recognised by value by the matcher, which named it
-    name = roles.get("act") if written else (activation(act) if act is not None else None)
+def _epilogue_gelu(act: fx.Node | None, roles: dict | None = None, flags: frozenset = frozenset()) -> bool:
+    written = Flag.ACT_WRITTEN in flags  # recognised by value by the matcher, which named it
+    name = (roles or {}).get("act") if written else (activation(act) if act is not None else None)
     flag = ACTIVATIONS[name].epilogue_gelu if name in ACTIVATIONS else None
     if act is not None and flag is not None:
         return flag
@@ -152,11 +158,10 @@ def _epilogue_gelu(act: fx.Node | None, roles: dict | None = None) -> bool:
 
 
 def rewrite_addmm_epilogue(gm, nodes, group):
-    roles = getattr(group, "roles", None)
-    lin = _parse_linear(nodes, roles)
+    lin = _parse_linear(nodes, *_read(group))
     if lin.bias is None:
         raise NotApplicable("the GEMM has no bias: its epilogue rewrite is addmm_epilogue of a linear_<act> site")
-    use_gelu = _epilogue_gelu(lin.act, roles)
+    use_gelu = _epilogue_gelu(lin.act, *_read(group))
     if device_of(lin.x) != "cuda":
         raise NotApplicable("the fused GEMM epilogue exists only in cuBLASLt (CUDA)")
     return lin.act, _emit(gm.graph, lin, lin.act, use_gelu)
@@ -165,11 +170,10 @@ def rewrite_addmm_epilogue(gm, nodes, group):
 def rewrite_epilogue_zero_bias(gm, nodes, group):
     """act(x @ W^T) without a bias -> ``_addmm_activation`` with a zero bias, made once at rewrite time (cuBLASLt's
     epilogue takes a bias; adding zeros changes no value)."""
-    roles = getattr(group, "roles", None)
-    lin = _parse_linear(nodes, roles)
+    lin = _parse_linear(nodes, *_read(group))
     if lin.bias is not None:
         raise NotApplicable("the GEMM has a bias: the epilogue takes it, not a zero one")
-    use_gelu = _epilogue_gelu(lin.act, roles)
+    use_gelu = _epilogue_gelu(lin.act, *_read(group))
     if device_of(lin.x) != "cuda":
         raise NotApplicable("the fused GEMM epilogue exists only in cuBLASLt (CUDA); on CPU _addmm_activation runs "
                             "addmm then the activation")

@@ -21,6 +21,7 @@ from fxfusion.fusions.linear.match import bias_add_of, weight_of
 from fxfusion.fusions.sibling.pattern import GATED, SIBLING_COUNTS
 from fxfusion.graph.capture import module_path
 from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, only_user, op_name, shape, val
+from fxfusion.graph.sites import Flag
 
 MAX_SIBLINGS = max(SIBLING_COUNTS)
 
@@ -133,15 +134,14 @@ def match_gated(ctx: Context, anchor: Node) -> Candidate | None:
     roles = {"input": node_name(gate.x), "gate": gate.gemm.name, "up": up.gemm.name, "act": name,
              "activation": act_out.name, "output": mul.name, "gate_weight": gate.weight.name,
              "up_weight": up.weight.name}
-    if act_nodes != [act_out] or activation(act_out) is None:
-        roles["act_written"] = "true"
+    flags = frozenset({Flag.ACT_WRITTEN}) if act_nodes != [act_out] or activation(act_out) is None else frozenset()
     for role, m in (("gate_param", gate), ("up_param", up)):
         roles[role] = ctx.graph.param(m.weight) or ""
     how = (f"{title(name)}({_module(gate)}(x)) * {_module(up)}(x)"
-           + (f", the activation written out ({len(act_nodes)} ops)" if roles.get("act_written") else ""))
+           + (f", the activation written out ({len(act_nodes)} ops)" if flags else ""))
     return Candidate(f"gated_mlp_{name}", gate.nodes + up.nodes + act_nodes + [mul], mul, {"M": M, "K": K,
                      "N": gate.width}, dtype_name(mul) or "float32", roles, how,
-                     boundary=[gate.x, gate.weight, up.weight])
+                     boundary=[gate.x, gate.weight, up.weight], flags=flags)
 
 
 def match_siblings(ctx: Context, anchor: Node) -> Candidate | None:

@@ -29,6 +29,7 @@ from torch import fx
 
 from fxfusion.fusions.activations import ACTIVATIONS, activation
 from fxfusion.fusions.linear.rewrite import is_matrix_transpose
+from fxfusion.graph.sites import Flag
 from fxfusion.graph.edit import NotApplicable, add_constant, arg, aten, constant, emit_traced, is_call, value_of
 
 SIBLING_GEMMS = (aten.linear.default, aten.matmul.default, aten.mm.default)
@@ -170,7 +171,7 @@ def rewrite_siblings_merged(gm, nodes, group):
     return pairs
 
 
-def _gated_parts(nodes: list[fx.Node], roles: dict) -> tuple[Member, Member, str, fx.Node]:
+def _gated_parts(nodes: list[fx.Node], roles: dict, flags: frozenset) -> tuple[Member, Member, str, fx.Node]:
     """(gate, up, activation name, the product node) of a gated MLP site, read from its nodes."""
     members = members_of(nodes)
     if len(members) != 2:
@@ -186,7 +187,7 @@ def _gated_parts(nodes: list[fx.Node], roles: dict) -> tuple[Member, Member, str
     up = ups[0]
     gate = members[0] if members[1] is up else members[1]
     act_out = mul.args[1] if mul.args[0] is up.head else mul.args[0]
-    if roles.get("act_written") == "true":  # written out in elementwise ops: the matcher recognised it by value
+    if Flag.ACT_WRITTEN in flags:  # written out in elementwise ops: the matcher recognised it by value
         name = roles.get("act")
     else:
         name = activation(act_out) if isinstance(act_out, fx.Node) and act_out.args[0] is gate.head else None
@@ -197,7 +198,7 @@ def _gated_parts(nodes: list[fx.Node], roles: dict) -> tuple[Member, Member, str
 
 def rewrite_gated_merged(gm, nodes, group):
     """act(x Wg^T) * (x Wu^T) -> one GEMM on [Wg; Wu], then act(first half) * second half."""
-    gate, up, name, mul = _gated_parts(nodes, getattr(group, "roles", None) or {})
+    gate, up, name, mul = _gated_parts(nodes, getattr(group, "roles", None) or {}, getattr(group, "flags", frozenset()))
     weight, _ = _weights(gm, [gate, up], zero_bias=False)
     width = weight.shape[0] // 2
     if 2 * width != weight.shape[0] or value_of(gate.head).shape[-1] != width:
