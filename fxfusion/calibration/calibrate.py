@@ -15,10 +15,9 @@ For one problem (:func:`measure_entry`):
 
 from __future__ import annotations
 
-import json
+import inspect
 import platform
 import socket
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
@@ -34,9 +33,9 @@ from fxfusion.measure.kernelcount import count_launches, sdpa_backend
 from fxfusion.measure.profiling import cupti_warning
 from fxfusion.measure.threads import set_threads
 from fxfusion.fusions.registry import Pattern, select_patterns
-from fxfusion.profiles.profile import (Decision, Entry, Profile, Timing, VariantResult, entry_from_dict, entry_key,
-                                       entry_to_dict)
-from fxfusion.profiles.schema import check_writable, entry_errors
+from fxfusion.profiles.profile import Decision, Entry, Profile, Timing, VariantResult, entry_key
+from fxfusion.calibration.journal import append, count_entries, open_journal, progress_path
+from fxfusion.profiles.schema import check_writable
 from fxfusion.measure.noise import NoiseGuard, entry_speedup
 from fxfusion.measure.stats import CONFIDENCE, MIN_EFFECT, summarize
 from fxfusion.measure.timing import (FULL_SPEC, ISOLATED, PIPELINED, QUICK_SPEC, REGIMES, Clock, Thunk, TimingSpec,
@@ -240,37 +239,25 @@ def default_dtypes(device: str) -> list[str]:
     return ["float32", "bfloat16"] if is_cuda(device) else ["float32"]
 
 
-def progress_path(output: Path | None) -> Path | None:
-    """The journal of a calibration writing ``output``: one finished entry per line, kept until the profile is
-    written, read back by ``resume=True``."""
-    return output.with_name(output.name + ".progress.jsonl") if output else None
-
-
 def interrupted_message(output: Path | None) -> str:
     """What an interrupted calibration left: no profile, and the journal (if any entry finished) and what to do
     with it."""
     journal = progress_path(output)
-    if journal is None or not journal.exists():
+    n = count_entries(journal)
+    if n == 0:
         return "interrupted: no profile was written and no entry had finished"
-    n = sum(1 for line in journal.read_text().splitlines() if line.strip())
     return (f"interrupted: no profile was written; the {n} finished {'entry is' if n == 1 else 'entries are'} kept "
             f"in {journal}: run the same command with --resume to continue, or delete that file to start over")
 
 
-def _load_progress(path: Path | None) -> dict[str, Entry]:
-    done: dict[str, Entry] = {}
-    if not path or not path.exists():
-        return done
-    for line in path.read_text().splitlines():
-        try:
-            data = json.loads(line)
-            if entry_errors(data):
-                continue  # not an entry this version wrote: measured again
-            e = entry_from_dict(data)
-        except (ValueError, TypeError, KeyError):
-            continue  # a line cut off by an interruption: that entry is measured again
-        done[e.key()] = e
-    return done
+def library_command(arguments: dict) -> str:
+    """How a library call is recorded in a profile: ``fxfusion.calibrate(hardware='x', quick=True)``, the arguments
+    given (those left at their defaults omitted)."""
+    defaults = {k: p.default for k, p in inspect.signature(calibrate).parameters.items()}
+    shown = [f"{k}={str(v) if isinstance(v, Path) else v!r}" for k, v in arguments.items()
+             if k in defaults and v is not None and not callable(v) and (v != defaults[k] or k == "hardware")
+             and k not in ("spec", "clock", "guard", "command")]
+    return f"fxfusion.calibrate({', '.join(shown)})"
 
 
 def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str | None = "all",
@@ -294,6 +281,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
 
     Interrupted (KeyboardInterrupt), it writes no profile; the entries finished so far stay in the journal
     ``OUTPUT.progress.jsonl`` for ``resume=True`` (:func:`interrupted_message` says so)."""
+    command = command or library_command(dict(locals()))
     device = check_device(device)
     hw = resolve(hardware, peak_gflops, peak_bandwidth, device)
     chosen = select_patterns(patterns)
@@ -309,16 +297,25 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
     clock = clock or clock_for(device)
     name = device_name(device)
     warnings = [w for w in [mismatch_warning(hw, device, name)] if w]
-    progress = progress_path(output)
-    done = _load_progress(progress) if resume else {}
-    if progress and not resume and progress.exists():
-        progress.unlink()
 
     def note(message: str, warning: bool = False) -> None:
         if warning:
             warnings.append(message)
         if on_note:
             on_note(("warning: " if warning else "") + message)
+
+    progress = progress_path(output)
+    done = {}
+    if progress:  # what the journal's entries were measured under: a resumed run must match it (journal.py)
+        settings = {"hardware": hw.name, "device": str(device), "threads": torch.get_num_threads(),
+                    "patterns": [p.name for p in chosen], "dtypes": dtype_names, "sizes": sizes,
+                    "rounds": spec.rounds, "compile_modes": list(compile_modes),
+                    "peaks": [hw.peak_gflops, hw.peak_bandwidth_gbs], "seed": seed, "max_shapes": max_shapes}
+        existed = progress.exists()
+        read = open_journal(progress, settings, resume)
+        done = read.entries
+        if resume:
+            note(read.summary(progress) if existed else f"resuming: no journal at {progress}, so nothing to reuse")
 
     tf32 = tf32_state()
     ceilings = {"matmul": [], "bandwidth": [], "best_gflops": {}, "best_gbs": None}
@@ -346,13 +343,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
                               compile_modes, guard, on_thunks)
         entries.append(entry)
         if progress:  # the journal holds only schema-valid entries, one per line
-            line = entry_to_dict(entry)
-            errors = entry_errors(line)
-            if errors:
-                raise FxFusionError(f"entry {entry.key()} does not match the profile schema at {errors[0][0]}: "
-                                    f"{errors[0][1][:200]}")
-            with progress.open("a") as f:
-                f.write(json.dumps(line, allow_nan=False) + "\n")
+            append(progress, entry)
         if on_entry:
             on_entry(i + 1, len(jobs), entry, "done")
         if is_cuda(device):
@@ -369,7 +360,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
         "hardware": hw.name, "device": str(device), "device_name": name, "torch_version": torch.__version__,
         "triton_version": triton_version, "fxfusion_version": __version__, "python_version": platform.python_version(),
         "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command or " ".join(["fxfusion"] + sys.argv[1:]), "host": socket.gethostname(),
+        "command": command, "host": socket.gethostname(),
         "quick": bool(quick), "tf32": tf32,
         "timing": {"method": ("CUDA events; per sample the L2 flushed and the GPU idle, one call alone (isolated), "
                               "then a batch back to back (pipelined)" if is_cuda(device)
@@ -378,7 +369,7 @@ def calibrate(hardware: str = "generic-cpu", device: str = "cpu", patterns: str 
                    "rounds": spec.rounds, "confidence": CONFIDENCE, "min_effect": MIN_EFFECT,
                    "size_set": sizes, "regimes": list(REGIMES)},
         "noise": noise_summary(entries, guard),
-        "warnings": warnings + noise_warnings(entries) + [w for w in [cupti_warning()] if w],
+        "warnings": list(dict.fromkeys(warnings + noise_warnings(entries) + [w for w in [cupti_warning()] if w])),
     }
     hardware_d = {"name": hw.name, "device": hw.device, "peak_gflops": hw.peak_gflops,
                   "peak_bandwidth_gbs": hw.peak_bandwidth_gbs, "source": hw.source}

@@ -2,7 +2,7 @@
 
 :func:`main` is the console script (``fxfusion = "fxfusion.cli:main"`` in pyproject.toml).  Ctrl-C exits 130 with
 one line whenever it lands, including the first seconds while ``import torch`` runs: so ``main`` handles
-KeyboardInterrupt *before* it imports :mod:`fxfusion.cli.commands` (which imports torch), and this package imports
+KeyboardInterrupt (and SIGTERM, which it turns into one) *before* it imports :mod:`fxfusion.cli.commands` (which imports torch), and this package imports
 nothing heavy itself (``app`` is imported on first use).
 """
 
@@ -39,6 +39,9 @@ def main() -> None:
     # (A SIGINT that is ignored, as under nohup, stays ignored.)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (kill, a job scheduler, a closed session) is answered as Ctrl-C is: one line, the journal kept.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, on_sigint)
     try:
         try:
             from fxfusion.cli.commands import app
