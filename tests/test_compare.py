@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -16,6 +18,7 @@ from fxfusion.profiles.schema import SCHEMA_VERSION, schema_errors
 from tests.helpers import edited
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +265,32 @@ def test_report_refuses_a_comparison_in_one_line(flipped, tmp_path):
     result = runner.invoke(app, ["report", str(path), "-o", str(out)])
     assert result.exit_code == 1 and "is a comparison" in result.output and not out.exists()
     assert len(result.output.strip().splitlines()) == 1
+
+
+# -- the terminal table at the widths people have (issue 27) ----------------------------------------------------------
+
+SHIPPED = [str(ROOT / "profiles" / "generic-cpu-epyc-2core.json"), str(ROOT / "profiles" / "h200.json")]
+
+
+@pytest.mark.parametrize("width", [100, 60])
+def test_cli_table_fits_the_width_with_whole_pattern_names(width):
+    """The shipped CPU and H200 profiles: every line within the width, every pattern name whole (never folded to 8
+    characters), and the ~300 entries found in one profile only counted in one line each, not listed."""
+    result = runner.invoke(app, ["compare", *SHIPPED], env={"COLUMNS": str(width)})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= width
+    comparison = compare_profiles(*(Profile.load(p) for p in SHIPPED))
+    rows = [line.split("│")[1].strip() for line in lines if line.startswith("│ ") and line.split("│")[1].strip()]
+    assert set(rows) >= {p.pattern for p in comparison.flips}  # whole names
+    assert sum(bool(re.match(r"only in [AB]: \d+ entries: ", line)) for line in lines) == 2
+    assert " more (--format markdown or json lists them all)" in " ".join(result.stdout.split())
+
+
+def test_cli_infers_the_format_from_the_output_suffix(flipped, tmp_path):
+    *_, pa, pb = flipped
+    out = tmp_path / "t.json"
+    result = runner.invoke(app, ["compare", str(pa), str(pb), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["kind"] == "fxfusion.comparison"
+    assert result.stdout == "" and f"wrote {out}" in result.stderr  # the message on stderr

@@ -109,7 +109,7 @@ BAD = {
                                "def get_inputs():\n    return torch.ones(1)\n",
                          "{path}:get_model() raised RuntimeError: CUDA needed"),
     "not a module": (None, HEADER + "def get_model():\n    return 42\ndef get_inputs():\n    return torch.ones(1)\n",
-                     "get_model() returned a int, not a torch.nn.Module"),
+                     "get_model() returned an int, not a torch.nn.Module"),
     "inputs not tensors": (None, HEADER + "def get_model():\n    return nn.Linear(2, 2)\n"
                                           "def get_inputs():\n    return [1.0, 2.0]\n",
                            "get_inputs() returned a float as input 0; example inputs must be tensors"),
@@ -134,7 +134,7 @@ def test_bad_model_files_are_one_line_errors(case, tmp_path):
 
 @pytest.mark.parametrize("spec,message", [
     ("{path}:nope", "has no 'nope'"),
-    ("{path}:CONST", "CONST is a int, not a callable"),
+    ("{path}:CONST", "CONST is an int, not a callable"),
     ("{path}:single", "single() returned a Linear; expected (model, example_inputs)"),
 ])
 def test_bad_named_callables_are_one_line_errors(spec, message, tmp_path):

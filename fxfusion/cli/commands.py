@@ -60,8 +60,9 @@ def calibrate(
                           on_note=progress.note, command="fxfusion " + " ".join(sys.argv[1:]))
     except KeyboardInterrupt:  # the journal of finished entries is kept: say where, and how to use or drop it
         fail(interrupted_message(out), 130)
-    print_summary(profile)
-    typer.echo(f"wrote {out} ({len(profile.entries)} entries)")
+    print_summary(profile, where=f"{out} (metadata.warnings; `fxfusion report {out}` lists them)")
+    n = len(profile.entries)
+    typer.echo(f"wrote {out} ({n} {'entry' if n == 1 else 'entries'})", err=True)
 
 
 # The other commands live one module per command family and register themselves on this app.

@@ -7,6 +7,7 @@ and :mod:`fxfusion.profiles.validation`.
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,7 +22,8 @@ from fxfusion.profiles.validation import load_profile, read_json, schema_kind
 from fxfusion.reports.plots import require_matplotlib
 from fxfusion.profiles.compare import compare_profiles
 from fxfusion.measure.timing import check_regime
-from fxfusion.reports.console import console as wide_console  # does not fold wide tables into a pipe
+from fxfusion.reports.console import output_width
+from fxfusion.reports.text import render_comparison
 from fxfusion.profiles.validation import validate_file
 from fxfusion.reports.progress import StepProgress
 
@@ -51,26 +53,39 @@ def report(
     if kind == "profile":
         require_matplotlib()
         profile = load_profile(file)
+        progress_total = [0]
+
+        def on_plot(done: int, total: int, message: str = "") -> None:
+            progress_total[0] = total
+            progress.step(done, total, message)
+
         with StepProgress("drawing") as progress:
-            html = render_profile_html(profile, source=str(file), on_plot=progress.step)
+            html = render_profile_html(profile, source=str(file), on_plot=on_plot)
+            if progress.tty:  # the bar ends at its total (off a terminal each plot has had its line)
+                progress.finish(progress_total[0], progress_total[0])
             what = f"{len(profile.entries)} entries"
     else:
         validate_against_schema(data, "analysis", source=str(file))
-        html, what = render_analysis_html(data), f"{len(data['sites'])} sites"
+        n = len(data["sites"])
+        html, what = render_analysis_html(data), f"{n} site{'s' * (n != 1)}"
     atomic_write_text(out, html)
-    typer.echo(f"wrote {out} ({what})")
+    typer.echo(f"wrote {out} ({what})", err=True)
 
 
 @handles_errors
 def compare(
     a: Annotated[Path, typer.Argument(help="Profile A (e.g. the CPU one).")],
     b: Annotated[Path, typer.Argument(help="Profile B (e.g. the GPU one).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="table, markdown or json.")] = "table",
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="table, markdown or json (default: from "
+                                                                      "-o's suffix, .json .md; else table).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     regime: Annotated[str, typer.Option("--regime", help="Compare the decisions of this timing regime: pipelined "
                                                          "(back to back, as in a model) or isolated.")] = "pipelined",
 ) -> None:
     """Compare two profiles: verdict and best-variant flips, speedup ratios, and where each decision boundary lies."""
+    if format is None:
+        format = {".json": "json", ".md": "markdown", ".markdown": "markdown"}.get(
+            output.suffix.lower() if output is not None else "", "table")
     if format not in FORMATS:
         raise FxFusionError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
     if output is not None:
@@ -85,17 +100,18 @@ def compare(
     else:
         from rich.console import Console
 
+        width = output_width(sys.stdout if output is None else None)  # a terminal's width; else $COLUMNS or wide
         if output is None:
-            wide_console.print(comparison.to_rich())
+            Console(file=sys.stdout, width=width, highlight=False).print(render_comparison(comparison, width))
             return
-        console = Console(file=io.StringIO(), width=200, record=True)
-        console.print(comparison.to_rich())
+        console = Console(file=io.StringIO(), width=width, record=True)
+        console.print(render_comparison(comparison, width))
         text = console.export_text()
     if output is None:
         typer.echo(text, nl=False)
     else:
         atomic_write_text(output, text)
-        typer.echo(f"wrote {output} ({comparison.summary_line()})")
+        typer.echo(f"wrote {output} ({comparison.summary_line()})", err=True)
 
 
 @handles_errors

@@ -44,6 +44,12 @@ def exception_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
+def a_type(value: Any) -> str:
+    """``a list``, ``an int``: the article a type name takes in a message."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def split_spec(spec: str) -> tuple[Path, str | None]:
     """'models/x.py:build' -> (Path('models/x.py'), 'build'); 'models/x.py' -> (..., None).  Windows drives kept."""
     head, sep, tail = spec.rpartition(":")
@@ -52,14 +58,22 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
     return Path(spec), None
 
 
-def import_file(path: Path) -> Any:
-    """Import a Python file as a fresh module; its folder is importable meanwhile (for sibling imports)."""
+def check_model_file(spec: str | Path) -> Path:
+    """The model file of ``FILE.py[:NAME]``, checked to be an existing Python file (one line if not), before any
+    work is done or announced."""
+    path, _ = split_spec(str(spec))
     if not path.exists():
         raise FxFusionError(f"model file {path} does not exist")
     if not path.is_file():
         raise FxFusionError(f"model file {path} is not a file")
     if path.suffix != ".py":
         raise FxFusionError(f"model file {path} is not a Python file (.py)")
+    return path
+
+
+def import_file(path: Path) -> Any:
+    """Import a Python file as a fresh module; its folder is importable meanwhile (for sibling imports)."""
+    check_model_file(path)
     name = f"_fxfusion_user_model_{next(_counter)}_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
@@ -81,7 +95,7 @@ def import_file(path: Path) -> Any:
 
 def _call(path: Path, label: str, fn: Any) -> Any:
     if not callable(fn):
-        raise FxFusionError(f"{path}: {label} is a {type(fn).__name__}, not a callable")
+        raise FxFusionError(f"{path}: {label} is {a_type(fn)}, not a callable")
     try:
         return fn()
     except KeyboardInterrupt:
@@ -90,20 +104,27 @@ def _call(path: Path, label: str, fn: Any) -> Any:
         raise FxFusionError(f"{path}:{label}() raised {exception_line(exc)}") from None
 
 
-def _as_inputs(path: Path, label: str, value: Any) -> tuple[torch.Tensor, ...]:
+def as_example_inputs(value: Any, source: str = "example_inputs", verb: str = "holds") -> tuple[torch.Tensor, ...]:
+    """The one normalisation of example inputs, for the CLI's model files and the library alike: a tensor, or a
+    tuple or list of tensors (the positional arguments of ``model(...)``), becomes a tuple; anything else is one
+    line naming ``source``."""
     items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     if not items:
-        raise FxFusionError(f"{path}: {label} returned no example inputs; return a tensor or a tuple of tensors")
+        raise FxFusionError(f"{source} {verb} no example inputs; give a tensor or a tuple (or list) of tensors")
     for i, item in enumerate(items):
         if not isinstance(item, torch.Tensor):
-            raise FxFusionError(f"{path}: {label} returned a {type(item).__name__} as input {i}; "
-                                "example inputs must be tensors (the positional arguments of model(...))")
+            raise FxFusionError(f"{source} {verb} {a_type(item)} as input {i}; example inputs must be tensors (the "
+                                "positional arguments of model(...))")
     return items
+
+
+def _as_inputs(path: Path, label: str, value: Any) -> tuple[torch.Tensor, ...]:
+    return as_example_inputs(value, f"{path}: {label}", "returned")
 
 
 def _as_model(path: Path, label: str, value: Any) -> torch.nn.Module:
     if not isinstance(value, torch.nn.Module):
-        raise FxFusionError(f"{path}: {label} returned a {type(value).__name__}, not a torch.nn.Module; {CONVENTION}")
+        raise FxFusionError(f"{path}: {label} returned {a_type(value)}, not a torch.nn.Module; {CONVENTION}")
     return value
 
 
@@ -113,7 +134,7 @@ def _find(path: Path, module: Any, name: str | None) -> tuple[torch.nn.Module, t
             raise FxFusionError(f"{path} has no {name!r}; {CONVENTION}")
         out = _call(path, name, getattr(module, name))
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise FxFusionError(f"{path}:{name}() returned a {type(out).__name__}; expected (model, example_inputs)")
+            raise FxFusionError(f"{path}:{name}() returned {a_type(out)}; expected (model, example_inputs)")
         return _as_model(path, f"{name}()", out[0]), _as_inputs(path, f"{name}()", out[1]), f"{name}()"
     has_model, has_inputs = hasattr(module, "get_model"), hasattr(module, "get_inputs")
     if not (has_model and has_inputs):

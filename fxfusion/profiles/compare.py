@@ -227,46 +227,6 @@ class Comparison:
             out += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(out) + "\n"
 
-    def to_rich(self):
-        """Compact tables for a terminal: shapes as their values (e.g. 64x256x256), verdicts as A -> B."""
-        from rich.console import Group
-        from rich.table import Table
-        from rich.text import Text
-
-        def table(title, headers, rows):
-            t = Table(title=title, title_justify="left")
-            for h in headers:
-                t.add_column(h, overflow="fold")
-            for r in rows:
-                t.add_row(*r)
-            return t
-
-        def short(shape):
-            return "x".join(str(v) for v in shape.values())
-
-        def rows(pairs):
-            return [[p.pattern, short(p.shape), p.dtype, _arrow(p.a.verdict, p.b.verdict),
-                     _arrow(p.a.best_variant, p.b.best_variant), _ci(p.a.speedup), _ci(p.b.speedup),
-                     _x(p.speedup_ratio), _x(p.eager_time_ratio)] for p in pairs]
-
-        headers = ("pattern", "shape", "dtype", "verdict A->B", "best A->B", "A speedup [95% CI]",
-                   "B speedup [95% CI]", "speedup B/A", "eager A/B")
-        parts = [Text(f"A: {self.a_label}\nB: {self.b_label}\n{self.summary_line()}")]
-        if self.flips:
-            parts.append(table("Flips", headers, rows(self.flips)))
-        if self.boundaries:
-            parts.append(table("Decision boundaries", ("pattern", "dtype", "profile", "verdict", "between", "and"),
-                               [[b.pattern, b.dtype, b.profile.upper(), _arrow(b.below_verdict, b.above_verdict),
-                                 f"{short(b.below_shape)} ({b.below_flops:.3g} FLOPs)",
-                                 f"{short(b.above_shape)} ({b.above_flops:.3g} FLOPs)"] for b in self.boundaries]))
-        if self.pairs:
-            parts.append(table("All entries in both", headers, rows(self.pairs)))
-        for title, keys in (("only in A", self.only_in_a), ("only in B", self.only_in_b)):
-            if keys:
-                parts.append(Text(f"{title}: " + ", ".join(keys)))
-        parts += [Text(f"note: {n}") for n in self.notes]
-        return Group(*parts)
-
 
 def _arrow(a: str, b: str) -> str:
     return a if a == b else f"{a} -> {b}"

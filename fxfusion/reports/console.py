@@ -27,10 +27,6 @@ from fxfusion.measure.stats import interval_text
 # Off a terminal with no $COLUMNS: wide enough for every column of every table here.
 WIDE = 200
 
-# Kept for `fxfusion compare`'s tables: they do not fold into a pipe.
-console = Console(width=None if sys.stdout.isatty() else max(shutil.get_terminal_size().columns, 180))
-
-
 def output_width(stream: TextIO | None = None) -> int:
     """The width to print at: the terminal's when ``stream`` is one, else ``$COLUMNS`` if set, else :data:`WIDE`."""
     if stream is not None and getattr(stream, "isatty", lambda: False)():
@@ -53,6 +49,7 @@ class Column:
     drop: int = 0  # 0: always shown; otherwise dropped, highest first, while the table is too wide
     wrap: bool = False  # may wrap between words (a shape, an interval)
     fold_constant: bool = False  # the same value in every row: said once in the legend instead
+    whole: bool = False  # never narrowed (ids, names, verdicts: cut to "g0..." they would mean nothing)
 
 
 def _cell_len(markup: str) -> int:
@@ -108,8 +105,9 @@ def fitted_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width
     table = Table(title=title)
     for i in keep:
         col = columns[i]
-        table.add_column(col.header, justify=col.justify, no_wrap=not col.wrap,
-                         overflow="fold" if col.wrap else "ellipsis", width=widths[i])
+        # Where even the narrowest layout is too wide, the other columns fold onto more lines; none is cut to "...".
+        table.add_column(col.header, justify=col.justify, no_wrap=not col.wrap and col.whole, overflow="fold",
+                         width=widths[i], min_width=natural[i] if col.whole else None)
     for r in rows:
         table.add_row(*(r[i] for i in keep))
     return table, notes
@@ -128,11 +126,10 @@ class CalibrationProgress:
         return self
 
     def update(self, done: int, total: int, entry: Entry | None, message: str) -> None:
-        if message == "resumed":  # read from the journal, no time spent: the estimate starts after these
-            self.progress.skip(done, total)
-            return
-        if message == "done":
-            if done == total:
+        if message in ("resumed", "done"):
+            if message == "resumed":  # read from the journal, no time spent: the estimate starts after these
+                self.progress.skip(done, total)
+            if done == total:  # the bar ends at its total, also when the last entry was read back
                 self.progress.finish(done, total)
             return
         self.progress.step(done, total, message)
@@ -152,8 +149,8 @@ def _ci(s) -> str:
 VERDICT_STYLE = {"fuse": "green", "neutral": "yellow", "avoid": "red", "undecided": "dim"}
 
 SUMMARY_COLUMNS = (
-    Column("pattern"), Column("shape", wrap=True), Column("dtype", fold_constant=True), Column("best"),
-    Column("speedup [95% CI]", wrap=True), Column("verdict"),
+    Column("pattern", whole=True), Column("shape", wrap=True), Column("dtype", fold_constant=True),
+    Column("best", drop=1), Column("speedup [95% CI]", wrap=True), Column("verdict", whole=True),
     Column("bytes saved", "right", drop=2), Column("GFLOP/s", "right", drop=3), Column("GB/s", "right", drop=4),
     Column("% roofline", "right", drop=5),
 )
@@ -182,7 +179,8 @@ def summary_table(profile: Profile, width: int = WIDE):
                  _num(best.gflops if best else None), _num(best.gbs if best else None),
                  _num(best.pct_of_roofline if best else None)]
         rows.append(cells[:len(columns)])
-    title = f"{meta['hardware']} ({meta['device_name']}, {meta['device']}, {meta['threads']} threads)"
+    threads = meta["threads"]
+    title = f"{meta['hardware']} ({meta['device_name']}, {meta['device']}, {threads} thread{'s' * (threads != 1)})"
     table, notes = fitted_table(columns, rows, width, title)
     if nominal:
         notes.append(f"% roofline hidden: the {profile.hardware.get('name', meta['hardware'])} peaks are nominal")
@@ -208,12 +206,43 @@ def regime_lines(profile: Profile) -> list[str]:
     return lines
 
 
-def print_summary(profile: Profile, stream: TextIO | None = None) -> None:
-    """The summary table and the profile's warnings, on ``stream`` (stdout) at its width."""
+# What a warning is about, by a phrase it contains (first match wins): the terminal counts them by kind.
+WARNING_KINDS = (
+    ("] is neutral: noisy", "noisy verdicts made neutral"),
+    ("matmul runs at", "slow dtypes"),
+    ("ceiling", "ceilings"),
+    ("hardware '", "hardware name"),
+    ("CUPTI", "profiler"),
+)
+
+
+def warning_kind(warning: str) -> str:
+    return next((kind for phrase, kind in WARNING_KINDS if phrase in warning), "other")
+
+
+def warnings_line(warnings: Sequence[str], where: str) -> str | None:
+    """One line for a run's warnings: how many, counted by kind, and ``where`` the full list is; None if none."""
+    unique = list(dict.fromkeys(warnings))
+    if not unique:
+        return None
+    kinds: dict[str, int] = {}
+    for w in unique:
+        kinds[warning_kind(w)] = kinds.get(warning_kind(w), 0) + 1
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    return f"{len(unique)} warning{'s' if len(unique) != 1 else ''} ({counts}): the full list is in {where}"
+
+
+def print_summary(profile: Profile, stream: TextIO | None = None, warnings_stream: TextIO | None = None,
+                  where: str = "the profile's metadata.warnings") -> None:
+    """The summary table on ``stream`` (stdout) at its width; the warnings as one line counted by kind on
+    ``warnings_stream`` (stderr), the full list being in the profile (``where``) and its HTML report."""
     stream = stream or sys.stdout
     out = Console(file=stream, width=output_width(stream), highlight=False)
     out.print(summary_table(profile, output_width(stream)))
     for line in regime_lines(profile):
         out.print(line)
-    for w in profile.metadata.get("warnings", []):
-        out.print(f"[yellow]warning:[/] {w}")
+    line = warnings_line(profile.metadata.get("warnings", []), where)
+    if line:
+        err = warnings_stream or sys.stderr
+        err.write(f"warning: {line}\n")
+        err.flush()

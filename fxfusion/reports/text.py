@@ -45,7 +45,8 @@ def total_line(report: dict) -> str:
     sm = report["summary"]
     fwd = sm.get("forward_ms")
     share = f" of a {fwd:.3f} ms forward pass ({sm['saved_ms_per_forward'] / fwd:.1%})" if fwd else ""
-    return (f"{sm['sites']} sites: {sm['fusible']} fusible, {sm['illegal']} illegal, {sm['already_fused']} already "
+    sites = f"{sm['sites']} site{'s' * (sm['sites'] != 1)}"
+    return (f"{sites}: {sm['fusible']} fusible, {sm['illegal']} illegal, {sm['already_fused']} already "
             f"fused; {sm['fuse']} worth fusing. Library estimate of the saving {sm['saved_ms_per_forward']:.4f} ms per forward"
             f"{share}, {_bytes_h(sm['bytes_saved_per_forward'])} less memory traffic.")
 
@@ -79,9 +80,9 @@ def _decided_by(meta: dict) -> str:
 
 # The terminal table: the markdown's columns, fitted to the width (fxfusion.reports.console.fitted_table).
 # "legality" repeats what the verdict says of illegal and already-fused sites, so it goes first.
-TABLE_COLUMNS = {"site": {}, "pattern": {}, "nodes": {"justify": "right", "drop": 5}, "shape": {"wrap": True},
-                 "dtype": {"fold_constant": True}, "legality": {"drop": 6}, "verdict": {}, "best": {},
-                 "speedup [95% CI]": {"wrap": True}, "saved ms/fwd": {"justify": "right", "drop": 3},
+TABLE_COLUMNS = {"site": {"whole": True}, "pattern": {"whole": True}, "nodes": {"justify": "right", "drop": 5}, "shape": {"wrap": True},
+                 "dtype": {"fold_constant": True}, "legality": {"drop": 6}, "verdict": {"whole": True}, "best": {"drop": 2},
+                 "speedup [95% CI]": {"wrap": True, "drop": 1}, "saved ms/fwd": {"justify": "right", "drop": 3},
                  "bytes saved": {"justify": "right", "drop": 4}}
 
 LEGEND = ("fuse / avoid: the 95% CI of the speedup over the site's baseline lies above 1.02x / below 0.98x; "
@@ -129,3 +130,67 @@ def render_markdown(report: dict) -> str:
     if report.get("verification"):
         lines += [""] + verification_markdown(report["verification"])
     return "\n".join(lines) + "\n"
+
+
+# -- fxfusion compare in the terminal ---------------------------------------------------------------------------------
+
+# Whole names and verdicts always; the intervals go first when the width is short, then eager A/B, then best.
+COMPARISON_COLUMNS = (("pattern", {"whole": True}), ("shape", {"wrap": True}), ("dtype", {"fold_constant": True}),
+                      ("verdict A->B", {"wrap": True}), ("best A->B", {"wrap": True, "drop": 2}),
+                      ("A speedup [95% CI]", {"wrap": True, "drop": 4}),
+                      ("B speedup [95% CI]", {"wrap": True, "drop": 4}),
+                      ("speedup B/A", {"justify": "right"}), ("eager A/B", {"justify": "right", "drop": 3}))
+# Entries found in one profile only: this many are named in the terminal, the rest counted.
+UNMATCHED_SHOWN = 5
+
+
+def _arrow(a, b) -> str:
+    return str(a) if a == b else f"{a} -> {b}"
+
+
+def render_comparison(comparison, width: int = 200):
+    """``fxfusion compare``'s terminal output, no wider than ``width``: the summary, the flips, the decision
+    boundaries and every matched pair as tables that keep pattern names and verdicts whole, and the entries found
+    in one profile only counted (with a few named; markdown and JSON list them all)."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from fxfusion.reports.console import Column, fitted_table
+
+    columns = [Column(name, **kw) for name, kw in COMPARISON_COLUMNS]
+
+    def pair_rows(pairs):
+        return [[p.pattern, _fmt_shape(p.shape), p.dtype, _arrow(p.a.verdict, p.b.verdict),
+                 _arrow(p.a.best_variant, p.b.best_variant), interval_text(p.a.speedup, sep=","),
+                 interval_text(p.b.speedup, sep=","), _ratio(p.speedup_ratio), _ratio(p.eager_time_ratio)]
+                for p in pairs]
+
+    def with_notes(title, cols, cells):
+        table, notes = fitted_table(cols, cells, width, title)
+        return [table] + ([Text("; ".join(notes) + ".", style="dim")] if notes else [])
+
+    c = comparison
+    parts = [Text(f"A: {c.a_label}\nB: {c.b_label}\n{c.summary_line()}")]
+    if c.flips:
+        parts += with_notes("Flips", columns, pair_rows(c.flips))
+    if c.boundaries:
+        bcols = [Column("pattern", whole=True), Column("dtype", fold_constant=True), Column("profile"),
+                 Column("verdict", wrap=True), Column("between", wrap=True), Column("and", wrap=True)]
+        parts += with_notes("Decision boundaries", bcols,
+                            [[b.pattern, b.dtype, b.profile.upper(), _arrow(b.below_verdict, b.above_verdict),
+                              f"{_fmt_shape(b.below_shape)} ({b.below_flops:.3g} FLOPs)",
+                              f"{_fmt_shape(b.above_shape)} ({b.above_flops:.3g} FLOPs)"] for b in c.boundaries])
+    if c.pairs:
+        parts += with_notes("All entries in both", columns, pair_rows(c.pairs))
+    for name, keys in (("A", c.only_in_a), ("B", c.only_in_b)):
+        if keys:
+            more = len(keys) - UNMATCHED_SHOWN
+            parts.append(Text(f"only in {name}: {len(keys)} entr{'y' if len(keys) == 1 else 'ies'}: "
+                              + ", ".join(keys[:UNMATCHED_SHOWN])
+                              + (f" and {more} more (--format markdown or json lists them all)" if more > 0 else "")))
+    parts += [Text(f"note: {n}") for n in c.notes]
+    return Group(*parts)
+
+
+def _ratio(r: float | None) -> str:
+    return f"{r:.3g}" if r is not None else "-"
