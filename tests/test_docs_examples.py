@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import os
 import subprocess
 from pathlib import Path
 
@@ -61,3 +62,42 @@ def test_what_the_examples_write_into_a_checkout_is_ignored():
                 continue
             ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
             assert ignored, f"fxfusion {' '.join(args)} leaves {path} untracked in the checkout"
+
+
+def _readme_block(language: str, containing: str) -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return next(b for b in blocks if containing in b)
+
+
+def test_the_zoo_install_keeps_the_installed_torch(tmp_path):
+    """The README's zoo line pins torch with a constraint file holding the installed version (as .ci/run does), so
+    pip cannot swap a CPU torch for a CUDA build; the lines run as written in a POSIX shell."""
+    import torch
+
+    block = _readme_block("bash", ".[dev,zoo]")
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    pin_line = next(line for line in lines if "torch.__version__" in line)
+    install = next(line for line in lines if "pip install" in line and ".[dev,zoo]" in line)
+    assert " -c " in install and lines.index(pin_line) < lines.index(install)
+    subprocess.run(["sh", "-c", pin_line], check=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    pin = install.split(" -c ", 1)[1].strip().strip('"').replace("${TMPDIR:-/tmp}", str(tmp_path))
+    assert Path(pin).read_text().strip() == f"torch=={torch.__version__}"
+
+
+def test_the_readme_library_example_runs_as_written_on_a_cpu(monkeypatch):
+    """The README's python block, executed as it stands (from the checkout's root), with the calibration made
+    fast: the tiny timing spec, no ceilings, no torch.compile variants.  It plans with the profile it has just
+    calibrated, not with the H200's (which would be refused on a CPU)."""
+    import fxfusion.calibration.calibrate as cal
+    from tests.helpers import TINY_SPEC
+
+    real_build = cal.build_variants
+    monkeypatch.setattr(cal, "QUICK_SPEC", TINY_SPEC)
+    monkeypatch.setattr(cal, "measure_ceilings", lambda *a, **k: {"matmul": [], "bandwidth": [], "best_gflops": {},
+                                                                  "best_gbs": None})
+    monkeypatch.setattr(cal, "build_variants", lambda *a: real_build(*a[:5], ()))
+    monkeypatch.chdir(ROOT)
+    scope: dict = {}
+    exec(compile(_readme_block("python", "fxfusion.calibrate("), "README.md", "exec"), scope)
+    assert scope["profile"].metadata["device"] == "cpu" and scope["plan"] is not None
+    assert isinstance(scope["results"], list) and scope["results"]
