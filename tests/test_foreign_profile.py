@@ -123,6 +123,20 @@ def test_machine_profile_is_the_newest_of_this_device_and_host(tiny_profile, tmp
     assert find_machine_profile(tmp_path, "cpu") is None
 
 
+def test_a_gpu_profile_is_found_for_a_card_of_its_name_on_any_host(monkeypatch):
+    """The shipped H100 profile was measured on a lent machine named 'vm': an H100 of that name in any other host
+    finds it (a GPU's verdicts do not depend on the host); a card of another name does not."""
+    from fxfusion.profiles import machine
+
+    shipped = Profile.load(Path(__file__).resolve().parent.parent / "profiles" / "h100.json")
+    monkeypatch.setattr(machine.socket, "gethostname", lambda: shipped.metadata["host"] + "-elsewhere")
+    monkeypatch.setattr(machine, "device_name", lambda device: shipped.metadata["device_name"])
+    found = find_machine_profile(Path(__file__).resolve().parent.parent / "profiles", "cuda")
+    assert found is not None and found.path.name == "h100.json"
+    monkeypatch.setattr(machine, "device_name", lambda device: "NVIDIA H100 PCIe")
+    assert find_machine_profile(Path(__file__).resolve().parent.parent / "profiles", "cuda") is None
+
+
 def test_analyze_without_profile_uses_this_machines_profile_and_says_which(tiny_profile, tmp_path, monkeypatch):
     folder = tmp_path / "profiles"
     folder.mkdir()

@@ -244,7 +244,9 @@ def test_without_a_planned_compile_candidate_the_compiled_regime_measures_nothin
 
 
 def test_each_layout_leaves_out_what_is_slower_in_that_layout():
-    from fxfusion.planning.verify import _planned_with
+    from fxfusion.planning.apply import candidate_module
+    from fxfusion.planning.configs import Spec
+    from fxfusion.planning.search import _left_out
 
     loaded = load_model(MODELS / "resnet_basic.py")
     plan = typical_plan("resnet_basic")
@@ -256,10 +258,14 @@ def test_each_layout_leaves_out_what_is_slower_in_that_layout():
     assert plan.groups_for(CHANNELS_LAST) == [g2]
     planned, said = object(), []
     kept = plan.groups_for(COMPILED)
-    module = _planned_with(loaded.model, plan, planned, kept, "planned+compile", said)
+    spec = Spec.parse("planned+compile")
+    module = candidate_module(spec, loaded.model, plan, planned)
+    _left_out(plan, spec, said)
     assert kept == plan.groups and module is planned and said == []
     kept = plan.groups_for(CHANNELS_LAST)
-    module = _planned_with(loaded.model, plan, planned, kept, "planned+channels_last+compile", said)
+    spec = Spec.parse("planned+channels_last+compile")
+    module = candidate_module(spec, loaded.model, plan, planned)  # the rewritten graph, in channels-last
+    _left_out(plan, spec, said)
     assert kept == [g2] and module is not planned
     assert said == [f"planned+channels_last+compile leaves out {g0.id}, {g1.id}: compiled in channels-last, the model "
                     "is not faster with those rewrites beyond the noise (or, where not measured so, their regions are "

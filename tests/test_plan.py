@@ -15,6 +15,7 @@ from fxfusion.graph.capture import capture
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.lean import original_target
 from fxfusion.planning.plan import FusionPlan, measure_overhead
+from fxfusion.planning.prediction import Context
 from fxfusion.profiles.profile import Decision, Entry, Profile, VariantResult
 from fxfusion.measure.hardware import device_name
 from fxfusion.measure.stats import Speedup
@@ -244,8 +245,10 @@ def test_top_level_names():
 
 def test_bad_arguments_fail_with_one_line(tmp_path):
     model = nn.Linear(4, 4).eval()
-    with pytest.raises(FxFusionError, match="tuple"):
-        fxfusion.plan(model, None, torch.randn(2, 4))
+    with pytest.raises(FxFusionError, match="example_inputs holds a dict as input 0; example inputs must be tensors"):
+        fxfusion.plan(model, None, {"x": torch.randn(2, 4)})
+    for inputs in (torch.randn(2, 4), [torch.randn(2, 4)]):  # a tensor or a list, as a model file may return them
+        assert fxfusion.plan(model, None, inputs, check_overhead=False, in_model=False).captured.example_inputs
     with pytest.raises(FxFusionError, match="takes an nn.Module"):
         fxfusion.plan("model.py", None, (torch.randn(2, 4),))
     with pytest.raises(FxFusionError, match="does not exist"):

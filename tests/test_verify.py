@@ -145,7 +145,7 @@ def test_whole_model_compile_is_timed_and_the_original_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plan = plan_for(model, inputs, variant="compile")
     spec = TimingSpec(rounds=5, warmup=1, target_sample_s=0.0005, budget_s=0.5)
-    r = verify_plan(model, inputs, plan, spec=spec, candidates=CandidateSet(captured=False))
+    r = verify_plan(model, inputs, plan, spec=spec, candidates=CandidateSet(configs=("default",), captured=False))
     assert r.ok, r.reason
     compiled = r.timings["compile"]
     assert compiled.status == "ok" and compiled.first_call_s > 0 and compiled.median_ms > 0

@@ -16,12 +16,12 @@ from fxfusion.calibration.calibrate import check_device, parse_dtypes
 from fxfusion.measure.devices import dtype as dtype_record
 from fxfusion.cli.errors import handles_errors
 from fxfusion.errors import FxFusionError
-from fxfusion.graph.loader import load_model
+from fxfusion.graph.loader import check_model_file, load_model
 from fxfusion.planning.analyze import analyze
 from fxfusion.planning.decide import LiveSource, ProfileSource
-from fxfusion.measure.devices import as_device
+from fxfusion.measure.devices import as_device, is_cuda
 from fxfusion.planning.candidates import CandidateSet, parse_candidates, parse_compile_modes
-from fxfusion.planning.pipeline import Planner, apply_and_verify
+from fxfusion.planning.pipeline import Planner, apply_and_verify, default_budget_s
 from fxfusion.profiles.machine import find_machine_profile
 from fxfusion.profiles.profile import Profile
 from fxfusion.measure.threads import set_threads
@@ -33,6 +33,17 @@ from fxfusion.reports.text import render_markdown, render_table
 from fxfusion.reports.verification import render_verification
 
 FORMATS = ("table", "json", "markdown", "html")
+# -o FILE without --format: the format its suffix names (anything else: the table, as on the terminal).
+SUFFIX_FORMATS = {".json": "json", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html"}
+
+
+def output_format(fmt: str | None, output: Path | None) -> str:
+    """--format as given, else the one ``output``'s suffix names, else the table."""
+    if fmt is None:
+        return SUFFIX_FORMATS.get(output.suffix.lower(), "table") if output is not None else "table"
+    if fmt not in FORMATS:
+        raise FxFusionError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
+    return fmt
 # Where `fxfusion calibrate` writes by default, and where analyze looks for this machine's profile.
 PROFILE_FOLDER = Path("profiles")
 
@@ -72,7 +83,8 @@ def analyze_command(
     measure: Annotated[bool, typer.Option("--measure", help="Measure each site live at its exact shape and dtype "
                                                             "(the default without --profile).")] = False,
     match_only: Annotated[bool, typer.Option("--match-only", help="Only capture and match: no decisions.")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="table, json, markdown or html.")] = "table",
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table, json, markdown or html (default: from "
+                                                              "-o's suffix, .json .md .html; else table).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report here (atomically) "
                                                                         "instead of standard output.")] = None,
     eval_mode: Annotated[bool, typer.Option("--eval", help="Call model.eval() before analysing.")] = False,
@@ -83,10 +95,16 @@ def analyze_command(
                                                         "(outputs and end-to-end time) beside the candidates "
                                                         "(whole-model compile, the plan compiled); exit 1 if it "
                                                         "does not verify.")] = False,
-    compile_modes: Annotated[str, typer.Option("--compile-modes", help="With --apply: the whole-model torch.compile "
-                                                                       "candidates, a comma list of default, "
-                                                                       "max-autotune-no-cudagraphs, reduce-overhead."
-                                               )] = "default",
+    compile_modes: Annotated[str, typer.Option("--compile-modes", help="With --apply: the torch.compile "
+                                               "configurations to try, whole-model and with the rewrites: auto (on "
+                                               "CUDA default, freezing, cudagraphs, freezing+cudagraphs; on a CPU "
+                                               "default, freezing) or a comma list of default, freezing, cudagraphs "
+                                               "(reduce-overhead), freezing+cudagraphs, max-autotune-no-cudagraphs."
+                                               )] = "auto",
+    budget_s: Annotated[Optional[float], typer.Option("--budget-s", help="With --apply: seconds the whole --apply "
+                                                      "may take (measuring, compiling, timing); candidates not built "
+                                                      "in time are listed with why.  Default: 90 on CUDA, none on a "
+                                                      "CPU.")] = None,
     candidates: Annotated[str, typer.Option("--candidates", help="With --apply: the optional candidates to time "
                                                                  "beside eager, compile and planned: all, none, or a "
                                                                  "comma list of channels_last+compile, "
@@ -100,8 +118,7 @@ def analyze_command(
              "costs several compiles of the model.")] = None,
 ) -> None:
     """Find the fusible sites of a model, decide each at its own shape and dtype, and report them."""
-    if fmt not in FORMATS:
-        raise FxFusionError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
+    fmt = output_format(fmt, output)
     if profile is not None and measure:
         raise FxFusionError("--profile and --measure are alternatives: decide from a profile or measure live")
     if match_only and (profile is not None or measure or apply):
@@ -114,12 +131,21 @@ def analyze_command(
     dtype_name = parse_dtypes(dtype)[0] if dtype is not None else None
     if output is not None:
         check_writable(output)
-    modes, extra = parse_compile_modes(compile_modes), parse_candidates(candidates)
+    check_model_file(model)  # a missing model file is its one line, before anything is announced
+    modes = parse_compile_modes(compile_modes, is_cuda(device)) if compile_modes != "auto" else None
+    extra = parse_candidates(candidates)
+    if budget_s is not None and budget_s <= 0:
+        raise FxFusionError(f"--budget-s must be positive, got {budget_s:g}")
     source = None
     if not match_only:  # before loading the model: a foreign profile fails fast
         source, _ = _source(device, profile, measure, regime, allow_foreign_profile, no_compile)
         typer.echo(f"deciding in the {regime} regime from {source.rule}", err=True)
     progress = StepProgress("analyzing")
+    sites_total = [0]
+
+    def on_site(i: int, n: int, site) -> None:
+        sites_total[0] = n
+        progress.step(i, n, f"{site.id} {site.pattern} {fmt_shape(site.shape)}")
 
     # The user's code may print: keep standard output for the report.
     with contextlib.redirect_stdout(sys.stderr):
@@ -128,15 +154,17 @@ def analyze_command(
         with progress:
             result = analyze(loaded.model, loaded.example_inputs, source, device=device, model_label=model,
                              entry=loaded.entry, dtype=dtype_name, command="fxfusion " + " ".join(sys.argv[1:]),
-                             on_site=lambda i, n, site: progress.step(i, n, f"{site.id} {site.pattern} "
-                                                                            f"{fmt_shape(site.shape)}"),
-                             on_note=progress.note)
+                             on_site=on_site, on_note=progress.note, time_forward=not match_only)
+            if progress.tty:  # the bar ends at its total, not one short (off a terminal: a line per site)
+                progress.finish(sites_total[0], sites_total[0])
+            progress.close()
             verification = None
             if apply:
                 progress.note("applying the plan and verifying the fused model (outputs, then end-to-end time)")
-                candidates = (CandidateSet(compile_modes=modes, optional=extra) if not no_compile
+                candidates = (CandidateSet(configs=modes, optional=extra) if not no_compile
                               else CandidateSet.uncompiled())
-                planner = Planner(as_device(device), candidates=candidates, compiled_regime=compiled_regime)
+                planner = Planner(as_device(device), candidates=candidates, compiled_regime=compiled_regime,
+                                  total_s=budget_s if budget_s is not None else default_budget_s(device))
                 _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
     report = result.to_dict()
     width = output_width(sys.stdout if output is None else None)  # a terminal's own width; files: $COLUMNS or wide
@@ -145,7 +173,8 @@ def analyze_command(
                  width)
     if output is not None:
         atomic_write_text(output, text)
-        typer.echo(f"wrote {output} ({len(report['sites'])} sites)", err=True)
+        n = len(report["sites"])
+        typer.echo(f"wrote {output} ({n} site{'s' * (n != 1)})", err=True)
     else:
         typer.echo(text, nl=False)
     if verification is not None and not verification.ok:

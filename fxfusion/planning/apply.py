@@ -6,6 +6,7 @@ call at other input shapes does.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
@@ -13,9 +14,8 @@ from torch import nn
 
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.runnable import InputGuard
-from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, PLANNED,
-                                         PLANNED_CHANNELS_LAST_COMPILE, PLANNED_COMPILE, ChannelsLast,
-                                         compile_name)
+from fxfusion.planning.candidates import PLANNED, ChannelsLast
+from fxfusion.planning.configs import Compiled, Spec
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.rewrite import captured_module, copy_model, planned_module
 
@@ -67,13 +67,13 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
     with other inputs does: ``"error"`` (one-line FxFusionError: plan again) or ``"original"`` (a
     :class:`ShapeDispatch` runs a copy of the original model for them, unfused, with a warning once per signature).
 
-    ``candidate`` asks for one of the candidates of :mod:`fxfusion.planning.candidates`: ``"planned"`` (the
-    rewritten graph, the rest eager), ``"planned+compile"`` (that graph through torch.compile),
-    ``"captured+compile"`` (the captured graph through torch.compile, not rewritten), ``"channels_last+compile"``
-    (a copy of the model in channels-last layout through torch.compile), ``"planned+channels_last+compile"`` (the
-    rewritten graph so), ``"compile"`` or
-    ``"compile:<mode>"`` (the original module through torch.compile) or ``"eager"`` (a copy of the original).  By
-    default it is the candidate the plan chose when its candidates were measured end to end (``plan.choice``, set by
+    ``candidate`` asks for one of the candidates (:mod:`fxfusion.planning.configs` reads their names):
+    ``"planned"`` (the rewritten graph, the rest eager), ``"eager"`` (a copy of the original), and compiled ones --
+    ``"compile"``, ``"compile+freezing"``, ``"compile+cudagraphs"``, ``"planned+compile+freezing"``,
+    ``"captured+compile"``, ``"planned+channels_last+compile"``, ... -- each built by :func:`candidate_module` as it
+    was measured (a planned compiled candidate applies the groups its context kept, ``FusionPlan.groups_for``) and
+    compiled in its configuration on its first call (:class:`fxfusion.planning.configs.Compiled`).  By default it is
+    the candidate the plan chose when its candidates were measured end to end (``plan.choice``, set by
     :func:`fxfusion.planning.pipeline.apply_and_verify` and ``analyze --apply``), else ``"planned"``.  The returned
     module says which in ``fxfusion_candidate``.
     """
@@ -81,35 +81,34 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
     if other_shapes not in OTHER_SHAPES:
         raise FxFusionError(f"other_shapes must be one of {', '.join(OTHER_SHAPES)}, got {other_shapes!r}")
     name = candidate or (plan.choice or {}).get("chosen") or PLANNED
-    if name == "eager":
-        kept = copy_model(model)
-        kept.fxfusion_rewrites, kept.fxfusion_candidate = [], name
-        return kept
-    if name.startswith("compile") or name in (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE):  # no rewrite, compiled
-        base, mode = model, name.partition(":")[2] or "default"
-        if name == CAPTURED_COMPILE:
-            base = captured_module(model, plan.captured)
-        elif name == CHANNELS_LAST_COMPILE:
-            base = ChannelsLast(model)
-        elif mode not in COMPILE_MODES:
-            raise FxFusionError(f"unknown candidate {name!r}; choose from {', '.join(_candidate_names())}")
-        compiled = torch.compile(base, mode=COMPILE_MODES[mode], dynamic=False)
-        compiled.fxfusion_rewrites, compiled.fxfusion_candidate = [], name
-        return compiled
-    if name not in (PLANNED, PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE):
-        raise FxFusionError(f"unknown candidate {name!r}; choose from {', '.join(_candidate_names())}")
-    planned = _planned(model, plan, other_shapes)
-    if name in (PLANNED_COMPILE, PLANNED_CHANNELS_LAST_COMPILE):
-        records = planned.fxfusion_rewrites
-        planned = torch.compile(planned if name == PLANNED_COMPILE else ChannelsLast(planned), dynamic=False)
-        planned.fxfusion_rewrites = records
-    planned.fxfusion_candidate = name
-    return planned
+    spec = Spec.parse(name)
+    module = candidate_module(spec, model, plan, other_shapes=other_shapes)
+    records = getattr(module, "fxfusion_rewrites", [])
+    if spec.config is not None:
+        module = Compiled(module, spec.config)
+    module.fxfusion_rewrites, module.fxfusion_candidate = records, spec.name
+    return module
 
 
-def _candidate_names() -> list[str]:
-    return (["eager", PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE, CHANNELS_LAST_COMPILE, PLANNED_CHANNELS_LAST_COMPILE]
-            + [compile_name(m) for m in COMPILE_MODES])
+def candidate_module(spec: Spec, model: nn.Module, plan: FusionPlan, planned: nn.Module | None = None,
+                     other_shapes: str = "error") -> nn.Module:
+    """The module of candidate ``spec``, not yet compiled: what is measured and what ``apply`` hands back.  The
+    rewrites applied are the groups the spec's context keeps (``plan.groups_for``); ``planned`` (the model with every
+    group applied) is reused where that is all of them."""
+    if spec.rewrites:
+        groups = plan.groups_for(spec.context)
+        base = planned if planned is not None and len(groups) == len(plan.groups) else _planned(
+            model, dataclasses.replace(plan, groups=groups), other_shapes)
+    elif spec.captured:
+        base = captured_module(model, plan.captured)
+    else:
+        base = copy_model(model)
+        base.fxfusion_rewrites = []
+    if not spec.channels_last:
+        return base
+    layout = ChannelsLast(base)  # a copy of base: its rewrite records stay on the wrapper
+    layout.fxfusion_rewrites = getattr(base, "fxfusion_rewrites", [])
+    return layout
 
 
 def _planned(model: nn.Module, plan: FusionPlan, other_shapes: str) -> nn.Module:

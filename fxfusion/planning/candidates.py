@@ -1,8 +1,8 @@
 """Candidates: the models a user could run instead of the original, and the choice among them.
 
   eager              the user's module as it is
-  compile            ``torch.compile(model)`` of the user's original module (``compile:<mode>`` for other modes,
-                     asked for with ``--compile-modes``)
+  compile[+config]   ``torch.compile(model)`` of the user's original module in each compile configuration
+                     (:mod:`fxfusion.planning.configs`: default, freezing, CUDA graphs, both; ``--compile-modes``)
   channels_last+compile
                      a model with 2-D convolutions, its weights and 4-D inputs in channels-last (NHWC) layout, through
                      ``torch.compile``: the layout decision for the whole model (:class:`ChannelsLast`)
@@ -10,27 +10,31 @@
   captured+compile   the captured graph, not rewritten, compiled by Inductor: what capturing alone gives (an exported,
                      lean graph carries fewer of Dynamo's guards than a library's module); the control that says how
                      much of planned+compile's gain over compile the rewrites make
-  planned+compile    the rewritten graph compiled by Inductor, the rewrites kept: Inductor fuses what the plan left,
-                     the plan does what Inductor does not (attention from eager idioms, sibling GEMMs, folded BN)
+  planned+compile[+config]
+                     the rewritten graph compiled by Inductor, the rewrites kept: Inductor fuses what the plan left,
+                     the plan does what Inductor does not (attention from eager idioms, sibling GEMMs, folded BN);
+                     in the default configuration and in the best whole-model one (:mod:`fxfusion.planning.search`)
   planned+channels_last+compile
                      a model with 2-D convolutions: the rewritten graph in channels-last layout, compiled (the
                      rewrites and the layout decision together)
 
-:func:`fxfusion.planning.verify.verify_plan` builds them, checks every one's outputs against the float64 reference and
-times them end to end in one interleaved run (pipelined on CUDA).  The baseline is what a user would get by writing it
-themselves (:func:`compile_model`): the very module, dtype, device and inputs; Dynamo's caches reset first, so an
+:func:`fxfusion.planning.search.build_candidates` builds them (a copy of the module each, so two configurations
+never share Dynamo's cache entry), :func:`fxfusion.planning.verify.verify_plan` checks every one's outputs against the
+float64 reference and times them end to end in one interleaved run (pipelined on CUDA).  The baseline is what a user
+would get by writing it themselves (:func:`compile_model`): the same module, dtype, device and inputs; Dynamo's caches reset first, so an
 earlier capture or compile of the same code takes no cache entry or recompile slot from it (a full cache makes Dynamo
 run the model eager, silently); warmed until a call compiles nothing new; the Inductor cache state recorded.
 
 The choice (:func:`choose`): among the candidates whose outputs verify, the fastest median; a candidate gives way to a
 simpler one (eager < compile < channels_last+compile < planned < captured+compile < planned+compile <
-planned+channels_last+compile) when it is less than ``MIN_EFFECT`` faster than it, so the
-chosen one is never slower than 0.98x the fastest, and never slower than the better of eager and whole-model compile
-beyond the noise.  Each compiled candidate carries its break-even: compile seconds / saving per call.
+planned+channels_last+compile, and within each the default configuration < freezing < CUDA graphs < both) when it is
+less than ``MIN_EFFECT`` faster than it, so the chosen one is never slower than 0.98x the fastest, and never slower
+than the fastest of eager and the whole-model configurations beyond the noise.  Each compiled candidate carries its break-even: compile seconds / saving per call.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -40,15 +44,14 @@ from torch import nn
 from fxfusion.calibration.variants import compile_limits, first_call, one_line
 from fxfusion.errors import FxFusionError
 from fxfusion.measure.stats import MIN_EFFECT, Speedup, speedup, summarize
+from fxfusion.planning.configs import CONFIGS, CompileConfig, Spec, default_configs, parse_configs
 from fxfusion.planning.prediction import Context, Prediction, Source
 from fxfusion.planning.rewrite import copy_model
 
-# --compile-modes words -> torch.compile's mode argument
-COMPILE_MODES = {"default": None, "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs",
-                 "reduce-overhead": "reduce-overhead"}
 PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE = "planned", "captured+compile", "planned+compile"
 CHANNELS_LAST_COMPILE, PLANNED_CHANNELS_LAST_COMPILE = "channels_last+compile", "planned+channels_last+compile"
-# Simpler first: the order in which a candidate that is not faster beyond MIN_EFFECT gives way.
+# Simpler first: the order in which a candidate that is not faster beyond MIN_EFFECT gives way -- by what it is (its
+# name in the default configuration), then by its configuration (CONFIGS' order: default, freezing, CUDA graphs, ...).
 SIMPLICITY = ("eager", "compile", CHANNELS_LAST_COMPILE, PLANNED, CAPTURED_COMPILE, PLANNED_COMPILE,
               PLANNED_CHANNELS_LAST_COMPILE)
 # Calls after the first before a compiled candidate is timed: guards settle, lazy recompiles happen now, not while
@@ -69,12 +72,14 @@ CONTEXT = {PLANNED: Context.EAGER, PLANNED_COMPILE: Context.COMPILED,
 @dataclass(frozen=True)
 class CandidateSet:
     """The candidates to build and time beside eager and planned (always): whole-model ``torch.compile`` in each of
-    ``compile_modes`` (COMPILE_MODES words; empty: none), and the ``optional`` ones of :data:`OPTIONAL`.  ``captured``
-    also times the captured graph unrewritten (not a candidate: it shows what capturing costs); ``fresh`` resets
-    Dynamo's compiled state first, as a new process would start, so earlier compiles of the same code cannot fill its
-    cache and make a compiled candidate silently run eager."""
+    the compile configurations ``configs`` (:data:`fxfusion.planning.configs.CONFIGS` words; None: the defaults for
+    the device, ``configs.default_configs``; empty: none), the ``optional`` ones of :data:`OPTIONAL`, and the rewrites
+    in the best whole-model configuration (:func:`fxfusion.planning.verify.build_candidates` searches them).
+    ``captured`` also times the captured graph unrewritten (not a candidate: it shows what capturing costs); ``fresh``
+    resets Dynamo's compiled state first, as a new process would start, so earlier compiles of the same code cannot
+    fill its cache and make a compiled candidate silently run eager."""
 
-    compile_modes: tuple[str, ...] = ("default",)
+    configs: tuple[str, ...] | None = None
     optional: tuple[str, ...] = OPTIONAL
     captured: bool = True
     fresh: bool = True
@@ -82,11 +87,16 @@ class CandidateSet:
     @classmethod
     def uncompiled(cls, captured: bool = True) -> "CandidateSet":
         """Eager and planned only (and the captured graph): nothing compiles."""
-        return cls(compile_modes=(), optional=(), captured=captured)
+        return cls(configs=(), optional=(), captured=captured)
 
     @property
     def compiles(self) -> bool:
-        return bool(self.compile_modes or self.optional)
+        return bool(self.configs is None or self.configs or self.optional)
+
+    def config_words(self, cuda: bool) -> tuple[str, ...]:
+        """The whole-model configurations to try on this device (CUDA-only ones dropped on a CPU)."""
+        words = default_configs(cuda) if self.configs is None else self.configs
+        return tuple(w for w in words if cuda or not CONFIGS[w].cuda_only)
 
     def planned_compiled(self) -> tuple[str, ...]:
         """The planned candidates asked for that compile (they need the compiled regime's timings)."""
@@ -107,18 +117,9 @@ def parse_candidates(spec: str | None) -> tuple[str, ...]:
     return words
 
 
-def compile_name(mode: str) -> str:
-    return "compile" if mode == "default" else f"compile:{mode}"
-
-
-def parse_compile_modes(spec: str | None) -> tuple[str, ...]:
-    """'default' or a comma list of COMPILE_MODES words; one clear error for anything else."""
-    words = tuple(w.strip() for w in (spec or "default").split(",") if w.strip())
-    unknown = [w for w in words if w not in COMPILE_MODES]
-    if unknown or not words:
-        raise FxFusionError(f"unknown --compile-modes {', '.join(unknown) or '(none)'}; choose from "
-                            f"{', '.join(COMPILE_MODES)}")
-    return words
+def parse_compile_modes(spec: str | None, cuda: bool = True) -> tuple[str, ...]:
+    """``--compile-modes``: the compile configurations to try (:func:`fxfusion.planning.configs.parse_configs`)."""
+    return parse_configs(spec, cuda)
 
 
 class ChannelsLast(nn.Module):
@@ -140,8 +141,24 @@ def has_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def simplicity(name: str) -> int:
-    return SIMPLICITY.index(name) if name in SIMPLICITY else len(SIMPLICITY)
+def simplicity(name: str) -> tuple[int, int]:
+    """(what it is, its configuration): smaller is simpler."""
+    try:
+        spec = Spec.parse(name)
+    except FxFusionError:
+        return len(SIMPLICITY), 0
+    plain = spec.with_config(CONFIGS["default"]).name if spec.config is not None else spec.name
+    return (SIMPLICITY.index(plain) if plain in SIMPLICITY else len(SIMPLICITY),
+            list(CONFIGS).index(spec.config.word) if spec.config is not None else 0)
+
+
+def whole_model(name: str) -> bool:
+    """A candidate a user gets without fxfusion: the module as it is, eager or compiled in some configuration."""
+    try:
+        spec = Spec.parse(name)
+    except FxFusionError:
+        return False
+    return not spec.rewrites and not spec.captured
 
 
 def inductor_counters() -> dict[str, int]:
@@ -212,18 +229,19 @@ def _first_and_warm(run: Callable[[], Any], device) -> float:
     return seconds
 
 
-def compile_model(name: str, module: nn.Module, inputs: tuple, device, mode: str | None,
+def compile_model(name: str, module: nn.Module, inputs: tuple, device, config: CompileConfig | str | None,
                   record_post_grad: bool = False) -> Built:
-    """``torch.compile(module, mode=mode)`` compiled and warmed on ``inputs``; failures are data, not exceptions."""
+    """``torch.compile(module)`` in ``config`` (a CompileConfig, or a torch.compile mode: None is the default),
+    compiled and warmed on ``inputs`` under no_grad and the configuration's Inductor options; failures are data, not
+    exceptions."""
+    config = config if isinstance(config, CompileConfig) else CompileConfig(config or "default", mode=config)
     before = inductor_counters()
     recorder = _post_grad_recorder() if record_post_grad else None
     try:
-        compiled = torch.compile(module, mode=mode, dynamic=False)
+        compiled = torch.compile(module, mode=config.mode, dynamic=False)
         run = lambda: compiled(*inputs)  # noqa: E731
-        if recorder is not None:
-            with torch._inductor.config.patch(post_grad_custom_post_pass=recorder):
-                seconds = _first_and_warm(run, device)
-        else:
+        with config.patch(), (torch._inductor.config.patch(post_grad_custom_post_pass=recorder)
+                              if recorder is not None else contextlib.nullcontext()):
             seconds = _first_and_warm(run, device)
     except Exception as exc:  # a compile that fails is reported on the candidate, never raised
         return Built(name, None, "failed", one_line(exc), cache=_delta(before, inductor_counters()))
@@ -243,14 +261,17 @@ class Choice:
     chosen: str
     why: str
     candidates: list[dict[str, Any]]  # one row per candidate: name, status, median, speedup over eager, ...
-    best_baseline: str | None = None
+    best_baseline: str | None = None  # the fastest of eager and the whole-model configurations
+    not_tried: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not built (planning.search)
+    explanation: list[str] = field(default_factory=list)  # where the time went, a line a step (planning.explain)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _row(name: str, timing, verified: bool | None, built: Built | None, eager_ms: float | None) -> dict[str, Any]:
-    row = {"name": name, "status": timing.status if timing else (built.status if built else "skipped"),
+    row = {"name": name, "config": _words(name),
+           "status": timing.status if timing else (built.status if built else "skipped"),
            "reason": (timing.reason if timing else None) or (built.reason if built else None),
            "verified": verified, "median_ms": timing.median_ms if timing else None,
            "speedup": timing.speedup if timing else None, "setup_s": built.setup_s if built else None,
@@ -262,6 +283,13 @@ def _row(name: str, timing, verified: bool | None, built: Built | None, eager_ms
     return row
 
 
+def _words(name: str) -> str:
+    try:
+        return Spec.parse(name).words()
+    except FxFusionError:
+        return ""
+
+
 def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) -> Choice:
     """The candidate to hand back (module doc).  ``timings``: name -> verify.Timing with raw samples."""
     eager = timings.get("eager")
@@ -270,7 +298,7 @@ def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) ->
     ok = {n: t for n, t in timings.items() if t.status == "ok" and t.samples_ms and verified.get(n, False)}
     if not ok:
         return Choice("eager", "no candidate could be timed with verified outputs: the original model is kept", rows)
-    baselines = [n for n in ("eager", "compile") if n in ok]
+    baselines = [n for n in ok if whole_model(n)]  # what a user gets by trying compile's options
     best_baseline = min(baselines, key=lambda n: ok[n].median_ms) if baselines else None
     fastest = min(ok, key=lambda n: ok[n].median_ms)
     chosen = fastest
@@ -284,13 +312,13 @@ def choose(timings: dict, verified: dict[str, bool], built: dict[str, Built]) ->
     against = best_baseline if best_baseline and best_baseline != chosen else None
     if against:
         s = speedup(ok[against].samples_ms, ok[chosen].samples_ms)
-        why = (f"{chosen} is the fastest verified candidate: {s.text()} of {against}, the better of eager and "
-               f"whole-model compile")
+        why = (f"{chosen} is the fastest verified candidate: {s.text()} of {against}, the fastest of eager and the "
+               f"whole-model compile configurations")
     else:
         others = [n for n in ok if n != chosen]
         why = (f"{chosen} is the fastest verified candidate" if chosen == fastest else
                f"{chosen}: {fastest} is less than {MIN_EFFECT:.0%} faster than it, so the simpler one is kept")
-        if chosen in ("eager", "compile") and others:
+        if whole_model(chosen) and others:
             why += "; nothing the plan made beats it"
     if chosen != fastest and against:
         why += f" ({fastest} is less than {MIN_EFFECT:.0%} faster, so the simpler one is kept)"

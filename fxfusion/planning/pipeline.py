@@ -19,7 +19,8 @@ so a test injects a clock or a spec into the whole pipeline instead of patching 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -27,6 +28,7 @@ from torch import fx
 
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.capture import capture, signature_names
+from fxfusion.graph.loader import as_example_inputs
 from fxfusion.graph.sites import CapturedModel
 from fxfusion.measure.devices import as_device, is_cuda
 from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, Clock, TimingSpec, check_regime
@@ -58,6 +60,9 @@ class Planner:
     """What every stage reads: where the model runs, how it is timed, how long planning may take, what to build."""
 
     device: torch.device = torch.device("cpu")
+    # Seconds the whole of APPLY_STAGES may take; each measuring stage gets what is left (at most budget_s) and the
+    # candidates' search stops building once it is spent (what it did not try is said).  None: no bound.
+    total_s: float | None = None
     clock: Clock | None = None  # times whole-model figures (overhead, regions, classes, candidates); None: pipelined
     site_clock: Clock | None = None  # times sites measured live (calibration's regime); None: the library's
     specs: Specs = Specs()
@@ -90,6 +95,15 @@ class Run:
     overhead: Overhead | None = None
     verification: VerificationResult | None = None
 
+    started: float = field(default_factory=time.perf_counter)
+
+    def budget(self, p: "Planner") -> float:
+        """A measuring stage's budget: the planner's per-stage budget, at most what the whole run has left."""
+        return p.budget_s if p.total_s is None else max(0.0, min(p.budget_s, self.deadline(p) - time.perf_counter()))
+
+    def deadline(self, p: "Planner") -> float | None:
+        return None if p.total_s is None else self.started + p.total_s
+
     @property
     def module(self) -> torch.nn.Module | None:
         return self.model if isinstance(self.model, torch.nn.Module) else None
@@ -99,6 +113,13 @@ class Run:
 
 
 Stage = Callable[[Run, Planner], None]
+# --apply's default budget on CUDA: a zoo model's whole --apply within about 90 s on an H200 (the compiled regime's
+# classes and the configurations' compiles are most of it).  On a CPU a compile alone takes 10-25 s: no default bound.
+CUDA_BUDGET_S = 90.0
+
+
+def default_budget_s(device) -> float | None:
+    return CUDA_BUDGET_S if is_cuda(device) else None
 
 
 def make_plan(run: Run, p: Planner) -> None:
@@ -117,7 +138,7 @@ def measure_regions(run: Run, p: Planner) -> None:
     """Predict from each group's region timed inside the model, not from the standalone pattern timings."""
     if run.module is not None and run.has_groups():
         run.plan.measure_in_model(run.model, run.example_inputs, p.device, spec=p.specs.regions, clock=p.clock,
-                                  budget_s=p.budget_s,
+                                  budget_s=run.budget(p),
                                   reference_ms=run.overhead.eager_ms if run.overhead is not None else None)
         note_in_model(run.analysis, run.plan)
 
@@ -130,7 +151,7 @@ def charge(run: Run, p: Planner) -> None:
 def measure_eager_context(run: Run, p: Planner) -> None:
     if p.eager_context and run.module is not None and run.plan.groups:
         run.plan.warnings += measure_in_context(run.plan, run.model, run.example_inputs, Context.EAGER, p.device,
-                                                spec=p.specs.context, clock=p.clock, budget_s=p.budget_s)
+                                                spec=p.specs.context, clock=p.clock, budget_s=run.budget(p))
 
 
 def measure_compiled(run: Run, p: Planner) -> None:
@@ -145,12 +166,12 @@ def measure_compiled(run: Run, p: Planner) -> None:
         Context.COMPILED_CHANNELS_LAST in _asked(p) and has_conv2d(run.model))
     for context in contexts if p.compiled_classes else []:
         run.plan.warnings += measure_in_context(run.plan, run.model, run.example_inputs, context, p.device,
-                                                spec=p.specs.context, clock=p.clock, budget_s=p.budget_s,
+                                                spec=p.specs.context, clock=p.clock, budget_s=run.budget(p),
                                                 compile_fn=p.compile)
     for context in contexts:
         left = [g for g in run.plan.groups if context not in g.classes]
         run.plan.measure_in_compiled_model(run.model, run.example_inputs, context, p.device, spec=p.specs.regions,
-                                           clock=p.clock, budget_s=p.budget_s, groups=left)
+                                           clock=p.clock, budget_s=run.budget(p), groups=left)
 
 
 def _asked(p: Planner) -> set[Context]:
@@ -161,7 +182,8 @@ def verify_and_choose(run: Run, p: Planner) -> None:
     """The plan applied, checked against float64 and timed end to end beside the candidates; the best one chosen,
     and ``fxfusion.apply(model, plan)`` hands it back.  The verification (with the plan) goes on the analysis."""
     run.verification = verify_plan(run.model, run.example_inputs, run.plan, device=p.device, spec=p.specs.verify,
-                                   clock=p.clock, candidates=p.candidates, compile_fn=p.compile)
+                                   clock=p.clock, candidates=p.candidates, compile_fn=p.compile,
+                                   deadline=run.deadline(p))
     run.plan.choice = run.verification.candidates
     # The plan travels with the verification: which groups were applied, which refused and why.
     run.analysis.verification = {**run.verification.to_dict(), "plan": run.plan.to_dict()}
@@ -194,9 +216,8 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
     measures the captured graph's call overhead over the model and keeps the groups only when their predicted saving
     covers it, and ``eager_context`` (with ``in_model``) measures each class of groups applied alone to the model, from
     which the planned model is predicted (``plan.predict(Context.EAGER)``).  ``planner`` replaces all of these."""
-    if not isinstance(example_inputs, tuple):
-        raise FxFusionError(f"example_inputs must be a tuple of the model's positional arguments, "
-                            f"got {type(example_inputs).__name__}")
+    if not isinstance(example_inputs, tuple):  # a tensor or a list of them, as a model file may give: as the CLI reads
+        example_inputs = as_example_inputs(example_inputs)
     check_regime(regime)
     device = as_device(device or _device_of(example_inputs))
     planner = planner or Planner(device, site_clock=clock, specs=Specs(sites=spec, regions=spec), regime=regime,

@@ -30,16 +30,15 @@ import torch
 from torch.utils._pytree import tree_map
 
 from fxfusion.calibration.variants import compile_limits, first_call, one_line
-from fxfusion.measure.devices import as_device
+from fxfusion.measure.devices import as_device, is_cuda
 from fxfusion.measure.profiling import cupti_warning
 from fxfusion.measure.stats import paired_fraction, speedup, summarize
 from fxfusion.measure.timing import Clock, TimingSpec, measure
-from fxfusion.planning import candidates as candidates_module
 from fxfusion.planning.apply import apply
-from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, COMPILE_MODES, CONTEXT, PLANNED,
-                                         PLANNED_CHANNELS_LAST_COMPILE, Built, CandidateSet,
-                                         ChannelsLast, attach_predictions, choose, compile_name,
-                                         has_conv2d, reset_compiled_state)
+from fxfusion.planning.candidates import (CONTEXT, PLANNED, PLANNED_CHANNELS_LAST_COMPILE, CandidateSet,
+                                         attach_predictions, choose, reset_compiled_state, whole_model)
+from fxfusion.planning.explain import explain
+from fxfusion.planning.search import RANK_SPEC, build_candidates
 from fxfusion.planning.insitu import clock_name, model_clock
 from fxfusion.planning.outputs import OutputCheck, check_outputs, float64_reference, to_reference
 from fxfusion.planning.prediction import Context, Prediction, Source, label
@@ -120,53 +119,17 @@ class VerificationResult:
         return clean(d)
 
 
-def _planned_with(model, plan, planned, kept: list, name: str, said: list[str]):
-    """The planned model with only the ``kept`` groups (``planned`` itself when that is all of them); the groups left
-    out of candidate ``name`` go to ``said``."""
-    if len(kept) == len(plan.groups):
-        return planned
-    dropped = ", ".join(sorted({g.id for g in plan.groups} - {g.id for g in kept}))
-    where = " in channels-last" if name == PLANNED_CHANNELS_LAST_COMPILE else ""
-    said.append(f"{name} leaves out {dropped}: compiled{where}, the model is not faster with those rewrites beyond "
-                "the noise (or, where not measured so, their regions are slower)")
-    return apply(model, dataclasses.replace(plan, groups=kept), candidate=PLANNED)
-
-
-def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], candidates: CandidateSet, device,
-                     captured_ok: bool, said: list[str], compile_fn: Callable | None = None) \
-        -> tuple[dict[str, Built], dict[str, list]]:
-    """Compile the candidates of ``candidates`` with ``compile_fn`` (default: candidates.compile_model; failures are
-    data); returns them by name, and the groups each rewritten one applies (planned + compile leaves out what its
-    context measured slower, FusionPlan.groups_for)."""
-    compile_model = compile_fn or candidates_module.compile_model
-    built: dict[str, Built] = {}
-    kept: dict[str, list] = {PLANNED: [g for g in plan.groups if g.id in applied]}
-    for mode in candidates.compile_modes:
-        built[compile_name(mode)] = compile_model(compile_name(mode), model, inputs, device, COMPILE_MODES[mode],
-                                                  record_post_grad=mode == "default")
-    conv = has_conv2d(model)
-    if CHANNELS_LAST_COMPILE in candidates.optional and conv:  # the layout decision for the whole model
-        built[CHANNELS_LAST_COMPILE] = compile_model(CHANNELS_LAST_COMPILE, ChannelsLast(model), inputs, device, None)
-    for name in candidates.planned_compiled() if applied else ():
-        if name == PLANNED_CHANNELS_LAST_COMPILE and not conv:
-            continue
-        groups = plan.groups_for(CONTEXT[name])
-        kept[name] = [g for g in groups if g.id in applied]
-        base = _planned_with(model, plan, planned, groups, name, said)
-        built[name] = compile_model(name, ChannelsLast(base) if name == PLANNED_CHANNELS_LAST_COMPILE else base,
-                                    inputs, device, None, record_post_grad=True)
-    if CAPTURED_COMPILE in candidates.optional and captured_ok:
-        # the captured graph compiled without rewrites (a copy of it): planned + compile's control, and a candidate
-        # of its own where nothing is applied
-        built[CAPTURED_COMPILE] = compile_model(CAPTURED_COMPILE, captured_module(model, plan.captured), inputs,
-                                                device, None)
-    return built, kept
+def _eager_ms(model, inputs: tuple, clock: Clock) -> float:
+    """One eager forward pass, briefly timed: the host-bound signal of the candidates' search."""
+    with torch.no_grad():
+        samples = measure({"eager": lambda: model(*inputs)}, clock, RANK_SPEC)
+    return summarize(samples.seconds["eager"]).median * 1e3
 
 
 def _predictions(plan, kept: dict[str, list]) -> tuple[dict[str, Prediction | None], set[str]]:
     """Each rewritten candidate's prediction over the groups it applies; planned + channels-last + compile falls back
     to the model layout's compiled timings where its own layout's are missing (returned as the second value)."""
-    out = {name: plan.predict(CONTEXT[name], groups) for name, groups in kept.items()}
+    out = {name: plan.predict(CONTEXT[name], groups) for name, groups in kept.items() if name in CONTEXT}
     fallback = set()
     if out.get(PLANNED_CHANNELS_LAST_COMPILE) is None and PLANNED_CHANNELS_LAST_COMPILE in kept:
         applied = {g.id for g in kept[PLANNED]}
@@ -200,10 +163,12 @@ def _time(thunks: dict, timings: dict[str, Timing], clock: Clock, spec: TimingSp
 def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
                 spec: TimingSpec | None = None, clock: Clock | None = None,
                 candidates: CandidateSet = CandidateSet(), seed: int = 0,
-                compile_fn: Callable | None = None) -> VerificationResult:
+                compile_fn: Callable | None = None, deadline: float | None = None) -> VerificationResult:
     """Apply ``plan`` (a :class:`~fxfusion.planning.plan.FusionPlan`) to ``model`` and verify the planned model's
-    outputs and end-to-end time against eager and the ``candidates`` (compiled by ``compile_fn``, default
-    :func:`fxfusion.planning.candidates.compile_model`), all timed in one interleaved run (module doc)."""
+    outputs and end-to-end time against eager and the ``candidates`` (searched by
+    :func:`fxfusion.planning.search.build_candidates` until ``deadline``, a time.perf_counter() value; compiled by
+    ``compile_fn``, default :func:`fxfusion.planning.candidates.compile_model`), all timed in one interleaved run
+    (module doc)."""
     device = as_device(device)
     if candidates.fresh and candidates.compiles:
         reset_compiled_state()
@@ -254,25 +219,23 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             timings["captured"] = Timing("captured", "failed", one_line(exc))
     applied = {r["site_id"] for r in rewrites if r["applied"]}
     verified = {"eager": True, PLANNED: not failure}
-    built, kept = build_candidates(model, inputs, plan, planned, applied, candidates, device, "captured" in thunks,
-                                   said, compile_fn)
-    if not candidates.compile_modes:
+    found = build_candidates(model, inputs, plan, planned, applied, candidates, device,
+                             lambda out: check_outputs(out, original_out, reference, device)[1], clock, said,
+                             "captured" in thunks, compile_fn, deadline,
+                             _eager_ms(model, inputs, clock) if is_cuda(device) and candidates.compiles else None)
+    verified.update(found.verified)
+    if not any(whole_model(n) for n in found.built):
         timings["compile"] = Timing("compile", "skipped", "no whole-model compile asked for")
-    for name, b in built.items():
-        if b.status != "ok":
-            timings[name] = Timing(name, b.status, b.reason)
-            continue
-        with torch.no_grad():
-            out = b.run()
-        _, cand_failure = check_outputs(out, original_out, reference, device)
-        verified[name] = not cand_failure
-        if cand_failure:
-            said.append(f"{name}: outputs do not match ({cand_failure}); it cannot be chosen")
-        thunks[name], timings[name] = b.run, Timing(name, "ok", first_call_s=b.setup_s)
+    for name, b in found.built.items():
+        timings[name] = Timing(name, "ok", first_call_s=b.setup_s) if b.status == "ok" else Timing(name, b.status,
+                                                                                                 b.reason)
+        if b.status == "ok":
+            thunks[name] = b.run
     samples = _time(thunks, timings, clock, spec, seed, said)
 
-    predictions, fallback = _predictions(plan, kept)
-    choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, built)
+    predictions, fallback = _predictions(plan, found.kept)
+    choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, found.built)
+    choice.not_tried, choice.explanation = dict(found.not_tried), explain(choice, plan, found)
     attach_predictions(choice, predictions if applied else {}, fallback)
     result = VerificationResult(not failure, failure, str(device), ref_name, checks, rewrites, timings, None, None,
                                 None, None, None, timings["planned"].verdict, said, timing=clock_name(clock),

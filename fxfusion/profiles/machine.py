@@ -9,8 +9,10 @@ A foreign profile is an FxFusionError naming both devices unless the caller opts
 
 This machine's profile (:func:`find_machine_profile`, what ``fxfusion analyze`` uses without ``--profile``): among the
 ``*.json`` profiles of a folder (``profiles/``, where ``fxfusion calibrate`` writes by default), those measured on the
-same device kind, with the same ``device_name`` and on the same ``host`` -- on the CPU also with the same thread count,
-which CPU timings scale with --; the newest by ``metadata.date`` wins.  None: the caller measures live.
+same device kind with the same ``device_name`` -- on a GPU that is all (the shipped H100 and H200 profiles serve every
+card of that name, whatever host it sits in; the report says the host differs), on the CPU also the same ``host`` and
+thread count, which a virtual CPU's name does not pin down and CPU timings scale with --; the newest by
+``metadata.date`` wins.  None: the caller measures live.
 """
 
 from __future__ import annotations
@@ -81,9 +83,10 @@ def _native(profile: Profile, device: str | torch.device) -> bool:
     meta = profile.metadata
     if device_kind(meta.get("device", "cpu")) != device_kind(device) or not profile.entries:
         return False
-    if meta.get("device_name") != device_name(device) or meta.get("host") != socket.gethostname():
+    if meta.get("device_name") != device_name(device):
         return False
-    return device_kind(device) != "cpu" or meta.get("threads") == torch.get_num_threads()
+    return device_kind(device) != "cpu" or (meta.get("host") == socket.gethostname()
+                                           and meta.get("threads") == torch.get_num_threads())
 
 
 def find_machine_profile(folder: str | Path, device: str | torch.device) -> MachineProfile | None:

@@ -20,7 +20,7 @@ from fxfusion.measure.hardware import nominal_peaks
 from fxfusion.profiles.profile import Entry, Profile
 from fxfusion.planning.coverage import coverage_line
 from fxfusion.reports.verification import (CANDIDATE_COLUMNS, GROUP_COLUMNS, candidate_choice_line, candidate_rows,
-                                           end_to_end_rows, group_rows, prediction_lines)
+                                           choice_lines, end_to_end_rows, group_rows, prediction_lines)
 
 VERDICT_COLORS = {"fuse": "#c9f0d3", "neutral": "#fff0b3", "avoid": "#f8cccc", "illegal": "#e2d5f0",
                   "already_fused": "#cfe3fa", "undecided": "#e6e6e6"}
@@ -330,7 +330,7 @@ def _verification_html(v: dict) -> str:
                numeric=(1,)),
         (f"<p>Candidates, {_e(candidate_choice_line(v))}:</p>"
          + _table(CANDIDATE_COLUMNS, [[_e(c) for c in row] for row in candidate_rows(v)], cls="candidates",
-                  numeric=(1, 4, 5))) if candidate_rows(v) else "",
+                  numeric=(1, 4, 5)) + _list(choice_lines(v))) if candidate_rows(v) else "",
         _list(lines),
         _table(GROUP_COLUMNS, groups, cls="groups", numeric=(3, 4)) if groups else "",
         _list((f"warning: {w}" for w in v.get("warnings") or []), "warn"),

@@ -42,6 +42,7 @@ def render_verification(r: VerificationResult):
         for row in cands:
             table.add_row(*row)
         parts.append(table)
+        parts += [Text(line) for line in choice_lines(r.to_dict())]
     parts += [Text(line if i == 0 else "  " + line) for i, line in enumerate(prediction_lines(r.to_dict(), 3))]
     checks = Table(title=f"outputs against the {r.reference} reference")
     for col in ("output", "dtype", "planned error", "original error", "limit", "ok"):
@@ -69,12 +70,24 @@ MODEL_LABELS = {"eager": "original (eager)", "captured": "captured graph, unrewr
                 "planned+compile": "planned, then torch.compile",
                 "planned+channels_last+compile": "planned, channels-last, then torch.compile"}
 CANDIDATE_COLUMNS = ("candidate", "median ms", "speedup over eager [95% CI]", "verified", "compile + 1st call s",
-                     "break-even calls", "saving ms: predicted / measured")
+                     "break-even calls", "saving ms: predicted / measured", "what it is")
 
 
 def candidate_choice_line(v: dict[str, Any]) -> str:
     c = v.get("candidates") or {}
     return f"chosen: {c.get('chosen')} -- {c.get('why')}" if c else ""
+
+
+def choice_lines(v: dict[str, Any]) -> list[str]:
+    """Where the chosen candidate's time went, a step a line (planning.explain), and each candidate the search did
+    not build, with why (planning.search)."""
+    c = v.get("candidates") or {}
+    lines = (["where the time went:"] + [f"  {x}" for x in c.get("explanation") or []]) if c.get("explanation") else []
+    not_tried = c.get("not_tried") or {}
+    if not_tried:
+        lines.append(f"not tried ({len(not_tried)}):")
+        lines += [f"  {name}: {why}" for name, why in not_tried.items()]
+    return lines
 
 
 def candidate_rows(v: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -85,13 +98,14 @@ def candidate_rows(v: dict[str, Any]) -> list[tuple[str, ...]]:
     for r in c.get("candidates") or []:
         mark = " (chosen)" if r["name"] == c.get("chosen") else ""
         if r.get("median_ms") is None:
-            rows.append((r["name"] + mark, "-", f"{r.get('status')}: {r.get('reason') or ''}"[:60], "-", "-", "-", "-"))
+            rows.append((r["name"] + mark, "-", f"{r.get('status')}: {r.get('reason') or ''}"[:60], "-", "-", "-", "-",
+                         r.get("config") or ""))
             continue
         verified = {True: "yes", False: "no", None: "-"}[r.get("verified")]
         setup = "-" if r.get("setup_s") is None else f"{r['setup_s']:.1f}"
         even = "-" if r.get("break_even_calls") is None else f"{r['break_even_calls']:.0f}"
         rows.append((r["name"] + mark, f"{r['median_ms']:.4f}", _fmt_ci(r.get("speedup")) if r["name"] != "eager"
-                     else "1.00x", verified, setup, even, prediction_cell(r.get("prediction"))))
+                     else "1.00x", verified, setup, even, prediction_cell(r.get("prediction")), r.get("config") or ""))
     return rows
 
 
@@ -208,6 +222,7 @@ def render_markdown(v: dict[str, Any]) -> list[str]:
     cands = candidate_rows(v)
     if cands:
         lines += ["", f"Candidates, {candidate_choice_line(v)}:", ""] + table(CANDIDATE_COLUMNS, cands)
+        lines += [""] + [f"    {x}" for x in choice_lines(v)] if choice_lines(v) else []
     said = prediction_lines(v)
     lines += [""] + [line[0].upper() + line[1:] + "." for line in said] if said else []
     groups = group_rows(v)

@@ -1,0 +1,153 @@
+"""Which candidates to build: the compile configurations a user reaches for, searched within a budget, not crossed.
+
+Every configuration with and without the rewrites, in both layouts, is up to 16 compiles of the whole model -- minutes
+on a GPU, most of them wasted.  :func:`build_candidates` builds them in three steps, cheap signals first:
+
+  1. the whole model in each configuration of the CandidateSet (``compile`` first: the baseline everything is
+     compared with), CUDA graphs first after it where the model is *host-bound* -- its captured graph's ops x
+     ``HOST_US_PER_OP`` reach ``HOST_BOUND_SHARE`` of one eager forward pass; freezing only for a model in eval mode
+     (Inductor freezes only for inference); each checked against float64 as it is built (outputs cloned first: a CUDA
+     graph's outputs are overwritten by the next call);
+  2. where two or more configurations verified, a short interleaved run (``RANK_SPEC``) ranks them: the best one is
+     the configuration the rewrites are tried in;
+  3. the rewrites: planned + compile (and planned + channels-last + compile on a conv model) in the default
+     configuration -- the compiled regime predicts them -- and again in the best configuration when it is another;
+     the captured graph compiled as the rewrites' control.
+Whatever is not built is said, with why (``not_tried``): the budget spent (``deadline``), a configuration the device
+lacks, a combination ranked out in step 2.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch.utils._pytree import tree_map
+
+from fxfusion.calibration.variants import compile_limits
+from fxfusion.measure.devices import is_cuda
+from fxfusion.measure.stats import summarize
+from fxfusion.measure.timing import Clock, TimingSpec, measure
+from fxfusion.planning import candidates as candidates_module
+from fxfusion.planning.apply import candidate_module
+from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, PLANNED, Built, CandidateSet,
+                                         has_conv2d)
+from fxfusion.planning.configs import CONFIGS, Spec
+from fxfusion.planning.outputs import check_outputs
+
+# One aten op in a forward pass costs the host about this much (Python dispatch and a kernel launch); a model whose
+# ops x this reach HOST_BOUND_SHARE of its eager time is host-bound: CUDA graphs are tried before the other options.
+HOST_US_PER_OP, HOST_BOUND_SHARE = 8.0, 0.5
+# The configurations' ranking run: short -- it picks which configuration the rewrites are tried in, not the winner.
+RANK_SPEC = TimingSpec(rounds=8, warmup=1, target_sample_s=0.02, budget_s=10.0)
+
+
+@dataclass
+class Search:
+    built: dict[str, Built] = field(default_factory=dict)
+    verified: dict[str, bool] = field(default_factory=dict)
+    kept: dict[str, list] = field(default_factory=dict)  # a rewritten candidate -> the groups it applies
+    not_tried: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not built
+    best_config: str = "default"
+    ranking: dict[str, float] = field(default_factory=dict)  # configuration candidate -> median ms in step 2
+    host_bound: bool | None = None
+
+
+def host_bound(plan, eager_ms: float | None) -> bool | None:
+    ops = sum(1 for g in plan.captured.graphs for n in g.graph.nodes if n.op == "call_function")
+    return None if not eager_ms else ops * HOST_US_PER_OP * 1e-3 >= HOST_BOUND_SHARE * eager_ms
+
+
+def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], candidates: CandidateSet, device,
+                     check: Callable, clock: Clock, said: list[str], captured_ok: bool = True,
+                     compile_fn: Callable | None = None, deadline: float | None = None,
+                     eager_ms: float | None = None) -> Search:
+    """Build (compile and check) the candidates of ``candidates`` by the steps of the module doc.  ``check(out)``
+    says why a candidate's outputs are wrong (empty: they verify); ``planned`` is the model with every group
+    applied; ``eager_ms`` one eager forward pass (the host-bound signal)."""
+    compile_model = compile_fn or candidates_module.compile_model
+    cuda = is_cuda(device)
+    found = Search(kept={PLANNED: [g for g in plan.groups if g.id in applied]}, host_bound=host_bound(plan, eager_ms))
+
+    def build(spec: Spec, why_not: str | None = None) -> None:
+        if why_not or (deadline is not None and time.perf_counter() > deadline):
+            found.not_tried[spec.name] = why_not or "the --apply budget was spent before it"
+            return
+        module = candidate_module(spec, model, plan, planned)
+        b = compile_model(spec.name, module, inputs, device, spec.config, record_post_grad=spec.config.word ==
+                          "default" and not spec.captured)
+        found.built[spec.name] = b
+        if spec.rewrites:
+            found.kept[spec.name] = [g for g in plan.groups_for(spec.context) if g.id in applied]
+            _left_out(plan, spec, said)
+        if b.status == "ok":
+            with torch.no_grad():
+                out = tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, b.run())
+            failure = check(out)
+            found.verified[spec.name] = not failure
+            if failure:
+                said.append(f"{spec.name}: outputs do not match ({failure}); it cannot be chosen")
+
+    words = candidates.config_words(cuda)
+    skipped = {w: f"{CONFIGS[w].word} needs CUDA" for w in (candidates.configs or ()) if w not in words}
+    if model.training:
+        skipped.update({w: "the model is in training mode: Inductor freezes only for inference"
+                        for w in words if CONFIGS[w].freezing})
+    order = sorted(words, key=lambda w: (w != "default", not (found.host_bound and CONFIGS[w].cudagraphs)))
+    for w in order:  # step 1
+        build(Spec(config=CONFIGS[w]), skipped.get(w))
+    for w, why in skipped.items():
+        found.not_tried.setdefault(Spec(config=CONFIGS[w]).name, why)
+    conv = has_conv2d(model)
+    if CHANNELS_LAST_COMPILE in candidates.optional and conv:
+        build(Spec(channels_last=True, config=CONFIGS["default"]))
+    _rank(found, words, inputs, clock)  # step 2
+    best = CONFIGS[found.best_config]
+    for name in candidates.planned_compiled() if applied else ():  # step 3
+        spec = Spec.parse(name)
+        if spec.channels_last and not conv:
+            continue
+        build(spec)
+        if best.word != "default":
+            build(spec.with_config(best))
+        for w in words:
+            if w not in ("default", best.word):
+                alone = Spec(config=CONFIGS[w]).name
+                found.not_tried[spec.with_config(CONFIGS[w]).name] = (
+                    f"{alone} ranked below compile{best.suffix} on the whole model: the rewrites were tried in the "
+                    "best configuration only" if alone in found.ranking else
+                    f"{alone} itself was not tried ({found.not_tried[alone]})" if alone in found.not_tried else
+                    f"{alone} did not build or verify")
+    if CHANNELS_LAST_COMPILE in candidates.optional and conv and best.word != "default" and applied:
+        build(Spec(channels_last=True, config=best))
+    if CAPTURED_COMPILE in candidates.optional and captured_ok and applied:
+        # the captured graph compiled without rewrites: planned + compile's control, and a candidate of its own
+        build(Spec(captured=True, config=CONFIGS["default"]))
+    return found
+
+
+def _rank(found: Search, words: tuple[str, ...], inputs, clock: Clock) -> None:
+    """Step 2: the verified whole-model configurations timed briefly, interleaved; the fastest is the best one."""
+    names = {Spec(config=CONFIGS[w]).name: w for w in words}
+    ready = {n: found.built[n].run for n in names if found.verified.get(n)}
+    if len(ready) < 2:
+        found.best_config = next((names[n] for n in ready), "default")
+        return
+    with torch.no_grad(), compile_limits():
+        samples = measure(ready, clock, RANK_SPEC)
+    found.ranking = {n: summarize(s).median * 1e3 for n, s in samples.seconds.items()}
+    found.best_config = names[min(found.ranking, key=found.ranking.get)]
+
+
+def _left_out(plan, spec: Spec, said: list[str]) -> None:
+    kept = plan.groups_for(spec.context)
+    if len(kept) == len(plan.groups):
+        return
+    dropped = ", ".join(sorted({g.id for g in plan.groups} - {g.id for g in kept}))
+    where = " in channels-last" if spec.channels_last else ""
+    line = (f"{spec.name} leaves out {dropped}: compiled{where}, the model is not faster with those rewrites beyond "
+            "the noise (or, where not measured so, their regions are slower)")
+    if line not in said:
+        said.append(line)
