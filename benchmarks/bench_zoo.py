@@ -4,10 +4,14 @@ Per model spec (``FILE.py`` for the tiny preset, ``FILE.py:NAME`` for a named on
   1. ``analyze`` as the CLI runs it without ``--apply`` (sites measured live at their shapes, without the compile
      variants unless --site-compile), with coverage: wall time, sites found / legal / fuse, coverage of FLOPs and time;
   2. ``apply_and_verify`` (the ``--apply`` path): the plan applied and verified against float64, and the candidates
-     (eager, whole-model compile, planned, planned + compile) timed in one interleaved run; the chosen one.
-It prints one table row per model and the summary the issues set targets for (issue 11: sites / applied / verified,
-coverage, analyze <= 60 s; issue 12: chosen >= 0.98x the best candidate, geometric mean of the chosen over the better
-of eager and whole-model compile >= 1.10x), and writes each model's analysis JSON into --out.
+     (eager, whole-model compile in each configuration -- default, freezing, CUDA graphs, both --, planned, the
+     rewrites compiled in the default and the best configuration, ...) searched and timed in one interleaved run;
+     the chosen one, and the time --apply took.
+It prints one table row per model and the summary the issues set targets for (sites / applied / verified, coverage,
+analyze <= 60 s; the chosen candidate >= 0.98x the fastest measured and >= 1.00x the best whole-model configuration;
+geometric means of the chosen over default compile (target 1.35x) and over the best whole-model configuration
+(target 1.10x); --apply <= 90 s), then each model's "where the time went" lines, and writes each model's analysis
+JSON into --out.
 
     python benchmarks/bench_zoo.py --device cuda --dtype bfloat16 --preset realistic --out /tmp/zoo
     python benchmarks/bench_zoo.py models/zoo/hf_gpt2.py --out /tmp/zoo            # tiny preset on this CPU
@@ -33,12 +37,14 @@ from fxfusion.measure.devices import as_device  # noqa: E402
 from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.planning.analyze import analyze  # noqa: E402
 from fxfusion.planning.decide import LiveSource  # noqa: E402
-from fxfusion.planning.candidates import CandidateSet, parse_candidates  # noqa: E402
-from fxfusion.planning.pipeline import Planner, apply_and_verify  # noqa: E402
+from fxfusion.planning.candidates import CandidateSet, parse_candidates, whole_model  # noqa: E402
+from fxfusion.planning.pipeline import Planner, apply_and_verify, default_budget_s  # noqa: E402
 from fxfusion.planning.prediction import HOST_MOVED  # noqa: E402
 from fxfusion.reports.verification import prediction_cell  # noqa: E402
 
 ANALYZE_TARGET_S, CHOSEN_TARGET, GEOMEAN_TARGET, PREDICTION_TARGET_PCT = 60.0, 0.98, 1.10, 20.0
+OVER_COMPILE_TARGET, APPLY_TARGET_S = 1.35, 90.0
+CONFIG_COLUMNS = ("compile", "compile+freezing", "compile+cudagraphs", "compile+freezing+cudagraphs")
 
 
 def _specs(args) -> list[str]:
@@ -81,8 +87,11 @@ def run_one(spec: str, args) -> dict:
     candidates = CandidateSet.uncompiled() if args.no_compile else CandidateSet(
         optional=parse_candidates(args.candidates))
     planner = Planner(as_device(args.device), budget_s=args.insitu_budget_s, candidates=candidates,
-                      compiled_regime=args.compiled_regime, compiled_classes=args.compiled_context is not False)
+                      compiled_regime=args.compiled_regime, compiled_classes=args.compiled_context is not False,
+                      total_s=args.apply_budget_s or default_budget_s(args.device))
+    start = time.perf_counter()
     plan, v = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
+    row["apply_s"] = time.perf_counter() - start
     report = result.to_dict()  # now with the verification and the plan (every group's timings, the warnings)
     rewrites = v.rewrites
     row.update(applied=sum(r["applied"] for r in rewrites), groups=len(plan.groups), verified=v.ok,
@@ -92,12 +101,16 @@ def run_one(spec: str, args) -> dict:
     row["candidates_ms"] = {n: r.get("median_ms") for n, r in rows.items()}
     row["chosen"] = c.get("chosen")
     row["chosen_prediction"] = (rows.get(row["chosen"]) or {}).get("prediction")
+    row["explanation"], row["not_tried"] = c.get("explanation") or [], c.get("not_tried") or {}
     ok = {n: r["median_ms"] for n, r in rows.items() if r.get("verified") and r.get("median_ms")}
-    if ok:
-        best = min(ok.values())
-        base = min(ok[n] for n in ("eager", "compile") if n in ok)
-        row["chosen_vs_best"] = best / ok[row["chosen"]] if row["chosen"] in ok else None
-        row["chosen_vs_baseline"] = base / ok[row["chosen"]] if row["chosen"] in ok else None
+    if ok and row["chosen"] in ok:
+        chosen = ok[row["chosen"]]
+        whole = {n: ms for n, ms in ok.items() if whole_model(n)}
+        row["chosen_ms"], row["best_whole"] = chosen, min(whole, key=whole.get) if whole else None
+        row["chosen_vs_best"] = min(ok.values()) / chosen
+        row["chosen_vs_baseline"] = min(ok[n] for n in ("eager", "compile") if n in ok) / chosen
+        row["chosen_vs_compile"] = ok["compile"] / chosen if "compile" in ok else None
+        row["chosen_vs_whole"] = whole[row["best_whole"]] / chosen if whole else None
     (Path(args.out) / (spec.replace("/", "_").replace(":", "__") + ".json")).write_text(
         json.dumps(report, indent=1, allow_nan=False))
     return row
@@ -119,6 +132,8 @@ def main() -> None:
     ap.add_argument("--site-compile", action="store_true", help="measure sites with their compile variants too")
     ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting models after this many seconds")
     ap.add_argument("--insitu-budget-s", type=float, default=120.0, help="in-model timing budget per model")
+    ap.add_argument("--apply-budget-s", type=float, default=None, help="the whole --apply's budget per model "
+                    "(analyze --budget-s; default: 90 s on CUDA, none on a CPU)")
     ap.add_argument("--candidates", default="all", help="optional candidates: all, none or a comma list (see "
                     "fxfusion.planning.candidates.OPTIONAL)")
     ap.add_argument("--compiled-regime", action=argparse.BooleanOptionalAction, default=None,
@@ -132,11 +147,10 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"# bench_zoo: torch {torch.__version__}, {args.device} ({name}), dtype {args.dtype}, preset {args.preset}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads {torch.get_num_threads()}", flush=True)
-    print("| model | graphs | sites | legal | fuse | applied | verified | FLOPs in sites | time in sites | analyze s | "
-          "eager ms | compile ms | channels_last+compile ms | planned ms | captured+compile ms | planned+compile ms | "
-          "planned+channels_last+compile ms | chosen | chosen/best | vs better baseline | "
-          "chosen's saving ms, predicted / measured | left on the table |")
-    print("|" + "---|" * 22)
+    print("| model | sites | legal | fuse | applied | verified | FLOPs in sites | time in sites | analyze s | apply s | "
+          "eager ms | " + " | ".join(f"{c} ms" for c in CONFIG_COLUMNS) + " | best whole-model | chosen | chosen ms | "
+          "over compile | over best whole-model | of fastest | chosen's saving ms, predicted / measured |")
+    print("|" + "---|" * (18 + len(CONFIG_COLUMNS)))
     rows, t0 = [], time.perf_counter()
     for spec in _specs(args):
         if time.perf_counter() - t0 > args.budget_s:
@@ -152,15 +166,13 @@ def main() -> None:
             continue
         rows.append(r)
         ms = r.get("candidates_ms", {})
-        print(f"| {spec} | {r['graphs']} | {r['sites']} | {r['legal']} | {r['fuse']} | {r.get('applied', '-')} | "
+        print(f"| {spec} | {r['sites']} | {r['legal']} | {r['fuse']} | {r.get('applied', '-')} | "
               f"{r.get('verified', '-')} | {_f(r['flops_share'], '.0%')} | {_f(r['time_share'], '.0%')} | "
-              f"{r['analyze_s']:.1f} | {_f(ms.get('eager'), '.4f')} | {_f(ms.get('compile'), '.4f')} | "
-              f"{_f(ms.get('channels_last+compile'), '.4f')} | "
-              f"{_f(ms.get('planned'), '.4f')} | {_f(ms.get('captured+compile'), '.4f')} | "
-              f"{_f(ms.get('planned+compile'), '.4f')} | {_f(ms.get('planned+channels_last+compile'), '.4f')} | "
-              f"{r.get('chosen', '-')} | "
-              f"{_f(r.get('chosen_vs_best'), '.3f')} | {_f(r.get('chosen_vs_baseline'), '.3f')}x | "
-              f"{prediction_cell(r.get('chosen_prediction'))} | {', '.join(r['left'])} |", flush=True)
+              f"{r['analyze_s']:.1f} | {_f(r.get('apply_s'), '.1f')} | {_f(ms.get('eager'), '.4f')} | "
+              + " | ".join(_f(ms.get(c), '.4f') for c in CONFIG_COLUMNS) + f" | {r.get('best_whole') or '-'} | "
+              f"{r.get('chosen', '-')} | {_f(r.get('chosen_ms'), '.4f')} | {_f(r.get('chosen_vs_compile'), '.3f')}x | "
+              f"{_f(r.get('chosen_vs_whole'), '.3f')}x | {_f(r.get('chosen_vs_best'), '.3f')} | "
+              f"{prediction_cell(r.get('chosen_prediction'))} |", flush=True)
     done = [r for r in rows if not r.get("crash")]
     with_error = [r for r in done if (r.get("chosen_prediction") or {}).get("error_pct") is not None]
     errors = [abs(r["chosen_prediction"]["error_pct"]) for r in with_error
@@ -172,15 +184,26 @@ def main() -> None:
     print(f"\ncrashes: {len(crashes)} {crashes}")
     slow = [r["model"] for r in done if r["analyze_s"] > ANALYZE_TARGET_S]
     print(f"analyze over {ANALYZE_TARGET_S:.0f} s: {slow or 'none'}")
-    gains = [r["chosen_vs_baseline"] for r in done if r.get("chosen_vs_baseline")]
-    if gains:
-        geo = math.exp(sum(math.log(g) for g in gains) / len(gains))
-        below = [r["model"] for r in done if (r.get("chosen_vs_best") or 1) < CHOSEN_TARGET]
-        print(f"geometric mean of the chosen candidate over the better of eager and whole-model compile: {geo:.3f}x "
-              f"(target {GEOMEAN_TARGET:.2f}x) over {len(gains)} models; chosen below {CHOSEN_TARGET}x of the best: "
-              f"{below or 'none'}")
-    without = [r["model"] for r in done if r.get("chosen") in ("planned", "planned+compile",
-                                                                 "planned+channels_last+compile")
+    for key, what, target in (("chosen_vs_compile", "default torch.compile", OVER_COMPILE_TARGET),
+                              ("chosen_vs_whole", "the best whole-model configuration", GEOMEAN_TARGET),
+                              ("chosen_vs_baseline", "the better of eager and default compile", None)):
+        gains = [r[key] for r in done if r.get(key)]
+        if gains:
+            geo = math.exp(sum(math.log(g) for g in gains) / len(gains))
+            print(f"geometric mean of the chosen candidate over {what}: {geo:.3f}x"
+                  + (f" (target {target:.2f}x)" if target else "") + f" over {len(gains)} models")
+    below = [r["model"] for r in done if (r.get("chosen_vs_best") or 1) < CHOSEN_TARGET]
+    slower = [r["model"] for r in done if (r.get("chosen_vs_whole") or 1) < 1.0]
+    late = [f"{r['model']} ({r['apply_s']:.0f} s)" for r in done if (r.get("apply_s") or 0) > APPLY_TARGET_S]
+    print(f"chosen below {CHOSEN_TARGET}x of the fastest: {below or 'none'}; chosen slower than the best whole-model "
+          f"configuration: {slower or 'none'}; --apply over {APPLY_TARGET_S:.0f} s: {late or 'none'}")
+    for r in done:
+        if r.get("explanation") or r.get("not_tried"):
+            print(f"\n{r['model']}: chosen {r.get('chosen')}; where the time went:")
+            print("\n".join(f"  {x}" for x in r.get("explanation") or []))
+            for name, why in (r.get("not_tried") or {}).items():
+                print(f"  not tried {name}: {why}")
+    without = [r["model"] for r in done if (r.get("chosen") or "").startswith("planned")
                and (r.get("chosen_prediction") or {}).get("error_pct") is None]
     print(f"chosen candidate's predicted saving within {PREDICTION_TARGET_PCT:.0f}%: "
           f"{sum(e <= PREDICTION_TARGET_PCT for e in errors)} of {len(errors)} with a comparable prediction; "
