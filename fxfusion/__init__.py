@@ -25,7 +25,8 @@ _PUBLIC = {
     "calibrate": "fxfusion.calibration.calibrate",
     "plan": "fxfusion.planning.pipeline", "apply_and_verify": "fxfusion.planning.pipeline",
     "FusionPlan": "fxfusion.planning.plan",
-    "apply": "fxfusion.planning.apply",
+    "apply": "fxfusion.planning.saved",  # a FusionPlan, or a saved plan (load_plan): saved.apply dispatches
+    "save_plan": "fxfusion.planning.saved", "load_plan": "fxfusion.planning.saved",
     "verify_plan": "fxfusion.planning.verify",
     "analyze": "fxfusion.planning.analyze",
     "capture": "fxfusion.graph.capture",

@@ -17,6 +17,7 @@ import typer
 from fxfusion.calibration.calibrate import calibrate as run
 from fxfusion.calibration.calibrate import interrupted_message
 from fxfusion.cli import analyze as analyze_commands
+from fxfusion.cli import apply as apply_commands
 from fxfusion.cli import report as report_commands
 from fxfusion.cli.errors import fail, handles_errors
 from fxfusion.reports.console import CalibrationProgress, print_summary
@@ -67,6 +68,7 @@ def calibrate(
 
 # The other commands live one module per command family and register themselves on this app.
 analyze_commands.register(app)
+apply_commands.register(app)
 report_commands.register(app)
 
 
