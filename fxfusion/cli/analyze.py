@@ -22,6 +22,7 @@ from fxfusion.planning.decide import LiveSource, ProfileSource
 from fxfusion.measure.devices import as_device, is_cuda
 from fxfusion.planning.candidates import CandidateSet, parse_candidates, parse_compile_modes
 from fxfusion.planning.pipeline import Planner, apply_and_verify, default_budget_s
+from fxfusion.planning.saved import save_plan as write_plan
 from fxfusion.profiles.machine import find_machine_profile
 from fxfusion.profiles.profile import Profile
 from fxfusion.measure.threads import set_threads
@@ -116,6 +117,9 @@ def analyze_command(
              "where the budget left a class out), so the compiled candidates get a prediction and apply only the "
              "rewrites that make the compiled model faster beyond the noise.  Default: on with CUDA; on a CPU it "
              "costs several compiles of the model.")] = None,
+    save_plan: Annotated[Optional[Path], typer.Option("--save-plan", help="With --apply: once the plan verifies, "
+                                                      "save it here (schemas/plan.schema.json) for `fxfusion apply`, "
+                                                      "which re-applies it without measuring.")] = None,
 ) -> None:
     """Find the fusible sites of a model, decide each at its own shape and dtype, and report them."""
     fmt = output_format(fmt, output)
@@ -131,6 +135,10 @@ def analyze_command(
     dtype_name = parse_dtypes(dtype)[0] if dtype is not None else None
     if output is not None:
         check_writable(output)
+    if save_plan is not None:
+        if not apply:
+            raise FxFusionError("--save-plan saves the plan --apply makes and verifies: add --apply")
+        check_writable(save_plan)
     check_model_file(model)  # a missing model file is its one line, before anything is announced
     modes = parse_compile_modes(compile_modes, is_cuda(device)) if compile_modes != "auto" else None
     extra = parse_candidates(candidates)
@@ -165,7 +173,7 @@ def analyze_command(
                               else CandidateSet.uncompiled())
                 planner = Planner(as_device(device), candidates=candidates, compiled_regime=compiled_regime,
                                   total_s=budget_s if budget_s is not None else default_budget_s(device))
-                _, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
+                made, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
     report = result.to_dict()
     width = output_width(sys.stdout if output is None else None)  # a terminal's own width; files: $COLUMNS or wide
     text = _text(report, fmt, result.captured.graphs,
@@ -179,6 +187,10 @@ def analyze_command(
         typer.echo(text, nl=False)
     if verification is not None and not verification.ok:
         raise FxFusionError("the fused model did not verify: " + str(getattr(verification, "reason", "see the report")))
+    if save_plan is not None:  # after the verification: only a plan that verified is saved
+        write_plan(made, save_plan, loaded.model, loaded.example_inputs)
+        typer.echo(f"wrote {save_plan} ({len(made.groups)} rewrite{'s' * (len(made.groups) != 1)}, candidate "
+                   f"{(made.choice or {}).get('chosen')}); `fxfusion apply {save_plan} {model}` applies it", err=True)
 
 
 def _source(device, profile: Path | None, measure: bool, regime: str, allow_foreign: bool, no_compile: bool):

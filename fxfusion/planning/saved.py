@@ -49,8 +49,6 @@ from fxfusion.measure.stats import Speedup
 
 PLAN_KIND = "fxfusion.plan"
 PLAN_VERSION = "1.0"
-# The plan schema joins the others of the one serialization path (validate + atomic write).
-schema.SCHEMAS.setdefault("plan", "plan.schema.json")
 
 
 # -- where a plan was made ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from fxfusion.errors import FxFusionError
 # schema accepts 1.0 files too: older profiles load (with a note that they hold one regime), older reports validate.
 SCHEMA_VERSION = "1.1"
 SCHEMAS = {"profile": "profile.schema.json", "analysis": "analysis.schema.json",
-           "comparison": "comparison.schema.json"}
+           "comparison": "comparison.schema.json", "plan": "plan.schema.json"}
 
 
 def _schema_dir() -> Path:
