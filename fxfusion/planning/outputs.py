@@ -5,10 +5,19 @@ Every output of the planned model must be within the dtype's tolerance of the re
 model itself is further than that from float64: a rewrite may not be measurably less accurate than the model.  The
 reference is the original model run in float64 on the CPU where the model allows it, else the original model itself
 (and the verification says so).
+
+The reference computes in float64 throughout (:class:`KeepFloat64`): a model that casts to float32 on purpose --
+Hugging Face's eager attention takes its softmax in float32, its RMSNorm upcasts to float32 -- would otherwise run
+those steps in float32 inside the reference, and worse: a mask filled with ``finfo(float64).min`` becomes -inf when
+cast to float32, so a fully masked row (every pad query of a left-padded batch) gives NaN, which then spreads through
+the whole sequence.  Where the reference is still not finite but the original model's output is, those elements are
+compared against the original model instead, and the check counts them (``OutputCheck.from_original``): a real error
+there is still seen, at the dtype's tolerance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
@@ -16,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from fxfusion.calibration.variants import one_line
@@ -35,22 +45,75 @@ class OutputCheck:
     original_error: float | None  # the original model's own error against the reference
     limit: float
     ok: bool
+    # Elements compared against the original model because the float64 reference is not finite there (see module doc)
+    from_original: int = 0
+    # How far the reference moves when the inputs change, and when every weight is off by planning.sensitivity's
+    # WEIGHT_ERROR (relative L2); None: not measured.  Below ``limit``, this check could not see such an error.
+    input_moves: float | None = None
+    weight_error_moves: float | None = None
 
 
 def to_reference(x: Any) -> Any:
     return x.detach().to("cpu", torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
+_NARROWER = (torch.float32, torch.float16, torch.bfloat16)
+_CASTS = {torch.Tensor.float: torch.Tensor.double, torch.Tensor.half: torch.Tensor.double,
+          torch.Tensor.bfloat16: torch.Tensor.double}
+
+
+class KeepFloat64(TorchFunctionMode):
+    """Inside it, every request for a narrower float dtype gets float64: ``dtype=`` arguments (softmax, creation ops,
+    reductions), ``Tensor.to``/``Tensor.type`` with a dtype, ``.float()``/``.half()``/``.bfloat16()``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        func = _CASTS.get(func, func)
+        if kwargs.get("dtype") in _NARROWER:
+            kwargs["dtype"] = torch.float64
+        if func in (torch.Tensor.to, torch.Tensor.type):
+            args = tuple(torch.float64 if a in _NARROWER else a for a in args)
+        return func(*args, **kwargs)
+
+
+def run_in_float64(model: torch.nn.Module, inputs: tuple, keep_float64: bool = True) -> Any:
+    """``model`` copied to float64 on the CPU and run on ``inputs`` in float64, its casts to narrower floats kept in
+    float64 (``keep_float64``); outputs as float64 CPU tensors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_model = copy.deepcopy(model).to("cpu", torch.float64)
+        default = torch.get_default_dtype()
+        try:
+            if keep_float64:
+                torch.set_default_dtype(torch.float64)  # tensors made without a dtype, too
+            with torch.no_grad(), KeepFloat64() if keep_float64 else contextlib.nullcontext():
+                return tree_map(to_reference, ref_model(*tree_map(to_reference, inputs)))
+        finally:
+            torch.set_default_dtype(default)
+
+
 def float64_reference(model: torch.nn.Module, inputs: tuple) -> tuple[Any, str | None]:
-    """The original model's outputs in float64 on the CPU, or (None, why not)."""
+    """The original model's outputs in float64 on the CPU (float64 throughout where the model runs so, else with its
+    own casts), or (None, why not)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ref_model = copy.deepcopy(model).to("cpu", torch.float64)
-            with torch.no_grad():
-                return tree_map(to_reference, ref_model(*tree_map(to_reference, inputs))), None
+        return run_in_float64(model, inputs), None
+    except Exception:  # a model whose code needs its narrower dtypes: its own casts, as it wrote them
+        pass
+    try:
+        return run_in_float64(model, inputs, keep_float64=False), None
     except Exception as exc:  # a model that does not run in float64 (dtype-specific ops, device-only kernels)
         return None, one_line(exc)
+
+
+def finite_reference(ref: torch.Tensor, original: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``ref`` with the original model's values where ``ref`` is not finite and the original is (same shape only),
+    and how many elements were so replaced."""
+    if not isinstance(original, torch.Tensor) or tuple(original.shape) != tuple(ref.shape):
+        return ref, 0
+    orig = original.detach().to("cpu", torch.float64)
+    swap = ~torch.isfinite(ref) & torch.isfinite(orig)
+    n = int(swap.sum())
+    return (torch.where(swap, orig, ref), n) if n else (ref, 0)
 
 
 def _tf32(device: str) -> bool:
@@ -72,10 +135,11 @@ def check_outputs(planned_out: Any, original_out: Any, reference: Any, device: s
                 failures.append(f"output {i} differs from the original")
             continue
         tol = tolerance(g.dtype, _tf32(device))
+        r, from_original = finite_reference(r, o)
         err, orig_err = relative_error(g, r), relative_error(o, r)
         limit = max(tol, ORIGINAL_ERROR_SLACK * orig_err) if math.isfinite(orig_err) else tol
         ok = err <= limit
-        checks.append(OutputCheck(i, dtype_name(g.dtype), err, orig_err, limit, ok))
+        checks.append(OutputCheck(i, dtype_name(g.dtype), err, orig_err, limit, ok, from_original))
         if not ok:
             failures.append(f"output {i} ({dtype_name(g.dtype)}) has relative error {err:.3g}, "
                             f"over the {limit:.1e} limit")
