@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from fxfusion.fusions.match import find_sites
@@ -37,3 +39,25 @@ def test_unmatched_ops_are_ranked_by_time_and_named():
     assert times == sorted(times, reverse=True)
     line = coverage_line(c.to_dict())
     assert line.startswith("Coverage: the sites hold") and "left on the table" in line
+
+
+def test_sdpa_flops_are_counted_on_a_cpu():
+    """FlopCounterMode counts 0 for SDPA on a CPU (issue 26): the SDPA nodes are counted by the formula
+    2 B H Sq Sk D + 2 B H Sq Sk Dv, so an attention model's coverage is not 0%."""
+    pytest.importorskip("transformers")
+    loaded = load_model(MODELS / "zoo" / "hf_gpt2_sdpa.py")  # 2 layers, 2 heads of 32, 2 x 16 tokens
+    captured = capture(loaded.model, loaded.example_inputs)
+    sdpa = [n for g in captured.graphs for n in g.graph.nodes
+            if n.target is torch.ops.aten.scaled_dot_product_attention.default]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        F.scaled_dot_product_attention(*(torch.randn(2, 2, 16, 32),) * 3)
+    assert len(sdpa) == 2 and counter.get_total_flops() == 0  # what the counter alone sees
+    sites = find_sites(captured)
+    c = measure_coverage(captured, sites, loaded.model, "cpu")
+    per_layer = 2 * (2 * 2) * 16 * 16 * 32 * 2  # Q K^T and P V, B=2 H=2 S=16 D=32
+    with torch.no_grad(), FlopCounterMode(display=False) as whole:
+        loaded.model(*loaded.example_inputs)
+    assert c.flops_total == whole.get_total_flops() + 2 * per_layer
+    assert any("SDPA formula" in n for n in c.notes)
+    sdpa_sites = [s for s in sites if set(s.nodes) & {n.name for n in sdpa}]
+    assert sdpa_sites and c.flops_in_sites >= 2 * per_layer
