@@ -33,7 +33,7 @@ from fxfusion.measure.devices import as_device
 from fxfusion.measure.stats import FUSE, Verdict
 from fxfusion.measure.timing import PIPELINED
 from fxfusion.planning.decide import decide_site, lookup_for_decision
-from fxfusion.planning.insitu import (INSITU_BUDGET_S, Overhead, measure_in_model,
+from fxfusion.planning.insitu import (INSITU_BUDGET_S, Overhead, implausible, measure_in_model,
                                       measure_overhead)  # noqa: F401  (measure_overhead: this API)
 from fxfusion.planning.prediction import Context, Prediction, RegionTiming, predict
 from fxfusion.profiles.profile import Decision, Profile
@@ -305,9 +305,15 @@ class FusionPlan:
 
     def require_saving_over(self, overhead: "Overhead | float") -> None:
         """Charge the captured graph's overhead (signed: the graph can be faster than the module it came from) to the
-        plan, and refuse every group when their predicted saving does not exceed its interval's upper end."""
+        plan, and refuse every group when their predicted saving does not exceed its interval's upper end.  A noisy
+        overhead (``Overhead.noisy``, or :func:`~fxfusion.planning.insitu.implausible`) is not charged and refuses
+        nothing; the plan warns."""
         if not isinstance(overhead, Overhead):
             overhead = Overhead(float(overhead), float(overhead), float(overhead))
+        noisy = overhead.noisy or implausible(overhead)
+        if noisy:  # an estimate that cannot be right decides nothing: the groups stand on their own savings
+            self.warnings.append(f"the captured graph's overhead is not charged, its measurement noisy: {noisy}")
+            return
         self.overhead_ms = overhead.ms
         self.overhead_fraction = overhead.fraction
         saving = self.groups_saving_ms
