@@ -52,28 +52,61 @@ class ProfileSource:
     """Decisions from a calibration profile: the nearest entry of the same pattern, dtype and device kind.
 
     A profile of another device is an FxFusionError naming both, unless ``allow_foreign`` (then its entries are
-    looked up on the device it was measured on, and every report warns)."""
+    looked up on the device it was measured on, and every report warns).  A pattern the profile has no entry for (on
+    this device kind) is measured live at the site's shape by ``live`` -- a :class:`LiveSource`; True (the default):
+    one made on first need, on this device, as ``--measure`` makes it (:data:`QUICK_SPEC`, the compile variants);
+    False: such sites stay undecided -- and :meth:`warnings` says how many and what decides them."""
 
     mode = "profile"
 
     def __init__(self, profile: Profile, device: str, path: str = "", regime: str = PIPELINED,
-                 allow_foreign: bool = False):
+                 allow_foreign: bool = False, live: "LiveSource | bool" = True):
         self.profile, self.device, self.path, self.regime = profile, as_device(device), path, check_regime(regime)
         self._warnings = check_profile(profile, self.device, allow_foreign, path or "the profile")
         there = profile.metadata.get("device", "cpu")
         self.lookup_device = self.device if device_kind(there) == device_kind(self.device) else as_device(
             device_kind(there))
         self.rule: str | None = None  # why this profile (set by whoever chose it)
+        self.live = live
+        self.lacking: dict[str, int] = {}  # pattern the profile has no entry for -> distinct site shapes looked up
 
     def warnings(self) -> list[str]:
-        return list(self._warnings)
+        return list(self._warnings) + self._lacking_summary()
+
+    def _lacking_summary(self) -> list[str]:
+        if not self.lacking:
+            return []
+        names = ",".join(sorted(self.lacking))
+        lacking = (f"{sum(self.lacking.values())} site shape(s) of {len(self.lacking)} pattern(s) the profile has no "
+                   f"entries for ({names})")
+        if self.live:
+            return [f"{lacking} were measured live at their shapes ({_live_how(self.live)}); calibrate --patterns "
+                    f"{names} to keep them in the profile"]
+        return [f"{lacking} were not decided: decide them live (--measure), or calibrate --patterns {names} into the "
+                "profile"]
 
     def lookup(self, pattern: Pattern, shape: dict[str, int], dtype: str) -> Lookup:
+        kind = device_kind(self.lookup_device)
+        if not any(e.pattern == pattern.name and device_kind(e.device) == kind for e in self.profile.entries):
+            return self._lookup_lacking(pattern, shape, dtype)
         try:
             decision = self.profile.decide(pattern.name, shape, dtype, self.lookup_device, self.regime)
         except FxFusionError as exc:
             return Lookup(None, None, [str(exc)], regime=self.regime)
         return self.lookup_for(pattern, shape, dtype, decision)
+
+    def _lookup_lacking(self, pattern: Pattern, shape: dict[str, int], dtype: str) -> Lookup:
+        """A pattern the profile has no entry for: measured live (``self.live``), or undecided saying how to decide."""
+        self.lacking[pattern.name] = self.lacking.get(pattern.name, 0) + 1
+        lacks = f"the profile has no entries for pattern {pattern.name!r} on {device_kind(self.lookup_device)}"
+        if not self.live:
+            return Lookup(None, None, [f"{lacks}: measure it live (--measure) or calibrate --patterns {pattern.name}"],
+                          regime=self.regime)
+        if self.live is True:  # as --measure would (compile variants too: an nn.Linear site has no other rival)
+            self.live = LiveSource(self.device, QUICK_SPEC, regime=self.regime)
+        lookup = self.live.lookup(pattern, shape, dtype)
+        lookup.warnings.insert(0, f"measured live at this shape ({_live_how(self.live)}): {lacks}")
+        return lookup
 
     def lookup_for(self, pattern: Pattern, shape: dict[str, int], dtype: str, decision: Decision) -> Lookup:
         """The Lookup behind a decision already made (the entry at its measured shape), without deciding again."""
@@ -116,6 +149,11 @@ class LiveSource:
         except FxFusionError as exc:
             return Lookup(None, None, [f"measuring {pattern.name} failed: {exc}"], regime=self.regime)
         return Lookup(entry, entry.decision_for(self.regime), regime=self.regime)
+
+
+def _live_how(live) -> str:
+    compiles = not isinstance(live, LiveSource) or bool(live.compile_modes)
+    return "eager, hand-fused and compile variants" if compiles else "eager and hand-fused variants"
 
 
 def _fmt_shape(shape: dict) -> str:
