@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import TINY_SPEC
+from tests.helpers import TINY_SPEC, quick_apply
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +19,17 @@ def tiny_profile(tmp_path_factory):
     calibrate(hardware="generic-cpu", device="cpu", patterns="linear_bias_relu,conv2d_bn_relu,full_attention",
               quick=True, output=path, compile_modes=(), spec=TINY_SPEC, command="pytest tiny_profile")
     return path
+
+
+@pytest.fixture
+def fast_planning_specs(monkeypatch):
+    """`analyze --apply` through the CLI with the stages a test runs but does not test made quick: the one place the
+    CLI's and the zoo's tests set these knobs.  The CLI's Planner (fxfusion.planning.pipeline.Planner, built in
+    fxfusion.cli.analyze and handed to fxfusion.cli.analyze.apply_and_verify) gets, through tests/helpers.py's
+    quick_apply, ``specs.verify`` and ``specs.context`` (fxfusion.planning.pipeline.Specs) = TINY_SPEC, in place of
+    fxfusion.planning.verify.VERIFY_SPEC (30 rounds of 50 ms) and fxfusion.planning.incontext.CONTEXT_SPEC (20
+    rounds of 20 ms, up to 3 batches: minutes on a busy 2-core machine), and ``candidates`` =
+    CandidateSet.uncompiled() (no torch.compile).  Each stage still runs its real code on its real clock; the stages'
+    own tests (tests/test_verify.py, tests/test_incontext.py) time them with specs of their own.  Returns the quick
+    apply_and_verify (a spy can wrap it)."""
+    return quick_apply(monkeypatch)

@@ -155,7 +155,7 @@ def test_live_measurement_is_the_default(tmp_path, monkeypatch):
     assert "analyzing 1/2: g0.s0 conv2d_bn_relu B=2" in err and "elapsed" in err  # plain progress off a TTY
 
 
-def test_apply_verifies_and_puts_the_result_in_the_report(tmp_path, monkeypatch):
+def test_apply_verifies_and_puts_the_result_in_the_report(tmp_path, monkeypatch, fast_planning_specs):
     monkeypatch.setattr("fxfusion.cli.analyze.PROFILE_FOLDER", tmp_path)  # measured live
     pytest.importorskip("fxfusion.planning.plan")
     pytest.importorskip("fxfusion.planning.verify")

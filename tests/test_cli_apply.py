@@ -19,7 +19,7 @@ from fxfusion.cli.commands import app
 from fxfusion.profiles.profile import Profile
 from fxfusion.profiles.schema import schema_errors
 from fxfusion.planning.insitu import Overhead
-from tests.helpers import OpCountClock, quick_apply, replace_rewrite
+from tests.helpers import OpCountClock, replace_rewrite
 
 # The --apply pipeline looks these up in its own module: the fixtures below replace them there.
 pipeline_module = importlib.import_module("fxfusion.planning.pipeline")
@@ -38,8 +38,8 @@ def folding_profile(tiny_profile, tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def quick_verification(monkeypatch):
-    return quick_apply(monkeypatch)
+def quick_verification(fast_planning_specs):
+    return fast_planning_specs
 
 
 @pytest.fixture(autouse=True)

@@ -106,6 +106,7 @@ def test_a_whole_model_prediction_is_a_fraction_of_the_base_as_the_candidates_ru
     assert prediction_cell(p).endswith(", partly from regions compiled alone")
 
 
+@pytest.mark.slow
 def test_a_class_is_measured_with_the_whole_model_compiled_by_inductor():
     loaded = load_model(MODELS / "mobilenet_block.py")
     plan = typical_plan("mobilenet_block")  # two conv2d_bn_relu groups, bn_folded: one class

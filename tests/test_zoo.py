@@ -29,7 +29,7 @@ from fxfusion.graph.loader import import_file, load_model
 from fxfusion.measure.timing import TimingSpec
 from fxfusion.planning.insitu import Overhead
 from fxfusion.profiles.schema import schema_errors
-from tests.helpers import OpCountClock, quick_apply
+from tests.helpers import OpCountClock
 from tests.zoo_entries import ENTRIES, require
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched: the models are built from config objects
@@ -95,14 +95,15 @@ PRICED_SPEC = TimingSpec(rounds=5, warmup=0, target_sample_s=0.0, max_inner=1, b
 
 
 @pytest.fixture
-def priced_by_op_count(monkeypatch):
-    """Decisions and in-model predictions from clocks that price aten ops, and no captured-graph overhead: the plan
-    is the same on every machine (see the module doc).  Verification keeps its real clock, briefly."""
+def priced_by_op_count(monkeypatch, tmp_path, fast_planning_specs):
+    """Decisions (measured live: no profile of this machine is looked for) and in-model predictions from clocks that
+    price aten ops, and no captured-graph overhead: the plan is the same on every machine (see the module doc).
+    Verification and the eager-context classes keep their real clock, briefly (tests/conftest.py)."""
+    monkeypatch.setattr("fxfusion.cli.analyze.PROFILE_FOLDER", tmp_path)  # empty: reading profiles/ costs seconds
     monkeypatch.setattr(decide_module, "clock_for", lambda device, mode="isolated": PricedOnce())
     monkeypatch.setattr(insitu_module, "model_clock", lambda device: PricedOnce())
     monkeypatch.setattr(insitu_module, "INSITU_SPEC", PRICED_SPEC)
     monkeypatch.setattr(pipeline_module, "measure_overhead", lambda *a, **k: Overhead(0.0, 0.0, 0.0))
-    quick_apply(monkeypatch)
 
 
 # What --apply rewrites on the CPU without torch.compile, priced by op count: every conv+BN(+ReLU) site of the CNNs,
@@ -129,7 +130,15 @@ MERGED_ON_CPU = {"hf_llama.py": 2, "hf_qwen2.py": 2, "hf_bert.py": 2}
 NOT_REWRITTEN: dict[str, set] = {}
 
 
-@BY_SPEC
+# The conv nets' --apply runs rewrite 20-80 conv sites: each class of rewrites is applied to the model alone (the
+# eager context) and the plan once more to verify it, 10-25 s a model on a busy 2-core machine with every timing
+# already quick.  Marked slow: deselected by `python3 -m pytest -q`, run by `python3 -m pytest -q -m slow` (CI runs
+# both).  The other presets' runs take a few seconds and stay in the default run.
+SLOW_APPLY = {"tv_efficientnet_b0.py", "tv_mobilenet_v3_large.py", "tv_resnet50.py", "timm_resnet18.py"}
+
+
+@pytest.mark.parametrize("entry", [pytest.param(e, marks=pytest.mark.slow) if e.spec in SLOW_APPLY else e
+                                   for e in ENTRIES], ids=lambda e: e.spec)
 def test_apply_verifies_against_float64(entry, tmp_path, priced_by_op_count):
     require(entry.library)
     out = tmp_path / "report.json"
