@@ -12,6 +12,7 @@ import torch.nn as nn
 from rich.console import Console
 
 from fxfusion.planning.candidates import CandidateSet
+from fxfusion.reports.verification import prediction_lines
 from fxfusion.graph.capture import capture
 from fxfusion.graph.loader import load_model
 from fxfusion.fusions.match import find_sites
@@ -113,6 +114,24 @@ def test_groups_the_rules_refuse_are_warned_about(monkeypatch):
                     spec=TINY_SPEC, candidates=CandidateSet.uncompiled())
     assert r.ok and r.predicted_saving_ms == 0.0 and r.prediction_error_pct is None  # nothing applied, nothing claimed
     assert sum("not applied: not today" in w for w in r.warnings) == 2
+    # the planned model is the original: not timed as a candidate of its own, and the report says why nothing applied
+    assert r.timings["planned"].status == "skipped" and r.timings["planned"].median_ms is None
+    assert "planned" not in [row["name"] for row in r.candidates["candidates"] if row["median_ms"] is not None]
+    assert "no rewrite was applied" in r.reason and "x the original" not in r.reason
+    assert r.nothing_applied.count("not rewritten: not today") == 2
+    assert prediction_lines(r.to_dict()) == [r.nothing_applied]
+
+
+def test_a_plan_refused_below_its_overhead_says_so_where_the_user_looks():
+    from fxfusion.planning.insitu import Overhead
+
+    loaded = load_model(MODELS / "mobilenet_block.py")
+    plan = plan_for(loaded.model, loaded.example_inputs, saving_ms=0.001)
+    plan.require_saving_over(Overhead(0.5, 0.4, 0.6, 10.0, 0.05))  # the captured graph costs more than it saves
+    assert plan.groups == []
+    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=TINY_SPEC, candidates=CandidateSet.uncompiled())
+    assert r.ok and r.nothing_applied.startswith("nothing applied: 2 site(s) refused below_overhead (the plan's "
+                                                 "predicted saving")
 
 
 class Float32Only(nn.Module):

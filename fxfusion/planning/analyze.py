@@ -34,17 +34,30 @@ from fxfusion.planning.rewrite import trial_rewrites
 
 
 
+# A forward pass whose median is this many times its fastest rounds' (10th percentile) was timed through stalls (a
+# loaded 2-core VM stalled 2-thread PyTorch for 68-72 ms at a time, 2026-12-07, under a 0.26 ms model).
+STALLED = 1.5
+
+
 def measure_forward(model: torch.nn.Module, inputs: tuple, device: str, spec: TimingSpec = QUICK_SPEC,
-                    clock: Clock | None = None) -> float:
-    """Median milliseconds of one eager forward pass of the whole model (under no_grad)."""
+                    clock: Clock | None = None) -> tuple[float, str | None]:
+    """Median milliseconds of one eager forward pass of the whole model (under no_grad), and why that figure is noisy
+    (None: it is not): the samples' spread beyond NOISY_IQR of the median (the rule every timing is flagged by), or a
+    median over STALLED x the fastest rounds'."""
     clock = clock or clock_for(device)
 
     def forward():
         with torch.no_grad():
             return model(*inputs)
 
-    samples = measure({"forward": forward}, clock, spec)
-    return summarize(samples.seconds["forward"]).median * 1e3
+    s = summarize(measure({"forward": forward}, clock, spec).seconds["forward"])
+    why = []
+    if s.noisy:
+        why.append(f"its samples spread {s.iqr / s.median:.0%} of the median (IQR)")
+    if s.floor > 0 and s.median > STALLED * s.floor:
+        why.append(f"the median is {s.median / s.floor:.1f}x the fastest rounds' {s.floor * 1e3:.4g} ms (stalls: "
+                   "the machine was loaded)")
+    return s.median * 1e3, "; ".join(why) or None
 
 
 @dataclass
@@ -56,6 +69,7 @@ class Analysis:
     warnings: list[str]
     capture_seconds: float
     forward_ms: float | None = None
+    forward_noisy: str | None = None  # why the forward pass's figure is not to be trusted (measure_forward)
     verification: dict[str, Any] | None = None
     coverage: dict[str, Any] | None = None  # fxfusion.planning.coverage: FLOPs and time inside the sites
 
@@ -98,7 +112,7 @@ class Analysis:
                 "saved_ms_per_forward": sum(o.saved_ms or 0.0 for o in fused),
                 "bytes_saved_per_forward": sum(o.bytes_saved or 0 for o in fused),
                 "matched_nodes": matched, "unmatched_nodes": sum(self.captured.unmatched.values()),
-                "forward_ms": self.forward_ms}
+                "forward_ms": self.forward_ms, "forward_noisy": self.forward_noisy}
 
 
 def _outcome_dict(o: SiteOutcome) -> dict[str, Any]:
@@ -135,10 +149,12 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
     if model.training:
         warnings.append("the model is in training mode: BatchNorm cannot be folded and dropout stays active; "
                         "return model.eval() from the model file (or pass --eval) to analyse inference")
-    forward_ms = None
+    forward_ms = forward_noisy = None
     if time_forward:
         note("timing the whole forward pass")
-        forward_ms = measure_forward(model, tuple(example_inputs), device, forward_spec)
+        forward_ms, forward_noisy = measure_forward(model, tuple(example_inputs), device, forward_spec)
+        if forward_noisy:
+            warnings.append(f"the forward pass's time ({forward_ms:.4g} ms) is noisy: {forward_noisy}")
     profile_path = source.path if isinstance(source, ProfileSource) else None
     hardware = (source.profile.metadata.get("hardware") if isinstance(source, ProfileSource)
                 else source.hw.name if isinstance(source, LiveSource) else None)
@@ -164,7 +180,8 @@ def analyze(model: torch.nn.Module, example_inputs: tuple, source: ProfileSource
             covered = measure_coverage(captured, sites, model, device).to_dict()
         except Exception as exc:  # coverage is a diagnosis: its failure must not lose the analysis
             warnings.append(f"coverage could not be measured: {type(exc).__name__}: {str(exc)[:200]}")
-    result = Analysis(captured, sites, outcomes, metadata, warnings, capture_seconds, forward_ms, coverage=covered)
+    result = Analysis(captured, sites, outcomes, metadata, warnings, capture_seconds, forward_ms, forward_noisy,
+                      coverage=covered)
     check_rewrites(result, model)
     return result
 

@@ -116,6 +116,8 @@ Stage = Callable[[Run, Planner], None]
 # --apply's default budget on CUDA: a zoo model's whole --apply within about 90 s on an H200 (the compiled regime's
 # classes and the configurations' compiles are most of it).  On a CPU a compile alone takes 10-25 s: no default bound.
 CUDA_BUDGET_S = 90.0
+# The eager forward pass timed by the analysis and again by the verification: past this ratio the machine's load moved.
+LOAD_MOVED = 1.5
 
 
 def default_budget_s(device) -> float | None:
@@ -185,6 +187,12 @@ def verify_and_choose(run: Run, p: Planner) -> None:
                                    clock=p.clock, candidates=p.candidates, compile_fn=p.compile,
                                    deadline=run.deadline(p))
     run.plan.choice = run.verification.candidates
+    eager, before = run.verification.timings.get("eager"), run.analysis.forward_ms
+    if eager is not None and eager.median_ms and before and max(eager.median_ms / before, before / eager.median_ms) \
+            > LOAD_MOVED:  # the same eager forward pass, timed twice: a figure of each phase is not comparable
+        run.verification.warnings.append(
+            f"the eager forward pass read {before:.4g} ms while analysing and {eager.median_ms:.4g} ms while "
+            "verifying: the machine's load changed between them, so figures of the two phases disagree by that much")
     # The plan travels with the verification: which groups were applied, which refused and why.
     run.analysis.verification = {**run.verification.to_dict(), "plan": run.plan.to_dict()}
 

@@ -45,6 +45,7 @@ from fxfusion.planning.prediction import Context, Prediction, Source, label
 from fxfusion.planning.rewrite import captured_module
 from fxfusion.planning.sensitivity import check_sensitivity
 
+NOTHING_APPLIED = "no rewrite applied: the planned model is a copy of the original, not a candidate of its own"
 # End-to-end timing of whole models: longer samples than a pattern's, so Python overhead averages out.
 # Samples of about 50 ms: a pipelined sample's edges (one sync, one primed call) are then a small share of it.
 VERIFY_SPEC = TimingSpec(rounds=30, warmup=3, target_sample_s=0.05, budget_s=30.0)
@@ -99,6 +100,7 @@ class VerificationResult:
     fraction_error_pct: float | None = None  # (predicted - measured) / |measured|, of the fractions
     # The candidates timed in the same run and the one chosen (fxfusion.planning.candidates.Choice.to_dict()).
     candidates: dict[str, Any] | None = None
+    nothing_applied: str | None = None  # why no rewrite was applied, in one sentence (None: some were)
 
     @property
     def saving_within_noise(self) -> bool:
@@ -207,9 +209,14 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     if failure:
         said.append("outputs do not match: timings are reported for diagnosis only")
 
-    thunks = {"eager": lambda: model(*inputs), "planned": lambda: planned(*inputs)}
+    applied = {r["site_id"] for r in rewrites if r["applied"]}
+    thunks = {"eager": lambda: model(*inputs)}
     timings["eager"] = Timing("eager", "ok")
-    timings["planned"] = Timing("planned", "ok", first_call_s=planned_first)
+    if applied:
+        thunks["planned"] = lambda: planned(*inputs)
+        timings["planned"] = Timing("planned", "ok", first_call_s=planned_first)
+    else:  # a copy of the original: timed as a candidate of its own it could only measure the noise
+        timings["planned"] = Timing("planned", "skipped", NOTHING_APPLIED)
     if candidates.captured:
         try:
             captured = captured_module(model, plan.captured)
@@ -219,7 +226,6 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             timings["captured"] = Timing("captured", "ok", first_call_s=first)
         except Exception as exc:
             timings["captured"] = Timing("captured", "failed", one_line(exc))
-    applied = {r["site_id"] for r in rewrites if r["applied"]}
     verified = {"eager": True, PLANNED: not failure}
     found = build_candidates(model, inputs, plan, planned, applied, candidates, device,
                              lambda out: check_outputs(out, original_out, reference, device)[1], clock, said,
@@ -243,7 +249,11 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                                 None, None, None, timings["planned"].verdict, said, timing=clock_name(clock),
                                 candidates=choice.to_dict())
     _planned_prediction(result, plan, predictions.get(PLANNED), applied, samples)
-    if not failure:
+    if not applied:
+        result.nothing_applied = why_nothing_applied(plan, rewrites)
+    if not failure and not applied:
+        result.reason = f"outputs match the {ref_name} reference; no rewrite was applied (the planned model is the original)"
+    elif not failure:
         sp = timings["planned"].speedup
         result.reason = (f"outputs match the {ref_name} reference; planned model {sp['median']:.2f}x the original, "
                          f"95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]")
@@ -253,6 +263,10 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
 def _planned_prediction(r: VerificationResult, plan, predicted: Prediction | None, applied: set[str], samples) -> None:
     """The planned candidate's measured saving against its prediction, in ms and as fractions of eager, with the
     regions' and the library's own predictions beside a better one."""
+    r.prediction = label(predicted, bool(applied))
+    if not applied:
+        r.predicted_saving_ms = 0.0  # the planned model is a copy of the original: nothing to measure
+        return
     eager_ms, planned_t = r.timings["eager"].median_ms, r.timings["planned"]
     eager_s = samples.seconds["eager"]
     measured = eager_ms - planned_t.median_ms
@@ -261,10 +275,6 @@ def _planned_prediction(r: VerificationResult, plan, predicted: Prediction | Non
     r.measured_saving_ci_ms = (eager_ms * (1 - 1 / sp["ci_low"]), eager_ms * (1 - 1 / sp["ci_high"]))
     f = paired_fraction(eager_s, samples.seconds["planned"], eager_s)
     r.measured_fraction, r.measured_fraction_ci = f.median, (f.ci_low, f.ci_high)
-    r.prediction = label(predicted, bool(applied))
-    if not applied:
-        r.predicted_saving_ms = 0.0  # the planned model is a copy of the original
-        return
     groups = [g for g in plan.groups if g.id in applied]
     if predicted is None:
         r.warnings.append(f"{sum(g.predicted_saving_ms is None for g in groups)} applied group(s) have no predicted "
@@ -290,6 +300,18 @@ def _planned_prediction(r: VerificationResult, plan, predicted: Prediction | Non
     r.predicted_fraction = predicted.fraction
     if r.predicted_fraction is not None and r.measured_fraction != 0:
         r.fraction_error_pct = 100.0 * (r.predicted_fraction - r.measured_fraction) / abs(r.measured_fraction)
+
+
+def why_nothing_applied(plan, rewrites: list[dict]) -> str:
+    """Why no rewrite was applied, in one sentence: the plan's refusals counted by why, with the first reason of
+    each, and the rewrites that did not apply (illegal and already-fused sites are the report's own rows)."""
+    by: dict[str, list[str]] = {}
+    for r in plan.refused:
+        if r.why not in ("illegal", "already_fused"):
+            by.setdefault(str(r.why), []).append(r.reasons[0] if r.reasons else "")
+    parts = [f"{len(rs)} site(s) refused {why} ({rs[0]})" for why, rs in by.items()]
+    parts += [f"{r['site_id']} not rewritten: {r['detail']}" for r in rewrites if not r["applied"]]
+    return "nothing applied: " + ("; ".join(parts) if parts else "no site was decided 'fuse'")
 
 
 def _error(predicted: float, measured: float) -> float | None:

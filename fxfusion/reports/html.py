@@ -37,8 +37,7 @@ th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums;
 tr.why td{border-top:none;color:#444;font-size:.95em;padding-bottom:6px}
 tr.main:has(+ tr.why) td{border-bottom:none}
 figure{margin:1em 0 2em 0}figure img{max-width:100%;border:1px solid #ddd}
-figcaption{font-size:.85em;color:#444}
-.meta{color:#555}.warn{color:#8a4b00}code{font-size:.9em}
+figcaption{font-size:.85em;color:#444}.meta{color:#555}.warn{color:#8a4b00}code{font-size:.9em}
 .verdict{padding:1px 6px;border-radius:3px;white-space:nowrap}.ci{white-space:nowrap}
 .chip{display:inline-block;margin:1px;padding:0 4px;border-radius:3px;font-family:monospace;font-size:.85em}
 nav a{margin-right:1em}
@@ -342,7 +341,8 @@ def _saving_summary(summary: dict, verified: bool) -> str:
     """The per-site estimate, labelled as such: with a verification the page has other predictions too."""
     if "saved_ms_per_forward" not in summary:
         return ""
-    forward = f"; measured forward pass: {summary['forward_ms']:.4g} ms" if summary.get("forward_ms") else ""
+    forward = (f"; measured forward pass: {summary['forward_ms']:.4g} ms" + (f" (noisy: {summary['forward_noisy']})"
+               if summary.get("forward_noisy") else "")) if summary.get("forward_ms") else ""
     other = (" The <a href=\"#verification\">verification</a> below has the <b>in-model prediction</b> (each "
              "fusion group timed inside the model, which is what <code>--apply</code> acts on) and the "
              "<b>measured</b> saving of the applied plan." if verified else "")

@@ -45,6 +45,8 @@ def total_line(report: dict) -> str:
     sm = report["summary"]
     fwd = sm.get("forward_ms")
     share = f" of a {fwd:.3f} ms forward pass ({sm['saved_ms_per_forward'] / fwd:.1%})" if fwd else ""
+    if fwd and sm.get("forward_noisy"):
+        share += f" (that forward pass's time is noisy: {sm['forward_noisy']})"
     sites = f"{sm['sites']} site{'s' * (sm['sites'] != 1)}"
     return (f"{sites}: {sm['fusible']} fusible, {sm['illegal']} illegal, {sm['already_fused']} already "
             f"fused; {sm['fuse']} worth fusing. Library estimate of the saving {sm['saved_ms_per_forward']:.4f} ms per forward"

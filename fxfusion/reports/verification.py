@@ -149,10 +149,12 @@ def prediction_lines(v: dict[str, Any], digits: int = 4) -> list[str]:
     """Predicted against measured, one sentence each: in ms (``digits`` decimals), as paired fractions, and the
     library's prediction.  ``v`` is a verification as reported (:meth:`VerificationResult.to_dict`); every renderer
     says it this way."""
+    applied = any(r.get("applied") for r in v.get("rewrites") or [])
+    if v.get("nothing_applied"):
+        return [v["nothing_applied"]]
     if v.get("measured_saving_ms") is None:
         return []
     pred = v.get("predicted_saving_ms")
-    applied = any(r.get("applied") for r in v.get("rewrites") or [])
     source = _SOURCES.get(v.get("prediction") or "", "") if applied else " (nothing applied)"
     lo, hi = v.get("measured_saving_ci_ms") or (float("nan"), float("nan"))
     noise = " (the measured saving is within the noise)" if v.get("saving_within_noise") else ""
