@@ -196,18 +196,19 @@ def analyze_command(
 def _source(device, profile: Path | None, measure: bool, regime: str, allow_foreign: bool, no_compile: bool):
     """(source, profile) of the decisions: the --profile given, this machine's calibrated profile in profiles/, or
     live measurement (--measure, or no profile of this machine); ``source.rule`` says which and why."""
+    live = LiveSource(device, compile_modes=() if no_compile else ("compile", "compile_reduce_overhead"),
+                      regime=regime)  # for every site (no profile), or the patterns a profile lacks
     if profile is not None:
         loaded = Profile.load(profile)
-        source = ProfileSource(loaded, device, str(profile), regime, allow_foreign)
+        source = ProfileSource(loaded, device, str(profile), regime, allow_foreign, live=live)
         source.rule = f"{profile} (given with --profile)"
         return source, loaded
     found = None if measure else find_machine_profile(PROFILE_FOLDER, device)
     if found is not None:
-        source = ProfileSource(found.profile, device, str(found.path), regime)
+        source = ProfileSource(found.profile, device, str(found.path), regime, live=live)
         source.rule = found.rule
         return source, found.profile
-    source = LiveSource(device, compile_modes=() if no_compile else ("compile", "compile_reduce_overhead"),
-                        regime=regime)
+    source = live
     source.rule = ("live measurement (--measure)" if measure else
                    f"live measurement: no profile calibrated on this machine in {PROFILE_FOLDER}/")
     return source, None
