@@ -179,6 +179,7 @@ def test_undecided_decision_shows_as_undecided_in_tables_and_analyses(tiny_profi
 
     class FakeSite:
         status, pattern, roles, shape, dtype, id = "fusible", entry.pattern, {}, dict(entry.shape), entry.dtype, "s"
+        baseline_variant, flags = "eager", frozenset()  # what graph.sites.Site carries for its family
 
     outcome = decide_site(FakeSite(), Lookup(entry, entry.decision))
     assert outcome.verdict == "undecided" and outcome.saved_ms is None

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib.metadata
-import json
 import socket
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -226,20 +225,7 @@ def save_plan(plan: FusionPlan, path: str | Path, model: nn.Module | None = None
 
 def load_plan(path: str | Path) -> SavedPlan:
     """A saved plan, validated against its schema; a missing, truncated or corrupt file is one FxFusionError."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise FxFusionError(f"plan {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FxFusionError(f"cannot read plan {path}: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FxFusionError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); is it a truncated or "
-                            "corrupt plan?") from None
-    if not isinstance(data, dict) or data.get("kind") != PLAN_KIND:
-        raise FxFusionError(f"{path} is not an fxfusion plan (no \"kind\": \"{PLAN_KIND}\")")
+    data = schema.read_document(path, PLAN_KIND, "plan")
     schema.validate(data, "plan", source=str(path))
     return SavedPlan([SavedGroup(**g) for g in data["groups"]], data["candidate"], data["made"], data["model"],
                      data.get("evidence", {}), str(path))

@@ -10,7 +10,6 @@ profile holds one regime only (:func:`legacy_regime`); it loads with a one-line 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from fxfusion.errors import FxFusionError, FxFusionWarning
 from fxfusion.measure.stats import UNDECIDED, Speedup
 from fxfusion.measure.timing import ISOLATED, PIPELINED, REGIMES, check_regime
-from fxfusion.profiles.schema import SCHEMA_VERSION, atomic_write_json, validate
+from fxfusion.profiles.schema import SCHEMA_VERSION, atomic_write_json, read_document, validate
 from fxfusion.measure.devices import kind as device_kind
 
 # decide() warns when the nearest entry is further than this in log-shape distance (about 2x in one dimension).
@@ -209,21 +208,7 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise FxFusionError(f"profile {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FxFusionError(f"cannot read profile {path}: {exc}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FxFusionError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); "
-                                "is it a truncated or corrupt profile?") from None
-        if not isinstance(data, dict) or data.get("kind") != "fxfusion.profile":
-            raise FxFusionError(f"{path} is not an fxfusion profile (no \"kind\": \"fxfusion.profile\")")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_document(path, "fxfusion.profile", "profile"), source=str(path))
 
     # -- questions -----------------------------------------------------------------------------------------------
     def find(self, pattern: str, shape: Mapping[str, int], dtype: str, device: str | None = None) -> list[Entry]:

@@ -136,3 +136,31 @@ def json_text(data: Any) -> str:
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json_text(data))
+
+
+def read_json(path: str | Path, what: str = "") -> Any:
+    """A JSON file's contents; a missing, unreadable, truncated or corrupt file is one FxFusionError naming it
+    (``what`` -- "profile", "plan" -- says what the file should have been)."""
+    path = Path(path)
+    named = f"{what} {path}" if what else str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FxFusionError(f"{named} does not exist") from None
+    except IsADirectoryError:
+        raise FxFusionError(f"{path} is a folder, not a JSON file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FxFusionError(f"cannot read {named}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FxFusionError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+                            + (f"; is it a truncated or corrupt {what}?" if what else "")) from None
+
+
+def read_document(path: str | Path, kind: str, what: str) -> dict:
+    """:func:`read_json` of a document the project writes, checked to be of ``kind`` ("fxfusion.profile", ...)."""
+    data = read_json(path, what)
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        raise FxFusionError(f"{path} is not an fxfusion {what} (no \"kind\": \"{kind}\")")
+    return data

@@ -9,35 +9,18 @@ against the two verdicts, summary counts against the lists), each disagreement a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fxfusion.errors import FxFusionError
-from fxfusion.profiles.schema import schema_errors
+from fxfusion.profiles.schema import read_json, schema_errors
 from fxfusion.profiles.profile import Profile
 from fxfusion.profiles.compare import inconsistencies
 
 KINDS = {"fxfusion.profile": "profile", "fxfusion.analysis": "analysis",  # "kind" field -> schema name
          "fxfusion.comparison": "comparison"}
 MAX_MESSAGE = 300  # jsonschema quotes whole sub-documents in some messages; a line a person can read is enough
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise FxFusionError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise FxFusionError(f"{path} is a folder, not a JSON file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FxFusionError(f"cannot read {path}: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FxFusionError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
 
 
 def schema_kind(data: Any, path: str | Path) -> str:
