@@ -505,7 +505,7 @@ def test_transformer_block_keeps_the_pre_norm_residual_sum(reference_sites):
 
 
 def test_every_matcher_names_its_family_and_patterns_exist():
-    assert {m.family for m in MATCHERS} == {"attention", "conv", "linear", "norm", "sibling"}
+    assert {m.family for m in MATCHERS} == {"attention", "conv", "linear", "linear_bn", "norm", "sibling"}
     for name in ("linear_bias_relu", "conv1d_bn_relu", "causal_attention", "rmsnorm", "add_layernorm",
                  "add_layernorm_sum", "add_rmsnorm_sum", "sibling_gemm3", "gated_mlp_silu", "linear_silu"):
         assert name in REGISTRY
@@ -526,8 +526,10 @@ class _WrittenAct(nn.Module):
             return h * 0.5 * (1.0 + torch.erf(h / math.sqrt(2.0)))
         if self.form == "swish":
             return h * torch.sigmoid(h)
-        if self.form == "quick_gelu":  # x * sigmoid(1.702 x): close to GELU, not equal to it
+        if self.form == "quick_gelu":  # CLIP's x * sigmoid(1.702 x): close to GELU, not equal to it, and declared
             return h * torch.sigmoid(1.702 * h)
+        if self.form == "near_quick_gelu":  # x * sigmoid(1.6 x): close to QuickGELU, and no activation of the library
+            return h * torch.sigmoid(1.6 * h)
         if self.form == "affine":
             return h * 2.0 + 1.0
         if self.form == "swish_plus_outside":  # the activation ends where an outside value comes in
@@ -537,7 +539,8 @@ class _WrittenAct(nn.Module):
 
 @pytest.mark.parametrize("form, pattern, n_act", [
     ("newgelu", "linear_bias_gelu_tanh", 8), ("erf_gelu", "linear_bias_gelu", 5), ("swish", "linear_bias_silu", 2),
-    ("swish_plus_outside", "linear_bias_silu", 2), ("quick_gelu", "linear_bias", 0), ("affine", "linear_bias", 0)])
+    ("swish_plus_outside", "linear_bias_silu", 2), ("quick_gelu", "linear_bias_quick_gelu", 3), ("near_quick_gelu", "linear_bias", 0),
+    ("affine", "linear_bias", 0)])
 def test_activation_written_out_is_recognised_by_value(form, pattern, n_act):
     model = _WrittenAct(form).eval()
     captured = capture(model, (torch.randn(4, 16),))

@@ -44,6 +44,9 @@ ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
     # the gates of squeeze-excitation blocks (EfficientNet: sigmoid; MobileNetV3: hardsigmoid)
     Activation("sigmoid", "Sigmoid", "Sigmoid", torch.sigmoid, onednn=("sigmoid", (), None)),
     Activation("hardsigmoid", "Hardsigmoid", "Hardsigmoid", F.hardsigmoid, onednn=("hardsigmoid", (), None)),
+    # CLIP's (and OpenAI's) GELU approximation, x * sigmoid(1.702 x): no aten op, always written out, so it is
+    # matched by value (written_activation); it is neither GELU (max difference 0.02) nor SiLU (1.702 != 1)
+    Activation("quick_gelu", "QuickGELU", "QuickGELU", lambda t: t * torch.sigmoid(1.702 * t)),
 )}
 
 
@@ -80,7 +83,7 @@ def written_activation(x: Node) -> tuple[str, list[Node], Node] | None:
     used by nothing outside it but one output.  What it computes is then recognised by value, not by shape: it is
     evaluated in float64 on 2001 points in [-8, 8] and compared with each activation of the library (max relative
     error 1e-6 of the activation's range), so any algebraically equal spelling matches and a near miss (QuickGELU's
-    x * sigmoid(1.702 x)) does not.
+    x * sigmoid(1.702 x) is not GELU) is told apart.
     """
     region: list[Node] = []
     inside = {x}

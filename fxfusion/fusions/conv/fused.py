@@ -32,12 +32,14 @@ ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def fold_batchnorm(weight, bias, running_mean, running_var, bn_weight, bn_bias, eps=BN_EPS):
-    """Conv weights and bias with an inference-mode BatchNorm folded in (computed in float32 for accuracy)."""
+    """Conv (or linear) weights and bias with an inference-mode BatchNorm folded in, per output channel (computed in
+    float32 for accuracy, float64 for a float64 model: its tolerance is 1e-9)."""
     dtype = weight.dtype
-    scale = bn_weight.float() * torch.rsqrt(running_var.float() + eps)
-    folded_w = weight.float() * scale.reshape(-1, *[1] * (weight.dim() - 1))
-    conv_b = bias.float() if bias is not None else torch.zeros_like(scale)
-    folded_b = (conv_b - running_mean.float()) * scale + bn_bias.float()
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = bn_weight.to(wide) * torch.rsqrt(running_var.to(wide) + eps)
+    folded_w = weight.to(wide) * scale.reshape(-1, *[1] * (weight.dim() - 1))
+    conv_b = bias.to(wide) if bias is not None else torch.zeros_like(scale)
+    folded_b = (conv_b - running_mean.to(wide)) * scale + bn_bias.to(wide)
     return folded_w.to(dtype), folded_b.to(dtype)
 
 

@@ -215,9 +215,11 @@ def _pattern(bn: bool, act: str | None, nd: int = 2) -> Pattern:
 
 
 # (BatchNorm, activation, dims): the original suite's three per dimension, then the MobileNet/EfficientNet blocks and
-# their squeeze-excitation convs.
+# their squeeze-excitation convs, then conv + bias + GELU without BatchNorm (Whisper's and wav2vec2's 1-d audio
+# stems, conv MLPs).
 KINDS = ([(bn, act, 2) for bn, act in ((False, "relu"), (True, None), (True, "relu"))]
          + [(True, act, 2) for act in ("silu", "relu6", "hardswish", "gelu")]
          + [(False, act, 2) for act in ("silu", "sigmoid", "hardsigmoid")]
-         + [(bn, act, 1) for bn, act in ((False, "relu"), (True, None), (True, "relu"))])
+         + [(bn, act, 1) for bn, act in ((False, "relu"), (True, None), (True, "relu"))]
+         + [(False, "gelu", nd) for nd in (1, 2)])
 PATTERNS = [_pattern(bn, act, nd) for bn, act, nd in KINDS]

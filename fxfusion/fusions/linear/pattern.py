@@ -155,5 +155,5 @@ def _bias_free_pattern(act: str) -> Pattern:
     )
 
 
-ACTS = ("relu", "gelu", "silu", "gelu_tanh", "relu6")
+ACTS = ("relu", "gelu", "silu", "gelu_tanh", "relu6", "quick_gelu")  # quick_gelu: CLIP's MLP
 PATTERNS = [_pattern(act) for act in (None,) + ACTS] + [_bias_free_pattern(act) for act in ACTS]

@@ -7,10 +7,13 @@ fusions.registry.BUILTIN): a GEMM a sibling site takes is not a linear site, and
 """
 
 from fxfusion.fusions.base import Family, Matcher
-from fxfusion.fusions.sibling.match import match_gated, match_siblings
+from fxfusion.fusions.sibling.match import match_gated, match_gated_split, match_siblings
 from fxfusion.fusions.sibling.pattern import PATTERNS
 
 FAMILY = Family("sibling", tuple(PATTERNS), (
+    Matcher(("linear", "matmul"), match_gated_split,
+            "legal when one bias-free GEMM with a parameter weight is split in two equal halves along its last dim, "
+            "read only by act(first half) * second half (the projections pre-fused in the checkpoint)"),
     Matcher(("linear", "matmul"), match_gated,
             "legal when gate and up read the very same input, their weights are parameters, and each projection and "
             "the activation are read only by the product (the merged GEMM never writes them apart)"),

@@ -196,8 +196,37 @@ def _gated_parts(nodes: list[fx.Node], roles: dict, flags: frozenset) -> tuple[M
     return gate, up, name, mul
 
 
+def _rewrite_presplit(gm, nodes, group, member: Member):
+    """A gated MLP pre-fused in the checkpoint (one GEMM on [Wg; Wu], split after it): the same computation, traced
+    as :func:`gated` on the GEMM's own weight (no copy of it) -- it already runs as this variant."""
+    roles, flags = getattr(group, "roles", None) or {}, getattr(group, "flags", frozenset())
+    inside = set(nodes)
+    outs = [n for n in nodes if any(u not in inside for u in n.users)]
+    if len(outs) != 1 or not is_call(outs[0], aten.mul.Tensor):
+        raise NotApplicable("the site's one output is not the product act(gate) * up")
+    name = roles.get("act") if Flag.ACT_WRITTEN in flags else next(
+        (activation(n) for n in nodes if activation(n) is not None), None)
+    if name not in ACTIVATIONS:
+        raise NotApplicable("the gate's activation is not one the library computes")
+    mul, full = outs[0], value_of(member.head)
+    if not isinstance(full, torch.Tensor) or full.shape[-1] % 2:
+        raise NotApplicable("the GEMM's output has no even width to split in two halves")
+    width = full.shape[-1] // 2
+    if member.transposed:
+        w = member.weight
+    else:  # x @ R with R (K, 2N): its transpose, made once at load
+        with gm.graph.inserting_before(mul):
+            w = add_constant(gm, getattr(group, "site_id", "site"), "weight",
+                             constant(gm, member.weight, "gate_up weight").t().contiguous(), like=member.x)
+    return mul, emit_traced(gm.graph, functools.partial(gated, act=name, width=width), [member.x, w], before=mul,
+                            pre_dispatch=True)
+
+
 def rewrite_gated_merged(gm, nodes, group):
     """act(x Wg^T) * (x Wu^T) -> one GEMM on [Wg; Wu], then act(first half) * second half."""
+    members = members_of(nodes)
+    if len(members) == 1 and members[0].bias is None:  # pre-fused in the checkpoint, split after the GEMM
+        return _rewrite_presplit(gm, nodes, group, members[0])
     gate, up, name, mul = _gated_parts(nodes, getattr(group, "roles", None) or {}, getattr(group, "flags", frozenset()))
     weight, _ = _weights(gm, [gate, up], zero_bias=False)
     width = weight.shape[0] // 2
