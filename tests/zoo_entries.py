@@ -24,6 +24,10 @@ ENTRIES = (
     ZooEntry("hf_llama.py", "transformers"),
     ZooEntry("hf_bert.py", "transformers"),
     ZooEntry("hf_qwen2.py", "transformers"),
+    ZooEntry("hf_phi3.py", "transformers"),
+    ZooEntry("hf_clip_vision.py", "transformers"),
+    ZooEntry("hf_whisper_encoder.py", "transformers"),
+    ZooEntry("hf_t5.py", "transformers"),
 )
 
 
