@@ -22,7 +22,7 @@ from rich.text import Text
 from fxfusion.measure.hardware import nominal_peaks
 from fxfusion.profiles.profile import Entry, Profile
 from fxfusion.reports.progress import StepProgress
-from fxfusion.measure.stats import interval_text
+from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, UNDECIDED, interval_text
 
 # Off a terminal with no $COLUMNS: wide enough for every column of every table here.
 WIDE = 200
@@ -146,7 +146,7 @@ def _ci(s) -> str:
     return interval_text(s, sep=",")
 
 
-VERDICT_STYLE = {"fuse": "green", "neutral": "yellow", "avoid": "red", "undecided": "dim"}
+VERDICT_STYLE = {FUSE: "green", NEUTRAL: "yellow", AVOID: "red", UNDECIDED: "dim"}
 
 SUMMARY_COLUMNS = (
     Column("pattern", whole=True), Column("shape", wrap=True), Column("dtype", fold_constant=True),

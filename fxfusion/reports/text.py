@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fxfusion.planning.coverage import coverage_line
 from fxfusion.reports.verification import render_markdown as verification_markdown
-from fxfusion.measure.stats import interval_text
+from fxfusion.graph.sites import ALREADY_FUSED, ILLEGAL
+from fxfusion.measure.stats import AVOID, FUSE, NEUTRAL, UNDECIDED, interval_text
 
 
 def _fmt_shape(shape: dict) -> str:
@@ -103,8 +104,7 @@ def render_table(report: dict, width: int = 200):
     source = _decided_by(meta)
     title = (f"{meta['model']} on {meta['device']} ({meta['device_name']}), decided by {source}, "
              f"captured by {report['capture']['method']}")
-    style = {"fuse": "green", "neutral": "yellow", "avoid": "red", "illegal": "red", "already_fused": "dim",
-             "undecided": "dim"}
+    style = {FUSE: "green", NEUTRAL: "yellow", AVOID: "red", ILLEGAL: "red", ALREADY_FUSED: "dim", UNDECIDED: "dim"}
     columns = [Column(name, **TABLE_COLUMNS[name]) for name in COLUMNS]
     cells = []
     for s, row in zip(report["sites"], rows(report)):
