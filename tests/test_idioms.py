@@ -244,3 +244,19 @@ def test_conv1d_gelu_fused_by_onednn_matches_float64():
     inputs = (torch.randn(2, 16, 40),)
     _, planned = _planned(model, inputs, {"conv1d_gelu": "conv_gelu_fused"})
     _check(model, planned, inputs, torch.float32, {"conv1d_gelu"})
+
+
+def test_phi3_qkv_sliced_after_the_gemm_still_lets_eager_attention_be_matched():
+    """Phi-3's qkv_proj is one GEMM sliced into q, k and v: the attention after the slices is matched as usual, and
+    the gate_up_proj chunk is the gated site (models/zoo/hf_phi3.py with eager attention)."""
+    import dataclasses
+
+    from tests.zoo_entries import require, zoo_module
+
+    require("transformers")
+    phi3 = zoo_module("hf_phi3")
+    cfg = dataclasses.replace(phi3.PRESETS["tiny"], attn_implementation="eager")
+    sites = find_sites(capture(phi3.get_model(cfg), phi3.get_inputs(cfg)))
+    patterns = [s.pattern for s in sites]
+    assert patterns.count("gqa_attention") == 2 and patterns.count("gated_mlp_silu") == 2
+    assert all(s.legal for s in sites if s.pattern in ("gqa_attention", "gated_mlp_silu"))
