@@ -84,6 +84,7 @@ def test_the_zoo_install_keeps_the_installed_torch(tmp_path):
     assert Path(pin).read_text().strip() == f"torch=={torch.__version__}"
 
 
+@pytest.mark.slow  # about 30-60 s on the 2-core CI machine (tests/conftest.py's suite budget)
 def test_the_readme_library_example_runs_as_written_on_a_cpu(monkeypatch):
     """The README's python block, executed as it stands (from the checkout's root), with the calibration made
     fast: the tiny timing spec, no ceilings, no torch.compile variants.  It plans with the profile it has just

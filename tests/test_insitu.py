@@ -244,6 +244,7 @@ def test_in_model_timing_stops_at_its_budget_and_keeps_the_library_prediction():
     assert sum("no in-model timing" in w for w in plan.warnings) == 3
 
 
+@pytest.mark.slow  # about 30-60 s on the 2-core CI machine (tests/conftest.py's suite budget)
 def test_plan_decides_pending_sites_even_when_no_group_was_admitted(monkeypatch):
     import fxfusion
 

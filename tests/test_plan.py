@@ -274,6 +274,7 @@ def test_plan_from_an_analysis_keeps_its_live_timings():
         assert plan.groups == [] and plan.refused[0].why in ("not_fuse", "undecided")
 
 
+@pytest.mark.slow  # about 15-30 s a form on the 2-core CI machine (the suite's budget)
 @pytest.mark.parametrize("form", ["ExportedProgram", "exported GraphModule"])
 def test_plan_takes_an_exported_graph(form):
     model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU()).eval()

@@ -192,8 +192,9 @@ class Profile:
         return atomic_write_json(path, data)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "profile") -> "Profile":
-        validate(data, "profile", source=source)
+    def from_dict(cls, data: dict[str, Any], source: str = "profile", validated: bool = False) -> "Profile":
+        if not validated:
+            validate(data, "profile", source=source)
         profile = cls(metadata=data["metadata"], hardware=data["hardware"], ceilings=data["ceilings"],
                       entries=[entry_from_dict(e) for e in data["entries"]], schema_version=data["schema_version"])
         if profile.schema_version == "1.0":
@@ -208,7 +209,8 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
-        return cls.from_dict(read_document(path, "fxfusion.profile", "profile"), source=str(path))
+        return cls.from_dict(read_document(path, "fxfusion.profile", "profile", schema="profile"), source=str(path),
+                             validated=True)
 
     # -- questions -----------------------------------------------------------------------------------------------
     def find(self, pattern: str, shape: Mapping[str, int], dtype: str, device: str | None = None) -> list[Entry]:

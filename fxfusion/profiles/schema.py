@@ -6,6 +6,7 @@ Ctrl-C never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -141,6 +142,10 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 def read_json(path: str | Path, what: str = "") -> Any:
     """A JSON file's contents; a missing, unreadable, truncated or corrupt file is one FxFusionError naming it
     (``what`` -- "profile", "plan" -- says what the file should have been)."""
+    return _read(path, what)[0]
+
+
+def _read(path: str | Path, what: str) -> tuple[Any, str]:
     path = Path(path)
     named = f"{what} {path}" if what else str(path)
     try:
@@ -152,15 +157,26 @@ def read_json(path: str | Path, what: str = "") -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise FxFusionError(f"cannot read {named}: {exc}") from None
     try:
-        return json.loads(text)
+        return json.loads(text), text
     except json.JSONDecodeError as exc:
         raise FxFusionError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
                             + (f"; is it a truncated or corrupt {what}?" if what else "")) from None
 
 
-def read_document(path: str | Path, kind: str, what: str) -> dict:
-    """:func:`read_json` of a document the project writes, checked to be of ``kind`` ("fxfusion.profile", ...)."""
-    data = read_json(path, what)
+# Documents that passed their schema in this process, by the digest of their text and schema: the same bytes give the
+# same verdict, and validating the shipped H200 profile takes 5-20 s on a 2-core machine (every test reading it).
+_VALID: set[tuple[str, str]] = set()
+
+
+def read_document(path: str | Path, kind: str, what: str, schema: str | None = None) -> dict:
+    """:func:`read_json` of a document the project writes, checked to be of ``kind`` ("fxfusion.profile", ...) and,
+    with ``schema``, valid against it (a file whose very text was validated before in this process is not again)."""
+    data, text = _read(path, what)
     if not isinstance(data, dict) or data.get("kind") != kind:
         raise FxFusionError(f"{path} is not an fxfusion {what} (no \"kind\": \"{kind}\")")
+    if schema is not None:
+        key = (hashlib.sha1(text.encode()).hexdigest(), schema)
+        if key not in _VALID:
+            validate(data, schema, source=str(path))
+            _VALID.add(key)
     return data
