@@ -35,7 +35,6 @@ from fxfusion.planning.apply import candidate_module
 from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, PLANNED, Built, CandidateSet,
                                          has_conv2d)
 from fxfusion.planning.configs import CONFIGS, Spec
-from fxfusion.planning.outputs import check_outputs
 
 # One aten op in a forward pass costs the host about this much (Python dispatch and a kernel launch); a model whose
 # ops x this reach HOST_BOUND_SHARE of its eager time is host-bound: CUDA graphs are tried before the other options.
