@@ -216,6 +216,39 @@ def test_linear_bn_folded_matches_float64(bias, dtype):
     assert torch.equal(planned.state_dict().get("fc.weight", model.fc.weight), model.fc.weight)  # untouched
 
 
+class LinearNorm(nn.Module):
+    """timm's LeViT projection: a bias-free Linear, BatchNorm1d over the flattened tokens, reshaped back."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.bn = nn.Linear(32, 48, bias=False), nn.BatchNorm1d(48)
+        with torch.no_grad():
+            self.bn.running_mean.normal_()
+            self.bn.running_var.uniform_(0.5, 2.0)
+            self.bn.weight.normal_()
+
+    def forward(self, x):  # (B, T, 32) -> (B, T, 48)
+        y = self.linear(x)
+        return self.bn(y.flatten(0, 1)).reshape_as(y)
+
+
+def test_levit_linear_norm_flattened_and_reshaped_back_is_one_site():
+    torch.manual_seed(0)
+    captured = capture(LinearNorm().eval(), (torch.randn(2, 5, 32),))
+    [site] = find_sites(captured)
+    assert site.pattern == "linear_bn" and site.legal and site.shape == {"M": 10, "K": 32, "N": 48}
+    assert [n.split("_")[0] for n in site.nodes] == ["linear", "flatten", "batch", "reshape"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_levit_linear_norm_folded_matches_float64(dtype):
+    torch.manual_seed(0)
+    model = LinearNorm().eval().to(dtype)
+    inputs = (torch.randn(2, 5, 32, dtype=dtype),)
+    _, planned = _planned(model, inputs, {"linear_bn": "bn_folded"})
+    _check(model, planned, inputs, dtype, {"linear_bn"})
+
+
 # -- conv + bias + GELU, no BatchNorm -----------------------------------------------------------------------------------
 
 class AudioStem(nn.Module):

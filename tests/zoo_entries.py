@@ -28,6 +28,7 @@ ENTRIES = (
     ZooEntry("hf_clip_vision.py", "transformers"),
     ZooEntry("hf_whisper_encoder.py", "transformers"),
     ZooEntry("hf_t5.py", "transformers"),
+    ZooEntry("timm_levit.py", "timm"),
 )
 
 

@@ -50,18 +50,25 @@ def bn_output(bn: fx.Node) -> fx.Node | None:
 
 
 def rewrite_linear_bn_folded(gm, nodes, group):
+    """BN(linear(x)) -> linear(x, W*s, (b - mean)*s + beta), shaped as the site's output (a flatten before the
+    BatchNorm and a reshape back after it become one reshape of the folded linear's output, or none)."""
     bn = next((n for n in nodes if is_call(n, *BATCH_NORMS)), None)
     lin = next((n for n in nodes if is_call(n, aten.linear.default)), None)
-    if bn is None or lin is None or bn.args[0] is not lin:
+    if bn is None or lin is None:
         raise NotApplicable("the site is not a linear read by a BatchNorm")
     params = bn_arguments(bn)
     if params["training"]:
         raise NotApplicable("the BatchNorm normalises with batch statistics (training mode): nothing to fold")
-    if len(lin.users) != 1:
-        raise NotApplicable("the linear's output is read outside the BatchNorm, which needs the unfolded value")
-    out, y = bn_output(bn), value_of(lin)
-    if out is None or not isinstance(y, torch.Tensor) or y.dim() != 2:
-        raise NotApplicable("BatchNorm1d folds into a linear only on an (M, N) output (features on dim 1)")
+    inside = set(nodes)
+    if any(u not in inside for u in lin.users):
+        raise NotApplicable("the linear's output is read outside the site, which needs the unfolded value")
+    outs = [n for n in nodes if any(u not in inside for u in n.users)]
+    normed, y = value_of(bn.args[0]), value_of(lin)
+    if len(outs) != 1 or not isinstance(normed, torch.Tensor) or normed.dim() != 2 or not isinstance(y, torch.Tensor) \
+            or normed.shape[1] != y.shape[-1]:
+        raise NotApplicable("BatchNorm1d folds into a linear only when it normalises the linear's output features "
+                            "on an (M, N) input")
+    old = outs[0]
     weight = constant(gm, lin.args[1], "linear weight")
     bias = constant(gm, arg(lin, 2, "bias", None), "linear bias")
     stats = {k: constant(gm, params[k], f"BatchNorm {k}") for k in ("running_mean", "running_var")}
@@ -74,4 +81,6 @@ def rewrite_linear_bn_folded(gm, nodes, group):
     with gm.graph.inserting_before(lin):
         w_node = add_constant(gm, site, "weight", w, like=lin.args[0])
         b_node = add_constant(gm, site, "bias", b, like=lin.args[0])
-    return out, emit_traced(gm.graph, folded_linear, [lin.args[0], w_node, b_node], before=lin, pre_dispatch=True)
+    want = tuple(value_of(old).shape)
+    fn = folded_linear if want == tuple(y.shape) else (lambda *a: folded_linear(*a).reshape(want))
+    return old, emit_traced(gm.graph, fn, [lin.args[0], w_node, b_node], before=lin, pre_dispatch=True)
