@@ -44,7 +44,8 @@ from fxfusion.measure.timing import Clock, TimingSpec, measure_tight
 from fxfusion.planning.apply import apply
 from fxfusion.calibration.variants import first_call, one_line
 from fxfusion.planning.candidates import PLANNED, Built, ChannelsLast, compile_model
-from fxfusion.planning.insitu import BATCHES, INSITU_BUDGET_S, WIDE, clock_name, model_clock
+from fxfusion.planning import insitu
+from fxfusion.planning.insitu import BATCHES, INSITU_BUDGET_S, WIDE, clock_name
 from fxfusion.planning.prediction import Capture, ClassTiming, Context
 from fxfusion.planning.rewrite import captured_module
 
@@ -83,7 +84,7 @@ def measure_in_context(plan, model: torch.nn.Module, example_inputs: tuple, cont
     classes -3% and -20%.  No compiles: it costs one timing run.  ``compile_fn`` compiles a model in a compiled
     context (default: :func:`fxfusion.planning.candidates.compile_model`, as the candidates are)."""
     device = as_device(device or plan.device)
-    spec, clock = spec or CONTEXT_SPEC, clock or model_clock(device)
+    spec, clock = spec or CONTEXT_SPEC, clock or insitu.model_clock(device)  # the one default of in-model timing
     compiled = context.compiled
     compile_fn = compile_fn or compile_model
     wrap = ChannelsLast if context is Context.COMPILED_CHANNELS_LAST else (lambda m: m)

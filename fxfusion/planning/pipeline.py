@@ -234,11 +234,12 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
     source_name = "the profile"
     if isinstance(profile, str) or hasattr(profile, "__fspath__"):
         source_name, profile = str(profile), Profile.load(profile)
+    live = LiveSource(planner.device, planner.specs.sites or QUICK_SPEC, planner.site_clock, compile_modes,
+                      regime=planner.regime)  # every site without a profile; with one, the patterns it lacks
     if profile is not None:  # before capturing: a foreign profile fails fast
-        source = ProfileSource(profile, planner.device, source_name, planner.regime, allow_foreign)
+        source = ProfileSource(profile, planner.device, source_name, planner.regime, allow_foreign, live=live)
     else:
-        source = LiveSource(planner.device, planner.specs.sites or QUICK_SPEC, planner.site_clock, compile_modes,
-                            regime=planner.regime)
+        source = live
     captured = _as_captured(model_or_graph, example_inputs)
     analysis = decide_sites(captured, source, planner.device)
     stages = tuple(s for s in PLAN_STAGES if (check_overhead or s is not charge_overhead_measure)
