@@ -130,14 +130,14 @@ APPLIED_COUNT_ON_CPU = {"timm_levit.py": 26}
 # The transformers' q/k/v (Llama, Qwen2, BERT: one site per layer) merged into one GEMM (fusions/sibling, variant
 # "merged"): one GEMM and three slices for three GEMMs, fewer aten ops, so the op-count clock decides them 'fuse'.
 # Llama's and Qwen2's gate/up sites are priced even (one GEMM and two slices for two GEMMs): neutral, not rewritten.
-# Model file -> how many sites are merged.  CLIP's and Whisper's q/k/v too (Whisper's k_proj has no bias: zeros are
-# concatenated for it); Whisper's conv1d+GELU stem is priced 'avoid' here (the oneDNN call runs the 1-d conv as a 2-d
-# one: more aten ops).  Phi-3 applies nothing on the CPU: its q/k/v and gate/up are pre-fused in the checkpoint (its
-# gated site already runs as 'merged'; the activation and product fuse only by torch.compile).
+# Model file -> how many sites are merged.  CLIP's, Whisper's and wav2vec2's q/k/v too (Whisper's k_proj has no bias:
+# zeros are concatenated for it); Whisper's and wav2vec2's conv1d+GELU stems are priced 'avoid' here (the oneDNN call
+# runs the 1-d conv as a 2-d one: more aten ops).  Phi-3 applies nothing on the CPU: its q/k/v and gate/up are
+# pre-fused in the checkpoint (its gated site already runs as 'merged'; act and product fuse only by torch.compile).
 # T5: 5 q/k/v sites (4 self-attention, 1 cross-attention k/v) and its 4 gated-GELU sites, whose activation is written
 # out (8 ops, so the merged form runs fewer), plus the 6 SDPA rewrites above: 15 in all.
 MERGED_ON_CPU = {"hf_llama.py": 2, "hf_qwen2.py": 2, "hf_bert.py": 2, "hf_clip_vision.py": 2,
-                 "hf_whisper_encoder.py": 2, "hf_t5.py": 15}
+                 "hf_whisper_encoder.py": 2, "hf_t5.py": 15, "hf_wav2vec2.py": 2}
 # Decided 'fuse' but not rewritten, with the rewrite's own reason: none left.  (GPT-2's eager attention, whose
 # probabilities are cast to value's dtype before dropout and @ V, used to be refused by the SDPA rewrite; the
 # matcher and the rewrite now read a site the same way, fusions/attention/reading.py.)

@@ -29,6 +29,7 @@ ENTRIES = (
     ZooEntry("hf_whisper_encoder.py", "transformers"),
     ZooEntry("hf_t5.py", "transformers"),
     ZooEntry("timm_levit.py", "timm"),
+    ZooEntry("hf_wav2vec2.py", "transformers"),
 )
 
 
