@@ -254,10 +254,10 @@ def test_levit_linear_norm_folded_matches_float64(dtype):
 class AudioStem(nn.Module):
     """Whisper's stem: conv1d (k 3) + GELU, conv1d (k 3, stride 2) + GELU."""
 
-    def __init__(self):
+    def __init__(self, bias: bool = True):  # wav2vec2's feature extractor: bias-free convs, GELU after each
         super().__init__()
-        self.conv1 = nn.Conv1d(16, 32, 3, padding=1)
-        self.conv2 = nn.Conv1d(32, 32, 3, stride=2, padding=1)
+        self.conv1 = nn.Conv1d(16, 32, 3, padding=1, bias=bias)
+        self.conv2 = nn.Conv1d(32, 32, 3, stride=2, padding=1, bias=bias)
 
     def forward(self, x):  # (B, 16, L) -> (B, 32, L/2)
         return F.gelu(self.conv2(F.gelu(self.conv1(x))))
@@ -271,9 +271,10 @@ def test_conv1d_bias_gelu_without_batchnorm_is_a_site():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the fused conv+GELU is oneDNN's (CPU)")
-def test_conv1d_gelu_fused_by_onednn_matches_float64():
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1d_gelu_fused_by_onednn_matches_float64(bias):
     torch.manual_seed(0)
-    model = AudioStem().eval()
+    model = AudioStem(bias).eval()
     inputs = (torch.randn(2, 16, 40),)
     _, planned = _planned(model, inputs, {"conv1d_gelu": "conv_gelu_fused"})
     _check(model, planned, inputs, torch.float32, {"conv1d_gelu"})
