@@ -29,7 +29,7 @@ from fxfusion.graph.loader import import_file, load_model
 from fxfusion.measure.timing import TimingSpec
 from fxfusion.planning.insitu import Overhead
 from fxfusion.profiles.schema import schema_errors
-from tests.helpers import OpCountClock
+from tests.helpers import OpCountClock, runnable_plan_of
 from tests.zoo_entries import ENTRIES, require
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched: the models are built from config objects
@@ -137,7 +137,8 @@ APPLIED_COUNT_ON_CPU = {"timm_levit.py": 26}
 # T5: 5 q/k/v sites (4 self-attention, 1 cross-attention k/v) and its 4 gated-GELU sites, whose activation is written
 # out (8 ops, so the merged form runs fewer), plus the 6 SDPA rewrites above: 15 in all.
 MERGED_ON_CPU = {"hf_llama.py": 2, "hf_qwen2.py": 2, "hf_bert.py": 2, "hf_clip_vision.py": 2,
-                 "hf_whisper_encoder.py": 2, "hf_t5.py": 15, "hf_wav2vec2.py": 2}
+                 "hf_whisper_encoder.py": 2, "hf_t5.py": 15, "hf_wav2vec2.py": 2,
+                 "hf_segformer.py": 1}  # SegFormer: the last stage's q/k/v (the others' k/v pairs priced even)
 # Decided 'fuse' but not rewritten, with the rewrite's own reason: none left.  (GPT-2's eager attention, whose
 # probabilities are cast to value's dtype before dropout and @ V, used to be refused by the SDPA rewrite; the
 # matcher and the rewrite now read a site the same way, fusions/attention/reading.py.)
@@ -203,24 +204,11 @@ def test_llama_in_bfloat16_keeps_its_dtype_through_every_rewrite():
     """Llama normalises in float32 and casts back: the rms_norm rewrite takes the input before the upcast (so the op
     can run fused) and hands the next GEMM bfloat16, with the merged q/k/v and gate/up around it."""
     require("transformers")
-    from fxfusion.fusions.match import find_sites
-    from fxfusion.fusions.registry import REGISTRY
-    from fxfusion.graph.capture import capture
     from fxfusion.measure.correctness import relative_error, tolerance
     from fxfusion.planning.apply import apply
-    from fxfusion.planning.plan import FusionPlan
-    from fxfusion.profiles.profile import Decision
 
     loaded = load_model(ZOO / "hf_llama.py", dtype=torch.bfloat16)
-    captured = capture(loaded.model, loaded.example_inputs)
-    sites = find_sites(captured)
-    decisions = {}
-    for s in sites:
-        runs = [mv.name for mv in REGISTRY.get(s.pattern).manual
-                if mv.unsupported(s.shape, torch.bfloat16, "cpu") is None] if s.legal and s.pattern in REGISTRY else []
-        if runs:
-            decisions[s.id] = Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", runs[0], None, "test")
-    plan = FusionPlan.from_decisions(captured, sites, decisions)
+    plan = runnable_plan_of(loaded.model, loaded.example_inputs, torch.bfloat16)
     planned = apply(loaded.model, plan, candidate="planned")
     applied = {r.pattern for r in planned.fxfusion_rewrites if r.applied}
     assert {"rmsnorm", "sibling_gemm3", "gated_mlp_silu"} <= applied

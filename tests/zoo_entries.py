@@ -30,6 +30,7 @@ ENTRIES = (
     ZooEntry("hf_t5.py", "transformers"),
     ZooEntry("timm_levit.py", "timm"),
     ZooEntry("hf_wav2vec2.py", "transformers"),
+    ZooEntry("hf_segformer.py", "transformers"),
 )
 
 
