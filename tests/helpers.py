@@ -76,6 +76,20 @@ def typical_plan_of(model: torch.nn.Module, inputs: tuple) -> FusionPlan:
     return FusionPlan.from_decisions(captured, sites, decisions)
 
 
+def runnable_plan_of(model: torch.nn.Module, inputs: tuple, dtype: torch.dtype = torch.float32) -> FusionPlan:
+    """Every legal site of ``model`` decided ``fuse`` with the first manual variant that runs here on the CPU in
+    ``dtype`` (no timing): a plan whose rewrites all apply."""
+    captured = capture(model, inputs)
+    sites = find_sites(captured)
+    decisions = {}
+    for s in sites:
+        runs = [mv.name for mv in REGISTRY.get(s.pattern).manual
+                if mv.unsupported(s.shape, dtype, "cpu") is None] if s.legal and s.pattern in REGISTRY else []
+        if runs:
+            decisions[s.id] = Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", runs[0], None, "test")
+    return FusionPlan.from_decisions(captured, sites, decisions)
+
+
 # model -> (groups as (site id, pattern, variant), refusals as (site id, why))
 EXPECTED = {
     "mlp_block": ([("g0.s0", "linear_bias_gelu", "compile"), ("g0.s2", "add_layernorm", "triton_add_layernorm")],

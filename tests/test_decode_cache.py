@@ -15,12 +15,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fxfusion.fusions.match import find_sites
-from fxfusion.fusions.registry import REGISTRY
-from fxfusion.graph.capture import capture
 from fxfusion.planning.apply import apply
 from fxfusion.planning.plan import FusionPlan
-from fxfusion.profiles.profile import Decision
+from tests.helpers import runnable_plan_of
 from tests.zoo_entries import require, zoo_module
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,16 +45,9 @@ def tiny_decode(name: str):
 
 
 def plan_every_site(step, inputs) -> FusionPlan:
-    captured = capture(step, inputs)
-    assert captured.method == "export", captured.notes  # the cache as inputs exports as one graph
-    sites = find_sites(captured)
-    decisions = {}
-    for s in sites:
-        runs = [mv.name for mv in REGISTRY.get(s.pattern).manual
-                if mv.unsupported(s.shape, torch.float32, "cpu") is None] if s.legal and s.pattern in REGISTRY else []
-        if runs:
-            decisions[s.id] = Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", runs[0], None, "test")
-    return FusionPlan.from_decisions(captured, sites, decisions)
+    plan = runnable_plan_of(step, inputs)
+    assert plan.captured.method == "export", plan.captured.notes  # the cache as inputs exports as one graph
+    return plan
 
 
 @pytest.mark.parametrize("name", sorted(LLMS))

@@ -18,16 +18,13 @@ import fxfusion.measure.timing as timing
 import fxfusion.planning.insitu as insitu_module
 from fxfusion.cli.commands import app
 from fxfusion.errors import FxFusionError, FxFusionWarning
-from fxfusion.fusions.match import find_sites
-from fxfusion.fusions.registry import REGISTRY
-from fxfusion.graph.capture import capture
 from fxfusion.graph.loader import load_model
 from fxfusion.planning.insitu import Overhead
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.saved import load_plan, rebuild, save_plan
-from fxfusion.profiles.profile import Decision, Profile
+from fxfusion.profiles.profile import Profile
 from fxfusion.profiles.schema import schema_errors
-from tests.helpers import OpCountClock, quick_apply
+from tests.helpers import OpCountClock, quick_apply, runnable_plan_of
 
 pipeline_module = importlib.import_module("fxfusion.planning.pipeline")
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -42,15 +39,7 @@ def _cli(*args):
 
 def _every_site_plan(loaded) -> FusionPlan:
     """Every legal site planned with the first manual variant that runs here (no timing): a plan with rewrites."""
-    captured = capture(loaded.model, loaded.example_inputs)
-    sites = find_sites(captured)
-    decisions = {}
-    for s in sites:
-        runs = [mv.name for mv in REGISTRY.get(s.pattern).manual
-                if mv.unsupported(s.shape, torch.float32, "cpu") is None] if s.legal and s.pattern in REGISTRY else []
-        if runs:
-            decisions[s.id] = Decision(s.pattern, dict(s.shape), s.dtype, "cpu", "fuse", runs[0], None, "test")
-    plan = FusionPlan.from_decisions(captured, sites, decisions)
+    plan = runnable_plan_of(loaded.model, loaded.example_inputs)
     plan.choice = {"chosen": "planned", "why": "test", "candidates": [{"name": "planned", "median_ms": 1.0}]}
     return plan
 
