@@ -66,3 +66,14 @@ def test_the_same_eager_pass_read_at_two_speeds_by_analysis_and_verification_is_
     analysis.forward_ms = v.timings["eager"].median_ms  # the same speed both times: nothing to say
     _, v = apply_and_verify(analysis, model, (x,), planner)
     assert not any("while analysing" in w for w in v.warnings)
+
+
+def test_a_site_made_neutral_by_noise_says_so_in_the_table():
+    from fxfusion.reports.text import rows
+
+    site = {"id": "g0.s0", "pattern": "linear_bias_relu", "nodes": ["a", "b"], "shape": {"M": 8}, "dtype": "float32",
+            "status": "fusible", "verdict": "neutral", "best_variant": "addmm", "saved_ms": None, "bytes_saved": 0,
+            "speedup": {"median": 0.80, "ci_low": 0.60, "ci_high": 0.91}, "decision": {"noisy": True}}
+    assert rows({"sites": [site]})[0][6] == "neutral (noisy)"
+    site["decision"]["noisy"] = False
+    assert rows({"sites": [site]})[0][6] == "neutral"

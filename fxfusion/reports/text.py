@@ -33,11 +33,17 @@ COLUMNS = ("site", "pattern", "nodes", "shape", "dtype", "legality", "verdict", 
            "saved ms/fwd", "bytes saved")
 
 
+def _noisy(site: dict) -> str:
+    """' (noisy)' on a verdict its measurement's noise made neutral: its interval may then lie outside the band a
+    neutral verdict has (0.80x [0.60, 0.91] under a loaded machine), and the row must not read as a decision."""
+    return " (noisy)" if (site.get("decision") or {}).get("noisy") else ""
+
+
 def rows(report: dict) -> list[tuple[str, ...]]:
     out = []
     for s in report["sites"]:
         out.append((s["id"], s["pattern"], str(len(s["nodes"])), _fmt_shape(s["shape"]), s["dtype"],
-                    s["status"].replace("_", " "), s["verdict"].replace("_", " "), s["best_variant"] or "-",
+                    s["status"].replace("_", " "), s["verdict"].replace("_", " ") + _noisy(s), s["best_variant"] or "-",
                     _ci(s["speedup"]), _ms(s["saved_ms"]), _bytes_h(s["bytes_saved"])))
     return out
 
