@@ -294,3 +294,36 @@ def test_phi3_qkv_sliced_after_the_gemm_still_lets_eager_attention_be_matched():
     patterns = [s.pattern for s in sites]
     assert patterns.count("gqa_attention") == 2 and patterns.count("gated_mlp_silu") == 2
     assert all(s.legal for s in sites if s.pattern in ("gqa_attention", "gated_mlp_silu"))
+
+
+class MixFFN(nn.Module):
+    """SegFormer's Mix-FFN: Linear, tokens to a map, depthwise 3x3 conv with bias, back to tokens, GELU, Linear."""
+
+    def __init__(self, width: int = 16, hidden: int = 32, side: int = 6):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.side = side
+
+    def forward(self, x):  # (B, side * side, width) -> the same
+        h = self.fc1(x)
+        b, n, c = h.shape
+        h = self.dwconv(h.transpose(1, 2).view(b, c, self.side, self.side))
+        return self.fc2(F.gelu(h.flatten(2).transpose(1, 2)))
+
+
+def test_conv_then_layout_ops_then_gelu_is_one_conv_gelu_site():
+    captured = capture(MixFFN().eval(), (torch.randn(2, 36, 16),))
+    [site] = [s for s in find_sites(captured) if s.pattern.startswith("conv")]
+    assert site.pattern == "conv2d_gelu" and site.legal
+    assert [n.split("_")[0] for n in site.nodes] == ["conv2d", "flatten", "transpose", "gelu"]
+    assert "the activation is elementwise" in site.notes[-1]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the fused conv+GELU is oneDNN's (CPU)")
+def test_conv_gelu_fused_before_the_layout_ops_matches_float64():
+    torch.manual_seed(0)
+    model = MixFFN().eval()
+    inputs = (torch.randn(2, 36, 16),)
+    _, planned = _planned(model, inputs, {"conv2d_gelu": "conv_gelu_fused"})
+    _check(model, planned, inputs, torch.float32, {"conv2d_gelu"})

@@ -123,6 +123,8 @@ APPLIED_ON_CPU = {
     "hf_t5.py": {"sdpa"},
     # LeViT: its 22 Linear + BatchNorm1d (timm's LinearNorm) folded, and its conv stem (conv+BN+Hardswish: oneDNN)
     "timm_levit.py": {"bn_folded", "conv_hardswish_fused"},
+    # SegFormer's Mix-FFN: depthwise conv + bias, flatten, transpose, GELU -> oneDNN's conv + GELU, then the layout ops
+    "hf_segformer.py": {"conv_gelu_fused"},
 }
 # Where not every legal site is rewritten, how many are (the rest refused with a reason): LeViT's 5 attention sites
 # (scores + learned position bias) are priced slower inside the model than as written ('slower_in_model').
@@ -136,9 +138,9 @@ APPLIED_COUNT_ON_CPU = {"timm_levit.py": 26}
 # pre-fused in the checkpoint (its gated site already runs as 'merged'; act and product fuse only by torch.compile).
 # T5: 5 q/k/v sites (4 self-attention, 1 cross-attention k/v) and its 4 gated-GELU sites, whose activation is written
 # out (8 ops, so the merged form runs fewer), plus the 6 SDPA rewrites above: 15 in all.
+# SegFormer: its last stage's q/k/v (the other stages' k/v pairs are priced even) and its 4 Mix-FFN conv + GELU.
 MERGED_ON_CPU = {"hf_llama.py": 2, "hf_qwen2.py": 2, "hf_bert.py": 2, "hf_clip_vision.py": 2,
-                 "hf_whisper_encoder.py": 2, "hf_t5.py": 15, "hf_wav2vec2.py": 2,
-                 "hf_segformer.py": 1}  # SegFormer: the last stage's q/k/v (the others' k/v pairs priced even)
+                 "hf_whisper_encoder.py": 2, "hf_t5.py": 15, "hf_wav2vec2.py": 2, "hf_segformer.py": 5}
 # Decided 'fuse' but not rewritten, with the rewrite's own reason: none left.  (GPT-2's eager attention, whose
 # probabilities are cast to value's dtype before dropout and @ V, used to be refused by the SDPA rewrite; the
 # matcher and the rewrite now read a site the same way, fusions/attention/reading.py.)

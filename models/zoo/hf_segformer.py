@@ -3,7 +3,7 @@
 A hybrid conv/attention net (the MiT encoder): per stage an overlapping patch embedding (conv + LayerNorm), then
 blocks of LayerNorm, efficient self-attention (q Linear on every token; k and v on a spatially reduced copy: a strided
 conv + LayerNorm), out Linear, residual add, LayerNorm and the Mix-FFN -- Linear, a depthwise 3x3 **conv with bias,
-then GELU, no BatchNorm** (the conv MLP), Linear -- residual add.  The model returns ``last_hidden_state``, the last
+flattened back to tokens, then GELU, no BatchNorm** (the conv MLP), Linear -- residual add.  The model returns ``last_hidden_state``, the last
 stage's (B, C, H/32, W/32) feature map.
 
   models/zoo/hf_segformer.py          tiny: 4 stages of width 16/32/48/64, one block each, 2 x 3 x 64 x 64

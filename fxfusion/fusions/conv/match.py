@@ -8,7 +8,7 @@ from fxfusion.graph.capture import module_path
 from fxfusion.fusions.activations import activation, title, written_activation
 from fxfusion.fusions.base import Candidate, Context, add_role, weight_key
 from fxfusion.fusions.conv.pattern import PATTERNS
-from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, op_name, shape, tensor_value
+from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, only_user, op_name, shape, tensor_value
 
 PATTERN_NAMES = frozenset(p.name for p in PATTERNS)
 
@@ -38,6 +38,27 @@ def _bn_params(bn: Node) -> dict[str, object]:
         return dict(zip(("bn_weight", "bn_bias", "running_mean", "running_var", "momentum", "eps"), bn.args[1:7]))
     return dict(zip(("bn_weight", "bn_bias", "running_mean", "running_var", "training", "momentum", "eps"),
                     bn.args[1:8]))
+
+
+LAYOUT_KINDS = ("view", "flatten", "transpose")  # ops that move elements without computing: an activation commutes
+LAYOUT_MAX_STEPS = 3
+
+
+def _layout_chain(cur: Node) -> list[Node]:
+    """The layout ops (flatten, transpose, view, ...) read one after the other from ``cur`` up to an activation, each
+    the only reader of the one before; [] when no activation ends such a chain."""
+    chain, node = [], cur
+    for _ in range(LAYOUT_MAX_STEPS):
+        nxt = only_user(node) if len(node.users) == 1 else None
+        if nxt is None:
+            return []
+        if activation(nxt):
+            return chain
+        if kind(nxt) not in LAYOUT_KINDS:
+            return []
+        chain.append(nxt)
+        node = nxt
+    return []
 
 
 def match_conv(ctx: Context, conv: Node) -> Candidate | None:
@@ -92,6 +113,9 @@ def match_conv(ctx: Context, conv: Node) -> Candidate | None:
             reasons.append(f"conv weight {node_name(w)} is computed at run time, not a parameter: BatchNorm cannot be "
                            "folded into it ahead of time")
     acts = [u for u in cur.users if activation(u)]
+    between = [] if acts else _layout_chain(cur)  # SegFormer's Mix-FFN: conv, flatten, transpose, then GELU
+    if between:
+        acts = [only_user(between[-1])]
     base = f"conv{dims}d" + ("_bn" if bn is not None else "")
     written = written_activation(cur)
     if written is not None and len(written[1]) > 1:  # x * sigmoid(x) and the like: its sigmoid is not the activation
@@ -101,9 +125,13 @@ def match_conv(ctx: Context, conv: Node) -> Candidate | None:
         name = activation(acts[0])
         if f"{base}_{name}" in PATTERN_NAMES:
             act = acts[0]
-            nodes.append(act)
+            nodes.extend(between + [act])
             roles["activation"], roles["act"] = act.name, name
             how.append(title(name))
+            if between:
+                notes.append(f"{', '.join(op_name(n) for n in between)} between the conv and its {title(name)}: "
+                             "the activation is elementwise, so the fused conv applies it first and the layout "
+                             "change follows")
         else:
             notes.append(f"the {title(name)} after it has no {base}_{name} pattern in the library; it stays a "
                          "separate op")

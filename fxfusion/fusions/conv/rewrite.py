@@ -25,6 +25,9 @@ from fxfusion.graph.edit import NotApplicable, arg, constant, is_call, aten, par
 
 CONVS = (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
          aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding)
+# Ops that only move elements, which an elementwise activation commutes with (the conv matcher's layout chain)
+LAYOUT_OPS = (aten.flatten.using_ints, aten.transpose.int, aten.permute.default, aten.view.default,
+              aten.reshape.default, aten._unsafe_view.default)
 BATCH_NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default,
                aten.native_batch_norm.default, aten._native_batch_norm_legit.default)
 
@@ -36,6 +39,7 @@ class _Conv:
     bn_out: fx.Node | None  # the BN's tensor output (a getitem for the tuple-returning BN ops)
     act: fx.Node | None  # the activation node of the site, when it has one
     act_name: str | None  # its name in fxfusion.fusions.activations ("relu", "silu", ...)
+    between: list  # layout ops (flatten, transpose) of the site between the conv (or BN) and the activation
 
 
 def _parse_conv(nodes: list[fx.Node]) -> _Conv:
@@ -50,8 +54,13 @@ def _parse_conv(nodes: list[fx.Node]) -> _Conv:
     if bn is not None and bn.target != aten.batch_norm.default:
         bn_out = next((u for u in bn.users if is_call(u, operator.getitem) and u.args[1] == 0), None)
     tail = bn_out if bn is not None else conv
+    between = []
+    while tail is not None and len(tail.users) == 1 and next(iter(tail.users)) in inside \
+            and is_call(next(iter(tail.users)), *LAYOUT_OPS):
+        tail = next(iter(tail.users))
+        between.append(tail)
     act = next((u for u in tail.users if u in inside and activation(u)), None) if tail is not None else None
-    return _Conv(conv, bn, bn_out, act, activation(act) if act is not None else None)
+    return _Conv(conv, bn, bn_out, act, activation(act) if act is not None else None, between)
 
 
 def _bn_training(bn: fx.Node) -> bool:
@@ -165,8 +174,10 @@ def rewrite_conv_act_fused(gm, nodes, group):
         raise NotApplicable(why)
     if dims == 1:
         weight, stride, padding, dilation = weight.unsqueeze(2), [1] + stride, [0] + padding, [1] + dilation
+    if c.between and c.bn is not None:
+        raise NotApplicable("a layout change between a BatchNorm and the activation: not fused")
     g = gm.graph
-    with g.inserting_before(c.act):
+    with g.inserting_before(c.between[0] if c.between else c.act):  # the conv's value is read from there on
         w = _register(gm, group.site_id, "weight", weight)
         b = _register(gm, group.site_id, "bias", bias) if bias is not None else None
         x = c.conv.args[0] if dims == 2 else g.call_function(aten.unsqueeze.default, (c.conv.args[0], 2))
@@ -174,6 +185,8 @@ def rewrite_conv_act_fused(gm, nodes, group):
         y = g.call_function(op, args)
         if dims == 1:
             y = g.call_function(aten.squeeze.dim, (y, 2))
+    if c.between:  # act(layout(conv(x))) = layout(act(conv(x))): the layout ops read the fused conv, the act goes
+        return [(c.conv, y), (c.act, c.between[-1])]
     return c.act, y
 
 
