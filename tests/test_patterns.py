@@ -24,7 +24,8 @@ def test_conv_family_has_the_mobilenet_and_efficientnet_blocks():
         "conv2d_relu", "conv2d_bn", "conv2d_bn_relu",  # the original suite's, 2-D and 1-D
         "conv2d_bn_silu", "conv2d_bn_relu6", "conv2d_bn_hardswish", "conv2d_bn_gelu",  # MobileNetV2/V3, EfficientNet
         "conv2d_silu", "conv2d_sigmoid", "conv2d_hardsigmoid",  # their squeeze-excitation convs (bias, no BN)
-        "conv1d_relu", "conv1d_bn", "conv1d_bn_relu"]
+        "conv1d_relu", "conv1d_bn", "conv1d_bn_relu",
+        "conv1d_gelu", "conv2d_gelu"]  # conv + bias + GELU without BatchNorm (audio stems, SegFormer's MLP convs)
     for name in FAMILIES["conv"]:
         act = name.split("_", 1)[1].removeprefix("bn").strip("_")
         variants = [mv.name for mv in REGISTRY[name].manual]

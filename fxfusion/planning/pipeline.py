@@ -211,7 +211,7 @@ def run_stages(run: Run, planner: Planner, stages: tuple[Stage, ...]) -> Run:
 def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tuple, device: str | None = None,
          spec=None, compile_modes: tuple[str, ...] = ("compile",), check_overhead: bool = True,
          clock=None, in_model: bool = True, regime: str = PIPELINED, allow_foreign: bool = False,
-         eager_context: bool = True, planner: Planner | None = None) -> FusionPlan:
+         eager_context: bool = True, planner: Planner | None = None, live: bool = True) -> FusionPlan:
     """Capture, find the sites, decide each from ``profile`` (or measure them live when it is None), and plan: the
     prefix :data:`PLAN_STAGES` of the pipeline ``analyze --apply`` runs.
 
@@ -224,7 +224,8 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
     ``in_model`` times each group's region inside the captured graph and predicts from that, ``check_overhead``
     measures the captured graph's call overhead over the model and keeps the groups only when their predicted saving
     covers it, and ``eager_context`` (with ``in_model``) measures each class of groups applied alone to the model, from
-    which the planned model is predicted (``plan.predict(Context.EAGER)``).  ``planner`` replaces all of these."""
+    which the planned model is predicted (``plan.predict(Context.EAGER)``).  ``planner`` replaces all of these.
+    With a profile, ``live`` measures the sites of patterns it has no entry for (False: they stay undecided)."""
     if not isinstance(example_inputs, tuple):  # a tensor or a list of them, as a model file may give: as the CLI reads
         example_inputs = as_example_inputs(example_inputs)
     check_regime(regime)
@@ -234,12 +235,13 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
     source_name = "the profile"
     if isinstance(profile, str) or hasattr(profile, "__fspath__"):
         source_name, profile = str(profile), Profile.load(profile)
-    live = LiveSource(planner.device, planner.specs.sites or QUICK_SPEC, planner.site_clock, compile_modes,
-                      regime=planner.regime)  # every site without a profile; with one, the patterns it lacks
+    live_source = LiveSource(planner.device, planner.specs.sites or QUICK_SPEC, planner.site_clock, compile_modes,
+                             regime=planner.regime)  # every site without a profile; with one, the patterns it lacks
     if profile is not None:  # before capturing: a foreign profile fails fast
-        source = ProfileSource(profile, planner.device, source_name, planner.regime, allow_foreign, live=live)
+        source = ProfileSource(profile, planner.device, source_name, planner.regime, allow_foreign,
+                               live=live_source if live else False)
     else:
-        source = live
+        source = live_source
     captured = _as_captured(model_or_graph, example_inputs)
     analysis = decide_sites(captured, source, planner.device)
     stages = tuple(s for s in PLAN_STAGES if (check_overhead or s is not charge_overhead_measure)
