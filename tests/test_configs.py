@@ -71,7 +71,9 @@ def test_the_search_builds_each_configuration_then_the_rewrites_in_the_best_one_
     built = [name for name, _ in log]
     assert built[:2] == ["compile", "compile+freezing"]  # default first: the baseline everything is compared with
     assert found.not_tried["compile+cudagraphs"] == "cudagraphs needs CUDA"
-    assert set(found.ranking) == {"compile", "compile+freezing"} and found.best_config in ("default", "freezing")
+    assert set(found.ranking) == {"compile", "compile+freezing"}
+    # the two run the same ops under the op-count clock: within MIN_EFFECT of each other, the default is kept
+    assert found.best_config == "default"
     best = CONFIGS[found.best_config]
     assert "planned+compile" in built and f"planned+compile{best.suffix}" in built
     assert "captured+compile" in built and all(found.verified.values())
