@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.helpers import TINY_SPEC, quick_apply
 
@@ -33,3 +34,13 @@ def fast_planning_specs(monkeypatch):
     own tests (tests/test_verify.py, tests/test_incontext.py) time them with specs of their own.  Returns the quick
     apply_and_verify (a spy can wrap it)."""
     return quick_apply(monkeypatch)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (restored after): a module uses it from an ``autouse`` fixture of its own
+    where its timings or numerics must not depend on the machine's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,11 +28,8 @@ LLMS = {"hf_llama": {"rms_norm_op", "merged"}, "hf_qwen2": {"rms_norm_op", "merg
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module on one thread (tests.helpers.one_thread)."""
 
 
 def tiny_decode(name: str):

@@ -40,11 +40,8 @@ BY_SPEC = pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.spec)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module on one thread (tests.helpers.one_thread)."""
 
 
 def _analyze(*args):

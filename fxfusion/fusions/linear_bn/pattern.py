@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from fxfusion.fusions.base import ManualVariant, Pattern, randn, shapes
 from fxfusion.fusions.conv.fused import BN_EPS, fold_batchnorm
+from fxfusion.fusions.linear.pattern import _inputs as linear_inputs
 from fxfusion.fusions.linear_bn.rewrite import folded_linear, rewrite_linear_bn_folded
 
 SIZES = {
@@ -27,11 +28,9 @@ SIZES = {
 
 
 def _inputs(shape, dtype, device, gen):
-    M, K, N = shape["M"], shape["K"], shape["N"]
+    N = shape["N"]
     return {
-        "x": randn(gen, M, K, dtype=dtype, device=device),
-        "weight": randn(gen, N, K, dtype=dtype, device=device, scale=K ** -0.5),
-        "bias": randn(gen, N, dtype=dtype, device=device),
+        **linear_inputs(shape, dtype, device, gen),  # x, weight, bias as the linear family draws them
         "running_mean": randn(gen, N, dtype=dtype, device=device, scale=0.1),
         "running_var": (randn(gen, N, dtype=torch.float32, device="cpu").abs() + 0.5).to(device=device, dtype=dtype),
         "bn_weight": randn(gen, N, dtype=dtype, device=device),
