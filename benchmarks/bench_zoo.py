@@ -36,7 +36,8 @@ from fxfusion.graph.loader import load_model  # noqa: E402
 from fxfusion.measure.devices import as_device  # noqa: E402
 from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.planning.analyze import analyze  # noqa: E402
-from fxfusion.planning.decide import LiveSource  # noqa: E402
+from fxfusion.planning.decide import LiveSource, ProfileSource  # noqa: E402
+from fxfusion.profiles.machine import find_machine_profile  # noqa: E402
 from fxfusion.planning.candidates import CandidateSet, parse_candidates, whole_model  # noqa: E402
 from fxfusion.planning.pipeline import Planner, apply_and_verify, default_budget_s  # noqa: E402
 from fxfusion.planning.prediction import HOST_MOVED  # noqa: E402
@@ -69,13 +70,19 @@ def _entries(path: Path) -> list[str]:
     return ["realistic"] if "\ndef realistic(" in text else []
 
 
+def _source(args):
+    """What decides the sites: this machine's profile in profiles/ as ``analyze`` finds it (sites of patterns it
+    lacks measured live), or every site measured live (--measure, or no profile of this machine)."""
+    live = LiveSource(args.device, compile_modes=("compile",) if args.site_compile else ())
+    found = None if args.measure else find_machine_profile(ROOT / "profiles", args.device)
+    return live if found is None else ProfileSource(found.profile, args.device, str(found.path), live=live)
+
+
 def run_one(spec: str, args) -> dict:
     row: dict = {"model": spec}
     loaded = load_model(spec, device=args.device, dtype=dtype_record(args.dtype).torch if args.dtype else None)
     start = time.perf_counter()
-    result = analyze(loaded.model, loaded.example_inputs,
-                     LiveSource(args.device, compile_modes=("compile",) if args.site_compile else ()),
-                     device=args.device, model_label=spec, dtype=args.dtype, command="benchmarks/bench_zoo.py")
+    result = analyze(loaded.model, loaded.example_inputs, _source(args), device=args.device, model_label=spec, dtype=args.dtype, command="benchmarks/bench_zoo.py")
     row["analyze_s"] = time.perf_counter() - start
     report = result.to_dict()
     sm, cov = report["summary"], report.get("coverage") or {}
@@ -129,6 +136,8 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/fxfusion-zoo")
     ap.add_argument("--no-apply", action="store_true", help="analyze only (coverage, sites, wall time)")
     ap.add_argument("--no-compile", action="store_true", help="no whole-model or planned compile candidates")
+    ap.add_argument("--measure", action="store_true", help="measure every site live, as analyze --measure (default: "
+                    "this machine's profile in profiles/, as analyze finds it)")
     ap.add_argument("--site-compile", action="store_true", help="measure sites with their compile variants too")
     ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting models after this many seconds")
     ap.add_argument("--insitu-budget-s", type=float, default=120.0, help="in-model timing budget per model")
@@ -146,7 +155,8 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"# bench_zoo: torch {torch.__version__}, {args.device} ({name}), dtype {args.dtype}, preset {args.preset}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads {torch.get_num_threads()}", flush=True)
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads {torch.get_num_threads()}; sites decided by "
+          f"{getattr(_source(args), 'path', '') or 'live measurement'}", flush=True)
     print("| model | sites | legal | fuse | applied | verified | FLOPs in sites | time in sites | analyze s | apply s | "
           "eager ms | " + " | ".join(f"{c} ms" for c in CONFIG_COLUMNS) + " | best whole-model | chosen | chosen ms | "
           "over compile | over best whole-model | of fastest | chosen's saving ms, predicted / measured |")
