@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fxfusion.fusions.match import find_sites
 from fxfusion.graph.capture import capture
 from fxfusion.graph.loader import load_model
-from fxfusion.planning.coverage import coverage_line, measure_coverage
+from fxfusion.planning.coverage import _node_ms, coverage_line, measure_coverage
 from tests.helpers import MODELS
 
 
@@ -61,3 +61,25 @@ def test_sdpa_flops_are_counted_on_a_cpu():
     assert any("SDPA formula" in n for n in c.notes)
     sdpa_sites = [s for s in sites if set(s.nodes) & {n.name for n in sdpa}]
     assert sdpa_sites and c.flops_in_sites >= 2 * per_layer
+
+
+class _Range:
+    def __init__(self, name, us):
+        self.name, self.cpu_time_total = name, us
+
+
+class _Profile:
+    def __init__(self, events):
+        self._events = events
+
+    def events(self):
+        return self._events
+
+
+def test_a_node_time_is_its_median_pass_so_one_preempted_pass_does_not_dominate():
+    """Under load one pass of a LayerNorm took 100x the others; the mean of the passes handed it a third of the
+    model's time (CLIP, 2026-12-07).  The median over the passes is one ordinary pass."""
+    passes = {"layer_norm": [10.0, 10.0, 1000.0, 10.0, 10.0], "addmm": [30.0, 31.0, 29.0, 30.0, 30.0]}
+    prof = _Profile([_Range("fxnode::" + n, us) for n, times in passes.items() for us in times]
+                    + [_Range("aten::mm", 5.0)])  # not a node's range: not counted
+    assert _node_ms(prof, on_device=False) == {"layer_norm": 0.010, "addmm": 0.030}

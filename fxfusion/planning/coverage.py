@@ -7,15 +7,18 @@ whose compute nodes keep the captured names):
      ops of :data:`FLOP_FORMULAS` where it counts 0: SDPA on a CPU dispatches to a kernel the counter has no formula
      for, so an attention model would read 0% covered; those nodes are counted by the formula here, and a note says
      how many;
-  2. time per node: a few forward passes of the graph under ``torch.profiler``, each node inside a
-     ``record_function`` range named after it; a node's time is its range's device time on CUDA (the kernels it
-     launched), its CPU time elsewhere;
+  2. time per node: ``PROFILED_PASSES`` forward passes of the graph under ``torch.profiler``, each node inside a
+     ``record_function`` range named after it; a node's time is the median over the passes of its range's device
+     time on CUDA (the kernels it launched), its CPU time elsewhere -- the median, so that one pass preempted on a
+     loaded host does not hand a third of the model's time to one LayerNorm (seen with a mean of 3 passes under
+     load, 2026-12-07: CLIP's share 13% in one run and 75% in the next);
   3. the share of FLOPs and of time inside a site, and the nodes in no site grouped by aten op, ranked by time.
 Cost: one pass for FLOPs and ``PROFILED_PASSES`` passes under the profiler, per graph.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,7 +33,7 @@ from fxfusion.graph.sites import CapturedModel, Site
 from fxfusion.measure.devices import is_cuda, synchronize
 from fxfusion.measure.profiling import profiled
 
-PROFILED_PASSES = 3
+PROFILED_PASSES = 5  # odd: the median is one pass's time
 
 
 def _sdpa_flops(args: tuple, kwargs: dict) -> int:
@@ -97,12 +100,22 @@ class _PerNode(fx.Interpreter):
 
 
 def _range_ms(event, on_device: bool) -> float:
+    """One range's time in ms (the profiler's times are in microseconds)."""
     if on_device:
         total = getattr(event, "device_time_total", None)
         total = getattr(event, "cuda_time_total", 0.0) if total is None else total
     else:
         total = event.cpu_time_total
-    return float(total) / 1e3 / PROFILED_PASSES  # microseconds over the passes -> ms per pass
+    return float(total) / 1e3
+
+
+def _node_ms(prof, on_device: bool) -> dict[str, float]:
+    """Node name -> the median over the profiled passes of its range's time (ms per pass)."""
+    per_node: dict[str, list[float]] = defaultdict(list)
+    for e in prof.events():
+        if e.name.startswith(_TAG):
+            per_node[e.name[len(_TAG):]].append(_range_ms(e, on_device))
+    return {name: statistics.median(ms) for name, ms in per_node.items()}
 
 
 def _op_name(n: fx.Node) -> str:
@@ -137,7 +150,7 @@ def measure_coverage(captured: CapturedModel, sites: list[Site], model: torch.nn
         if counting.by_formula:
             notes.append(f"graph {gi}: {counting.by_formula} attention node(s) counted by fxfusion's SDPA formula "
                          "(FlopCounterMode counts none for them here)")
-        times = {e.key[len(_TAG):]: _range_ms(e, on_device) for e in prof.key_averages() if e.key.startswith(_TAG)}
+        times = _node_ms(prof, on_device)
         for name, n in nodes.items():
             f, ms = counting.flops.get(name, 0), times.get(name, 0.0)
             flops_total, time_total = flops_total + f, time_total + ms
