@@ -32,6 +32,7 @@ import torch
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.loader import exception_line
 from fxfusion.graph.sites import CapturedModel
+from fxfusion.graph.symbolic import DynamicDims, RangeGuard
 
 try:  # torch >= 2.2: a GraphModule whose Python code is generated on first use instead of after every pass
     from torch.fx._lazy_graph_module import _use_lazy_graph_module
@@ -91,10 +92,10 @@ def _lean_tracing():
             gc.enable()
 
 
-def _export(fn: Any, args: tuple[Any, ...]) -> Any:
+def _export(fn: Any, args: tuple[Any, ...], dynamic_shapes: Any = None) -> Any:
     # On failure torch.export prints the partial graph to stderr (export/_trace.py); the caller reports one line.
     with quiet_torch_logs(), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), _lean_tracing():
-        return torch.export.export(fn, args, strict=False)
+        return torch.export.export(fn, args, strict=False, dynamic_shapes=dynamic_shapes)
 
 
 def _break_reason(reason: Any) -> str:
@@ -168,9 +169,13 @@ def _capture_dynamo(model: torch.nn.Module, inputs: tuple[Any, ...], why: str) -
 
 
 def capture(model: torch.nn.Module, example_inputs: tuple[Any, ...] | list[Any] | torch.Tensor,
-            allow_dynamo: bool = True) -> CapturedModel:
-    """The model as aten FX graphs: one graph from torch.export, else Dynamo's subgraphs and its graph breaks."""
+            allow_dynamo: bool = True, dynamic: DynamicDims | None = None) -> CapturedModel:
+    """The model as aten FX graphs: one graph from torch.export, else Dynamo's subgraphs and its graph breaks.
+    ``dynamic`` exports with symbolic dimensions (:mod:`fxfusion.graph.symbolic`): one graph for every size in its
+    ranges, or an FxFusionError saying why not (no Dynamo fallback: its subgraphs would be specialised)."""
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if dynamic is not None:
+        return _capture_dynamic(model, inputs, dynamic)
     try:
         ep = _export(model, inputs)
     except Exception as exc:
@@ -180,6 +185,22 @@ def capture(model: torch.nn.Module, example_inputs: tuple[Any, ...] | list[Any] 
         return _capture_dynamo(model, inputs, why)
     return CapturedModel(method="export", graphs=[ep.graph_module], example_inputs=inputs,
                          parameters=[signature_names(ep)], programs=[ep], graph_inputs=[inputs])
+
+
+def _capture_dynamic(model: torch.nn.Module, inputs: tuple[Any, ...], dynamic: DynamicDims) -> CapturedModel:
+    try:
+        ep = _export(model, inputs, dynamic.export_shapes())
+    except Exception as exc:
+        ranges = ", ".join(map(str, dynamic.ranges))
+        raise FxFusionError(f"torch.export could not capture the model with symbolic {ranges}: "
+                            f"{_export_failure(exc)}") from None
+    # The guard is read now: matching reads sizes as integers, which specialises the recorded symbols to the example.
+    user = set(ep.graph_signature.user_inputs)
+    guard = RangeGuard.of([n.meta.get("val") for n in ep.graph_module.graph.nodes
+                           if n.op == "placeholder" and n.name in user], ep.range_constraints)
+    return CapturedModel(method="export", graphs=[ep.graph_module], example_inputs=inputs,
+                         parameters=[signature_names(ep)], programs=[ep], graph_inputs=[inputs], dynamic=dynamic,
+                         input_guard=guard)
 
 
 def module_path(node: torch.fx.Node) -> tuple[str, str]:

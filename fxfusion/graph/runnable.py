@@ -44,8 +44,9 @@ class InputGuard(nn.Module):
             raise FxFusionError(f"{why}: plan it again for these inputs")
 
 
-def _program_module(program) -> fx.GraphModule:
-    """``program.module()`` with the cheap InputGuard in place of export's guard function."""
+def _program_module(program, guard: nn.Module | None = None) -> fx.GraphModule:
+    """``program.module()`` with the cheap InputGuard in place of export's guard function (``guard``: the
+    :class:`fxfusion.graph.symbolic.RangeGuard` a dynamic capture made)."""
     try:
         gm = program.module(check_guards=False)
     except TypeError:  # a torch whose module() has no check_guards: keep its guards
@@ -53,7 +54,7 @@ def _program_module(program) -> fx.GraphModule:
     gm = copy.deepcopy(gm)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if inputs:
-        gm.add_submodule(INPUT_GUARD, InputGuard.of([n.meta.get("val") for n in inputs]))
+        gm.add_submodule(INPUT_GUARD, guard or InputGuard.of([n.meta.get("val") for n in inputs]))
         with gm.graph.inserting_after(inputs[-1]):
             gm.graph.call_module(INPUT_GUARD, tuple(inputs))
         gm.recompile()
@@ -68,7 +69,7 @@ def runnable_graph(captured, index: int, model: nn.Module | None = None) -> fx.G
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # pytree spec deprecation notes on deepcopy
         if program is not None:
-            gm = _program_module(program)
+            gm = _program_module(program, getattr(captured, "input_guard", None))
         else:
             gm = copy.deepcopy(captured.graphs[index])
             if any(n.op == "placeholder" and n.name in (captured.parameters[index] if index < len(
