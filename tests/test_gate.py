@@ -124,13 +124,16 @@ def _ten_percent_off(correct):
     return rewrite
 
 
-def test_a_bias_dominated_output_verifies_a_ten_percent_error_and_is_flagged(monkeypatch):
+def test_a_bias_dominated_output_hides_a_ten_percent_error_which_an_earlier_tensor_shows(monkeypatch):
     replace_rewrite(monkeypatch, "addmm", _ten_percent_off)
     r = verify(f"{VACUOUS}:biased")
     assert any(d["applied"] for d in r.rewrites)
-    assert r.ok and r.outputs[0].error < FLOAT32_TOL  # the wrong rewrite passes the limit: the vacuous case
+    assert r.outputs[0].error < FLOAT32_TOL  # the wrong rewrite passes the output's limit: the vacuous case
     assert r.outputs[0].weight_error_moves < FLOAT32_TOL
     assert any(w.startswith("output 0 hides weight errors: every weight 1% off") for w in r.warnings)
+    # the inputs move the output by less than its limit too, so the check moved to the GELU the head reads, and the
+    # error is seen there (tests/test_sensitivity_earlier.py)
+    assert not r.ok and r.outputs[0].earlier["node"] == "gelu" and r.outputs[0].earlier["error"] > 0.05
 
 
 def test_the_same_wrong_rewrite_fails_where_the_output_is_not_dominated(monkeypatch):

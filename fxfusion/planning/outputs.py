@@ -51,6 +51,9 @@ class OutputCheck:
     # WEIGHT_ERROR (relative L2); None: not measured.  Below ``limit``, this check could not see such an error.
     input_moves: float | None = None
     weight_error_moves: float | None = None
+    # Where this output does not depend on the inputs: the earlier tensor checked in its place (node, op, shape,
+    # dtype, error, original_error, limit, ok, input_moves, weight_error_moves; planning.sensitivity.check_earlier)
+    earlier: dict | None = None
 
 
 def to_reference(x: Any) -> Any:

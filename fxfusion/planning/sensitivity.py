@@ -17,19 +17,39 @@ Both run the original model in its own dtype on its device: one forward each, an
 measured movements go on each :class:`~fxfusion.planning.outputs.OutputCheck` (``input_moves``,
 ``weight_error_moves``) and the flags are returned as warnings (``VerificationResult.warnings``), as is the count of
 elements checked against the original model where the float64 reference was not finite.
+
+Where an output does not depend on the inputs, **the check moves to an earlier tensor that does**
+(:func:`check_earlier`), so the rewrites before a zero-initialised head are still checked against float64:
+  1. the captured graph (one exported graph) is run node by node on the inputs and on the changed inputs; the nodes
+     the output is computed from whose values move by more than their dtype's tolerance are the candidates;
+  2. the last of them (in graph order) whose value the planned graph also holds is compared: the node itself where
+     the planned graph kept it, else what a node both graphs kept reads in its place (a rewrite that replaced the
+     tensor a zero head reads: the head's input in the planned graph);
+  3. that tensor, from the planned graph, is checked against the same tensor of the captured graph run in float64,
+     by the output check's rule (:func:`fxfusion.planning.outputs.check_outputs`), and the weight control is made on
+     it too (the captured graph with its weights perturbed).
+The result goes on the output's check (``OutputCheck.earlier``: which tensor, its error, limit and movements); a
+failure there fails the verification (:func:`earlier_failures`), and the warning says which tensor was compared.
+Cost: two passes of the captured graph keeping the floating values the output is computed from, one float64 pass,
+one planned pass and one perturbed pass.  A capture in several graphs (graph breaks) is not followed: it says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import warnings
 from typing import Any
 
 import torch
+from torch import fx
 from torch.utils._pytree import tree_flatten, tree_map
 
 from fxfusion.calibration.variants import one_line
-from fxfusion.measure.correctness import relative_error
-from fxfusion.planning.outputs import OutputCheck
+from fxfusion.graph.edit import INPUT_GUARD
+from fxfusion.graph.runnable import runnable_graph
+from fxfusion.measure.correctness import relative_error, tolerance
+from fxfusion.planning.outputs import KeepFloat64, OutputCheck, check_outputs, to_reference
 
 # The inputs' change: 1% of their RMS, far above rounding in every dtype, small enough to stay in the model's domain.
 INPUT_NOISE = 0.01
@@ -41,9 +61,10 @@ SEED = 0
 
 
 def check_sensitivity(model: torch.nn.Module, inputs: tuple, original_out: Any, checks: list[OutputCheck],
-                      device) -> list[str]:
+                      device, planned: torch.nn.Module | None = None, captured=None) -> list[str]:
     """Run both controls (module doc) for the floating outputs of ``checks`` that passed; set their ``input_moves``
-    and ``weight_error_moves``; return the warnings."""
+    and ``weight_error_moves``; where an output does not depend on the inputs and ``planned`` and ``captured`` (the
+    plan's capture) are given, check an earlier tensor instead (``OutputCheck.earlier``); return the warnings."""
     said = [f"output {c.index}: {c.from_original} element(s) checked against the original model, where the float64 "
             "reference is not finite (a fully masked row?)" for c in checks if c.from_original]
     floating = [c for c in checks if c.error is not None and c.ok]
@@ -58,9 +79,9 @@ def check_sensitivity(model: torch.nn.Module, inputs: tuple, original_out: Any, 
         for c in floating if moved is not None else []:
             c.input_moves = moved[c.index]
             if c.input_moves <= c.limit:
-                said.append(f"output {c.index} does not depend on the inputs: {how} moves it by {c.input_moves:.2g} "
-                            f"(limit {c.limit:.1e}), so it cannot show a wrong rewrite before it; verify on an output "
-                            "that depends on the inputs")
+                flag = (f"output {c.index} does not depend on the inputs: {how} moves it by {c.input_moves:.2g} "
+                        f"(limit {c.limit:.1e}), so it cannot show a wrong rewrite before it")
+                said.append(flag + "; " + check_earlier(c, captured, model, planned, inputs, changed, device))
     weighted, n = perturbed_weights(model, WEIGHT_ERROR.get(_dtype(orig, floating[0]), 0.01))
     if weighted is None:
         return said
@@ -131,3 +152,136 @@ def _moves(model: torch.nn.Module, inputs: tuple, orig: list, said: list[str], w
 def _dtype(orig: list, check: OutputCheck) -> torch.dtype:
     x = orig[check.index] if check.index < len(orig) else None
     return x.dtype if isinstance(x, torch.Tensor) else torch.float32
+
+
+# -- the check moved to an earlier tensor --------------------------------------------------------------------------
+
+class _Values(fx.Interpreter):
+    """Runs a graph, keeping the floating values of ``keep`` (node names; None: every call_function node) or, with
+    ``against``, only each one's relative change from ``against``; the input guard is skipped (a float64 copy)."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[str] | None = None, against: dict | None = None) -> None:
+        super().__init__(gm)
+        self.keep, self.against, self.values, self.moves = keep, against, {}, {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op == "call_module" and n.target == INPUT_GUARD:
+            return None
+        out = super().run_node(n)
+        if (n.op == "call_function" and isinstance(out, torch.Tensor) and out.is_floating_point()
+                and (self.keep is None or n.name in self.keep)):
+            if self.against is None:
+                self.values[n.name] = out.detach().clone()
+            elif n.name in self.against:
+                self.moves[n.name] = relative_error(out, self.against[n.name])
+        return out
+
+
+def _run(gm: fx.GraphModule, inputs: tuple, **kw) -> _Values:
+    values = _Values(gm, **kw)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values.run(*inputs)
+    return values
+
+
+def _ancestors(out: fx.Node, index: int) -> set[str]:
+    """The names of the nodes output ``index`` is computed from (every output's, where the index is not found)."""
+    leaves = [a for a in tree_flatten(out.args[0])[0]]
+    todo = [leaves[index]] if index < len(leaves) and isinstance(leaves[index], fx.Node) else \
+        [a for a in leaves if isinstance(a, fx.Node)]
+    seen: set[str] = set()
+    while todo:
+        n = todo.pop()
+        if n.name not in seen:
+            seen.add(n.name)
+            todo += n.all_input_nodes
+    return seen
+
+
+def _in_planned(n: fx.Node, planned: dict[str, fx.Node]) -> tuple[fx.Node, str] | None:
+    """The planned graph's node holding ``n``'s value, and how it was found: ``n`` itself where the planned graph
+    kept it, else the argument a node both graphs kept reads where it read ``n``."""
+    if n.name in planned:
+        return planned[n.name], ""
+    for user in n.users:
+        twin = planned.get(user.name)
+        if twin is None:
+            continue
+        args, _ = tree_flatten((user.args, user.kwargs))
+        twins, _ = tree_flatten((twin.args, twin.kwargs))
+        for a, b in zip(args, twins) if len(args) == len(twins) else ():
+            if a is n and isinstance(b, fx.Node):
+                return b, f", read by {user.name} (the planned graph computes it as {b.name})"
+    return None
+
+
+def _float64_values(gm: fx.GraphModule, inputs: tuple, name: str) -> torch.Tensor:
+    """Node ``name``'s value with the graph run in float64 on the CPU, its casts to narrower floats kept in float64
+    (as :func:`fxfusion.planning.outputs.run_in_float64` runs the model)."""
+    ref = copy.deepcopy(gm).to("cpu", torch.float64)
+    default = torch.get_default_dtype()
+    for keep in (True, False):
+        try:
+            if keep:
+                torch.set_default_dtype(torch.float64)
+            with KeepFloat64() if keep else contextlib.nullcontext():
+                return _run(ref, tree_map(to_reference, inputs), keep={name}).values[name]
+        except Exception:
+            if not keep:
+                raise
+        finally:
+            torch.set_default_dtype(default)
+    raise AssertionError("unreachable")
+
+
+def check_earlier(check: OutputCheck, captured, model: torch.nn.Module, planned: torch.nn.Module | None,
+                  inputs: tuple, changed: tuple, device) -> str:
+    """Check the last tensor output ``check.index`` is computed from that the inputs move (module doc); set
+    ``check.earlier``; say what was compared, or why nothing was."""
+    if captured is None or planned is None:
+        return "verify on an output that depends on the inputs"
+    if captured.method != "export" or len(captured.graphs) != 1:
+        return ("no earlier tensor was checked: the capture has several graphs (graph breaks); verify on an output "
+                "that depends on the inputs")
+    try:
+        original = runnable_graph(captured, 0, model)
+        planned_gm = planned if isinstance(planned, fx.GraphModule) else original  # nothing applied: the same
+        out = next(n for n in original.graph.nodes if n.op == "output")
+        upstream = _ancestors(out, check.index)
+        first = _run(original, inputs, keep=upstream)
+        moves = _run(original, changed, against=first.values).moves
+        twins = {n.name: n for n in planned_gm.graph.nodes}
+        found = None
+        for n in reversed(list(original.graph.nodes)):
+            value = first.values.get(n.name)
+            if value is not None and moves.get(n.name, 0.0) > tolerance(value.dtype):
+                found = _in_planned(n, twins)
+                if found is not None:
+                    break
+        if found is None:
+            return "no earlier tensor that the inputs move is held by the planned graph too: nothing else was checked"
+        twin, how = found
+        got = _run(planned_gm, inputs, keep={twin.name}).values[twin.name]
+        ref = _float64_values(original, inputs, n.name)
+        [c], failure = check_outputs(got, first.values[n.name], ref, str(device))
+        weighted, _ = perturbed_weights(original, WEIGHT_ERROR.get(got.dtype, 0.01))
+        weight_moves = (_run(weighted, inputs, keep={n.name}).values[n.name] if weighted is not None else None)
+    except Exception as exc:  # a diagnosis: it must not lose the verification
+        return f"the check could not move to an earlier tensor ({one_line(exc)})"
+    check.earlier = {"node": n.name, "op": str(n.target), "planned_node": twin.name, "shape": list(got.shape),
+                     "dtype": c.dtype, "error": c.error, "original_error": c.original_error, "limit": c.limit,
+                     "ok": c.ok, "input_moves": moves[n.name],
+                     "weight_error_moves": None if weight_moves is None else relative_error(
+                         weight_moves, first.values[n.name])}
+    verdict = "within" if c.ok else "OVER"
+    return (f"the check moved to the last tensor before it that the inputs move, {n.name} ({n.target}, "
+            f"{tuple(got.shape)} {c.dtype}{how}; the inputs move it by {moves[n.name]:.2g}): relative error "
+            f"{c.error:.2g} against float64, {verdict} its {c.limit:.1e} limit")
+
+
+def earlier_failures(checks: list[OutputCheck]) -> str:
+    """The failures of the earlier tensors checked in place of outputs that do not depend on the inputs ('' none)."""
+    return "; ".join(f"output {c.index} does not depend on the inputs, and the tensor checked in its place, "
+                     f"{c.earlier['node']}, has relative error {c.earlier['error']:.3g}, over the "
+                     f"{c.earlier['limit']:.1e} limit" for c in checks if c.earlier and not c.earlier["ok"])

@@ -43,7 +43,7 @@ from fxfusion.planning.insitu import clock_name, model_clock
 from fxfusion.planning.outputs import OutputCheck, check_outputs, float64_reference, to_reference
 from fxfusion.planning.prediction import Context, Prediction, Source, label
 from fxfusion.planning.rewrite import captured_module
-from fxfusion.planning.sensitivity import check_sensitivity
+from fxfusion.planning.sensitivity import check_sensitivity, earlier_failures
 
 NOTHING_APPLIED = "no rewrite applied: the planned model is a copy of the original, not a candidate of its own"
 # End-to-end timing of whole models: longer samples than a pattern's, so Python overhead averages out.
@@ -205,7 +205,8 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         reference, ref_name = tree_map(to_reference, original_out), "original"
         said.append(f"the model does not run in float64 ({why_not}); checked against the original")
     checks, failure = check_outputs(planned_out, original_out, reference, device)
-    said += check_sensitivity(model, inputs, original_out, checks, device)  # can the check fail at all?
+    said += check_sensitivity(model, inputs, original_out, checks, device, planned, plan.captured)  # can it fail?
+    failure = failure or earlier_failures(checks)  # an output that does not depend on the inputs: an earlier tensor
     if failure:
         said.append("outputs do not match: timings are reported for diagnosis only")
 
