@@ -5,19 +5,45 @@ between two clock reads, batches sized to about ``PROBE_BATCH_S``, the median pe
 It shares nothing with :mod:`fxfusion.measure.timing` but the callable: no flush, no synchronisation between calls,
 no shuffled order -- so where the pipelined regime and this probe agree, the agreement is not the clock agreeing with
 itself.  ``benchmarks/bench_regimes.py`` probes every calibrated variant with it
-(:mod:`fxfusion.reports.regimes_check`)."""
+(:mod:`fxfusion.reports.regimes_check`).
+
+Where the two disagree, the probe says which *definition* of the variant would explain it by timing the variant
+again with one thing changed (:func:`redefinitions`, :func:`lone`):
+
+  weights prepared per call   the variant's load-time preparation (``ManualVariant.build``: BatchNorm folded into
+                              the weights, sibling weights concatenated, weights made channels-last) inside every
+                              call, as a loop that prepares them in its timed body would measure it;
+  input converted once        a variant that converts its input to channels-last per call, given the input
+                              already converted (what a channels-last model around it feeds it);
+  output converted back       the same variant with its channels-last output converted back to contiguous NCHW per
+                              call (what an NCHW model around a lone channels-last op pays);
+  weights per call, output converted back   both of the last two at once (a plain loop that does everything inline);
+  first call alone            one call timed alone, the device idle before it (the calibration's isolated regime,
+                              the first call of a batch), instead of the steady state of calls back to back.
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
 import time
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 PROBE_BATCH_S = 0.002  # one probe batch lasts about this long
 PROBE_REPS = 25  # batches per probe; the median per call is kept
 PROBE_WARMUP = 5
 MAX_BATCH = 10_000
+REDEFINED_REPS = 10  # batches per probe of a re-defined variant: only cells that disagree are re-timed, several ways
+LONE_REPS = 15  # single calls per "first call alone" figure
+
+WEIGHTS_PER_CALL = "weights prepared per call"
+INPUT_CONVERTED_ONCE = "input converted once"
+OUTPUT_CONVERTED_BACK = "output converted back"
+WEIGHTS_AND_OUTPUT = "weights per call, output converted back"
+FIRST_CALL = "first call alone"
+CAUSE_OF = {WEIGHTS_PER_CALL: "weight preparation", INPUT_CONVERTED_ONCE: "layout conversion",  # what differs when a
+            OUTPUT_CONVERTED_BACK: "layout conversion", FIRST_CALL: "first call",  # cell agrees under that definition
+            WEIGHTS_AND_OUTPUT: "weight preparation + layout conversion"}
 
 
 class BatchTimer(Protocol):
@@ -48,7 +74,7 @@ class CudaBatchTimer:
 
 
 class CpuBatchTimer:
-    """perf_counter around a batch (a smoke run of the check on a CPU: ``--device cpu --hardware generic-cpu``)."""
+    """perf_counter around a batch (a smoke run of the check on a CPU: ``--device cpu``)."""
 
     def batch(self, fn, n: int) -> float:
         start = time.perf_counter()
@@ -65,3 +91,71 @@ def probe(fn: Callable[[], object], timer: BatchTimer, reps: int = PROBE_REPS, b
     one = max(min(timer.batch(fn, 1) for _ in range(3)), 1e-9)
     n = int(min(MAX_BATCH, max(1, math.ceil(batch_s / one))))
     return statistics.median(timer.batch(fn, n) for _ in range(reps))
+
+
+def lone(fn: Callable[[], object], timer: BatchTimer, reps: int = LONE_REPS, warmup: int = PROBE_WARMUP) -> float:
+    """Median seconds of one call timed alone (a batch of one: the timer waits for the device first)."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(timer.batch(fn, 1) for _ in range(reps))
+
+
+def first_call_counted(isolated_ms: float, pipelined_ms: float) -> float:
+    """A steady per-call time with the first call of a :func:`probe` batch counted in: the batch is sized from the
+    fastest lone call (about ``isolated_ms``) to ``PROBE_BATCH_S``, and its first call is a lone one."""
+    n = max(1, math.ceil(PROBE_BATCH_S * 1e3 / max(isolated_ms, 1e-9)))
+    return ((n - 1) * pipelined_ms + isolated_ms) / n
+
+
+def changes_layout(out: object, x: object) -> bool:
+    """Whether a variant hands back a channels-last 4-d output for an input that is not channels-last: it converts
+    the layout inside its call, and the op after it sees another layout than eager's output."""
+    import torch
+
+    cl = torch.channels_last
+    if not (isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor) and out.dim() == 4 and x.dim() == 4):
+        return False
+    return out.is_contiguous(memory_format=cl) and not out.is_contiguous() and not x.is_contiguous(memory_format=cl)
+
+
+def redefinitions(build: Callable[[Mapping], Callable[[], object]] | None, inputs: Mapping, thunk: Callable[[], object],
+                  x_name: str = "x") -> dict[str, Callable[[], object]]:
+    """The variant ``thunk`` (built once by ``build(inputs)``) re-defined one way at a time (module doc): weight
+    preparation inside the call when it has a ``build``; the layout conversion moved out or the output converted back
+    when it changes the layout of ``inputs[x_name]``.  The first call alone is :func:`lone` of ``thunk``."""
+    import torch
+
+    out: dict[str, Callable[[], object]] = {}
+    if build is not None:
+        out[WEIGHTS_PER_CALL] = lambda: build(inputs)()
+    x = inputs.get(x_name)
+    if changes_layout(thunk(), x):
+        out[OUTPUT_CONVERTED_BACK] = lambda: thunk().contiguous()
+        if build is not None:
+            out[INPUT_CONVERTED_ONCE] = build({**inputs, x_name: x.contiguous(memory_format=torch.channels_last)})
+            out[WEIGHTS_AND_OUTPUT] = lambda: build(inputs)().contiguous()
+    return out
+
+
+def retime(variants: list[str], thunks: Mapping[str, Callable[[], object]], builds: Mapping[str, Callable],
+           inputs: Mapping | None, timer: BatchTimer) -> dict[str, dict[str, dict]]:
+    """``variants`` of one entry timed again under each other definition: variant -> definition ->
+    ``{"ms", "eager_ms"}`` (milliseconds of the variant so defined, and of eager under the same definition: its own
+    lone call for the first call alone, else its back-to-back probe), or ``{"error"}`` where it would not build or
+    run."""
+    eager_ms, eager_lone = probe(thunks["eager"], timer) * 1e3, lone(thunks["eager"], timer) * 1e3
+    out: dict[str, dict[str, dict]] = {}
+    for name in variants:
+        got = out[name] = {}
+        try:
+            fns = redefinitions(builds.get(name), inputs, thunks[name]) if name != "eager" and inputs else {}
+        except Exception as exc:  # a variant that cannot be built again is reported, not fatal
+            fns, got["rebuild"] = {}, {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        for definition, fn in fns.items():
+            try:
+                got[definition] = {"ms": probe(fn, timer, reps=REDEFINED_REPS) * 1e3, "eager_ms": eager_ms}
+            except Exception as exc:
+                got[definition] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        got[FIRST_CALL] = {"ms": eager_lone if name == "eager" else lone(thunks[name], timer) * 1e3,
+                           "eager_ms": eager_lone}
+    return out
