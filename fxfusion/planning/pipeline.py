@@ -35,6 +35,8 @@ from fxfusion.measure.timing import PIPELINED, QUICK_SPEC, Clock, TimingSpec, ch
 from fxfusion.planning.analyze import Analysis, decide_sites
 from fxfusion.planning.candidates import CONTEXT, CandidateSet, has_conv2d
 from fxfusion.planning.decide import LiveSource, ProfileSource
+from fxfusion.planning.dynamic import plan_over_range
+from fxfusion.planning.dynamic_verify import verify_over_range
 from fxfusion.planning.incontext import measure_in_context
 from fxfusion.planning.insitu import INSITU_BUDGET_S, Overhead, measure_overhead
 from fxfusion.planning.plan import FusionPlan
@@ -98,8 +100,12 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
 
     def budget(self, p: "Planner") -> float:
-        """A measuring stage's budget: the planner's per-stage budget, at most what the whole run has left."""
-        return p.budget_s if p.total_s is None else max(0.0, min(p.budget_s, self.deadline(p) - time.perf_counter()))
+        """A measuring stage's budget: the planner's per-stage budget, at most what the whole run has left less the
+        share kept for building the candidates (:data:`CANDIDATES_SHARE`)."""
+        if p.total_s is None:
+            return p.budget_s
+        left = self.deadline(p) - CANDIDATES_SHARE * p.total_s - time.perf_counter()
+        return max(0.0, min(p.budget_s, left))
 
     def deadline(self, p: "Planner") -> float | None:
         return None if p.total_s is None else self.started + p.total_s
@@ -117,6 +123,10 @@ Stage = Callable[[Run, Planner], None]
 # regime's classes and the configurations' compiles are most of it; this code's apply times on a GPU are not measured
 # yet).  On a CPU a compile alone takes 10-25 s: no default bound.
 CUDA_BUDGET_S = 90.0
+# The share of the whole --apply budget the measuring stages leave to building the candidates: the whole-model
+# configurations are what a user gets by flipping a flag, and a budget spent measuring rewrites before any of them was
+# built handed back eager (tv_resnet50 32x224 on an H100, 2026-12-07 17:15 UTC: three measuring stages of 30 s each).
+CANDIDATES_SHARE = 0.5
 # The eager forward pass timed by the analysis and again by the verification: past this ratio the machine's load moved.
 LOAD_MOVED = 1.5
 
@@ -211,7 +221,8 @@ def run_stages(run: Run, planner: Planner, stages: tuple[Stage, ...]) -> Run:
 def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tuple, device: str | None = None,
          spec=None, compile_modes: tuple[str, ...] = ("compile",), check_overhead: bool = True,
          clock=None, in_model: bool = True, regime: str = PIPELINED, allow_foreign: bool = False,
-         eager_context: bool = True, planner: Planner | None = None, live: bool = True) -> FusionPlan:
+         eager_context: bool = True, planner: Planner | None = None, live: bool = True,
+         dynamic=None) -> FusionPlan:
     """Capture, find the sites, decide each from ``profile`` (or measure them live when it is None), and plan: the
     prefix :data:`PLAN_STAGES` of the pipeline ``analyze --apply`` runs.
 
@@ -225,9 +236,17 @@ def plan(model_or_graph: Any, profile: Profile | str | None, example_inputs: tup
     measures the captured graph's call overhead over the model and keeps the groups only when their predicted saving
     covers it, and ``eager_context`` (with ``in_model``) measures each class of groups applied alone to the model, from
     which the planned model is predicted (``plan.predict(Context.EAGER)``).  ``planner`` replaces all of these.
-    With a profile, ``live`` measures the sites of patterns it has no entry for (False: they stay undecided)."""
+    With a profile, ``live`` measures the sites of patterns it has no entry for (False: they stay undecided).
+    ``dynamic`` (``"batch,seq"``, ``"batch=1:32,seq=16:512"``) plans one graph for every shape of those ranges: planned
+    at each bucket of the range as here, kept where every bucket keeps it (:mod:`fxfusion.planning.dynamic`)."""
     if not isinstance(example_inputs, tuple):  # a tensor or a list of them, as a model file may give: as the CLI reads
         example_inputs = as_example_inputs(example_inputs)
+    if dynamic is not None:
+        def at_bucket(inputs, sizes):
+            return plan(model_or_graph, profile, inputs, device, spec, compile_modes, check_overhead, clock, in_model,
+                        regime, allow_foreign, eager_context, planner, live)
+        return plan_over_range(model_or_graph, example_inputs, dynamic, at_bucket,
+                               as_device(device or _device_of(example_inputs)))
     check_regime(regime)
     device = as_device(device or _device_of(example_inputs))
     planner = planner or Planner(device, site_clock=clock, specs=Specs(sites=spec, regions=spec), regime=regime,
@@ -257,6 +276,31 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
     timings, or its profile's entries); the verification (with the plan) is put on ``analysis.verification``."""
     run = run_stages(Run(model, tuple(example_inputs), analysis), planner, APPLY_STAGES)
     return run.plan, run.verification
+
+
+def apply_and_verify_dynamic(model: torch.nn.Module, example_inputs: tuple, planner: Planner, dynamic,
+                             analyze_at: Callable[[tuple], Analysis]) -> tuple[FusionPlan, VerificationResult, Analysis]:
+    """``analyze --apply --dynamic``: :data:`PLAN_STAGES` at each bucket of the range from ``analyze_at(inputs)``'s
+    decisions, one plan of the symbolic capture kept where every bucket keeps it (:mod:`fxfusion.planning.dynamic`),
+    verified end to end at each bucket and against float64 at a shape never measured
+    (:mod:`fxfusion.planning.dynamic_verify`).  Returns the plan, the middle bucket's verification carrying the
+    range's verdict, and the middle bucket's analysis with the verification, the plan and the ``dynamic`` section."""
+    analyses: list[Analysis] = []
+
+    def plan_at(inputs: tuple, sizes: dict) -> FusionPlan:
+        analyses.append(analyze_at(inputs))
+        return run_stages(Run(model, tuple(inputs), analyses[-1]), planner, PLAN_STAGES).plan
+
+    made = plan_over_range(model, example_inputs, dynamic, plan_at, planner.device)
+
+    def verify_at(inputs: tuple) -> VerificationResult:
+        return verify_plan(model, inputs, made, device=planner.device, spec=planner.specs.verify, clock=planner.clock,
+                           candidates=planner.candidates, compile_fn=planner.compile)
+
+    verification, section = verify_over_range(model, example_inputs, made, verify_at, str(planner.device))
+    middle = analyses[len(analyses) // 2]
+    middle.verification = {**verification.to_dict(), "plan": made.to_dict(), "dynamic": section}
+    return made, verification, middle
 
 
 def note_in_model(result: Analysis, plan: FusionPlan) -> None:

@@ -15,7 +15,8 @@ on a GPU, most of them wasted.  :func:`build_candidates` builds them in three st
      configuration -- the compiled regime predicts them -- and again in the best configuration when it is another;
      the captured graph compiled as the rewrites' control.
 Whatever is not built is said, with why (``not_tried``): the budget spent (``deadline``), a configuration the device
-lacks, a combination ranked out in step 2.
+lacks, a combination ranked out in step 2.  Whole-model default compile is built even past the deadline: it is what
+a user gets by flipping one flag, the floor the chosen candidate is held to.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
     found = Search(kept={PLANNED: [g for g in plan.groups if g.id in applied]}, host_bound=host_bound(plan, eager_ms))
 
     def build(spec: Spec, why_not: str | None = None) -> None:
-        if why_not or (deadline is not None and time.perf_counter() > deadline):
+        floor = spec.config is not None and spec.config.word == "default" and not (spec.rewrites or spec.captured or spec.channels_last)
+        if why_not or (deadline is not None and time.perf_counter() > deadline and not floor):
             found.not_tried[spec.name] = why_not or "the --apply budget was spent before it"
             return
         module = candidate_module(spec, model, plan, planned)
