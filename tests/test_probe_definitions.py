@@ -78,15 +78,18 @@ def test_eager_and_compile_variants_have_no_build_so_only_the_first_call_is_rede
     pattern, inputs = _conv_bn_relu()
 
     class Timer:
-        def batch(self, fn, n):
+        """A batch's first call costs 30 us (from an idle device), the others 10 us each."""
+
+        def batch(self, fn, n, first_untimed=False):
             fn()
-            return 1e-5 * (1 if n > 1 else 3)  # a lone call costs three steady ones
+            return (10e-6 * n + (0 if first_untimed else 20e-6)) / n
 
     thunks = {"eager": lambda: pattern.eager(**inputs), "bn_folded": pattern.variant("bn_folded").build(inputs)}
     got = retime(["eager", "bn_folded"], thunks, {"bn_folded": pattern.variant("bn_folded").build}, inputs, Timer())
     assert set(got["eager"]) == {FIRST_CALL} and set(got["bn_folded"]) == {WEIGHTS_PER_CALL, FIRST_CALL}
-    assert got["eager"][FIRST_CALL] == {"ms": pytest.approx(0.03), "eager_ms": pytest.approx(0.03)}
-    assert got["bn_folded"][WEIGHTS_PER_CALL]["eager_ms"] == pytest.approx(0.01)  # eager's steady probe
+    assert got["eager"][FIRST_CALL] == {"ms": pytest.approx(0.01), "eager_ms": pytest.approx(0.01)}
+    # as defined the probe's 2 ms batch (60 calls, sized from a 30 us lone call) carries the first call's 20 us extra
+    assert got["bn_folded"][WEIGHTS_PER_CALL]["eager_ms"] == pytest.approx(0.01 + 0.02 / 67)
 
 
 def test_a_redefinition_that_fails_is_reported_not_raised():
@@ -96,7 +99,7 @@ def test_a_redefinition_that_fails_is_reported_not_raised():
         raise RuntimeError("cannot fold here")
 
     class Timer:
-        def batch(self, fn, n):
+        def batch(self, fn, n, first_untimed=False):
             fn()
             return 1e-5
 
@@ -104,6 +107,18 @@ def test_a_redefinition_that_fails_is_reported_not_raised():
                  Timer())
     assert "cannot fold here" in got["bn_folded"][WEIGHTS_PER_CALL]["error"]
     assert "ms" in got["bn_folded"][FIRST_CALL]
+
+
+def test_the_probe_can_leave_each_batchs_first_call_out_as_the_pipelined_regime_does():
+    calls = []
+
+    class Timer:
+        def batch(self, fn, n, first_untimed=False):
+            calls.append((n, first_untimed))
+            return 1e-4
+
+    probe_module.probe(lambda: None, Timer(), reps=2, batch_s=1e-3, warmup=0, first_untimed=True)
+    assert calls == [(1, False)] * 3 + [(9, True)] * 2  # sized from lone calls: 10 per batch, the first untimed
 
 
 def test_the_first_call_counted_in_a_batch_weighs_more_the_longer_the_call():

@@ -26,7 +26,9 @@ class Ledger:
     def __init__(self):
         self.spent = 0.0
 
-    def batch(self, fn, n):  # the probe's BatchTimer protocol
+    def batch(self, fn, n, first_untimed=False):  # the probe's BatchTimer protocol
+        if first_untimed:
+            fn()
         before = self.spent
         for _ in range(n):
             fn()
@@ -175,3 +177,53 @@ def test_from_json_reattributes_a_committed_run_without_timing(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "disagreeing cells: 2; differs in: same factor as eager 2" in out and "bn_folded" in out
     assert "compile" not in out.split("disagreeing cells")[0]  # only the disagreeing cells are listed
+
+
+def test_a_disagreement_from_the_first_call_of_each_batch_is_attributed_to_the_first_call():
+    """A call that costs 40 us more when the device was idle before it (the first of a batch), 10 us after: the
+    pipelined regime leaves each batch's first call out (10 us), a probe of 2 ms batches sized from a 50 us lone call
+    (40 calls) counts it.  With 1-call batches the probe reads 50 us; re-timed with the first call left out, 10 us."""
+    ledger = Ledger()
+    ledger.fresh = False
+
+    def variant():
+        ledger.spent += (50 if ledger.fresh else 10) * US
+        ledger.fresh = False
+
+    def batch(fn, n, first_untimed=False):
+        ledger.fresh = True
+        return Ledger.batch(ledger, fn, n, first_untimed)
+
+    ledger.batch = batch
+    thunks = {"eager": lambda: setattr(ledger, "fresh", False) or None, "slow_start": variant}
+    probes = {"eager": 0.010, "slow_start": check.probe(variant, ledger, reps=3, warmup=1, batch_s=50 * US) * 1e3}
+    assert probes["slow_start"] == pytest.approx(0.050)
+    cells = check.entry_cells(_entry({"eager": 0.010, "slow_start": 0.010}, {}), probes)
+    got = check.redefine(cells, thunks, {}, None, ledger)
+    assert got["slow_start"][FIRST_CALL]["ms"] == pytest.approx(0.010)
+    assert cells[1].differs_in == ["first call"]
+
+
+def test_a_shipped_profile_is_checked_as_it_is_on_this_cpu(tiny_profile, tmp_path, monkeypatch):
+    """--profile: the profile's entries' variants built again here, probed, every cell re-timed (--definitions all),
+    the table, the re-timings and the summary written; nothing calibrated.  (Short probes: the real loop, fewer
+    and shorter batches.)"""
+    from fxfusion.measure import probe as probe_module
+
+    plain = probe_module.probe
+
+    def short(fn, timer, reps=3, batch_s=2e-4, warmup=1, first_untimed=False):
+        return plain(fn, timer, reps=3, batch_s=2e-4, warmup=1, first_untimed=first_untimed)
+
+    monkeypatch.setattr(probe_module, "probe", short)
+    monkeypatch.setattr(check, "probe", short)
+    out = tmp_path / "check"
+    assert check.run(["--out", str(out), "--device", "cpu", "--profile", str(tiny_profile), "--patterns",
+                      "conv2d_bn_relu", "--sizes", "1", "--no-compile", "--definitions", "all"]) == 0
+    text = (out / "bench_regimes.txt").read_text()
+    assert "checking" in text and "conv2d_bn_relu[B=1,Cin=16" in text and not (out / "profile_regimes.json").exists()
+    cells = json.loads((out / "cells.json").read_text())["cells"]
+    assert {c["variant"] for c in cells} == {"eager", "bn_folded", "conv_relu_fused"}
+    folded = next(c for c in cells if c["variant"] == "bn_folded")
+    assert set(folded["redefined"]) == {WEIGHTS_PER_CALL, FIRST_CALL}
+    assert all(c["differs_in"] is None or c["differs_in"] for c in cells)

@@ -8,7 +8,7 @@ itself.  ``benchmarks/bench_regimes.py`` probes every calibrated variant with it
 (:mod:`fxfusion.reports.regimes_check`).
 
 Where the two disagree, the probe says which *definition* of the variant would explain it by timing the variant
-again with one thing changed (:func:`redefinitions`, :func:`lone`):
+again with one thing changed (:func:`redefinitions`, :func:`retime`):
 
   weights prepared per call   the variant's load-time preparation (``ManualVariant.build``: BatchNorm folded into
                               the weights, sibling weights concatenated, weights made channels-last) inside every
@@ -18,8 +18,10 @@ again with one thing changed (:func:`redefinitions`, :func:`lone`):
   output converted back       the same variant with its channels-last output converted back to contiguous NCHW per
                               call (what an NCHW model around a lone channels-last op pays);
   weights per call, output converted back   both of the last two at once (a plain loop that does everything inline);
-  first call alone            one call timed alone, the device idle before it (the calibration's isolated regime,
-                              the first call of a batch), instead of the steady state of calls back to back.
+  first call left out         each batch's first call made before the first event, untimed: the timed calls start
+                              when it ends on the device, as the pipelined regime's do (its batch less its first
+                              call); the probe as defined times every call of its batch, the first from an idle
+                              device included.
 """
 
 from __future__ import annotations
@@ -34,21 +36,20 @@ PROBE_REPS = 25  # batches per probe; the median per call is kept
 PROBE_WARMUP = 5
 MAX_BATCH = 10_000
 REDEFINED_REPS = 10  # batches per probe of a re-defined variant: only cells that disagree are re-timed, several ways
-LONE_REPS = 15  # single calls per "first call alone" figure
 
 WEIGHTS_PER_CALL = "weights prepared per call"
 INPUT_CONVERTED_ONCE = "input converted once"
 OUTPUT_CONVERTED_BACK = "output converted back"
 WEIGHTS_AND_OUTPUT = "weights per call, output converted back"
-FIRST_CALL = "first call alone"
+FIRST_CALL = "first call left out"
 CAUSE_OF = {WEIGHTS_PER_CALL: "weight preparation", INPUT_CONVERTED_ONCE: "layout conversion",  # what differs when a
             OUTPUT_CONVERTED_BACK: "layout conversion", FIRST_CALL: "first call",  # cell agrees under that definition
             WEIGHTS_AND_OUTPUT: "weight preparation + layout conversion"}
 
 
 class BatchTimer(Protocol):
-    def batch(self, fn: Callable[[], object], n: int) -> float:
-        """Seconds per call of ``n`` calls of ``fn`` launched back to back."""
+    def batch(self, fn: Callable[[], object], n: int, first_untimed: bool = False) -> float:
+        """Seconds per call of ``n`` calls of ``fn`` launched back to back (after one more, untimed, made first)."""
 
 
 class CudaBatchTimer:
@@ -61,10 +62,12 @@ class CudaBatchTimer:
         self.start = torch.cuda.Event(enable_timing=True)
         self.end = torch.cuda.Event(enable_timing=True)
 
-    def batch(self, fn, n: int) -> float:
+    def batch(self, fn, n: int, first_untimed: bool = False) -> float:
         cuda = self.torch.cuda
         with cuda.device(self.device):
             cuda.synchronize(self.device)
+            if first_untimed:  # the start event then runs on the device when this call's work is done
+                fn()
             self.start.record()
             for _ in range(n):
                 fn()
@@ -76,7 +79,9 @@ class CudaBatchTimer:
 class CpuBatchTimer:
     """perf_counter around a batch (a smoke run of the check on a CPU: ``--device cpu``)."""
 
-    def batch(self, fn, n: int) -> float:
+    def batch(self, fn, n: int, first_untimed: bool = False) -> float:
+        if first_untimed:
+            fn()
         start = time.perf_counter()
         for _ in range(n):
             fn()
@@ -84,25 +89,23 @@ class CpuBatchTimer:
 
 
 def probe(fn: Callable[[], object], timer: BatchTimer, reps: int = PROBE_REPS, batch_s: float = PROBE_BATCH_S,
-          warmup: int = PROBE_WARMUP) -> float:
-    """Median seconds per call of ``fn`` over ``reps`` back-to-back batches of about ``batch_s`` each."""
+          warmup: int = PROBE_WARMUP, first_untimed: bool = False) -> float:
+    """Median seconds per call of ``fn`` over ``reps`` back-to-back batches of about ``batch_s`` each (with
+    ``first_untimed``, each batch's first call made before the clock starts: :data:`FIRST_CALL`)."""
     for _ in range(warmup):
         fn()
     one = max(min(timer.batch(fn, 1) for _ in range(3)), 1e-9)
     n = int(min(MAX_BATCH, max(1, math.ceil(batch_s / one))))
+    if first_untimed:  # only then: a caller's timer may take two arguments
+        return statistics.median(timer.batch(fn, max(1, n - 1), first_untimed=True) for _ in range(reps))
     return statistics.median(timer.batch(fn, n) for _ in range(reps))
 
 
-def lone(fn: Callable[[], object], timer: BatchTimer, reps: int = LONE_REPS, warmup: int = PROBE_WARMUP) -> float:
-    """Median seconds of one call timed alone (a batch of one: the timer waits for the device first)."""
-    for _ in range(warmup):
-        fn()
-    return statistics.median(timer.batch(fn, 1) for _ in range(reps))
-
-
 def first_call_counted(isolated_ms: float, pipelined_ms: float) -> float:
-    """A steady per-call time with the first call of a :func:`probe` batch counted in: the batch is sized from the
-    fastest lone call (about ``isolated_ms``) to ``PROBE_BATCH_S``, and its first call is a lone one."""
+    """A steady per-call time with the first call of a :func:`probe` batch counted in, read off a profile without a
+    device: the batch is sized from the fastest lone call (about ``isolated_ms``) to ``PROBE_BATCH_S``, and its first
+    call is taken to cost ``isolated_ms`` -- an upper bound, as the calibration flushes L2 before that call and the
+    probe does not."""
     n = max(1, math.ceil(PROBE_BATCH_S * 1e3 / max(isolated_ms, 1e-9)))
     return ((n - 1) * pipelined_ms + isolated_ms) / n
 
@@ -122,7 +125,7 @@ def redefinitions(build: Callable[[Mapping], Callable[[], object]] | None, input
                   x_name: str = "x") -> dict[str, Callable[[], object]]:
     """The variant ``thunk`` (built once by ``build(inputs)``) re-defined one way at a time (module doc): weight
     preparation inside the call when it has a ``build``; the layout conversion moved out or the output converted back
-    when it changes the layout of ``inputs[x_name]``.  The first call alone is :func:`lone` of ``thunk``."""
+    when it changes the layout of ``inputs[x_name]``.  The first call left out is :func:`probe`'s ``first_untimed``."""
     import torch
 
     out: dict[str, Callable[[], object]] = {}
@@ -140,10 +143,12 @@ def redefinitions(build: Callable[[Mapping], Callable[[], object]] | None, input
 def retime(variants: list[str], thunks: Mapping[str, Callable[[], object]], builds: Mapping[str, Callable],
            inputs: Mapping | None, timer: BatchTimer) -> dict[str, dict[str, dict]]:
     """``variants`` of one entry timed again under each other definition: variant -> definition ->
-    ``{"ms", "eager_ms"}`` (milliseconds of the variant so defined, and of eager under the same definition: its own
-    lone call for the first call alone, else its back-to-back probe), or ``{"error"}`` where it would not build or
-    run."""
-    eager_ms, eager_lone = probe(thunks["eager"], timer) * 1e3, lone(thunks["eager"], timer) * 1e3
+    ``{"ms", "eager_ms"}`` (milliseconds of the variant so defined, and of eager under the same definition: with its
+    first calls left out too, else as probed), or ``{"error"}`` where it would not build or run."""
+    def ms(fn, **how) -> float:
+        return probe(fn, timer, reps=REDEFINED_REPS, **how) * 1e3
+
+    eager_ms, eager_steady = ms(thunks["eager"]), ms(thunks["eager"], first_untimed=True)
     out: dict[str, dict[str, dict]] = {}
     for name in variants:
         got = out[name] = {}
@@ -153,9 +158,9 @@ def retime(variants: list[str], thunks: Mapping[str, Callable[[], object]], buil
             fns, got["rebuild"] = {}, {"error": f"{type(exc).__name__}: {exc}"[:200]}
         for definition, fn in fns.items():
             try:
-                got[definition] = {"ms": probe(fn, timer, reps=REDEFINED_REPS) * 1e3, "eager_ms": eager_ms}
+                got[definition] = {"ms": ms(fn), "eager_ms": eager_ms}
             except Exception as exc:
                 got[definition] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
-        got[FIRST_CALL] = {"ms": eager_lone if name == "eager" else lone(thunks[name], timer) * 1e3,
-                           "eager_ms": eager_lone}
+        got[FIRST_CALL] = {"ms": eager_steady if name == "eager" else ms(thunks[name], first_untimed=True),
+                           "eager_ms": eager_steady}
     return out

@@ -42,7 +42,8 @@ CAUSES = {  # why a cell disagrees: the first four from a definition re-timed (p
     "weight preparation": "agrees with the variant's load-time preparation (BN fold, weight concat/layout) per call",
     "layout conversion": "agrees with the channels-last conversion moved out of the call, or the output converted back",
     "weight preparation + layout conversion": "agrees only with both in the call (a loop that does all inline)",
-    "first call": "agrees with the first call counted (timed alone, or the isolated median amortised over a batch)",
+    "first call": "agrees with each probe batch's first call left out, as the pipelined regime does (re-timed; else "
+                  "the isolated median amortised over the probe's batch, an upper bound)",
     SAME_FACTOR: "variant and eager off by the same factor, the speedup agrees: host launch rate at another moment",
     EAGER_BASELINE: "the variant's median agrees, eager's does not: the speedup moves with the baseline's timing",
     UNATTRIBUTED: "nothing re-timed or read explains it (calibration: L2 flushed, variants alternate; probe: not)",
