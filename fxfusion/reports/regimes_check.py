@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fxfusion.errors import FxFusionError
-from fxfusion.measure.probe import (CAUSE_OF, PROBE_BATCH_S, PROBE_REPS, REDEFINED_REPS, CpuBatchTimer, CudaBatchTimer,
-                                    first_call_counted, probe, retime)
+from fxfusion.measure.probe import (CAUSE_OF, FIRST_CALL, PROBE_BATCH_S, PROBE_REPS, REDEFINED_REPS, CpuBatchTimer,
+                                    CudaBatchTimer, first_call_counted, probe, retime)
 
 PATTERNS = ("linear_bias_gelu,linear_bias_relu,add_layernorm,rmsnorm,full_attention,causal_attention,"
             "conv2d_bn_relu,qk_softmax")
@@ -141,8 +141,8 @@ def attribute(c: Cell, eager: Cell | None) -> list[str]:
     counted = first_call_counted(c.isolated_ms, c.pipelined_ms)
     fused = c.pipelined_speedup is not None and eager is not None
     sp = first_call_counted(eager.isolated_ms, eager.pipelined_ms) / counted if fused else None
-    if _agrees(c, counted, c.probe_ms, sp, c.probe_speedup):
-        return ["first call"]
+    if FIRST_CALL not in c.redefined and _agrees(c, counted, c.probe_ms, sp, c.probe_speedup):
+        return ["first call"]  # read off the numbers only where the card did not re-time it
     if fused and not c.within and c.direction != "disagree" and _within(c.probe_speedup, c.pipelined_speedup):
         return [SAME_FACTOR]
     return [EAGER_BASELINE] if fused and c.within and not eager.within else [UNATTRIBUTED]
@@ -307,11 +307,11 @@ def run(argv: list[str] | None = None) -> int:
     def probed(entry, thunks, inputs=None) -> None:  # variants alive: probed as defined, then under the others
         state["probes"][entry.key()] = got = state["probes"].get(entry.key()) or {
             name: probe(fn, timer) * 1e3 for name, fn in thunks.items()}
-        pattern = args.chosen[entry.pattern]
-        if args.definitions != "none":
-            inputs = inputs or _inputs(pattern, entry, device)[0]
-            state["redefined"][entry.key()] = redefine(entry_cells(entry, got), thunks, {
-                mv.name: mv.build for mv in pattern.manual}, inputs, timer, every=args.definitions == "all")
+        pattern, cells = args.chosen[entry.pattern], entry_cells(entry, got)
+        if args.definitions == "all" or args.definitions == "disagreeing" and any(c.disagrees for c in cells):
+            inputs = inputs or _inputs(pattern, entry, device)[0]  # made again only for an entry to re-time
+            state["redefined"][entry.key()] = redefine(cells, thunks, {mv.name: mv.build for mv in pattern.manual},
+                                                       inputs, timer, every=args.definitions == "all")
         keep()
 
     start = time.perf_counter()
