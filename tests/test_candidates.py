@@ -285,3 +285,22 @@ def test_the_fastest_rounds_compare_a_candidate_that_turns_host_bound_in_the_slo
     assert p["error_pct"] > 20  # the medians mix the phases: 0.90 against 1.10 ms over all rounds reads low ...
     assert p["measured_floor_fraction"] == pytest.approx((1.10 - 0.74) / 1.10)  # ... the fast phase does not
     assert abs(p["floor_error_pct"]) < 2 and prediction_cell(p).endswith("fastest rounds: 33.0% / 32.7% of the base (+1%)")
+
+
+def test_rewrites_in_another_configuration_are_predicted_by_the_share_carried_from_default_compile():
+    # Llama decode on an H100 (2026-12-07): the class saved 12.5% of compile's 1.04 ms; with CUDA graphs the rewrites
+    # took 0.1938 -> 0.1634 ms (15.7%)
+    c = _choose({"eager": 3.10, "compile": 1.04, "compile+cudagraphs": 0.1938, "planned+compile": 0.91,
+                 "planned+compile+cudagraphs": 0.1634})
+    attach_predictions(c, {"planned+compile": compiled_prediction(0.13, (Source.CLASS,), 0.125, 1.04)})
+    p = {r["name"]: r for r in c.candidates}["planned+compile+cudagraphs"]["prediction"]
+    assert p["over"] == "compile+cudagraphs" and p["carried_from"] == "planned+compile"
+    assert p["predicted_saving_ms"] == pytest.approx(0.125 * 0.1938)
+    assert p["measured_saving_ms"] == pytest.approx(0.1938 - 0.1634)
+    assert p["error_pct"] == pytest.approx(100 * (0.125 * 0.1938 - 0.0304) / 0.0304)
+    assert p["comparable"] is True  # compile ran 1.04 ms here, as when the fraction was measured
+    assert "carried to this configuration" in prediction_cell(p)
+    # no default-configuration prediction (nothing measured with the whole model): nothing carried
+    c = _choose({"eager": 3.10, "compile": 1.04, "compile+cudagraphs": 0.1938, "planned+compile+cudagraphs": 0.1634})
+    attach_predictions(c, {})
+    assert "prediction" not in {r["name"]: r for r in c.candidates}["planned+compile+cudagraphs"]

@@ -365,3 +365,36 @@ def attach_predictions(choice: Choice, predictions: dict[str, Prediction | None]
             row["prediction"].update(predicted_floor_fraction=how.floor_fraction, measured_floor_fraction=floor,
                                      floor_error_pct=None if floor == 0 else
                                      100.0 * (how.floor_fraction - floor) / abs(floor))
+    _carry_to_configs(by, predictions)
+
+
+def _carry_to_configs(by: dict[str, dict], predictions: dict[str, Prediction | None]) -> None:
+    """The rewrites tried in another configuration (planned + compile + cudagraphs, ...) predicted from the default
+    configuration's classes: the fraction of the model they saved there, carried to the same configuration's whole
+    model (``carried_from`` says so).  The classes are measured in default compile only (one compile per class); a
+    configuration that removes the host's share (CUDA graphs) changes what a rewrite saves of the whole, so this is
+    an approximation the row names, and its error says how good."""
+    for name, row in by.items():
+        try:
+            spec = Spec.parse(name)
+        except FxFusionError:
+            continue
+        if not spec.rewrites or spec.config is None or spec.config.word == "default" or row.get("median_ms") is None:
+            continue
+        home = spec.with_config(CONFIGS["default"]).name
+        how, base = predictions.get(home), by.get(Spec(channels_last=spec.channels_last, config=spec.config).name)
+        if how is None or how.fraction is None or base is None or base.get("median_ms") is None:
+            continue
+        measured = base["median_ms"] - row["median_ms"]
+        predicted = how.fraction * base["median_ms"]
+        row["prediction"] = {
+            "over": base["name"], "predicted_saving_ms": predicted, "measured_saving_ms": measured,
+            "error_pct": None if measured == 0 else 100.0 * (predicted - measured) / abs(measured),
+            "basis": how.basis, "carried_from": home, "predicted_fraction": how.fraction,
+            "measured_fraction": measured / base["median_ms"], "base_ms": base["median_ms"],
+            "base_ms_predicted": how.base_ms}
+        # the fraction was measured on the default configuration's base: comparable when that ran at its speed here
+        home_base = (by.get(Spec(channels_last=spec.channels_last, config=CONFIGS["default"]).name) or {}).get(
+            "median_ms")
+        if home_base is not None:
+            row["prediction"].update(comparable=how.comparable(home_base), home_base_ms=home_base)

@@ -123,8 +123,10 @@ def prediction_cell(p: dict[str, Any] | None) -> str:
                                                                       else " compiled"),
                "regions": ", from regions compiled alone", "mixed": ", partly from regions compiled alone"}.get(
                 p.get("basis"), "")
+            + (f", the share of the model it saved in {p['carried_from']} carried to this configuration"
+               if p.get("carried_from") else "")
             + ("" if p.get("comparable", True) else f"; not comparable: its base ran {p['base_ms_predicted']:.4f} ms "
-               f"when predicted and {p['base_ms']:.4f} ms here (the host's speed moved)")
+               f"when predicted and {p.get('home_base_ms', p['base_ms']):.4f} ms here (the host's speed moved)")
             + ("" if p.get("floor_error_pct") is None else
                f"; fastest rounds: {p['predicted_floor_fraction']:.1%} / {p['measured_floor_fraction']:.1%} of the base "
                f"({p['floor_error_pct']:+.0f}%)"))
