@@ -159,6 +159,20 @@ def test_the_first_call_of_a_short_probe_batch_explains_a_direction_miss():
     assert slow_first.differs_in == [check.UNATTRIBUTED]
 
 
+def test_re_timings_taken_while_the_machine_changed_speed_are_not_read():
+    """Eager, probed again beside the re-timed definitions, reads twice its first probe (a loaded machine): a
+    definition that happens to match is not named, the cell says the machine moved (this 2-core CPU under load
+    matched a 44 ms bn_folded with its 40 ms fold-per-call re-timing, 2026-12-07)."""
+    cells = [_cell("eager", 0.010, 0.010), _cell("bn_folded", 0.011, 0.006, speedup=0.82, probe_speedup=1.67,
+                                                 verdict="avoid")]
+    cells[1].redefined = {WEIGHTS_PER_CALL: {"ms": 0.011, "eager_ms": 0.020, "eager_again_ms": 0.020}}
+    check.attribute_cells(cells)
+    assert cells[1].differs_in == [check.UNSTEADY]
+    cells[1].redefined[WEIGHTS_PER_CALL].update(eager_ms=0.0095, eager_again_ms=0.0095)  # steady: read
+    check.attribute_cells(cells)
+    assert cells[1].differs_in == ["weight preparation"]
+
+
 def test_a_borderline_miss_nudged_inside_the_band_is_not_explained():
     """Counting the first call moves 0.797 to 0.836 of the probe -- inside +-20% but less than half the gap
     closed: not the cause."""
@@ -199,7 +213,11 @@ def test_a_disagreement_from_the_first_call_of_each_batch_is_attributed_to_the_f
         return Ledger.batch(ledger, fn, n, first_untimed)
 
     ledger.batch = batch
-    thunks = {"eager": lambda: setattr(ledger, "fresh", False) or None, "slow_start": variant}
+    def eager():
+        ledger.spent += 10 * US
+        ledger.fresh = False
+
+    thunks = {"eager": eager, "slow_start": variant}
     probes = {"eager": 0.010, "slow_start": check.probe(variant, ledger, reps=3, warmup=1, batch_s=50 * US) * 1e3}
     assert probes["slow_start"] == pytest.approx(0.050)
     cells = check.entry_cells(_entry({"eager": 0.010, "slow_start": 0.010}, {}), probes)

@@ -143,8 +143,9 @@ def redefinitions(build: Callable[[Mapping], Callable[[], object]] | None, input
 def retime(variants: list[str], thunks: Mapping[str, Callable[[], object]], builds: Mapping[str, Callable],
            inputs: Mapping | None, timer: BatchTimer) -> dict[str, dict[str, dict]]:
     """``variants`` of one entry timed again under each other definition: variant -> definition ->
-    ``{"ms", "eager_ms"}`` (milliseconds of the variant so defined, and of eager under the same definition: with its
-    first calls left out too, else as probed), or ``{"error"}`` where it would not build or run."""
+    ``{"ms", "eager_ms", "eager_again_ms"}`` (milliseconds of the variant so defined, of eager under the same
+    definition -- its first calls left out too, else as probed -- and of eager probed again as defined, which says
+    whether the machine kept its speed since the first probe), or ``{"error"}`` where it would not build or run."""
     def ms(fn, **how) -> float:
         return probe(fn, timer, reps=REDEFINED_REPS, **how) * 1e3
 
@@ -158,9 +159,9 @@ def retime(variants: list[str], thunks: Mapping[str, Callable[[], object]], buil
             fns, got["rebuild"] = {}, {"error": f"{type(exc).__name__}: {exc}"[:200]}
         for definition, fn in fns.items():
             try:
-                got[definition] = {"ms": ms(fn), "eager_ms": eager_ms}
+                got[definition] = {"ms": ms(fn), "eager_ms": eager_ms, "eager_again_ms": eager_ms}
             except Exception as exc:
                 got[definition] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
         got[FIRST_CALL] = {"ms": eager_steady if name == "eager" else ms(thunks[name], first_untimed=True),
-                           "eager_ms": eager_steady}
+                           "eager_ms": eager_steady, "eager_again_ms": eager_ms}
     return out

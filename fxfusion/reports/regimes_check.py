@@ -38,6 +38,7 @@ DIRECTION_BAND = (0.9, 1.1)  # probe speedups inside it are too close to 1 to ha
 TARGET = 0.90
 
 SAME_FACTOR, EAGER_BASELINE, UNATTRIBUTED = "same factor as eager", "eager baseline", "unattributed"
+UNSTEADY = "machine speed moved"
 CAUSES = {  # why a cell disagrees: the first four from a definition re-timed (probe.CAUSE_OF), the rest from numbers
     "weight preparation": "agrees with the variant's load-time preparation (BN fold, weight concat/layout) per call",
     "layout conversion": "agrees with the channels-last conversion moved out of the call, or the output converted back",
@@ -46,6 +47,7 @@ CAUSES = {  # why a cell disagrees: the first four from a definition re-timed (p
                   "the isolated median amortised over the probe's batch, an upper bound)",
     SAME_FACTOR: "variant and eager off by the same factor, the speedup agrees: host launch rate at another moment",
     EAGER_BASELINE: "the variant's median agrees, eager's does not: the speedup moves with the baseline's timing",
+    UNSTEADY: "eager, probed again with the re-timings, moved beyond +-20% of its probe: the re-timings are not read",
     UNATTRIBUTED: "nothing re-timed or read explains it (calibration: L2 flushed, variants alternate; probe: not)",
 }
 
@@ -131,13 +133,15 @@ def attribute(c: Cell, eager: Cell | None) -> list[str]:
     """Why cell ``c`` disagrees (:data:`CAUSES`): each definition re-timed on the device under which it agrees; else
     what its numbers and eager's show: the first call counted in the probe's batches, the same factor as eager, the
     eager baseline; else unattributed."""
-    causes = []
-    for name, alt in c.redefined.items():
-        sp = alt["eager_ms"] / alt["ms"] if "ms" in alt and c.pipelined_speedup is not None else None
-        agrees = "ms" in alt and _agrees(c, c.pipelined_ms, alt["ms"], c.pipelined_speedup, sp)
-        causes += [CAUSE_OF[name]] if agrees and CAUSE_OF[name] not in causes else []
-    if causes:
-        return causes
+    causes, timed = [], {n: alt for n, alt in c.redefined.items() if "ms" in alt}
+    steady = {n: alt for n, alt in timed.items()  # eager probed again with them: the machine kept its speed
+              if eager is None or _within(alt.get("eager_again_ms", eager.probe_ms), eager.probe_ms)}
+    for name, alt in steady.items():
+        sp = alt["eager_ms"] / alt["ms"] if c.pipelined_speedup is not None else None
+        if _agrees(c, c.pipelined_ms, alt["ms"], c.pipelined_speedup, sp) and CAUSE_OF[name] not in causes:
+            causes.append(CAUSE_OF[name])
+    if causes or (timed and not steady):
+        return causes or [UNSTEADY]
     counted = first_call_counted(c.isolated_ms, c.pipelined_ms)
     fused = c.pipelined_speedup is not None and eager is not None
     sp = first_call_counted(eager.isolated_ms, eager.pipelined_ms) / counted if fused else None
