@@ -76,7 +76,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--preset", default="tiny", choices=("tiny", "realistic"))
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: on a shared 2-core machine a "
+                    "second OpenMP thread waiting for a busy core makes a tiny model's GEMMs 10-100x slower at random, "
+                    "and the time shares with it; tests/test_zoo.py runs on one thread for the same reason)")
     args = ap.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     print(f"# zoo_coverage: torch {torch.__version__}, {args.device}, dtype {args.dtype}, preset {args.preset}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads {torch.get_num_threads()}, "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)

@@ -79,35 +79,67 @@ def match_rms_norm_op(ctx: Context, node: Node) -> Candidate | None:
                      "nn.RMSNorm" if cls == "RMSNorm" else "F.rms_norm", status=ALREADY_FUSED)
 
 
+def eval_dropout(node) -> bool:
+    """``dropout(x, p, train=False)``: the identity (an eval-mode model's Dropout, as export writes it)."""
+    return kind(node) == "dropout" and op_name(node) == "dropout" and arg(node, 2, "train", True) is False
+
+
 def match_add_layernorm(ctx: Context, ln: Node) -> Candidate | None:
-    """LayerNorm(x + residual) over the last dim: the residual add in front of a LayerNorm."""
-    add = ln.args[0]
-    if not _residual_add(add):
+    """LayerNorm(x + residual) over the last dim: the residual add in front of a LayerNorm.  The add may broadcast
+    its residual over the leading dims (the position embeddings added to the token or patch embeddings, then the
+    first LayerNorm: GPT-2, BERT, CLIP, ViT, Whisper), and an eval-mode Dropout (the identity) may sit between them:
+    the sum is the same tensor either way.  (A broadcast residual reads S x N where the cost model counts M x N, in
+    the fused and the unfused form alike: the saving, the sum written and read back, is the same.)"""
+    src, between = ln.args[0], []
+    if eval_dropout(src) and isinstance(src.args[0], Node):
+        src, between = src.args[0], [src]
+    add = src
+    if not _residual_add(add, broadcast=True):
         return None
     normalized = arg(ln, 1, "normalized_shape")
     xs = shape(add)
     if xs is None or list(normalized or []) != [xs[-1]]:
         return None
+    x, residual = add.args if shape(add.args[0]) == xs else add.args[::-1]
     out = tensor_value(ln)
-    nodes = [add, ln] + ([out] if out is not ln else [])
-    roles = {"x": add.args[0].name, "residual": add.args[1].name, "add": add.name, "layer_norm": ln.name,
+    nodes = [add, *between, ln] + ([out] if out is not ln else [])
+    roles = {"x": x.name, "residual": residual.name, "add": add.name, "layer_norm": ln.name,
              "output": out.name, "eps": str(arg(ln, 4, "eps", 1e-5))}
+    if shape(residual) != xs:
+        roles["residual_broadcast"] = "x".join(map(str, shape(residual)))
+    if between:
+        roles["dropout_eval"] = between[0].name
     add_role(roles, "weight", arg(ln, 2, "weight"))
     add_role(roles, "bias", arg(ln, 3, "bias"))
     path, _ = module_path(ln)
     if path:
         roles["module"] = path
     N = xs[-1]
-    boundary = [add.args[0], add.args[1]] + [a for a in (arg(ln, 2, "weight"), arg(ln, 3, "bias")) if a is not None]
+    boundary = [x, residual] + [a for a in (arg(ln, 2, "weight"), arg(ln, 3, "bias")) if a is not None]
+    written = "x + residual" + (f" (residual {roles['residual_broadcast']}, broadcast)" if "residual_broadcast" in roles
+                                else "") + (", eval-mode dropout" if between else "")
     return Candidate("add_layernorm", nodes, out, {"M": max(1, val(add).numel() // N), "N": N},
                      dtype_name(out) or "float32", roles,
-                     "x + residual, then " + described(ln, "F.layer_norm"), boundary=boundary)
+                     written + ", then " + described(ln, "F.layer_norm"), boundary=boundary)
 
 
-def _residual_add(node) -> bool:
-    """``x + residual``: an add of two tensors of its own shape (no broadcast, no alpha)."""
-    return (kind(node) == "add" and len(node.args) == 2 and all(isinstance(a, Node) for a in node.args)
-            and node.kwargs.get("alpha", 1) == 1 and shape(node.args[0]) == shape(node) == shape(node.args[1]))
+def _residual_add(node, broadcast: bool = False) -> bool:
+    """``x + residual``: an add of two tensors of its own shape (no alpha); with ``broadcast``, one of them may have
+    fewer or size-1 leading dims (never a broadcast last dim: the norm's rows must each read a whole residual row)."""
+    if not (kind(node) == "add" and len(node.args) == 2 and all(isinstance(a, Node) for a in node.args)
+            and node.kwargs.get("alpha", 1) == 1):
+        return False
+    out, a, b = shape(node), shape(node.args[0]), shape(node.args[1])
+    if out is None or a is None or b is None:
+        return False
+    if a == out == b:
+        return True
+    if not broadcast or out not in (a, b):
+        return False
+    other = b if a == out else a
+    lead = len(out) - len(other)
+    return (0 < len(other) <= len(out) and other[-1] == out[-1]
+            and all(o in (1, d) for o, d in zip(other[:-1], out[lead:-1])))
 
 
 def _readers_outside(values: list[Node], nodes: list[Node]) -> list[Node]:
@@ -129,10 +161,11 @@ def match_add_layernorm_sum(ctx: Context, ln: Node) -> Candidate | None:
     if c is None:
         return None
     add = c.nodes[0]
-    readers = _readers_outside([add], c.nodes)
+    sums = [add] + [n for n in c.nodes if eval_dropout(n)]  # the eval dropout of the sum is the sum
+    readers = _readers_outside(sums, c.nodes)
     if not readers:
         return None  # read by the LayerNorm alone: an add_layernorm site
-    return _keeping_the_sum(c, "add_layernorm_sum", add, [add], readers)
+    return _keeping_the_sum(c, "add_layernorm_sum", add, sums, readers)
 
 
 def match_add_rmsnorm_sum(ctx: Context, rsqrt: Node) -> Candidate | None:

@@ -44,13 +44,34 @@ def rewrite_rms_norm(gm, nodes, group):
     return last, y
 
 
+def _eval_dropout(node) -> bool:
+    return is_call(node, aten.dropout.default) and arg(node, 2, "train", True) is False
+
+
+def _add_before(ln, nodes) -> fx.Node | None:
+    """The site's add the LayerNorm reads, directly or through an eval-mode dropout (the identity)."""
+    src = ln.args[0]
+    if _eval_dropout(src) and src in set(nodes):
+        src = src.args[0]
+    return src if is_call(src, aten.add.Tensor) and src in set(nodes) else None
+
+
+def _full_shape(add) -> None:
+    """The Triton kernels read the residual row for row: a residual broadcast over the leading dims (position
+    embeddings) is refused here rather than copied to full size, which would write what the fusion saves."""
+    if any(shape_of(a) != shape_of(add) for a in add.args[:2]):
+        raise NotApplicable("the residual is broadcast (position embeddings): the Triton kernel reads a full-shape "
+                            "residual; torch.compile fuses it")
+
+
 def rewrite_triton_add_layernorm(gm, nodes, group):
     ln = next((n for n in nodes if is_call(n, aten.layer_norm.default)), None)
-    if ln is None or not is_call(ln.args[0], aten.add.Tensor) or ln.args[0] not in set(nodes):
+    add = _add_before(ln, nodes) if ln is not None else None
+    if add is None:
         raise NotApplicable("no add -> layer_norm chain in the site")
     if device_of(ln) != "cuda" or triton_unavailable():
         raise NotApplicable("the fused add+LayerNorm is a Triton kernel, for CUDA only")
-    add = ln.args[0]
+    _full_shape(add)
     x, r = add.args[:2]
     with gm.graph.inserting_before(ln):
         y = gm.graph.call_function(add_layernorm, (x, r, arg(ln, 2, "weight", None), arg(ln, 3, "bias", None),
@@ -85,8 +106,8 @@ def _rewire_sum(gm, nodes, fused, args, add, out):
     if _dtype(out) != _dtype(add):
         raise NotApplicable(f"the normalised value is {_dtype(out)} and the sum {_dtype(add)}: the fused kernel "
                             "writes both in one dtype")
-    sums = [add] + [u for u in add.users if u in inside and kind(u) == "cast" and _dtype(u) == _dtype(add)
-                    and shape_of(u) == shape_of(add)]
+    sums = [add] + [u for u in add.users if u in inside and (_eval_dropout(u) or kind(u) == "cast" and _dtype(u)
+                                                            == _dtype(add) and shape_of(u) == shape_of(add))]
     readers = [u for s in sums for u in s.users if u not in inside]
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     first = min([out, *readers], key=order.__getitem__)
@@ -113,10 +134,11 @@ def _cuda_only(nodes, what: str) -> None:
 
 def rewrite_add_layernorm_sum(gm, nodes, group, fused):
     """h = x + residual; y = layer_norm(h), h read again  ->  ``fused(x, residual, weight, bias, eps) -> (h, y)``."""
-    add = _residual_add(nodes)
     ln = next((n for n in nodes if is_call(n, aten.layer_norm.default, aten.native_layer_norm.default)), None)
-    if add is None or ln is None or ln.args[0] is not add:
+    add = _add_before(ln, nodes) if ln is not None else None
+    if add is None:
         raise NotApplicable("no residual add -> layer_norm chain in the site")
+    _full_shape(add)
     if list(ln.args[1]) != list(shape_of(add) or ())[-1:]:
         raise NotApplicable(f"the LayerNorm normalises over {list(ln.args[1])}, not the last dim alone")
     args = (*add.args, arg(ln, 2, "weight", None), arg(ln, 3, "bias", None), arg(ln, 4, "eps", 1e-5))
