@@ -249,3 +249,13 @@ def test_a_shipped_profile_is_checked_as_it_is_on_this_cpu(tiny_profile, tmp_pat
     folded = next(c for c in cells if c["variant"] == "bn_folded")
     assert set(folded["redefined"]) == {WEIGHTS_PER_CALL, FIRST_CALL}
     assert all(c["differs_in"] is None or c["differs_in"] for c in cells)
+
+    import fxfusion.calibration.variants as variants
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a resumed check builds no entry it has probed")
+
+    monkeypatch.setattr(variants, "build_variants", no_build)
+    assert check.run(["--out", str(out), "--device", "cpu", "--profile", str(tiny_profile), "--patterns",
+                      "conv2d_bn_relu", "--sizes", "1", "--no-compile", "--resume"]) == 0
+    assert json.loads((out / "cells.json").read_text())["cells"] == cells  # the same probes, read back

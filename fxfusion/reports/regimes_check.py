@@ -43,8 +43,7 @@ CAUSES = {  # why a cell disagrees: the first four from a definition re-timed (p
     "weight preparation": "agrees with the variant's load-time preparation (BN fold, weight concat/layout) per call",
     "layout conversion": "agrees with the channels-last conversion moved out of the call, or the output converted back",
     "weight preparation + layout conversion": "agrees only with both in the call (a loop that does all inline)",
-    "first call": "agrees with each probe batch's first call left out, as the pipelined regime does (re-timed; else "
-                  "the isolated median amortised over the probe's batch, an upper bound)",
+    "first call": "agrees with each probe batch's first call left out, as pipelined does (read offline: upper bound)",
     SAME_FACTOR: "variant and eager off by the same factor, the speedup agrees: host launch rate at another moment",
     EAGER_BASELINE: "the variant's median agrees, eager's does not: the speedup moves with the baseline's timing",
     UNSTEADY: "eager, probed again with the re-timings, moved beyond +-20% of its probe: the re-timings are not read",
@@ -309,13 +308,13 @@ def run(argv: list[str] | None = None) -> int:
             (args.out / f"{name}.json").write_text(json.dumps(state[name], indent=1) + "\n")
 
     def probed(entry, thunks, inputs=None) -> None:  # variants alive: probed as defined, then under the others
-        state["probes"][entry.key()] = got = state["probes"].get(entry.key()) or {
-            name: probe(fn, timer) * 1e3 for name, fn in thunks.items()}
+        got = state["probes"].get(entry.key()) or {name: probe(fn, timer) * 1e3 for name, fn in thunks.items()}
         pattern, cells = args.chosen[entry.pattern], entry_cells(entry, got)
         if args.definitions == "all" or args.definitions == "disagreeing" and any(c.disagrees for c in cells):
             inputs = inputs or _inputs(pattern, entry, device)[0]  # made again only for an entry to re-time
             state["redefined"][entry.key()] = redefine(cells, thunks, {mv.name: mv.build for mv in pattern.manual},
                                                        inputs, timer, every=args.definitions == "all")
+        state["probes"][entry.key()] = got  # with its re-timings: a run resumed after SIGINT skips the entry
         keep()
 
     start = time.perf_counter()
@@ -323,8 +322,8 @@ def run(argv: list[str] | None = None) -> int:
         profile = (_probe_profile if args.profile else _calibrate)(args, device, state, probed, say)
     except KeyboardInterrupt:
         keep()
-        say(f"interrupted after {time.perf_counter() - start:.0f} s: the finished entries are in the journal in "
-            f"{args.out}; run again with --resume")
+        say(f"interrupted after {time.perf_counter() - start:.0f} s: the finished entries are kept in {args.out} "
+            "(journal, probes); run again with --resume")
         (args.out / "bench_regimes.interrupted.txt").write_text("\n".join(lines) + "\n")
         return 3
     noise = profile.metadata.get("noise")
@@ -388,11 +387,12 @@ def _probe_profile(args, device, state, probed, say):
     profile.entries = [e for e in profile.entries if e.pattern in args.chosen and (
         args.dtypes is None or e.dtype in args.dtypes.split(",")) and e.shape in [
         dict(s) for s in args.chosen[e.pattern].shapes[sizes][:args.max_shapes]]]
-    for i, e in enumerate(profile.entries):
+    todo = [e for e in profile.entries if not (args.resume and e.key() in state["probes"])]  # --resume: the rest
+    for i, e in enumerate(todo):
         pattern = args.chosen[e.pattern]
         inputs, dt = _inputs(pattern, e, device)
         built = build_variants(pattern, e.shape, dt, str(device), inputs,
                                tuple(m for m in args.modes if e.variant(m) is not None))
         probed(e, {b.name: b.thunk for b in built if b.status == "ok" and e.variant(b.name) is not None}, inputs)
-        print(f"[{i + 1}/{len(profile.entries)}] {e.key()}: probed", flush=True)
+        print(f"[{i + 1}/{len(todo)}] {e.key()}: probed", flush=True)
     return profile
