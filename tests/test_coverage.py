@@ -83,3 +83,11 @@ def test_a_node_time_is_its_median_pass_so_one_preempted_pass_does_not_dominate(
     prof = _Profile([_Range("fxnode::" + n, us) for n, times in passes.items() for us in times]
                     + [_Range("aten::mm", 5.0)])  # not a node's range: not counted
     assert _node_ms(prof, on_device=False) == {"layer_norm": 0.010, "addmm": 0.030}
+
+
+def test_what_an_empty_range_costs_is_not_counted_as_the_models_time():
+    """The profiler's own cost per range (several microseconds on this CPU) would weigh a view as much as a GEMM at a
+    tiny preset's shapes: the median empty range is subtracted from every node, never below zero."""
+    prof = _Profile([_Range("fxnode::<empty range>", us) for us in (4.0, 4.0, 5.0)]
+                    + [_Range("fxnode::view", 3.0), _Range("fxnode::addmm", 34.0)])
+    assert _node_ms(prof, on_device=False) == {"view": 0.0, "addmm": pytest.approx(0.030)}

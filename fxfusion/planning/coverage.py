@@ -7,11 +7,14 @@ whose compute nodes keep the captured names):
      ops of :data:`FLOP_FORMULAS` where it counts 0: SDPA on a CPU dispatches to a kernel the counter has no formula
      for, so an attention model would read 0% covered; those nodes are counted by the formula here, and a note says
      how many;
-  2. time per node: ``PROFILED_PASSES`` forward passes of the graph under ``torch.profiler``, each node inside a
-     ``record_function`` range named after it; a node's time is the median over the passes of its range's device
-     time on CUDA (the kernels it launched), its CPU time elsewhere -- the median, so that one pass preempted on a
-     loaded host does not hand a third of the model's time to one LayerNorm (seen with a mean of 3 passes under
-     load, 2026-12-07: CLIP's share 13% in one run and 75% in the next);
+  2. time per node: ``PROFILED_PASSES`` forward passes of the graph under ``torch.profiler``, each node's call
+     inside a ``record_function`` range named after it (the interpreter fetches its arguments outside the range);
+     a node's time is the median over the passes of its range's device time on CUDA (the kernels it launched), its
+     CPU time elsewhere -- the median, so that one pass preempted on a loaded host does not hand a third of the
+     model's time to one LayerNorm (seen with a mean of 3 passes under load, 2026-12-07: CLIP's share 13% in one
+     run and 75% in the next).  On the CPU the median time of an empty range (``EMPTY_RANGES`` per pass) is
+     subtracted from each node's: the profiler's own cost per range, several microseconds, is not the model's, and
+     at a tiny preset's shapes it would otherwise weigh a view as much as a GEMM;
   3. the share of FLOPs and of time inside a site, and the nodes in no site grouped by aten op, ranked by time.
 Cost: one pass for FLOPs and ``PROFILED_PASSES`` passes under the profiler, per graph.
 """
@@ -51,6 +54,8 @@ FLOP_FORMULAS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default: _sdpa_flops,
 }
 _TAG = "fxnode::"
+_EMPTY = "<empty range>"  # not a node name: fx names are identifiers
+EMPTY_RANGES = 20  # empty ranges per profiled pass, whose median time is the instrumentation's cost per node
 TOP_UNMATCHED = 12  # unmatched op kinds listed (the rest are summed in the totals)
 
 
@@ -95,8 +100,16 @@ class _PerNode(fx.Interpreter):
                 self.flops[n.name] = int(FLOP_FORMULAS[n.target](args, kwargs))
                 self.by_formula += 1
             return out
+        args, kwargs = self.fetch_args_kwargs_from_env(n)  # the interpreter's own work, outside the range
         with record_function(_TAG + n.name):
-            return super().run_node(n)
+            return self.call_function(n.target, args, kwargs)
+
+    def run(self, *args, **kwargs) -> Any:
+        if not self.count_flops:
+            for _ in range(EMPTY_RANGES):  # what a range costs with nothing inside: subtracted from every node's
+                with record_function(_TAG + _EMPTY):
+                    pass
+        return super().run(*args, **kwargs)
 
 
 def _range_ms(event, on_device: bool) -> float:
@@ -110,12 +123,15 @@ def _range_ms(event, on_device: bool) -> float:
 
 
 def _node_ms(prof, on_device: bool) -> dict[str, float]:
-    """Node name -> the median over the profiled passes of its range's time (ms per pass)."""
+    """Node name -> the median over the profiled passes of its range's time (ms per pass), less the median time of
+    an empty range on the CPU (what the instrumentation itself costs; floored at 0)."""
     per_node: dict[str, list[float]] = defaultdict(list)
     for e in prof.events():
         if e.name.startswith(_TAG):
             per_node[e.name[len(_TAG):]].append(_range_ms(e, on_device))
-    return {name: statistics.median(ms) for name, ms in per_node.items()}
+    empty = per_node.pop(_EMPTY, None)
+    floor = statistics.median(empty) if empty and not on_device else 0.0
+    return {name: max(0.0, statistics.median(ms) - floor) for name, ms in per_node.items()}
 
 
 def _op_name(n: fx.Node) -> str:
