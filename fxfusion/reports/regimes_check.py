@@ -181,8 +181,7 @@ def redefine(cells: list[Cell], thunks: dict, builds: dict, inputs: dict | None,
 
 
 def summary(cells: list[Cell]) -> dict:
-    directed = [c for c in cells if c.direction is not None]
-    n = len(cells)
+    directed, n = [c for c in cells if c.direction is not None], len(cells)
     within = sum(c.within for c in cells) / n if n else 0.0
     agree = sum(c.direction == "agree" for c in directed) / len(directed) if directed else 0.0
     causes = Counter(cause for c in cells for cause in (c.differs_in or ()))
@@ -351,8 +350,7 @@ def _calibrate(args, device, state, probed, say):
     """Calibrate the chosen subset, probing each entry while its variants are alive."""
     from fxfusion.calibration import calibrate as cal
 
-    pending = {}
-    start = time.perf_counter()
+    pending, start = {}, time.perf_counter()
 
     def on_entry(done, total, entry, message):
         if entry is not None and message == "done" and entry.key() in pending:
@@ -380,6 +378,8 @@ def _probe_profile(args, device, state, probed, say):
     from fxfusion.profiles.profile import Profile
 
     profile = Profile.load(args.profile)
+    if not any(e.pipelined_decision for e in profile.entries):
+        say(f"warning: {args.profile} was measured in one regime (schema 1.0): it has no pipelined median to compare")
     sizes = (profile.metadata.get("timing") or {}).get("size_set") or args.size_set
     if profile.metadata.get("device_name") != device_name(device):
         say(f"warning: {args.profile} was measured on {profile.metadata.get('device_name')}, this is "
