@@ -21,7 +21,8 @@ from fxfusion.planning.analyze import analyze
 from fxfusion.planning.decide import LiveSource, ProfileSource
 from fxfusion.measure.devices import as_device, is_cuda
 from fxfusion.planning.candidates import CandidateSet, parse_candidates, parse_compile_modes
-from fxfusion.planning.pipeline import Planner, apply_and_verify, default_budget_s
+from fxfusion.planning.dynamic import parse_dynamic
+from fxfusion.planning.pipeline import Planner, apply_and_verify, apply_and_verify_dynamic, default_budget_s
 from fxfusion.planning.saved import save_plan as write_plan
 from fxfusion.profiles.machine import find_machine_profile
 from fxfusion.profiles.profile import Profile
@@ -31,6 +32,7 @@ from fxfusion.reports.console import WIDE, fmt_shape, output_width
 from fxfusion.reports.html import render_analysis_html
 from fxfusion.reports.progress import StepProgress
 from fxfusion.reports.text import render_markdown, render_table
+from fxfusion.reports.dynamic import render_dynamic
 from fxfusion.reports.verification import render_verification
 
 FORMATS = ("table", "json", "markdown", "html")
@@ -120,6 +122,13 @@ def analyze_command(
     save_plan: Annotated[Optional[Path], typer.Option("--save-plan", help="With --apply: once the plan verifies, "
                                                       "save it here (schemas/plan.schema.json) for `fxfusion apply`, "
                                                       "which re-applies it without measuring.")] = None,
+    dynamic: Annotated[Optional[str], typer.Option("--dynamic", help="With --apply: one plan for a range of shapes: "
+                                                   "batch (dim 0 of the inputs) and/or seq (dim 1 of token inputs), "
+                                                   "e.g. batch,seq or batch=1:32,seq=16:512 (defaults 1:32 and "
+                                                   "16:512, seq at most the model's position limit).  Measured at "
+                                                   "the smallest, middle and largest shapes; a rewrite kept only "
+                                                   "where it pays at all three; verified at a shape never "
+                                                   "measured too.")] = None,
 ) -> None:
     """Find the fusible sites of a model, decide each at its own shape and dtype, and report them."""
     fmt = output_format(fmt, output)
@@ -139,6 +148,10 @@ def analyze_command(
         if not apply:
             raise FxFusionError("--save-plan saves the plan --apply makes and verifies: add --apply")
         check_writable(save_plan)
+    if dynamic is not None:
+        if not apply:
+            raise FxFusionError("--dynamic plans and verifies over a range of shapes: add --apply")
+        parse_dynamic(dynamic)  # a malformed range is its one line before the model loads
     check_model_file(model)  # a missing model file is its one line, before anything is announced
     modes = parse_compile_modes(compile_modes, is_cuda(device)) if compile_modes != "auto" else None
     extra = parse_candidates(candidates)
@@ -160,9 +173,12 @@ def analyze_command(
         loaded = load_model(model, device=device, dtype=dtype_record(dtype_name).torch if dtype_name else None,
                             eval_mode=eval_mode)
         with progress:
-            result = analyze(loaded.model, loaded.example_inputs, source, device=device, model_label=model,
-                             entry=loaded.entry, dtype=dtype_name, command="fxfusion " + " ".join(sys.argv[1:]),
-                             on_site=on_site, on_note=progress.note, time_forward=not match_only)
+            def analyze_at(inputs):
+                return analyze(loaded.model, inputs, source, device=device, model_label=model, entry=loaded.entry,
+                               dtype=dtype_name, command="fxfusion " + " ".join(sys.argv[1:]), on_site=on_site,
+                               on_note=progress.note, time_forward=not match_only)
+
+            result = analyze_at(loaded.example_inputs) if dynamic is None else None
             if progress.tty:  # the bar ends at its total, not one short (off a terminal: a line per site)
                 progress.finish(sites_total[0], sites_total[0])
             progress.close()
@@ -173,12 +189,16 @@ def analyze_command(
                               else CandidateSet.uncompiled())
                 planner = Planner(as_device(device), candidates=candidates, compiled_regime=compiled_regime,
                                   total_s=budget_s if budget_s is not None else default_budget_s(device))
-                made, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
+                if dynamic is None:
+                    made, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
+                else:
+                    made, verification, result = apply_and_verify_dynamic(loaded.model, loaded.example_inputs,
+                                                                          planner, dynamic, analyze_at)
     report = result.to_dict()
+    ranges = report.get("verification", {}).get("dynamic")
     width = output_width(sys.stdout if output is None else None)  # a terminal's own width; files: $COLUMNS or wide
     text = _text(report, fmt, result.captured.graphs,
-                 render_verification(verification) if verification is not None and fmt == "table" else None,
-                 width)
+                 _told(verification, ranges) if verification is not None and fmt == "table" else None, width)
     if output is not None:
         atomic_write_text(output, text)
         n = len(report["sites"])
@@ -191,6 +211,14 @@ def analyze_command(
         write_plan(made, save_plan, loaded.model, loaded.example_inputs)
         typer.echo(f"wrote {save_plan} ({len(made.groups)} rewrite{'s' * (len(made.groups) != 1)}, candidate "
                    f"{(made.choice or {}).get('chosen')}); `fxfusion apply {save_plan} {model}` applies it", err=True)
+
+
+def _told(verification, ranges: dict | None):
+    """The verification as the table tells it, and the dynamic shapes' section after it."""
+    if ranges is None:
+        return render_verification(verification)
+    from rich.console import Group
+    return Group(render_verification(verification), render_dynamic(ranges))
 
 
 def _source(device, profile: Path | None, measure: bool, regime: str, allow_foreign: bool, no_compile: bool):

@@ -18,6 +18,8 @@ from fxfusion.errors import FxFusionError, FxFusionWarning
 from fxfusion.graph.loader import check_model_file, load_model
 from fxfusion.measure.devices import dtype as dtype_record
 from fxfusion.measure.threads import set_threads
+from fxfusion.planning.dynamic import from_record
+from fxfusion.planning.dynamic_verify import check_shapes, shapes_line
 from fxfusion.planning.outputs import check_outputs, float64_reference
 from fxfusion.planning.saved import apply as apply_plan
 from fxfusion.planning.saved import load_plan
@@ -70,6 +72,14 @@ def apply_command(
     if failure or not checks:
         raise FxFusionError(f"{said}; its outputs do not match {against}: {failure or 'no output to compare'}")
     worst = max((c.error for c in checks if c.error is not None), default=0.0)
+    if saved.dynamic is not None:  # a plan over dynamic shapes: checked at its buckets and a shape never measured
+        dims = from_record(saved.dynamic)
+        rows = check_shapes(loaded.model, dims, loaded.example_inputs, planned, device)
+        said += f"; serves {', '.join(map(str, dims.ranges))}"
+        if not all(r["ok"] for r in rows):
+            raise FxFusionError(f"{said}; {shapes_line(rows)}")
+        typer.echo(f"{said}; {shapes_line(rows)}")
+        return
     typer.echo(f"{said}; outputs match {against} (largest relative error {worst:.1e})")
 
 

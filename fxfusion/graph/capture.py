@@ -32,7 +32,7 @@ import torch
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.loader import exception_line
 from fxfusion.graph.sites import CapturedModel
-from fxfusion.graph.symbolic import DynamicDims, RangeGuard
+from fxfusion.graph.symbolic import DynamicDims, SymbolicGraph
 
 try:  # torch >= 2.2: a GraphModule whose Python code is generated on first use instead of after every pass
     from torch.fx._lazy_graph_module import _use_lazy_graph_module
@@ -194,13 +194,9 @@ def _capture_dynamic(model: torch.nn.Module, inputs: tuple[Any, ...], dynamic: D
         ranges = ", ".join(map(str, dynamic.ranges))
         raise FxFusionError(f"torch.export could not capture the model with symbolic {ranges}: "
                             f"{_export_failure(exc)}") from None
-    # The guard is read now: matching reads sizes as integers, which specialises the recorded symbols to the example.
-    user = set(ep.graph_signature.user_inputs)
-    guard = RangeGuard.of([n.meta.get("val") for n in ep.graph_module.graph.nodes
-                           if n.op == "placeholder" and n.name in user], ep.range_constraints)
     return CapturedModel(method="export", graphs=[ep.graph_module], example_inputs=inputs,
-                         parameters=[signature_names(ep)], programs=[ep], graph_inputs=[inputs], dynamic=dynamic,
-                         input_guard=guard)
+                         parameters=[signature_names(ep)], programs=[ep], graph_inputs=[inputs],
+                         dynamic=SymbolicGraph.of(ep, dynamic))
 
 
 def module_path(node: torch.fx.Node) -> tuple[str, str]:

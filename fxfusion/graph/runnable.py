@@ -69,7 +69,7 @@ def runnable_graph(captured, index: int, model: nn.Module | None = None) -> fx.G
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # pytree spec deprecation notes on deepcopy
         if program is not None:
-            gm = _program_module(program, getattr(captured, "input_guard", None))
+            gm = _program_module(program, getattr(captured.dynamic, "guard", None))
         else:
             gm = copy.deepcopy(captured.graphs[index])
             if any(n.op == "placeholder" and n.name in (captured.parameters[index] if index < len(

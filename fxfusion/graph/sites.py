@@ -72,7 +72,6 @@ class CapturedModel:
     # inputs as dynamo passed them, parameters included).
     programs: list[Any] = field(default_factory=list)
     graph_inputs: list[tuple[Any, ...]] = field(default_factory=list)
-    # The symbolic dimensions and their ranges of a dynamic capture (fxfusion.graph.symbolic.DynamicDims); None: the
-    # graphs are specialised to example_inputs' shapes.
+    # A dynamic capture's symbolic dimensions, ranges, guard and shapes (fxfusion.graph.symbolic.SymbolicGraph); None:
+    # the graphs are specialised to example_inputs' shapes.
     dynamic: Any = None
-    input_guard: Any = None  # its RangeGuard, read before matching specialised the recorded sizes

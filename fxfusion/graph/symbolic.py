@@ -7,13 +7,14 @@ the graph holds for every size in the range and its ops carry symbolic shapes.  
 static :class:`fxfusion.graph.runnable.InputGuard` of such a graph: fixed dimensions must match, symbolic ones must lie
 in their range (and dimensions sharing a symbol must agree).  :func:`size_only_value` evaluates a node that depends only
 on constants and the inputs' sizes -- never on an input's values -- at one assignment of the symbols; it is how a mask
-is proved causal at every length of a range (:mod:`fxfusion.planning.dynamic`).
+is proved causal at every length of a range (:mod:`fxfusion.planning.dynamic`).  :class:`SymbolicGraph` keeps what the
+capture knew of its symbols (ranges, guard, every node's shape in symbols) before matching, which reads sizes as
+integers, specialised the recorded values to the example inputs.
 """
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -87,12 +88,6 @@ def _symbol(dim: Any):
     return expr if expr is not None and getattr(expr, "is_Symbol", False) else None
 
 
-def is_symbolic(gm: fx.GraphModule) -> bool:
-    """Whether any input of ``gm`` has a symbolic dimension."""
-    return any(isinstance(v, torch.Tensor) and any(isinstance(s, torch.SymInt) for s in v.shape)
-               for v in (n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"))
-
-
 class RangeGuard(nn.Module):
     """The inputs of a graph captured with symbolic dimensions, checked on every call: fixed dimensions must match,
     symbolic ones lie in their range, and dimensions of one symbol agree."""
@@ -150,6 +145,74 @@ class RangeGuard(nn.Module):
             raise FxFusionError(f"{why}: plan it again with a range that holds these inputs")
 
 
+# -- a dynamic capture's symbols ---------------------------------------------------------------------------------------
+
+def _recorded(dim: Any) -> Any:
+    """A dimension as recorded at capture: an int, or the sympy expression of its symbols as export made it (``_expr``:
+    later guards -- matching reads sizes as integers -- replace a symbol by its example value in ``expr``)."""
+    node = getattr(dim, "node", None)
+    return int(dim) if node is None else getattr(node, "_expr", None) or node.expr
+
+
+@dataclass
+class SymbolicGraph:
+    """What a dynamic capture knows about its symbols, read at capture before anything specialises them: the ranges,
+    the guard, each symbol's range name, and every node's shape in symbols."""
+
+    dims: DynamicDims
+    guard: RangeGuard
+    symbols: dict[str, str]  # symbol -> the range it stands for ("s70" -> "seq")
+    shapes: dict[str, tuple]  # node name -> its shape (ints and sympy expressions)
+    buckets: list = field(default_factory=list)  # per site, how each bucket planned it (fxfusion.planning.dynamic)
+
+    @classmethod
+    def of(cls, program: Any, dims: DynamicDims) -> "SymbolicGraph":
+        user = list(program.graph_signature.user_inputs)
+        nodes = {n.name: n for n in program.graph_module.graph.nodes}
+        values = [nodes[name].meta.get("val") for name in user]
+        guard = RangeGuard.of(values, program.range_constraints)
+        symbols = {}
+        for spec, axes in zip(guard.specs, dims.axes):
+            for d, name in axes.items():
+                if spec is not None and isinstance(spec[0][d], str):
+                    symbols[spec[0][d]] = name
+        shapes = {n.name: tuple(_recorded(x) for x in n.meta["val"].shape) for n in nodes.values()
+                  if isinstance(n.meta.get("val"), torch.Tensor)}
+        return cls(dims, guard, symbols, shapes)
+
+    def shape_text(self, node: str) -> str | None:
+        """Node ``node``'s shape as recorded at capture, each symbol written as its range's name (``[batch, seq, 64]``):
+        the same in every process that captures the same model with the same ranges."""
+        shape = self.shapes.get(node)
+        if shape is None:
+            return None
+        names = {sym: name for sym, name in self.symbols.items()}
+        out = []
+        for x in shape:
+            text = str(x)
+            for sym in sorted(names, key=len, reverse=True):
+                text = text.replace(sym, names[sym])
+            out.append(text)
+        return "[" + ", ".join(out) + "]"
+
+    def shape_at(self, node: str, sizes: dict[str, int]) -> tuple[int, ...] | None:
+        """Node ``node``'s shape when each range has the size ``sizes`` gives it (``{"batch": 4, "seq": 100}``)."""
+        shape = self.shapes.get(node)
+        if shape is None:
+            return None
+        by_symbol = {sym: sizes[name] for sym, name in self.symbols.items() if name in sizes}
+        out = []
+        for x in shape:
+            if isinstance(x, int):
+                out.append(x)
+                continue
+            free = {str(f): f for f in x.free_symbols}
+            if not set(free) <= set(by_symbol):
+                return None
+            out.append(int(x.subs({f: by_symbol[name] for name, f in free.items()})))
+        return tuple(out)
+
+
 # -- size-only values --------------------------------------------------------------------------------------------------
 
 SIZE_ONLY_BUDGET = 256  # nodes: a mask's construction (aranges, comparisons, expands); past it nothing is proved
@@ -161,13 +224,13 @@ def _is_pure_call(n: fx.Node) -> bool:
         return False
     if isinstance(t, torch._ops.OpOverload):
         return not t._schema.is_mutable and torch.Tag.nondeterministic_seeded not in t.tags
-    return getattr(t, "__module__", None) in ("_operator", "operator") or t in (operator.getitem,)
+    return getattr(t, "__module__", None) in ("_operator", "operator")
 
 
-def size_only_value(gm: fx.GraphModule, node: Any, sizes: dict[str, int], constants: dict[str, torch.Tensor],
-                    budget: int = SIZE_ONLY_BUDGET) -> Any:
-    """The value of ``node`` when every symbol ``s`` of the graph's inputs is ``sizes[str(s)]``, where it depends only
-    on constants (``get_attr``, placeholders in ``constants``), literals and the inputs' *sizes*; None when it reads an
+def size_only_value(gm: fx.GraphModule, node: Any, symbolic: SymbolicGraph, sizes: dict[str, int],
+                    constants: dict[str, torch.Tensor], budget: int = SIZE_ONLY_BUDGET) -> Any:
+    """The value of ``node`` when each range has the size ``sizes`` gives it, where it depends only on constants
+    (``get_attr``, placeholders in ``constants``), literals and tensors' *sizes* (``sym_size``); None when it reads an
     input's values, an impure op, or more than ``budget`` nodes."""
     values: dict[fx.Node, Any] = {}
 
@@ -187,16 +250,11 @@ def size_only_value(gm: fx.GraphModule, node: Any, sizes: dict[str, int], consta
                 return False
             values[n] = constants[n.name].detach()
             return True
-        if n.op == "call_function" and n.target is torch.ops.aten.sym_size.int:
-            v = n.meta.get("val")
-            expr = getattr(getattr(v, "node", None), "expr", None)
-            if expr is None:
-                values[n] = int(v) if isinstance(v, int) else None
-                return values[n] is not None
-            subs = {s: sizes[str(s)] for s in expr.free_symbols if str(s) in sizes}
-            if len(subs) != len(expr.free_symbols):
+        if n.op == "call_function" and n.target is torch.ops.aten.sym_size.int and isinstance(n.args[0], fx.Node):
+            shape = symbolic.shape_at(n.args[0].name, sizes)
+            if shape is None:
                 return False
-            values[n] = int(expr.subs(subs))
+            values[n] = shape[n.args[1]]
             return True
         if not _is_pure_call(n) or not all(visit(a) for a in n.all_input_nodes):
             return False
@@ -208,31 +266,3 @@ def size_only_value(gm: fx.GraphModule, node: Any, sizes: dict[str, int], consta
         return node
     with torch.no_grad():
         return values[node] if visit(node) else None
-
-
-def symbol_names(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
-    """Each input symbol of ``gm`` and the (input, dim) it first appears at."""
-    out: dict[str, tuple[int, int]] = {}
-    for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
-        v = n.meta.get("val")
-        for d, s in enumerate(v.shape if isinstance(v, torch.Tensor) else ()):
-            if _symbol(s) is not None:
-                out.setdefault(str(_symbol(s)), (i, d))
-    return out
-
-
-def concrete_shape(value: Any, sizes: dict[str, int]) -> tuple[int, ...] | None:
-    """A recorded tensor value's shape with its symbols set to ``sizes`` (None where a symbol is not given)."""
-    if not isinstance(value, torch.Tensor):
-        return None
-    out = []
-    for s in value.shape:
-        expr = getattr(getattr(s, "node", None), "expr", None)
-        if expr is None:
-            out.append(int(s))
-            continue
-        subs = {x: sizes[str(x)] for x in expr.free_symbols if str(x) in sizes}
-        if len(subs) != len(expr.free_symbols):
-            return None
-        out.append(int(expr.subs(subs)))
-    return tuple(out)

@@ -118,7 +118,8 @@ def _planned(model: nn.Module, plan: FusionPlan, other_shapes: str) -> nn.Module
         planned = copy_model(model)
         planned.fxfusion_rewrites = records
     elif other_shapes == "original" and plan.captured.method == "export":
-        planned = ShapeDispatch(planned, copy_model(model), InputGuard.of(plan.captured.example_inputs))
+        guard = getattr(plan.captured.dynamic, "guard", None)  # a dynamic capture: its ranges
+        planned = ShapeDispatch(planned, copy_model(model), guard or InputGuard.of(plan.captured.example_inputs))
     return planned
 
 

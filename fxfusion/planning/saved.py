@@ -40,6 +40,7 @@ from fxfusion.graph.sites import CapturedModel, Flag
 from fxfusion.measure.devices import as_device, dtype_name, kind as device_kind
 from fxfusion.measure.hardware import device_name
 from fxfusion.planning import apply as apply_module
+from fxfusion.planning.dynamic import capture_inputs, from_record, relabel_causal, sizes_of_specs, to_record
 from fxfusion.planning.groups import FusionGroup
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.profiles import schema
@@ -100,9 +101,17 @@ def graph_fingerprints(captured: CapturedModel) -> list[dict[str, Any]]:
         h = hashlib.sha256()
         nodes = list(gm.graph.nodes)
         for n in nodes:
-            h.update(f"{n.op}|{_target(n)}|{_spec(n.meta.get('val'))};".encode())
+            h.update(f"{n.op}|{_target(n)}|{_node_spec(captured, n)};".encode())
         out.append({"nodes": len(nodes), "sha256": h.hexdigest()})
     return out
+
+
+def _node_spec(captured: CapturedModel, node: torch.fx.Node) -> str:
+    """A node's shape and dtype for the fingerprint; in a dynamic capture its shape in the ranges' names as captured
+    (matching specialises the recorded sizes afterwards: a plan is fingerprinted after matching, a model before)."""
+    spec = _spec(node.meta.get("val"))
+    shape = captured.dynamic.shape_text(node.name) if captured.dynamic is not None else None
+    return spec if shape is None else spec.split("[", 1)[0] + shape
 
 
 def fingerprint(captured: CapturedModel) -> str:
@@ -156,6 +165,7 @@ class SavedPlan:
     model: dict[str, Any]  # class, capture method, fingerprint, graphs, inputs
     evidence: dict[str, Any] = field(default_factory=dict)  # the plan's predicted saving, the candidates' medians
     path: str | None = None  # where it was loaded from
+    dynamic: dict[str, Any] | None = None  # a plan over dynamic shapes: its ranges (planning.dynamic.to_record)
 
     @property
     def chosen(self) -> str:
@@ -163,7 +173,8 @@ class SavedPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": PLAN_KIND, "schema_version": PLAN_VERSION, "made": self.made, "model": self.model,
-                "candidate": self.candidate, "groups": [asdict(g) for g in self.groups], "evidence": self.evidence}
+                "candidate": self.candidate, "groups": [asdict(g) for g in self.groups], "evidence": self.evidence,
+                **({"dynamic": self.dynamic} if self.dynamic is not None else {})}
 
     def save(self, path: str | Path) -> Path:
         data = self.to_dict()
@@ -213,7 +224,8 @@ def saved_plan(plan: FusionPlan, model: nn.Module | None = None, example_inputs:
                  "inputs": input_specs(inputs)}
     evidence = {"predicted_saving_ms": plan.predicted_saving_ms, "overhead_ms": plan.overhead_ms,
                 "regime": plan.regime, "candidates": _candidate_rows(plan.choice), "refused": len(plan.refused)}
-    return SavedPlan(groups, _candidate(plan.choice), made, described, evidence)
+    return SavedPlan(groups, _candidate(plan.choice), made, described, evidence,
+                     dynamic=to_record(plan.captured.dynamic.dims) if plan.captured.dynamic is not None else None)
 
 
 def save_plan(plan: FusionPlan, path: str | Path, model: nn.Module | None = None,
@@ -228,7 +240,7 @@ def load_plan(path: str | Path) -> SavedPlan:
     data = schema.read_document(path, PLAN_KIND, "plan")
     schema.validate(data, "plan", source=str(path))
     return SavedPlan([SavedGroup(**g) for g in data["groups"]], data["candidate"], data["made"], data["model"],
-                     data.get("evidence", {}), str(path))
+                     data.get("evidence", {}), str(path), data.get("dynamic"))
 
 
 # -- applying it -------------------------------------------------------------------------------------------------------
@@ -268,6 +280,16 @@ def _decision(g: SavedGroup, device: str) -> Decision:
                     e.get("reason") or "from a saved plan")
 
 
+def _capture_as_saved(saved: SavedPlan, model: nn.Module, inputs: tuple) -> tuple[CapturedModel, tuple]:
+    """The model captured as the plan was: with its symbolic ranges for a plan over dynamic shapes (then the inputs
+    compared with the saved ones are ``inputs`` at the saved sizes: their fixed dimensions and dtypes must match)."""
+    if saved.dynamic is None:
+        return capture(model, inputs), inputs
+    dims = from_record(saved.dynamic)
+    compared = dims.resize(inputs, sizes_of_specs(dims, saved.model["inputs"]))
+    return capture(model, capture_inputs(dims, compared), dynamic=dims), compared
+
+
 def rebuild(saved: SavedPlan, model: nn.Module, example_inputs: tuple | None = None,
             allow_mismatch: bool = False) -> FusionPlan:
     """The saved plan as a :class:`FusionPlan` of ``model`` captured here, its chosen candidate set (module doc,
@@ -280,9 +302,11 @@ def rebuild(saved: SavedPlan, model: nn.Module, example_inputs: tuple | None = N
     device = _device_of(model, example_inputs)
     problems = environment_differences(saved.made, environment(device))
     inputs = tuple(example_inputs) if example_inputs is not None else inputs_from_specs(saved.model["inputs"], device)
-    captured = capture(model, inputs)
-    problems += _differences(saved, captured, inputs)
+    captured, compared = _capture_as_saved(saved, model, inputs)
+    problems += _differences(saved, captured, compared)
     sites = {s.id: s for s in find_sites(captured)}
+    if captured.dynamic is not None:  # a mask proved causal over the range when saved: proved again here
+        problems += relabel_causal(captured, sites, {g.id: g.pattern for g in saved.groups})
     groups = []
     for g in saved.groups:
         site = sites.get(g.id)
