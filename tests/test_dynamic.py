@@ -180,3 +180,65 @@ def test_fxfusion_plan_takes_dynamic_and_a_saved_plan_serves_every_shape(tmp_pat
             torch.testing.assert_close(fast(ids), model(ids), rtol=1e-4, atol=1e-5)
     with pytest.raises(FxFusionError, match="outside the planned range 1..3"):
         fast(torch.zeros(4, 5, dtype=torch.long))
+
+
+# -- the command line, end to end --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def quick_dynamic(monkeypatch):
+    """As tests/helpers.quick_apply for analyze --apply --dynamic: verification and eager context timed briefly,
+    nothing compiled, the captured graph's overhead zero, regions priced by op count."""
+    import dataclasses
+
+    import fxfusion.cli.analyze as cli
+    import fxfusion.planning.insitu as insitu
+    import fxfusion.planning.pipeline as pipeline
+    from fxfusion.planning.candidates import CandidateSet
+    from fxfusion.planning.insitu import Overhead
+    from tests.helpers import TINY_SPEC, OpCountClock
+
+    real = pipeline.apply_and_verify_dynamic
+
+    def quick(model, inputs, planner, dynamic, analyze_at):
+        specs = dataclasses.replace(planner.specs, verify=TINY_SPEC, context=TINY_SPEC)
+        return real(model, inputs, dataclasses.replace(planner, specs=specs, candidates=CandidateSet.uncompiled()),
+                    dynamic, analyze_at)
+
+    monkeypatch.setattr(cli, "apply_and_verify_dynamic", quick)
+    monkeypatch.setattr(pipeline, "measure_overhead", lambda *a, **k: Overhead(0.0, 0.0, 0.0))
+    monkeypatch.setattr(insitu, "model_clock", lambda device: OpCountClock())
+
+
+@pytest.fixture
+def folding_profile(tiny_profile, tmp_path):
+    from fxfusion.profiles.profile import Profile
+    profile = Profile.load(tiny_profile)
+    for e in profile.entries:
+        if e.pattern == "conv2d_bn_relu":
+            for d in (e.decision, e.pipelined_decision):
+                d.verdict, d.best_variant, d.noisy = "fuse", "bn_folded", False
+    return profile.save(tmp_path / "folding.json")
+
+
+@pytest.mark.slow  # three buckets of analyze --apply, each timed: 2.5 min on the loaded 2-core CPU (2026-12-07)
+def test_cli_analyze_dynamic_reports_buckets_saves_and_apply_serves_the_range(folding_profile, quick_dynamic,
+                                                                              tmp_path):
+    model = MODELS / "mobilenet_block.py"
+    result = runner.invoke(app, ["analyze", str(model), "--profile", str(folding_profile), "--apply", "--dynamic",
+                                 "batch=1:6", "-o", str(tmp_path / "report.json"), "--save-plan",
+                                 str(tmp_path / "plan.json")])
+    err = result.stderr if result.stderr_bytes is not None else result.output
+    assert result.exit_code == 0, err
+    section = json.loads((tmp_path / "report.json").read_text())["verification"]["dynamic"]
+    assert section["ranges"] == {"batch": [1, 6]} and section["buckets"] == ["batch=1", "batch=3", "batch=6"]
+    assert [(r["shape"], r["measured"], r["ok"]) for r in section["verified_shapes"]] == [
+        ("batch=1", True, True), ("batch=3", True, True), ("batch=6", True, True), ("batch=2", False, True)]
+    assert [s["kept"] for s in section["sites"]] == [True, True] and len(section["end_to_end"]) == 3
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert saved["dynamic"]["ranges"] == {"batch": [1, 6]} and len(saved["groups"]) == 2
+
+    result = runner.invoke(app, ["apply", str(tmp_path / "plan.json"), str(model)])
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip()
+    assert "2 of 2 rewrites applied" in line and "serves batch=1:6" in line
+    assert "outputs match float64 at 4 shapes (batch=1; batch=3; batch=6; batch=2; never measured: batch=2" in line
