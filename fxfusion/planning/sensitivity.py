@@ -275,9 +275,12 @@ def check_earlier(check: OutputCheck, captured, model: torch.nn.Module, planned:
                      "weight_error_moves": None if weight_moves is None else relative_error(
                          weight_moves, first.values[n.name])}
     verdict = "within" if c.ok else "OVER"
+    weights = check.earlier["weight_error_moves"]
+    hides = "" if weights is None else (f", perturbed weights by {weights:.2g}" + (
+        " (within its limit: it hides weight errors too)" if weights <= c.limit else ""))
     return (f"the check moved to the last tensor before it that the inputs move, {n.name} ({n.target}, "
-            f"{tuple(got.shape)} {c.dtype}{how}; the inputs move it by {moves[n.name]:.2g}): relative error "
-            f"{c.error:.2g} against float64, {verdict} its {c.limit:.1e} limit")
+            f"{tuple(got.shape)} {c.dtype}{how}; the inputs move it by {moves[n.name]:.2g}{hides}): relative "
+            f"error {c.error:.2g} against float64, {verdict} its {c.limit:.1e} limit")
 
 
 def earlier_failures(checks: list[OutputCheck]) -> str:
