@@ -164,3 +164,23 @@ def typical_plan_of_mlp(model, x):
     from tests.helpers import typical_plan_of
 
     return typical_plan_of(model, (x,))
+
+
+def test_the_ranking_keeps_the_simplest_configuration_within_min_effect_of_the_fastest(monkeypatch):
+    from types import SimpleNamespace
+
+    from fxfusion.planning import search
+
+    def ranked(ms: dict[str, float]) -> str:
+        found = search.Search(built={n: Built(n, lambda: None, setup_s=0.0) for n in ms},
+                              verified=dict.fromkeys(ms, True))
+        monkeypatch.setattr(search, "measure", lambda ready, clock, spec: SimpleNamespace(
+            seconds={n: [ms[n] * 1e-3 * f for f in (0.999, 1.0, 1.001)] for n in ready}))
+        search._rank(found, ("default", "freezing", "cudagraphs", "freezing+cudagraphs"), (), None)
+        return found.best_config
+
+    # Qwen2 on an H100 (2026-12-07): freezing+cudagraphs 0.7589 ms, cudagraphs 0.7592 ms -- noise; cudagraphs kept
+    assert ranked({"compile": 2.0082, "compile+freezing": 2.164, "compile+cudagraphs": 0.7592,
+                   "compile+freezing+cudagraphs": 0.7589}) == "cudagraphs"
+    assert ranked({"compile": 1.0, "compile+freezing": 0.99}) == "default"  # within 2%: the default
+    assert ranked({"compile": 1.0, "compile+freezing": 0.9}) == "freezing"  # beyond it: the faster one
