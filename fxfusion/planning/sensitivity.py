@@ -187,7 +187,7 @@ def _run(gm: fx.GraphModule, inputs: tuple, **kw) -> _Values:
 
 def _ancestors(out: fx.Node, index: int) -> set[str]:
     """The names of the nodes output ``index`` is computed from (every output's, where the index is not found)."""
-    leaves = [a for a in tree_flatten(out.args[0])[0]]
+    leaves = tree_flatten(out.args[0])[0]
     todo = [leaves[index]] if index < len(leaves) and isinstance(leaves[index], fx.Node) else \
         [a for a in leaves if isinstance(a, fx.Node)]
     seen: set[str] = set()
