@@ -60,15 +60,16 @@ def apply_command(
                 typer.echo(f"warning: {w.message}", err=True)
         applied_s = time.perf_counter() - started
         records = getattr(planned, "fxfusion_rewrites", [])
-        with torch.no_grad():
+        with torch.no_grad():  # the check, once (a compiled candidate compiles here, in its first call)
             got, original = planned(*loaded.example_inputs), loaded.model(*loaded.example_inputs)
         reference, why_not = float64_reference(loaded.model, loaded.example_inputs)
     against = "float64" if reference is not None else f"the original model (no float64 reference: {why_not})"
     checks, failure = check_outputs(got, original, reference if reference is not None else original, device)
+    check_s = time.perf_counter() - started - applied_s
     applied = sum(r.applied for r in records)
     said = (f"{plan}: {applied} of {len(saved.groups)} rewrites applied to {model}, candidate "
             f"{getattr(planned, 'fxfusion_candidate', saved.chosen)}, in {applied_s:.1f} s (load, capture, apply; "
-            "nothing timed)")
+            f"nothing timed), checked once in {check_s:.1f} s")
     if failure or not checks:
         raise FxFusionError(f"{said}; its outputs do not match {against}: {failure or 'no output to compare'}")
     worst = max((c.error for c in checks if c.error is not None), default=0.0)
