@@ -344,6 +344,7 @@ def main() -> None:
         log += lines
         (out / "bench_decode.json").write_text(json.dumps({"header": head, "args": vars(args), "models": results},
                                                           indent=1))
+        (out / "bench_decode.md").write_text("\n".join(log) + "\n")  # after each model: a run cut short keeps them
     tail = f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     print(tail)
     (out / "bench_decode.md").write_text("\n".join(log + [tail]) + "\n")
