@@ -360,7 +360,7 @@ def apply_rebuilt(model: nn.Module, plan: FusionPlan, other_shapes: str = "error
     """:func:`fxfusion.planning.apply.apply` of a rebuilt plan, the module it hands back the same, made faster: the
     rewrites of an exported graph are written into one copy of it and its code is generated once
     (:func:`planned_once`), where ``apply`` generates it again after every group -- 88 code generations of a
-    700-node graph were 12.7 of EfficientNet-B0's 16.2 s of rewriting (tiny preset, 2-core CPU under load,
+    500-node graph were 12.7 of EfficientNet-B0's 16.2 s of rewriting (tiny preset, 2-core CPU under load,
     2026-12-07).  A Dynamo capture, ``other_shapes="original"`` or a plan none of whose rewrites applies takes
     ``apply``'s own path.  ``original``: a copy of ``model`` made before it was captured, the module of a candidate
     without rewrites (eager, compile[+config], channels_last+compile)."""
