@@ -19,7 +19,8 @@ from fxfusion.graph.loader import load_model
 from fxfusion.planning.apply import apply
 from fxfusion.planning.dynamic import buckets, parse_dynamic, plan_over_range, resolve, shapes_to_verify
 from fxfusion.planning.dynamic_verify import check_shapes
-from fxfusion.planning.saved import load_plan, save_plan
+from fxfusion.graph.capture import capture
+from fxfusion.planning.saved import fingerprint, load_plan, save_plan
 from fxfusion.profiles.schema import schema_errors
 from tests.helpers import runnable_plan_of
 
@@ -96,6 +97,10 @@ def test_gpt2_one_planned_model_verified_at_three_shapes_and_guarded():
     rows = _verified(model, plan, inputs)
     assert [(r["shape"], r["measured"]) for r in rows] == [("batch=1,seq=8", True), ("batch=2,seq=20", True),
                                                           ("batch=4,seq=32", True), ("batch=3,seq=14", False)]
+    # the fingerprint a saved plan carries (taken after matching) is a fresh capture's (before matching), with
+    # split's tuple of symbolic shapes among its values
+    fresh = capture(model, inputs, dynamic=plan.captured.dynamic.dims)
+    assert fingerprint(plan.captured) == fingerprint(fresh) and "[batch, seq, " in fresh.dynamic.spec_text("embedding")
     planned = apply(model, plan)
     with pytest.raises(FxFusionError, match=r"size 33 at dim 1, outside the planned range 8\.\.32"):
         planned(torch.zeros(1, 33, dtype=torch.long))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import sympy
 import torch
 from torch import fx, nn
 
@@ -154,6 +155,17 @@ def _recorded(dim: Any) -> Any:
     return int(dim) if node is None else getattr(node, "_expr", None) or node.expr
 
 
+def _text(value: Any, named: dict) -> str:
+    """A recorded value in words, its symbols renamed (``named``): what a graph's fingerprint hashes."""
+    if isinstance(value, torch.Tensor):
+        dims = [_recorded(x) for x in value.shape]
+        return str(value.dtype).removeprefix("torch.") + "[" + ", ".join(
+            str(d if isinstance(d, int) else d.xreplace(named)) for d in dims) + "]"
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(_text(v, named) for v in value) + ")"
+    return type(value).__name__ if value is not None else "-"
+
+
 @dataclass
 class SymbolicGraph:
     """What a dynamic capture knows about its symbols, read at capture before anything specialises them: the ranges,
@@ -163,6 +175,7 @@ class SymbolicGraph:
     guard: RangeGuard
     symbols: dict[str, str]  # symbol -> the range it stands for ("s70" -> "seq")
     shapes: dict[str, tuple]  # node name -> its shape (ints and sympy expressions)
+    texts: dict[str, str] = field(default_factory=dict)  # node name -> spec_text
     buckets: list = field(default_factory=list)  # per site, how each bucket planned it (fxfusion.planning.dynamic)
 
     @classmethod
@@ -178,22 +191,20 @@ class SymbolicGraph:
                     symbols[spec[0][d]] = name
         shapes = {n.name: tuple(_recorded(x) for x in n.meta["val"].shape) for n in nodes.values()
                   if isinstance(n.meta.get("val"), torch.Tensor)}
-        return cls(dims, guard, symbols, shapes)
+        named = {}  # each input symbol, as the recorded shapes hold it (with its assumptions) -> its range's name
+        for v, axes in zip(values, dims.axes):
+            for d, name in axes.items():
+                expr = _recorded(v.shape[d]) if isinstance(v, torch.Tensor) else None
+                if getattr(expr, "is_Symbol", False):
+                    named[expr] = sympy.Symbol(name)
+        texts = {n.name: _text(n.meta.get("val"), named) for n in nodes.values()}
+        return cls(dims, guard, symbols, shapes, texts)
 
-    def shape_text(self, node: str) -> str | None:
-        """Node ``node``'s shape as recorded at capture, each symbol written as its range's name (``[batch, seq, 64]``):
-        the same in every process that captures the same model with the same ranges."""
-        shape = self.shapes.get(node)
-        if shape is None:
-            return None
-        names = {sym: name for sym, name in self.symbols.items()}
-        out = []
-        for x in shape:
-            text = str(x)
-            for sym in sorted(names, key=len, reverse=True):
-                text = text.replace(sym, names[sym])
-            out.append(text)
-        return "[" + ", ".join(out) + "]"
+    def spec_text(self, node: str) -> str | None:
+        """Node ``node``'s value as recorded at capture -- dtype and shape, of each tensor of a tuple -- each symbol
+        written as its range's name (``float32[batch, seq, 64]``): the same in every process that captures the same
+        model with the same ranges, whatever its symbols are numbered there."""
+        return self.texts.get(node)
 
     def shape_at(self, node: str, sizes: dict[str, int]) -> tuple[int, ...] | None:
         """Node ``node``'s shape when each range has the size ``sizes`` gives it (``{"batch": 4, "seq": 100}``)."""

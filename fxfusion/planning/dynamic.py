@@ -5,10 +5,11 @@ Method (:func:`plan_over_range`; ``fxfusion.plan(..., dynamic=)`` and ``analyze 
   1. the ranges are read (:func:`parse_dynamic`) and placed on the inputs (:func:`resolve`): ``batch`` is dim 0 of
      every input of the first input's batch size, ``seq`` dim 1 of every integer input (token ids, masks) of the
      first one's length; a range not given takes :data:`DEFAULTS`, ``seq`` at most the model's position limit;
-  2. the model is planned at each bucket of the range -- every range at its smallest, middle and largest size
-     (:func:`buckets`) -- as at any shape: captured there, each site decided and its region timed at that shape;
-  3. the model is captured once more with symbolic dimensions (``torch.export`` ``Dim``, one per range): one graph
-     for every shape of the range, whose sites correspond to the buckets' by site id and pattern;
+  2. the model is captured with symbolic dimensions (``torch.export`` ``Dim``, one per range): one graph for every
+     shape of the range (first, so a model that does not export so fails before anything is measured);
+  3. the model is planned at each bucket of the range -- every range at its smallest, middle and largest size
+     (:func:`buckets`) -- as at any shape: captured there, each site decided and its region timed at that shape; the
+     symbolic graph's sites correspond to the buckets' by site id and pattern;
   4. a site is planned (:func:`combine`) only where every bucket planned it with the same variant: a rewrite that
      pays at one bucket and not at another is refused, with each bucket's verdict.  An attention whose mask a bucket
      proved causal (a constant of its capture) is, in the symbolic graph, a mask computed from the sequence length:
@@ -348,9 +349,9 @@ def plan_over_range(model: nn.Module, example_inputs: tuple, dynamic: str | dict
     if not isinstance(model, nn.Module):
         raise FxFusionError(f"a plan over dynamic shapes needs the nn.Module, got {type(model).__name__}")
     dims = resolve(dynamic, model, tuple(example_inputs))
+    captured = capture(model, capture_inputs(dims, tuple(example_inputs)), dynamic=dims)  # first: fails fast
     per_bucket = [(sizes, plan_at(dims.resize(tuple(example_inputs), sizes, seed=i), sizes))
                   for i, sizes in enumerate(buckets(dims))]
-    captured = capture(model, capture_inputs(dims, tuple(example_inputs)), dynamic=dims)
     return drop_specialised(model, combine(captured, per_bucket, device), captured.example_inputs)
 
 

@@ -112,11 +112,10 @@ def graph_fingerprints(captured: CapturedModel) -> list[dict[str, Any]]:
 
 
 def _node_spec(captured: CapturedModel, node: torch.fx.Node) -> str:
-    """A node's shape and dtype for the fingerprint; in a dynamic capture its shape in the ranges' names as captured
+    """A node's shape and dtype for the fingerprint; in a dynamic capture as recorded at capture, in the ranges' names
     (matching specialises the recorded sizes afterwards: a plan is fingerprinted after matching, a model before)."""
-    spec = _spec(node.meta.get("val"))
-    shape = captured.dynamic.shape_text(node.name) if captured.dynamic is not None else None
-    return spec if shape is None else spec.split("[", 1)[0] + shape
+    text = captured.dynamic.spec_text(node.name) if captured.dynamic is not None else None
+    return text if text is not None else _spec(node.meta.get("val"))
 
 
 def fingerprint(captured: CapturedModel) -> str:
