@@ -184,3 +184,18 @@ def test_the_ranking_keeps_the_simplest_configuration_within_min_effect_of_the_f
                    "compile+freezing+cudagraphs": 0.7589}) == "cudagraphs"
     assert ranked({"compile": 1.0, "compile+freezing": 0.99}) == "default"  # within 2%: the default
     assert ranked({"compile": 1.0, "compile+freezing": 0.9}) == "freezing"  # beyond it: the faster one
+
+
+def test_the_candidates_run_takes_what_is_left_of_the_apply_budget(monkeypatch):
+    from fxfusion.planning import verify
+
+    seen = []
+    real = verify._time
+    monkeypatch.setattr(verify, "_time", lambda thunks, timings, clock, spec, seed, said: (
+        seen.append(spec.budget_s), real(thunks, timings, clock, spec, seed, said))[1])
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    args = dict(device="cpu", spec=TINY_SPEC, clock=OpCountClock(), candidates=CandidateSet.uncompiled())
+    verify.verify_plan(loaded.model, loaded.example_inputs, plan, deadline=time.perf_counter() - 1, **args)
+    verify.verify_plan(loaded.model, loaded.example_inputs, plan, deadline=None, **args)
+    assert seen == [verify.TIMING_FLOOR_S, TINY_SPEC.budget_s]  # spent: its floor; no budget: its own

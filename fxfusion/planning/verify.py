@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -49,6 +50,10 @@ NOTHING_APPLIED = "no rewrite applied: the planned model is a copy of the origin
 # End-to-end timing of whole models: longer samples than a pattern's, so Python overhead averages out.
 # Samples of about 50 ms: a pipelined sample's edges (one sync, one primed call) are then a small share of it.
 VERIFY_SPEC = TimingSpec(rounds=30, warmup=3, target_sample_s=0.05, budget_s=30.0)
+# Under an --apply budget the candidates' interleaved run takes what is left of it, at least this long: builds that
+# ran to the deadline then timed for VERIFY_SPEC's 30 s more took a zoo model's --apply past its 90 s (Qwen2 93 s on an
+# H100, Llama decode with a cache 101 s on an H200, 2026-12-07).
+TIMING_FLOOR_S = 5.0
 
 
 @dataclass
@@ -240,6 +245,9 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                                                                                                  b.reason)
         if b.status == "ok":
             thunks[name] = b.run
+    if deadline is not None:  # the candidates' run gets what is left of the --apply budget (its minimum rounds kept)
+        spec = dataclasses.replace(spec, budget_s=max(TIMING_FLOOR_S, min(spec.budget_s,
+                                                                        deadline - time.perf_counter())))
     samples = _time(thunks, timings, clock, spec, seed, said)
 
     predictions, fallback = _predictions(plan, found.kept)
