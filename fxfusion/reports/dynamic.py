@@ -24,8 +24,10 @@ def dynamic_lines(section: dict[str, Any]) -> list[str]:
     """The plain-text head of the section: the ranges, the buckets, the candidate served and why."""
     ranges = ", ".join(f"{n}={lo}:{hi}" for n, (lo, hi) in section["ranges"].items())
     kept = sum(1 for s in section["sites"] if s["kept"])
-    lines = [f"dynamic shapes {ranges}: measured at buckets {' | '.join(section['buckets'])}; {kept} rewrite"
-             f"{'s' * (kept != 1)} kept at every bucket"]
+    buckets = section["buckets"]
+    lines = [f"dynamic shapes {ranges}: measured at buckets {' | '.join(buckets)}; {kept} rewrite"
+             f"{'s' * (kept != 1)} kept at every bucket (the sites table and the verification above are the middle "
+             f"bucket's, {buckets[len(buckets) // 2]})"]
     if section.get("chosen"):
         lines.append(f"serving {section['chosen']} over the range: {section.get('why')}")
     return lines
