@@ -17,7 +17,8 @@ sequences, an 8-token prompt):
   3. one untimed generation each (the compiles happen there: its wall time is the setup), then ``--rounds``
      interleaved rounds (the candidates' order rotated every round): the prompt prefilled eagerly into the
      candidate's cache (untimed, the same for all), then ``--steps`` greedy steps timed as one block, synchronised at
-     both ends: ms per token = block / steps.  The loop is ``hf_llama.greedy_generate``'s, on a persistent cache;
+     both ends: ms per token = block / steps.  The loop is ``hf_llama.greedy_generate``'s, on a persistent cache,
+     with the steps' positions made on the device before the clock starts (no host-device copy inside the loop);
      CUDA-graph candidates call ``torch.compiler.cudagraph_mark_step_begin()`` before each step, as transformers'
      generate does, and the next token is taken from the logits before the next call (a CUDA graph overwrites its
      outputs then: the step-1 logits compared below are a clone);
@@ -118,12 +119,15 @@ def generate(c: Candidate, step, prompt: torch.Tensor, steps: int, device: torch
         logits = step(prompt, torch.tensor(0, device=device), *c.kv)
         token, tokens, first = logits[:, -1:].argmax(-1), [], None
         tokens.append(token)
+        # The positions made before the clock starts, on the device as transformers' generate keeps cache_position:
+        # a host-to-device copy per step would make the host wait for the GPU at every step.
+        positions = [torch.tensor(prompt.shape[1] + i, device=device) for i in range(steps)]
         sync(device)
         start = time.perf_counter()
-        for i in range(steps):
+        for position in positions:
             if c.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            logits = c.module(token, torch.tensor(prompt.shape[1] + i, device=device), *c.kv)
+            logits = c.module(token, position, *c.kv)
             if first is None:
                 first = logits.detach().clone()  # a CUDA graph's output is overwritten by its next replay
             token = logits[:, -1:].argmax(-1)  # a new tensor, taken before the next call
