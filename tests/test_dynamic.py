@@ -29,7 +29,11 @@ runner = CliRunner()
 
 
 def _zoo(name: str):
-    pytest.importorskip("transformers" if name.startswith("hf_") else "timm")
+    library = "transformers" if name.startswith("hf_") else "timm"
+    try:
+        __import__(library)
+    except Exception as exc:  # not installed, or installed broken (a torchvision built for another torch)
+        pytest.skip(f"{library} does not import here: {type(exc).__name__}: {str(exc)[:120]}")
     return load_model(MODELS / "zoo" / f"{name}.py")
 
 
@@ -106,6 +110,7 @@ def test_gpt2_one_planned_model_verified_at_three_shapes_and_guarded():
         planned(torch.zeros(1, 33, dtype=torch.long))
 
 
+@pytest.mark.slow  # 20 s under load; GPT-2's test keeps an LLM in the default run
 def test_llama_merged_gemms_hold_at_every_shape():
     loaded = _zoo("hf_llama")
     model, inputs = loaded.model, loaded.example_inputs
@@ -114,11 +119,14 @@ def test_llama_merged_gemms_hold_at_every_shape():
     _verified(model, plan, inputs)
 
 
-def test_resnet18_folded_bn_over_the_batch():
-    loaded = _zoo("timm_resnet18")
+# The zoo's conv nets rewrite 20-80 sites, each application 10-25 s on a busy 2-core machine: slow, as in test_zoo;
+# the reference ResNet block keeps a conv net in the default run.
+@pytest.mark.parametrize("name, groups", [("resnet_basic", 3), pytest.param("timm_resnet18", 20, marks=pytest.mark.slow)])
+def test_a_cnn_folds_bn_once_for_every_batch_size(name, groups):
+    loaded = _zoo(name) if name.startswith("timm") else load_model(MODELS / f"{name}.py")
     model, inputs = loaded.model, loaded.example_inputs
     plan = plan_over_range(model, inputs, "batch=1:4", _every_site(model), torch.device("cpu"))
-    assert len(plan.groups) == 20 and {g.variant for g in plan.groups} == {"bn_folded"}
+    assert len(plan.groups) == groups and {g.variant for g in plan.groups} <= {"bn_folded", "conv_relu_fused"}
     assert [r["shape"] for r in _verified(model, plan, inputs)] == ["batch=1", "batch=2", "batch=4", "batch=3"]
 
 
