@@ -199,3 +199,28 @@ def test_the_candidates_run_takes_what_is_left_of_the_apply_budget(monkeypatch):
     verify.verify_plan(loaded.model, loaded.example_inputs, plan, deadline=time.perf_counter() - 1, **args)
     verify.verify_plan(loaded.model, loaded.example_inputs, plan, deadline=None, **args)
     assert seen == [verify.TIMING_FLOOR_S, TINY_SPEC.budget_s]  # spent: its floor; no budget: its own
+
+
+def test_the_planned_candidate_leaves_out_a_class_measured_slower_run_eagerly_but_every_group_is_verified():
+    from fxfusion.planning import verify
+    from fxfusion.planning.prediction import Context
+    from tests.helpers import class_timing
+
+    loaded = load_model(MODELS / "resnet_basic.py")
+    args = dict(device="cpu", spec=TINY_SPEC, clock=OpCountClock(), candidates=CandidateSet.uncompiled())
+    plan = typical_plan("resnet_basic")
+    assert len(plan.groups) >= 2
+    slow, kept = plan.groups[0], plan.groups[1:]
+    slow.classes[Context.EAGER] = class_timing([slow], -1.0)  # its interval below zero: slower beyond the noise
+    for g in kept:
+        g.classes[Context.EAGER] = class_timing([g], 0.5, ci_low_ms=-0.1)  # within the noise: kept
+    assert [g.id for g in plan.groups_for(Context.EAGER)] == [g.id for g in kept]
+    v = verify.verify_plan(loaded.model, loaded.example_inputs, plan, **args)
+    assert v.ok and all(r["applied"] for r in v.rewrites) and len(v.rewrites) == len(plan.groups)
+    assert any(w.startswith(f"planned leaves out {slow.id}:") for w in v.warnings)
+    assert v.timings["planned"].status == "ok"
+    for g in kept:  # every class slower: no planned candidate at all, and the reason says why
+        g.classes[Context.EAGER] = class_timing([g], -1.0)
+    v = verify.verify_plan(loaded.model, loaded.example_inputs, plan, **args)
+    assert v.ok and v.timings["planned"].status == "skipped"
+    assert v.timings["planned"].reason == verify.EVERY_CLASS_SLOWER and verify.EVERY_CLASS_SLOWER in v.reason

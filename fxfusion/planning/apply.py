@@ -111,6 +111,13 @@ def candidate_module(spec: Spec, model: nn.Module, plan: FusionPlan, planned: nn
     return layout
 
 
+def every_group(model: nn.Module, plan: FusionPlan) -> nn.Module:
+    """The model with every group of the plan applied, whatever a context left out: what the verification checks
+    against float64 (each candidate applying fewer is checked again on its own)."""
+    _check_model(model, plan)
+    return _planned(model, plan, "error")
+
+
 def _planned(model: nn.Module, plan: FusionPlan, other_shapes: str) -> nn.Module:
     planned = planned_module(model, plan.captured, plan.groups) if plan.groups else None
     records = getattr(planned, "fxfusion_rewrites", [])

@@ -138,6 +138,11 @@ class ClassTiming:
         """The fuse rule on the whole model: faster with the class beyond the noise."""
         return self.ci_low_ms > 0
 
+    @property
+    def slower(self) -> bool:
+        """Slower with the class beyond the noise: what leaves a class out of the planned (eager) candidate."""
+        return self.ci_high_ms < 0
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -37,6 +37,7 @@ from fxfusion.planning.apply import candidate_module
 from fxfusion.planning.candidates import (CAPTURED_COMPILE, CHANNELS_LAST_COMPILE, PLANNED, Built, CandidateSet,
                                          has_conv2d)
 from fxfusion.planning.configs import CONFIGS, Spec
+from fxfusion.planning.prediction import Context
 
 # One aten op in a forward pass costs the host about this much (Python dispatch and a kernel launch); a model whose
 # ops x this reach HOST_BOUND_SHARE of its eager time is host-bound: CUDA graphs are tried before the other options.
@@ -70,7 +71,8 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
     applied; ``eager_ms`` one eager forward pass (the host-bound signal)."""
     compile_model = compile_fn or candidates_module.compile_model
     cuda = is_cuda(device)
-    found = Search(kept={PLANNED: [g for g in plan.groups if g.id in applied]}, host_bound=host_bound(plan, eager_ms))
+    found = Search(kept={PLANNED: [g for g in plan.groups_for(Context.EAGER) if g.id in applied]},
+                   host_bound=host_bound(plan, eager_ms))
 
     def build(spec: Spec, why_not: str | None = None) -> None:
         floor = spec.config is not None and spec.config.word == "default" and not (spec.rewrites or spec.captured or spec.channels_last)

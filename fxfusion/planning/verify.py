@@ -35,7 +35,7 @@ from fxfusion.measure.devices import as_device, is_cuda
 from fxfusion.measure.profiling import cupti_warning
 from fxfusion.measure.stats import paired_fraction, speedup, summarize
 from fxfusion.measure.timing import Clock, TimingSpec, measure
-from fxfusion.planning.apply import apply
+from fxfusion.planning.apply import apply, every_group
 from fxfusion.planning.candidates import (CONTEXT, PLANNED, PLANNED_CHANNELS_LAST_COMPILE, CandidateSet,
                                          attach_predictions, choose, reset_compiled_state, whole_model)
 from fxfusion.planning.explain import explain
@@ -47,6 +47,8 @@ from fxfusion.planning.rewrite import captured_module
 from fxfusion.planning.sensitivity import check_sensitivity, earlier_failures
 
 NOTHING_APPLIED = "no rewrite applied: the planned model is a copy of the original, not a candidate of its own"
+EVERY_CLASS_SLOWER = ("every class of rewrites made the model run eagerly slower beyond the noise: the planned "
+                      "candidate would be the original, not a candidate of its own")
 # End-to-end timing of whole models: longer samples than a pattern's, so Python overhead averages out.
 # Samples of about 50 ms: a pipelined sample's edges (one sync, one primed call) are then a small share of it.
 VERIFY_SPEC = TimingSpec(rounds=30, warmup=3, target_sample_s=0.05, budget_s=30.0)
@@ -134,13 +136,12 @@ def _eager_ms(model, inputs: tuple, clock: Clock) -> float:
     return summarize(samples.seconds["eager"]).median * 1e3
 
 
-def _predictions(plan, kept: dict[str, list]) -> tuple[dict[str, Prediction | None], set[str]]:
+def _predictions(plan, kept: dict[str, list], applied: set[str]) -> tuple[dict[str, Prediction | None], set[str]]:
     """Each rewritten candidate's prediction over the groups it applies; planned + channels-last + compile falls back
     to the model layout's compiled timings where its own layout's are missing (returned as the second value)."""
     out = {name: plan.predict(CONTEXT[name], groups) for name, groups in kept.items() if name in CONTEXT}
     fallback = set()
     if out.get(PLANNED_CHANNELS_LAST_COMPILE) is None and PLANNED_CHANNELS_LAST_COMPILE in kept:
-        applied = {g.id for g in kept[PLANNED]}
         out[PLANNED_CHANNELS_LAST_COMPILE] = plan.predict(
             Context.COMPILED, [g for g in plan.groups_for(Context.COMPILED) if g.id in applied])
         fallback.add(PLANNED_CHANNELS_LAST_COMPILE)
@@ -190,7 +191,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                                   None, None, None, None, None, said)
 
     try:
-        planned = apply(model, plan, candidate=PLANNED)
+        planned = every_group(model, plan)
     except Exception as exc:
         return failed(f"applying the plan failed: {one_line(exc)}")
     rewrites = [r.to_dict() for r in getattr(planned, "fxfusion_rewrites", [])]
@@ -218,11 +219,23 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     applied = {r["site_id"] for r in rewrites if r["applied"]}
     thunks = {"eager": lambda: model(*inputs)}
     timings["eager"] = Timing("eager", "ok")
-    if applied:
-        thunks["planned"] = lambda: planned(*inputs)
-        timings["planned"] = Timing("planned", "ok", first_call_s=planned_first)
-    else:  # a copy of the original: timed as a candidate of its own it could only measure the noise
-        timings["planned"] = Timing("planned", "skipped", NOTHING_APPLIED)
+    eager_kept = {g.id for g in plan.groups_for(Context.EAGER)} & applied  # what the planned candidate applies
+    candidate, candidate_first, candidate_failure = planned, planned_first, None
+    if eager_kept != applied:
+        said.append(f"planned leaves out {', '.join(sorted(applied - eager_kept))}: their class made the model run "
+                    "eagerly slower beyond the noise (every group is still verified, and the compiled candidates "
+                    "decide them in their own context)")
+        if eager_kept:
+            candidate, candidate_first, candidate_failure = _eager_candidate(model, plan, inputs, device,
+                                                                             original_out, reference)
+            if candidate is None:  # it did not run: no planned candidate to time
+                timings["planned"] = Timing("planned", "failed", candidate_failure)
+                eager_kept = set()
+    if eager_kept:
+        thunks["planned"] = lambda: candidate(*inputs)
+        timings["planned"] = Timing("planned", "ok", first_call_s=candidate_first)
+    elif "planned" not in timings:  # a copy of the original: timed as a candidate of its own it could only measure noise
+        timings["planned"] = Timing("planned", "skipped", EVERY_CLASS_SLOWER if applied else NOTHING_APPLIED)
     if candidates.captured:
         try:
             captured = captured_module(model, plan.captured)
@@ -232,7 +245,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             timings["captured"] = Timing("captured", "ok", first_call_s=first)
         except Exception as exc:
             timings["captured"] = Timing("captured", "failed", one_line(exc))
-    verified = {"eager": True, PLANNED: not failure}
+    verified = {"eager": True, PLANNED: not failure and not candidate_failure}
     found = build_candidates(model, inputs, plan, planned, applied, candidates, device,
                              lambda out: check_outputs(out, original_out, reference, device)[1], clock, said,
                              "captured" in thunks, compile_fn, deadline,
@@ -250,18 +263,20 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                                                                         deadline - time.perf_counter())))
     samples = _time(thunks, timings, clock, spec, seed, said)
 
-    predictions, fallback = _predictions(plan, found.kept)
+    predictions, fallback = _predictions(plan, found.kept, applied)
     choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, found.built)
     choice.not_tried, choice.explanation = dict(found.not_tried), explain(choice, plan, found)
     attach_predictions(choice, predictions if applied else {}, fallback)
     result = VerificationResult(not failure, failure, str(device), ref_name, checks, rewrites, timings, None, None,
                                 None, None, None, timings["planned"].verdict, said, timing=clock_name(clock),
                                 candidates=choice.to_dict())
-    _planned_prediction(result, plan, predictions.get(PLANNED), applied, samples)
+    _planned_prediction(result, plan, predictions.get(PLANNED), eager_kept, samples)
     if not applied:
         result.nothing_applied = why_nothing_applied(plan, rewrites)
     if not failure and not applied:
         result.reason = f"outputs match the {ref_name} reference; no rewrite was applied (the planned model is the original)"
+    elif not failure and not eager_kept:
+        result.reason = f"outputs match the {ref_name} reference; planned: {timings['planned'].reason}"
     elif not failure:
         sp = timings["planned"].speedup
         result.reason = (f"outputs match the {ref_name} reference; planned model {sp['median']:.2f}x the original, "
@@ -309,6 +324,19 @@ def _planned_prediction(r: VerificationResult, plan, predicted: Prediction | Non
     r.predicted_fraction = predicted.fraction
     if r.predicted_fraction is not None and r.measured_fraction != 0:
         r.fraction_error_pct = 100.0 * (r.predicted_fraction - r.measured_fraction) / abs(r.measured_fraction)
+
+
+def _eager_candidate(model, plan, inputs: tuple, device, original_out, reference):
+    """The planned candidate where it applies fewer groups than were verified: (module, first call s, why its outputs
+    do not match or None), checked against the same reference."""
+    try:
+        module = apply(model, plan, candidate=PLANNED)
+        with torch.no_grad(), compile_limits():
+            first = first_call(lambda: module(*inputs), device)
+            failure = check_outputs(module(*inputs), original_out, reference, device)[1]
+    except Exception as exc:
+        return None, None, f"it failed to run: {one_line(exc)}"
+    return module, first, failure or None
 
 
 def why_nothing_applied(plan, rewrites: list[dict]) -> str:
