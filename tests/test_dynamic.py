@@ -83,9 +83,15 @@ def test_cli_bad_dynamic_is_one_line_exit_1(args, says):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_seq_needs_token_inputs():
+def test_seq_needs_token_inputs_and_stays_within_the_positions():
     with pytest.raises(FxFusionError, match="dim 1 of the token"):
         resolve("seq", nn.Identity(), (torch.randn(2, 8),))
+    model = nn.Module()
+    model.config = type("Config", (), {"max_position_embeddings": 64})()
+    ids = torch.zeros(2, 16, dtype=torch.long)
+    assert str(resolve("seq", model, (ids,)).ranges[0]) == "seq=16:64"  # the default, at most the positions
+    with pytest.raises(FxFusionError, match="seq=8:128 goes past the model's 64 positions"):
+        resolve("seq=8:128", model, (ids,))
 
 
 # -- one planned model, every shape ------------------------------------------------------------------------------------

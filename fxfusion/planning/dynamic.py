@@ -119,9 +119,11 @@ def resolve(spec: str | dict | DynamicDims, model: nn.Module, inputs: tuple) -> 
             continue
         lo, hi = asked[name]
         lo = lo if lo is not None else DEFAULTS[name][0]
+        limit = position_limit(model) if name == "seq" else None
         if hi is None:
-            limit = position_limit(model) if name == "seq" else None
             hi = min(DEFAULTS[name][1], limit) if limit else DEFAULTS[name][1]
+        elif limit and hi > limit:
+            raise FxFusionError(f"--dynamic: seq={lo}:{hi} goes past the model's {limit} positions")
         if hi <= lo:
             raise FxFusionError(f"--dynamic: {name}={lo}:{hi} spans one size or none")
         ranges.append(DimRange(name, lo, hi))
