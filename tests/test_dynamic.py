@@ -167,6 +167,13 @@ def test_a_causal_mask_is_proved_at_every_length_and_verified_at_a_new_one():
     assert [g.pattern for g in plan.groups] == ["sibling_gemm3_bias", "causal_attention"]
     rows = _verified(model, plan, inputs)
     assert [r["shape"] for r in rows if not r["measured"]] == ["batch=1,seq=7"]
+    # other_shapes="original": a shape inside the ranges runs planned, one outside them the original, with a warning
+    served = apply(model, plan, other_shapes="original")
+    inside, outside = torch.randint(0, 32, (3, 9)), torch.randint(0, 32, (2, 19))
+    with torch.no_grad():
+        torch.testing.assert_close(served(inside), model(inside), rtol=1e-4, atol=1e-5)
+        with pytest.warns(UserWarning, match="running the original model"):
+            torch.testing.assert_close(served(outside), model(outside))
 
 
 def test_a_mask_causal_at_the_buckets_only_is_refused_with_the_length():
