@@ -268,3 +268,12 @@ def test_cli_analyze_dynamic_reports_buckets_saves_and_apply_serves_the_range(fo
     line = result.stdout.strip()
     assert "2 of 2 rewrites applied" in line and "serves batch=1:6" in line
     assert "outputs match float64 at 4 shapes (batch=1; batch=3; batch=6; batch=2; never measured: batch=2" in line
+
+
+def test_a_model_that_does_not_export_whole_is_one_error_before_any_measurement():
+    loaded = load_model(MODELS / "dynamic_control.py")  # data-dependent control flow: Dynamo subgraphs only
+    measured = []
+    with pytest.raises(FxFusionError, match=r"^torch.export could not capture the model with symbolic batch=1:4: "):
+        plan_over_range(loaded.model, loaded.example_inputs, "batch=1:4", lambda x, s: measured.append(s),
+                        torch.device("cpu"))
+    assert measured == []
