@@ -83,6 +83,10 @@ class DynamicDims:
         return tuple(out)
 
 
+def sizes_text(sizes: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sizes.items())
+
+
 def _symbol(dim: Any):
     """The sympy symbol of a symbolic dimension that is a plain symbol, else None (a fixed size, or an expression)."""
     expr = getattr(getattr(dim, "node", None), "expr", None)

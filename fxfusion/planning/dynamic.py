@@ -13,14 +13,14 @@ Method (:func:`plan_over_range`; ``fxfusion.plan(..., dynamic=)`` and ``analyze 
   4. a site is planned (:func:`combine`) only where every bucket planned it with the same variant: a rewrite that
      pays at one bucket and not at another is refused, with each bucket's verdict.  An attention whose mask a bucket
      proved causal (a constant of its capture) is, in the symbolic graph, a mask computed from the sequence length:
-     it is proved causal at *every* length of the range (:func:`prove_causal`, the mask evaluated from the graph at
+     it is proved causal at *every* length of the range (:mod:`fxfusion.planning.causal_proof`, the mask evaluated from the graph at
      each) before it becomes SDPA's ``is_causal``, else refused with the length where it is not;
   5. the plan is applied to the symbolic graph and run at the smallest and largest shapes against the original
      model (:func:`drop_specialised`): a rewrite that traced a size into the graph is refused there.
 The planned model checks every call against the ranges (:class:`fxfusion.graph.symbolic.RangeGuard`).  ``--apply``
 then verifies it against float64 at the buckets and at a shape never measured (:func:`shapes_to_verify`).
 Cost: one plan per bucket (three), one symbolic capture and match, the mask evaluations (at most
-:data:`PROOF_ELEMENTS` mask elements in all), one application of the plan per shape checked.
+:data:`fxfusion.planning.causal_proof.PROOF_ELEMENTS` mask elements in all), one application of the plan per shape checked.
 """
 
 from __future__ import annotations
@@ -32,25 +32,20 @@ import torch
 from torch import nn
 
 from fxfusion.errors import FxFusionError
-from fxfusion.fusions.attention.masks import DROPPED, mask_plan
-from fxfusion.fusions.attention.reading import NotAttention, read_attention
 from fxfusion.fusions.attention.rewrite import PROVED_CAUSAL
 from fxfusion.fusions.match import find_sites
-from fxfusion.graph.capture import capture, signature_tensors
-from fxfusion.graph.nodes import kind
+from fxfusion.graph.capture import capture
 from fxfusion.graph.sites import CapturedModel, Site
-from fxfusion.graph.symbolic import DimRange, DynamicDims, SymbolicGraph, size_only_value
+from fxfusion.graph.symbolic import DimRange, DynamicDims, sizes_text
 from fxfusion.measure.correctness import relative_error, tolerance
 from fxfusion.planning.apply import apply
+from fxfusion.planning.causal_proof import prove_causal
 from fxfusion.planning.groups import ILLEGAL, NOT_FUSE, RefusedSite
 from fxfusion.planning.plan import FusionPlan
 
 NAMES = ("batch", "seq")
 # A range not given: batch sizes a server batches, sequence lengths of a chat turn (seq at most the model's limit).
 DEFAULTS = {"batch": (1, 32), "seq": (16, 512)}
-# Mask elements evaluated in all to prove a mask causal at every length (the sum of L * S over the lengths): about
-# seq=1:900 of one mask.  A longer range is refused with that reason rather than proved at a sample of its lengths.
-PROOF_ELEMENTS = 2 ** 28
 MASKED = "masked_attention"
 
 
@@ -165,71 +160,6 @@ def capture_inputs(dims: DynamicDims, inputs: tuple) -> tuple:
     if all(dims.range(n).lo <= s <= dims.range(n).hi and s > 1 for n, s in sizes.items()):
         return inputs
     return dims.resize(inputs, {r.name: max(2, r.points()[1]) for r in dims.ranges})
-
-
-def sizes_text(sizes: dict[str, int]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sizes.items())
-
-
-# -- a causal mask at every length -------------------------------------------------------------------------------------
-
-def _assignments(dims: DynamicDims) -> list[dict[str, int]]:
-    """Every size of each range with the others at their smallest, then every range at its largest."""
-    out = []
-    for r in dims.ranges:
-        for v in range(r.lo, r.hi + 1):
-            out.append({q.name: (v if q is r else q.lo) for q in dims.ranges})
-    out.append({q.name: q.hi for q in dims.ranges})
-    return out
-
-
-def prove_causal(captured: CapturedModel, site: Site) -> str | None:
-    """None when the site's mask drops exactly the scores above the diagonal at every shape of the range (module doc,
-    step 4), else why it is not proved."""
-    symbolic: SymbolicGraph = captured.dynamic
-    gm = captured.graphs[site.graph_index]
-    nodes = {n.name: n for n in gm.graph.nodes}
-    inside = {nodes[n] for n in site.nodes if n in nodes}
-    softmax = next((n for n in inside if kind(n) == "softmax"), None)
-    try:
-        r = read_attention(gm, softmax, absorb=inside.__contains__)
-    except (NotAttention, AttributeError) as exc:
-        return f"its attention could not be read again ({exc})"
-    if any(s.role == "view" for s in r.steps):
-        return "a reshape between the scores and the mask: the mask is not proved at other lengths"
-    plan = mask_plan(gm, r)
-    if plan.form not in ("keep", "additive"):
-        return f"its mask is {plan.form} in the symbolic graph"
-    program = captured.programs[site.graph_index]
-    constants = signature_tensors(program) if program is not None else {}
-    shapes = _assignments(symbolic.dims)
-    cost = sum(_elements(symbolic, r.qk.name, s) for s in shapes)
-    if cost > PROOF_ELEMENTS:
-        return (f"proving the mask causal at every shape of the range takes {cost:.3g} mask elements (at most "
-                f"{PROOF_ELEMENTS:.3g}): declare a shorter range")
-    for sizes in shapes:
-        values = [size_only_value(gm, n, symbolic, sizes, constants) for n in plan.inputs]
-        if any(v is None for v in values):
-            return "its mask reads the inputs' values, not only their sizes: it is not causal at every input"
-        with torch.no_grad():
-            m = plan.build(*values) if plan.build is not None else values[0]
-            dropped = ~m if plan.form == "keep" else m <= DROPPED
-            if plan.form == "additive" and not bool((m[~dropped] == 0).all()):
-                return f"at {sizes_text(sizes)} its mask shifts a kept score"
-        L, S = (symbolic.shape_at(r.qk.name, sizes) or (None, None))[-2:]
-        try:
-            full = torch.broadcast_to(dropped, (*dropped.shape[:-2], L, S))
-            ok = bool(torch.equal(full, torch.ones(L, S, dtype=torch.bool).triu(1).expand_as(full)))
-        except (RuntimeError, TypeError):
-            ok = False
-        if not ok:
-            return f"at {sizes_text(sizes)} its mask is not causal"
-    return None
-
-
-def _elements(symbolic: SymbolicGraph, node: str, sizes: dict[str, int]) -> int:
-    shape = symbolic.shape_at(node, sizes) or (1, 1)
-    return int(shape[-1]) * int(shape[-2]) if len(shape) >= 2 else 1
 
 
 # -- one plan from the buckets' ----------------------------------------------------------------------------------------

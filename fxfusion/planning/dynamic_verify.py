@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from fxfusion.calibration.variants import one_line
-from fxfusion.graph.symbolic import DynamicDims
+from fxfusion.graph.symbolic import DynamicDims, sizes_text
 from fxfusion.planning.apply import apply
-from fxfusion.planning.dynamic import shapes_to_verify, sizes_text
+from fxfusion.planning.dynamic import shapes_to_verify
 from fxfusion.planning.outputs import check_outputs, float64_reference, to_reference
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.verify import VerificationResult
