@@ -127,7 +127,8 @@ def test_llama_merged_gemms_hold_at_every_shape():
 
 # The zoo's conv nets rewrite 20-80 sites, each application 10-25 s on a busy 2-core machine: slow, as in test_zoo;
 # the reference ResNet block keeps a conv net in the default run.
-@pytest.mark.parametrize("name, groups", [("resnet_basic", 3), pytest.param("timm_resnet18", 20, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name, groups", [("resnet_basic", 3),
+                                          pytest.param("timm_resnet18", 20, marks=pytest.mark.slow)])
 def test_a_cnn_folds_bn_once_for_every_batch_size(name, groups):
     loaded = _zoo(name) if name.startswith("timm") else load_model(MODELS / f"{name}.py")
     model, inputs = loaded.model, loaded.example_inputs

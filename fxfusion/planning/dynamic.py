@@ -13,14 +13,15 @@ Method (:func:`plan_over_range`; ``fxfusion.plan(..., dynamic=)`` and ``analyze 
   4. a site is planned (:func:`combine`) only where every bucket planned it with the same variant: a rewrite that
      pays at one bucket and not at another is refused, with each bucket's verdict.  An attention whose mask a bucket
      proved causal (a constant of its capture) is, in the symbolic graph, a mask computed from the sequence length:
-     it is proved causal at *every* length of the range (:mod:`fxfusion.planning.causal_proof`, the mask evaluated from the graph at
-     each) before it becomes SDPA's ``is_causal``, else refused with the length where it is not;
+     it is proved causal at *every* length of the range (:mod:`fxfusion.planning.causal_proof`: the mask evaluated
+     from the graph at each) before it becomes SDPA's ``is_causal``, else refused with the length where it is not;
   5. the plan is applied to the symbolic graph and run at the smallest and largest shapes against the original
      model (:func:`drop_specialised`): a rewrite that traced a size into the graph is refused there.
 The planned model checks every call against the ranges (:class:`fxfusion.graph.symbolic.RangeGuard`).  ``--apply``
 then verifies it against float64 at the buckets and at a shape never measured (:func:`shapes_to_verify`).
 Cost: one plan per bucket (three), one symbolic capture and match, the mask evaluations (at most
-:data:`fxfusion.planning.causal_proof.PROOF_ELEMENTS` mask elements in all), one application of the plan per shape checked.
+:data:`fxfusion.planning.causal_proof.PROOF_ELEMENTS` mask elements in all), one application of the plan per shape
+checked.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def resolve(spec: str | dict | DynamicDims, model: nn.Module, inputs: tuple) -> 
         a: dict[int, str] = {}
         if isinstance(x, torch.Tensor) and "batch" in asked and x.dim() >= 1 and x.shape[0] == tensors[0].shape[0]:
             a[0] = "batch"
-        if isinstance(x, torch.Tensor) and "seq" in asked and any(x is t for t in tokens) and x.shape[1] == tokens[0].shape[1]:
+        if "seq" in asked and any(x is t for t in tokens) and x.shape[1] == tokens[0].shape[1]:
             a[1] = "seq"
         axes.append(a)
     ranges = []

@@ -279,7 +279,8 @@ def apply_and_verify(analysis: Analysis, model: torch.nn.Module, example_inputs:
 
 
 def apply_and_verify_dynamic(model: torch.nn.Module, example_inputs: tuple, planner: Planner, dynamic,
-                             analyze_at: Callable[[tuple], Analysis]) -> tuple[FusionPlan, VerificationResult, Analysis]:
+                             analyze_at: Callable[[tuple], Analysis]
+                             ) -> tuple[FusionPlan, VerificationResult, Analysis]:
     """``analyze --apply --dynamic``: :data:`PLAN_STAGES` at each bucket of the range from ``analyze_at(inputs)``'s
     decisions, one plan of the symbolic capture kept where every bucket keeps it (:mod:`fxfusion.planning.dynamic`),
     verified end to end at each bucket and against float64 at a shape never measured
