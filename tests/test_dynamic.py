@@ -278,3 +278,21 @@ def test_a_model_that_does_not_export_whole_is_one_error_before_any_measurement(
         plan_over_range(loaded.model, loaded.example_inputs, "batch=1:4", lambda x, s: measured.append(s),
                         torch.device("cpu"))
     assert measured == []
+
+
+def test_the_markdown_report_tells_the_buckets_and_the_shapes_verified():
+    from fxfusion.reports.dynamic import dynamic_markdown
+    bucket = {"planned": True, "variant": "sdpa", "speedup": {"median": 1.5, "ci_low": 1.2, "ci_high": 1.8}}
+    section = {"ranges": {"batch": [1, 4]}, "buckets": ["batch=1", "batch=2", "batch=4"], "chosen": "planned",
+               "why": "chosen at 3 of 3 buckets",
+               "sites": [{"id": "g0.s1", "pattern": "causal_attention", "kept": True, "why": None,
+                          "buckets": [bucket] * 3}],
+               "end_to_end": [{"bucket": b, "ok": True, "chosen": "planned",
+                               "timings": {"eager": {"median_ms": 2.0, "speedup": None},
+                                           "planned": {"median_ms": 1.0, "speedup": {"median": 2.0}}}}
+                              for b in ("batch=1", "batch=2", "batch=4")],
+               "verified_shapes": [{"shape": "batch=3", "measured": False, "ok": True, "error": 1e-7}]}
+    text = dynamic_markdown(section)
+    assert "| g0.s1 | causal_attention | yes | sdpa 1.50x | sdpa 1.50x | sdpa 1.50x |  |" in text
+    assert "| batch=2 | 2.000 | 1.000 (2.00x) | planned | yes |" in text
+    assert "| batch=3 | no (never measured) | 1.00e-07 | yes |" in text

@@ -32,7 +32,7 @@ from fxfusion.reports.console import WIDE, fmt_shape, output_width
 from fxfusion.reports.html import render_analysis_html
 from fxfusion.reports.progress import StepProgress
 from fxfusion.reports.text import render_markdown, render_table
-from fxfusion.reports.dynamic import render_dynamic
+from fxfusion.reports.dynamic import dynamic_markdown, render_dynamic
 from fxfusion.reports.verification import render_verification
 
 FORMATS = ("table", "json", "markdown", "html")
@@ -55,7 +55,8 @@ def _text(report: dict, fmt: str, graphs=None, extra=None, width: int = WIDE) ->
     if fmt == "json":
         return json.dumps(report, indent=1, allow_nan=False) + "\n"
     if fmt == "markdown":
-        return render_markdown(report)
+        ranges = (report.get("verification") or {}).get("dynamic")
+        return render_markdown(report) + (dynamic_markdown(ranges) if ranges else "")
     if fmt == "html":
         return render_analysis_html(report, graphs)
     buffer = io.StringIO()

@@ -64,3 +64,23 @@ def render_dynamic(section: dict[str, Any]):
                         f"{r['limit']:.0e}" if r.get("limit") is not None else "-",
                         "yes" if r["ok"] else f"no: {r.get('reason') or ''}"[:60])
     return Group(*[Text(line) for line in dynamic_lines(section)], sites, times, checked)
+
+
+def dynamic_markdown(section: dict[str, Any]) -> str:
+    """The section as markdown (``-o report.md``): the head lines and the three tables."""
+    buckets = section["buckets"]
+    out = ["", "## Dynamic shapes", ""] + [line + "  " for line in dynamic_lines(section)] + [""]
+    out += ["| site | pattern | kept | " + " | ".join(buckets) + " | why not |",
+            "|---|---|---|" + "---|" * len(buckets) + "---|"]
+    out += [f"| {s['id']} | {s['pattern']} | {'yes' if s['kept'] else 'no'} | "
+            + " | ".join(_speedup(b) for b in s["buckets"]) + f" | {s.get('why') or ''} |"
+            for s in section["sites"] if s["kept"] or any(b["planned"] for b in s["buckets"])]
+    out += ["", "| bucket | eager ms | planned ms | chosen there | verified |", "|---|---|---|---|---|"]
+    out += [f"| {b['bucket']} | {_ms(b['timings'].get('eager'))} | {_ms(b['timings'].get('planned'))} | "
+            f"{b.get('chosen') or '-'} | {'yes' if b['ok'] else 'no'} |" for b in section["end_to_end"]]
+    out += ["", "| shape | measured there | largest error | ok |", "|---|---|---|---|"]
+    out += [f"| {r['shape']} | {'yes' if r['measured'] else 'no (never measured)'} | "
+            f"{r['error']:.2e} | {'yes' if r['ok'] else 'no'} |" if r.get("error") is not None else
+            f"| {r['shape']} | {'yes' if r['measured'] else 'no'} | - | {'yes' if r['ok'] else 'no'} |"
+            for r in section["verified_shapes"]]
+    return "\n".join(out) + "\n"
