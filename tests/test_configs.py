@@ -3,6 +3,7 @@ pruning within a budget, the choice against the best whole-model configuration, 
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -224,3 +225,34 @@ def test_the_planned_candidate_leaves_out_a_class_measured_slower_run_eagerly_bu
     v = verify.verify_plan(loaded.model, loaded.example_inputs, plan, **args)
     assert v.ok and v.timings["planned"].status == "skipped"
     assert v.timings["planned"].reason == verify.EVERY_CLASS_SLOWER and verify.EVERY_CLASS_SLOWER in v.reason
+
+
+def test_each_configuration_gives_torch_compile_its_own_options(monkeypatch):
+    # Dynamo reuses a frame compiled by an equal backend: freezing as a patched config alone compared equal to the
+    # default, and a copy compiled with freezing ran the default's code; its options must reach torch.compile
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: seen.append(kw) or module)
+    for word in ("default", "freezing", "cudagraphs", "freezing+cudagraphs"):
+        CONFIGS[word].compile(nn.Linear(2, 2))
+    assert seen[0] == {"mode": None, "dynamic": False}
+    assert seen[1] == {"options": {"freezing": True}, "dynamic": False}
+    assert seen[2] == {"mode": "reduce-overhead", "dynamic": False}
+    assert seen[3] == {"options": {"triton.cudagraphs": True, "freezing": True}, "dynamic": False}
+
+
+@pytest.mark.slow
+def test_a_copy_compiled_with_freezing_after_the_default_compiles_a_graph_of_its_own():
+    from torch._dynamo.utils import counters
+
+    from fxfusion.planning.candidates import compile_model, reset_compiled_state
+
+    reset_compiled_state()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(2, 16)
+    graphs = []
+    for word in ("default", "freezing"):
+        built = compile_model(word, copy.deepcopy(model), (x,), "cpu", CONFIGS[word])
+        assert built.status == "ok"
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[0] + 1  # before the fix: equal (the default's frame reused, nothing frozen)

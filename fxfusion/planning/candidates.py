@@ -238,7 +238,7 @@ def compile_model(name: str, module: nn.Module, inputs: tuple, device, config: C
     before = inductor_counters()
     recorder = _post_grad_recorder() if record_post_grad else None
     try:
-        compiled = torch.compile(module, mode=config.mode, dynamic=False)
+        compiled = config.compile(module)
         run = lambda: compiled(*inputs)  # noqa: E731
         with config.patch(), (torch._inductor.config.patch(post_grad_custom_post_pass=recorder)
                               if recorder is not None else contextlib.nullcontext()):

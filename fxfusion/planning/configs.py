@@ -50,6 +50,19 @@ class CompileConfig:
         """The Inductor options this configuration compiles under (active at the first call, when Inductor runs)."""
         return torch._inductor.config.patch(freezing=True) if self.freezing else contextlib.nullcontext()
 
+    def compile(self, module: nn.Module) -> nn.Module:
+        """``torch.compile(module)`` in this configuration, its Inductor options given to torch.compile itself: Dynamo
+        reuses a frame compiled by an equal backend, and two torch.compile calls that differ only in a patched
+        Inductor config compare equal -- a copy of a module compiled with freezing after one compiled by default ran
+        the default's code, compiling nothing (found 2026-12-07: the freezing candidates measured so far were default
+        compile again).  Options make the backends differ, so each configuration compiles its own."""
+        if not self.freezing:
+            return torch.compile(module, mode=self.mode, dynamic=False)
+        from torch._inductor import list_mode_options
+
+        return torch.compile(module, options={**list_mode_options(self.mode or "default"), "freezing": True},
+                             dynamic=False)
+
 
 CONFIGS = {c.word: c for c in (
     CompileConfig("default", words="torch.compile, default options"),
@@ -149,7 +162,7 @@ class Compiled(nn.Module):
 
     def __init__(self, module: nn.Module, config: CompileConfig) -> None:
         super().__init__()
-        self.config, self.compiled = config, torch.compile(module, mode=config.mode, dynamic=False)
+        self.config, self.compiled = config, config.compile(module)
         self.warm = False
 
     def forward(self, *args, **kwargs):
