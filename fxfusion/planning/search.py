@@ -144,8 +144,8 @@ def _rank(found: Search, words: tuple[str, ...], inputs, clock: Clock) -> None:
     found.ranking = {n: summarize(s).median * 1e3 for n, s in samples.seconds.items()}
     fastest = min(found.ranking.values())
     # the simplest configuration (CONFIGS' order: default, freezing, cudagraphs, both) within MIN_EFFECT of the fastest
-    # is the rewrites': within that, the ranking run's noise would pick (freezing read 0.2-2.3% either way of default
-    # on this CPU; freezing+cudagraphs 0.7589 against cudagraphs 0.7592 ms for Qwen2 on an H100, 2026-12-07)
+    # is the rewrites': within that, the ranking run's noise would pick (the same compiled code read 0.2-2.3% apart on
+    # this CPU and 0.7589 against 0.7592 ms for Qwen2 on an H100, 2026-12-07: freezing then reused the default's frame)
     order = list(CONFIGS)
     near = [n for n, ms in found.ranking.items() if ms < (1 + MIN_EFFECT) * fastest]
     found.best_config = min((names[n] for n in near), key=order.index)
