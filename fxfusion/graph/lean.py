@@ -1,12 +1,13 @@
 """Lean calls for a runnable captured graph: what running the graph costs over the model it came from, made smaller.
 
 A captured (exported) graph is slower to call than the eager model it came from (by how much on the reference models:
-``benchmarks/bench_lean.py``, its runs in docs/results.md) -- and a plan has to save more than that before it pays (:func:`fxfusion.planning.insitu.measure_overhead`).
+the retired ``bench_lean.py``, its finding in docs/results/history.md) -- and a plan has to save more than that before
+it pays (:func:`fxfusion.planning.insitu.measure_overhead`).
 The cost is Python, not kernels:
 
   * ``torch.ops.aten.relu.default(x)`` goes through ``OpOverload.__call__`` and boxed argument handling, which costs
     more per call than ``torch.relu(x)``, reaching the same aten operator through the generated Python bindings
-    (``benchmarks/bench_lean.py`` measures both);
+    (the retired ``bench_lean.py`` measured both: docs/results/history.md);
   * the exported module flattens its inputs and unflattens its outputs with pytree on every call;
   * every constant is fetched through nested ``Module.__getattr__`` calls (``getattr(self.downsample, "1").bias``),
     unused ones (``num_batches_tracked``) included.
