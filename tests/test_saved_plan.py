@@ -200,3 +200,24 @@ def test_cli_save_plan_needs_apply(tmp_path):
     result, err = _cli("analyze", MODELS / "mobilenet_block.py", "--save-plan", tmp_path / "plan.json")
     assert result.exit_code == 1 and "--save-plan saves the plan --apply makes" in err
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_a_saved_plan_keeps_only_the_groups_its_chosen_candidate_applies(tmp_path, no_timing):
+    # a class its context measured slower is left out of that candidate; the file keeps no timings to leave it out
+    # again, so it must not hold it: re-applying every group would hand back a model nobody timed
+    from fxfusion.planning.prediction import Context
+    from tests.helpers import class_timing
+
+    loaded = load_model(MODELS / "mobilenet_block.py")
+    plan = _every_site_plan(loaded)
+    assert len(plan.groups) >= 2
+    slow = plan.groups[0]
+    slow.classes[Context.EAGER] = class_timing([slow], -1.0)
+    path = save_plan(plan, tmp_path / "plan.json", loaded.model, loaded.example_inputs)
+    data = json.loads(path.read_text())
+    assert [g["id"] for g in data["groups"]] == [g.id for g in plan.groups[1:]]
+    planned = fxfusion.apply(loaded.model, fxfusion.load_plan(path), example_inputs=loaded.example_inputs)
+    assert [r.site_id for r in planned.fxfusion_rewrites] == [g.id for g in plan.groups[1:]]
+    with torch.no_grad():  # what the chosen candidate was, in this process
+        torch.testing.assert_close(planned(*loaded.example_inputs),
+                                   fxfusion.apply(loaded.model, plan)(*loaded.example_inputs), rtol=0, atol=0)

@@ -52,8 +52,7 @@ from fxfusion.profiles import schema
 from fxfusion.profiles.profile import Decision
 from fxfusion.measure.stats import Speedup
 
-PLAN_KIND = "fxfusion.plan"
-PLAN_VERSION = "1.0"
+PLAN_KIND, PLAN_VERSION = "fxfusion.plan", "1.0"
 
 
 # -- where a plan was made ---------------------------------------------------------------------------------------------
@@ -214,13 +213,20 @@ def _candidate_rows(choice: dict[str, Any] | None) -> list[dict[str, Any]]:
              "median_ms": r.get("median_ms")} for r in (choice or {}).get("candidates", [])]
 
 
+def _chosen_groups(plan: FusionPlan) -> list[FusionGroup]:
+    """The groups the chosen candidate applies (what was timed): the file keeps no timings to leave a class out again."""
+    spec = Spec.parse(_candidate(plan.choice)["name"])
+    return plan.groups_for(spec.context) if spec.rewrites else list(plan.groups)
+
+
 def saved_plan(plan: FusionPlan, model: nn.Module | None = None, example_inputs: tuple | None = None) -> SavedPlan:
     """What :func:`save_plan` writes, as an object."""
     if not isinstance(plan, FusionPlan):
         raise FxFusionError(f"save_plan() takes a FusionPlan, got {type(plan).__name__}")
     inputs = tuple(example_inputs) if example_inputs is not None else tuple(plan.captured.example_inputs)
     groups = [SavedGroup(g.id, g.pattern, g.graph_index, list(g.nodes), g.variant, g.baseline_variant, dict(g.roles),
-                         sorted(str(f) for f in g.flags), dict(g.shape), g.dtype, _evidence(g)) for g in plan.groups]
+                         sorted(str(f) for f in g.flags), dict(g.shape), g.dtype, _evidence(g))
+              for g in _chosen_groups(plan)]
     made = {**environment(plan.device), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "fxfusion": _version("fxfusion")}
     described = {"class": type(model).__name__ if model is not None else None, "capture": plan.captured.method,
