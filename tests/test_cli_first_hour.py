@@ -125,7 +125,8 @@ def test_calibration_table_fits_the_width_with_named_dimensions_and_whole_verdic
     rows = [line for line in text.splitlines() if line.startswith("│ ") and line.split("│")[1].strip()]
     assert len(rows) == len(profile.entries)  # each entry's first line names its pattern
     for row, entry in zip(rows, profile.entries):
-        assert entry.decision.display_verdict in [c.strip() for c in row.split("│")]  # whole, never "n…"
+        shown = entry.decision.display_verdict + (" (noisy)" if entry.decision.noisy else "")
+        assert shown in [c.strip() for c in row.split("│")]  # whole, never "n…"; a noisy one says so
     assert "M=32" in text and "Cin=16" in text  # dimensions by name
     assert not any("roofline" in line for line in text.splitlines() if line.startswith("┃"))
     legend = " ".join(text.split("└")[-1].split())
