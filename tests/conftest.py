@@ -44,3 +44,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def folding_profile(tiny_profile, tmp_path):
+    """The tiny profile with conv2d_bn_relu decided fuse by folding BN: a plan that rewrites, decided without timing."""
+    from fxfusion.profiles.profile import Profile
+
+    profile = Profile.load(tiny_profile)
+    for e in profile.entries:
+        if e.pattern == "conv2d_bn_relu":
+            for d in (e.decision, e.pipelined_decision):  # both regimes: analyze decides in the pipelined one
+                d.verdict, d.best_variant, d.noisy = "fuse", "bn_folded", False
+    return profile.save(tmp_path / "folding.json")

@@ -44,6 +44,16 @@ def replace_rewrite(monkeypatch, variant: str, make: Callable[[Callable], Callab
             monkeypatch.setitem(REGISTRY, name, dataclasses.replace(p, manual=manual))
 
 
+def ten_percent_off(correct: Callable) -> Callable:
+    """For :func:`replace_rewrite`: the site's output scaled by 1.1, a rewrite as wrong as a 10% weight error."""
+    def rewrite(gm, nodes, group):
+        old, new = correct(gm, nodes, group)
+        with gm.graph.inserting_after(new):
+            scaled = gm.graph.call_function(torch.ops.aten.mul.Tensor, (new, 1.1))
+        return old, scaled
+    return rewrite
+
+
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
 # What a typical profile picks per family; the plan is then determined by the sites' legality and baselines.

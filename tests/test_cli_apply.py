@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 import fxfusion.planning.insitu as insitu_module
 from fxfusion.cli.commands import app
-from fxfusion.profiles.profile import Profile
 from fxfusion.profiles.schema import schema_errors
 from fxfusion.planning.insitu import Overhead
 from tests.helpers import OpCountClock, replace_rewrite
@@ -25,16 +24,6 @@ from tests.helpers import OpCountClock, replace_rewrite
 pipeline_module = importlib.import_module("fxfusion.planning.pipeline")
 MODELS = Path(__file__).resolve().parent.parent / "models"
 runner = CliRunner()
-
-
-@pytest.fixture
-def folding_profile(tiny_profile, tmp_path):
-    profile = Profile.load(tiny_profile)
-    for e in profile.entries:
-        if e.pattern == "conv2d_bn_relu":
-            for d in (e.decision, e.pipelined_decision):  # both regimes: analyze decides in the pipelined one
-                d.verdict, d.best_variant, d.noisy = "fuse", "bn_folded", False
-    return profile.save(tmp_path / "folding.json")
 
 
 @pytest.fixture(autouse=True)

@@ -236,17 +236,6 @@ def quick_dynamic(monkeypatch):
     monkeypatch.setattr(insitu, "model_clock", lambda device: OpCountClock())
 
 
-@pytest.fixture
-def folding_profile(tiny_profile, tmp_path):
-    from fxfusion.profiles.profile import Profile
-    profile = Profile.load(tiny_profile)
-    for e in profile.entries:
-        if e.pattern == "conv2d_bn_relu":
-            for d in (e.decision, e.pipelined_decision):
-                d.verdict, d.best_variant, d.noisy = "fuse", "bn_folded", False
-    return profile.save(tmp_path / "folding.json")
-
-
 @pytest.mark.slow  # three buckets of analyze --apply, each timed: 2.5 min on the loaded 2-core CPU (2026-12-07)
 def test_cli_analyze_dynamic_reports_buckets_saves_and_apply_serves_the_range(folding_profile, quick_dynamic,
                                                                               tmp_path):

@@ -20,7 +20,7 @@ from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.sensitivity import perturbed_inputs
 from fxfusion.planning.verify import verify_plan
 from fxfusion.profiles.profile import Decision
-from tests.helpers import TINY_SPEC, replace_rewrite
+from tests.helpers import TINY_SPEC, replace_rewrite, ten_percent_off
 
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                         reason="the padded models are built with transformers")
@@ -114,18 +114,8 @@ def test_zero_initialised_head_is_flagged():
     assert "output 0 does not depend on the inputs" in " ".join(r.to_dict()["warnings"])
 
 
-def _ten_percent_off(correct):
-    """The site's output scaled by 1.1: what a 10% error in the head's weights would do."""
-    def rewrite(gm, nodes, group):
-        old, new = correct(gm, nodes, group)
-        with gm.graph.inserting_after(new):
-            scaled = gm.graph.call_function(torch.ops.aten.mul.Tensor, (new, 1.1))
-        return old, scaled
-    return rewrite
-
-
 def test_a_bias_dominated_output_hides_a_ten_percent_error_which_an_earlier_tensor_shows(monkeypatch):
-    replace_rewrite(monkeypatch, "addmm", _ten_percent_off)
+    replace_rewrite(monkeypatch, "addmm", ten_percent_off)
     r = verify(f"{VACUOUS}:biased")
     assert any(d["applied"] for d in r.rewrites)
     assert r.outputs[0].error < FLOAT32_TOL  # the wrong rewrite passes the output's limit: the vacuous case
@@ -144,7 +134,7 @@ def test_the_same_wrong_rewrite_fails_where_the_output_is_not_dominated(monkeypa
     clean = verify_plan(model, loaded.example_inputs, plan, spec=TINY_SPEC,
                         candidates=CandidateSet.uncompiled(captured=False))
     assert clean.ok and flags(clean) == [] and clean.outputs[0].weight_error_moves > FLOAT32_TOL
-    replace_rewrite(monkeypatch, "addmm", _ten_percent_off)
+    replace_rewrite(monkeypatch, "addmm", ten_percent_off)
     wrong = verify_plan(model, loaded.example_inputs, plan, spec=TINY_SPEC,
                         candidates=CandidateSet.uncompiled(captured=False))
     assert not wrong.ok and wrong.outputs[0].error > 0.05

@@ -22,7 +22,6 @@ from fxfusion.graph.loader import load_model
 from fxfusion.planning.insitu import Overhead
 from fxfusion.planning.plan import FusionPlan
 from fxfusion.planning.saved import load_plan, rebuild, save_plan
-from fxfusion.profiles.profile import Profile
 from fxfusion.profiles.schema import schema_errors
 from tests.helpers import OpCountClock, quick_apply, runnable_plan_of
 
@@ -153,16 +152,6 @@ def test_cli_a_missing_plan_is_one_line(tmp_path):
 
 
 # -- analyze --apply --save-plan, then fxfusion apply ------------------------------------------------------------------
-
-@pytest.fixture
-def folding_profile(tiny_profile, tmp_path):
-    profile = Profile.load(tiny_profile)
-    for e in profile.entries:
-        if e.pattern == "conv2d_bn_relu":
-            for d in (e.decision, e.pipelined_decision):
-                d.verdict, d.best_variant, d.noisy = "fuse", "bn_folded", False
-    return profile.save(tmp_path / "folding.json")
-
 
 @pytest.fixture
 def quick_pinned_apply(monkeypatch):

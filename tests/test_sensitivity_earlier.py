@@ -13,7 +13,7 @@ from fxfusion.graph.loader import load_model
 from fxfusion.planning.candidates import CandidateSet
 from fxfusion.planning.sensitivity import _in_planned
 from fxfusion.planning.verify import verify_plan
-from tests.helpers import TINY_SPEC, replace_rewrite
+from tests.helpers import TINY_SPEC, replace_rewrite, ten_percent_off
 from tests.test_gate import first_variant_plan
 
 VACUOUS = Path(__file__).resolve().parent / "models_vacuous.py"  # up -> GELU -> zero head (bias 0.5)
@@ -48,21 +48,11 @@ def test_zero_head_is_checked_at_the_tensor_the_head_reads():
     assert r.to_dict()["outputs"][0]["earlier"]["node"] == "gelu"  # in the report's JSON too
 
 
-def _ten_percent_off(correct):
-    """The site's output scaled by 1.1: a rewrite as wrong as a 10% weight error."""
-    def rewrite(gm, nodes, group):
-        old, new = correct(gm, nodes, group)
-        with gm.graph.inserting_after(new):
-            scaled = gm.graph.call_function(torch.ops.aten.mul.Tensor, (new, 1.1))
-        return old, scaled
-    return rewrite
-
-
 def test_a_wrong_rewrite_before_a_zero_head_fails_at_the_earlier_tensor(monkeypatch):
     """Before: the output is the head's bias whatever the up-projection computes, so this rewrite verified."""
     _, plan_ok = _verify()
     variant = plan_ok.rewrites[0]["variant"]
-    replace_rewrite(monkeypatch, variant, _ten_percent_off)
+    replace_rewrite(monkeypatch, variant, ten_percent_off)
     _, r = _verify()
     assert any(d["applied"] for d in r.rewrites)
     assert r.outputs[0].error < FLOAT32_TOL  # the output itself cannot see it
