@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -322,7 +323,11 @@ def main() -> None:
     ap.add_argument("--plans", default=None, help="apply DIR/<model>.json saved plans instead of analysing")
     ap.add_argument("--save-plans", default=None, help="save each verified plan to DIR/<model>.json")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--progress", action="store_true", help="log each --apply stage and candidate build to stderr")
     args = ap.parse_args()
+    if args.progress:
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        logging.getLogger("fxfusion.planning").setLevel(logging.INFO)
     if args.steps < MIN_STEPS:
         ap.error(f"--steps must be at least {MIN_STEPS}: the tokens are checked over that many")
     if args.threads:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 import time
@@ -99,6 +100,7 @@ def run_one(spec: str, args) -> dict:
     start = time.perf_counter()
     plan, v = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
     row["apply_s"] = time.perf_counter() - start
+    row["stages_s"] = (result.verification or {}).get("stages_s")
     report = result.to_dict()  # now with the verification and the plan (every group's timings, the warnings)
     rewrites = v.rewrites
     row.update(applied=sum(r["applied"] for r in rewrites), groups=len(plan.groups), verified=v.ok,
@@ -150,7 +152,12 @@ def main() -> None:
     ap.add_argument("--compiled-context", action=argparse.BooleanOptionalAction, default=None,
                     help="measure each class of rewrites with the whole model compiled (default: with the compiled "
                          "regime; fxfusion.planning.incontext)")
+    ap.add_argument("--progress", action="store_true", help="log each --apply stage and candidate build to stderr, "
+                    "with its seconds (also in each model's JSON: verification.stages_s)")
     args = ap.parse_args()
+    if args.progress:
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        logging.getLogger("fxfusion.planning").setLevel(logging.INFO)
     parse_candidates(args.candidates)  # a bad list fails here, not as a crash of every model
     Path(args.out).mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
@@ -204,7 +211,8 @@ def main() -> None:
                   + (f" (target {target:.2f}x)" if target else "") + f" over {len(gains)} models")
     below = [r["model"] for r in done if (r.get("chosen_vs_best") or 1) < CHOSEN_TARGET]
     slower = [r["model"] for r in done if (r.get("chosen_vs_whole") or 1) < 1.0]
-    late = [f"{r['model']} ({r['apply_s']:.0f} s)" for r in done if (r.get("apply_s") or 0) > APPLY_TARGET_S]
+    late = [f"{r['model']} ({r['apply_s']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in
+            (r.get("stages_s") or {}).items()) + ")" for r in done if (r.get("apply_s") or 0) > APPLY_TARGET_S]
     print(f"chosen below {CHOSEN_TARGET}x of the fastest: {below or 'none'}; chosen slower than the best whole-model "
           f"configuration: {slower or 'none'}; --apply over {APPLY_TARGET_S:.0f} s: {late or 'none'}")
     for r in done:

@@ -256,3 +256,26 @@ def test_a_copy_compiled_with_freezing_after_the_default_compiles_a_graph_of_its
         assert built.status == "ok"
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[1] == graphs[0] + 1  # before the fix: equal (the default's frame reused, nothing frozen)
+
+
+def test_each_stage_says_its_seconds_in_order_and_on_the_verification(caplog):
+    import logging
+
+    from fxfusion.planning.pipeline import Planner, Run, run_stages
+
+    class Analysis:
+        verification = None
+
+    def measure(run, p):
+        run.started -= 2.0  # two seconds pass (the clock read after the stage is what counts)
+
+    def verify(run, p):
+        run.analysis.verification = {"ok": True}
+
+    run = Run(model=None, example_inputs=(), analysis=Analysis())
+    with caplog.at_level(logging.INFO, logger="fxfusion.planning"):
+        run_stages(run, Planner(), (measure, verify))
+    assert list(run.stage_s) == ["measure", "verify"]
+    assert run.analysis.verification["stages_s"] == {k: round(v, 2) for k, v in run.stage_s.items()}
+    assert "stage measure:" in caplog.text and "since the start" in caplog.text
+    assert Run(model=None, example_inputs=(), analysis=Analysis()).stage_s == {}

@@ -19,6 +19,7 @@ so a test injects a clock or a spec into the whole pipeline instead of patching 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -98,6 +99,7 @@ class Run:
     verification: VerificationResult | None = None
 
     started: float = field(default_factory=time.perf_counter)
+    stage_s: dict[str, float] = field(default_factory=dict)  # seconds each stage took, in order (said in the JSON)
 
     def budget(self, p: "Planner") -> float:
         """A measuring stage's budget: the planner's per-stage budget, at most what the whole run has left less the
@@ -212,9 +214,20 @@ PLAN_STAGES: tuple[Stage, ...] = (make_plan, charge_overhead_measure, measure_re
 APPLY_STAGES: tuple[Stage, ...] = PLAN_STAGES + (measure_compiled, verify_and_choose)
 
 
+LOG = logging.getLogger("fxfusion.planning")
+
+
 def run_stages(run: Run, planner: Planner, stages: tuple[Stage, ...]) -> Run:
+    """Each stage in order; the seconds each took go on ``run.stage_s`` (and on the verification, once there is
+    one), so a run that overran its budget says where the time went."""
     for stage in stages:
+        start = time.perf_counter()
         stage(run, planner)
+        run.stage_s[stage.__name__] = time.perf_counter() - start
+        LOG.info("stage %s: %.1f s (%.1f s since the start)", stage.__name__, run.stage_s[stage.__name__],
+                 time.perf_counter() - run.started)
+    if run.analysis.verification is not None:
+        run.analysis.verification["stages_s"] = {k: round(v, 2) for k, v in run.stage_s.items()}
     return run
 
 

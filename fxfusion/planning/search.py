@@ -21,6 +21,7 @@ a user gets by flipping one flag, the floor the chosen candidate is held to.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -43,6 +44,7 @@ from fxfusion.planning.prediction import Context
 # ops x this reach HOST_BOUND_SHARE of its eager time is host-bound: CUDA graphs are tried before the other options.
 HOST_US_PER_OP, HOST_BOUND_SHARE = 8.0, 0.5
 # The configurations' ranking run: short -- it picks which configuration the rewrites are tried in, not the winner.
+LOG = logging.getLogger("fxfusion.planning")
 RANK_SPEC = TimingSpec(rounds=8, warmup=1, target_sample_s=0.02, budget_s=10.0)
 
 
@@ -79,6 +81,7 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
         if why_not or (deadline is not None and time.perf_counter() > deadline and not floor):
             found.not_tried[spec.name] = why_not or "the --apply budget was spent before it"
             return
+        start = time.perf_counter()
         module = candidate_module(spec, model, plan, planned)
         b = compile_model(spec.name, module, inputs, device, spec.config, record_post_grad=spec.config.word ==
                           "default" and not spec.captured)
@@ -93,6 +96,7 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
             found.verified[spec.name] = not failure
             if failure:
                 said.append(f"{spec.name}: outputs do not match ({failure}); it cannot be chosen")
+        LOG.info("candidate %s: %s in %.1f s", spec.name, b.status, time.perf_counter() - start)
 
     words = candidates.config_words(cuda)
     skipped = {w: f"{CONFIGS[w].word} needs CUDA" for w in (candidates.configs or ()) if w not in words}
