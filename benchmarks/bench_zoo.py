@@ -103,7 +103,8 @@ def run_one(spec: str, args) -> dict:
     row["stages_s"] = (result.verification or {}).get("stages_s")
     report = result.to_dict()  # now with the verification and the plan (every group's timings, the warnings)
     rewrites = v.rewrites
-    row.update(applied=sum(r["applied"] for r in rewrites), groups=len(plan.groups), verified=v.ok,
+    row.update(applied=sum(r["applied"] for r in rewrites), groups=len(plan.groups), reference=v.reference,
+               verified=v.ok if v.reference == "float64" else f"{v.ok} (against the original: no float64 run)",
                reason=v.reason, prediction_error_pct=v.prediction_error_pct, fraction_error_pct=v.fraction_error_pct)
     c = v.candidates or {}
     rows = {r["name"]: r for r in c.get("candidates", [])}

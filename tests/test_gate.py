@@ -152,3 +152,24 @@ def test_integer_inputs_are_changed_within_their_range():
     assert changed.tolist() == [[4, 5, 6, 3]] and "next value" in how
     none, why = perturbed_inputs((torch.zeros(2, 3, dtype=torch.long),))
     assert none is None and "no floating input" in why
+
+
+def test_integer_inputs_go_to_the_cpu_with_the_float64_copy(monkeypatch):
+    """Token ids left on the GPU beside the CPU float64 copy failed every Hugging Face LM's reference on CUDA (an
+    H100, 2026-12-07: BERT verified against the original model); here the move itself is watched."""
+    from fxfusion.planning.outputs import to_reference
+
+    moves, real = [], torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: moves.append((self.dtype, a)) or real(self, *a, **k))
+    ids, x = to_reference(torch.arange(4)), to_reference(torch.ones(2, dtype=torch.float32))
+    assert moves == [(torch.int64, ("cpu",)), (torch.float32, ("cpu", torch.float64))]
+    assert ids.dtype == torch.int64 and x.dtype == torch.float64 and to_reference(3) == 3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_token_id_model_on_cuda_verifies_against_float64():
+    emb = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 16), torch.nn.GELU()).cuda().eval()
+    ids = torch.randint(0, 50, (2, 8), device="cuda")
+    ref, why_not = float64_reference(emb, (ids,))
+    assert why_not is None and ref.dtype == torch.float64 and ref.device.type == "cpu"

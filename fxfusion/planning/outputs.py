@@ -57,7 +57,12 @@ class OutputCheck:
 
 
 def to_reference(x: Any) -> Any:
-    return x.detach().to("cpu", torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+    """A tensor as the float64 reference takes or gives it: on the CPU, floats in float64.  Integer tensors move too:
+    token ids left on a GPU beside the CPU copy failed every Hugging Face LM's float64 run on CUDA (BERT, Llama, ...:
+    "index is on cuda:0, different from other tensors on cpu"), and verification fell back to the original model."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    return x.detach().to("cpu", torch.float64) if x.is_floating_point() else x.detach().to("cpu")
 
 
 _NARROWER = (torch.float32, torch.float16, torch.bfloat16)
