@@ -154,9 +154,16 @@ def is_pure(node: fx.Node) -> bool:
 CONSTANT_NODE_BUDGET = 32
 
 
-def constant_value(gm: fx.GraphModule, node: Any, budget: int = CONSTANT_NODE_BUDGET) -> torch.Tensor | None:
-    """The value of ``node`` when it depends only on the module's constants and literals (None otherwise), evaluated
-    when that takes at most ``budget`` nodes."""
+# What a leaf function of :func:`evaluate_ahead` returns for a node it cannot see through, and for one to evaluate
+# from its inputs.
+UNKNOWN, COMPUTE = object(), object()
+
+
+def evaluate_ahead(node: Any, leaf: Callable[[fx.Node], Any], budget: int,
+                   pure: Callable[[fx.Node], bool] = is_pure) -> Any:
+    """The value of ``node`` evaluated ahead of run time, or :data:`UNKNOWN`: ``leaf(n)`` gives each node's value,
+    UNKNOWN (nothing is proved through it), or COMPUTE (a ``pure`` call evaluated from its inputs); at most ``budget``
+    nodes.  Constant masks and size-only values (fxfusion.graph.symbolic) are both this walk with their own leaves."""
     values: dict[fx.Node, Any] = {}
 
     def visit(n: fx.Node) -> bool:
@@ -164,19 +171,32 @@ def constant_value(gm: fx.GraphModule, node: Any, budget: int = CONSTANT_NODE_BU
             return True
         if len(values) >= budget:
             return False
-        if n.op == "get_attr" or (n.op == "placeholder" and n.name in bound_constants(gm)):
-            values[n] = constant(gm, n, "constant")
-            return True
-        if not is_pure(n) or not all(visit(a) for a in n.all_input_nodes):
+        v = leaf(n)
+        if v is not COMPUTE:
+            values[n] = v
+            return v is not UNKNOWN
+        if not pure(n) or not all(visit(a) for a in n.all_input_nodes):
             return False
         args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: values[a])
         values[n] = n.target(*args, **kwargs)
         return True
 
+    with torch.no_grad():
+        return values[node] if visit(node) else UNKNOWN
+
+
+def constant_value(gm: fx.GraphModule, node: Any, budget: int = CONSTANT_NODE_BUDGET) -> torch.Tensor | None:
+    """The value of ``node`` when it depends only on the module's constants and literals (None otherwise), evaluated
+    when that takes at most ``budget`` nodes."""
+    def leaf(n: fx.Node) -> Any:
+        if n.op == "get_attr" or (n.op == "placeholder" and n.name in bound_constants(gm)):
+            return constant(gm, n, "constant")
+        return COMPUTE
+
     if not isinstance(node, fx.Node):
         return None
-    with torch.no_grad():
-        return values[node] if visit(node) and isinstance(values[node], torch.Tensor) else None
+    value = evaluate_ahead(node, leaf, budget)
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def emit_traced(g: fx.Graph, fn: Callable[..., torch.Tensor], args: Sequence[fx.Node], before: fx.Node,

@@ -22,6 +22,7 @@ import torch
 from torch import fx, nn
 
 from fxfusion.errors import FxFusionError
+from fxfusion.graph.edit import COMPUTE, UNKNOWN, attribute, evaluate_ahead
 
 
 @dataclass(frozen=True)
@@ -247,37 +248,18 @@ def size_only_value(gm: fx.GraphModule, node: Any, symbolic: SymbolicGraph, size
     """The value of ``node`` when each range has the size ``sizes`` gives it, where it depends only on constants
     (``get_attr``, placeholders in ``constants``), literals and tensors' *sizes* (``sym_size``); None when it reads an
     input's values, an impure op, or more than ``budget`` nodes."""
-    values: dict[fx.Node, Any] = {}
-
-    def visit(n: fx.Node) -> bool:
-        if n in values:
-            return True
-        if len(values) >= budget:
-            return False
+    def leaf(n: fx.Node) -> Any:
         if n.op == "get_attr":
-            obj: Any = gm
-            for part in str(n.target).split("."):
-                obj = getattr(obj, part)
-            values[n] = obj.detach() if isinstance(obj, torch.Tensor) else obj
-            return True
+            obj = attribute(gm, str(n.target))
+            return obj.detach() if isinstance(obj, torch.Tensor) else obj
         if n.op == "placeholder":
-            if n.name not in constants:
-                return False
-            values[n] = constants[n.name].detach()
-            return True
+            return constants[n.name].detach() if n.name in constants else UNKNOWN
         if n.op == "call_function" and n.target is torch.ops.aten.sym_size.int and isinstance(n.args[0], fx.Node):
             shape = symbolic.shape_at(n.args[0].name, sizes)
-            if shape is None:
-                return False
-            values[n] = shape[n.args[1]]
-            return True
-        if not _is_pure_call(n) or not all(visit(a) for a in n.all_input_nodes):
-            return False
-        args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: values[a])
-        values[n] = n.target(*args, **kwargs)
-        return True
+            return UNKNOWN if shape is None else shape[n.args[1]]
+        return COMPUTE
 
     if not isinstance(node, fx.Node):
         return node
-    with torch.no_grad():
-        return values[node] if visit(node) else None
+    value = evaluate_ahead(node, leaf, budget, pure=_is_pure_call)
+    return None if value is UNKNOWN else value
