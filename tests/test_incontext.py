@@ -79,7 +79,7 @@ def test_a_class_the_budget_left_out_keeps_its_regions_and_the_prediction_says_m
     for g in plan.groups:
         g.regions[COMPILED] = region(0.001, ci_high_ms=0.002)
     said = measure_in_context(plan, loaded.model, loaded.example_inputs, COMPILED, "cpu", spec=TINY_SPEC,
-                              clock=OpCountClock(), budget_s=0.0)
+                              clock=OpCountClock(), budget_s=1e-9)  # spent once the control is built
     assert len(said) == 2 and all("the budget (0 s) was spent" in w and "\n" not in w for w in said)
     assert all(not g.classes for g in plan.groups)
     p = predict(plan.groups, COMPILED)
@@ -175,7 +175,8 @@ def test_without_every_applied_class_measured_eager_the_planned_prediction_is_th
     loaded = load_model(MODELS / "resnet_basic.py")
     model, inputs = loaded.model, tuple(loaded.example_inputs)
     plan = typical_plan("resnet_basic")
-    said = measure_in_context(plan, model, inputs, EAGER, "cpu", spec=TINY_SPEC, clock=OpCountClock(), budget_s=0.0)
+    said = measure_in_context(plan, model, inputs, EAGER, "cpu", spec=TINY_SPEC, clock=OpCountClock(),
+                              budget_s=1e-9)  # spent once the control is built: each class says so
     assert len(said) == 2 and all("the budget (0 s) was spent; the planned prediction" in w for w in said)
     plan.groups[0].classes[EAGER] = class_timing([plan.groups[0]], 1.0, fraction=0.5)  # one class of two: not used
     for g in plan.groups:
@@ -272,3 +273,20 @@ def test_each_layout_leaves_out_what_is_slower_in_that_layout():
                     "is not faster with those rewrites beyond the noise (or, where not measured so, their regions are "
                     "slower)"]
     assert [r.site_id for r in module.fxfusion_rewrites if r.applied] == [g2.id]  # only the group kept
+
+
+def test_a_spent_budget_compiles_nothing_and_says_so(monkeypatch):
+    """tv_resnet50 (tiny, this CPU, --apply-budget-s 60): the compiled contexts started with none of the measuring
+    share left still compiled the control and the channels-last module, 41 s of a 60 s budget."""
+    built = []
+    monkeypatch.setattr(incontext, "compile_model", lambda name, *a, **k: built.append(name) or not_compiled(name, *a, **k))
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    for context in (COMPILED, CHANNELS_LAST):
+        said = measure_in_context(plan, loaded.model, loaded.example_inputs, context, "cpu", spec=TINY_SPEC,
+                                  clock=OpCountClock(), budget_s=0.0)
+        assert len(said) == 1 and "measuring share of the budget was spent" in said[0]
+    assert built == [] and all(not g.classes for g in plan.groups)
+    measure_in_context(plan, loaded.model, loaded.example_inputs, COMPILED, "cpu", spec=TINY_SPEC,
+                       clock=OpCountClock(), budget_s=60.0)
+    assert built and all(COMPILED in g.classes for g in plan.groups)  # the control: the same call with a budget builds
