@@ -110,6 +110,17 @@ def test_measuring_stages_leave_the_candidates_their_share_of_the_whole_budget()
     assert Run(model=None, example_inputs=(), analysis=None).budget(Planner(budget_s=7.0)) == 7.0  # no bound
 
 
+def test_the_measuring_share_is_split_equally_among_the_stages_still_to_come():
+    from fxfusion.planning.pipeline import CANDIDATES_SHARE, Planner, Run
+
+    p, share = Planner(total_s=90.0, budget_s=1000.0), (1 - CANDIDATES_SHARE) * 90.0
+    run = Run(model=None, example_inputs=(), analysis=None)
+    assert share / 3 - 1 < run.budget(p, after=2) <= share / 3  # regions, then eager and compiled classes
+    run.started -= 5.0  # regions used 5 s of their 15: the rest goes to the two stages after them
+    assert (share - 5) / 2 - 1 < run.budget(p, after=1) <= (share - 5) / 2
+    assert run.budget(Planner(total_s=90.0, budget_s=4.0), after=1) == 4.0  # the per-stage cap still holds
+
+
 def test_a_host_bound_model_tries_cuda_graphs_first():
     from fxfusion.planning.search import host_bound
 

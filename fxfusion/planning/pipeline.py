@@ -101,13 +101,15 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     stage_s: dict[str, float] = field(default_factory=dict)  # seconds each stage took, in order (said in the JSON)
 
-    def budget(self, p: "Planner") -> float:
+    def budget(self, p: "Planner", after: int = 0) -> float:
         """A measuring stage's budget: the planner's per-stage budget, at most what the whole run has left less the
-        share kept for building the candidates (:data:`CANDIDATES_SHARE`)."""
+        share kept for building the candidates (:data:`CANDIDATES_SHARE`), shared equally with the ``after``
+        measuring stages still to come (what a stage leaves unused goes to the next).  Without the sharing the
+        regions of a conv net's 53 groups took all of it and no class was measured in either context."""
         if p.total_s is None:
             return p.budget_s
         left = self.deadline(p) - CANDIDATES_SHARE * p.total_s - time.perf_counter()
-        return max(0.0, min(p.budget_s, left))
+        return max(0.0, min(p.budget_s, left / (1 + after)))
 
     def deadline(self, p: "Planner") -> float | None:
         return None if p.total_s is None else self.started + p.total_s
@@ -153,7 +155,7 @@ def measure_regions(run: Run, p: Planner) -> None:
     """Predict from each group's region timed inside the model, not from the standalone pattern timings."""
     if run.module is not None and run.has_groups():
         run.plan.measure_in_model(run.model, run.example_inputs, p.device, spec=p.specs.regions, clock=p.clock,
-                                  budget_s=run.budget(p),
+                                  budget_s=run.budget(p, after=_stages_after_regions(run, p)),
                                   reference_ms=run.overhead.eager_ms if run.overhead is not None else None)
         note_in_model(run.analysis, run.plan)
 
@@ -166,7 +168,8 @@ def charge(run: Run, p: Planner) -> None:
 def measure_eager_context(run: Run, p: Planner) -> None:
     if p.eager_context and run.module is not None and run.plan.groups:
         run.plan.warnings += measure_in_context(run.plan, run.model, run.example_inputs, Context.EAGER, p.device,
-                                                spec=p.specs.context, clock=p.clock, budget_s=run.budget(p))
+                                                spec=p.specs.context, clock=p.clock,
+                                                budget_s=run.budget(p, after=len(_compiled_contexts(run, p))))
 
 
 def measure_compiled(run: Run, p: Planner) -> None:
@@ -175,18 +178,32 @@ def measure_compiled(run: Run, p: Planner) -> None:
     planned + compile, in channels-last for planned + channels-last + compile on a conv model (each context decides
     what its candidate leaves out) -- then each group's region compiled on its own only where its class was not
     measured so (the budget ran out, or the classes are off), as the fallback prediction and filter."""
-    if not (p.measures_compiled() and run.module is not None and run.plan.groups):
+    contexts = _compiled_contexts(run, p)
+    if not contexts:
         return
-    contexts = [Context.COMPILED] * (Context.COMPILED in _asked(p)) + [Context.COMPILED_CHANNELS_LAST] * (
-        Context.COMPILED_CHANNELS_LAST in _asked(p) and has_conv2d(run.model))
-    for context in contexts if p.compiled_classes else []:
+    for i, context in enumerate(contexts if p.compiled_classes else []):
         run.plan.warnings += measure_in_context(run.plan, run.model, run.example_inputs, context, p.device,
-                                                spec=p.specs.context, clock=p.clock, budget_s=run.budget(p),
+                                                spec=p.specs.context, clock=p.clock,
+                                                budget_s=run.budget(p, after=len(contexts) - 1 - i),
                                                 compile_fn=p.compile)
     for context in contexts:
         left = [g for g in run.plan.groups if context not in g.classes]
         run.plan.measure_in_compiled_model(run.model, run.example_inputs, context, p.device, spec=p.specs.regions,
                                            clock=p.clock, budget_s=run.budget(p), groups=left)
+
+
+def _compiled_contexts(run: Run, p: Planner) -> list[Context]:
+    """The compiled contexts measure_compiled measures: planned + compile's, and planned + channels-last +
+    compile's on a conv model, where those candidates are asked for."""
+    if not (p.measures_compiled() and run.module is not None and run.plan.groups):
+        return []
+    return [Context.COMPILED] * (Context.COMPILED in _asked(p)) + [Context.COMPILED_CHANNELS_LAST] * (
+        Context.COMPILED_CHANNELS_LAST in _asked(p) and has_conv2d(run.model))
+
+
+def _stages_after_regions(run: Run, p: Planner) -> int:
+    eager = p.eager_context and run.module is not None and bool(run.plan.groups)
+    return int(eager) + len(_compiled_contexts(run, p)) * p.compiled_classes
 
 
 def _asked(p: Planner) -> set[Context]:
