@@ -290,3 +290,26 @@ def test_each_stage_says_its_seconds_in_order_and_on_the_verification(caplog):
     assert run.analysis.verification["stages_s"] == {k: round(v, 2) for k, v in run.stage_s.items()}
     assert "stage measure:" in caplog.text and "since the start" in caplog.text
     assert Run(model=None, example_inputs=(), analysis=Analysis()).stage_s == {}
+
+
+def test_a_build_that_would_end_past_the_deadline_is_not_started(monkeypatch):
+    from types import SimpleNamespace
+
+    from fxfusion.planning import search
+
+    now = [100.0]  # a fake clock: each build takes 8 s of it
+    monkeypatch.setattr(search, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    log: list = []
+
+    def slow(name, module, inputs, device, config, record_post_grad=False):
+        now[0] += 8.0
+        return _fake_compile(log)(name, module, inputs, device, config)
+
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    found = build_candidates(loaded.model, loaded.example_inputs, plan, apply(loaded.model, plan),
+                             {g.id for g in plan.groups}, CandidateSet(configs=("default", "freezing")), "cpu",
+                             lambda out: "", OpCountClock(), [], compile_fn=slow, deadline=112.0)
+    assert [name for name, _ in log] == ["compile"]  # 4 s left after it, the longest build 8 s: nothing else starts
+    assert found.not_tried["compile+freezing"] == ("the --apply budget would be spent before it was built (4 s left, "
+                                                   "the longest build so far took 8 s)")

@@ -76,10 +76,17 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
     found = Search(kept={PLANNED: [g for g in plan.groups_for(Context.EAGER) if g.id in applied]},
                    host_bound=host_bound(plan, eager_ms))
 
+    longest = [0.0]  # the longest build so far: one that would end past the deadline is not started
+
     def build(spec: Spec, why_not: str | None = None) -> None:
         floor = spec.config is not None and spec.config.word == "default" and not (spec.rewrites or spec.captured or spec.channels_last)
-        if why_not or (deadline is not None and time.perf_counter() > deadline and not floor):
-            found.not_tried[spec.name] = why_not or "the --apply budget was spent before it"
+        now = time.perf_counter()
+        if not why_not and deadline is not None and not floor and now + longest[0] > deadline:
+            why_not = "the --apply budget was spent before it" if now > deadline else (
+                f"the --apply budget would be spent before it was built ({deadline - now:.0f} s left, the longest "
+                f"build so far took {longest[0]:.0f} s)")
+        if why_not:
+            found.not_tried[spec.name] = why_not
             return
         start = time.perf_counter()
         module = candidate_module(spec, model, plan, planned)
@@ -96,6 +103,7 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
             found.verified[spec.name] = not failure
             if failure:
                 said.append(f"{spec.name}: outputs do not match ({failure}); it cannot be chosen")
+        longest[0] = max(longest[0], time.perf_counter() - start)
         LOG.info("candidate %s: %s in %.1f s", spec.name, b.status, time.perf_counter() - start)
 
     words = candidates.config_words(cuda)
