@@ -224,8 +224,6 @@ def run_model(name: str, args, device: torch.device, dtype) -> dict:
     configs = tuple(w for w in parse_configs(args.compile_modes, is_cuda(device))
                     if is_cuda(device) or not CONFIGS[w].cuda_only)
     chosen, info = chosen_module(name, step, inputs, args, device, configs)
-    with torch.no_grad():  # the step keeps its last call's cache tensors: after a capture export's fake ones, which
-        step(*inputs)  # no copy can take; one eager call points it at real ones again
     torch._dynamo.reset()  # the analysis compiled the step: no compile below may find Dynamo's cache full
     llama = __import__("hf_llama")
     cands = candidates_for(step, configs, chosen, lambda: llama.empty_cache(step.lm, cfg.batch, step.cache_len))

@@ -109,3 +109,17 @@ def test_padded_preset_masks_the_left_padding(name):
         again = model(torch.cat([ids[:1], shifted]), mask[:2])
     assert out.shape == (cfg.batch, cfg.seq, cfg.hidden)
     torch.testing.assert_close(again[1, 5:], out[1, 5:], rtol=1e-5, atol=1e-5)
+
+
+def test_the_step_keeps_no_tensor_of_its_last_call_so_a_copy_after_a_capture_works():
+    """The step pointed its cache at each call's tensors and kept them: after an export capture those were fake
+    tensors, and a deep copy failed (saved.apply and bench_decode worked around it)."""
+    import copy
+
+    _, _, step, inputs = tiny_decode("hf_llama")
+    runnable_plan_of(step, inputs)  # an export capture: the step ran on fake tensors
+    assert all(layer.keys is None and layer.values is None and layer.cumulative_length is None
+               for layer in step.cache.layers)
+    twin = copy.deepcopy(step)
+    with torch.no_grad():
+        assert torch.equal(twin(*[t.clone() for t in inputs]), step(*[t.clone() for t in inputs]))

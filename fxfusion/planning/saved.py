@@ -352,8 +352,8 @@ def apply(model: nn.Module, plan, other_shapes: str = "error", candidate: str | 
     chosen when it was made, unless ``candidate`` names another -- by :func:`apply_rebuilt`."""
     if isinstance(plan, SavedPlan):
         spec = Spec.parse(candidate or plan.chosen)
-        # The user's module, copied before the capture: a module that keeps its last call's tensors (a decode step
-        # pointing its KV cache at its inputs) holds export's fake tensors after it, which no deepcopy can take.
+        # The user's module, copied before the capture: one that keeps its last call's tensors (a KV cache pointing
+        # at its inputs, as the zoo's decode step did) holds export's fake tensors after it, which no copy can take.
         original = copy_model(model) if not (spec.rewrites or spec.captured) else None
         return apply_rebuilt(model, rebuild(plan, model, example_inputs, allow_mismatch), other_shapes, candidate,
                              original)

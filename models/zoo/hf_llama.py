@@ -126,8 +126,18 @@ class DecodeStep(torch.nn.Module):
             layer.is_initialized = True
         return cache
 
+    def _release(self) -> None:
+        """The cache's layers let go of the call's tensors: the step keeps no state between calls, so a copy of it
+        made after a capture (whose calls ran on export's fake tensors) or after a generation deep-copies cleanly."""
+        for layer in self.cache.layers:
+            layer.keys = layer.values = layer.cumulative_length = None
+            layer.is_initialized = False
+
     def forward(self, input_ids, position, *kv):  # (B, T) ids, () int64, 2 x layers (B, KVH, cache, D) -> (B, T, vocab)
-        return self.lm(input_ids=input_ids, cache=self._cache(position, kv), use_cache=True).logits
+        try:
+            return self.lm(input_ids=input_ids, cache=self._cache(position, kv), use_cache=True).logits
+        finally:
+            self._release()
 
 
 def empty_cache(lm: torch.nn.Module, batch: int, cache_len: int) -> list[torch.Tensor]:
