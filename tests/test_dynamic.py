@@ -283,5 +283,11 @@ def test_the_markdown_report_tells_the_buckets_and_the_shapes_verified():
                "verified_shapes": [{"shape": "batch=3", "measured": False, "ok": True, "error": 1e-7}]}
     text = dynamic_markdown(section)
     assert "| g0.s1 | causal_attention | yes | sdpa 1.50x | sdpa 1.50x | sdpa 1.50x |  |" in text
-    assert "| batch=2 | 2.000 | 1.000 (2.00x) | planned | yes |" in text
-    assert "| batch=3 | no (never measured) | 1.00e-07 | yes |" in text
+    assert "| batch=2 | 2.000 | 1.000 (2.00x) | - | planned | yes |" in text
+    assert "| batch=3 | no (never measured) | 1.00e-07 | - | yes |" in text
+    # the HTML report has the same section, escaped, inside the verification
+    from fxfusion.reports.html import render_analysis_html
+    section["sites"][0]["pattern"] = "<causal>"
+    page = render_analysis_html({"metadata": {"model": "m"}, "verification": {"ok": True, "dynamic": section}})
+    assert '<section id="dynamic"><h2>Dynamic shapes</h2>' in page and "&lt;causal&gt;" in page
+    assert "<td>batch=3</td><td>no (never measured)</td><td>1.00e-07</td>" in page

@@ -1,9 +1,13 @@
 """How a plan over dynamic shapes is told (``analyze --apply --dynamic``): the ranges and buckets, each planned site at
-each bucket, each bucket's end-to-end times and choice, and the shapes verified against float64."""
+each bucket, each bucket's end-to-end times and choice, and the shapes verified against float64 -- the same three
+tables in the terminal, markdown and HTML (:func:`dynamic_tables`)."""
 
 from __future__ import annotations
 
+from html import escape
 from typing import Any
+
+Table = tuple[str, tuple[str, ...], list[list[str]]]  # title, headers, rows of text
 
 
 def _speedup(row: dict[str, Any]) -> str:
@@ -33,54 +37,60 @@ def dynamic_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def dynamic_tables(section: dict[str, Any]) -> list[Table]:
+    """The section's three tables: sites at each bucket (those refused alike everywhere left to the analysis
+    table), end to end at each bucket, outputs against float64 at each shape."""
+    buckets = section["buckets"]
+    sites = [[s["id"], s["pattern"], "yes" if s["kept"] else "no", *[_speedup(b) for b in s["buckets"]],
+              s.get("why") or ""] for s in section["sites"] if s["kept"] or any(b["planned"] for b in s["buckets"])]
+    times = [[b["bucket"], _ms(b["timings"].get("eager")), _ms(b["timings"].get("planned")),
+              _ms(b["timings"].get("compile")), b.get("chosen") or "-", "yes" if b["ok"] else "no"]
+             for b in section["end_to_end"]]
+    checked = [[r["shape"], "yes" if r["measured"] else "no (never measured)",
+                f"{r['error']:.2e}" if r.get("error") is not None else "-",
+                f"{r['limit']:.0e}" if r.get("limit") is not None else "-",
+                "yes" if r["ok"] else f"no: {r.get('reason') or ''}"] for r in section["verified_shapes"]]
+    return [("sites at each bucket (planned variant, its speedup there)",
+             ("site", "pattern", "kept", *buckets, "why not"), sites),
+            ("end to end at each bucket (median ms, speedup over eager)",
+             ("bucket", "eager", "planned", "compile", "chosen there", "verified"), times),
+            ("outputs against float64 at each shape", ("shape", "measured there", "largest error", "limit", "ok"),
+             checked)]
+
+
 def render_dynamic(section: dict[str, Any]):
     """A rich renderable of the report's ``dynamic`` section."""
     from rich.console import Group
-    from rich.table import Table
+    from rich.table import Table as RichTable
     from rich.text import Text
 
-    buckets = section["buckets"]
-    sites = Table(title="sites at each bucket (planned variant, its speedup there)")
-    for col in ["site", "pattern", "kept"] + buckets + ["why not"]:
-        sites.add_column(col)
-    for s in section["sites"]:
-        if not any(b["planned"] for b in s["buckets"]) and not s["kept"]:
-            continue  # refused alike everywhere: the analysis table says why
-        sites.add_row(s["id"], s["pattern"], "yes" if s["kept"] else "no", *[_speedup(b) for b in s["buckets"]],
-                      (s.get("why") or "")[:90])
-    times = Table(title="end to end at each bucket (median ms, speedup over eager)")
-    for col in ("bucket", "eager", "planned", "compile", "chosen there", "verified"):
-        times.add_column(col)
-    for b in section["end_to_end"]:
-        t = b["timings"]
-        times.add_row(b["bucket"], _ms(t.get("eager")), _ms(t.get("planned")), _ms(t.get("compile")),
-                      b.get("chosen") or "-", "yes" if b["ok"] else "no")
-    checked = Table(title="outputs against float64 at each shape")
-    for col in ("shape", "measured there", "largest error", "limit", "ok"):
-        checked.add_column(col)
-    for r in section["verified_shapes"]:
-        checked.add_row(r["shape"], "yes" if r["measured"] else "no (never measured)",
-                        f"{r['error']:.2e}" if r.get("error") is not None else "-",
-                        f"{r['limit']:.0e}" if r.get("limit") is not None else "-",
-                        "yes" if r["ok"] else f"no: {r.get('reason') or ''}"[:60])
-    return Group(*[Text(line) for line in dynamic_lines(section)], sites, times, checked)
+    tables = []
+    for title, headers, rows in dynamic_tables(section):
+        t = RichTable(title=title)
+        for col in headers:
+            t.add_column(col)
+        for row in rows:
+            t.add_row(*row)
+        tables.append(t)
+    return Group(*[Text(line) for line in dynamic_lines(section)], *tables)
 
 
 def dynamic_markdown(section: dict[str, Any]) -> str:
     """The section as markdown (``-o report.md``): the head lines and the three tables."""
-    buckets = section["buckets"]
-    out = ["", "## Dynamic shapes", ""] + [line + "  " for line in dynamic_lines(section)] + [""]
-    out += ["| site | pattern | kept | " + " | ".join(buckets) + " | why not |",
-            "|---|---|---|" + "---|" * len(buckets) + "---|"]
-    out += [f"| {s['id']} | {s['pattern']} | {'yes' if s['kept'] else 'no'} | "
-            + " | ".join(_speedup(b) for b in s["buckets"]) + f" | {s.get('why') or ''} |"
-            for s in section["sites"] if s["kept"] or any(b["planned"] for b in s["buckets"])]
-    out += ["", "| bucket | eager ms | planned ms | chosen there | verified |", "|---|---|---|---|---|"]
-    out += [f"| {b['bucket']} | {_ms(b['timings'].get('eager'))} | {_ms(b['timings'].get('planned'))} | "
-            f"{b.get('chosen') or '-'} | {'yes' if b['ok'] else 'no'} |" for b in section["end_to_end"]]
-    out += ["", "| shape | measured there | largest error | ok |", "|---|---|---|---|"]
-    out += [f"| {r['shape']} | {'yes' if r['measured'] else 'no (never measured)'} | "
-            f"{r['error']:.2e} | {'yes' if r['ok'] else 'no'} |" if r.get("error") is not None else
-            f"| {r['shape']} | {'yes' if r['measured'] else 'no'} | - | {'yes' if r['ok'] else 'no'} |"
-            for r in section["verified_shapes"]]
+    out = ["", "## Dynamic shapes", ""] + [line + "  " for line in dynamic_lines(section)]
+    for title, headers, rows in dynamic_tables(section):
+        out += ["", f"*{title}*", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(out) + "\n"
+
+
+def dynamic_html(section: dict[str, Any]) -> str:
+    """The section as HTML (``-o report.html``), every string escaped: the head lines and the three tables."""
+    out = ['<section id="dynamic"><h2>Dynamic shapes</h2>'] + [f"<p>{escape(line)}</p>" for line in
+                                                               dynamic_lines(section)]
+    for title, headers, rows in dynamic_tables(section):
+        head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+        out.append(f'<p>{escape(title)}:</p><div class="wide"><table class="dynamic"><thead><tr>{head}</tr></thead>'
+                   f"<tbody>{body}</tbody></table></div>")
+    return "".join(out) + "</section>"

@@ -2,9 +2,8 @@
 
 Every report is a single self-contained HTML page: inline CSS, plots as PNG data URIs (:mod:`fxfusion.reports.plots`), no
 scripts, nothing fetched.  Every string from a profile or analysis is HTML-escaped.  Elements carry ``data-plot``,
-``data-key`` and ``data-site`` attributes so tests (and scripts) can find each plot, entry and site.
-
-The functions here only render; writing goes through :func:`fxfusion.profiles.schema.atomic_write_text` in the CLI.
+``data-key`` and ``data-site`` attributes so tests (and scripts) can find each plot, entry and site.  The functions
+here only render; writing goes through :func:`fxfusion.profiles.schema.atomic_write_text` in the CLI.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from fxfusion.reports.plots import Plot, plot_count, require_matplotlib, rooflin
 from fxfusion.measure.hardware import nominal_peaks
 from fxfusion.profiles.profile import Entry, Profile
 from fxfusion.planning.coverage import coverage_line
+from fxfusion.reports.dynamic import dynamic_html
 from fxfusion.reports.verification import (CANDIDATE_COLUMNS, GROUP_COLUMNS, candidate_choice_line, candidate_rows,
                                            choice_lines, end_to_end_rows, group_rows, prediction_lines)
 
@@ -51,8 +51,7 @@ def _e(value: Any) -> str:
 
 
 def _verdict(v: str | None) -> str:
-    v = v or "undecided"
-    return f'<span class="verdict v-{_e(v)}">{_e(v)}</span>'
+    return f'<span class="verdict v-{_e(v or "undecided")}">{_e(v or "undecided")}</span>'
 
 
 def _num(value: float | None, fmt: str = ".3g", suffix: str = "") -> str:
@@ -333,6 +332,7 @@ def _verification_html(v: dict) -> str:
         _list(lines),
         _table(GROUP_COLUMNS, groups, cls="groups", numeric=(3, 4)) if groups else "",
         _list((f"warning: {w}" for w in v.get("warnings") or []), "warn"),
+        dynamic_html(v["dynamic"]) if v.get("dynamic") else "",
         "<details><summary>the verification as JSON</summary><pre>" + _e(json.dumps(v, indent=1)) + "</pre></details>",
         "</section>"])
 
