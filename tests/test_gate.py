@@ -173,3 +173,19 @@ def test_a_token_id_model_on_cuda_verifies_against_float64():
     ids = torch.randint(0, 50, (2, 8), device="cuda")
     ref, why_not = float64_reference(emb, (ids,))
     assert why_not is None and ref.dtype == torch.float64 and ref.device.type == "cpu"
+
+
+@needs_transformers
+@pytest.mark.parametrize("spec", [str(PADDED), f"{PADDED}:gpt2"] + [
+    str(MODELS / "zoo" / f"{name}.py") for name in ("hf_bert", "hf_llama", "hf_qwen2", "hf_phi3", "hf_t5")])
+def test_language_models_in_bfloat16_verify_against_float64_with_every_rewrite(spec):
+    """Token-id models in the dtype they run in on a card, every legal site rewritten: the float64 reference runs
+    (the ids go to the CPU with it) and no rewrite fails it falsely -- the GPU runs before 775f61e checked these
+    against the original model only."""
+    loaded = load_model(spec, dtype=torch.bfloat16)
+    plan = first_variant_plan(loaded.model, loaded.example_inputs)
+    r = verify_plan(loaded.model, loaded.example_inputs, plan, spec=TINY_SPEC,
+                    candidates=CandidateSet.uncompiled(captured=False))
+    assert r.ok and r.reference == "float64", r.reason
+    assert any(d["applied"] for d in r.rewrites)
+    assert all(o.error < o.limit / 2 for o in r.outputs)  # bfloat16's own error, well inside its limit
