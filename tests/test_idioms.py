@@ -294,6 +294,48 @@ def test_phi3_qkv_sliced_after_the_gemm_still_lets_eager_attention_be_matched():
     patterns = [s.pattern for s in sites]
     assert patterns.count("gqa_attention") == 2 and patterns.count("gated_mlp_silu") == 2
     assert all(s.legal for s in sites if s.pattern in ("gqa_attention", "gated_mlp_silu"))
+    qkv = [s for s in sites if s.pattern == "sibling_gemm3"]  # qkv_proj: the sibling pattern, already fused
+    assert len(qkv) == 2 and all(s.status == "already_fused" and "qkv_proj" in s.written_as for s in qkv)
+
+
+class QKVProj(nn.Module):
+    """Phi-3's attention input: one qkv_proj GEMM, split in three after it (slices, split_with_sizes or chunk)."""
+
+    def __init__(self, split: str, hidden: int = 32, q: int = 32, kv: int = 16, bias: bool = False):
+        super().__init__()
+        self.qkv_proj = nn.Linear(hidden, q + 2 * kv, bias=bias)
+        self.split, self.q, self.kv = split, q, kv
+
+    def forward(self, x):
+        h = self.qkv_proj(x)
+        if self.split == "slice":
+            a, b, c = h[..., :self.q], h[..., self.q:self.q + self.kv], h[..., self.q + self.kv:]
+        elif self.split == "split_with_sizes":
+            a, b, c = h.split([self.q, self.kv, self.kv], dim=-1)
+        elif self.split == "chunk":
+            a, b, c = h.chunk(3, dim=-1)
+        else:  # "gap": the middle columns are read by nobody -- not a cover of the output, so no site
+            a, c = h[..., :self.q], h[..., self.q + self.kv:]
+            b = a
+        return a.sum(-1) + b.mean(-1) * c.amax(-1)
+
+
+@pytest.mark.parametrize("split,q,kv", [("slice", 32, 16), ("split_with_sizes", 32, 16), ("chunk", 16, 16)])
+def test_qkv_pre_fused_and_split_after_the_gemm_is_the_sibling_pattern_already_fused(split, q, kv):
+    model = QKVProj(split, q=q, kv=kv)
+    captured = capture(model.eval(), (torch.randn(2, 5, 32),))
+    [site] = find_sites(captured)
+    assert site.pattern == "sibling_gemm3" and site.status == "already_fused"
+    assert site.shape == {"M": 10, "K": 32, "N1": q, "N2": kv, "N3": kv}
+    assert "one GEMM for 3 projections" in site.written_as and "qkv_proj" in site.written_as
+    plan = FusionPlan.from_decisions(captured, [site], {})
+    assert not plan.groups and plan.refused[0].why == "already_fused"  # reported, never rewritten
+
+
+def test_a_split_that_leaves_columns_unread_or_a_biased_gemm_is_no_such_site():
+    for model in (QKVProj("gap"), QKVProj("slice", bias=True)):
+        sites = find_sites(capture(model.eval(), (torch.randn(2, 5, 32),)))
+        assert not [s for s in sites if s.pattern.startswith("sibling") and s.status == "already_fused"]
 
 
 class MixFFN(nn.Module):

@@ -7,7 +7,7 @@ fusions.registry.BUILTIN): a GEMM a sibling site takes is not a linear site, and
 """
 
 from fxfusion.fusions.base import Family, Matcher
-from fxfusion.fusions.sibling.match import match_gated, match_gated_split, match_siblings
+from fxfusion.fusions.sibling.match import match_gated, match_gated_split, match_siblings, match_split_siblings
 from fxfusion.fusions.sibling.pattern import PATTERNS
 
 FAMILY = Family("sibling", tuple(PATTERNS), (
@@ -20,4 +20,7 @@ FAMILY = Family("sibling", tuple(PATTERNS), (
     Matcher(("linear", "matmul"), match_siblings,
             "legal when the siblings read the very same input node and their weights (and biases) are parameters of "
             "one dtype; their outputs may be read anywhere (each becomes a slice of the merged output)"),
+    Matcher(("linear", "matmul"), match_split_siblings,
+            "already fused (never rewritten): one bias-free GEMM with a parameter weight whose output is split in 2 or "
+            "3 contiguous parts along its last dim, the projections pre-fused in the checkpoint (q/k/v)"),
 ))

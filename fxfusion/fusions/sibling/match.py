@@ -12,7 +12,9 @@ A gated MLP whose projections are pre-fused in the checkpoint (Phi-3's ``gate_up
 is split in two equal halves after the GEMM -- ``chunk(2, -1)``, ``split(N, -1)`` or two slices ``[..., :N]`` and
 ``[..., N:]`` -- then act(first half) * second half: :func:`match_gated_split`, O(readers of the GEMM's output).
 It is the gated pattern's site already running as its ``merged`` variant (``Candidate.baseline_variant``): what is
-left to decide is whether fusing the activation and the product (compile) pays.
+left to decide is whether fusing the activation and the product (compile) pays.  Projections pre-fused and split in
+2 or 3 parts along the last dim with no gated product after them (Phi-3's ``qkv_proj``) are the sibling pattern
+already fused: :func:`match_split_siblings` reports them so, and nothing is rewritten.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fxfusion.fusions.linear.match import bias_add_of, weight_of
 from fxfusion.fusions.sibling.pattern import GATED, SIBLING_COUNTS
 from fxfusion.graph.capture import module_path
 from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, only_user, op_name, shape, val
-from fxfusion.graph.sites import Flag
+from fxfusion.graph.sites import ALREADY_FUSED, Flag
 
 MAX_SIBLINGS = max(SIBLING_COUNTS)
 
@@ -216,6 +218,64 @@ def match_gated_split(ctx: Context, anchor: Node) -> Candidate | None:
                      notes=["the gate and up projections are already one GEMM (pre-fused in the checkpoint): the "
                             "site runs as the merged variant, and what is left to fuse is the activation and the "
                             "product"])
+
+
+def _parts(head: Node) -> tuple[list[tuple[int, int, Node]], list[Node]] | None:
+    """((start, end, node) per part, the split's nodes) of ``head`` split along its last dim into contiguous parts
+    that cover it, by split / split_with_sizes / chunk read by a getitem per part, or by slices; None otherwise."""
+    out = shape(head)
+    if not out:
+        return None
+    last, width, users = len(out) - 1, out[-1], list(head.users)
+    if len(users) == 1 and op_name(users[0]) in ("chunk", "split", "split_with_sizes"):
+        split, size = users[0], users[0].args[1]
+        dim = arg(split, 2, "dim", 0)
+        if not isinstance(dim, int) or dim % len(out) != last:
+            return None
+        if op_name(split) == "chunk":
+            sizes = [width // size] * size if isinstance(size, int) and size and width % size == 0 else None
+        elif isinstance(size, int):
+            sizes = [size] * (width // size) if size and width % size == 0 else None
+        else:
+            sizes = list(size) if isinstance(size, (list, tuple)) and sum(size) == width else None
+        items = {u.args[1]: u for u in split.users if kind(u) == "getitem"}
+        if sizes is None or set(items) != set(range(len(sizes))) or len(split.users) != len(sizes):
+            return None
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [(a, a + n, items[i]) for i, (a, n) in enumerate(zip(starts, sizes))], [split, *items.values()]
+    spans = []
+    for u in users:
+        if op_name(u) != "slice" or arg(u, 4, "step", 1) != 1:
+            return None
+        dim, start, end = arg(u, 1, "dim", 0), arg(u, 2, "start", None) or 0, arg(u, 3, "end", None)
+        if not isinstance(dim, int) or dim % len(out) != last or not isinstance(start, int):
+            return None
+        spans.append((start, width if end is None or end >= width else end, u))
+    spans.sort(key=lambda t: t[0])
+    if not spans or spans[0][0] != 0 or spans[-1][1] != width or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+        return None
+    return spans, [u for *_, u in spans]
+
+
+def match_split_siblings(ctx: Context, anchor: Node) -> Candidate | None:
+    """One bias-free GEMM whose output is split in 2 or 3 parts along its last dim (q/k/v pre-fused in the
+    checkpoint, sliced after the GEMM): the sibling pattern already running merged, reported as already fused."""
+    m = member(ctx.graph, anchor)
+    if m is None or m.bias is not None or m.head is not anchor or not isinstance(m.x, Node) or shape(m.x) is None:
+        return None
+    found = _parts(m.head)
+    if found is None or len(found[0]) not in SIBLING_COUNTS:
+        return None
+    parts, split_nodes = found
+    M, K = _rows(m.x)
+    roles = {"input": node_name(m.x), "gemm": m.gemm.name, "outputs": ",".join(u.name for *_, u in parts),
+             "widths": ",".join(str(b - a) for a, b, _ in parts), "weight": ctx.graph.param(m.weight) or m.weight.name}
+    how = (f"{_module(m)}(x): one GEMM for {len(parts)} projections (pre-fused in the checkpoint), split after it "
+           f"({op_name(split_nodes[0])})")
+    return Candidate(f"sibling_gemm{len(parts)}", m.nodes + split_nodes, parts[-1][2],
+                     {"M": M, "K": K, **{f"N{i + 1}": b - a for i, (a, b, _) in enumerate(parts)}},
+                     dtype_name(m.head) or "float32", roles, how, status=ALREADY_FUSED, boundary=[m.x, m.weight],
+                     outputs=[u for *_, u in parts[:-1]])
 
 
 def match_siblings(ctx: Context, anchor: Node) -> Candidate | None:
