@@ -74,6 +74,10 @@ def test_apply_folds_and_verifies(folding_profile, tmp_path):
     assert v["regions_predicted_saving_ms"] == pytest.approx(
         sum(g["predicted_saving_ms"] for g in v["plan"]["groups"]) - v["plan"]["overhead_ms"])
     assert v["library_predicted_saving_ms"] is not None
+    # stderr told each --apply stage as it ended, with its seconds (the JSON keeps them too)
+    assert "--apply: regions timed in the model, " in err and "--apply: checked against float64" in err
+    assert list(v["stages_s"]) == ["make_plan", "charge_overhead_measure", "measure_regions", "charge",
+                                   "measure_eager_context", "measure_compiled", "verify_and_choose"]
 
 
 def test_apply_table_shows_the_verification(folding_profile):

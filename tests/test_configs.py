@@ -288,7 +288,7 @@ def test_each_stage_says_its_seconds_in_order_and_on_the_verification(caplog):
         run_stages(run, Planner(), (measure, verify))
     assert list(run.stage_s) == ["measure", "verify"]
     assert run.analysis.verification["stages_s"] == {k: round(v, 2) for k, v in run.stage_s.items()}
-    assert "stage measure:" in caplog.text and "since the start" in caplog.text
+    assert "--apply: measure, " in caplog.text and "s so far)" in caplog.text
     assert Run(model=None, example_inputs=(), analysis=Analysis()).stage_s == {}
 
 
@@ -313,3 +313,17 @@ def test_a_build_that_would_end_past_the_deadline_is_not_started(monkeypatch):
     assert [name for name, _ in log] == ["compile"]  # 4 s left after it, the longest build 8 s: nothing else starts
     assert found.not_tried["compile+freezing"] == ("the --apply budget would be spent before it was built (4 s left, "
                                                    "the longest build so far took 8 s)")
+
+
+def test_the_apply_lines_reach_the_cli_note_only_while_told():
+    import logging
+
+    from fxfusion.reports.progress import told
+
+    log, lines = logging.getLogger("fxfusion.planning"), []
+    level, handlers = log.level, list(log.handlers)
+    with told(lines.append):
+        log.info("--apply: %s, %.1f s", "regions timed in the model", 2.0)
+    log.info("after: not told")
+    assert lines == ["--apply: regions timed in the model, 2.0 s"]
+    assert log.level == level and log.handlers == handlers

@@ -30,7 +30,7 @@ from fxfusion.measure.threads import set_threads
 from fxfusion.profiles.schema import atomic_write_text, check_writable
 from fxfusion.reports.console import WIDE, fmt_shape, output_width
 from fxfusion.reports.html import render_analysis_html
-from fxfusion.reports.progress import StepProgress
+from fxfusion.reports.progress import StepProgress, told
 from fxfusion.reports.text import render_markdown, render_table
 from fxfusion.reports.dynamic import dynamic_markdown, render_dynamic
 from fxfusion.reports.verification import render_verification
@@ -190,11 +190,12 @@ def analyze_command(
                               else CandidateSet.uncompiled())
                 planner = Planner(as_device(device), candidates=candidates, compiled_regime=compiled_regime,
                                   total_s=budget_s if budget_s is not None else default_budget_s(device))
-                if dynamic is None:
-                    made, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
-                else:
-                    made, verification, result = apply_and_verify_dynamic(loaded.model, loaded.example_inputs,
-                                                                          planner, dynamic, analyze_at)
+                with told(progress.note):  # each stage and candidate build as it ends, with its seconds
+                    if dynamic is None:
+                        made, verification = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
+                    else:
+                        made, verification, result = apply_and_verify_dynamic(loaded.model, loaded.example_inputs,
+                                                                              planner, dynamic, analyze_at)
     report = result.to_dict()
     ranges = report.get("verification", {}).get("dynamic")
     width = output_width(sys.stdout if output is None else None)  # a terminal's own width; files: $COLUMNS or wide

@@ -232,6 +232,11 @@ APPLY_STAGES: tuple[Stage, ...] = PLAN_STAGES + (measure_compiled, verify_and_ch
 
 
 LOG = logging.getLogger("fxfusion.planning")
+STAGE_WORDS = {"make_plan": "plan made", "charge_overhead_measure": "the captured graph's overhead measured",
+               "measure_regions": "regions timed in the model", "charge": "groups charged that overhead",
+               "measure_eager_context": "classes timed with the model run eagerly",
+               "measure_compiled": "classes timed with the model compiled",
+               "verify_and_choose": "checked against float64, candidates built, timed and chosen"}
 
 
 def run_stages(run: Run, planner: Planner, stages: tuple[Stage, ...]) -> Run:
@@ -241,8 +246,8 @@ def run_stages(run: Run, planner: Planner, stages: tuple[Stage, ...]) -> Run:
         start = time.perf_counter()
         stage(run, planner)
         run.stage_s[stage.__name__] = time.perf_counter() - start
-        LOG.info("stage %s: %.1f s (%.1f s since the start)", stage.__name__, run.stage_s[stage.__name__],
-                 time.perf_counter() - run.started)
+        LOG.info("--apply: %s, %.1f s (%.1f s so far)", STAGE_WORDS.get(stage.__name__, stage.__name__),
+                 run.stage_s[stage.__name__], time.perf_counter() - run.started)
     if run.analysis.verification is not None:
         run.analysis.verification["stages_s"] = {k: round(v, 2) for k, v in run.stage_s.items()}
     return run

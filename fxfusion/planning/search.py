@@ -104,7 +104,8 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
             if failure:
                 said.append(f"{spec.name}: outputs do not match ({failure}); it cannot be chosen")
         longest[0] = max(longest[0], time.perf_counter() - start)
-        LOG.info("candidate %s: %s in %.1f s", spec.name, b.status, time.perf_counter() - start)
+        LOG.info("--apply: candidate %s %s, %.1f s", spec.name, "built" if b.status == "ok" else b.status,
+                 time.perf_counter() - start)
 
     words = candidates.config_words(cuda)
     skipped = {w: f"{CONFIGS[w].word} needs CUDA" for w in (candidates.configs or ()) if w not in words}

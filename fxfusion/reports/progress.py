@@ -14,9 +14,11 @@ The clock and the stream are injectable; tests drive this with a fake clock.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Callable, Iterator, TextIO
 
 
 def fmt_duration(seconds: float) -> str:
@@ -127,3 +129,21 @@ class StepProgress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def told(note: Callable[[str], None], logger: str = "fxfusion.planning") -> Iterator[None]:
+    """While inside, each INFO line of ``logger`` (the --apply stages and candidate builds, with their seconds) goes
+    to ``note``: a user waiting out a 90 s --apply sees where it is."""
+    class Note(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            note(record.getMessage())
+
+    log, handler = logging.getLogger(logger), Note(logging.INFO)
+    level, log.level = log.level, logging.INFO
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
