@@ -140,7 +140,8 @@ def told(note: Callable[[str], None], logger: str = "fxfusion.planning") -> Iter
             note(record.getMessage())
 
     log, handler = logging.getLogger(logger), Note(logging.INFO)
-    level, log.level = log.level, logging.INFO
+    level = log.level
+    log.setLevel(logging.INFO)  # (setLevel, not the attribute: it clears the logger's cache of enabled levels)
     log.addHandler(handler)
     try:
         yield
