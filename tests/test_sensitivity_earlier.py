@@ -85,3 +85,21 @@ def test_a_tensor_the_planned_graph_recomputed_is_found_through_the_node_that_re
     found, how = _in_planned(act, {n.name: n for n in planned.nodes})
     assert found is twin and "read by linear" in how and "fused_gelu" in how
     assert _in_planned(act, {"x": None}) is None  # neither it nor a node that reads it is in the planned graph
+
+
+def test_the_float64_run_of_a_graph_moves_the_devices_it_names_to_the_cpu():
+    """An exported graph keeps the device it was captured on in creation ops (arange(device=cuda:0)); the earlier
+    tensor's float64 run is on the CPU.  Here 'meta' stands for the card: a meta arange cannot be added to a CPU
+    tensor, so the run only succeeds when the device is moved."""
+    from fxfusion.planning.sensitivity import _float64_values
+
+    g = fx.Graph()
+    x = g.placeholder("x")
+    r = g.call_function(torch.ops.aten.arange.default, (4,), {"dtype": torch.float32, "device": torch.device("meta")})
+    s = g.call_function(torch.ops.aten.add.Tensor, (x, r))
+    g.output(s)
+    gm = fx.GraphModule(torch.nn.Module(), g)
+    value = _float64_values(gm, (torch.ones(4),), s.name)
+    assert value.device.type == "cpu" and value.dtype == torch.float64
+    assert torch.equal(value, torch.arange(4, dtype=torch.float64) + 1)
+    assert r.kwargs["device"] == torch.device("meta")  # the caller's graph is left as it was

@@ -220,6 +220,10 @@ def _float64_values(gm: fx.GraphModule, inputs: tuple, name: str) -> torch.Tenso
     """Node ``name``'s value with the graph run in float64 on the CPU, its casts to narrower floats kept in float64
     (as :func:`fxfusion.planning.outputs.run_in_float64` runs the model)."""
     ref = copy.deepcopy(gm).to("cpu", torch.float64)
+    for node in ref.graph.nodes:  # an exported graph names the device it was captured on (arange(device=cuda:0))
+        if isinstance(node.kwargs.get("device"), (torch.device, str)):
+            node.kwargs = {**node.kwargs, "device": torch.device("cpu")}
+    ref.recompile()
     default = torch.get_default_dtype()
     for keep in (True, False):
         try:
