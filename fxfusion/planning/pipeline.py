@@ -202,6 +202,7 @@ def _compiled_contexts(run: Run, p: Planner) -> list[Context]:
 
 
 def _stages_after_regions(run: Run, p: Planner) -> int:
+    """How many measuring stages come after the regions' and will measure: the eager classes, each compiled one."""
     eager = p.eager_context and run.module is not None and bool(run.plan.groups)
     return int(eager) + len(_compiled_contexts(run, p)) * p.compiled_classes
 

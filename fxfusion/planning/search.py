@@ -43,8 +43,8 @@ from fxfusion.planning.prediction import Context
 # One aten op in a forward pass costs the host about this much (Python dispatch and a kernel launch); a model whose
 # ops x this reach HOST_BOUND_SHARE of its eager time is host-bound: CUDA graphs are tried before the other options.
 HOST_US_PER_OP, HOST_BOUND_SHARE = 8.0, 0.5
-# The configurations' ranking run: short -- it picks which configuration the rewrites are tried in, not the winner.
 LOG = logging.getLogger("fxfusion.planning")
+# The configurations' ranking run: short -- it picks which configuration the rewrites are tried in, not the winner.
 RANK_SPEC = TimingSpec(rounds=8, warmup=1, target_sample_s=0.02, budget_s=10.0)
 
 
@@ -76,15 +76,16 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
     found = Search(kept={PLANNED: [g for g in plan.groups_for(Context.EAGER) if g.id in applied]},
                    host_bound=host_bound(plan, eager_ms))
 
-    longest = [0.0]  # the longest build so far: one that would end past the deadline is not started
+    longest = 0.0  # the longest build so far: one that would end past the deadline is not started
 
     def build(spec: Spec, why_not: str | None = None) -> None:
+        nonlocal longest
         floor = spec.config is not None and spec.config.word == "default" and not (spec.rewrites or spec.captured or spec.channels_last)
         now = time.perf_counter()
-        if not why_not and deadline is not None and not floor and now + longest[0] > deadline:
+        if not why_not and deadline is not None and not floor and now + longest > deadline:
             why_not = "the --apply budget was spent before it" if now > deadline else (
                 f"the --apply budget would be spent before it was built ({deadline - now:.0f} s left, the longest "
-                f"build so far took {longest[0]:.0f} s)")
+                f"build so far took {longest:.0f} s)")
         if why_not:
             found.not_tried[spec.name] = why_not
             return
@@ -103,7 +104,7 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
             found.verified[spec.name] = not failure
             if failure:
                 said.append(f"{spec.name}: outputs do not match ({failure}); it cannot be chosen")
-        longest[0] = max(longest[0], time.perf_counter() - start)
+        longest = max(longest, time.perf_counter() - start)
         LOG.info("--apply: candidate %s %s, %.1f s", spec.name, "built" if b.status == "ok" else b.status,
                  time.perf_counter() - start)
 
