@@ -320,10 +320,20 @@ def test_the_apply_lines_reach_the_cli_note_only_while_told():
 
     from fxfusion.reports.progress import told
 
-    log, lines = logging.getLogger("fxfusion.planning"), []
+    log, lines, root = logging.getLogger("fxfusion.planning"), [], []
     level, handlers = log.level, list(log.handlers)
-    with told(lines.append):
-        log.info("--apply: %s, %.1f s", "regions timed in the model", 2.0)
-    log.info("after: not told")
-    assert lines == ["--apply: regions timed in the model, 2.0 s"]
-    assert log.level == level and log.handlers == handlers
+
+    class Root(logging.Handler):  # a calling program's root logger at INFO
+        def emit(self, record):
+            root.append(record.getMessage())
+
+    on_root = Root(logging.INFO)
+    logging.getLogger().addHandler(on_root)
+    try:
+        with told(lines.append):
+            log.info("--apply: %s, %.1f s", "regions timed in the model", 2.0)
+        log.info("after: not told")
+    finally:
+        logging.getLogger().removeHandler(on_root)
+    assert lines == ["--apply: regions timed in the model, 2.0 s"] and "--apply" not in " ".join(root)
+    assert log.level == level and log.handlers == handlers and log.propagate

@@ -140,11 +140,13 @@ def told(note: Callable[[str], None], logger: str = "fxfusion.planning") -> Iter
             note(record.getMessage())
 
     log, handler = logging.getLogger(logger), Note(logging.INFO)
-    level = log.level
+    level, propagate = log.level, log.propagate
     log.setLevel(logging.INFO)  # (setLevel, not the attribute: it clears the logger's cache of enabled levels)
     log.addHandler(handler)
+    log.propagate = False  # told once: not again by a root logger the calling program set to INFO
     try:
         yield
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
+        log.propagate = propagate
