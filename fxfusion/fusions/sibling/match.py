@@ -152,74 +152,6 @@ def match_gated(ctx: Context, anchor: Node) -> Candidate | None:
                      boundary=[gate.x, gate.weight, up.weight], flags=flags)
 
 
-def _halves(head: Node) -> tuple[Node, Node, list[Node]] | None:
-    """(first half, second half, the split's nodes) of ``head`` split along its last dim into two equal halves, read
-    by nothing else; None otherwise.  Forms: chunk(2, -1) / split(N, -1) / split_with_sizes([N, N], -1) read by
-    getitem 0 and 1, or slice(-1, 0, N) and slice(-1, N, end)."""
-    out = shape(head)
-    if not out or out[-1] % 2:
-        return None
-    last, half = len(out) - 1, out[-1] // 2
-    users = [u for u in head.users]
-    if len(users) == 1 and op_name(users[0]) in ("chunk", "split", "split_with_sizes"):
-        split = users[0]
-        size, dim = split.args[1], arg(split, 2, "dim", 0)
-        halved = {"chunk": size == 2, "split": size == half,
-                  "split_with_sizes": isinstance(size, (list, tuple)) and list(size) == [half, half]}
-        if not halved[op_name(split)] or not isinstance(dim, int) or dim % len(out) != last:
-            return None
-        items = {u.args[1]: u for u in split.users if kind(u) == "getitem"}
-        if set(items) != {0, 1} or len(split.users) != 2:
-            return None
-        return items[0], items[1], [split, items[0], items[1]]
-    if len(users) != 2 or any(op_name(u) != "slice" or arg(u, 4, "step", 1) != 1 for u in users):
-        return None
-    spans = {}
-    for u in users:
-        dim, start, end = arg(u, 1, "dim", 0), arg(u, 2, "start", None) or 0, arg(u, 3, "end", None)
-        end = out[-1] if end is None or end >= out[-1] else end
-        if not isinstance(dim, int) or dim % len(out) != last:
-            return None
-        spans[(start, end)] = u
-    if set(spans) != {(0, half), (half, out[-1])}:
-        return None
-    first, second = spans[(0, half)], spans[(half, out[-1])]
-    return first, second, [first, second]
-
-
-def match_gated_split(ctx: Context, anchor: Node) -> Candidate | None:
-    """act(h[..., :N]) * h[..., N:] for h = x [W_g; W_u]^T, one bias-free GEMM pre-fused in the checkpoint (Phi-3's
-    ``gate_up_proj``) and split after it: the gated site, already running as the pattern's ``merged`` variant."""
-    m = member(ctx.graph, anchor)
-    if m is None or m.bias is not None or not isinstance(m.x, Node) or shape(m.x) is None:
-        return None
-    halves = _halves(m.head)
-    if halves is None:
-        return None
-    gate, up, split_nodes = halves
-    act = _gate_activation(gate)
-    if act is None or len(up.users) != 1:
-        return None
-    name, act_nodes, act_out = act
-    mul = only_user(act_out)
-    if mul is None or kind(mul) != "mul" or len(mul.args) != 2 or mul.kwargs or set(mul.args) != {act_out, up}:
-        return None
-    M, K = _rows(m.x)
-    flags = frozenset({Flag.ACT_WRITTEN}) if act_nodes != [act_out] or activation(act_out) is None else frozenset()
-    roles = {"input": node_name(m.x), "gate": m.gemm.name, "up": m.gemm.name, "act": name,
-             "activation": act_out.name, "output": mul.name, "gate_weight": m.weight.name,
-             "up_weight": m.weight.name, "split": split_nodes[0].name,
-             "gate_param": ctx.graph.param(m.weight) or "", "up_param": ctx.graph.param(m.weight) or ""}
-    how = (f"{title(name)}(gate) * up, {_module(m)}(x) split in two after the GEMM ({op_name(split_nodes[0])})"
-           + (f", the activation written out ({len(act_nodes)} ops)" if flags else ""))
-    return Candidate(f"gated_mlp_{name}", m.nodes + split_nodes + act_nodes + [mul], mul,
-                     {"M": M, "K": K, "N": m.width // 2}, dtype_name(mul) or "float32", roles, how,
-                     boundary=[m.x, m.weight], flags=flags, baseline_variant="merged",
-                     notes=["the gate and up projections are already one GEMM (pre-fused in the checkpoint): the "
-                            "site runs as the merged variant, and what is left to fuse is the activation and the "
-                            "product"])
-
-
 def _parts(head: Node) -> tuple[list[tuple[int, int, Node]], list[Node]] | None:
     """((start, end, node) per part, the split's nodes) of ``head`` split along its last dim into contiguous parts
     that cover it, by split / split_with_sizes / chunk read by a getitem per part, or by slices; None otherwise."""
@@ -255,6 +187,49 @@ def _parts(head: Node) -> tuple[list[tuple[int, int, Node]], list[Node]] | None:
     if not spans or spans[0][0] != 0 or spans[-1][1] != width or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
         return None
     return spans, [u for *_, u in spans]
+
+
+def _halves(head: Node) -> tuple[Node, Node, list[Node]] | None:
+    """(first half, second half, the split's nodes) of ``head`` split along its last dim into two equal halves, read
+    by nothing else (:func:`_parts` with two parts of one width); None otherwise."""
+    found = _parts(head)
+    if found is None or len(found[0]) != 2 or found[0][0][1] * 2 != found[0][1][1]:
+        return None
+    (_, _, first), (_, _, second) = found[0]
+    return first, second, found[1]
+
+
+def match_gated_split(ctx: Context, anchor: Node) -> Candidate | None:
+    """act(h[..., :N]) * h[..., N:] for h = x [W_g; W_u]^T, one bias-free GEMM pre-fused in the checkpoint (Phi-3's
+    ``gate_up_proj``) and split after it: the gated site, already running as the pattern's ``merged`` variant."""
+    m = member(ctx.graph, anchor)
+    if m is None or m.bias is not None or not isinstance(m.x, Node) or shape(m.x) is None:
+        return None
+    halves = _halves(m.head)
+    if halves is None:
+        return None
+    gate, up, split_nodes = halves
+    act = _gate_activation(gate)
+    if act is None or len(up.users) != 1:
+        return None
+    name, act_nodes, act_out = act
+    mul = only_user(act_out)
+    if mul is None or kind(mul) != "mul" or len(mul.args) != 2 or mul.kwargs or set(mul.args) != {act_out, up}:
+        return None
+    M, K = _rows(m.x)
+    flags = frozenset({Flag.ACT_WRITTEN}) if act_nodes != [act_out] or activation(act_out) is None else frozenset()
+    roles = {"input": node_name(m.x), "gate": m.gemm.name, "up": m.gemm.name, "act": name,
+             "activation": act_out.name, "output": mul.name, "gate_weight": m.weight.name,
+             "up_weight": m.weight.name, "split": split_nodes[0].name,
+             "gate_param": ctx.graph.param(m.weight) or "", "up_param": ctx.graph.param(m.weight) or ""}
+    how = (f"{title(name)}(gate) * up, {_module(m)}(x) split in two after the GEMM ({op_name(split_nodes[0])})"
+           + (f", the activation written out ({len(act_nodes)} ops)" if flags else ""))
+    return Candidate(f"gated_mlp_{name}", m.nodes + split_nodes + act_nodes + [mul], mul,
+                     {"M": M, "K": K, "N": m.width // 2}, dtype_name(mul) or "float32", roles, how,
+                     boundary=[m.x, m.weight], flags=flags, baseline_variant="merged",
+                     notes=["the gate and up projections are already one GEMM (pre-fused in the checkpoint): the "
+                            "site runs as the merged variant, and what is left to fuse is the activation and the "
+                            "product"])
 
 
 def match_split_siblings(ctx: Context, anchor: Node) -> Candidate | None:
