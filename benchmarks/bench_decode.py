@@ -23,7 +23,9 @@ sequences, an 8-token prompt):
      generate does, and the next token is taken from the logits before the next call (a CUDA graph overwrites its
      outputs then: the step-1 logits compared below are a clone);
   4. every generation's greedy tokens (the prefill's token and ``--steps`` more) compared with eager's: equal, or the
-     first step where they differ; the first decode step's logits against eager's (largest relative difference).
+     first step where they differ, with eager's gap between its two largest logits there (a near-tie where that gap
+     is within the largest difference the candidate makes to the first decode step's logits: any two kernel choices
+     may then pick either token, torch.compile's own included); the first decode step's logits against eager's.
 Prints, per model, a markdown row per candidate: the median ms per token with its 95% bootstrap interval, paired
 per-round speedups over eager and over the best whole-model configuration, the tokens' check and the setup seconds;
 then whether the chosen candidate is no slower than the best whole-model configuration (the issue's target).  The log
@@ -85,6 +87,7 @@ class Candidate:
     tokens_equal: bool = True
     first_difference: str | None = None  # where its tokens first differed from eager's
     logits_error: float | None = None  # step 1's logits against eager's, largest relative difference
+    logits_diff: float | None = None  # the same, largest absolute difference
     failed: str | None = None
 
 
@@ -111,15 +114,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def generate(c: Candidate, step, prompt: torch.Tensor, steps: int, device: torch.device):
+def generate(c: Candidate, step, prompt: torch.Tensor, steps: int, device: torch.device, gaps: list | None = None):
     """The prompt prefilled eagerly into ``c``'s cache (untimed), then ``steps`` greedy calls of ``c.module``:
-    (tokens (B, 1 + steps), ms per token, step 1's logits cloned)."""
+    (tokens (B, 1 + steps), ms per token, step 1's logits cloned).  ``gaps``, given a list (the untimed reference
+    generation only: it adds work to the loop), gets each step's gap between the two largest logits per sequence."""
     with torch.no_grad():
         for t in c.kv:
             t.zero_()
         logits = step(prompt, torch.tensor(0, device=device), *c.kv)
         token, tokens, first = logits[:, -1:].argmax(-1), [], None
         tokens.append(token)
+        if gaps is not None:
+            gaps.append(top2_gap(logits))
         # The positions made before the clock starts, on the device as transformers' generate keeps cache_position:
         # a host-to-device copy per step would make the host wait for the GPU at every step.
         positions = [torch.tensor(prompt.shape[1] + i, device=device) for i in range(steps)]
@@ -133,19 +139,39 @@ def generate(c: Candidate, step, prompt: torch.Tensor, steps: int, device: torch
                 first = logits.detach().clone()  # a CUDA graph's output is overwritten by its next replay
             token = logits[:, -1:].argmax(-1)  # a new tensor, taken before the next call
             tokens.append(token)
+            if gaps is not None:
+                gaps.append(top2_gap(logits))
         sync(device)
         ms = (time.perf_counter() - start) * 1e3 / steps
     return torch.cat(tokens, dim=1), ms, first
 
 
-def first_difference(got: torch.Tensor, want: torch.Tensor) -> str | None:
+def top2_gap(logits: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the last position's largest logit less its second largest: how near greedy decoding was to a tie."""
+    top = logits[:, -1].float().topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
+
+
+def first_difference(got: torch.Tensor, want: torch.Tensor, gaps: torch.Tensor | None = None,
+                     logits_diff: float | None = None) -> str | None:
+    """Where ``got``'s tokens first differ from ``want``'s; with eager's ``gaps`` (B, steps) and the largest absolute
+    difference of step 1's logits from eager's, whether that step was a near-tie: eager's top-two gap there within
+    the difference the two computations make to a logit."""
     if got.shape == want.shape and torch.equal(got, want):
         return None
     if got.shape != want.shape:
         return f"shape {tuple(got.shape)} against {tuple(want.shape)}"
     rows, cols = torch.nonzero(got != want, as_tuple=True)
     col = int(cols.min())
-    return f"from step {col} (sequence {int(rows[cols == col][0])})"
+    row = int(rows[cols == col][0])
+    text = f"from step {col} (sequence {row}"
+    if gaps is not None:
+        gap = float(gaps[row, col])
+        text += f"; eager's top-two logit gap there {gap:.2g}"
+        if logits_diff is not None:
+            text += (f", within the {logits_diff:.2g} its step-1 logits differ by: a near-tie" if gap <= logits_diff
+                     else f", over the {logits_diff:.2g} its step-1 logits differ by")
+    return text + ")"
 
 
 # -- the candidates ----------------------------------------------------------------------------------------------------
@@ -229,7 +255,9 @@ def run_model(name: str, args, device: torch.device, dtype) -> dict:
     cands = candidates_for(step, configs, chosen, lambda: llama.empty_cache(step.lm, cfg.batch, step.cache_len))
     eager = cands[0]
     with compile_limits():
-        want, _, want_logits = generate(eager, step, prompt, args.steps, device)
+        gaps: list[torch.Tensor] = []
+        want, _, want_logits = generate(eager, step, prompt, args.steps, device, gaps)
+        gaps_t = torch.stack(gaps, dim=1).cpu()
         for c in [chosen] + cands[:-1]:  # the chosen one first: fxfusion.apply's compile sees a fresh Dynamo
             start, graphs = time.perf_counter(), counters["stats"]["unique_graphs"]
             try:
@@ -238,16 +266,17 @@ def run_model(name: str, args, device: torch.device, dtype) -> dict:
                 c.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                 continue
             c.setup_s, c.graphs = time.perf_counter() - start, counters["stats"]["unique_graphs"] - graphs
-            c.logits_error = float(((logits.float() - want_logits.float()).abs().max()
-                                    / want_logits.float().abs().max().clamp_min(1e-30)))
-            c.first_difference = first_difference(got, want)
+            diff = float((logits.float() - want_logits.float()).abs().max())
+            c.logits_error = diff / float(want_logits.float().abs().max().clamp_min(1e-30))
+            c.logits_diff = diff
+            c.first_difference = first_difference(got, want, gaps_t, diff)
             c.tokens_equal = c.first_difference is None
         live = [c for c in cands if c.failed is None]
         for r in range(args.rounds):
             for c in live[r % len(live):] + live[:r % len(live)]:
                 got, ms, _ = generate(c, step, prompt, args.steps, device)
                 c.samples_ms.append(ms)
-                if c.tokens_equal and (diff := first_difference(got, want)) is not None:
+                if c.tokens_equal and (diff := first_difference(got, want, gaps_t, c.logits_diff)) is not None:
                     c.tokens_equal, c.first_difference = False, f"round {r}: {diff}"
     return {"model": name, "preset": args.preset, "batch": cfg.batch, "prompt": cfg.seq, "cache": cfg.cache,
             "steps": args.steps, "fxfusion": info, "candidates": [_row(c, eager, cands) for c in cands]}

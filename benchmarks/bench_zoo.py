@@ -101,6 +101,7 @@ def run_one(spec: str, args) -> dict:
     plan, v = apply_and_verify(result, loaded.model, loaded.example_inputs, planner)
     row["apply_s"] = time.perf_counter() - start
     row["stages_s"] = (result.verification or {}).get("stages_s")
+    row["verify_steps_s"] = (result.verification or {}).get("steps_s")
     report = result.to_dict()  # now with the verification and the plan (every group's timings, the warnings)
     rewrites = v.rewrites
     row.update(applied=sum(r["applied"] for r in rewrites), groups=len(plan.groups), reference=v.reference,
@@ -213,7 +214,9 @@ def main() -> None:
     below = [r["model"] for r in done if (r.get("chosen_vs_best") or 1) < CHOSEN_TARGET]
     slower = [r["model"] for r in done if (r.get("chosen_vs_whole") or 1) < 1.0]
     late = [f"{r['model']} ({r['apply_s']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in
-            (r.get("stages_s") or {}).items()) + ")" for r in done if (r.get("apply_s") or 0) > APPLY_TARGET_S]
+            (r.get("stages_s") or {}).items()) + "; of verify_and_choose: " + ", ".join(
+            f"{k} {v:.0f} s" for k, v in (r.get("verify_steps_s") or {}).items()) + ")"
+            for r in done if (r.get("apply_s") or 0) > APPLY_TARGET_S]
     print(f"chosen below {CHOSEN_TARGET}x of the fastest: {below or 'none'}; chosen slower than the best whole-model "
           f"configuration: {slower or 'none'}; --apply over {APPLY_TARGET_S:.0f} s: {late or 'none'}")
     for r in done:

@@ -55,6 +55,16 @@ def test_the_token_check_names_the_first_differing_step(bench):
     got[1, 3], got[0, 2] = 0, 0
     assert bench.first_difference(got, want) == "from step 2 (sequence 0)"
     assert bench.first_difference(got[:, :3], want).startswith("shape")
+    gaps = torch.tensor([[1.0, 1.0, 0.01, 1.0], [1.0, 1.0, 1.0, 1.0]])  # eager's top-two gap per sequence and step
+    assert bench.first_difference(got, want, gaps, 0.05) == (
+        "from step 2 (sequence 0; eager's top-two logit gap there 0.01, within the 0.05 its step-1 logits differ by: "
+        "a near-tie)")
+    assert bench.first_difference(got, want, gaps, 0.001).endswith("over the 0.001 its step-1 logits differ by)")
+
+
+def test_the_top_two_gap_is_per_sequence_at_the_last_position(bench):
+    logits = torch.tensor([[[9.0, 0.0, 0.0], [3.0, 1.0, 2.5]], [[0.0, 0.0, 0.0], [0.0, 4.0, 1.0]]])
+    assert bench.top2_gap(logits).tolist() == [0.5, 3.0]
 
 
 def test_each_configuration_gets_a_code_object_of_its_own(bench):

@@ -78,6 +78,10 @@ def test_apply_folds_and_verifies(folding_profile, tmp_path):
     assert "--apply: regions timed in the model, " in err and "--apply: checked against float64" in err
     assert list(v["stages_s"]) == ["make_plan", "charge_overhead_measure", "measure_regions", "charge",
                                    "measure_eager_context", "measure_compiled", "verify_and_choose"]
+    # and the steps of the last one, which holds the float64 run and the candidates' builds
+    assert list(v["steps_s"]) == ["apply", "first_calls", "float64", "sensitivity", "planned_and_captured",
+                                  "candidates", "timing"]
+    assert sum(v["steps_s"].values()) <= v["stages_s"]["verify_and_choose"] + 0.1
 
 
 def test_apply_table_shows_the_verification(folding_profile):

@@ -108,6 +108,7 @@ class VerificationResult:
     # The candidates timed in the same run and the one chosen (fxfusion.planning.candidates.Choice.to_dict()).
     candidates: dict[str, Any] | None = None
     nothing_applied: str | None = None  # why no rewrite was applied, in one sentence (None: some were)
+    steps_s: dict[str, float] = field(default_factory=dict)  # seconds of each step of verify_plan (_Steps)
 
     @property
     def saving_within_noise(self) -> bool:
@@ -190,10 +191,12 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         return VerificationResult(False, reason, str(device), reference, list(outputs), list(rewrites), timings, None,
                                   None, None, None, None, None, said)
 
+    steps = _Steps()
     try:
         planned = every_group(model, plan)
     except Exception as exc:
         return failed(f"applying the plan failed: {one_line(exc)}")
+    steps.done("apply")
     rewrites = [r.to_dict() for r in getattr(planned, "fxfusion_rewrites", [])]
     said += [w for w in plan.warnings if "noisy" in w]  # where the user looks, too
     said += [f"group {r['site_id']} not applied: {r['detail']}" for r in rewrites if not r["applied"]]
@@ -205,7 +208,9 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
             planned_out = planned(*inputs)
         except Exception as exc:
             return failed(f"the planned model failed to run: {one_line(exc)}", rewrites)
+    steps.done("first_calls")
     reference, why_not = float64_reference(model, inputs)
+    steps.done("float64")
     ref_name = "float64"
     if reference is None:
         reference, ref_name = tree_map(to_reference, original_out), "original"
@@ -213,6 +218,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     checks, failure = check_outputs(planned_out, original_out, reference, device)
     said += check_sensitivity(model, inputs, original_out, checks, device, planned, plan.captured)  # can it fail?
     failure = failure or earlier_failures(checks)  # an output that does not depend on the inputs: an earlier tensor
+    steps.done("sensitivity")
     if failure:
         said.append("outputs do not match: timings are reported for diagnosis only")
 
@@ -246,12 +252,14 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         except Exception as exc:
             timings["captured"] = Timing("captured", "failed", one_line(exc))
     verified = {"eager": True, PLANNED: not failure and not candidate_failure}
+    steps.done("planned_and_captured")
     found = build_candidates(model, inputs, plan, planned, applied, candidates, device,
                              lambda out: check_outputs(out, original_out, reference, device)[1], clock, said,
                              "captured" in thunks, compile_fn,
                              None if deadline is None else deadline - TIMING_FLOOR_S,  # the timing run's floor kept
                              _eager_ms(model, inputs, clock) if is_cuda(device) and candidates.compiles else None)
     verified.update(found.verified)
+    steps.done("candidates")
     if not any(whole_model(n) for n in found.built):
         timings["compile"] = Timing("compile", "skipped", "no whole-model compile asked for")
     for name, b in found.built.items():
@@ -263,6 +271,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
         spec = dataclasses.replace(spec, budget_s=max(TIMING_FLOOR_S, min(spec.budget_s,
                                                                         deadline - time.perf_counter())))
     samples = _time(thunks, timings, clock, spec, seed, said)
+    steps.done("timing")
 
     predictions, fallback = _predictions(plan, found.kept, applied)
     choice = choose({n: t for n, t in timings.items() if n != "captured"}, verified, found.built)
@@ -270,7 +279,7 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
     attach_predictions(choice, predictions if applied else {}, fallback)
     result = VerificationResult(not failure, failure, str(device), ref_name, checks, rewrites, timings, None, None,
                                 None, None, None, timings["planned"].verdict, said, timing=clock_name(clock),
-                                candidates=choice.to_dict())
+                                candidates=choice.to_dict(), steps_s=steps.seconds)
     _planned_prediction(result, plan, predictions.get(PLANNED), eager_kept, samples)
     if not applied:
         result.nothing_applied = why_nothing_applied(plan, rewrites)
@@ -325,6 +334,19 @@ def _planned_prediction(r: VerificationResult, plan, predicted: Prediction | Non
     r.predicted_fraction = predicted.fraction
     if r.predicted_fraction is not None and r.measured_fraction != 0:
         r.fraction_error_pct = 100.0 * (r.predicted_fraction - r.measured_fraction) / abs(r.measured_fraction)
+
+
+class _Steps:
+    """Seconds of each step of :func:`verify_plan` since the one before (what an --apply over its budget spent)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 2)
+        self._last = now
 
 
 def _eager_candidate(model, plan, inputs: tuple, device, original_out, reference):
