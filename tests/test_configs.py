@@ -313,6 +313,14 @@ def test_a_build_that_would_end_past_the_deadline_is_not_started(monkeypatch):
     assert [name for name, _ in log] == ["compile"]  # 4 s left after it, the longest build 8 s: nothing else starts
     assert found.not_tried["compile+freezing"] == ("the --apply budget would be spent before it was built (4 s left, "
                                                    "the longest build so far took 8 s)")
+    # a compile of the model seen before the search (the compiled contexts') is the estimate from the first build on
+    log.clear()
+    now[0] = 100.0
+    found = build_candidates(loaded.model, loaded.example_inputs, plan, apply(loaded.model, plan),
+                             {g.id for g in plan.groups}, CandidateSet(configs=("default", "freezing")), "cpu",
+                             lambda out: "", OpCountClock(), [], compile_fn=slow, deadline=130.0, longest_build_s=25.0)
+    assert [name for name, _ in log] == ["compile"]  # 22 s left after it, less than the 25 s seen: not started
+    assert "the longest build so far took 25 s" in found.not_tried["compile+freezing"]
 
 
 def test_the_apply_lines_reach_the_cli_note_only_while_told():

@@ -169,6 +169,37 @@ def test_the_planned_candidate_is_predicted_from_each_class_applied_alone_with_t
     assert ", measured with the whole model run eagerly; fastest rounds: 50.0% / 50.0%" in prediction_cell(row)
 
 
+def test_a_context_builds_nothing_that_would_end_past_its_budget(monkeypatch):
+    """tv_resnet50 32x224 on an H100 (2026-12-07 22:02 UTC): the compiled contexts, 12 s of budget between them,
+    compiled a control and classes of 7 s each and took 31 s.  A compile of 30 s seen before: a 40 s context cannot
+    hold the control and one class, so it compiles nothing; each build seen is kept for the next stage's estimate."""
+    built = []
+
+    def slow(name, module, inputs, device, mode, record_post_grad=False):
+        built.append(name)
+        return Built(name, lambda: module(*inputs), setup_s=30.0)  # as if each compile took 30 s
+
+    monkeypatch.setattr(incontext, "compile_model", slow)
+    loaded = load_model(MODELS / "resnet_basic.py")
+    plan = typical_plan("resnet_basic")
+    builds = [30.0]
+    said = measure_in_context(plan, loaded.model, loaded.example_inputs, COMPILED, "cpu", spec=TINY_SPEC,
+                              clock=OpCountClock(), budget_s=40.0, builds=builds)
+    assert built == [] and builds == [30.0] and len(said) == 1
+    assert "a compile of the model took 30 s" in said[0] and all(not g.classes for g in plan.groups)
+    # nothing seen yet: the control is built (30 s), then no class fits a 31 s budget (30 s more and the floor)
+    builds = []
+    said = measure_in_context(plan, loaded.model, loaded.example_inputs, COMPILED, "cpu", spec=TINY_SPEC,
+                              clock=OpCountClock(), budget_s=31.0, builds=builds)
+    assert built == ["control"] and builds == [30.0]
+    assert len(said) == 2 and all("would be spent before it was built and timed" in w for w in said)
+    # the control: a budget that holds them builds every class
+    said = measure_in_context(plan, loaded.model, loaded.example_inputs, COMPILED, "cpu", spec=TINY_SPEC,
+                              clock=OpCountClock(), budget_s=1000.0, builds=builds)
+    assert said == [] and len(built) == 1 + 1 + len(classes(plan.groups)) and len(builds) == len(built)
+    assert all(COMPILED in g.classes for g in plan.groups)
+
+
 def test_without_every_applied_class_measured_eager_the_planned_prediction_is_the_regions():
     from fxfusion.planning.verify import verify_plan
 

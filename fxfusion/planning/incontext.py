@@ -51,6 +51,10 @@ from fxfusion.planning.rewrite import captured_module
 
 # All classes' models and the control, interleaved: enough rounds for a 2% difference of a forward pass.
 CONTEXT_SPEC = TimingSpec(rounds=20, warmup=2, target_sample_s=0.02, budget_s=20.0)
+# What a context keeps of its budget for its timing run: a class is built only where it, the longest build so far and
+# this fit; the timing run's batches share what is left (at least this).  Without it tv_resnet50 32x224 on an H100
+# (2026-12-07 22:02 UTC) took 20.9 s of the eager context's 10.8 s and 31.4 s of the compiled contexts' 12 s.
+CONTEXT_FLOOR_S = 2.0
 
 
 def classes(groups: list) -> list[list]:
@@ -69,7 +73,8 @@ def classes(groups: list) -> list[list]:
 
 def measure_in_context(plan, model: torch.nn.Module, example_inputs: tuple, context: Context, device=None,
                        spec: TimingSpec | None = None, clock: Clock | None = None,
-                       budget_s: float = INSITU_BUDGET_S, compile_fn: Callable | None = None) -> list[str]:
+                       budget_s: float = INSITU_BUDGET_S, compile_fn: Callable | None = None,
+                       builds: list[float] | None = None) -> list[str]:
     """Measure each class of the groups the candidate of ``context`` applies with the rest of the model run as that
     candidate runs it (module doc): eager (``plan.groups``), or compiled (``plan.groups_for(context)`` before this
     measurement: those its regions in this context, where timed, do not rule out).  The result goes on each group's
@@ -82,7 +87,11 @@ def measure_in_context(plan, model: torch.nn.Module, example_inputs: tuple, cont
     the host runs ahead of the device during the large GEMMs; on the H200 (2026-12-01 11:25 UTC,
     docs/results/h200-2026-12-01e) the regions predicted GPT-2's planned saving +17% high and Llama decode's +47%, the
     classes -3% and -20%.  No compiles: it costs one timing run.  ``compile_fn`` compiles a model in a compiled
-    context (default: :func:`fxfusion.planning.candidates.compile_model`, as the candidates are)."""
+    context (default: :func:`fxfusion.planning.candidates.compile_model`, as the candidates are).
+
+    ``budget_s`` bounds the whole call: nothing is built that would end past it (the longest build so far -- of this
+    call, and of ``builds``, the compile seconds of this --apply so far, which a compiled context appends to -- plus
+    :data:`CONTEXT_FLOOR_S`), and the timing run's batches share what is left."""
     device = as_device(device or plan.device)
     spec, clock = spec or CONTEXT_SPEC, clock or insitu.model_clock(device)  # the one default of in-model timing
     compiled = context.compiled
@@ -93,14 +102,21 @@ def measure_in_context(plan, model: torch.nn.Module, example_inputs: tuple, cont
     if budget_s <= 0:  # not even the control's compile: a conv net's took --apply past its budget (tv_resnet50)
         return [f"no class of rewrites measured {where}: the measuring share of the budget was spent before this "
                 f"stage; {'planned + compile' if compiled else 'the planned'} prediction takes its regions' timings"]
+    builds = builds if builds is not None else []
+    if compiled and builds and 2 * max(builds) + CONTEXT_FLOOR_S > budget_s:  # the control and one class: no room
+        return [f"no class of rewrites measured {where}: a compile of the model took {max(builds):.0f} s, and this "
+                f"stage's {budget_s:.0f} s hold no control and class; planned + compile prediction takes its regions' "
+                "timings"]
     start = time.perf_counter()
     control = _built("control", wrap(captured_module(model, plan.captured)), inputs, device, compiled, compile_fn)
+    longest = _note(control, compiled, builds)
     if control.status != "ok":
         return [f"the captured graph does not {'compile' if compiled else 'run'} ({control.reason}): no saving "
                 f"measured {where}"]
     thunks, built = {"control": control.run}, {}
     if context is not Context.COMPILED:  # that candidate's base is the user's module (channels_last+compile, eager)
         module = _built("module", wrap(model), inputs, device, compiled, compile_fn)
+        longest = max(longest, _note(module, compiled, builds))
         if module.status == "ok":
             thunks["module"] = module.run
         else:  # the prediction then leaves out what capturing saves over the module: say so
@@ -110,13 +126,17 @@ def measure_in_context(plan, model: torch.nn.Module, example_inputs: tuple, cont
     groups = plan.groups_for(context)
     for i, members in enumerate(classes(groups)):
         name = f"{members[0].pattern}:{members[0].variant}"
-        if time.perf_counter() - start > budget_s:
-            said.append(f"{name} ({len(members)} group(s)): not measured {where}, the budget ({budget_s:.0f} s) was "
-                        f"spent; {'planned + compile' if compiled else 'the planned'} prediction takes its regions' "
+        elapsed = time.perf_counter() - start
+        if elapsed + longest + CONTEXT_FLOOR_S > budget_s:
+            said.append(f"{name} ({len(members)} group(s)): not measured {where}, the budget ({budget_s:.0f} s) "
+                        + ("was spent" if elapsed > budget_s else f"would be spent before it was built and timed "
+                           f"({budget_s - elapsed:.0f} s left, the longest build so far {longest:.0f} s)")
+                        + f"; {'planned + compile' if compiled else 'the planned'} prediction takes its regions' "
                         "timings")
             continue
         b = _built(name, wrap(apply(model, dataclasses.replace(plan, groups=members), candidate=PLANNED)), inputs,
                    device, compiled, compile_fn)
+        longest = max(longest, _note(b, compiled, builds))
         if b.status != "ok":
             said.append(f"{name}: the model with these rewrites alone does not {'compile' if compiled else 'run'} "
                         f"({b.reason})")
@@ -132,6 +152,8 @@ def measure_in_context(plan, model: torch.nn.Module, example_inputs: tuple, cont
     def widest(samples):
         return max(fractions(samples).values(), key=lambda f: f.ci_high - f.ci_low)
 
+    left = budget_s - (time.perf_counter() - start)  # the batches share what the builds left
+    spec = dataclasses.replace(spec, budget_s=max(CONTEXT_FLOOR_S / BATCHES, min(spec.budget_s, left / BATCHES)))
     with torch.no_grad():  # measured again while some class's interval is wider than WIDE x its saving and MIN_EFFECT
         samples, _, batches = measure_tight(thunks, clock, spec, widest, lambda f: f.ci_high - f.ci_low > max(
             WIDE * abs(f.median), MIN_EFFECT), BATCHES)
@@ -151,6 +173,14 @@ def measure_in_context(plan, model: torch.nn.Module, example_inputs: tuple, cont
         for g in members:
             g.classes[context] = timing
     return said
+
+
+def _note(b: Built, compiled: bool, builds: list[float]) -> float:
+    """``b``'s build seconds (0 where it failed), appended to ``builds`` where it was a compile."""
+    seconds = b.setup_s or 0.0
+    if compiled and b.setup_s is not None:
+        builds.append(b.setup_s)
+    return seconds
 
 
 def _built(name: str, module: torch.nn.Module, inputs: tuple, device, compiled: bool, compile_fn: Callable) -> Built:

@@ -100,6 +100,7 @@ class Run:
 
     started: float = field(default_factory=time.perf_counter)
     stage_s: dict[str, float] = field(default_factory=dict)  # seconds each stage took, in order (said in the JSON)
+    builds_s: list[float] = field(default_factory=list)  # each compile of the model so far: what the next may cost
 
     def budget(self, p: "Planner", after: int = 0) -> float:
         """A measuring stage's budget: the planner's per-stage budget, at most what the whole run has left less the
@@ -185,7 +186,7 @@ def measure_compiled(run: Run, p: Planner) -> None:
         run.plan.warnings += measure_in_context(run.plan, run.model, run.example_inputs, context, p.device,
                                                 spec=p.specs.context, clock=p.clock,
                                                 budget_s=run.budget(p, after=len(contexts) - 1 - i),
-                                                compile_fn=p.compile)
+                                                compile_fn=p.compile, builds=run.builds_s)
     for context in contexts:
         left = [g for g in run.plan.groups if context not in g.classes]
         run.plan.measure_in_compiled_model(run.model, run.example_inputs, context, p.device, spec=p.specs.regions,
@@ -216,7 +217,7 @@ def verify_and_choose(run: Run, p: Planner) -> None:
     and ``fxfusion.apply(model, plan)`` hands it back.  The verification (with the plan) goes on the analysis."""
     run.verification = verify_plan(run.model, run.example_inputs, run.plan, device=p.device, spec=p.specs.verify,
                                    clock=p.clock, candidates=p.candidates, compile_fn=p.compile,
-                                   deadline=run.deadline(p))
+                                   deadline=run.deadline(p), longest_build_s=max(run.builds_s, default=0.0))
     run.plan.choice = run.verification.candidates
     eager, before = run.verification.timings.get("eager"), run.analysis.forward_ms
     if eager is not None and eager.median_ms and before and max(eager.median_ms / before, before / eager.median_ms) \

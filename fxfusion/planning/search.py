@@ -67,16 +67,17 @@ def host_bound(plan, eager_ms: float | None) -> bool | None:
 def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], candidates: CandidateSet, device,
                      check: Callable, clock: Clock, said: list[str], captured_ok: bool = True,
                      compile_fn: Callable | None = None, deadline: float | None = None,
-                     eager_ms: float | None = None) -> Search:
+                     eager_ms: float | None = None, longest_build_s: float = 0.0) -> Search:
     """Build (compile and check) the candidates of ``candidates`` by the steps of the module doc.  ``check(out)``
     says why a candidate's outputs are wrong (empty: they verify); ``planned`` is the model with every group
-    applied; ``eager_ms`` one eager forward pass (the host-bound signal)."""
+    applied; ``eager_ms`` one eager forward pass (the host-bound signal); ``longest_build_s`` the longest compile of
+    the model before this search (the budget's estimate of a build until one is made here)."""
     compile_model = compile_fn or candidates_module.compile_model
     cuda = is_cuda(device)
     found = Search(kept={PLANNED: [g for g in plan.groups_for(Context.EAGER) if g.id in applied]},
                    host_bound=host_bound(plan, eager_ms))
 
-    longest = 0.0  # the longest build so far: one that would end past the deadline is not started
+    longest = longest_build_s  # the longest build so far: one that would end past the deadline is not started
 
     def build(spec: Spec, why_not: str | None = None) -> None:
         nonlocal longest

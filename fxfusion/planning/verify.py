@@ -173,12 +173,13 @@ def _time(thunks: dict, timings: dict[str, Timing], clock: Clock, spec: TimingSp
 def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str | torch.device = "cpu",
                 spec: TimingSpec | None = None, clock: Clock | None = None,
                 candidates: CandidateSet = CandidateSet(), seed: int = 0,
-                compile_fn: Callable | None = None, deadline: float | None = None) -> VerificationResult:
+                compile_fn: Callable | None = None, deadline: float | None = None,
+                longest_build_s: float = 0.0) -> VerificationResult:
     """Apply ``plan`` (a :class:`~fxfusion.planning.plan.FusionPlan`) to ``model`` and verify the planned model's
     outputs and end-to-end time against eager and the ``candidates`` (searched by
     :func:`fxfusion.planning.search.build_candidates` until ``deadline``, a time.perf_counter() value; compiled by
-    ``compile_fn``, default :func:`fxfusion.planning.candidates.compile_model`), all timed in one interleaved run
-    (module doc)."""
+    ``compile_fn``, default :func:`fxfusion.planning.candidates.compile_model`; ``longest_build_s``: the longest
+    compile of the model before, what the first build may cost), all timed in one interleaved run (module doc)."""
     device = as_device(device)
     if candidates.fresh and candidates.compiles:
         reset_compiled_state()
@@ -257,7 +258,8 @@ def verify_plan(model: torch.nn.Module, example_inputs: tuple, plan, device: str
                              lambda out: check_outputs(out, original_out, reference, device)[1], clock, said,
                              "captured" in thunks, compile_fn,
                              None if deadline is None else deadline - TIMING_FLOOR_S,  # the timing run's floor kept
-                             _eager_ms(model, inputs, clock) if is_cuda(device) and candidates.compiles else None)
+                             _eager_ms(model, inputs, clock) if is_cuda(device) and candidates.compiles else None,
+                             longest_build_s)
     verified.update(found.verified)
     steps.done("candidates")
     if not any(whole_model(n) for n in found.built):
