@@ -165,8 +165,9 @@ def run_one(spec: str, args) -> dict:
     with torch.no_grad():
         plan = fxfusion.plan(model, found.profile if found else None, inputs, device=args.device, dynamic=ranges)
     fxfusion.save_plan(plan, path, model, inputs)
-    row.update(plan_s=time.perf_counter() - start, groups=len(plan.groups),
-               patterns=sorted({g.pattern for g in plan.groups}))
+    saved = fxfusion.load_plan(path)
+    row.update(plan_s=time.perf_counter() - start, groups=len(plan.groups), saved_groups=len(saved.groups),
+               patterns=sorted({g.pattern for g in saved.groups}))
     cmd = [sys.executable, __file__, spec, "--load", str(path), "--device", args.device]
     cmd += ["--dtype", args.dtype] if args.dtype else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
@@ -202,7 +203,8 @@ def print_row(row: dict) -> None:
     ld = row["load"]
     over = ld["load_apply_s"] - ld["capture_s"]
     print(f"\n### {row['model']} ({row['ranges']}; sites decided by {row['decided_by']})\n")
-    print(f"planned over the range in {row['plan_s']:.1f} s: {row['groups']} rewrites ({', '.join(row['patterns'])}); "
+    print(f"planned over the range in {row['plan_s']:.1f} s: {row['groups']} groups, {row['saved_groups']} in the saved "
+          f"plan's candidate ({', '.join(row['patterns']) or 'none'}); "
           f"in a fresh process: static capture {ld['capture_s']:.2f} s, load + apply {ld['load_apply_s']:.2f} s "
           f"({over:+.2f} s over the capture; target <= {LOAD_TARGET_S:.0f} s: {'met' if over <= LOAD_TARGET_S else 'MISSED'}), "
           f"{ld['clock_samples']} timing samples taken, {ld['rewrites']} rewrites applied, candidate {ld['candidate']}\n")
