@@ -166,13 +166,43 @@ def test_integer_inputs_go_to_the_cpu_with_the_float64_copy(monkeypatch):
     assert ids.dtype == torch.int64 and x.dtype == torch.float64 and to_reference(3) == 3
 
 
+def test_the_reference_falls_back_to_the_cpu_where_its_device_fails(monkeypatch):
+    """The reference runs first where the model is (a GPU: float64 there is tens of TFLOP/s); where that fails
+    (memory, an op without a float64 kernel) it runs on the CPU, and says nothing failed."""
+    from fxfusion.planning import outputs
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    x = torch.randn(2, 8)
+    assert outputs.reference_device(model, (x,)) == torch.device("cpu")
+    tried, real = [], outputs.run_in_float64
+
+    def run(m, inputs, keep_float64=True, device="cpu"):
+        tried.append(str(device))
+        if str(device) == "meta":
+            raise RuntimeError("out of memory")
+        return real(m, inputs, keep_float64, device)
+
+    monkeypatch.setattr(outputs, "run_in_float64", run)
+    monkeypatch.setattr(outputs, "reference_device", lambda m, i: torch.device("meta"))  # a device that fails
+    ref, why_not = outputs.float64_reference(model, (x,))
+    assert tried == ["meta", "cpu"] and why_not is None
+    torch.testing.assert_close(ref, model.double()(x.double()), rtol=0, atol=0)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_token_id_model_on_cuda_verifies_against_float64():
+def test_a_token_id_model_on_cuda_verifies_against_float64_computed_on_the_gpu(monkeypatch):
+    from fxfusion.planning import outputs
+
     emb = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 16), torch.nn.GELU()).cuda().eval()
     ids = torch.randint(0, 50, (2, 8), device="cuda")
+    tried, real = [], outputs.run_in_float64
+    monkeypatch.setattr(outputs, "run_in_float64", lambda *a, **k: tried.append(str(k.get("device"))) or real(*a, **k))
     ref, why_not = float64_reference(emb, (ids,))
     assert why_not is None and ref.dtype == torch.float64 and ref.device.type == "cpu"
+    assert tried == ["cuda:0"]  # computed on the GPU, handed back on the CPU
+    cpu = emb.to("cpu", torch.float64)(ids.cpu())
+    torch.testing.assert_close(ref, cpu, rtol=1e-12, atol=1e-12)
 
 
 @needs_transformers

@@ -1,10 +1,13 @@
-"""Is a planned model right?  Its outputs against the original model run in float64 on the CPU.
+"""Is a planned model right?  Its outputs against the original model run in float64.
 
 Every output of the planned model must be within the dtype's tolerance of the reference
 (:mod:`fxfusion.measure.correctness`), or within ``ORIGINAL_ERROR_SLACK`` x the original model's own error where the
 model itself is further than that from float64: a rewrite may not be measurably less accurate than the model.  The
-reference is the original model run in float64 on the CPU where the model allows it, else the original model itself
-(and the verification says so).
+reference is the original model run in float64 where the model allows it, else the original model itself (and the
+verification says so).  It runs on the model's GPU where the model is on one (:func:`reference_device`; float64 on a
+Hopper card is tens of TFLOP/s, the host's a fraction of one: a ResNet-50 of 32 images was the longest step of its
+--apply there), on the CPU where that fails (memory, an op without a float64 kernel) and for a model on the CPU; the
+reference's tensors are float64 on the CPU either way.
 
 The reference computes in float64 throughout (:class:`KeepFloat64`): a model that casts to float32 on purpose --
 Hugging Face's eager attention takes its softmax in float32, its RMSNorm upcasts to float32 -- would otherwise run
@@ -84,33 +87,54 @@ class KeepFloat64(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def run_in_float64(model: torch.nn.Module, inputs: tuple, keep_float64: bool = True) -> Any:
-    """``model`` copied to float64 on the CPU and run on ``inputs`` in float64, its casts to narrower floats kept in
-    float64 (``keep_float64``); outputs as float64 CPU tensors."""
+def reference_device(model: torch.nn.Module, inputs: tuple) -> torch.device:
+    """Where the float64 reference runs first: the GPU the model's parameters (else its first tensor input) are on,
+    else the CPU."""
+    tensors = [p for p in model.parameters()] + [x for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    return device if is_cuda(device) else torch.device("cpu")
+
+
+def _to(device: torch.device):
+    def move(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            return x
+        return x.detach().to(device, torch.float64) if x.is_floating_point() else x.detach().to(device)
+    return move
+
+
+def run_in_float64(model: torch.nn.Module, inputs: tuple, keep_float64: bool = True,
+                   device: torch.device | str = "cpu") -> Any:
+    """``model`` copied to float64 on ``device`` and run on ``inputs`` in float64, its casts to narrower floats kept
+    in float64 (``keep_float64``); outputs as float64 CPU tensors."""
+    device = torch.device(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref_model = copy.deepcopy(model).to("cpu", torch.float64)
+        ref_model = copy.deepcopy(model).to(device, torch.float64)
         default = torch.get_default_dtype()
         try:
             if keep_float64:
                 torch.set_default_dtype(torch.float64)  # tensors made without a dtype, too
             with torch.no_grad(), KeepFloat64() if keep_float64 else contextlib.nullcontext():
-                return tree_map(to_reference, ref_model(*tree_map(to_reference, inputs)))
+                return tree_map(to_reference, ref_model(*tree_map(_to(device), inputs)))
         finally:
             torch.set_default_dtype(default)
+            del ref_model
+            if is_cuda(device):
+                torch.cuda.empty_cache()  # the float64 copy is four times a bfloat16 model: give it back
 
 
 def float64_reference(model: torch.nn.Module, inputs: tuple) -> tuple[Any, str | None]:
-    """The original model's outputs in float64 on the CPU (float64 throughout where the model runs so, else with its
-    own casts), or (None, why not)."""
-    try:
-        return run_in_float64(model, inputs), None
-    except Exception:  # a model whose code needs its narrower dtypes: its own casts, as it wrote them
-        pass
-    try:
-        return run_in_float64(model, inputs, keep_float64=False), None
-    except Exception as exc:  # a model that does not run in float64 (dtype-specific ops, device-only kernels)
-        return None, one_line(exc)
+    """The original model's outputs in float64 (float64 throughout where the model runs so, else with its own casts),
+    on the model's GPU first where it is on one, else (or where that fails) on the CPU; or (None, why not)."""
+    devices = list(dict.fromkeys([reference_device(model, inputs), torch.device("cpu")]))
+    for keep in (True, False):  # False: a model whose code needs its narrower dtypes: its own casts, as it wrote them
+        for device in devices:
+            try:
+                return run_in_float64(model, inputs, keep_float64=keep, device=device), None
+            except Exception as exc:  # a model that does not run in float64 (dtype-specific ops, device-only kernels)
+                why_not = one_line(exc)
+    return None, why_not
 
 
 def finite_reference(ref: torch.Tensor, original: torch.Tensor) -> tuple[torch.Tensor, int]:

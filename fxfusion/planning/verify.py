@@ -3,7 +3,8 @@
 Method (:func:`verify_plan`):
   1. apply the plan (:func:`fxfusion.planning.rewrite.apply`); a crash here is a failed verification, not an exception;
   2. run the original and the planned model at the example inputs (no grad); the reference is the original model
-     run in float64 on the CPU where the model allows it, else the original model itself;
+     run in float64 (on its GPU where it is on one, else or where that fails on the CPU) where the model allows it,
+     else the original model itself;
   3. every output of the planned model must be within the dtype's tolerance of the reference
      (:mod:`fxfusion.planning.outputs`), and so must every other candidate's, or it cannot be chosen;
   4. build the candidates of a :class:`~fxfusion.planning.candidates.CandidateSet` and time them with the original and
