@@ -6,7 +6,7 @@ means nothing when the output would be within ``limit`` whatever the rewrites co
   1. **the output does not depend on the inputs** (a zero-initialised head: ``out = 0 @ features + b``): the inputs
      are changed (noise of ``INPUT_NOISE`` x their RMS on the floating ones; else each id of the first integer input
      moved to the next value in its range) and the original model run again; an output that moves by no more than
-     its limit is flagged -- the rewrites before it are not checked by it;
+     its limit, and at most ``DEPENDS``, is flagged -- the rewrites before it are not checked by it;
   2. **the output hides weight errors** (an output dominated by a bias: ``out = W x + 1e4`` hides a 10% error in ``W``
      under 1e-4): a copy of the model with every weight (each parameter of two or more dimensions: matrices,
      convolution kernels, embeddings; not biases or norm scales) scaled by ``1 +/- WEIGHT_ERROR[dtype]`` (signs
@@ -53,6 +53,10 @@ from fxfusion.planning.outputs import KeepFloat64, OutputCheck, check_outputs, t
 
 # The inputs' change: 1% of their RMS, far above rounding in every dtype, small enough to stay in the model's domain.
 INPUT_NOISE = 0.01
+# An output that moves by at most this (relative L2) when the inputs change does not depend on them: float32's
+# tolerance.  Not a bfloat16 output's 2e-2 limit: tv_resnet50 in bfloat16 on an H100 (2026-12-07 22:03 UTC) moved by
+# 3.6e-3 under the 1% noise -- it depends on its input, contracted by its pooling -- and was flagged as not depending.
+DEPENDS = 1e-4
 # The weight error the check must see, per dtype: 1% where the tolerance is 1e-4 (float32, float64).  float16 and
 # bfloat16 tolerances (5e-3, 2e-2) absorb a few percent of rounding over a deep model, and their weights round at
 # 0.1% / 0.4%: there the check must see 5% / 10% (issue 26's bias-dominated output hid 10% under float32's 1e-4).
@@ -78,9 +82,9 @@ def check_sensitivity(model: torch.nn.Module, inputs: tuple, original_out: Any, 
         moved = _moves(model, changed, orig, said, "with changed inputs")
         for c in floating if moved is not None else []:
             c.input_moves = moved[c.index]
-            if c.input_moves <= c.limit:
+            if c.input_moves <= min(c.limit, DEPENDS):
                 flag = (f"output {c.index} does not depend on the inputs: {how} moves it by {c.input_moves:.2g} "
-                        f"(limit {c.limit:.1e}), so it cannot show a wrong rewrite before it")
+                        f"(at most {min(c.limit, DEPENDS):.0e}), so it cannot show a wrong rewrite before it")
                 said.append(flag + "; " + check_earlier(c, captured, model, planned, inputs, changed, device))
     weighted, n = perturbed_weights(model, WEIGHT_ERROR.get(_dtype(orig, floating[0]), 0.01))
     if weighted is None:
