@@ -9,6 +9,15 @@
 # edits of the working tree during the call change nothing.  A stage cut short (timeout -s INT) keeps its journal and
 # probes; carried back as $SNAP/.runs/cal_<card> the next call resumes it.  Everything comes back as $OUT/results.tgz.
 # Env: SNAP (.gpusnap3), CALL_S (seconds this script may use, default 540).
+# Before the call, here (SNAP ignored in .git/info/exclude; carry it and .whl):
+#   rm -rf .gpusnap3 && mkdir -p .gpusnap3/.runs/cal_h100/s4
+#   git archive HEAD fxfusion benchmarks schemas profiles pyproject.toml | tar -x -C .gpusnap3
+#   cp docs/results/h100-2026-12-07/call2/s3_probes.json .gpusnap3/.runs/cal_h100/s4/probes.json
+#   python3 -c 'import json; from fxfusion.profiles.profile import Profile, entry_to_dict
+#   f = open(".gpusnap3/.runs/cal_h100/s4/profile_regimes.json.progress.jsonl", "w")
+#   [f.write(json.dumps(entry_to_dict(e), allow_nan=False) + "\n") for e in Profile.load("profiles/h100.json").entries]'
+#   then: run `CALL_S=545 SNAP=.gpusnap3 bash docs/results/gpu-calibrate-2026-12-07/device_calibrate.sh`, carry
+#   [".gpusnap3", ".whl"]; a cut-short stage comes back in results.tgz: unpack its cal/ into .gpusnap3/.runs/cal_<card>.
 set -u
 SNAP=${SNAP:-.gpusnap3}
 cd $SNAP || exit 1
