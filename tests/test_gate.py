@@ -205,7 +205,7 @@ def test_the_reference_falls_back_to_the_cpu_where_its_device_fails(monkeypatch)
     monkeypatch.setattr(outputs, "run_in_float64", run)
     monkeypatch.setattr(outputs, "reference_device", lambda m, i: torch.device("meta"))  # a device that fails
     ref, why_not = outputs.float64_reference(model, (x,))
-    assert tried == ["meta", "cpu"] and why_not is None
+    assert tried == ["meta", "meta", "cpu"] and why_not is None  # both forms where it is, then the CPU
     torch.testing.assert_close(ref, model.double()(x.double()), rtol=0, atol=0)
 
 

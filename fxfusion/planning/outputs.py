@@ -127,9 +127,9 @@ def run_in_float64(model: torch.nn.Module, inputs: tuple, keep_float64: bool = T
 def float64_reference(model: torch.nn.Module, inputs: tuple) -> tuple[Any, str | None]:
     """The original model's outputs in float64 (float64 throughout where the model runs so, else with its own casts),
     on the model's GPU first where it is on one, else (or where that fails) on the CPU; or (None, why not)."""
-    devices = list(dict.fromkeys([reference_device(model, inputs), torch.device("cpu")]))
-    for keep in (True, False):  # False: a model whose code needs its narrower dtypes: its own casts, as it wrote them
-        for device in devices:
+    why_not = "not run"
+    for device in dict.fromkeys([reference_device(model, inputs), torch.device("cpu")]):  # the CPU after a GPU fails
+        for keep in (True, False):  # False: a model whose code needs its narrower dtypes: its own casts, as written
             try:
                 return run_in_float64(model, inputs, keep_float64=keep, device=device), None
             except Exception as exc:  # a model that does not run in float64 (dtype-specific ops, device-only kernels)
