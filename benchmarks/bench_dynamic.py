@@ -50,7 +50,7 @@ from fxfusion.calibration.variants import compile_limits  # noqa: E402
 from fxfusion.graph.capture import capture  # noqa: E402
 from fxfusion.graph.loader import load_model  # noqa: E402
 from fxfusion.graph.symbolic import sizes_text  # noqa: E402
-from fxfusion.measure import timing  # noqa: E402
+from fxfusion.measure.timing import SampleCount  # noqa: E402
 from fxfusion.measure.devices import dtype as dtype_record  # noqa: E402
 from fxfusion.measure.devices import is_cuda  # noqa: E402
 from fxfusion.measure.stats import interval_text, median_interval, paired_speedup  # noqa: E402
@@ -84,41 +84,17 @@ def default_ranges(model: torch.nn.Module, inputs: tuple) -> str:
     return text
 
 
-class ClockCount:
-    """Counts every sample any of the library's clocks takes while it is open."""
-
-    def __enter__(self):
-        self.samples, self._saved = 0, []
-        for cls in (timing.CpuClock, timing.CudaClock):
-            for name in ("sample", "sample_regimes"):
-                if hasattr(cls, name):
-                    original = getattr(cls, name)
-                    self._saved.append((cls, name, original))
-                    setattr(cls, name, self._counted(original))
-        return self
-
-    def _counted(self, original):
-        def counted(clock, *a, **k):
-            self.samples += 1
-            return original(clock, *a, **k)
-        return counted
-
-    def __exit__(self, *exc):
-        for cls, name, original in self._saved:
-            setattr(cls, name, original)
-
-
 def load_in_this_process(spec: str, path: str, args) -> dict:
     """Step 2 (run by ``--load`` in a fresh process): the static capture's seconds, then load + apply's."""
     model, inputs = _load(spec, args)
     start = time.perf_counter()
     capture(model, inputs)
     capture_s = time.perf_counter() - start
-    with ClockCount() as clocks:
+    with SampleCount() as clocks:
         start = time.perf_counter()
         fast = fxfusion.apply(model, fxfusion.load_plan(path), example_inputs=inputs)
         apply_s = time.perf_counter() - start
-    return {"capture_s": capture_s, "load_apply_s": apply_s, "clock_samples": clocks.samples,
+    return {"capture_s": capture_s, "load_apply_s": apply_s, "clock_samples": clocks.n,
             "rewrites": sum(bool(r.applied) for r in getattr(fast, "fxfusion_rewrites", [])),
             "candidate": getattr(fast, "fxfusion_candidate", None)}
 

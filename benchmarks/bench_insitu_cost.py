@@ -38,6 +38,7 @@ from fxfusion.fusions.match import find_sites  # noqa: E402
 from fxfusion.planning.plan import FusionPlan  # noqa: E402
 from fxfusion.planning.prediction import Context  # noqa: E402
 from fxfusion.profiles.profile import Decision  # noqa: E402
+from fxfusion.measure.timing import SampleCount  # noqa: E402
 
 
 def main() -> None:
@@ -104,32 +105,6 @@ def zoo_specs() -> list[str]:
             if not p.name.startswith("_")]
 
 
-class CountedSamples:
-    """Counts every sample any clock of fxfusion's takes while active (their ``sample`` methods wrapped): a saved
-    plan's apply must take none."""
-
-    def __enter__(self):
-        from fxfusion.measure import timing
-
-        self.n, self.saved = 0, []
-        for cls in (timing.CpuClock, timing.CudaClock):
-            for name in ("sample", "sample_regimes"):
-                original = getattr(cls, name)
-                self.saved.append((cls, name, original))
-                setattr(cls, name, self._counting(original))
-        return self
-
-    def _counting(self, original):
-        def sample(clock, *args, **kwargs):
-            self.n += 1
-            return original(clock, *args, **kwargs)
-        return sample
-
-    def __exit__(self, *exc):
-        for cls, name, original in self.saved:
-            setattr(cls, name, original)
-
-
 def every_site_plan(model: nn.Module, inputs: tuple) -> FusionPlan:
     """Every legal site decided fuse with the first manual variant that runs on the CPU at float32 (no timing)."""
     from fxfusion.fusions.registry import REGISTRY
@@ -172,7 +147,7 @@ def saved_cost(specs: list[str], repeats: int) -> None:
             start = time.perf_counter()
             capture(model, inputs)
             captures.append(time.perf_counter() - start)
-            with CountedSamples() as counted:
+            with SampleCount() as counted:
                 start = time.perf_counter()
                 planned = fxfusion.apply(model, fxfusion.load_plan(path), example_inputs=inputs)
                 applies.append(time.perf_counter() - start)

@@ -30,30 +30,16 @@ def saved(request, tmp_path):
     return save_plan(plan, tmp_path / "plan.json", loaded.model, loaded.example_inputs), plan, loaded
 
 
-class CountingClocks:
-    """Every sample of every clock (CPU and CUDA, both regimes) counted while active."""
-
-    def __init__(self, monkeypatch):
-        self.n = 0
-        for cls in (timing.CpuClock, timing.CudaClock):
-            for name in ("sample", "sample_regimes"):
-                monkeypatch.setattr(cls, name, self._counting(getattr(cls, name)))
-
-    def _counting(self, original):
-        def sample(clock, *args, **kwargs):
-            self.n += 1
-            return original(clock, *args, **kwargs)
-        return sample
-
-
-def test_a_saved_plan_apply_takes_no_sample_and_the_counter_counts(saved, monkeypatch):
+def test_a_saved_plan_apply_takes_no_sample_and_the_counter_counts(saved):
     path, _, loaded = saved
-    clocks = CountingClocks(monkeypatch)
-    timing.measure({"x": lambda: torch.ones(2) + 1}, timing.CpuClock(), timing.TimingSpec(warmup=1, rounds=2))
-    assert clocks.n >= 2  # the control: a timing is counted
-    clocks.n = 0
-    planned = fxfusion.apply(loaded.model, fxfusion.load_plan(path), example_inputs=loaded.example_inputs)
-    assert clocks.n == 0
+    sample = timing.CpuClock.sample
+    with timing.SampleCount() as clocks:
+        timing.measure({"x": lambda: torch.ones(2) + 1}, timing.CpuClock(), timing.TimingSpec(warmup=1, rounds=2))
+        assert clocks.n >= 2  # the control: a timing is counted
+        clocks.n = 0
+        planned = fxfusion.apply(loaded.model, fxfusion.load_plan(path), example_inputs=loaded.example_inputs)
+        assert clocks.n == 0
+    assert timing.CpuClock.sample is sample  # the clocks put back
     assert planned.fxfusion_rewrites and all(r.applied for r in planned.fxfusion_rewrites)
 
 

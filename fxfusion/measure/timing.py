@@ -75,6 +75,30 @@ class CpuClock:
         return time.perf_counter()
 
 
+class SampleCount:
+    """Counts every sample the library's clocks take while open (``with SampleCount() as c: ...; c.n``): their
+    ``sample`` and ``sample_regimes`` methods wrapped, put back on exit.  A saved plan's apply must take none."""
+
+    def __enter__(self) -> "SampleCount":
+        self.n, self._saved = 0, []
+        for cls in (CpuClock, CudaClock):
+            for name in ("sample", "sample_regimes"):
+                original = getattr(cls, name)
+                self._saved.append((cls, name, original))
+                setattr(cls, name, self._counting(original))
+        return self
+
+    def _counting(self, original):
+        def sample(clock, *args, **kwargs):
+            self.n += 1
+            return original(clock, *args, **kwargs)
+        return sample
+
+    def __exit__(self, *exc) -> None:
+        for cls, name, original in self._saved:
+            setattr(cls, name, original)
+
+
 def check_regime(regime: str) -> str:
     """``regime`` itself when it is one of :data:`REGIMES`; one clear line otherwise."""
     if regime not in REGIMES:
