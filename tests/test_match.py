@@ -275,16 +275,53 @@ class RMSNormWritten(nn.Module):
             variance = hidden_states.pow(2).mean(-1, keepdim=True)
             hidden_states = hidden_states * torch.rsqrt(variance + 1e-6)
             return self.weight * hidden_states.to(input_dtype)
+        if self.style == "hf-t5":  # transformers' T5LayerNorm, verbatim: the square reads x.float(), the scale x
+            variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+            hidden_states = x * torch.rsqrt(variance + 1e-6)
+            if self.weight.dtype in [torch.float16, torch.bfloat16]:
+                hidden_states = hidden_states.to(self.weight.dtype)
+            return self.weight * hidden_states
         xf = x.float()  # gpt-fast: normalise in float32, cast back, then scale
         return (xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + 1e-6)).type_as(x) * self.weight
 
 
-@pytest.mark.parametrize("style", ["pow", "gpt-fast", "hf-llama"])
+@pytest.mark.parametrize("style", ["pow", "gpt-fast", "hf-llama", "hf-t5"])
 def test_rmsnorm_written_out_is_found(style):
     _, sites = sites_of(RMSNormWritten(style=style), torch.randn(3, 4, 16))
     assert summary(sites) == [("rmsnorm", "fusible")]
     assert sites[0].shape == {"M": 12, "N": 16} and sites[0].roles["weight_param"] == "weight"
     assert sites[0].roles["input"] == "x" and sites[0].notes == [] and sites[0].nodes[-1] == sites[0].roles["output"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_t5_rmsnorm_in_the_dtype_t5_runs_in_is_found_and_its_rewrite_matches_float64(dtype):
+    """T5's norm in bfloat16/float16 squares x.float() but scales x: every norm of the zoo's T5 was unmatched in the
+    dtype it runs in (issue 26), though found in float32."""
+    from fxfusion.planning.outputs import check_outputs, float64_reference
+    from fxfusion.planning.verify import every_group
+    from tests.helpers import runnable_plan_of
+
+    model, x = RMSNormWritten(style="hf-t5").to(dtype), torch.randn(3, 4, 16, dtype=dtype)
+    _, sites = sites_of(model, x)
+    assert summary(sites) == [("rmsnorm", "fusible")] and sites[0].dtype == dtype_name_of(dtype)
+    assert sites[0].roles["input"] == "x" and sites[0].roles["weight_param"] == "weight"
+    planned = every_group(model, runnable_plan_of(model, (x,)))
+    assert [r.applied for r in planned.fxfusion_rewrites] == [True]
+    with torch.no_grad():
+        got, orig = planned(x), model(x)
+    assert not check_outputs(got, orig, float64_reference(model, (x,))[0], "cpu")[1]
+    # the control: where the cast is read by more than the square, the scale's read of x is not the site's
+    class Leaky(RMSNormWritten):
+        def forward(self, x):
+            xf = x.to(torch.float32)
+            return self.weight * (x * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype), xf.sum()
+
+    _, sites = sites_of(Leaky().to(dtype), x)
+    assert all(s.pattern != "rmsnorm" for s in sites)
+
+
+def dtype_name_of(dtype):
+    return str(dtype).removeprefix("torch.")
 
 
 def test_rmsnorm_module_is_already_fused():

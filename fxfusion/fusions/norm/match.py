@@ -14,7 +14,8 @@ from fxfusion.graph.sites import ALREADY_FUSED
 
 
 def match_rmsnorm_written(ctx: Context, rsqrt: Node) -> Candidate | None:
-    """x * rsqrt(mean(x^2, -1, keepdim) + eps) [cast back] [* weight], as gpt-fast and LLaMA write it."""
+    """x * rsqrt(mean(x^2, -1, keepdim) + eps) [cast back] [* weight], as gpt-fast and LLaMA write it (and T5, whose
+    square reads x.float() while its scale reads x)."""
     g = ctx.graph
     add = rsqrt.args[0]
     if kind(add) != "add" or not isinstance(add.args[0], Node) or not is_scalar(add.args[1]):
@@ -29,7 +30,12 @@ def match_rmsnorm_written(ctx: Context, rsqrt: Node) -> Candidate | None:
         x = sq.args[0]
     else:
         return None
-    muls = [u for u in rsqrt.users if kind(u) == "mul" and x in u.args]
+    # T5 squares x.float() but scales x itself (``x * rsqrt(...)``: bfloat16 times float32 is float32, the same
+    # product): the mul may read the cast's input, where the cast is read by the square alone.
+    upcast = x.args[0] if kind(x) == "cast" and isinstance(x.args[0], Node) else None
+    muls = [u for u in rsqrt.users if kind(u) == "mul" and (x in u.args or (
+        upcast is not None and upcast in u.args and dtype_name(x) == dtype_name(u)
+        and {r for r in x.users if op_name(r) not in ASSERT_OPS} == {sq}))]
     if not muls:
         return None
     normed = muls[0]
