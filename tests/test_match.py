@@ -320,6 +320,42 @@ def test_t5_rmsnorm_in_the_dtype_t5_runs_in_is_found_and_its_rewrite_matches_flo
     assert all(s.pattern != "rmsnorm" for s in sites)
 
 
+class GemmaRMSNorm(nn.Module):  # transformers' GemmaRMSNorm, verbatim: the scale is 1 + w, made every call
+    def __init__(self, n=16, leak=False):
+        super().__init__()
+        self.weight, self.eps, self.leak = nn.Parameter(torch.randn(n) * 0.1), 1e-6, leak
+
+    def _norm(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def forward(self, x):
+        scale = 1.0 + self.weight.float()
+        output = self._norm(x.float()) * scale
+        return (output.type_as(x), scale.sum()) if self.leak else output.type_as(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gemma_rmsnorm_with_its_one_plus_w_scale_is_one_site_and_its_rewrite_matches_float64(dtype):
+    """RMSNorm scaled by (1 + w) was matched without its weight, then refused in bfloat16 (issue 26): now the scale,
+    its cast and the type_as after it are the site's, w its boundary, and the rewrite feeds 1 + w to rms_norm."""
+    from fxfusion.planning.outputs import check_outputs, float64_reference
+    from fxfusion.planning.verify import every_group
+    from tests.helpers import runnable_plan_of
+
+    model, x = GemmaRMSNorm().to(dtype), torch.randn(3, 4, 16, dtype=dtype)
+    _, sites = sites_of(model, x)
+    assert summary(sites) == [("rmsnorm", "fusible")] and sites[0].notes == []
+    assert sites[0].roles["weight_param"] == "weight" and sites[0].dtype == dtype_name_of(dtype)
+    planned = every_group(model, runnable_plan_of(model, (x,)))
+    assert [r.applied for r in planned.fxfusion_rewrites] == [True]
+    with torch.no_grad():
+        got, orig = planned(x), model(x)
+    assert not check_outputs(got, orig, float64_reference(model, (x,))[0], "cpu")[1]
+    # the control: a 1 + w read elsewhere too is not the site's; the norm is found without its weight, as before
+    _, sites = sites_of(GemmaRMSNorm(leak=True), torch.randn(3, 4, 16))
+    assert [s.pattern for s in sites] == ["rmsnorm"] and sites[0].notes == ["no weight multiply after the normalisation"]
+
+
 def dtype_name_of(dtype):
     return str(dtype).removeprefix("torch.")
 

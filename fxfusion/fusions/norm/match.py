@@ -49,11 +49,20 @@ def match_rmsnorm_written(ctx: Context, rsqrt: Node) -> Candidate | None:
     for u in cur.users:
         if kind(u) == "mul":
             other = u.args[1] if u.args[0] is cur else u.args[0]
-            if isinstance(other, Node) and g.param(other) and shape(other) == (shape(cur) or (0,))[-1:]:
+            if isinstance(other, Node) and shape(other) == (shape(cur) or (0,))[-1:] and (
+                    g.param(other) or _one_plus_param(g, other, u)):
                 weight = other
                 nodes.append(u)
                 cur = u
                 break
+    if weight is not None and not g.param(weight):  # Gemma's 1 + w (w.float() in between): inside, w the boundary
+        inner = next(a for a in weight.args if isinstance(a, Node))  # w, or w.float()
+        nodes[-1:-1] = [inner, weight] if kind(inner) == "cast" else [weight]  # before the scale's mul, in order
+        weight = inner.args[0] if kind(inner) == "cast" else inner
+        nxt = only_user(cur)
+        if nxt is not None and kind(nxt) == "cast":  # output.type_as(x) after the scale
+            nodes.append(nxt)
+            cur = nxt
     source = x
     if kind(x) == "cast" and isinstance(x.args[0], Node) and set(x.users) <= set(nodes):
         source = x.args[0]  # x.float() in front, read only by the norm: part of the site
@@ -69,6 +78,21 @@ def match_rmsnorm_written(ctx: Context, rsqrt: Node) -> Candidate | None:
     return Candidate("rmsnorm", nodes, cur, {"M": M, "N": N}, dtype_name(cur) or "float32", roles,
                      "RMSNorm written out: x * rsqrt(mean(x^2) + eps) * w", notes=notes,
                      boundary=[source] + ([weight] if weight is not None else []))
+
+
+def _one_plus_param(g, node: Node, mul: Node) -> bool:
+    """Gemma's scale: ``1 + w`` of a parameter ``w`` (``w.float()`` in between or not), made fresh every call and
+    read by ``mul`` alone (else it is not the site's own)."""
+    if kind(node) != "add" or len(node.args) != 2 or set(node.users) != {mul}:
+        return False
+    one = [a for a in node.args if is_scalar(a) and float(a) == 1.0]
+    w = [a for a in node.args if isinstance(a, Node)]
+    if len(one) != 1 or len(w) != 1:
+        return False
+    w = w[0]
+    if kind(w) == "cast" and isinstance(w.args[0], Node) and set(w.users) == {node}:
+        w = w.args[0]
+    return bool(g.param(w))
 
 
 def match_rms_norm_op(ctx: Context, node: Node) -> Candidate | None:

@@ -18,14 +18,16 @@ from fxfusion.fusions.norm.kernels import add_layernorm_sum, add_rmsnorm_sum
 def rewrite_rms_norm(gm, nodes, group):
     inside = set(nodes)
     pow_ = next((n for n in nodes if is_call(n, aten.pow.Tensor_Scalar) and n.args[1] == 2), None)
-    add = next((n for n in nodes if is_call(n, aten.add.Tensor, aten.add.Scalar) and scalar(n.args[1]) is not None),
-               None)
+    rsqrt = next((n for n in nodes if is_call(n, aten.rsqrt.default)), None)
+    add = rsqrt.args[0] if rsqrt is not None else None  # + eps (Gemma's 1 + w is an add of a scalar too)
+    add = add if is_call(add, aten.add.Tensor, aten.add.Scalar) and scalar(add.args[1]) is not None else None
     if pow_ is None or add is None:
         raise NotApplicable("cannot find x.pow(2) and the + eps of the RMSNorm")
     x, eps, last = pow_.args[0], scalar(add.args[1]), nodes[-1]
-    if not is_call(last, aten.mul.Tensor):
+    scale = last.args[0] if kind(last) == "cast" and isinstance(last.args[0], fx.Node) else last  # Gemma: cast after
+    if not is_call(scale, aten.mul.Tensor):
         raise NotApplicable("the RMSNorm does not end with the weight multiply")
-    weight = next((a for a in last.args[:2] if isinstance(a, fx.Node) and a not in inside), None)
+    weight = next((a for a in scale.args[:2] if isinstance(a, fx.Node) and (a not in inside or _one_plus(a))), None)
     n = (shape_of(x) or (0,))[-1]
     if weight is None or shape_of(weight) != (n,):
         raise NotApplicable(f"the RMSNorm weight is not a ({n},) tensor")
@@ -42,6 +44,11 @@ def rewrite_rms_norm(gm, nodes, group):
         if isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor) and want.dtype != got.dtype:
             y = gm.graph.call_function(aten.to.dtype, (y, want.dtype))
     return last, y
+
+
+def _one_plus(node: fx.Node) -> bool:
+    """Gemma's 1 + w, inside the site: it stays, computed from the parameter, and is rms_norm's weight."""
+    return is_call(node, aten.add.Tensor, aten.add.Scalar) and any(scalar(a) == 1.0 for a in node.args)
 
 
 def _eval_dropout(node) -> bool:
