@@ -227,7 +227,7 @@ def test_a_token_id_model_on_cuda_verifies_against_float64_computed_on_the_gpu(m
 
 @needs_transformers
 @pytest.mark.parametrize("spec", [str(PADDED), f"{PADDED}:gpt2"] + [
-    str(MODELS / "zoo" / f"{name}.py") for name in ("hf_bert", "hf_llama", "hf_qwen2", "hf_phi3", "hf_t5")])
+    str(MODELS / "zoo" / f"{name}.py") for name in ("hf_bert", "hf_llama", "hf_qwen2", "hf_phi3", "hf_t5", "hf_gemma")])
 def test_language_models_in_bfloat16_verify_against_float64_with_every_rewrite(spec):
     """Token-id models in the dtype they run in on a card, every legal site rewritten: the float64 reference runs
     (the ids go to the CPU with it) and no rewrite fails it falsely -- the GPU runs before 775f61e checked these

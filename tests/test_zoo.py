@@ -136,8 +136,10 @@ APPLIED_COUNT_ON_CPU = {"timm_levit.py": 26}
 # T5: 5 q/k/v sites (4 self-attention, 1 cross-attention k/v) and its 4 gated-GELU sites, whose activation is written
 # out (8 ops, so the merged form runs fewer), plus the 6 SDPA rewrites above: 15 in all.
 # SegFormer: its last stage's q/k/v (the other stages' k/v pairs are priced even) and its 4 Mix-FFN conv + GELU.
+# Gemma: its q/k/v, as Llama's (its (1 + w) RMSNorms are sites too, not decided 'fuse' by the op-count clock).
 MERGED_ON_CPU = {"hf_llama.py": 2, "hf_qwen2.py": 2, "hf_bert.py": 2, "hf_clip_vision.py": 2,
-                 "hf_whisper_encoder.py": 2, "hf_t5.py": 15, "hf_wav2vec2.py": 2, "hf_segformer.py": 5}
+                 "hf_whisper_encoder.py": 2, "hf_t5.py": 15, "hf_wav2vec2.py": 2, "hf_segformer.py": 5,
+                 "hf_gemma.py": 2}
 # Decided 'fuse' but not rewritten, with the rewrite's own reason: none left.  (GPT-2's eager attention, whose
 # probabilities are cast to value's dtype before dropout and @ V, used to be refused by the SDPA rewrite; the
 # matcher and the rewrite now read a site the same way, fusions/attention/reading.py.)

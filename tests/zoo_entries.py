@@ -31,6 +31,7 @@ ENTRIES = (
     ZooEntry("timm_levit.py", "timm"),
     ZooEntry("hf_wav2vec2.py", "transformers"),
     ZooEntry("hf_segformer.py", "transformers"),
+    ZooEntry("hf_gemma.py", "transformers"),
 )
 
 

@@ -18,12 +18,10 @@ from fxfusion.fusions.norm.kernels import add_layernorm_sum, add_rmsnorm_sum
 def rewrite_rms_norm(gm, nodes, group):
     inside = set(nodes)
     pow_ = next((n for n in nodes if is_call(n, aten.pow.Tensor_Scalar) and n.args[1] == 2), None)
-    rsqrt = next((n for n in nodes if is_call(n, aten.rsqrt.default)), None)
-    add = rsqrt.args[0] if rsqrt is not None else None  # + eps (Gemma's 1 + w is an add of a scalar too)
-    add = add if is_call(add, aten.add.Tensor, aten.add.Scalar) and scalar(add.args[1]) is not None else None
-    if pow_ is None or add is None:
+    eps = _eps(nodes)
+    if pow_ is None or eps is None:
         raise NotApplicable("cannot find x.pow(2) and the + eps of the RMSNorm")
-    x, eps, last = pow_.args[0], scalar(add.args[1]), nodes[-1]
+    x, last = pow_.args[0], nodes[-1]
     scale = last.args[0] if kind(last) == "cast" and isinstance(last.args[0], fx.Node) else last  # Gemma: cast after
     if not is_call(scale, aten.mul.Tensor):
         raise NotApplicable("the RMSNorm does not end with the weight multiply")
@@ -44,6 +42,13 @@ def rewrite_rms_norm(gm, nodes, group):
         if isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor) and want.dtype != got.dtype:
             y = gm.graph.call_function(aten.to.dtype, (y, want.dtype))
     return last, y
+
+
+def _eps(nodes: list[fx.Node]) -> float | None:
+    """The RMSNorm's eps: the scalar of the add its rsqrt reads (Gemma's 1 + w is an add of a scalar too)."""
+    rsqrt = next((n for n in nodes if is_call(n, aten.rsqrt.default)), None)
+    add = rsqrt.args[0] if rsqrt is not None else None
+    return scalar(add.args[1]) if is_call(add, aten.add.Tensor, aten.add.Scalar) else None
 
 
 def _one_plus(node: fx.Node) -> bool:
@@ -156,9 +161,8 @@ def rewrite_add_rmsnorm_sum(gm, nodes, group, fused):
     """h = x + residual; y = RMSNorm(h) written out, h read again  ->  ``fused(x, residual, weight, eps) -> (h, y)``."""
     inside = set(nodes)
     add, out = _residual_add(nodes), _site_output(nodes)
-    eps = next((scalar(n.args[1]) for n in nodes if is_call(n, aten.add.Tensor, aten.add.Scalar)
-                and scalar(n.args[1]) is not None), None)
-    if add is None or eps is None or not any(is_call(n, aten.rsqrt.default) for n in nodes):
+    eps = _eps(nodes)
+    if add is None or eps is None:
         raise NotApplicable("cannot find the residual add, the + eps and the rsqrt of the RMSNorm")
     if not is_call(out, aten.mul.Tensor):
         raise NotApplicable("the RMSNorm does not end with the weight multiply")
