@@ -58,7 +58,7 @@ from fxfusion.planning.dynamic import position_limit, shapes_to_verify  # noqa: 
 from fxfusion.planning.dynamic_verify import check_shapes  # noqa: E402
 from fxfusion.profiles.machine import find_machine_profile  # noqa: E402
 
-MODELS = ("hf_gpt2", "hf_llama", "hf_qwen2", "hf_phi3", "timm_resnet18", "tv_resnet50", "tv_mobilenet_v3_large",
+MODELS = ("hf_gpt2", "hf_llama", "hf_qwen2", "hf_phi3", "hf_gemma", "timm_resnet18", "tv_resnet50", "tv_mobilenet_v3_large",
           "tv_efficientnet_b0", "tv_convnext_tiny")
 LOAD_TARGET_S, SHAPES_TARGET = 5.0, 3
 CANDIDATES = ("eager", "compile", "planned", "planned+compile")
