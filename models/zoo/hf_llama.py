@@ -44,6 +44,7 @@ class LlamaShape:
     attn_implementation: str = "sdpa"  # or "eager"
     cache: int = 0  # decode_cache: the static cache's positions (prompt + the tokens it can generate); 0: no cache
     pad: int = 0  # padded: the left padding of every other sequence
+    head_dim: int | None = None  # a head's width where the config does not derive it from hidden / heads (Gemma's 256)
 
 
 PRESETS = {
@@ -59,13 +60,13 @@ REALISTIC_ENTRIES = ("bench", "decode", "decode_cache", "padded")  # the entry f
 
 def decoder(cfg: LlamaShape, family: str = "Llama", head: str = "Model") -> torch.nn.Module:
     """``transformers.<family>Model`` from its ``<family>Config`` at ``cfg``: Llama, and the models that share its
-    config fields (Qwen2, Mistral); ``head="ForCausalLM"``: the model with its LM head, unwrapped."""
+    config fields (Qwen2, Mistral, Gemma); ``head="ForCausalLM"``: the model with its LM head, unwrapped."""
     transformers = import_library("transformers")
     config = getattr(transformers, f"{family}Config")(
         hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
         num_key_value_heads=cfg.kv_heads, intermediate_size=cfg.mlp, vocab_size=cfg.vocab,
         max_position_embeddings=cfg.positions, bos_token_id=0, eos_token_id=1, pad_token_id=None, use_cache=False,
-        attn_implementation=cfg.attn_implementation)
+        attn_implementation=cfg.attn_implementation, **({"head_dim": cfg.head_dim} if cfg.head_dim else {}))
     torch.manual_seed(0)
     model = getattr(transformers, f"{family}{head}")(config).eval()
     return LastHiddenState(model).eval() if head == "Model" else model  # (B, T) ids -> (B, T, hidden), or the LM
