@@ -59,13 +59,14 @@ class OutputCheck:
     earlier: dict | None = None
 
 
-def to_reference(x: Any) -> Any:
-    """A tensor as the float64 reference takes or gives it: on the CPU, floats in float64.  Integer tensors move too:
-    token ids left on a GPU beside the CPU copy failed every Hugging Face LM's float64 run on CUDA (BERT, Llama, ...:
-    "index is on cuda:0, different from other tensors on cpu"), and verification fell back to the original model."""
+def to_reference(x: Any, device: torch.device | str = "cpu") -> Any:
+    """A tensor as the float64 reference takes or gives it: on ``device`` (the CPU unless it runs on a GPU), floats
+    in float64.  Integer tensors move too: token ids left on a GPU beside the CPU copy failed every Hugging Face LM's
+    float64 run on CUDA (BERT, Llama, ...: "index is on cuda:0, different from other tensors on cpu"), and
+    verification fell back to the original model."""
     if not isinstance(x, torch.Tensor):
         return x
-    return x.detach().to("cpu", torch.float64) if x.is_floating_point() else x.detach().to("cpu")
+    return x.detach().to(device, torch.float64) if x.is_floating_point() else x.detach().to(device)
 
 
 _NARROWER = (torch.float32, torch.float16, torch.bfloat16)
@@ -95,14 +96,6 @@ def reference_device(model: torch.nn.Module, inputs: tuple) -> torch.device:
     return device if is_cuda(device) else torch.device("cpu")
 
 
-def _to(device: torch.device):
-    def move(x: Any) -> Any:
-        if not isinstance(x, torch.Tensor):
-            return x
-        return x.detach().to(device, torch.float64) if x.is_floating_point() else x.detach().to(device)
-    return move
-
-
 def run_in_float64(model: torch.nn.Module, inputs: tuple, keep_float64: bool = True,
                    device: torch.device | str = "cpu") -> Any:
     """``model`` copied to float64 on ``device`` and run on ``inputs`` in float64, its casts to narrower floats kept
@@ -116,7 +109,7 @@ def run_in_float64(model: torch.nn.Module, inputs: tuple, keep_float64: bool = T
             if keep_float64:
                 torch.set_default_dtype(torch.float64)  # tensors made without a dtype, too
             with torch.no_grad(), KeepFloat64() if keep_float64 else contextlib.nullcontext():
-                return tree_map(to_reference, ref_model(*tree_map(_to(device), inputs)))
+                return tree_map(to_reference, ref_model(*tree_map(lambda x: to_reference(x, device), inputs)))
         finally:
             torch.set_default_dtype(default)
             del ref_model
