@@ -97,8 +97,10 @@ def test_llama_block_qkv_and_gate_up_are_one_site_each():
     assert mlp.nodes == ["linear_4", "silu", "linear_5", "mul_4"] and mlp.shape == {"M": 16, "K": 32, "N": 64}
     assert (mlp.roles["gate_param"], mlp.roles["up_param"]) == ("layers.0.mlp.gate_proj.weight",
                                                                 "layers.0.mlp.up_proj.weight")
-    # o_proj and down_proj are lone bias-free GEMMs: left to the linear family, which has nothing to fuse there
-    assert not any(s.pattern.startswith("linear") for s in sites)
+    # o_proj feeds the residual add and RMSNorm after it: one site with them; down_proj, whose sum only the block's
+    # output reads, is a lone bias-free GEMM, left to the linear family, which has nothing to fuse there
+    assert [(s.pattern, s.roles.get("proj_weight_param")) for s in sites if s.pattern.startswith("linear")] == [
+        ("linear_add_rmsnorm_sum", f"{ATTN}.o_proj.weight")]
 
 
 @pytest.mark.parametrize("qkv_bias,pattern,noted", [("all", "sibling_gemm3_bias", False),

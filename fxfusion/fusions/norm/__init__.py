@@ -4,12 +4,15 @@ region with two outputs)."""
 
 from fxfusion.fusions.base import Family, Matcher
 from fxfusion.fusions.norm.match import (match_add_layernorm, match_add_layernorm_sum, match_add_rmsnorm_sum,
-                                         match_rms_norm_op, match_rmsnorm_written)
+                                         match_linear_add_rmsnorm_sum, match_rms_norm_op, match_rmsnorm_written)
 from fxfusion.fusions.norm.pattern import PATTERNS
 
 # The sum-keeping matchers run first: where the sum is read only by the norm they match nothing and leave the site
 # to add_layernorm / rmsnorm.
 FAMILY = Family("norm", tuple(PATTERNS), (
+    Matcher(("rsqrt",), match_linear_add_rmsnorm_sum,
+            "legal when the bias-free GEMM's output is read only by the residual add and the norm's temporaries by "
+            "nothing else: the fused variants write the sum and the normalised value"),
     Matcher(("rsqrt",), match_add_rmsnorm_sum,
             "legal when the norm's temporaries are read by nothing else: the fused variants write the sum and the "
             "normalised value, which the rest of the graph reads"),

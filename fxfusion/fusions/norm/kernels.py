@@ -104,3 +104,11 @@ def add_layernorm_sum_reference(x, residual, weight, bias, eps: float = 1e-5):
 def add_rmsnorm_sum_reference(x, residual, weight, eps: float = 1e-6):
     """:func:`add_rmsnorm_sum` in torch (same arguments, same outputs)."""
     return add_norm_reference(x, residual, weight, None, eps, rms=True)
+
+
+def linear_residual(x, weight, residual):
+    """``F.linear(x, weight) + residual`` as one GEMM whose epilogue adds the residual (addmm's C operand, beta 1):
+    the product is never written apart and read back.  ``x`` (..., K), ``weight`` (N, K), ``residual`` (..., N)."""
+    n = weight.shape[0]
+    out = torch.addmm(residual.reshape(-1, n), x.reshape(-1, x.shape[-1]), weight.t())
+    return out.view(residual.shape)

@@ -223,3 +223,53 @@ def match_add_rmsnorm_sum(ctx: Context, rsqrt: Node) -> Candidate | None:
     c.roles.update({"x": node_name(add.args[0]), "residual": node_name(add.args[1]), "add": add.name})
     c.written_as = "x + residual, then " + c.written_as
     return _keeping_the_sum(c, "add_rmsnorm_sum", add, sums, readers)
+
+
+def _bias_free_gemm(ctx: Context, read) -> tuple[list[Node], Node, Node] | None:
+    """``read`` as a bias-free GEMM with a parameter weight whose output only the residual add reads: (its nodes, x,
+    the weight) -- ``linear(x, W)``, or ``mm(x, t(W))`` with the view back to the input's leading dims after it; an
+    eval-mode Dropout may sit between it and the add."""
+    g = ctx.graph
+    if not isinstance(read, Node) or len(read.users) != 1:
+        return None
+    gemm, nodes = read, [read]
+    if eval_dropout(read) and isinstance(read.args[0], Node) and len(read.args[0].users) == 1:
+        gemm = read = read.args[0]  # the projection's eval-mode Dropout (Phi-3, T5): the identity
+        nodes.insert(0, gemm)
+    if kind(read) == "view" and isinstance(read.args[0], Node) and len(read.args[0].users) == 1:
+        gemm = read.args[0]
+        nodes.insert(0, gemm)
+    if kind(gemm) == "linear" and arg(gemm, 2, "bias") is None and g.param(gemm.args[1]):
+        return nodes, gemm.args[0], gemm.args[1]
+    rhs = gemm.args[1] if kind(gemm) in ("mm", "matmul") and len(gemm.args) > 1 else None
+    if isinstance(rhs, Node) and kind(rhs) in ("t", "permute", "transpose") and len(rhs.users) == 1 \
+            and g.param(rhs.args[0]) and len(shape(rhs.args[0]) or ()) == 2:
+        return [rhs] + nodes, gemm.args[0], rhs.args[0]
+    return None
+
+
+def match_linear_add_rmsnorm_sum(ctx: Context, rsqrt: Node) -> Candidate | None:
+    """h = x @ W^T + residual (a bias-free projection: Llama's o_proj, down_proj); RMSNorm(h), h read again."""
+    c = match_add_rmsnorm_sum(ctx, rsqrt)
+    if c is None:
+        return None
+    add = next(n for n in c.nodes if n.name == c.roles["add"])
+    for i, read in enumerate(add.args[:2]):
+        found = _bias_free_gemm(ctx, read)
+        if found is None or any(n in ctx.claimed for n in found[0]):
+            continue
+        gemm_nodes, x, weight = found
+        residual = add.args[1 - i]
+        c.nodes[:0] = gemm_nodes
+        c.pattern = "linear_add_rmsnorm_sum"
+        K, N = (shape(x) or (0,))[-1], (shape(add) or (0,))[-1]
+        c.shape = {"M": c.shape["M"], "K": K, "N": N}
+        c.boundary = [x, weight, residual, c.boundary[-1]]
+        c.roles.update({"x": node_name(x), "residual": node_name(residual), "gemm": gemm_nodes[-1].name,
+                        "proj_weight": node_name(weight)})
+        if ctx.graph.param(weight):
+            c.roles["proj_weight_param"] = ctx.graph.param(weight)
+        c.written_as = f"{described(gemm_nodes[-1], 'x @ W.T')} (no bias) + residual, then " + c.written_as.split(
+            ", then ", 1)[-1]
+        return c
+    return None

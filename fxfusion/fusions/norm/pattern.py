@@ -23,6 +23,13 @@ add_rmsnorm_sum, Llama's RMSNorm written out after the residual add:  h = x + re
   the upcast and cast back of half-precision inputs are not counted (in float32 they copy nothing)
   fused: reads x, residual (2MN), w (N); writes h and y (2MN)  ->  s(4MN + N).
   FLOPs: 1 (add) + 4 per element (square, sum, scale, weight) + 2 per row.
+linear_add_rmsnorm_sum, the bias-free projection in front of that residual add (Llama's o_proj / down_proj):
+  h = x @ W^T + residual; y = RMSNorm(h) as above; both returned.  Shape keys M rows, K inputs, N features.
+  unfused: the GEMM reads MK + NK and writes MN, then add_rmsnorm_sum's unfused 10MN + 6M + N  ->  s(MK + NK + 11MN +
+  6M + N)
+  fused (the GEMM's epilogue adds the residual and normalises): reads x, W, residual, w; writes h and y  ->
+  s(MK + NK + 3MN + N).  The variants: addmm with the residual as C then F.rms_norm (MK + NK + 4MN + N: h read back
+  once), the GEMM then the Triton add+RMSNorm kernel (MK + NK + 5MN + N).  FLOPs: 2MKN + add_rmsnorm_sum's.
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ import torch.nn.functional as F
 from fxfusion.fusions.kernels import add_layernorm as triton_add_layernorm
 from fxfusion.fusions.kernels import triton_unavailable
 from fxfusion.fusions.base import ManualVariant, Pattern, randn, shapes
-from fxfusion.fusions.norm.kernels import add_layernorm_sum, add_rmsnorm_sum
+from fxfusion.fusions.norm.kernels import add_layernorm_sum, add_rmsnorm_sum, linear_residual
 from fxfusion.fusions.norm.rewrite import (rewrite_rms_norm, rewrite_triton_add_layernorm,
-                                           rewrite_triton_add_layernorm_sum, rewrite_triton_add_rmsnorm_sum)
+                                           rewrite_triton_add_layernorm_sum, rewrite_triton_add_rmsnorm_sum,
+                                           rewrite_addmm_rms_norm)
 from fxfusion.measure.devices import is_cuda
 
 EPS = 1e-5
@@ -43,6 +51,11 @@ EPS = 1e-5
 QUICK = shapes(dict(M=64, N=256), dict(M=2048, N=1024))
 FULL = shapes(dict(M=64, N=256), dict(M=2048, N=1024), dict(M=8192, N=4096))
 GPU = shapes(dict(M=64, N=256), dict(M=2048, N=1024), dict(M=16384, N=4096), dict(M=65536, N=8192))
+# The projection in front (Llama-bench's o_proj and down_proj, then a 7B-wide one).
+QUICK_GEMM = shapes(dict(M=64, K=256, N=256), dict(M=2048, K=1024, N=1024))
+FULL_GEMM = shapes(dict(M=64, K=256, N=256), dict(M=2048, K=1024, N=1024), dict(M=2048, K=2816, N=1024))
+GPU_GEMM = shapes(dict(M=64, K=256, N=256), dict(M=2048, K=1024, N=1024), dict(M=2048, K=2816, N=1024),
+                  dict(M=8192, K=4096, N=4096))
 
 
 def _rms_inputs(shape, dtype, device, gen):
@@ -117,6 +130,37 @@ def _build_triton_add_rms_sum(inp):
     return lambda: add_rmsnorm_sum(x, r, w, EPS)
 
 
+def _lin_add_rms_inputs(shape, dtype, device, gen):
+    M, K, N = shape["M"], shape["K"], shape["N"]
+    return {"x": randn(gen, M, K, dtype=dtype, device=device),
+            "proj": randn(gen, N, K, dtype=dtype, device=device, scale=K ** -0.5),
+            "residual": randn(gen, M, N, dtype=dtype, device=device),
+            "weight": (torch.rand(N, generator=gen) + 0.5).to(device=device, dtype=dtype)}
+
+
+def _lin_add_rms_sum_eager(x, proj, residual, weight):  # Llama: hidden = residual + o_proj(attn); then its RMSNorm
+    return _add_rms_sum_eager(F.linear(x, proj), residual, weight)
+
+
+def _build_addmm_rms_norm(inp):
+    x, p, r, w = inp["x"], inp["proj"], inp["residual"], inp["weight"]
+
+    def run():
+        h = linear_residual(x, p, r)
+        return h, F.rms_norm(h, (h.shape[-1],), w, EPS)
+    return run
+
+
+def _build_linear_triton_add_rms_sum(inp):
+    x, p, r, w = inp["x"], inp["proj"], inp["residual"], inp["weight"]
+    return lambda: add_rmsnorm_sum(F.linear(x, p), r, w, EPS)
+
+
+def _lin_bytes(s, i, fused):
+    gemm = s["M"] * s["K"] + s["N"] * s["K"]
+    return i * (gemm + ((3 * s["M"] * s["N"] + s["N"]) if fused else (11 * s["M"] * s["N"] + 6 * s["M"] + s["N"])))
+
+
 PATTERNS = [
     Pattern(
         name="rmsnorm", family="norm", title="RMSNorm (written out)", legacy_name="RMSNorm",
@@ -162,6 +206,22 @@ PATTERNS = [
         bytes=lambda s, i, fused: i * ((4 * s["M"] * s["N"] + s["N"]) if fused
                                        else (10 * s["M"] * s["N"] + 6 * s["M"] + s["N"])),
         shapes={"quick": QUICK, "full": FULL, "gpu": GPU},
+        batch_inputs=("x", "residual"),
+    ),
+    Pattern(
+        name="linear_add_rmsnorm_sum", family="norm", title="Linear (no bias)+residual add+RMSNorm, sum kept",
+        legacy_name="Linear_Add_RMSNorm_Sum", shape_keys=("M", "K", "N"), make_inputs=_lin_add_rms_inputs,
+        eager=_lin_add_rms_sum_eager,
+        manual=(ManualVariant("addmm_rms_norm", _build_addmm_rms_norm,
+                              "the residual added in the GEMM's epilogue (addmm, C = residual), then F.rms_norm",
+                              rewrite=rewrite_addmm_rms_norm),
+                ManualVariant("linear_triton_add_rmsnorm_sum", _build_linear_triton_add_rms_sum,
+                              "the GEMM, then add and RMSNorm in one Triton kernel writing the sum and the "
+                              "normalised value", unsupported=_triton_only("add+RMSNorm writing the sum"),
+                              rewrite=rewrite_triton_add_rmsnorm_sum)),
+        flops=lambda s: 2 * s["M"] * s["K"] * s["N"] + 5 * s["M"] * s["N"] + 2 * s["M"],
+        bytes=_lin_bytes,
+        shapes={"quick": QUICK_GEMM, "full": FULL_GEMM, "gpu": GPU_GEMM},
         batch_inputs=("x", "residual"),
     ),
 ]

@@ -12,7 +12,7 @@ from torch import fx
 from fxfusion.graph.edit import NotApplicable, aten, arg, device_of, is_call, scalar, shape_of, value_of
 from fxfusion.graph.nodes import ASSERT_OPS, kind, op_name
 from fxfusion.fusions.kernels import add_layernorm, triton_unavailable
-from fxfusion.fusions.norm.kernels import add_layernorm_sum, add_rmsnorm_sum
+from fxfusion.fusions.norm.kernels import add_layernorm_sum, add_rmsnorm_sum, linear_residual
 
 
 def rewrite_rms_norm(gm, nodes, group):
@@ -181,3 +181,42 @@ def rewrite_triton_add_layernorm_sum(gm, nodes, group):
 def rewrite_triton_add_rmsnorm_sum(gm, nodes, group):
     _cuda_only(nodes, "add+RMSNorm writing the sum")
     return rewrite_add_rmsnorm_sum(gm, nodes, group, add_rmsnorm_sum)
+
+
+# -- the bias-free projection in front: the residual added in its epilogue ------------------------------------------
+
+def _projection(nodes, add) -> tuple[fx.Node, fx.Node, fx.Node] | None:
+    """(x, weight (N, K), the node the add reads) of the site's bias-free GEMM: ``linear(x, W)``, or ``mm(x, t(W))``
+    with a view after it, an eval-mode Dropout or not before the add; None when the add reads no GEMM of the site."""
+    inside = set(nodes)
+    for read in add.args[:2]:
+        gemm = read.args[0] if _eval_dropout(read) and read in inside else read
+        gemm = gemm.args[0] if is_call(gemm, aten.view.default) and gemm in inside else gemm
+        if gemm not in inside:
+            continue
+        if is_call(gemm, aten.linear.default) and arg(gemm, 2, "bias", None) is None:
+            return gemm.args[0], gemm.args[1], read
+        rhs = gemm.args[1] if is_call(gemm, aten.mm.default, aten.matmul.default) else None
+        if is_call(rhs, aten.t.default, aten.permute.default) and rhs in inside:
+            return gemm.args[0], rhs.args[0], read
+    return None
+
+
+def rewrite_addmm_rms_norm(gm, nodes, group):
+    """h = x @ W^T + residual; y = RMSNorm(h) written out, h read again  ->  ``h = linear_residual(x, W, residual)``
+    (addmm, the residual as C) read by every reader of the sum, and ``y = rms_norm(h)``."""
+    add = _residual_add(nodes)
+    found = _projection(nodes, add) if add is not None else None
+    if found is None:
+        raise NotApplicable("cannot find the bias-free GEMM read by the residual add")
+    x, weight, read = found
+    residual = add.args[1] if add.args[0] is read else add.args[0]
+    if _dtype(read) != _dtype(residual):
+        raise NotApplicable(f"the GEMM writes {_dtype(read)} and the residual is {_dtype(residual)}: addmm adds them "
+                            "in one dtype")
+    last, y = rewrite_rms_norm(gm, nodes, group)  # checks the norm before it inserts anything; y reads the sum
+    with gm.graph.inserting_before(add):
+        h = gm.graph.call_function(linear_residual, (x, weight, residual))
+    h.meta.update({k: v for k, v in add.meta.items() if k in ("val", "tensor_meta", "stack_trace", "nn_module_stack")})
+    add.replace_all_uses_with(h)
+    return last, y
