@@ -63,7 +63,7 @@ PY
     T=$(mktemp -d); python3 benchmarks/bench_regimes.py --out $T --device cuda --hardware $HW --patterns all \
       --sizes $n --dtypes float32,bfloat16 --compile-modes compile > $T/log.txt 2>&1 & hp=$!
     for i in $(seq 90); do [ -s $T/profile_regimes.json.progress.jsonl ] && break; sleep 1; done
-    kill -INT $hp 2>/dev/null; wait $hp 2>/dev/null
+    kill -TERM $hp 2>/dev/null; wait $hp 2>/dev/null  # TERM: a background job of a script ignores INT
     head -1 $T/profile_regimes.json.progress.jsonl > $J.new && grep -q '"fxfusion.calibration-journal"' $J.new \
       && cat $J >> $J.new && mv $J.new $J && echo "journal header: $(cut -c1-160 $J | head -1)" \
       || { echo "no journal header could be written"; tail -3 $T/log.txt; exit 1; }
