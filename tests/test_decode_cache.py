@@ -24,8 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 STEPS = 32  # decode steps through the planned step, after the prefill's token
 # file -> (module, the rewrites every legal site gets on the CPU at float32)
-LLMS = {"hf_llama": {"rms_norm_op", "merged", "addmm_rms_norm"}, "hf_qwen2": {"rms_norm_op", "merged", "addmm_rms_norm"},
-        "hf_gpt2": {"sdpa"}}
+LLMS = {"hf_llama": {"rms_norm_op", "merged", "addmm_rms_norm", "rolled"},
+        "hf_qwen2": {"rms_norm_op", "merged", "addmm_rms_norm", "rolled"}, "hf_gpt2": {"sdpa"}}
 
 
 @pytest.fixture(autouse=True)

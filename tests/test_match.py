@@ -578,9 +578,10 @@ def test_transformer_block_keeps_the_pre_norm_residual_sum(reference_sites):
 
 
 def test_every_matcher_names_its_family_and_patterns_exist():
-    assert {m.family for m in MATCHERS} == {"attention", "conv", "linear", "linear_bn", "norm", "sibling"}
+    assert {m.family for m in MATCHERS} == {"attention", "conv", "linear", "linear_bn", "norm", "sibling", "rotary"}
     for name in ("linear_bias_relu", "conv1d_bn_relu", "causal_attention", "rmsnorm", "add_layernorm",
-                 "add_layernorm_sum", "add_rmsnorm_sum", "sibling_gemm3", "gated_mlp_silu", "linear_silu"):
+                 "add_layernorm_sum", "add_rmsnorm_sum", "sibling_gemm3", "gated_mlp_silu", "linear_silu",
+                 "linear_add_rmsnorm_sum", "rotary"):
         assert name in REGISTRY
 
 

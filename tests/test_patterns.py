@@ -16,7 +16,7 @@ CPU_TOL = {torch.float32: 1e-4}
 def test_library_has_the_original_nine_plus_silu_and_causal_attention():
     for name in ORIGINAL_SUITE + ("linear_bias_silu", "causal_attention", "rmsnorm", "add_layernorm"):
         assert name in REGISTRY
-    assert set(FAMILIES) == {"linear", "conv", "attention", "norm", "sibling"}
+    assert set(FAMILIES) == {"linear", "conv", "attention", "norm", "sibling", "rotary"}
 
 
 def test_conv_family_has_the_mobilenet_and_efficientnet_blocks():

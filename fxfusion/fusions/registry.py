@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from fxfusion.errors import FxFusionError
-from fxfusion.fusions import attention, conv, linear, linear_bn, norm, sibling
+from fxfusion.fusions import attention, conv, linear, linear_bn, norm, rotary, sibling
 from fxfusion.fusions.base import Family, ManualVariant, Matcher, Pattern, Shape
 from fxfusion.fusions.compiled import COMPILE_MODES, rewrite_compiled
 
@@ -20,7 +20,7 @@ from fxfusion.fusions.compiled import COMPILE_MODES, rewrite_compiled
 # sibling GEMMs -- q/k/v, gate/up -- are grouped before the linear family takes them one by one; a linear read by a
 # BatchNorm is a linear_bn site before either would take its GEMM).
 BUILTIN: tuple[Family, ...] = (attention.FAMILY, conv.FAMILY, linear_bn.FAMILY, sibling.FAMILY, linear.FAMILY,
-                               norm.FAMILY)
+                               norm.FAMILY, rotary.FAMILY)
 
 # The live tables, mutated in place by register/unregister (modules that imported them see the change).
 FAMILY_LIST: list[Family] = []
