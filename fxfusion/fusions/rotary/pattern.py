@@ -7,10 +7,11 @@ Shape keys: B, H, S, D (x is (B, H, S, D); cos and sin (B, 1, S, D), broadcast o
   N + C, writes N; the add reads 2N, writes N  ->  s(10N + 2C)
   fused: reads x, cos, sin, writes y  ->  s(2N + 2C).  FLOPs: 2 multiplies and an add per element, a negation per
   half element: 3.5N.
-The hand form: rotate_half(x) * sin = roll(x, D/2) * sin_signed, where sin_signed = cat(-sin[..., :D/2],
-sin[..., D/2:]) is made once per call from the (smaller) sin; then ``addcmul(x * cos, roll(x), sin_signed)``: three
-passes over x instead of five, and no negated copy.  On the 2-core CPU, float32, one thread (2026-12-08, 25
-interleaved rounds): 1.26x over eager at Llama-bench's q (4x16x512x64, q and k together), 1.17x at a decode step;
+The hand form: rotate_half(x) * sin = roll(x, D/2) * (sin * sign), sign = (-1 x D/2, 1 x D/2) a constant and sin
+* sign a pass over the (smaller) sin; then ``addcmul(x * cos, roll(x), sin * sign)``: four ops where eager launches
+six, three passes over x instead of five, and no negated copy.  On the 2-core CPU, float32, one thread (2026-12-08, 25
+interleaved rounds, with sin's sign made by a slice / neg / cat then): 1.26x over eager at Llama-bench's q
+(4x16x512x64, q and k together), 1.17x at a decode step;
 torch.compile of the chain 1.64x at the large shape and 0.70-1.02x at the small ones
 (docs/results/cpu-rotary-2026-12-08).
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from fxfusion.fusions.base import ManualVariant, Pattern, randn, shapes
-from fxfusion.fusions.rotary.rewrite import rewrite_rolled, rotary_rolled
+from fxfusion.fusions.rotary.rewrite import rewrite_rolled, rotary_rolled, rotate_sign
 
 QUICK = shapes(dict(B=1, H=8, S=128, D=64), dict(B=4, H=16, S=512, D=64))
 FULL = shapes(dict(B=8, H=16, S=1, D=64), dict(B=1, H=8, S=128, D=64), dict(B=4, H=16, S=512, D=64))
@@ -47,7 +48,8 @@ def _eager(x, cos, sin):
 
 def _build_rolled(inp):
     x, cos, sin = inp["x"], inp["cos"], inp["sin"]
-    return lambda: rotary_rolled(x, cos, sin)
+    sign = rotate_sign(x.shape[-1], sin)  # a constant, made once (at rewrite time in a graph)
+    return lambda: rotary_rolled(x, cos, sin, sign)
 
 
 def _bytes(s, i, fused):

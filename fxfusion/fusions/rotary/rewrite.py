@@ -1,19 +1,25 @@
-"""Rotary: the slice / neg / cat / mul / mul / add chain becomes ``rotary_rolled(x, cos, sin)``: one roll and one
-addcmul over x, the sign of rotate_half folded into a copy of sin."""
+"""Rotary: the slice / neg / cat / mul / mul / add chain becomes ``rotary_rolled(x, cos, sin, sign)``: one roll and
+one addcmul over x, the sign of rotate_half folded into sin by one multiply with a constant made at rewrite time."""
 
 from __future__ import annotations
 
 import torch
 from torch import fx
 
-from fxfusion.graph.edit import NotApplicable, aten, is_call, shape_of
+from fxfusion.graph.edit import NotApplicable, add_constant, aten, is_call, shape_of, value_of
 
 
-def rotary_rolled(x, cos, sin):
-    """``x * cos + rotate_half(x) * sin`` (rotate_half(x) = cat(-x2, x1) of x's halves along the last dim)."""
-    h = x.shape[-1] // 2
-    sin_signed = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)
-    return torch.addcmul(x * cos, x.roll(h, -1), sin_signed)
+def rotate_sign(d: int, like: torch.Tensor) -> torch.Tensor:
+    """(-1, ..., -1, 1, ..., 1), D/2 of each: ``rotate_half(x) = roll(x, D/2) * sign``."""
+    sign = torch.ones(d, dtype=like.dtype, device=like.device)
+    sign[: d // 2] = -1
+    return sign
+
+
+def rotary_rolled(x, cos, sin, sign):
+    """``x * cos + rotate_half(x) * sin`` (rotate_half(x) = cat(-x2, x1) of x's halves along the last dim), with
+    ``sign`` from :func:`rotate_sign`: ``roll(x, D/2) * (sin * sign)`` is the second product."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin * sign)
 
 
 def rewrite_rolled(gm, nodes, group):
@@ -31,6 +37,12 @@ def rewrite_rolled(gm, nodes, group):
     cos = mul_cos.args[1] if mul_cos.args[0] is x else mul_cos.args[0]
     if any(not isinstance(a, fx.Node) for a in (x, cos, sin)) or shape_of(out) != shape_of(x):
         raise NotApplicable("cos and sin must broadcast over x without changing its shape")
+    like = value_of(sin)
+    if not isinstance(like, torch.Tensor):
+        raise NotApplicable("sin has no recorded value to make the sign constant like")
     with gm.graph.inserting_before(out):
-        y = gm.graph.call_function(rotary_rolled, (x, cos, sin))
+        sign = add_constant(gm, getattr(group, "site_id", "site"), "rotate_sign",
+                            rotate_sign(int(shape_of(x)[-1]), torch.empty(0, dtype=like.dtype, device=like.device)),
+                            like=sin)
+        y = gm.graph.call_function(rotary_rolled, (x, cos, sin, sign))
     return out, y
