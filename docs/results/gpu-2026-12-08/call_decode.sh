@@ -17,7 +17,7 @@ echo "test_gate cuda rc=$? $(date -u +%T)"; tail -3 $OUT/test_gate_cuda.txt
 if [ -d head ]; then  # the zoo's coverage with the newest matchers (a snapshot of a later commit, carried inside this one)
   (cd head && PYTHONPATH=/tmp/site:$PWD timeout 130 python3 benchmarks/zoo_coverage.py --device cuda --dtype bfloat16 \
     --preset realistic > $OUT/coverage_head.md 2> $OUT/coverage_head.err)
-  echo "coverage (head $(cat head/COMMIT 2>/dev/null)) rc=$? $(date -u +%T)"; grep "^models:" $OUT/coverage_head.md
+  rc=$?; echo "coverage (head $(cat head/COMMIT 2>/dev/null)) rc=$rc $(date -u +%T)"; grep "^models:" $OUT/coverage_head.md
 fi
 left=$(( END - $(date +%s) - 100 ))
 timeout $left python3 benchmarks/bench_decode.py hf_qwen2 hf_gpt2 hf_llama --device cuda --dtype bfloat16 \
