@@ -16,7 +16,7 @@ from fxfusion.planning.apply import apply
 from fxfusion.planning.candidates import Built, CandidateSet, choose, parse_compile_modes
 from fxfusion.planning.configs import CONFIGS, Spec, parse_configs
 from fxfusion.planning.explain import explain
-from fxfusion.planning.search import build_candidates
+from fxfusion.planning.search import build_candidates, config_order
 from fxfusion.planning.verify import Timing, verify_plan
 from tests.helpers import MODELS, TINY_SPEC, OpCountClock, typical_plan
 
@@ -127,7 +127,11 @@ def test_a_host_bound_model_tries_cuda_graphs_first():
     plan = typical_plan("resnet_basic")
     ops = sum(1 for g in plan.captured.graphs for n in g.graph.nodes if n.op == "call_function")
     assert host_bound(plan, eager_ms=ops * 0.008) is True  # 8 us an op: all host
+    assert host_bound(plan, eager_ms=ops * 0.020) is True  # 20 us an op, 8 of them the count's: Qwen2's decode step
     assert host_bound(plan, eager_ms=ops * 0.1) is False and host_bound(plan, None) is None
+    words = ("default", "freezing", "cudagraphs", "freezing+cudagraphs")
+    assert config_order(words, True) == ["default", "freezing+cudagraphs", "cudagraphs", "freezing"]
+    assert config_order(words, False) == list(words) == config_order(words, None)
 
 
 def _timing(name: str, ms: float) -> Timing:

@@ -4,8 +4,9 @@ Every configuration with and without the rewrites, in both layouts, is up to 16 
 on a GPU, most of them wasted.  :func:`build_candidates` builds them in three steps, cheap signals first:
 
   1. the whole model in each configuration of the CandidateSet (``compile`` first: the baseline everything is
-     compared with), CUDA graphs first after it where the model is *host-bound* -- its captured graph's ops x
-     ``HOST_US_PER_OP`` reach ``HOST_BOUND_SHARE`` of one eager forward pass; freezing only for a model in eval mode
+     compared with), CUDA graphs first after it (with freezing, then without) where the model is *host-bound* -- its
+     captured graph's ops x ``HOST_US_PER_OP`` reach ``HOST_BOUND_SHARE`` of one eager forward pass; freezing only
+     for a model in eval mode
      (Inductor freezes only for inference); each checked against float64 as it is built (outputs cloned first: a CUDA
      graph's outputs are overwritten by the next call);
   2. where two or more configurations verified, a short interleaved run (``RANK_SPEC``) ranks them: the best one --
@@ -41,8 +42,12 @@ from fxfusion.planning.configs import CONFIGS, Spec
 from fxfusion.planning.prediction import Context
 
 # One aten op in a forward pass costs the host about this much (Python dispatch and a kernel launch); a model whose
-# ops x this reach HOST_BOUND_SHARE of its eager time is host-bound: CUDA graphs are tried before the other options.
-HOST_US_PER_OP, HOST_BOUND_SHARE = 8.0, 0.5
+# ops x this reach HOST_BOUND_SHARE of its eager time is host-bound: CUDA graphs are tried before the other options,
+# freezing + CUDA graphs first.  0.3, not 0.5: Qwen2's one-token step over a KV cache on an H100 (2026-12-08, 329 ops,
+# eager 6.66 ms, CUDA graphs 13x faster) is 40% by this count -- a module's Python between the ops costs the host
+# as much again -- and at 0.5 it read device-bound, so the --apply budget ran out before freezing + CUDA graphs, the
+# fastest configuration, was built (docs/results/gpu-2026-12-08).
+HOST_US_PER_OP, HOST_BOUND_SHARE = 8.0, 0.3
 LOG = logging.getLogger("fxfusion.planning")
 # The configurations' ranking run: short -- it picks which configuration the rewrites are tried in, not the winner.
 RANK_SPEC = TimingSpec(rounds=8, warmup=1, target_sample_s=0.02, budget_s=10.0)
@@ -62,6 +67,14 @@ class Search:
 def host_bound(plan, eager_ms: float | None) -> bool | None:
     ops = sum(1 for g in plan.captured.graphs for n in g.graph.nodes if n.op == "call_function")
     return None if not eager_ms else ops * HOST_US_PER_OP * 1e-3 >= HOST_BOUND_SHARE * eager_ms
+
+
+def config_order(words: tuple[str, ...], host_bound: bool | None) -> list[str]:
+    """The order the whole-model configurations are built in: ``default`` first (the floor); for a host-bound model
+    the CUDA-graph ones next, the one with freezing before the one without (the fastest configuration of every
+    host-bound model measured on the cards: Llama, Qwen2 and GPT-2 decoding, GPT-2 8x512); else ``words``' order."""
+    return sorted(words, key=lambda w: (w != "default", not (host_bound and CONFIGS[w].cudagraphs),
+                                        not (host_bound and CONFIGS[w].freezing)))
 
 
 def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], candidates: CandidateSet, device,
@@ -114,8 +127,7 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
     if model.training:
         skipped.update({w: "the model is in training mode: Inductor freezes only for inference"
                         for w in words if CONFIGS[w].freezing})
-    order = sorted(words, key=lambda w: (w != "default", not (found.host_bound and CONFIGS[w].cudagraphs)))
-    for w in order:  # step 1
+    for w in config_order(words, found.host_bound):  # step 1
         build(Spec(config=CONFIGS[w]), skipped.get(w))
     for w, why in skipped.items():
         found.not_tried.setdefault(Spec(config=CONFIGS[w]).name, why)
