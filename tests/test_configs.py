@@ -129,6 +129,11 @@ def test_a_host_bound_model_tries_cuda_graphs_first():
     assert host_bound(plan, eager_ms=ops * 0.008) is True  # 8 us an op: all host
     assert host_bound(plan, eager_ms=ops * 0.020) is True  # 20 us an op, 8 of them the count's: Qwen2's decode step
     assert host_bound(plan, eager_ms=ops * 0.1) is False and host_bound(plan, None) is None
+    from fxfusion.planning.search import Search
+
+    said = Search(host_bound=True, ops=329, eager_ms=5.5).host_line()  # Qwen2's decode step on an H100
+    assert said.startswith("host-bound: yes -- 329 ops x 8 us = 2.632 ms, 48% of an eager pass of 5.500 ms")
+    assert Search().host_line() is None
     words = ("default", "freezing", "cudagraphs", "freezing+cudagraphs")
     assert config_order(words, True) == ["default", "freezing+cudagraphs", "cudagraphs", "freezing"]
     assert config_order(words, False) == list(words) == config_order(words, None)

@@ -52,6 +52,8 @@ def explain(choice, plan, found=None) -> list[str]:
         before = row
     if chosen.rewrites and plan is not None:
         lines += [f"  {c}" for c in _classes(plan, chosen)]
+    if found is not None and found.host_line():
+        lines.append(found.host_line())
     if found is not None and found.ranking:
         ranked = sorted(found.ranking.items(), key=lambda kv: kv[1])
         lines.append("configurations ranked on the whole model: "

@@ -62,11 +62,25 @@ class Search:
     best_config: str = "default"
     ranking: dict[str, float] = field(default_factory=dict)  # configuration candidate -> median ms in step 2
     host_bound: bool | None = None
+    ops: int = 0  # the captured graphs' aten calls, and the eager pass they are compared with (the host-bound signal)
+    eager_ms: float | None = None
+
+    def host_line(self) -> str | None:
+        """The host-bound signal in words, for the explanation (None where it was not measured)."""
+        if self.host_bound is None or not self.eager_ms:
+            return None
+        host = self.ops * HOST_US_PER_OP * 1e-3
+        return (f"host-bound: {'yes' if self.host_bound else 'no'} -- {self.ops} ops x {HOST_US_PER_OP:g} us = "
+                f"{host:.3f} ms, {host / self.eager_ms:.0%} of an eager pass of {self.eager_ms:.3f} ms (from "
+                f"{HOST_BOUND_SHARE:.0%}: CUDA graphs built first)")
+
+
+def op_count(plan) -> int:
+    return sum(1 for g in plan.captured.graphs for n in g.graph.nodes if n.op == "call_function")
 
 
 def host_bound(plan, eager_ms: float | None) -> bool | None:
-    ops = sum(1 for g in plan.captured.graphs for n in g.graph.nodes if n.op == "call_function")
-    return None if not eager_ms else ops * HOST_US_PER_OP * 1e-3 >= HOST_BOUND_SHARE * eager_ms
+    return None if not eager_ms else op_count(plan) * HOST_US_PER_OP * 1e-3 >= HOST_BOUND_SHARE * eager_ms
 
 
 def config_order(words: tuple[str, ...], host_bound: bool | None) -> list[str]:
@@ -88,7 +102,7 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
     compile_model = compile_fn or candidates_module.compile_model
     cuda = is_cuda(device)
     found = Search(kept={PLANNED: [g for g in plan.groups_for(Context.EAGER) if g.id in applied]},
-                   host_bound=host_bound(plan, eager_ms))
+                   host_bound=host_bound(plan, eager_ms), ops=op_count(plan), eager_ms=eager_ms)
 
     longest = longest_build_s  # the longest build so far: one that would end past the deadline is not started
 
