@@ -122,10 +122,13 @@ APPLIED_ON_CPU = {
     "timm_levit.py": {"bn_folded", "conv_hardswish_fused"},
     # SegFormer's Mix-FFN: depthwise conv + bias, flatten, transpose, GELU -> oneDNN's conv + GELU, then the layout ops
     "hf_segformer.py": {"conv_gelu_fused"},
+    # ConvNeXt's 18 layer scales (linear, permute, * (C, 1, 1)) folded into the linear: one op where eager runs two
+    "tv_convnext_tiny.py": {"scale_folded"},
 }
 # Where not every legal site is rewritten, how many are (the rest refused with a reason): LeViT's 5 attention sites
 # (scores + learned position bias) are priced slower inside the model than as written ('slower_in_model').
-APPLIED_COUNT_ON_CPU = {"timm_levit.py": 26}
+# ConvNeXt's 18 linear + GELU sites have no CPU variant but the addmm they run and compile: its 18 layer scales only.
+APPLIED_COUNT_ON_CPU = {"timm_levit.py": 26, "tv_convnext_tiny.py": 18}
 # The transformers' q/k/v (Llama, Qwen2, BERT: one site per layer) merged into one GEMM (fusions/sibling, variant
 # "merged"): one GEMM and three slices for three GEMMs, fewer aten ops, so the op-count clock decides them 'fuse'.
 # Llama's and Qwen2's gate/up sites are priced even (one GEMM and two slices for two GEMMs): neutral, not rewritten.
