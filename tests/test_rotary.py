@@ -76,3 +76,15 @@ def test_the_pattern_variant_computes_eager_in_float64():
     torch.testing.assert_close(PATTERN.variant("rolled").build(inp)(), PATTERN.eager(**inp), rtol=1e-12, atol=1e-12)
     n, c = 2 * 3 * 5 * 8, 2 * 5 * 8
     assert PATTERN.bytes(shape, 4, False) == 4 * (10 * n + 2 * c) and PATTERN.bytes(shape, 4, True) == 4 * (2 * n + 2 * c)
+
+
+def test_a_three_dimensional_tensor_is_rotated_too():
+    class Flat(nn.Module):  # (B, S, D) with cos and sin (S, D): heads folded away
+        def forward(self, x, cos, sin):
+            return (x * cos) + (rotate_half(x) * sin)
+
+    g = torch.Generator().manual_seed(2)
+    x, ang = torch.randn(2, 8, 16, generator=g), torch.randn(8, 8, generator=g)
+    ang = torch.cat((ang, ang), -1)
+    _, sites = sites_of(Flat(), x, ang.cos(), ang.sin())
+    assert summary(sites) == [("rotary", "fusible")] and sites[0].shape == {"B": 2, "H": 1, "S": 8, "D": 16}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch.fx import Node
 
 from fxfusion.fusions.base import Candidate, Context
-from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, only_user, shape
+from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, only_user, shape, val
 
 
 def _half(node, x_dim: int, start: int, end: int | None) -> bool:
@@ -50,8 +50,8 @@ def match_rotary(ctx: Context, cat: Node) -> Candidate | None:
     if shape(out) != xs or (shape(cos) or (0,))[-1] != d or (shape(sin) or (0,))[-1] != d:
         return None
     nodes = [mul_cos, first, second, neg, cat, mul_sin, out]
-    B = xs[0] if len(xs) == 4 else 1
     H, S = (xs[1], xs[2]) if len(xs) == 4 else (1, xs[-2])
+    B = max(1, (val(x).numel() // (H * S * d)) if val(x) is not None and H * S * d else 1)  # rank 3: (B, S, D)
     roles = {"x": node_name(x), "cos": node_name(cos), "sin": node_name(sin), "output": out.name}
     return Candidate("rotary", nodes, out, {"B": B, "H": H, "S": S, "D": d}, dtype_name(out) or "float32", roles,
                      "x * cos + rotate_half(x) * sin (slice, neg, cat written out)", boundary=[x, cos, sin])
