@@ -20,13 +20,17 @@ class Scaled(nn.Module):
     def __init__(self, form="torchvision", leak=False, c=8):
         super().__init__()
         self.fc, self.form, self.leak = nn.Linear(4 * c, c), form, leak
-        shape = {"torchvision": (c, 1, 1), "timm": (c,), "timm-convnext": (c,), "per-pixel": (4, 4)}[form]
+        shape = {"torchvision": (c, 1, 1), "timm": (c,), "timm-vit": (c,), "timm-convnext": (c,),
+                 "per-pixel": (4, 4)}[form]
+        self.drop = nn.Dropout(0.1)
         self.gamma = nn.Parameter(torch.rand(shape) + 0.5)
 
     def forward(self, x):  # x: (B, H, W, 4C)
         y = self.fc(x)
         if self.form == "timm":
             out = y * self.gamma
+        elif self.form == "timm-vit":  # Attention.proj, proj_drop, then LayerScale
+            out = self.drop(y) * self.gamma
         elif self.form == "timm-convnext":
             out = y.permute(0, 3, 1, 2).mul(self.gamma.reshape(1, -1, 1, 1))
         else:
@@ -38,13 +42,13 @@ def x_in(dtype=torch.float32):
     return (torch.randn(2, 4, 4, 32, generator=torch.Generator().manual_seed(0)).to(dtype),)
 
 
-@pytest.mark.parametrize("form", ["torchvision", "timm", "timm-convnext"])
+@pytest.mark.parametrize("form", ["torchvision", "timm", "timm-vit", "timm-convnext"])
 def test_a_per_feature_scale_after_a_linear_is_one_site(form):
     _, sites = sites_of(Scaled(form), *x_in())
     assert summary(sites) == [("linear_scale", "fusible")]
     site = sites[0]
     assert site.shape == {"M": 32, "K": 32, "N": 8} and site.roles["gamma_param"] == "gamma"
-    assert ("permute" in site.roles) == (form != "timm")
+    assert ("permute" in site.roles) == (form not in ("timm", "timm-vit"))
 
 
 @pytest.mark.parametrize("model", [Scaled(leak=True), Scaled("per-pixel")], ids=["unscaled-read", "per-pixel"])
@@ -53,7 +57,7 @@ def test_no_site_where_the_fold_would_change_what_is_read(model):
     assert "linear_scale" not in [s.pattern for s in sites]
 
 
-@pytest.mark.parametrize("form", ["torchvision", "timm", "timm-convnext"])
+@pytest.mark.parametrize("form", ["torchvision", "timm", "timm-vit", "timm-convnext"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_folded_linear_matches_float64(form, dtype):
     model = Scaled(form).to(dtype).eval()

@@ -1,6 +1,6 @@
 """Linear + layer scale: ``gamma * linear(x)`` with a parameter ``gamma`` of one value per output feature (ConvNeXt's
-``layer_scale``, timm's LayerScale / ``gamma``), the linear's output read only by the scale -- directly, or through
-one permute that moves the features (torchvision's ConvNeXt block: linear on NHWC, permute to NCHW, then the
+``layer_scale``, timm's LayerScale / ``gamma``), the linear's output read only by the scale -- directly, through an
+eval-mode Dropout (timm's ``proj_drop``), or through one permute that moves the features (torchvision's ConvNeXt block: linear on NHWC, permute to NCHW, then the
 (C, 1, 1) scale).  Folded at rewrite time, as BatchNorm is:
 
   gamma * (x W^T + b) = x (gamma[:, None] * W)^T + gamma * b
@@ -20,6 +20,7 @@ from torch.fx import Node
 from fxfusion.fusions.base import Candidate, Context, ManualVariant, Pattern, add_role, described, randn, shapes
 from fxfusion.fusions.linear.pattern import _inputs as linear_inputs
 from fxfusion.graph.edit import NotApplicable, add_constant, aten, constant, constant_value, is_call, value_of
+from fxfusion.fusions.norm.match import eval_dropout
 from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, shape
 
 SIZES = {
@@ -84,13 +85,15 @@ def match_linear_scale(ctx: Context, mul: Node) -> Candidate | None:
         return None
     for i in (0, 1):
         src, gamma = mul.args[i], mul.args[1 - i]
-        perm = src if kind(src) == "transpose" and kind(src.args[0]) == "linear" else None
-        lin = src.args[0] if perm is not None else src
+        drop = src if eval_dropout(src) and isinstance(src.args[0], Node) else None  # timm: proj, proj_drop, ls
+        base = drop.args[0] if drop is not None else src
+        perm = base if kind(base) == "transpose" and kind(base.args[0]) == "linear" else None
+        lin = perm.args[0] if perm is not None else base
         param = gamma if g.param(gamma) else (gamma.args[0] if kind(gamma) == "view" and g.param(gamma.args[0])
                                                and len(gamma.users) == 1 else None)  # timm: gamma.reshape(1, -1, 1, 1)
         if kind(lin) != "linear" or not g.param(lin.args[1]) or param is None:
             continue
-        if len(lin.users) != 1 or (perm is not None and len(perm.users) != 1):
+        if any(n is not None and len(n.users) != 1 for n in (lin, perm, drop)):
             return None  # the unscaled output is read elsewhere: the folded linear would not produce it
         bias, out = arg(lin, 2, "bias"), shape(mul)
         n, dim = (shape(lin) or (0,))[-1], _feature_dim(lin, perm)
@@ -98,7 +101,7 @@ def match_linear_scale(ctx: Context, mul: Node) -> Candidate | None:
                 or (bias is not None and not g.param(bias)):
             return None
         x = lin.args[0]
-        nodes = [lin] + ([perm] if perm is not None else []) + ([gamma] if param is not gamma else []) + [mul]
+        nodes = [n for n in (lin, perm, drop) if n is not None] + ([gamma] if param is not gamma else []) + [mul]
         roles = {"gemm": lin.name, "input": node_name(x), "weight": node_name(lin.args[1]),
                  "weight_param": g.param(lin.args[1]), "gamma": node_name(gamma), "gamma_param": g.param(param),
                  "output": mul.name}
@@ -106,7 +109,8 @@ def match_linear_scale(ctx: Context, mul: Node) -> Candidate | None:
         if perm is not None:
             roles["permute"] = perm.name
         K = (shape(x) or (0,))[-1]
-        how = f"{described(lin, 'F.linear')}" + (", permuted," if perm is not None else "") + " then * gamma"
+        how = (f"{described(lin, 'F.linear')}" + (", permuted," if perm is not None else "")
+               + (" (eval-mode dropout)" if drop is not None else "") + " then * gamma")
         return Candidate("linear_scale", nodes, mul, {"M": max(1, (value_of(lin).numel() // n) if n else 1),
                                                        "K": K, "N": n}, dtype_name(mul) or "float32", roles, how,
                          boundary=[a for a in (x, lin.args[1], bias, param) if a is not None])
