@@ -1,8 +1,8 @@
 #!/bin/bash
-# Device call 2 of 2026-12-08 (prepared 2026-12-07; then no machine could be started).  From a snapshot of the committed
-# code, run from the snapshot's root with $OUT set by the device tool:
+# Device call 2 of 2026-12-08 (prepared 2026-12-07 in docs/results/gpu-calibrate-2026-12-07, moved here; it has not
+# run).  From a snapshot of the committed code, run from the snapshot's root with $OUT set by the device tool:
 #   rm -rf .gpusnap4 && mkdir .gpusnap4 && git archive HEAD fxfusion benchmarks schemas profiles models tests \
-#     pyproject.toml | tar -x -C .gpusnap4 && cp docs/results/gpu-calibrate-2026-12-07/call_zoo_dynamic.sh .gpusnap4/
+#     pyproject.toml | tar -x -C .gpusnap4 && cp docs/results/gpu-2026-12-08/call_zoo_dynamic.sh .gpusnap4/
 #   device command: python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target \
 #     /tmp/site .whl/*.whl >/dev/null 2>&1; export PYTHONPATH=/tmp/site:$PWD/.gpusnap4 PYTHONUNBUFFERED=1 \
 #     HF_HUB_OFFLINE=1; cd .gpusnap4 || exit; T=540 bash call_zoo_dynamic.sh      (carry .gpusnap4 and .whl)
