@@ -108,3 +108,22 @@ def test_the_pattern_variants_compute_eager_in_float64():
     # the cost model: fused moves the GEMM's operands plus 3MN + N; unfused 11MN + 6M + N besides
     assert PATTERN.bytes(shape, 4, True) == 4 * (8 * 24 + 16 * 24 + 3 * 8 * 16 + 16)
     assert PATTERN.bytes(shape, 4, False) == 4 * (8 * 24 + 16 * 24 + 11 * 8 * 16 + 6 * 8 + 16)
+
+
+class MatmulBlock(Block):
+    """The projection written as ``x @ W.T`` (a transpose of the parameter, then a matmul)."""
+
+    def forward(self, x, residual):
+        h = residual + x @ self.o_proj.weight.T
+        return h + self.fc(self.norm(h))
+
+
+@pytest.mark.parametrize("variant", ["addmm_rms_norm"])
+def test_a_projection_written_as_a_matmul_of_the_transposed_weight_is_matched_and_rewritten(variant):
+    model = MatmulBlock().eval()
+    x = inputs()
+    _, sites = sites_of(model, *x)
+    assert summary(sites)[0] == ("linear_add_rmsnorm_sum", "fusible") and sites[0].roles["proj_weight_param"] == \
+        "o_proj.weight"
+    planned = apply(model, plan_for(model, x, lambda s: variant if s.pattern == PATTERN.name else None))
+    assert applied(planned) == [variant] and float64_error(model, planned, x) < FLOAT32_TOL

@@ -43,10 +43,10 @@ from fxfusion.planning.prediction import Context
 
 # One aten op in a forward pass costs the host about this much (Python dispatch and a kernel launch); a model whose
 # ops x this reach HOST_BOUND_SHARE of its eager time is host-bound: CUDA graphs are tried before the other options,
-# freezing + CUDA graphs first.  0.3, not 0.5: Qwen2's one-token step over a KV cache on an H100 (2026-12-08, 329 ops,
-# eager 6.66 ms, CUDA graphs 13x faster) is 40% by this count -- a module's Python between the ops costs the host
-# as much again -- and at 0.5 it read device-bound, so the --apply budget ran out before freezing + CUDA graphs, the
-# fastest configuration, was built (docs/results/gpu-2026-12-08).
+# freezing + CUDA graphs first.  0.3, not 0.5: Qwen2's one-token step over a KV cache on an H100 (2026-12-08, 329 ops
+# = 2.63 ms by this count, 40% of the 6.66 ms a token the generation loop read, CUDA graphs 13x faster: a module's
+# Python between the ops costs the host as much again) read device-bound at 0.5, so the --apply budget ran out before
+# freezing + CUDA graphs, the fastest configuration, was built (docs/results/gpu-2026-12-08).
 HOST_US_PER_OP, HOST_BOUND_SHARE = 8.0, 0.3
 LOG = logging.getLogger("fxfusion.planning")
 # The configurations' ranking run: short -- it picks which configuration the rewrites are tried in, not the winner.
@@ -79,8 +79,9 @@ def op_count(plan) -> int:
     return sum(1 for g in plan.captured.graphs for n in g.graph.nodes if n.op == "call_function")
 
 
-def host_bound(plan, eager_ms: float | None) -> bool | None:
-    return None if not eager_ms else op_count(plan) * HOST_US_PER_OP * 1e-3 >= HOST_BOUND_SHARE * eager_ms
+def host_bound(plan, eager_ms: float | None, ops: int | None = None) -> bool | None:
+    ops = op_count(plan) if ops is None else ops
+    return None if not eager_ms else ops * HOST_US_PER_OP * 1e-3 >= HOST_BOUND_SHARE * eager_ms
 
 
 def config_order(words: tuple[str, ...], host_bound: bool | None) -> list[str]:
@@ -101,8 +102,9 @@ def build_candidates(model, inputs: tuple, plan, planned, applied: set[str], can
     the model before this search (the budget's estimate of a build until one is made here)."""
     compile_model = compile_fn or candidates_module.compile_model
     cuda = is_cuda(device)
+    ops = op_count(plan)
     found = Search(kept={PLANNED: [g for g in plan.groups_for(Context.EAGER) if g.id in applied]},
-                   host_bound=host_bound(plan, eager_ms), ops=op_count(plan), eager_ms=eager_ms)
+                   host_bound=host_bound(plan, eager_ms, ops), ops=ops, eager_ms=eager_ms)
 
     longest = longest_build_s  # the longest build so far: one that would end past the deadline is not started
 

@@ -9,7 +9,7 @@ from torch.fx import Node
 from fxfusion.graph.capture import module_path
 from fxfusion.fusions.base import Candidate, Context, add_role, described
 from fxfusion.graph.nodes import (ASSERT_OPS, arg, dtype_name, is_scalar, kind, node_name, op_name, only_user, shape,
-                                  tensor_value, val)
+                                  swaps_last_two, tensor_value, val)
 from fxfusion.graph.sites import ALREADY_FUSED
 
 
@@ -241,8 +241,8 @@ def _bias_free_gemm(ctx: Context, read) -> tuple[list[Node], Node, Node] | None:
         nodes.insert(0, gemm)
     if kind(gemm) == "linear" and arg(gemm, 2, "bias") is None and g.param(gemm.args[1]):
         return nodes, gemm.args[0], gemm.args[1]
-    rhs = gemm.args[1] if kind(gemm) in ("mm", "matmul") and len(gemm.args) > 1 else None
-    if isinstance(rhs, Node) and kind(rhs) in ("t", "permute", "transpose") and len(rhs.users) == 1 \
+    rhs = gemm.args[1] if kind(gemm) == "matmul" and len(gemm.args) > 1 else None  # mm, matmul (graph.nodes.KINDS)
+    if isinstance(rhs, Node) and swaps_last_two(rhs) and len(rhs.users) == 1 \
             and g.param(rhs.args[0]) and len(shape(rhs.args[0]) or ()) == 2:
         return [rhs] + nodes, gemm.args[0], rhs.args[0]
     return None

@@ -10,7 +10,7 @@ import torch
 from torch import fx
 
 from fxfusion.graph.edit import NotApplicable, aten, arg, device_of, is_call, scalar, shape_of, value_of
-from fxfusion.graph.nodes import ASSERT_OPS, kind, op_name
+from fxfusion.graph.nodes import ASSERT_OPS, kind, op_name, swaps_last_two
 from fxfusion.fusions.kernels import add_layernorm, triton_unavailable
 from fxfusion.fusions.norm.kernels import add_layernorm_sum, add_rmsnorm_sum, linear_residual
 
@@ -197,7 +197,7 @@ def _projection(nodes, add) -> tuple[fx.Node, fx.Node, fx.Node] | None:
         if is_call(gemm, aten.linear.default) and arg(gemm, 2, "bias", None) is None:
             return gemm.args[0], gemm.args[1], read
         rhs = gemm.args[1] if is_call(gemm, aten.mm.default, aten.matmul.default) else None
-        if is_call(rhs, aten.t.default, aten.permute.default) and rhs in inside:
+        if rhs in inside and swaps_last_two(rhs):  # t, numpy_T, transpose, permute of the (N, K) weight
             return gemm.args[0], rhs.args[0], read
     return None
 
