@@ -68,3 +68,18 @@ def test_each_round_takes_the_compared_pair_next_to_each_other():
 
 def test_pin_reads_a_cpu_list():
     assert fidelity.cpulist("3") == {3} and fidelity.cpulist("2-4,7") == {2, 3, 4, 7}
+
+
+def test_every_configuration_timed_gets_its_rows_and_its_gain_over_eager():
+    # fxfusion's freezing figure 10% slow against the fresh process's, its default compile right
+    blocks = [{"round": r, "source": src, "samples_ms": {"eager": [2.0] * 3, "compile": [1.0] * 3,
+                                                          "compile+freezing": [f] * 3}}
+              for r in range(2) for src, f in (("fresh process", 0.8), ("fxfusion timing", 0.88),
+                                               ("fxfusion clock, plain blocks", 0.8), ("plain loop here", 0.8))]
+    main_rows, speedup = tables.rows("m.py", {"eager": 2.0, "compile": 1.0, "compile+freezing": None}, blocks)
+    assert [r.split(" | ")[1] for r in main_rows] == ["compile", "compile+freezing", "eager"]
+    assert "| 1.100 | 1.100 [1.100, 1.100] | NO |" in main_rows[1] and "| yes |" in main_rows[0]
+    compile_gain, freezing_gain = speedup.splitlines()
+    assert compile_gain.startswith("| m.py | 2.000 |") and compile_gain.endswith("| yes |")
+    assert freezing_gain.startswith("| m.py (compile+freezing) | 2.273 |") and freezing_gain.endswith("| NO |")
+    assert fidelity.paired_ratio(blocks, None, "compile+freezing").median == pytest.approx(0.8 / 0.88)

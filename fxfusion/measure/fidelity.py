@@ -42,26 +42,26 @@ def adjacent_pair_order(rng: random.Random) -> list[str]:
     return rest[:at] + pair + rest[at:]
 
 
-def paired_ratio(blocks: list[dict], kind: str | None) -> Speedup | None:
+def paired_ratio(blocks: list[dict], kind: str | None, compiled: str = "compile") -> Speedup | None:
     """Per round, fxfusion timing's block median over the fresh process's (taken next to each other); their median
-    with a bootstrap interval.  ``kind`` None: the same for compile's gain over eager (eager's block median over
-    compile's, each block's eager and compile samples alternating).  A host that switches speed every few seconds
+    with a bootstrap interval.  ``kind`` None: the same for a compile configuration's gain over eager (eager's block
+    median over ``compiled``'s, each block's eager and compiled samples alternating).  A host that switches speed every few seconds
     (the lent H200) moves both blocks of a round alike, where it makes each source's pooled samples bimodal and their
     medians' ratio wander."""
     per_round: dict[int, dict[str, float]] = {}
     for b in blocks:
         got = b["samples_ms"]
-        if b["source"] in PAIR and (got.get(kind) if kind else got.get("eager") and got.get("compile")):
+        if b["source"] in PAIR and (got.get(kind) if kind else got.get("eager") and got.get(compiled)):
             per_round.setdefault(b["round"], {})[b["source"]] = (
                 statistics.median(got[kind]) if kind
-                else statistics.median(got["eager"]) / statistics.median(got["compile"]))
+                else statistics.median(got["eager"]) / statistics.median(got[compiled]))
     ratios = [r[PAIR[1]] / r[PAIR[0]] for r in per_round.values() if len(r) == 2]
     return median_interval(ratios) if ratios else None
 
 
 def by_source(blocks: list[dict]) -> dict[str, dict[str, list[float]]]:
     """Source -> callable -> every ms sample of ``blocks`` (the raw blocks, as ``--json`` keeps them)."""
-    out = {src: {"eager": [], "compile": []} for src in SOURCES}
+    out: dict[str, dict[str, list[float]]] = {src: {} for src in SOURCES}
     for b in blocks:
         for k, v in b["samples_ms"].items():
             out.setdefault(b["source"], {}).setdefault(k, []).extend(v)
