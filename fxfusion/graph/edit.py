@@ -47,6 +47,15 @@ _CONSTANTS, _NAMES = "_fxfusion_constants", "_fxfusion_constant_names"
 INPUT_GUARD = "_fxfusion_input_guard"
 
 
+# What a node inserted in another's place takes over from it: its recorded value, shape and where it came from.
+KEPT_META = ("val", "tensor_meta", "stack_trace", "nn_module_stack")
+
+
+def copy_meta(new: fx.Node, old: fx.Node) -> None:
+    """``new`` stands for ``old``'s value: it takes over :data:`KEPT_META` from it."""
+    new.meta.update({k: v for k, v in old.meta.items() if k in KEPT_META})
+
+
 def bind_constants(gm: fx.GraphModule, tensors: dict[str, torch.Tensor], names: dict[str, str] | None = None) -> None:
     """Bind the model's tensors to ``gm``'s placeholders by name (lifted parameters of a Dynamo subgraph), so that a
     rewrite can read them as constants (BatchNorm folding); ``names`` gives each placeholder the model's name of its

@@ -78,6 +78,11 @@ def arg(node: Node, i: int, name: str, default=None):
     return node.kwargs.get(name, default)
 
 
+def eval_dropout(node) -> bool:
+    """``dropout(x, p, train=False)``: the identity (an eval-mode model's Dropout, as export writes it)."""
+    return kind(node) == "dropout" and op_name(node) == "dropout" and arg(node, 2, "train", True) is False
+
+
 def only_user(node: Node) -> Node | None:
     """The one user that computes something (export's dtype checks in front of a cast do not count)."""
     users = [u for u in node.users if op_name(u) not in ASSERT_OPS]

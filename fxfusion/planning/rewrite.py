@@ -46,7 +46,7 @@ from torch import fx, nn
 from fxfusion.errors import FxFusionError
 from fxfusion.graph.lean import lean
 from fxfusion.fusions.registry import rewrite_for
-from fxfusion.graph.edit import NotApplicable, drop_unused_attributes, is_pure
+from fxfusion.graph.edit import NotApplicable, copy_meta, drop_unused_attributes, is_pure
 from fxfusion.graph.runnable import runnable_graph
 
 
@@ -103,8 +103,7 @@ def rewrite_group(gm: fx.GraphModule, group, recompile: bool = True) -> RewriteR
         replaced = rewrite(gm, nodes, group)
         if replaced is not None:  # (old, new), or one pair per output of a site with several (sibling GEMMs)
             for old, new in (replaced if isinstance(replaced, list) else [replaced]):
-                new.meta.update({k: v for k, v in old.meta.items() if k in ("val", "tensor_meta", "stack_trace",
-                                                                              "nn_module_stack")})
+                copy_meta(new, old)
                 old.replace_all_uses_with(new)
             _erase_dead(gm.graph, nodes)
         gm.graph.lint()

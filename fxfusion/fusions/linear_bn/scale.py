@@ -1,7 +1,7 @@
 """Linear + layer scale: ``gamma * linear(x)`` with a parameter ``gamma`` of one value per output feature (ConvNeXt's
 ``layer_scale``, timm's LayerScale / ``gamma``), the linear's output read only by the scale -- directly, through an
-eval-mode Dropout (timm's ``proj_drop``), or through one permute that moves the features (torchvision's ConvNeXt block: linear on NHWC, permute to NCHW, then the
-(C, 1, 1) scale).  Folded at rewrite time, as BatchNorm is:
+eval-mode Dropout (timm's ``proj_drop``), or through one permute that moves the features (torchvision's ConvNeXt
+block: linear on NHWC, permute to NCHW, then the (C, 1, 1) scale).  Folded at rewrite time, as BatchNorm is:
 
   gamma * (x W^T + b) = x (gamma[:, None] * W)^T + gamma * b
 
@@ -19,9 +19,9 @@ from torch.fx import Node
 
 from fxfusion.fusions.base import Candidate, Context, ManualVariant, Pattern, add_role, described, randn, shapes
 from fxfusion.fusions.linear.pattern import _inputs as linear_inputs
-from fxfusion.graph.edit import NotApplicable, add_constant, aten, constant, constant_value, is_call, value_of
-from fxfusion.fusions.norm.match import eval_dropout
-from fxfusion.graph.nodes import arg, dtype_name, kind, node_name, shape
+from fxfusion.graph.edit import (NotApplicable, add_constant, aten, constant, constant_value, copy_meta, is_call,
+                                 value_of)
+from fxfusion.graph.nodes import arg, dtype_name, eval_dropout, kind, node_name, shape
 
 SIZES = {
     "quick": shapes(dict(M=64, K=256, N=256), dict(M=512, K=1536, N=384)),
@@ -142,14 +142,12 @@ def rewrite_scale_folded(gm, nodes, group):
         w_node = add_constant(gm, site, "weight", w, like=lin.args[0])
         b_node = add_constant(gm, site, "bias", b, like=lin.args[0]) if b is not None else None
         new = gm.graph.call_function(aten.linear.default, (lin.args[0], w_node, b_node))
-    new.meta.update({k: v for k, v in lin.meta.items() if k in ("val", "tensor_meta", "stack_trace",
-                                                                 "nn_module_stack")})
-    out = new
+    copy_meta(new, lin)
+    out = new  # the driver gives the node it returns the scaled output's meta
     perm = next((n for n in nodes if is_call(n, aten.permute.default, aten.transpose.int)), None)
     if perm is not None:
         with gm.graph.inserting_after(new):
             out = gm.graph.call_function(perm.target, (new, *perm.args[1:]), dict(perm.kwargs))
-        out.meta.update({k: v for k, v in perm.meta.items() if k in ("val", "tensor_meta")})
     return mul, out
 
 

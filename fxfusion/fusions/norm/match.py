@@ -8,8 +8,8 @@ from torch.fx import Node
 
 from fxfusion.graph.capture import module_path
 from fxfusion.fusions.base import Candidate, Context, add_role, described
-from fxfusion.graph.nodes import (ASSERT_OPS, arg, dtype_name, is_scalar, kind, node_name, op_name, only_user, shape,
-                                  swaps_last_two, tensor_value, val)
+from fxfusion.graph.nodes import (ASSERT_OPS, arg, dtype_name, eval_dropout, is_scalar, kind, node_name, op_name,
+                                  only_user, shape, swaps_last_two, tensor_value, val)
 from fxfusion.graph.sites import ALREADY_FUSED
 
 
@@ -107,11 +107,6 @@ def match_rms_norm_op(ctx: Context, node: Node) -> Candidate | None:
     return Candidate("rmsnorm", [node] + ([out] if out is not node else []), out,
                      {"M": max(1, val(node.args[0]).numel() // N), "N": N}, dtype_name(out) or "float32", roles,
                      "nn.RMSNorm" if cls == "RMSNorm" else "F.rms_norm", status=ALREADY_FUSED)
-
-
-def eval_dropout(node) -> bool:
-    """``dropout(x, p, train=False)``: the identity (an eval-mode model's Dropout, as export writes it)."""
-    return kind(node) == "dropout" and op_name(node) == "dropout" and arg(node, 2, "train", True) is False
 
 
 def match_add_layernorm(ctx: Context, ln: Node) -> Candidate | None:

@@ -9,8 +9,8 @@ import operator
 import torch
 from torch import fx
 
-from fxfusion.graph.edit import NotApplicable, aten, arg, device_of, is_call, scalar, shape_of, value_of
-from fxfusion.graph.nodes import ASSERT_OPS, kind, op_name, swaps_last_two
+from fxfusion.graph.edit import NotApplicable, aten, arg, copy_meta, device_of, is_call, scalar, shape_of, value_of
+from fxfusion.graph.nodes import ASSERT_OPS, eval_dropout, kind, op_name, swaps_last_two
 from fxfusion.fusions.kernels import add_layernorm, triton_unavailable
 from fxfusion.fusions.norm.kernels import add_layernorm_sum, add_rmsnorm_sum, linear_residual
 
@@ -56,14 +56,10 @@ def _one_plus(node: fx.Node) -> bool:
     return is_call(node, aten.add.Tensor, aten.add.Scalar) and any(scalar(a) == 1.0 for a in node.args)
 
 
-def _eval_dropout(node) -> bool:
-    return is_call(node, aten.dropout.default) and arg(node, 2, "train", True) is False
-
-
 def _add_before(ln, nodes) -> fx.Node | None:
     """The site's add the LayerNorm reads, directly or through an eval-mode dropout (the identity)."""
     src = ln.args[0]
-    if _eval_dropout(src) and src in set(nodes):
+    if eval_dropout(src) and src in set(nodes):
         src = src.args[0]
     return src if is_call(src, aten.add.Tensor) and src in set(nodes) else None
 
@@ -118,7 +114,7 @@ def _rewire_sum(gm, nodes, fused, args, add, out):
     if _dtype(out) != _dtype(add):
         raise NotApplicable(f"the normalised value is {_dtype(out)} and the sum {_dtype(add)}: the fused kernel "
                             "writes both in one dtype")
-    sums = [add] + [u for u in add.users if u in inside and (_eval_dropout(u) or kind(u) == "cast" and _dtype(u)
+    sums = [add] + [u for u in add.users if u in inside and (eval_dropout(u) or kind(u) == "cast" and _dtype(u)
                                                             == _dtype(add) and shape_of(u) == shape_of(add))]
     readers = [u for s in sums for u in s.users if u not in inside]
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -132,7 +128,7 @@ def _rewire_sum(gm, nodes, fused, args, add, out):
         h = gm.graph.call_function(operator.getitem, (call, 0))
         y = gm.graph.call_function(operator.getitem, (call, 1))
     call.meta["val"] = (value_of(add), value_of(out))
-    h.meta.update({k: v for k, v in add.meta.items() if k in ("val", "tensor_meta", "stack_trace", "nn_module_stack")})
+    copy_meta(h, add)
     for s in sums:
         for u in [u for u in s.users if u not in inside]:
             u.replace_input_with(s, h)
@@ -190,7 +186,7 @@ def _projection(nodes, add) -> tuple[fx.Node, fx.Node, fx.Node] | None:
     with a view after it, an eval-mode Dropout or not before the add; None when the add reads no GEMM of the site."""
     inside = set(nodes)
     for read in add.args[:2]:
-        gemm = read.args[0] if _eval_dropout(read) and read in inside else read
+        gemm = read.args[0] if eval_dropout(read) and read in inside else read
         gemm = gemm.args[0] if is_call(gemm, aten.view.default) and gemm in inside else gemm
         if gemm not in inside:
             continue
@@ -217,6 +213,6 @@ def rewrite_addmm_rms_norm(gm, nodes, group):
     last, y = rewrite_rms_norm(gm, nodes, group)  # checks the norm before it inserts anything; y reads the sum
     with gm.graph.inserting_before(add):
         h = gm.graph.call_function(linear_residual, (x, weight, residual))
-    h.meta.update({k: v for k, v in add.meta.items() if k in ("val", "tensor_meta", "stack_trace", "nn_module_stack")})
+    copy_meta(h, add)
     add.replace_all_uses_with(h)
     return last, y
